@@ -1,0 +1,193 @@
+"""Audio files in and out: decoding, channels, sample rates, encoding.
+
+Reading uses soundfile (libsndfile: wav, flac, ogg, mp3, aiff, ...) and falls
+back to the ``ffmpeg`` program for everything else (m4a, mp4, and the mixture
+stream of ``.stem.mp4``). Resampling is polyphase filtering (scipy). Audio is a
+float32 tensor ``(nb_channels, nb_timesteps)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import AudioError
+
+PathLike = Union[str, Path]
+SUBTYPES = {("wav", 16): "PCM_16", ("wav", 24): "PCM_24", ("wav", 32): "FLOAT",
+            ("flac", 16): "PCM_16", ("flac", 24): "PCM_24"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    nb_channels: int
+    nb_frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.nb_frames / self.sample_rate
+
+
+def info(path: PathLike) -> AudioInfo:
+    """Rate, channels and length of an audio file.
+
+    Raises:
+        AudioError: missing, unreadable or not audio.
+    """
+    path = _existing(path)
+    try:
+        import soundfile as sf
+
+        i = sf.info(str(path))
+        if i.frames > 0 or path.stat().st_size > 0:
+            return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames))
+    except RuntimeError:
+        pass
+    return _ffprobe(path)
+
+
+def load(
+    path: PathLike, start: float = 0.0, duration: Optional[float] = None
+) -> Tuple[Tensor, int]:
+    """Decode (part of) an audio file.
+
+    Args:
+        path: the file.
+        start: offset in seconds.
+        duration: seconds to read; ``None`` reads to the end.
+
+    Returns:
+        ``(nb_channels, nb_timesteps)`` float32 tensor and the file's sample rate.
+
+    Raises:
+        AudioError: naming the file, when it cannot be decoded or holds no audio.
+    """
+    path = _existing(path)
+    try:
+        audio, rate = _load_soundfile(path, start, duration)
+    except _NotForSoundfile:
+        audio, rate = _load_ffmpeg(path, start, duration)
+    if audio.shape[1] == 0:
+        raise AudioError(f"{path}: no audio samples (empty file or start beyond its end)")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: holds NaN or infinite samples; repair or re-export the file")
+    return torch.from_numpy(audio), rate
+
+
+class _NotForSoundfile(Exception):
+    pass
+
+
+def _existing(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    return path
+
+
+def _load_soundfile(path: Path, start: float, duration: Optional[float]):
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise _NotForSoundfile() from exc
+    with f:
+        rate = int(f.samplerate)
+        first = int(round(start * rate))
+        frames = -1 if duration is None else int(round(duration * rate))
+        try:
+            if first:
+                f.seek(min(first, f.frames) if f.frames > 0 else first)
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise AudioError(f"{path}: cannot decode ({exc}); the file may be truncated or corrupt") from exc
+    return np.ascontiguousarray(data.T), rate
+
+
+def _ffmpeg_binary(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise AudioError(f"{name} is needed to decode this format; install it (e.g. apt-get install ffmpeg)")
+    return found
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    cmd = [_ffmpeg_binary("ffprobe"), "-v", "error", "-select_streams", "a:0",
+           "-show_entries", "stream=sample_rate,channels,duration", "-of", "json", str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
+    if not streams:
+        raise AudioError(f"{path}: not a readable audio file; convert it to wav/flac/mp3")
+    s = streams[0]
+    rate = int(s["sample_rate"])
+    nb_frames = int(float(s.get("duration") or 0) * rate)
+    return AudioInfo(rate, int(s["channels"]), nb_frames)
+
+
+def _load_ffmpeg(path: Path, start: float, duration: Optional[float]):
+    probe = _ffprobe(path)
+    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error"]
+    if start:
+        cmd += ["-ss", f"{start:.6f}"]
+    cmd += ["-i", str(path)]
+    if duration is not None:
+        cmd += ["-t", f"{duration:.6f}"]
+    cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    result = subprocess.run(cmd, capture_output=True)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"{path}: ffmpeg cannot decode it ({message[-1] if message else 'unknown error'})")
+    data = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, probe.nb_channels)
+    return np.ascontiguousarray(data.T), probe.sample_rate
+
+
+def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:
+    """Resample along the last axis with a polyphase anti-aliasing filter.
+
+    Args:
+        audio: ``(..., nb_timesteps)`` real tensor.
+
+    Returns:
+        ``(..., round(nb_timesteps * new_rate / orig_rate))``, same dtype.
+    """
+    if orig_rate == new_rate:
+        return audio
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(float(new_rate) / float(orig_rate)).limit_denominator(1000)
+    out = resample_poly(audio.detach().cpu().numpy(), ratio.numerator, ratio.denominator, axis=-1)
+    length = int(round(audio.shape[-1] * float(new_rate) / float(orig_rate)))
+    out = out[..., :length]
+    if out.shape[-1] < length:
+        out = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
+    return torch.from_numpy(np.ascontiguousarray(out)).to(audio.dtype)
+
+
+def subtype_for(ext: str, bits: int) -> str:
+    """soundfile subtype for an output format, or an AudioError naming the valid choices."""
+    try:
+        return SUBTYPES[(ext, bits)]
+    except KeyError:
+        valid = ", ".join(f"{e}/{b}" for e, b in SUBTYPES)
+        raise AudioError(f"cannot write {ext} with {bits} bits; choose one of {valid}") from None
+
+
+def peak(audio: Tensor) -> float:
+    return float(audio.abs().max()) if audio.numel() else 0.0
+
+
+def db(x: float) -> float:
+    return 20 * math.log10(max(x, 1e-12))

@@ -1,0 +1,243 @@
+"""``umx-separate``: split songs into stems from the command line."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import __version__
+from ..errors import AudioError, OpenUnmixLikeError
+from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
+from ..separator import Separator, aggregate_estimates
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
+                    ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
+DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
+
+
+def add_separator_args(parser: argparse.ArgumentParser) -> None:
+    """Options that choose and configure the separator (shared by CLI tools)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="model folder, or a published model name (umxhq, umx, umxl, umxse); "
+                        "default: the bundled model")
+    g.add_argument("--targets", nargs="+", default=None, help="targets to separate (default: all of the model's)")
+    g.add_argument("--residual", default=None, metavar="NAME",
+                   help="add a target NAME holding the mixture minus the other targets")
+    g.add_argument("--niter", type=int, default=1, help="Wiener filter EM iterations; 0 skips them (default 1)")
+    g.add_argument("--softmask", action="store_true", help="start the Wiener filter from ratio masks")
+    g.add_argument("--wiener-win-len", type=int, default=300,
+                   help="frames filtered together; 0 filters each segment at once (default 300)")
+    g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
+                   help=f"seconds separated at once, bounding memory; 0 = whole track (default {DEFAULT_SEGMENT})")
+    g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                   help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP})")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to run (default cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="umx-separate",
+        description="Separate music into stems (vocals, drums, bass, other) with Open-Unmix-style models.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or globs")
+    add_separator_args(p)
+    g = p.add_argument_group("input and output")
+    g.add_argument("--aggregate", default=None, metavar="JSON",
+                   help='sum targets into new stems, e.g. \'{"vocals": ["vocals"], '
+                        '"accompaniment": ["drums", "bass", "other"]}\' (only these are written)')
+    g.add_argument("--start", type=float, default=0.0, help="start offset in seconds (default 0)")
+    g.add_argument("--duration", type=float, default=None, help="seconds to separate (default: to the end)")
+    g.add_argument("--outdir", default="separated", help="output folder (default ./separated)")
+    g.add_argument("--filename", default=DEFAULT_TEMPLATE,
+                   help="output path template under --outdir with {track}, {target}, {ext}, {model} "
+                        f"(default {DEFAULT_TEMPLATE})")
+    g.add_argument("--ext", default="wav", choices=["wav", "flac"], help="output format (default wav)")
+    g.add_argument("--bits", type=int, default=16, choices=[16, 24, 32],
+                   help="bits per sample; 32 is float, wav only (default 16)")
+    g.add_argument("--clip", default="rescale", choices=["rescale", "clamp", "none"],
+                   help="peaks above full scale: rescale the whole track, clamp samples, or none (default rescale)")
+    g.add_argument("--keep-model-rate", action="store_true",
+                   help="write at the model's sample rate instead of the input's")
+    g.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g.add_argument("--jobs", type=int, default=1, help="files separated in parallel (default 1)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
+    g.add_argument("--verbose", action="store_true", help="show tracebacks of unexpected errors")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def collect_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str]]:
+    """Expand files, folders and globs into audio files; return them and the errors."""
+    files: List[Path] = []
+    errors: List[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            files.extend(found)
+        elif glob.has_magic(spec):
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            if not found:
+                errors.append(f"{spec}: pattern matches no files")
+            files.extend(found)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(files))
+    return unique, errors
+
+
+def track_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> Dict[str, Path]:
+    model = Path(args.model).name if args.model else "default"
+    out = {}
+    for name in names:
+        try:
+            rel = args.filename.format(track=track_name(path), target=name, ext=args.ext, model=model)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
+                                     "use {track}, {target}, {ext}, {model}") from None
+        out[name] = Path(args.outdir) / rel
+    if len(set(out.values())) < len(out):
+        raise OpenUnmixLikeError(f"--filename {args.filename!r} gives the same file for several targets; include {{target}}")
+    return out
+
+
+def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
+    source = path.resolve()
+    for out in outputs.values():
+        if out.resolve() == source:
+            raise AudioError(f"{path}: output would overwrite the input; change --outdir or --filename")
+        if out.exists() and not force:
+            raise AudioError(f"{out}: exists; pass --force to overwrite it or choose another --outdir")
+
+
+def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
+                  aggregate: Optional[dict], outputs: Dict[str, Path]) -> None:
+    """Separate one file into its output paths (all written, or none)."""
+    from ..audio import load, resample
+    from ..writer import StemWriter
+
+    check_outputs(path, outputs, args.force)
+    audio, rate = load(path, start=args.start, duration=args.duration)
+    if args.keep_model_rate:
+        audio, rate = resample(audio, rate, separator.sample_rate), int(separator.sample_rate)
+    names = separator.target_names
+    with StemWriter(outputs, rate, audio.shape[0], args.ext, args.bits, args.clip) as writer:
+        chunks = iter_separate(separator, audio, rate, args.segment or None, args.overlap,
+                               progress=not args.quiet, desc=path.name)
+        for chunk in chunks:
+            writer.write(aggregate_estimates(dict(zip(names, chunk)), aggregate))
+        writer.finish()
+
+
+def load_separator(args: argparse.Namespace) -> Separator:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise OpenUnmixLikeError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        raise OpenUnmixLikeError("--device mps: MPS is not available on this machine; use --device cpu")
+    return Separator.from_pretrained(
+        args.model, targets=args.targets, device=args.device, niter=args.niter,
+        residual=args.residual, softmask=args.softmask,
+        wiener_win_len=args.wiener_win_len or None, progress=not args.quiet,
+    )
+
+
+def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]:
+    if text is None:
+        return None
+    try:
+        aggregate = json.loads(text)
+    except ValueError as exc:
+        raise OpenUnmixLikeError(f"--aggregate: not valid JSON ({exc})") from None
+    if not isinstance(aggregate, dict) or not aggregate:
+        raise OpenUnmixLikeError('--aggregate: expected an object like {"accompaniment": ["drums", "bass"]}')
+    for key, members in aggregate.items():
+        members = [members] if isinstance(members, str) else members
+        unknown = [m for m in members if m not in names]
+        if unknown:
+            raise OpenUnmixLikeError(f"--aggregate: {key!r} names unknown targets {unknown}; available: {', '.join(names)}")
+    return aggregate
+
+
+def _report(message: str) -> None:
+    print(f"umx-separate: error: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    files, errors = collect_inputs(args.inputs)
+    for message in errors:
+        _report(message)
+    try:
+        if args.jobs < 1:
+            raise OpenUnmixLikeError("--jobs must be at least 1")
+        separator = load_separator(args)
+        aggregate = parse_aggregate(args.aggregate, separator.target_names)
+        names = list(aggregate) if aggregate else separator.target_names
+        plans = [(path, output_paths(path, names, args)) for path in files]
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
+    failed = len(errors)
+    claimed: Dict[Path, Path] = {}
+    runnable = []
+    for path, outputs in plans:
+        clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
+        if clash is not None:
+            _report(f"{path}: would write the same files as {clash}; use a --filename template with {{track}} that differs")
+            failed += 1
+            continue
+        claimed.update({o: path for o in outputs.values()})
+        runnable.append((path, outputs))
+    if args.jobs > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    lock = threading.Lock()
+
+    def run(item) -> bool:
+        path, outputs = item
+        try:
+            separate_file(path, separator, args, aggregate, outputs)
+        except OpenUnmixLikeError as exc:
+            with lock:
+                _report(str(exc))
+            return False
+        except Exception as exc:  # keep the batch going; details with --verbose
+            with lock:
+                _report(f"{path}: unexpected {type(exc).__name__}: {exc} (run with --verbose for details)")
+                if args.verbose:
+                    traceback.print_exc()
+            return False
+        if not args.quiet:
+            with lock:
+                print(f"{path} -> {', '.join(str(o) for o in outputs.values())}")
+        return True
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run, runnable))
+    failed += results.count(False)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

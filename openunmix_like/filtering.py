@@ -1,0 +1,159 @@
+"""Multichannel Wiener filtering of magnitude estimates.
+
+Given the mixture STFT and non-negative spectrogram estimates for each source,
+builds complex source estimates whose sum is close to the mixture, then refines
+them with the expectation-maximisation (EM) scheme of norbert: each iteration
+re-estimates every source's power spectral density ``v`` and spatial covariance
+``R`` from the current estimates and filters the mixture again.
+
+Shapes (frame-major, like norbert):
+
+- mixture STFT ``mix_stft``: complex ``(nb_frames, nb_bins, nb_channels)``
+- spectrograms ``v``: real ``(nb_frames, nb_bins, {1, nb_channels}, nb_sources)``
+- estimates: complex ``(nb_frames, nb_bins, nb_channels, nb_sources)``
+
+Only torch is used; float32/complex64 inputs stay single precision and
+float64/complex128 inputs stay double.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def softmask(spectrograms: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor:
+    """Ratio-mask the mixture with each source's share of the summed spectrograms.
+
+    Args:
+        spectrograms: ``(nb_frames, nb_bins, {1, nb_channels}, nb_sources)``.
+        mix_stft: complex ``(nb_frames, nb_bins, nb_channels)``.
+
+    Returns:
+        complex ``(nb_frames, nb_bins, nb_channels, nb_sources)``.
+    """
+    total = spectrograms.sum(dim=-1, keepdim=True)
+    return mix_stft[..., None] * (spectrograms / (eps + total))
+
+
+_softmask = softmask  # `wiener` has an argument of the same name
+
+
+def mixture_phase(spectrograms: Tensor, mix_stft: Tensor) -> Tensor:
+    """Give each magnitude estimate the mixture's phase (same shapes as :func:`softmask`)."""
+    phase = torch.polar(torch.ones_like(mix_stft.real), mix_stft.angle())
+    return spectrograms * phase[..., None]
+
+
+def invert_hermitian(m: Tensor, eps: float = 1e-10) -> Tensor:
+    """Inverse of each ``(nb_channels, nb_channels)`` matrix in the last two axes.
+
+    One and two channels use closed forms (no LAPACK call per matrix); more
+    channels fall back to :func:`torch.linalg.inv`.
+    """
+    nb_channels = m.shape[-1]
+    if nb_channels == 1:
+        return 1.0 / (m + eps)
+    if nb_channels == 2:
+        a, b = m[..., 0, 0], m[..., 0, 1]
+        c, d = m[..., 1, 0], m[..., 1, 1]
+        inv_det = 1.0 / (a * d - b * c)
+        row0 = torch.stack((d * inv_det, -b * inv_det), dim=-1)
+        row1 = torch.stack((-c * inv_det, a * inv_det), dim=-1)
+        return torch.stack((row0, row1), dim=-2)
+    return torch.linalg.inv(m)
+
+
+def _source_model(y: Tensor, eps: float):
+    """Power spectral densities ``(T, F, J)`` and spatial covariances ``(F, C, C, J)``."""
+    v = (y.real.square() + y.imag.square()).mean(dim=2)
+    weight = eps + v.sum(dim=0)
+    r = torch.einsum("tfcj,tfdj->fcdj", y, y.conj())
+    return v, r / weight[:, None, None, :]
+
+
+def expectation_maximization(
+    y: Tensor,
+    mix_stft: Tensor,
+    iterations: int = 2,
+    eps: float = 1e-10,
+    batch_size: int = 200,
+) -> Tensor:
+    """Refine source estimates with EM iterations of the local Gaussian model.
+
+    Args:
+        y: initial estimates, complex ``(nb_frames, nb_bins, nb_channels, nb_sources)``.
+        mix_stft: complex ``(nb_frames, nb_bins, nb_channels)``.
+        iterations: EM iterations.
+        eps: regularisation of the mixture covariance and of the weights.
+        batch_size: frames filtered at once (bounds memory, not results).
+
+    Returns:
+        refined estimates, same shape as ``y`` (a new tensor).
+    """
+    nb_frames, _, nb_channels = mix_stft.shape
+    eye = torch.eye(nb_channels, dtype=mix_stft.dtype, device=mix_stft.device)
+    regularization = eps ** 0.5 * eye
+    y = y.clone()
+    for _ in range(iterations):
+        v, r = _source_model(y, eps)
+        for start in range(0, nb_frames, batch_size):
+            t = slice(start, start + batch_size)
+            v_t = v[t].to(mix_stft.dtype)
+            cxx = torch.einsum("tfj,fcdj->tfcd", v_t, r) + regularization
+            # Every source's filter is v_j R_j Cxx^-1 applied to x: share Cxx^-1 x.
+            z = torch.einsum("tfcd,tfd->tfc", invert_hermitian(cxx, eps), mix_stft[t])
+            y[t] = v_t[:, :, None, :] * torch.einsum("fcej,tfe->tfcj", r, z)
+    return y
+
+
+def wiener(
+    targets_spectrograms: Tensor,
+    mix_stft: Tensor,
+    iterations: int = 1,
+    softmask: bool = False,
+    residual: bool = False,
+    scale_factor: float = 10.0,
+    eps: float = 1e-10,
+    win_len: Optional[int] = None,
+) -> Tensor:
+    """Wiener-filter the mixture with magnitude estimates of the sources.
+
+    Args:
+        targets_spectrograms: magnitudes ``(nb_frames, nb_bins, {1, nb_channels}, nb_sources)``.
+        mix_stft: complex ``(nb_frames, nb_bins, nb_channels)``.
+        iterations: EM iterations; 0 returns the initial estimates.
+        softmask: start from ratio masks instead of magnitudes with the mixture phase.
+        residual: add one source, the mixture minus the sum of the initial estimates.
+        scale_factor: the mixture is scaled so its peak is at most this value
+            during EM, for numerical stability.
+        eps: regulariser.
+        win_len: filter consecutive windows of this many frames independently
+            (sources may move over time; bounds memory); ``None`` is one window.
+
+    Returns:
+        complex ``(nb_frames, nb_bins, nb_channels, nb_sources [+1])``.
+    """
+    nb_frames = mix_stft.shape[0]
+    if win_len and win_len < nb_frames:
+        parts = [
+            wiener(targets_spectrograms[s : s + win_len], mix_stft[s : s + win_len],
+                   iterations, softmask, residual, scale_factor, eps)
+            for s in range(0, nb_frames, win_len)
+        ]
+        return torch.cat(parts, dim=0)
+
+    if softmask:
+        y = _softmask(targets_spectrograms, mix_stft, eps)
+    else:
+        y = mixture_phase(targets_spectrograms, mix_stft)
+    if residual:
+        y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
+    if iterations == 0:
+        return y
+    if y.shape[-1] < 2:
+        raise ValueError("EM needs at least two sources: add a residual or set iterations=0")
+    max_abs = max(1.0, float(mix_stft.abs().max()) / scale_factor)
+    y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)
+    return y * max_abs

@@ -1,0 +1,271 @@
+"""Model folders on disk: reading the reference layout and ours, writing ours.
+
+A model folder holds, per target, a state dict (``<target>.safetensors`` as we
+write it, or ``<target>.pth`` / ``<target>-<sha256 prefix>.pth`` as the
+reference writes and publishes it) and optionally ``<target>.json``; plus a
+``separator.json`` with the STFT settings shared by all targets::
+
+    separator.json     {"sample_rate": 44100, "nfft": 4096, "nhop": 1024, "nb_channels": 2, ...}
+    vocals.safetensors plain state dict (no pickle)
+    vocals.json        {"architecture": "umx", "model_args": {...}, ...}
+    vocals.pth         the same state dict for the reference package (optional)
+
+The architecture is always rebuilt from the state dict itself; ``model_args``
+in ``<target>.json`` must agree with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .errors import ModelError
+from .fileio import write_bytes_atomic, write_json_atomic
+from .model import OpenUnmix, OpenUnmixConfig, config_from_state_dict, strip_legacy_keys
+
+HASHED_NAME = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8,64})$")
+FORMAT = "openunmix-like/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioSettings:
+    """STFT and audio settings shared by all targets of a separator."""
+
+    sample_rate: float = 44100.0
+    n_fft: int = 4096
+    n_hop: int = 1024
+    nb_channels: int = 2
+
+    def to_json(self) -> dict:
+        # Key names of the reference separator.json, so the reference can read ours.
+        return {"sample_rate": self.sample_rate, "nfft": self.n_fft, "nhop": self.n_hop,
+                "nb_channels": self.nb_channels}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "AudioSettings":
+        return cls(
+            sample_rate=float(data.get("sample_rate", data.get("rate", 44100.0))),
+            n_fft=int(data.get("n_fft", data.get("nfft", 4096))),
+            n_hop=int(data.get("n_hop", data.get("nhop", 1024))),
+            nb_channels=int(data.get("nb_channels", 2)),
+        )
+
+
+def target_of(path: Path) -> str:
+    """Target name of a weight file: ``vocals-b62c91ce.pth`` -> ``vocals``."""
+    m = HASHED_NAME.match(path.stem)
+    return m.group("target") if m else path.stem
+
+
+def find_weight_files(folder: Path) -> Dict[str, Path]:
+    """Map each target in ``folder`` to its weight file.
+
+    ``<target>.safetensors`` wins over ``.pth``; ``<target>.pth`` wins over a
+    hashed ``<target>-<hash>.pth``.
+
+    Raises:
+        ModelError: several hashed ``.pth`` files claim the same target.
+    """
+    candidates: Dict[str, list] = {}
+    for path in sorted(folder.glob("*.pth")) + sorted(folder.glob("*.safetensors")):
+        candidates.setdefault(target_of(path), []).append(path)
+    found = {}
+    for target, paths in candidates.items():
+        exact = [p for p in paths if p.stem == target]
+        chosen = sorted(exact, key=lambda p: p.suffix != ".safetensors") or paths
+        if not exact and len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise ModelError(f"{folder}: {names} all hold target {target!r}; remove all but one")
+        found[target] = chosen[0]
+    return found
+
+
+def read_state_dict(path: Path) -> Dict[str, Tensor]:
+    """Load a state dict without ever unpickling arbitrary objects."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: not a loadable state dict ({first}); files holding pickled code "
+            "objects are refused, re-download or re-export the weights"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a reference training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], target: str, path: Path) -> None:
+    """Raise a :class:`ModelError` naming target, key and shapes on any mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: weights of target {target!r} do not fit the model: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ModelError(
+                f"{path}: weights of target {target!r}: {key} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}"
+            )
+
+
+def load_target(path: Path, target: str) -> OpenUnmix:
+    """Build a model from one weight file (and its ``<target>.json`` if present)."""
+    state = strip_legacy_keys(read_state_dict(path))
+    try:
+        config = config_from_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{path}: weights of target {target!r} are not an Open-Unmix state dict ({exc})") from exc
+    meta = read_target_json(path.parent / f"{target}.json")
+    if meta.get("model_args"):
+        declared = OpenUnmixConfig.from_dict(meta["model_args"])
+        if declared != config:
+            raise ModelError(f"{path}: weights of target {target!r} disagree with {target}.json: {config} vs {declared}")
+    model = OpenUnmix.from_config(config)
+    check_state_dict(model, state, target, path)
+    model.load_state_dict(state)
+    return model
+
+
+def read_target_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable JSON ({exc}); fix or delete it") from exc
+
+
+def read_settings(folder: Path, first_target: str, model: OpenUnmix, known: Mapping[str, AudioSettings]) -> AudioSettings:
+    """STFT settings: ``separator.json``, else the reference ``<target>.json``, else inferred."""
+    sep_json = folder / "separator.json"
+    if sep_json.is_file():
+        return AudioSettings.from_json(read_target_json(sep_json))
+    meta = read_target_json(folder / f"{first_target}.json")
+    if "args" in meta or "sample_rate" in meta:
+        merged = {**meta.get("args", {}), **{k: v for k, v in meta.items() if k in ("sample_rate", "rate")}}
+        return AudioSettings.from_json(merged)
+    for path in folder.iterdir():
+        if path.name in known:
+            return known[path.name]
+    n_fft = (model.nb_bins - 1) * 2
+    return AudioSettings(44100.0, n_fft, n_fft // 4, model.nb_channels)
+
+
+def load_model_dir(
+    folder: Path,
+    targets: Optional[Sequence[str]] = None,
+    known: Mapping[str, AudioSettings] = {},
+) -> Tuple[Dict[str, OpenUnmix], AudioSettings]:
+    """Load every (or the named) target of a model folder.
+
+    Args:
+        folder: the model folder.
+        targets: targets to load, in this order; default all, sorted by name
+            unless ``separator.json`` lists an order.
+        known: settings of published weight files by file name, used when the
+            folder has no JSON describing them.
+
+    Returns:
+        target -> model, and the shared :class:`AudioSettings`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: model folder not found")
+    files = find_weight_files(folder)
+    if not files:
+        raise ModelError(f"{folder}: no weight files (<target>.safetensors or <target>.pth) in this folder")
+    if targets is None:
+        order = read_target_json(folder / "separator.json").get("targets") or sorted(files)
+        targets = [t for t in order if t in files]
+    missing = [t for t in targets if t not in files]
+    if missing:
+        raise ModelError(
+            f"{folder}: no weights for target(s) {', '.join(missing)} "
+            f"(expected {missing[0]}.safetensors or {missing[0]}.pth); available: {', '.join(sorted(files))}"
+        )
+    models = {t: load_target(files[t], t) for t in targets}
+    settings = read_settings(folder, targets[0], models[targets[0]], known)
+    check_consistent(folder, models, settings)
+    return models, settings
+
+
+def check_consistent(folder: Path, models: Mapping[str, OpenUnmix], settings: AudioSettings) -> None:
+    nb_bins = settings.n_fft // 2 + 1
+    for target, model in models.items():
+        if model.nb_bins != nb_bins or model.nb_channels != settings.nb_channels:
+            raise ModelError(
+                f"{folder}: target {target!r} has {model.nb_bins} bins and {model.nb_channels} "
+                f"channels but the folder's settings say n_fft={settings.n_fft} "
+                f"({nb_bins} bins) and {settings.nb_channels} channels"
+            )
+
+
+def save_target(
+    folder: Path,
+    target: str,
+    model: OpenUnmix,
+    settings: AudioSettings,
+    extra: Optional[Mapping] = None,
+    write_pth: bool = True,
+) -> None:
+    """Write one target in our layout (and the reference's), atomically.
+
+    Writes ``<target>.safetensors``, ``<target>.json`` (architecture, model
+    arguments, settings, plus ``extra`` such as a training history),
+    optionally ``<target>.pth``, and updates ``separator.json``.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(folder / f"{target}.safetensors", save(state, metadata={"format": FORMAT}))
+    if write_pth:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
+    cfg = model.config
+    meta = {
+        "architecture": "umx",
+        "model_args": cfg.to_dict(),
+        "sample_rate": settings.sample_rate,
+        # The reference loader rebuilds models from these.
+        "args": {"nfft": settings.n_fft, "nhop": settings.n_hop, "nb_channels": cfg.nb_channels,
+                 "hidden_size": cfg.hidden_size, "unidirectional": cfg.unidirectional},
+        **(extra or {}),
+    }
+    write_json_atomic(folder / f"{target}.json", meta)
+    update_separator_json(folder, target, settings)
+
+
+def update_separator_json(folder: Path, target: str, settings: AudioSettings) -> None:
+    """Add ``target`` to ``separator.json``; the settings of all targets must agree."""
+    path = folder / "separator.json"
+    current = read_target_json(path)
+    if current and AudioSettings.from_json(current) != settings:
+        raise ModelError(
+            f"{path}: folder holds models with {AudioSettings.from_json(current)}; "
+            f"cannot add {target!r} with {settings}; use another output folder"
+        )
+    targets = list(current.get("targets", []))
+    if target not in targets:
+        targets.append(target)
+    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets})

@@ -1,0 +1,167 @@
+"""Finding models: the bundled default, published weights by name, model folders.
+
+Published weights are described as data in ``pretrained.json`` and fetched
+into a cache folder on first use, each file checked against the sha256 prefix
+in its name. Two environment variables change where:
+
+- ``OPENUNMIX_LIKE_CACHE``: cache folder (default ``$XDG_CACHE_HOME/openunmix-like``
+  or ``~/.cache/openunmix-like``); files go to ``<cache>/<name>/<file>``.
+- ``OPENUNMIX_LIKE_BASE_URL``: a mirror; ``{name}`` and ``{file}`` in it are
+  replaced, otherwise ``/<file>`` is appended.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import DownloadError, ModelError
+from .fileio import atomic_path
+from .modeldir import HASHED_NAME, AudioSettings, load_model_dir
+from .model import OpenUnmix
+
+CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
+BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
+# Where the package's own default model lives (shipped as package data).
+BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+
+
+@functools.lru_cache(maxsize=None)
+def pretrained_table() -> Dict[str, dict]:
+    """Published models: name -> description, URL template, settings, files."""
+    return json.loads((Path(__file__).parent / "pretrained.json").read_text())
+
+
+def known_files() -> Dict[str, AudioSettings]:
+    """Settings of every published weight file, by file name."""
+    return {
+        file: AudioSettings.from_json(entry)
+        for entry in pretrained_table().values()
+        for file in entry["files"].values()
+    }
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "openunmix-like"
+
+
+def file_url(name: str, file: str) -> str:
+    mirror = os.environ.get(BASE_URL_ENV)
+    if not mirror:
+        return pretrained_table()[name]["url"].format(file=file)
+    if "{file}" in mirror:
+        return mirror.format(name=name, file=file)
+    return mirror.format(name=name).rstrip("/") + "/" + file
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_hash(file: str) -> str:
+    match = HASHED_NAME.match(Path(file).stem)
+    if not match:
+        raise ValueError(f"published file name {file!r} carries no hash")
+    return match.group("hash")
+
+
+def download(url: str, dest: Path, progress: bool = True) -> None:
+    """Download ``url`` to ``dest`` atomically; refuse it if its hash does not match the name.
+
+    Raises:
+        DownloadError: the hash differs (the file is deleted), or the transfer failed.
+    """
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    want = expected_hash(dest.name)
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        if not digest.hexdigest().startswith(want):
+            raise DownloadError(
+                f"{url}: downloaded file has sha256 {digest.hexdigest()[:len(want)]}..., "
+                f"expected {want}...; it was deleted. Check the mirror or retry"
+            )
+
+
+def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = True) -> Path:
+    """Make sure the published files of ``name`` are in the cache; return their folder.
+
+    Raises:
+        DownloadError: offline or refused downloads, naming the files to fetch by hand.
+    """
+    entry = pretrained_table()[name]
+    folder = cache_dir() / name
+    files = [entry["files"][t] for t in (targets or entry["files"])]
+    failed: List[Tuple[str, str]] = []
+    for file in files:
+        dest = folder / file
+        if dest.is_file() and sha256_of(dest).startswith(expected_hash(file)):
+            continue
+        url = file_url(name, file)
+        try:
+            download(url, dest, progress)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            failed.append((url, str(getattr(exc, "reason", exc))))
+    if failed:
+        urls = " ".join(url for url, _ in failed)
+        raise DownloadError(
+            f"cannot download the {name!r} weights ({failed[0][1]}): fetch {urls} "
+            f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror)"
+        )
+    return folder
+
+
+def bundled_model_dir() -> Path:
+    return BUNDLED_MODEL_DIR
+
+
+def load_models(
+    name_or_path: Union[str, Path, None] = None,
+    targets: Optional[Sequence[str]] = None,
+    progress: bool = True,
+) -> Tuple[Dict[str, OpenUnmix], AudioSettings]:
+    """Resolve a model name, folder or the bundled default to target models and settings."""
+    if name_or_path is None:
+        folder = bundled_model_dir()
+        if not folder.is_dir():
+            raise ModelError(
+                f"this installation has no bundled model ({folder} is missing); "
+                f"pass a model folder or one of {', '.join(pretrained_table())}"
+            )
+        return load_model_dir(folder, targets, known_files())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return load_model_dir(path, targets, known_files())
+    table = pretrained_table()
+    name = str(name_or_path)
+    if name not in table:
+        raise ModelError(
+            f"{name}: no such model folder, and not a published model "
+            f"(known: {', '.join(table)})"
+        )
+    available = list(table[name]["files"])
+    unknown = [t for t in targets or [] if t not in available]
+    if unknown:
+        raise ModelError(f"model {name!r} has no target(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    targets = list(targets or available)
+    return load_model_dir(fetch(name, targets, progress), targets, known_files())

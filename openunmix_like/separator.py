@@ -1,0 +1,222 @@
+"""The end-to-end separator: STFT, per-target models, Wiener filter, inverse STFT."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import filtering
+from .transforms import ISTFT, STFT, ComplexNorm
+
+
+class Separator(nn.Module):
+    """Separates audio into targets with one spectrogram model per target.
+
+    Args:
+        target_models: target name -> model mapping magnitudes
+            ``(nb_samples, nb_channels, nb_bins, nb_frames)`` to the same shape.
+        niter: EM iterations of the Wiener filter; 0 keeps the initial estimates.
+        softmask: start the filter from ratio masks instead of the estimated
+            magnitudes with the mixture phase.
+        residual: name of an extra target, the mixture minus the other targets
+            (e.g. ``"accompaniment"``); ``None`` for none.
+        wiener_win_len: frames filtered together (time-varying spatial model,
+            bounded memory); ``None`` filters the whole input at once.
+        sample_rate: rate the models were trained at, in Hz.
+        n_fft: STFT length.
+        n_hop: STFT hop.
+        nb_channels: channels the models take (1 or 2).
+
+    Audio with another channel count than ``nb_channels`` is adapted: stereo
+    models separate mono input duplicated to two channels and return the mean
+    of the two; inputs with more than two channels are separated as
+    independent pairs (1-2, 3-4, ...; a last odd channel as mono). Mono models
+    see the mean magnitude of all channels and filter every channel.
+    """
+
+    def __init__(
+        self,
+        target_models: Mapping[str, nn.Module],
+        niter: int = 1,
+        softmask: bool = False,
+        residual: Optional[str] = None,
+        wiener_win_len: Optional[int] = 300,
+        sample_rate: float = 44100.0,
+        n_fft: int = 4096,
+        n_hop: int = 1024,
+        nb_channels: int = 2,
+    ):
+        super().__init__()
+        if not target_models:
+            raise ValueError("a Separator needs at least one target model")
+        if residual is not None and residual in target_models:
+            raise ValueError(f"residual name {residual!r} is already a model target")
+        self.target_models = nn.ModuleDict(dict(target_models))
+        self.niter = niter
+        self.softmask = softmask
+        self.residual = residual
+        self.wiener_win_len = wiener_win_len
+        self.sample_rate = float(sample_rate)
+        self.n_fft = n_fft
+        self.n_hop = n_hop
+        self.nb_channels = nb_channels
+        self.stft = STFT(n_fft, n_hop)
+        self.istft = ISTFT(n_fft, n_hop)
+        self.complexnorm = ComplexNorm(mono=nb_channels == 1)
+
+    @property
+    def target_names(self) -> List[str]:
+        """Names of the estimates, in the order of the targets axis of :meth:`forward`."""
+        names = list(self.target_models)
+        return names + [self.residual] if self.residual else names
+
+    def freeze(self) -> "Separator":
+        """Inference mode for every model: no gradients, eval batch norm."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self.eval()
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Separate a batch of signals at ``self.sample_rate``.
+
+        Args:
+            audio: ``(nb_samples, nb_channels, nb_timesteps)``; any channel count.
+
+        Returns:
+            ``(nb_samples, nb_targets, nb_channels, nb_timesteps)``, targets in
+            the order of :attr:`target_names`.
+        """
+        if audio.dim() != 3:
+            raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
+        nb_samples, nb_channels, nb_timesteps = audio.shape
+        if self.nb_channels == 1 or nb_channels == 2:
+            return self._separate_padded(audio)
+        if nb_channels == 1:
+            return self._separate_padded(audio.expand(-1, 2, -1)).mean(dim=2, keepdim=True)
+        # More than two channels: independent stereo pairs, batched together.
+        odd = nb_channels % 2
+        if odd:
+            audio = torch.cat([audio, audio[:, -1:]], dim=1)
+        pairs = audio.reshape(nb_samples * (audio.shape[1] // 2), 2, nb_timesteps)
+        est = self._separate_padded(pairs)
+        est = est.reshape(nb_samples, -1, est.shape[1], 2, nb_timesteps)
+        est = est.permute(0, 2, 1, 3, 4).reshape(nb_samples, est.shape[2], -1, nb_timesteps)
+        if odd:
+            last = est[:, :, -2:].mean(dim=2, keepdim=True)
+            est = torch.cat([est[:, :, :-2], last], dim=2)
+        return est
+
+    def _separate_padded(self, audio: Tensor) -> Tensor:
+        """Separate, zero-padding inputs too short for the reflect-padded STFT."""
+        nb_timesteps = audio.shape[-1]
+        if nb_timesteps >= self.n_fft:
+            return self._separate(audio)
+        padded = nn.functional.pad(audio, (0, self.n_fft - nb_timesteps))
+        return self._separate(padded)[..., :nb_timesteps]
+
+    def _separate(self, audio: Tensor) -> Tensor:
+        mix_stft = self.stft(audio)
+        mag = self.complexnorm(mix_stft)
+        spectrograms = torch.stack([model(mag) for model in self.target_models.values()], dim=-1)
+        estimates = []
+        for sample in range(audio.shape[0]):
+            y = self._filter(spectrograms[sample], mix_stft[sample])
+            estimates.append(self.istft(y, length=audio.shape[-1]))
+        return torch.stack(estimates, dim=0)
+
+    def _filter(self, spectrograms: Tensor, mix_stft: Tensor) -> Tensor:
+        """Wiener-filter one sample: ``(C, F, T, J)`` magnitudes -> ``(J', C, F, T)`` complex."""
+        nb_targets = spectrograms.shape[-1]
+        # EM needs two sources: with one target and no residual, use a hidden residual.
+        residual = self.residual is not None or (self.niter > 0 and nb_targets == 1)
+        y = filtering.wiener(
+            spectrograms.permute(2, 1, 0, 3),
+            mix_stft.permute(2, 1, 0),
+            iterations=self.niter,
+            softmask=self.softmask,
+            residual=residual,
+            win_len=self.wiener_win_len,
+        )
+        keep = nb_targets + (self.residual is not None)
+        return y[..., :keep].permute(3, 2, 1, 0)
+
+    def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
+        """Name the estimates, optionally summing groups of targets.
+
+        Args:
+            estimates: ``(nb_samples, nb_targets, nb_channels, nb_timesteps)`` from :meth:`forward`.
+            aggregate: new name -> list of target names to sum, e.g.
+                ``{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}``;
+                when given, only these names are returned.
+
+        Returns:
+            name -> ``(nb_samples, nb_channels, nb_timesteps)``.
+        """
+        named = {name: estimates[:, j] for j, name in enumerate(self.target_names)}
+        return aggregate_estimates(named, aggregate)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: Union[str, Path, None] = None,
+        targets: Optional[Sequence[str]] = None,
+        device: Union[str, torch.device] = "cpu",
+        niter: int = 1,
+        residual: Optional[str] = None,
+        softmask: bool = False,
+        wiener_win_len: Optional[int] = 300,
+        progress: bool = True,
+    ) -> "Separator":
+        """Load a separator by name, from a model folder, or the bundled default.
+
+        Args:
+            name_or_path: ``None`` for the bundled model; ``umxhq``, ``umx``,
+                ``umxl`` or ``umxse`` for published weights (downloaded once
+                into the cache, see :mod:`openunmix_like.pretrained`); or a
+                folder with ``separator.json`` and per-target weights.
+            targets: subset of the model's targets (default: all).
+            device: torch device.
+            niter, residual, softmask, wiener_win_len: see :class:`Separator`.
+            progress: show download progress bars.
+
+        Example:
+            >>> separator = Separator.from_pretrained("umxhq", device="cpu")
+            >>> estimates = separator(audio)  # (1, 4, 2, nb_timesteps)
+        """
+        from .pretrained import load_models
+
+        models, settings = load_models(name_or_path, targets=targets, progress=progress)
+        separator = cls(
+            models,
+            niter=niter,
+            softmask=softmask,
+            residual=residual,
+            wiener_win_len=wiener_win_len,
+            sample_rate=settings.sample_rate,
+            n_fft=settings.n_fft,
+            n_hop=settings.n_hop,
+            nb_channels=settings.nb_channels,
+        )
+        return separator.freeze().to(device)
+
+
+def aggregate_estimates(
+    named: Mapping[str, Tensor], aggregate: Optional[Mapping[str, Sequence[str]]] = None
+) -> Dict[str, Tensor]:
+    """Sum named estimates into groups (see :meth:`Separator.to_dict`)."""
+    if aggregate is None:
+        return dict(named)
+    out = {}
+    for name, members in aggregate.items():
+        if isinstance(members, str):
+            members = [members]
+        unknown = [m for m in members if m not in named]
+        if unknown or not members:
+            raise ValueError(
+                f"aggregate {name!r} names unknown targets {unknown or members}; "
+                f"available: {', '.join(named)}"
+            )
+        out[name] = torch.stack([named[m] for m in members]).sum(dim=0)
+    return out

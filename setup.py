@@ -1,0 +1,41 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(r'^__version__ = "([^"]+)"', (here / "openunmix_like" / "__init__.py").read_text(), re.M).group(1)
+
+setup(
+    name="openunmix-like",
+    version=version,
+    description="Open-Unmix-compatible music source separation: fast, flat-memory inference and training",
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["openunmix_like", "openunmix_like.*"]),
+    package_data={"openunmix_like": ["py.typed", "pretrained.json", "models/*/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.22",
+        "scipy>=1.8",
+        "soundfile>=0.12",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6"],
+        "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
+    },
+    entry_points={
+        "console_scripts": [
+            "umx-separate=openunmix_like.cli.separate:main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
