@@ -17,7 +17,7 @@ float64/complex128 inputs stay double.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -117,6 +117,7 @@ def wiener(
     scale_factor: float = 10.0,
     eps: float = 1e-10,
     win_len: Optional[int] = None,
+    win_offset: int = 0,
 ) -> Tensor:
     """Wiener-filter the mixture with magnitude estimates of the sources.
 
@@ -131,18 +132,21 @@ def wiener(
         eps: regulariser.
         win_len: filter consecutive windows of this many frames independently
             (sources may move over time; bounds memory); ``None`` is one window.
+        win_offset: index of the first frame on a global frame grid; windows
+            start where that index is a multiple of ``win_len``, so segments of
+            a long signal are filtered in the same windows as the whole signal.
 
     Returns:
         complex ``(nb_frames, nb_bins, nb_channels, nb_sources [+1])``.
     """
-    nb_frames = mix_stft.shape[0]
-    if win_len and win_len < nb_frames:
-        parts = [
-            wiener(targets_spectrograms[s : s + win_len], mix_stft[s : s + win_len],
-                   iterations, softmask, residual, scale_factor, eps)
-            for s in range(0, nb_frames, win_len)
-        ]
-        return torch.cat(parts, dim=0)
+    if win_len:
+        bounds = window_bounds(mix_stft.shape[0], win_len, win_offset)
+        if len(bounds) > 1:
+            parts = [
+                wiener(targets_spectrograms[a:b], mix_stft[a:b], iterations, softmask, residual, scale_factor, eps)
+                for a, b in bounds
+            ]
+            return torch.cat(parts, dim=0)
 
     if softmask:
         y = _softmask(targets_spectrograms, mix_stft, eps)
@@ -157,3 +161,10 @@ def wiener(
     max_abs = max(1.0, float(mix_stft.abs().max()) / scale_factor)
     y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)
     return y * max_abs
+
+
+def window_bounds(nb_frames: int, win_len: int, win_offset: int = 0) -> List[Tuple[int, int]]:
+    """``(start, end)`` frames of the filter windows: cut where ``frame + win_offset`` is a multiple of ``win_len``."""
+    first = (-win_offset) % win_len or win_len
+    cuts = [0] + list(range(first, nb_frames, win_len)) + [nb_frames]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]

@@ -7,9 +7,10 @@ and back, so the track itself is never resampled as a whole.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -20,24 +21,56 @@ DEFAULT_SEGMENT = 30.0
 DEFAULT_OVERLAP = 2.0
 
 
-def segment_bounds(nb_timesteps: int, segment: int, overlap: int) -> list:
-    """``(start, end)`` of overlapping segments covering ``nb_timesteps`` samples.
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One piece of a long input, in samples of the input.
 
-    Consecutive segments overlap by exactly ``overlap`` samples; the last one is
-    longer than ``overlap``.
+    The segment spans ``[start, end)``; it is responsible for the output in
+    ``[core_start, core_end)`` and gives context beyond that to the model.
+    ``frame_offset`` is the model-rate STFT frame at which it starts.
     """
-    if segment <= 0 or nb_timesteps <= segment:
-        return [(0, nb_timesteps)]
-    if not 0 <= overlap < segment:
-        raise ValueError(f"overlap ({overlap} samples) must be shorter than a segment ({segment})")
-    step = segment - overlap
-    bounds, start = [], 0
-    while True:
-        end = min(start + segment, nb_timesteps)
-        bounds.append((start, end))
-        if end == nb_timesteps:
-            return bounds
-        start += step
+
+    start: int
+    end: int
+    core_start: int
+    core_end: int
+    frame_offset: int
+
+
+def plan_segments(
+    nb_timesteps: int,
+    sample_rate: float,
+    model_rate: float,
+    n_hop: int,
+    wiener_win_len: Optional[int],
+    segment: Optional[float],
+    overlap: float,
+) -> List[Segment]:
+    """Cut a track into segments whose STFT frames and Wiener windows fall on the
+    whole track's grid (exactly when ``sample_rate == model_rate``).
+
+    Cores are whole multiples of ``n_hop * wiener_win_len`` model samples, close
+    to ``segment`` seconds; each segment extends ``overlap / 2`` seconds beyond
+    its core on both sides.
+    """
+    if not segment or nb_timesteps <= segment * sample_rate:
+        return [Segment(0, nb_timesteps, 0, nb_timesteps, 0)]
+    ratio = sample_rate / model_rate
+    grid = n_hop * (wiener_win_len or 1)
+    step = max(1, round(segment * model_rate / grid)) * grid
+    context = math.ceil(overlap / 2 * model_rate / n_hop) * n_hop
+    total = math.ceil(nb_timesteps / ratio)
+    plan = []
+    for core in range(0, total, step):
+        start = max(0, core - context)
+        to_input = lambda x: min(nb_timesteps, int(round(x * ratio)))  # noqa: E731
+        plan.append(Segment(to_input(start), to_input(core + step + context), to_input(core),
+                            to_input(core + step), start // n_hop))
+    if len(plan) > 1 and plan[-1].core_end - plan[-1].core_start <= plan[-1].core_start - plan[-1].start:
+        # A tail shorter than the context: let the previous segment take it.
+        last, prev = plan.pop(), plan.pop()
+        plan.append(Segment(prev.start, last.end, prev.core_start, last.core_end, prev.frame_offset))
+    return plan
 
 
 def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:
@@ -46,14 +79,14 @@ def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:
     return torch.sin(0.5 * math.pi * t).square().to(dtype)
 
 
-def _separate_segment(separator: Separator, audio: Tensor, rate: float) -> Tensor:
+def _separate_segment(separator: Separator, audio: Tensor, rate: float, frame_offset: int) -> Tensor:
     """``(nb_channels, n)`` at ``rate`` -> ``(nb_targets, nb_channels, n)`` at ``rate``."""
     from .audio import resample
 
     device = next(separator.parameters()).device
     model_rate = separator.sample_rate
     x = resample(audio, rate, model_rate)
-    est = separator(x[None].to(device))[0].cpu()
+    est = separator(x[None].to(device), frame_offset=frame_offset)[0].cpu()
     est = resample(est, model_rate, rate)
     n = audio.shape[-1]
     if est.shape[-1] < n:
@@ -76,8 +109,10 @@ def iter_separate(
         separator: a :class:`Separator` (any device).
         audio: ``(nb_channels, nb_timesteps)`` at ``sample_rate``.
         sample_rate: the audio's rate; chunks come out at the same rate.
-        segment: segment length in seconds; ``None`` or 0 separates in one go.
-        overlap: cross-fade length in seconds between segments.
+        segment: approximate segment length in seconds; ``None`` or 0
+            separates in one go.
+        overlap: seconds shared by consecutive segments; the output is
+            cross-faded over the middle half of each shared part.
         progress: show a tqdm bar (seconds of audio done).
 
     Yields:
@@ -87,24 +122,28 @@ def iter_separate(
     from tqdm import tqdm
 
     nb_timesteps = audio.shape[-1]
-    seg = int(round((segment or 0) * sample_rate))
-    ov = int(round(overlap * sample_rate)) if seg else 0
-    bounds = segment_bounds(nb_timesteps, seg, min(ov, seg - 1) if seg else 0)
-    pending = None
+    plan = plan_segments(nb_timesteps, sample_rate, separator.sample_rate, separator.n_hop,
+                         separator.wiener_win_len, segment, overlap)
+    emitted, pending = 0, None
     with torch.inference_mode(), tqdm(
         total=round(nb_timesteps / sample_rate, 2), unit="s", desc=desc, disable=not progress, leave=False
     ) as bar:
-        for k, (start, end) in enumerate(bounds):
-            est = _separate_segment(separator, audio[:, start:end], sample_rate)
+        for k, seg in enumerate(plan):
+            est = _separate_segment(separator, audio[:, seg.start : seg.end], sample_rate, seg.frame_offset)
+            a = emitted - seg.start
             if pending is not None:
-                ramp = crossfade_ramp(pending.shape[-1], est.dtype)
-                est[..., : pending.shape[-1]] = pending * (1 - ramp) + est[..., : pending.shape[-1]] * ramp
-            if k + 1 < len(bounds):
-                keep = bounds[k + 1][0] - start
-                pending = est[..., keep:].clone()
-                est = est[..., :keep]
-            bar.update(round(est.shape[-1] / sample_rate, 2))
-            yield est
+                n = pending.shape[-1]
+                ramp = crossfade_ramp(n, est.dtype)
+                est[..., a : a + n] = pending * (1 - ramp) + est[..., a : a + n] * ramp
+            if k + 1 == len(plan):
+                chunk = est[..., a:]
+            else:
+                half = min(seg.end - seg.core_end, seg.core_end - plan[k + 1].start) // 2
+                cut = seg.core_end - half - seg.start
+                chunk, pending = est[..., a:cut], est[..., cut : cut + 2 * half].clone()
+                emitted = seg.core_end - half
+            bar.update(round(chunk.shape[-1] / sample_rate, 2))
+            yield chunk
 
 
 def separate_tensor(

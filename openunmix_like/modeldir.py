@@ -141,7 +141,7 @@ def load_target(path: Path, target: str) -> OpenUnmix:
     model = OpenUnmix.from_config(config)
     check_state_dict(model, state, target, path)
     model.load_state_dict(state)
-    return model
+    return model.eval()
 
 
 def read_target_json(path: Path) -> dict:

@@ -78,11 +78,14 @@ class Separator(nn.Module):
             p.requires_grad = False
         return self.eval()
 
-    def forward(self, audio: Tensor) -> Tensor:
+    def forward(self, audio: Tensor, frame_offset: int = 0) -> Tensor:
         """Separate a batch of signals at ``self.sample_rate``.
 
         Args:
             audio: ``(nb_samples, nb_channels, nb_timesteps)``; any channel count.
+            frame_offset: when ``audio`` is a segment of a longer signal starting
+                at sample ``frame_offset * n_hop``, its Wiener windows line up with
+                those of the whole signal.
 
         Returns:
             ``(nb_samples, nb_targets, nb_channels, nb_timesteps)``, targets in
@@ -92,15 +95,15 @@ class Separator(nn.Module):
             raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
         nb_samples, nb_channels, nb_timesteps = audio.shape
         if self.nb_channels == 1 or nb_channels == 2:
-            return self._separate_padded(audio)
+            return self._separate_padded(audio, frame_offset)
         if nb_channels == 1:
-            return self._separate_padded(audio.expand(-1, 2, -1)).mean(dim=2, keepdim=True)
+            return self._separate_padded(audio.expand(-1, 2, -1), frame_offset).mean(dim=2, keepdim=True)
         # More than two channels: independent stereo pairs, batched together.
         odd = nb_channels % 2
         if odd:
             audio = torch.cat([audio, audio[:, -1:]], dim=1)
         pairs = audio.reshape(nb_samples * (audio.shape[1] // 2), 2, nb_timesteps)
-        est = self._separate_padded(pairs)
+        est = self._separate_padded(pairs, frame_offset)
         est = est.reshape(nb_samples, -1, est.shape[1], 2, nb_timesteps)
         est = est.permute(0, 2, 1, 3, 4).reshape(nb_samples, est.shape[2], -1, nb_timesteps)
         if odd:
@@ -108,25 +111,25 @@ class Separator(nn.Module):
             est = torch.cat([est[:, :, :-2], last], dim=2)
         return est
 
-    def _separate_padded(self, audio: Tensor) -> Tensor:
+    def _separate_padded(self, audio: Tensor, frame_offset: int) -> Tensor:
         """Separate, zero-padding inputs too short for the reflect-padded STFT."""
         nb_timesteps = audio.shape[-1]
         if nb_timesteps >= self.n_fft:
-            return self._separate(audio)
+            return self._separate(audio, frame_offset)
         padded = nn.functional.pad(audio, (0, self.n_fft - nb_timesteps))
-        return self._separate(padded)[..., :nb_timesteps]
+        return self._separate(padded, frame_offset)[..., :nb_timesteps]
 
-    def _separate(self, audio: Tensor) -> Tensor:
+    def _separate(self, audio: Tensor, frame_offset: int) -> Tensor:
         mix_stft = self.stft(audio)
         mag = self.complexnorm(mix_stft)
         spectrograms = torch.stack([model(mag) for model in self.target_models.values()], dim=-1)
         estimates = []
         for sample in range(audio.shape[0]):
-            y = self._filter(spectrograms[sample], mix_stft[sample])
+            y = self._filter(spectrograms[sample], mix_stft[sample], frame_offset)
             estimates.append(self.istft(y, length=audio.shape[-1]))
         return torch.stack(estimates, dim=0)
 
-    def _filter(self, spectrograms: Tensor, mix_stft: Tensor) -> Tensor:
+    def _filter(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int = 0) -> Tensor:
         """Wiener-filter one sample: ``(C, F, T, J)`` magnitudes -> ``(J', C, F, T)`` complex."""
         nb_targets = spectrograms.shape[-1]
         # EM needs two sources: with one target and no residual, use a hidden residual.
@@ -138,6 +141,7 @@ class Separator(nn.Module):
             softmask=self.softmask,
             residual=residual,
             win_len=self.wiener_win_len,
+            win_offset=frame_offset,
         )
         keep = nb_targets + (self.residual is not None)
         return y[..., :keep].permute(3, 2, 1, 0)

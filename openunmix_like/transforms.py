@@ -12,6 +12,13 @@ import torch
 from torch import Tensor, nn
 
 
+def _window_like(window: Tensor, dtype: torch.dtype) -> Tensor:
+    """The Hann window in ``dtype``, computed in that precision rather than cast."""
+    if window.dtype == dtype:
+        return window
+    return torch.hann_window(window.shape[0], periodic=True, dtype=dtype, device=window.device)
+
+
 class STFT(nn.Module):
     """Short-time Fourier transform of multichannel audio.
 
@@ -43,7 +50,7 @@ class STFT(nn.Module):
             flat,
             n_fft=self.n_fft,
             hop_length=self.n_hop,
-            window=self.window.to(audio.dtype),
+            window=_window_like(self.window, audio.dtype),
             center=self.center,
             pad_mode="reflect",
             normalized=False,
@@ -84,7 +91,7 @@ class ISTFT(nn.Module):
             flat,
             n_fft=self.n_fft,
             hop_length=self.n_hop,
-            window=self.window.to(flat.real.dtype),
+            window=_window_like(self.window, flat.real.dtype),
             center=self.center,
             normalized=False,
             onesided=True,

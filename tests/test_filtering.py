@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from openunmix_like.filtering import expectation_maximization, invert_hermitian, wiener, window_bounds
+
+norbert = pytest.importorskip("norbert")
+
+
+def random_problem(nb_channels, nb_sources=3, frames=40, bins=17, seed=0, v_channels=None):
+    rng = np.random.default_rng(seed)
+    v = rng.random((frames, bins, v_channels or nb_channels, nb_sources)) * 3
+    x = (rng.standard_normal((frames, bins, nb_channels)) + 1j * rng.standard_normal((frames, bins, nb_channels))) * 5
+    return v, x
+
+
+@pytest.mark.parametrize("nb_channels", [1, 2])
+@pytest.mark.parametrize("softmask", [False, True])
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_agrees_with_norbert(nb_channels, softmask, iterations):
+    v, x = random_problem(nb_channels, seed=iterations)
+    ref = norbert.wiener(v.copy(), x.copy(), iterations=iterations, use_softmask=softmask, eps=1e-10)
+    out = wiener(torch.from_numpy(v), torch.from_numpy(x), iterations, softmask=softmask, eps=1e-10).numpy()
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_agrees_with_norbert_for_mono_spectrograms_of_stereo_mix():
+    v, x = random_problem(2, v_channels=1, seed=5)
+    ref = norbert.wiener(v.copy(), x.copy(), iterations=2, eps=1e-10)
+    out = wiener(torch.from_numpy(v), torch.from_numpy(x), 2, softmask=True, eps=1e-10).numpy()
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_em_agrees_with_norbert_single_precision():
+    v, x = random_problem(2, seed=3)
+    y0 = norbert.softmask(v, x, eps=1e-6).astype(np.complex64)
+    ref = norbert.expectation_maximization(y0.copy(), x.astype(np.complex64), iterations=2, eps=1e-6)[0]
+    out = expectation_maximization(torch.from_numpy(y0), torch.from_numpy(x.astype(np.complex64)), 2, eps=1e-6)
+    assert out.dtype == torch.complex64
+    assert np.abs(out.numpy() - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("dtype,cdtype", [(torch.float32, torch.complex64), (torch.float64, torch.complex128)])
+def test_keeps_precision(dtype, cdtype):
+    v = torch.rand(10, 5, 2, 3, dtype=dtype)
+    x = torch.randn(10, 5, 2, dtype=cdtype)
+    for softmask in (False, True):
+        assert wiener(v, x, 1, softmask=softmask).dtype == cdtype
+
+
+def test_does_not_modify_inputs():
+    v = torch.rand(10, 5, 2, 3, dtype=torch.float64)
+    x = torch.randn(10, 5, 2, dtype=torch.complex128) * 100
+    v0, x0 = v.clone(), x.clone()
+    wiener(v, x, 2)
+    assert torch.equal(v, v0) and torch.equal(x, x0)
+
+
+def test_residual_and_softmask_sum_to_mixture():
+    v = torch.rand(10, 5, 2, 3, dtype=torch.float64)
+    x = torch.randn(10, 5, 2, dtype=torch.complex128)
+    assert torch.allclose(wiener(v, x, 0, residual=True).sum(-1), x)
+    assert torch.allclose(wiener(v, x, 0, softmask=True).sum(-1), x, atol=1e-8)
+
+
+def test_windows_filter_independently():
+    v = torch.rand(25, 5, 2, 3, dtype=torch.float64)
+    x = torch.randn(25, 5, 2, dtype=torch.complex128)
+    whole = wiener(v, x, 1, win_len=10)
+    parts = torch.cat([wiener(v[a:b], x[a:b], 1) for a, b in [(0, 10), (10, 20), (20, 25)]])
+    assert torch.allclose(whole, parts)
+    # An offset of 7 frames on the global grid moves the cuts to frames 3, 13, 23.
+    assert window_bounds(25, 10, 7) == [(0, 3), (3, 13), (13, 23), (23, 25)]
+    shifted = wiener(v, x, 1, win_len=10, win_offset=7)
+    assert torch.allclose(shifted[3:13], wiener(v[3:13], x[3:13], 1))
+
+
+def test_closed_form_inverse():
+    m = torch.randn(50, 2, 2, dtype=torch.complex128)
+    m = m @ m.conj().transpose(-1, -2) + torch.eye(2)
+    assert torch.allclose(invert_hermitian(m) @ m, torch.eye(2, dtype=m.dtype).expand_as(m), atol=1e-10)
+    m3 = torch.randn(4, 3, 3, dtype=torch.complex128) + 3 * torch.eye(3)
+    assert torch.allclose(invert_hermitian(m3), torch.linalg.inv(m3))
+
+
+def test_em_needs_two_sources():
+    with pytest.raises(ValueError, match="two sources"):
+        wiener(torch.rand(4, 3, 2, 1), torch.randn(4, 3, 2, dtype=torch.complex64), 1)

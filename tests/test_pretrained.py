@@ -1,0 +1,105 @@
+"""Downloads of published weights, against a local HTTP server serving test-made files."""
+import functools
+import hashlib
+import http.server
+import io
+import threading
+
+import pytest
+import torch
+
+import openunmix_like.pretrained as pretrained
+from openunmix_like import DownloadError, Separator
+from openunmix_like.model import OpenUnmix
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def tiny_table(monkeypatch):
+    """A published-model table for a tiny model, filled in by `publish`."""
+    table = {}
+    monkeypatch.setattr(pretrained, "pretrained_table", lambda: table)
+    return table
+
+
+def publish(root, table, name="tinyhq", targets=("vocals", "bass"), corrupt=()):
+    files = {}
+    for target in targets:
+        buffer = io.BytesIO()
+        torch.save(OpenUnmix(nb_bins=257, hidden_size=8, max_bin=64).state_dict(), buffer)
+        data = buffer.getvalue()
+        file = f"{target}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+        (root / file).write_bytes(data + (b"tampered" if target in corrupt else b""))
+        files[target] = file
+    table[name] = {"url": "http://unused.invalid/{file}", "sample_rate": 44100, "nfft": 512, "nhop": 128,
+                   "nb_channels": 2, "files": files}
+    return files
+
+
+def test_download_verifies_and_caches(server, tiny_table, tmp_path, monkeypatch):
+    root, url = server
+    files = publish(root, tiny_table)
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(pretrained.BASE_URL_ENV, url)
+    sep = Separator.from_pretrained("tinyhq", progress=False)
+    assert sep.target_names == ["vocals", "bass"] and sep.n_fft == 512
+    assert sorted(p.name for p in (tmp_path / "cache" / "tinyhq").iterdir()) == sorted(files.values())
+    # A second load works with the server gone (cache hit).
+    for f in root.iterdir():
+        f.unlink()
+    assert Separator.from_pretrained("tinyhq", targets=["bass"], progress=False).target_names == ["bass"]
+
+
+def test_bad_hash_is_deleted_and_refused(server, tiny_table, tmp_path, monkeypatch):
+    root, url = server
+    files = publish(root, tiny_table, corrupt=("bass",))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
+    monkeypatch.setenv(pretrained.BASE_URL_ENV, url + "/{file}")
+    with pytest.raises(DownloadError, match=f"{files['bass']}.*expected {files['bass'][5:13]}"):
+        Separator.from_pretrained("tinyhq", progress=False)
+    leftovers = sorted(p.name for p in (cache / "tinyhq").iterdir())
+    assert leftovers == [files["vocals"]]  # the good file stays, the bad one and any partial are gone
+
+
+def test_offline_error_names_files_urls_and_folder(tiny_table, tmp_path, monkeypatch):
+    files = publish(tmp_path, tiny_table)
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(pretrained.BASE_URL_ENV, "http://127.0.0.1:9")  # discard port: refused
+    with pytest.raises(DownloadError) as info:
+        Separator.from_pretrained("tinyhq", progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    for file in files.values():
+        assert f"http://127.0.0.1:9/{file}" in message
+    assert str(tmp_path / "cache" / "tinyhq") in message
+
+
+def test_published_table_urls_and_hashes():
+    table = pretrained.pretrained_table()
+    assert set(table) == {"umxhq", "umx", "umxl", "umxse"}
+    assert pretrained.file_url("umxhq", "vocals-b62c91ce.pth") == \
+        "https://zenodo.org/records/3370489/files/vocals-b62c91ce.pth"
+    for entry in table.values():
+        for file in entry["files"].values():
+            assert len(pretrained.expected_hash(file)) == 8
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "c"))
+    assert pretrained.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(pretrained.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pretrained.cache_dir() == tmp_path / "xdg" / "openunmix-like"
