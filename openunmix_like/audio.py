@@ -150,7 +150,7 @@ def _load_ffmpeg(path: Path, start: float, duration: Optional[float]):
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"{path}: ffmpeg cannot decode it ({message[-1] if message else 'unknown error'})")
-    data = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, probe.nb_channels)
+    data = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, probe.nb_channels).copy()
     return np.ascontiguousarray(data.T), probe.sample_rate
 
 
