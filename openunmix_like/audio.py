@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import subprocess
 from fractions import Fraction
@@ -184,10 +183,3 @@ def subtype_for(ext: str, bits: int) -> str:
         valid = ", ".join(f"{e}/{b}" for e, b in SUBTYPES)
         raise AudioError(f"cannot write {ext} with {bits} bits; choose one of {valid}") from None
 
-
-def peak(audio: Tensor) -> float:
-    return float(audio.abs().max()) if audio.numel() else 0.0
-
-
-def db(x: float) -> float:
-    return 20 * math.log10(max(x, 1e-12))
