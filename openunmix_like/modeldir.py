@@ -137,7 +137,9 @@ def load_target(path: Path, target: str) -> OpenUnmix:
     if meta.get("model_args"):
         declared = OpenUnmixConfig.from_dict(meta["model_args"])
         if declared != config:
-            raise ModelError(f"{path}: weights of target {target!r} disagree with {target}.json: {config} vs {declared}")
+            raise ModelError(
+                f"{path}: weights of target {target!r} disagree with {target}.json: {config} vs {declared}"
+            )
     model = OpenUnmix.from_config(config)
     check_state_dict(model, state, target, path)
     model.load_state_dict(state)
@@ -153,7 +155,9 @@ def read_target_json(path: Path) -> dict:
         raise ModelError(f"{path}: unreadable JSON ({exc}); fix or delete it") from exc
 
 
-def read_settings(folder: Path, first_target: str, model: OpenUnmix, known: Mapping[str, AudioSettings]) -> AudioSettings:
+def read_settings(
+    folder: Path, first_target: str, model: OpenUnmix, known: Mapping[str, AudioSettings]
+) -> AudioSettings:
     """STFT settings: ``separator.json``, else the reference ``<target>.json``, else inferred."""
     sep_json = folder / "separator.json"
     if sep_json.is_file():

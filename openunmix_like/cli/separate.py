@@ -119,7 +119,9 @@ def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> 
                                      "use {track}, {target}, {ext}, {model}") from None
         out[name] = Path(args.outdir) / rel
     if len(set(out.values())) < len(out):
-        raise OpenUnmixLikeError(f"--filename {args.filename!r} gives the same file for several targets; include {{target}}")
+        raise OpenUnmixLikeError(
+            f"--filename {args.filename!r} gives the same file for several targets; include {{target}}"
+        )
     return out
 
 
@@ -176,7 +178,9 @@ def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]
         members = [members] if isinstance(members, str) else members
         unknown = [m for m in members if m not in names]
         if unknown:
-            raise OpenUnmixLikeError(f"--aggregate: {key!r} names unknown targets {unknown}; available: {', '.join(names)}")
+            raise OpenUnmixLikeError(
+                f"--aggregate: {key!r} names unknown targets {unknown}; available: {', '.join(names)}"
+            )
     return aggregate
 
 
@@ -205,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path, outputs in plans:
         clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
         if clash is not None:
-            _report(f"{path}: would write the same files as {clash}; use a --filename template with {{track}} that differs")
+            _report(f"{path}: would write the same files as {clash}; "
+                    "use a --filename template whose {track} part differs")
             failed += 1
             continue
         claimed.update({o: path for o in outputs.values()})
