@@ -30,10 +30,11 @@ class Separator(nn.Module):
         nb_channels: channels the models take (1 or 2).
 
     Audio with another channel count than ``nb_channels`` is adapted: stereo
-    models separate mono input duplicated to two channels and return the mean
-    of the two; inputs with more than two channels are separated as
-    independent pairs (1-2, 3-4, ...; a last odd channel as mono). Mono models
-    see the mean magnitude of all channels and filter every channel.
+    models see mono input's magnitude on both channels, and the mean of their
+    two output channels filters the mono mixture; inputs with more than two
+    channels are separated as independent pairs (1-2, 3-4, ...; a last odd
+    channel as mono). Mono models see the mean magnitude of all channels and
+    filter every channel.
     """
 
     def __init__(
@@ -94,21 +95,16 @@ class Separator(nn.Module):
         if audio.dim() != 3:
             raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
         nb_samples, nb_channels, nb_timesteps = audio.shape
-        if self.nb_channels == 1 or nb_channels == 2:
+        if self.nb_channels == 1 or nb_channels <= 2:
             return self._separate_padded(audio, frame_offset)
-        if nb_channels == 1:
-            return self._separate_padded(audio.expand(-1, 2, -1), frame_offset).mean(dim=2, keepdim=True)
-        # More than two channels: independent stereo pairs, batched together.
-        odd = nb_channels % 2
-        if odd:
-            audio = torch.cat([audio, audio[:, -1:]], dim=1)
-        pairs = audio.reshape(nb_samples * (audio.shape[1] // 2), 2, nb_timesteps)
+        # More than two channels: independent stereo pairs batched together, a last odd one as mono.
+        even = nb_channels - nb_channels % 2
+        pairs = audio[:, :even].reshape(nb_samples * even // 2, 2, nb_timesteps)
         est = self._separate_padded(pairs, frame_offset)
-        est = est.reshape(nb_samples, -1, est.shape[1], 2, nb_timesteps)
-        est = est.permute(0, 2, 1, 3, 4).reshape(nb_samples, est.shape[2], -1, nb_timesteps)
-        if odd:
-            last = est[:, :, -2:].mean(dim=2, keepdim=True)
-            est = torch.cat([est[:, :, :-2], last], dim=2)
+        est = est.reshape(nb_samples, even // 2, est.shape[1], 2, nb_timesteps)
+        est = est.permute(0, 2, 1, 3, 4).reshape(nb_samples, est.shape[2], even, nb_timesteps)
+        if even < nb_channels:
+            est = torch.cat([est, self._separate_padded(audio[:, even:], frame_offset)], dim=2)
         return est
 
     def _separate_padded(self, audio: Tensor, frame_offset: int) -> Tensor:
@@ -122,29 +118,51 @@ class Separator(nn.Module):
     def _separate(self, audio: Tensor, frame_offset: int) -> Tensor:
         mix_stft = self.stft(audio)
         mag = self.complexnorm(mix_stft)
-        spectrograms = torch.stack([model(mag) for model in self.target_models.values()], dim=-1)
-        estimates = []
-        for sample in range(audio.shape[0]):
-            y = self._filter(spectrograms[sample], mix_stft[sample], frame_offset)
-            estimates.append(self.istft(y, length=audio.shape[-1]))
-        return torch.stack(estimates, dim=0)
+        mono_in_stereo_model = self.nb_channels == 2 and audio.shape[1] == 1
+        if mono_in_stereo_model:
+            mag = mag.expand(-1, 2, -1, -1)
+        # Stacked frame-major (as the models compute them), viewed as
+        # (nb_samples, nb_targets, nb_channels, nb_bins, nb_frames).
+        frame_major = [model(mag).permute(3, 0, 1, 2) for model in self.target_models.values()]
+        spectrograms = torch.stack(frame_major, dim=2).permute(1, 2, 3, 4, 0)
+        if mono_in_stereo_model:
+            # Filter the mono mixture with one spectrogram per target: a duplicated
+            # stereo pair would make the mixture covariance singular.
+            spectrograms = spectrograms.mean(dim=2, keepdim=True)
+        return torch.stack([
+            self._filter_and_invert(spectrograms[i], mix_stft[i], frame_offset, audio.shape[-1])
+            for i in range(audio.shape[0])
+        ])
 
-    def _filter(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int = 0) -> Tensor:
-        """Wiener-filter one sample: ``(C, F, T, J)`` magnitudes -> ``(J', C, F, T)`` complex."""
-        nb_targets = spectrograms.shape[-1]
+    def _filter_and_invert(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int, length: int) -> Tensor:
+        """Wiener filter and inverse STFT of one sample, one filter window at a time.
+
+        Args:
+            spectrograms: ``(nb_targets, {1, nb_channels}, nb_bins, nb_frames)`` magnitudes.
+            mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
+
+        Returns:
+            ``(nb_targets [+ residual], nb_channels, length)``.
+        """
+        nb_targets = spectrograms.shape[0]
+        nb_channels, nb_bins, nb_frames = mix_stft.shape
         # EM needs two sources: with one target and no residual, use a hidden residual.
         residual = self.residual is not None or (self.niter > 0 and nb_targets == 1)
-        y = filtering.wiener(
-            spectrograms.permute(2, 1, 0, 3),
-            mix_stft.permute(2, 1, 0),
-            iterations=self.niter,
-            softmask=self.softmask,
-            residual=residual,
-            win_len=self.wiener_win_len,
-            win_offset=frame_offset,
-        )
         keep = nb_targets + (self.residual is not None)
-        return y[..., :keep].permute(3, 2, 1, 0)
+        win = self.wiener_win_len or nb_frames
+        windows = filtering.window_bounds(nb_frames, win, frame_offset)
+        audio = self.istft.allocate((keep, nb_channels), nb_frames, spectrograms.dtype, mix_stft.device, length)
+        scratch = None
+        if nb_channels == 2:
+            # One buffer for every window's estimates instead of fresh memory each time.
+            longest = max(b - a for a, b in windows)
+            scratch = torch.empty((nb_targets + residual, 2, longest, nb_bins, 2),
+                                  dtype=spectrograms.dtype, device=mix_stft.device)
+        for a, b in windows:
+            y = filtering.wiener_fast(spectrograms[..., a:b], mix_stft[..., a:b], iterations=self.niter,
+                                      softmask=self.softmask, residual=residual, out=scratch)
+            self.istft.accumulate(y[:keep], audio, a)
+        return self.istft.finish(audio, nb_frames, length)
 
     def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
         """Name the estimates, optionally summing groups of targets.

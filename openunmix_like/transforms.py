@@ -85,19 +85,62 @@ class ISTFT(nn.Module):
         Returns:
             real ``(..., nb_timesteps)``.
         """
-        shape = spec.shape
-        flat = spec.reshape((-1,) + shape[-2:])
-        audio = torch.istft(
-            flat,
-            n_fft=self.n_fft,
-            hop_length=self.n_hop,
-            window=_window_like(self.window, flat.real.dtype),
-            center=self.center,
-            normalized=False,
-            onesided=True,
-            length=length,
-        )
-        return audio.reshape(shape[:-2] + audio.shape[-1:])
+        nb_frames = spec.shape[-1]
+        buffer = self.allocate(spec.shape[:-2], nb_frames, spec.real.dtype, spec.device, length)
+        self.accumulate(spec, buffer, 0)
+        return self.finish(buffer, nb_frames, length)
+
+    # The inverse works frame block by frame block (allocate, accumulate, finish),
+    # so a caller can invert each block as soon as it is computed.
+
+    def allocate(self, lead_shape, nb_frames: int, dtype: torch.dtype, device=None,
+                 length: Optional[int] = None) -> Tensor:
+        """Zeroed overlap-add buffer ``(*lead_shape, nb_samples)`` for ``nb_frames`` frames."""
+        needed = (nb_frames - 1) * self.n_hop + self.n_fft
+        if length is not None:
+            needed = max(needed, length + self._pad)
+        return torch.zeros(tuple(lead_shape) + (needed,), dtype=dtype, device=device)
+
+    def accumulate(self, spec: Tensor, buffer: Tensor, frame_start: int) -> None:
+        """Add the windowed inverse FFT of frames ``frame_start ...`` into ``buffer``.
+
+        Args:
+            spec: complex ``(..., nb_bins, n)``, frames ``frame_start`` to ``frame_start + n``.
+            buffer: from :meth:`allocate`, same leading shape.
+        """
+        window = _window_like(self.window, buffer.dtype).to(buffer.device)
+        frames = torch.fft.irfft(spec.transpose(-1, -2), n=self.n_fft)  # (..., n, n_fft)
+        frames.mul_(window)
+        n = frames.shape[-2]
+        hop = self.n_hop
+        if self.n_fft % hop:
+            for t in range(n):
+                start = (frame_start + t) * hop
+                buffer[..., start : start + self.n_fft] += frames[..., t, :]
+            return
+        # n_fft = k * hop: each frame is k hop-sized pieces; piece i of frame t lands on slot t + i.
+        k = self.n_fft // hop
+        slots = buffer[..., : (buffer.shape[-1] // hop) * hop].unflatten(-1, (-1, hop))
+        pieces = frames.unflatten(-1, (k, hop))
+        for i in range(k):
+            slots[..., frame_start + i : frame_start + i + n, :] += pieces[..., i, :]
+
+    def finish(self, buffer: Tensor, nb_frames: int, length: Optional[int] = None) -> Tensor:
+        """Divide by the summed squared window and crop; returns a view of ``buffer``."""
+        window_sq = _window_like(self.window, buffer.dtype).to(buffer.device).square()
+        envelope = torch.zeros(buffer.shape[-1], dtype=buffer.dtype, device=buffer.device)
+        view = envelope.as_strided((nb_frames, self.n_fft), (self.n_hop, 1))
+        for t in range(min(nb_frames, -(-self.n_fft // self.n_hop))):
+            # Frames t, t + k, ... do not overlap each other: add them in one strided step.
+            view[t :: -(-self.n_fft // self.n_hop)] += window_sq
+        length = (nb_frames - 1) * self.n_hop if length is None else length
+        out = buffer[..., self._pad : self._pad + length]
+        out.div_(envelope[self._pad : self._pad + length].clamp_min(1e-11))
+        return out
+
+    @property
+    def _pad(self) -> int:
+        return self.n_fft // 2 if self.center else 0
 
 
 class ComplexNorm(nn.Module):

@@ -86,3 +86,35 @@ def test_closed_form_inverse():
 def test_em_needs_two_sources():
     with pytest.raises(ValueError, match="two sources"):
         wiener(torch.rand(4, 3, 2, 1), torch.randn(4, 3, 2, dtype=torch.complex64), 1)
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2])
+@pytest.mark.parametrize("softmask", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_path_equals_straightforward(iterations, softmask, residual, dtype):
+    from openunmix_like.filtering import wiener_fast
+
+    torch.manual_seed(iterations)
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    spec = torch.rand(3, 2, 70, 45, dtype=dtype) * 2
+    mix = torch.randn(2, 70, 45, dtype=cdtype) * 30  # large enough for the max-abs scaling
+    mix[:, 5, 7] = 0  # a silent bin
+    fast = wiener_fast(spec, mix, iterations, softmask, residual, win_len=20, win_offset=3, block_bins=16)
+    slow = wiener(spec.permute(3, 2, 1, 0), mix.permute(2, 1, 0), iterations, softmask, residual,
+                  win_len=20, win_offset=3).permute(3, 2, 1, 0)
+    assert fast.dtype == cdtype and fast.shape == slow.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert (fast - slow).abs().max() <= tol * slow.abs().max()
+
+
+@pytest.mark.parametrize("channels,spec_channels", [(2, 1), (1, 1), (3, 3)])
+def test_fast_path_other_layouts(channels, spec_channels):
+    from openunmix_like.filtering import wiener_fast
+
+    spec = torch.rand(2, spec_channels, 9, 30, dtype=torch.float64)
+    mix = torch.randn(channels, 9, 30, dtype=torch.complex128)
+    fast = wiener_fast(spec, mix, 1)
+    slow = wiener(spec.permute(3, 2, 1, 0), mix.permute(2, 1, 0), 1).permute(3, 2, 1, 0)
+    assert fast.shape == (2, channels, 9, 30)
+    assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-12)
