@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -55,6 +57,77 @@ def info(path: PathLike) -> AudioInfo:
     return _ffprobe(path)
 
 
+class AudioSource:
+    """Random access to (an excerpt of) an audio file, decoded block by block.
+
+    Files soundfile reads are read in place; anything else is first decoded by
+    ffmpeg into a temporary float32 file (deleted on :meth:`close`), so memory
+    does not depend on the file's length either way.
+
+    Args:
+        path: the file.
+        start: offset in seconds.
+        duration: seconds to expose; ``None`` up to the end.
+
+    Raises:
+        AudioError: naming the file, when it cannot be opened or holds no audio.
+
+    Example:
+        >>> with AudioSource("song.mp3", start=30, duration=10) as src:
+        ...     block = src.read(0, src.sample_rate)  # first second, (nb_channels, n)
+    """
+
+    def __init__(self, path: PathLike, start: float = 0.0, duration: Optional[float] = None):
+        import soundfile as sf
+
+        self.path = _existing(path)
+        self._tmp: Optional[Path] = None
+        try:
+            self._file = sf.SoundFile(str(self.path))
+            offset_s = start
+        except (RuntimeError, sf.LibsndfileError):
+            self._tmp = _decode_with_ffmpeg(self.path, start, duration)
+            self._file = sf.SoundFile(str(self._tmp))
+            offset_s = 0.0
+        self.sample_rate = int(self._file.samplerate)
+        self.nb_channels = int(self._file.channels)
+        self._offset = int(round(offset_s * self.sample_rate))
+        available = max(0, self._file.frames - self._offset)
+        wanted = available if duration is None else int(round(duration * self.sample_rate))
+        self.nb_frames = min(available, wanted)
+        if self.nb_frames <= 0:
+            self.close()
+            raise AudioError(f"{self.path}: no audio samples (empty file or start beyond its end)")
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Samples ``[start, stop)`` of the excerpt as a float32 ``(nb_channels, n)`` tensor."""
+        import soundfile as sf
+
+        stop = min(stop, self.nb_frames)
+        try:
+            self._file.seek(self._offset + start)
+            data = self._file.read(frames=max(0, stop - start), dtype="float32", always_2d=True)
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise AudioError(f"{self.path}: cannot decode ({exc}); the file may be truncated or corrupt") from exc
+        if data.shape[0] < stop - start:
+            data = np.pad(data, ((0, stop - start - data.shape[0]), (0, 0)))  # header overstated the length
+        if not np.isfinite(data).all():
+            raise AudioError(f"{self.path}: holds NaN or infinite samples; repair or re-export the file")
+        return torch.from_numpy(np.ascontiguousarray(data.T))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> "AudioSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def load(
     path: PathLike, start: float = 0.0, duration: Optional[float] = None
 ) -> Tuple[Tensor, int]:
@@ -71,20 +144,8 @@ def load(
     Raises:
         AudioError: naming the file, when it cannot be decoded or holds no audio.
     """
-    path = _existing(path)
-    try:
-        audio, rate = _load_soundfile(path, start, duration)
-    except _NotForSoundfile:
-        audio, rate = _load_ffmpeg(path, start, duration)
-    if audio.shape[1] == 0:
-        raise AudioError(f"{path}: no audio samples (empty file or start beyond its end)")
-    if not np.isfinite(audio).all():
-        raise AudioError(f"{path}: holds NaN or infinite samples; repair or re-export the file")
-    return torch.from_numpy(audio), rate
-
-
-class _NotForSoundfile(Exception):
-    pass
+    with AudioSource(path, start, duration) as source:
+        return source.read(0, source.nb_frames), source.sample_rate
 
 
 def _existing(path: PathLike) -> Path:
@@ -94,26 +155,6 @@ def _existing(path: PathLike) -> Path:
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
     return path
-
-
-def _load_soundfile(path: Path, start: float, duration: Optional[float]):
-    import soundfile as sf
-
-    try:
-        f = sf.SoundFile(str(path))
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        raise _NotForSoundfile() from exc
-    with f:
-        rate = int(f.samplerate)
-        first = int(round(start * rate))
-        frames = -1 if duration is None else int(round(duration * rate))
-        try:
-            if first:
-                f.seek(min(first, f.frames) if f.frames > 0 else first)
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
-        except (RuntimeError, sf.LibsndfileError) as exc:
-            raise AudioError(f"{path}: cannot decode ({exc}); the file may be truncated or corrupt") from exc
-    return np.ascontiguousarray(data.T), rate
 
 
 def _ffmpeg_binary(name: str) -> str:
@@ -136,21 +177,24 @@ def _ffprobe(path: Path) -> AudioInfo:
     return AudioInfo(rate, int(s["channels"]), nb_frames)
 
 
-def _load_ffmpeg(path: Path, start: float, duration: Optional[float]):
-    probe = _ffprobe(path)
-    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error"]
+def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> Path:
+    """Decode the first audio stream to a temporary float32 RF64 file; return its path."""
+    _ffprobe(path)  # a clear error for files that hold no audio stream
+    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-y"]
     if start:
         cmd += ["-ss", f"{start:.6f}"]
     cmd += ["-i", str(path)]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
-    cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    fd, tmp = tempfile.mkstemp(prefix="openunmix-like-", suffix=".wav")
+    os.close(fd)
+    cmd += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-rf64", "auto", "-f", "wav", tmp]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
         message = result.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"{path}: ffmpeg cannot decode it ({message[-1] if message else 'unknown error'})")
-    data = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, probe.nb_channels).copy()
-    return np.ascontiguousarray(data.T), probe.sample_rate
+    return Path(tmp)
 
 
 def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:

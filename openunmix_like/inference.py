@@ -23,13 +23,16 @@ DEFAULT_OVERLAP = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """One piece of a long input, in samples of the input.
+    """One piece of a long input.
 
-    The segment spans ``[start, end)``; it is responsible for the output in
+    The segment reads input samples ``[in_start, in_end)`` and produces output
+    samples ``[start, end)`` (output rate); it is responsible for the output in
     ``[core_start, core_end)`` and gives context beyond that to the model.
     ``frame_offset`` is the model-rate STFT frame at which it starts.
     """
 
+    in_start: int
+    in_end: int
     start: int
     end: int
     core_start: int
@@ -45,31 +48,42 @@ def plan_segments(
     wiener_win_len: Optional[int],
     segment: Optional[float],
     overlap: float,
+    out_rate: Optional[float] = None,
 ) -> List[Segment]:
     """Cut a track into segments whose STFT frames and Wiener windows fall on the
-    whole track's grid (exactly when ``sample_rate == model_rate``).
+    whole track's grid (exactly when the input is at the model's rate).
 
     Cores are whole multiples of ``n_hop * wiener_win_len`` model samples, close
     to ``segment`` seconds; each segment extends ``overlap / 2`` seconds beyond
-    its core on both sides.
+    its core on both sides. Output positions are at ``out_rate`` (default: the
+    input's rate).
     """
+    out_rate = sample_rate if out_rate is None else out_rate
+    nb_out = int(round(nb_timesteps * out_rate / sample_rate))
     if not segment or nb_timesteps <= segment * sample_rate:
-        return [Segment(0, nb_timesteps, 0, nb_timesteps, 0)]
-    ratio = sample_rate / model_rate
+        return [Segment(0, nb_timesteps, 0, nb_out, 0, nb_out, 0)]
     grid = n_hop * (wiener_win_len or 1)
     step = max(1, round(segment * model_rate / grid)) * grid
     context = math.ceil(overlap / 2 * model_rate / n_hop) * n_hop
-    total = math.ceil(nb_timesteps / ratio)
+    total = math.ceil(nb_timesteps * model_rate / sample_rate)
+
+    def to_in(m: int) -> int:
+        return min(nb_timesteps, int(round(m * sample_rate / model_rate)))
+
+    def to_out(m: int) -> int:
+        return min(nb_out, int(round(m * out_rate / model_rate)))
+
     plan = []
     for core in range(0, total, step):
-        start = max(0, core - context)
-        to_input = lambda x: min(nb_timesteps, int(round(x * ratio)))  # noqa: E731
-        plan.append(Segment(to_input(start), to_input(core + step + context), to_input(core),
-                            to_input(core + step), start // n_hop))
-    if len(plan) > 1 and plan[-1].core_end - plan[-1].core_start <= plan[-1].core_start - plan[-1].start:
+        start, end = max(0, core - context), core + step + context
+        plan.append(Segment(to_in(start), to_in(end), to_out(start), to_out(end),
+                            to_out(core), to_out(core + step), start // n_hop))
+    last = plan[-1]
+    if len(plan) > 1 and last.core_end - last.core_start <= last.core_start - last.start:
         # A tail shorter than the context: let the previous segment take it.
-        last, prev = plan.pop(), plan.pop()
-        plan.append(Segment(prev.start, last.end, prev.core_start, last.core_end, prev.frame_offset))
+        prev = plan[-2]
+        plan[-2:] = [Segment(prev.in_start, last.in_end, prev.start, last.end,
+                             prev.core_start, last.core_end, prev.frame_offset)]
     return plan
 
 
@@ -79,41 +93,58 @@ def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:
     return torch.sin(0.5 * math.pi * t).square().to(dtype)
 
 
-def _separate_segment(separator: Separator, audio: Tensor, rate: float, frame_offset: int) -> Tensor:
-    """``(nb_channels, n)`` at ``rate`` -> ``(nb_targets, nb_channels, n)`` at ``rate``."""
+class TensorSource:
+    """Audio held in memory, with the reading interface of :class:`~openunmix_like.audio.AudioSource`."""
+
+    def __init__(self, audio: Tensor):
+        self.audio = audio
+        self.nb_frames = audio.shape[-1]
+
+    def read(self, start: int, stop: int) -> Tensor:
+        return self.audio[..., start:stop]
+
+
+def _separate_segment(separator: Separator, audio: Tensor, rate: float, out_rate: float,
+                      frame_offset: int, length: int) -> Tensor:
+    """``(nb_channels, n)`` at ``rate`` -> ``(nb_targets, nb_channels, length)`` at ``out_rate``."""
     from .audio import resample
 
     device = next(separator.parameters()).device
     model_rate = separator.sample_rate
     x = resample(audio, rate, model_rate)
     est = separator(x[None].to(device), frame_offset=frame_offset)[0].cpu()
-    est = resample(est, model_rate, rate)
-    n = audio.shape[-1]
-    if est.shape[-1] < n:
-        est = torch.nn.functional.pad(est, (0, n - est.shape[-1]))
-    return est[..., :n]
+    est = resample(est, model_rate, out_rate)
+    if est.shape[-1] < length:
+        est = torch.nn.functional.pad(est, (0, length - est.shape[-1]))
+    return est[..., :length]
 
 
 def iter_separate(
     separator: Separator,
-    audio: Tensor,
+    audio,
     sample_rate: float,
     segment: Optional[float] = DEFAULT_SEGMENT,
     overlap: float = DEFAULT_OVERLAP,
     progress: bool = False,
     desc: Optional[str] = None,
+    out_rate: Optional[float] = None,
 ) -> Iterator[Tensor]:
     """Separate ``audio`` segment by segment, yielding finished consecutive chunks.
 
+    Only one segment of input and output is in memory at a time, so memory does
+    not grow with the track's length.
+
     Args:
         separator: a :class:`Separator` (any device).
-        audio: ``(nb_channels, nb_timesteps)`` at ``sample_rate``.
-        sample_rate: the audio's rate; chunks come out at the same rate.
+        audio: ``(nb_channels, nb_timesteps)`` tensor at ``sample_rate``, or an
+            :class:`~openunmix_like.audio.AudioSource`.
+        sample_rate: the audio's rate.
         segment: approximate segment length in seconds; ``None`` or 0
             separates in one go.
         overlap: seconds shared by consecutive segments; the output is
             cross-faded over the middle half of each shared part.
         progress: show a tqdm bar (seconds of audio done).
+        out_rate: rate of the yielded chunks (default ``sample_rate``).
 
     Yields:
         ``(nb_targets, nb_channels, n)`` chunks whose concatenation along the
@@ -121,15 +152,17 @@ def iter_separate(
     """
     from tqdm import tqdm
 
-    nb_timesteps = audio.shape[-1]
-    plan = plan_segments(nb_timesteps, sample_rate, separator.sample_rate, separator.n_hop,
-                         separator.wiener_win_len, segment, overlap)
+    source = TensorSource(audio) if isinstance(audio, Tensor) else audio
+    out_rate = sample_rate if out_rate is None else out_rate
+    plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
+                         separator.wiener_win_len, segment, overlap, out_rate)
     emitted, pending = 0, None
     with torch.inference_mode(), tqdm(
-        total=round(nb_timesteps / sample_rate, 2), unit="s", desc=desc, disable=not progress, leave=False
+        total=round(plan[-1].end / out_rate, 2), unit="s", desc=desc, disable=not progress, leave=False
     ) as bar:
         for k, seg in enumerate(plan):
-            est = _separate_segment(separator, audio[:, seg.start : seg.end], sample_rate, seg.frame_offset)
+            est = _separate_segment(separator, source.read(seg.in_start, seg.in_end), sample_rate, out_rate,
+                                    seg.frame_offset, seg.end - seg.start)
             a = emitted - seg.start
             if pending is not None:
                 n = pending.shape[-1]
@@ -142,7 +175,7 @@ def iter_separate(
                 cut = seg.core_end - half - seg.start
                 chunk, pending = est[..., a:cut], est[..., cut : cut + 2 * half].clone()
                 emitted = seg.core_end - half
-            bar.update(round(chunk.shape[-1] / sample_rate, 2))
+            bar.update(round(chunk.shape[-1] / out_rate, 2))
             yield chunk
 
 

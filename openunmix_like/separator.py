@@ -129,10 +129,9 @@ class Separator(nn.Module):
             # Filter the mono mixture with one spectrogram per target: a duplicated
             # stereo pair would make the mixture covariance singular.
             spectrograms = spectrograms.mean(dim=2, keepdim=True)
-        return torch.stack([
-            self._filter_and_invert(spectrograms[i], mix_stft[i], frame_offset, audio.shape[-1])
-            for i in range(audio.shape[0])
-        ])
+        estimates = [self._filter_and_invert(spectrograms[i], mix_stft[i], frame_offset, audio.shape[-1])
+                     for i in range(audio.shape[0])]
+        return estimates[0][None] if len(estimates) == 1 else torch.stack(estimates)
 
     def _filter_and_invert(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int, length: int) -> Tensor:
         """Wiener filter and inverse STFT of one sample, one filter window at a time.

@@ -137,20 +137,19 @@ def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
                   aggregate: Optional[dict], outputs: Dict[str, Path]) -> None:
     """Separate one file into its output paths (all written, or none)."""
-    from ..audio import load, resample
+    from ..audio import AudioSource
     from ..writer import StemWriter
 
     check_outputs(path, outputs, args.force)
-    audio, rate = load(path, start=args.start, duration=args.duration)
-    if args.keep_model_rate:
-        audio, rate = resample(audio, rate, separator.sample_rate), int(separator.sample_rate)
-    names = separator.target_names
-    with StemWriter(outputs, rate, audio.shape[0], args.ext, args.bits, args.clip) as writer:
-        chunks = iter_separate(separator, audio, rate, args.segment or None, args.overlap,
-                               progress=not args.quiet, desc=path.name)
-        for chunk in chunks:
-            writer.write(aggregate_estimates(dict(zip(names, chunk)), aggregate))
-        writer.finish()
+    with AudioSource(path, start=args.start, duration=args.duration) as source:
+        out_rate = int(separator.sample_rate) if args.keep_model_rate else source.sample_rate
+        names = separator.target_names
+        with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip) as writer:
+            chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
+                                   progress=not args.quiet, desc=path.name, out_rate=out_rate)
+            for chunk in chunks:
+                writer.write(aggregate_estimates(dict(zip(names, chunk)), aggregate))
+            writer.finish()
 
 
 def load_separator(args: argparse.Namespace) -> Separator:
