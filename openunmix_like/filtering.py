@@ -208,89 +208,105 @@ def wiener_fast(
                    residual, scale_factor, eps, win_len, win_offset)
         return y.permute(3, 2, 1, 0)
     nb_sources = spectrograms.shape[0] + int(residual)
-    # Frame-major memory (like torch.stft's output), so the inverse STFT reads it without a transposing copy.
+    # Work frame-major, (..., frames, bins): torch.stft's memory order, so reads, writes and
+    # the inverse STFT run along contiguous bins.
     if out is None:
         out = torch.empty((nb_sources, 2, nb_frames, nb_bins, 2), dtype=spectrograms.dtype, device=mix_stft.device)
-    out = out[:, :, :nb_frames].transpose(2, 3)
-    mix_re, mix_im = mix_stft.real, mix_stft.imag
+    out = out[:, :, :nb_frames]
+    spec_tf = spectrograms.transpose(-1, -2)
+    mix_re, mix_im = mix_stft.real.transpose(-1, -2), mix_stft.imag.transpose(-1, -2)
     windows = window_bounds(nb_frames, win_len, win_offset) if win_len else [(0, nb_frames)]
+    blocks = [slice(f, f + block_bins) for f in range(0, nb_bins, block_bins)]
     for a, b in windows:
-        max_abs = 1.0
-        if iterations:
-            max_abs = max(1.0, float(mix_stft[..., a:b].abs().max()) / scale_factor)
-        for f in range(0, nb_bins, block_bins):
-            block = (..., slice(f, f + block_bins), slice(a, b))
-            x = [(mix_re[c][block], mix_im[c][block]) for c in range(2)]
-            spec = [spectrograms[:, min(c, spectrograms.shape[1] - 1)][block] for c in range(2)]
-            y = _stereo_block(spec, x, iterations, softmask, residual, max_abs, eps)
-            for c in range(2):
-                out[:, c, f : f + block_bins, a:b, 0] = y[c][0]
-                out[:, c, f : f + block_bins, a:b, 1] = y[c][1]
-    return torch.view_as_complex(out)
+        # Pass 1: initial estimates of every bin block, and the window's mixture peak.
+        peak_power = 0.0
+        for fs in blocks:
+            x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
+            spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
+            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
+            peak_power = max(peak_power, _initial_block(spec, x, softmask, residual, eps, views))
+        if not iterations:
+            continue
+        # Pass 2: EM in place. EM on (y, x) / m, times m, equals EM on (y, x) with the
+        # regulariser and weight epsilon scaled by m^2: no array needs rescaling.
+        m2 = max(1.0, peak_power ** 0.5 / scale_factor) ** 2
+        for fs in blocks:
+            x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
+            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
+            y = views
+            for it in range(iterations):
+                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
+    return torch.view_as_complex(out).transpose(2, 3)
 
 
-def _stereo_block(spec, x, iterations, softmask, residual, max_abs, eps):
-    """Initial estimates and EM for one block of bins and frames.
+def _initial_block(spec, x, softmask, residual, eps, into) -> float:
+    """Write the initial estimates of one block into ``into``; return its largest mixture power.
 
     Args:
-        spec: per channel, magnitudes ``(J, F, T)``.
-        x: per channel, mixture ``(real, imag)`` planes ``(F, T)``.
-
-    Returns:
-        per channel, estimate ``(real, imag)`` planes ``(J', F, T)``.
+        spec: per channel, magnitudes ``(J, T, F)``.
+        x: per channel, mixture ``(real, imag)`` planes ``(T, F)``.
+        into: per channel, ``(real, imag)`` output planes ``(J [+1], T, F)``.
     """
-    if softmask:
-        y = []
-        for c in range(2):
+    power = [x_re.square().addcmul_(x_im, x_im) for x_re, x_im in x]
+    peak = max(float(p.max()) for p in power)
+    nb_targets = spec[0].shape[0]
+    for c, ((x_re, x_im), (o_re, o_im)) in enumerate(zip(x, into)):
+        if softmask:
             mask = spec[c] / (eps + spec[c].sum(dim=0))
-            y.append((mask * x[c][0], mask * x[c][1]))
-    else:
-        y = []
-        for c, (x_re, x_im) in enumerate(x):
-            mag = torch.sqrt(x_re.square() + x_im.square())
+            torch.mul(mask, x_re, out=o_re[:nb_targets])
+            torch.mul(mask, x_im, out=o_im[:nb_targets])
+        else:
+            mag = power[c].sqrt_()
             silent = (mag == 0).to(mag.dtype)
             # angle(0) is 0: a silent bin gets phase 1, as with the mixture-phase definition.
-            inv = 1.0 / (mag + silent)
-            y.append((spec[c] * (x_re * inv + silent), spec[c] * (x_im * inv)))
-    if residual:
-        y = [(torch.cat([y_re, (x_re - y_re.sum(dim=0))[None]]), torch.cat([y_im, (x_im - y_im.sum(dim=0))[None]]))
-             for (y_re, y_im), (x_re, x_im) in zip(y, x)]
-    if iterations == 0:
-        return y
-    x = [(x_re / max_abs, x_im / max_abs) for x_re, x_im in x]
-    y = [(y_re / max_abs, y_im / max_abs) for y_re, y_im in y]
-    for _ in range(iterations):
-        y = _stereo_em_step(y, x, eps)
-    return [(y_re * max_abs, y_im * max_abs) for y_re, y_im in y]
+            inv = (mag + silent).reciprocal_()
+            torch.mul(spec[c], (x_re * inv).add_(silent), out=o_re[:nb_targets])
+            torch.mul(spec[c], x_im * inv, out=o_im[:nb_targets])
+        if residual:
+            torch.sub(x_re, o_re[:nb_targets].sum(dim=0), out=o_re[nb_targets])
+            torch.sub(x_im, o_im[:nb_targets].sum(dim=0), out=o_im[nb_targets])
+    return peak
 
 
-def _stereo_em_step(y, x, eps):
-    """One EM iteration on per-channel planes (see :func:`_stereo_block`)."""
+def _stereo_em_step(y, x, weight_eps, reg, into=None):
+    """One EM iteration on per-channel ``(real, imag)`` planes ``(J, T, F)``.
+
+    ``weight_eps`` regularises the covariance weights and ``reg`` is added to the
+    mixture covariance's diagonal. With ``into`` (same structure as ``y``), the
+    new estimates are written there.
+    """
     (y0_re, y0_im), (y1_re, y1_im) = y
     (x0_re, x0_im), (x1_re, x1_im) = x
-    p0 = y0_re.square() + y0_im.square()
-    p1 = y1_re.square() + y1_im.square()
-    v = 0.5 * (p0 + p1)  # (J, F, T)
-    inv_weight = 1.0 / (eps + v.sum(dim=-1, keepdim=True))
-    # Spatial covariance R = [[r00, r01], [conj(r01), r11]] per source and bin.
-    r00 = p0.sum(dim=-1, keepdim=True) * inv_weight
-    r11 = p1.sum(dim=-1, keepdim=True) * inv_weight
-    r01_re = (y0_re * y1_re + y0_im * y1_im).sum(dim=-1, keepdim=True) * inv_weight
-    r01_im = (y0_im * y1_re - y0_re * y1_im).sum(dim=-1, keepdim=True) * inv_weight
-    # Mixture covariance Cxx = sum_j v_j R_j + sqrt(eps) I (Hermitian: real diagonal).
-    reg = eps ** 0.5
-    c00 = (r00 * v).sum(dim=0) + reg
-    c11 = (r11 * v).sum(dim=0) + reg
+    p0 = (y0_re * y0_re).addcmul_(y0_im, y0_im)
+    p1 = (y1_re * y1_re).addcmul_(y1_im, y1_im)
+    v = (p0 + p1).mul_(0.5)  # (J, T, F)
+    inv_weight = 1.0 / (weight_eps + v.sum(dim=-2, keepdim=True))
+    # Spatial covariance R = [[r00, r01], [conj(r01), r11]] per source and bin, over the frames.
+    r00 = p0.sum(dim=-2, keepdim=True).mul_(inv_weight)
+    r11 = p1.sum(dim=-2, keepdim=True).mul_(inv_weight)
+    r01_re = (y0_re * y1_re).addcmul_(y0_im, y1_im).sum(dim=-2, keepdim=True).mul_(inv_weight)
+    r01_im = (y0_im * y1_re).addcmul_(y0_re, y1_im, value=-1).sum(dim=-2, keepdim=True).mul_(inv_weight)
+    # Mixture covariance Cxx = sum_j v_j R_j + reg I (Hermitian: real diagonal).
+    c00 = (r00 * v).sum(dim=0).add_(reg)
+    c11 = (r11 * v).sum(dim=0).add_(reg)
     c01_re = (r01_re * v).sum(dim=0)
     c01_im = (r01_im * v).sum(dim=0)
-    inv_det = 1.0 / (c00 * c11 - c01_re.square() - c01_im.square())
+    inv_det = (c00 * c11).addcmul_(c01_re, c01_re, value=-1).addcmul_(c01_im, c01_im, value=-1).reciprocal_()
     # z = Cxx^-1 x, shared by all sources.
-    z0_re = (c11 * x0_re - c01_re * x1_re + c01_im * x1_im) * inv_det
-    z0_im = (c11 * x0_im - c01_re * x1_im - c01_im * x1_re) * inv_det
-    z1_re = (c00 * x1_re - c01_re * x0_re - c01_im * x0_im) * inv_det
-    z1_im = (c00 * x1_im - c01_re * x0_im + c01_im * x0_re) * inv_det
+    z0_re = (c11 * x0_re).addcmul_(c01_re, x1_re, value=-1).addcmul_(c01_im, x1_im).mul_(inv_det)
+    z0_im = (c11 * x0_im).addcmul_(c01_re, x1_im, value=-1).addcmul_(c01_im, x1_re, value=-1).mul_(inv_det)
+    z1_re = (c00 * x1_re).addcmul_(c01_re, x0_re, value=-1).addcmul_(c01_im, x0_im, value=-1).mul_(inv_det)
+    z1_im = (c00 * x1_im).addcmul_(c01_re, x0_im, value=-1).addcmul_(c01_im, x0_re).mul_(inv_det)
     # y_j = v_j R_j z
-    return [
-        (v * (r00 * z0_re + r01_re * z1_re - r01_im * z1_im), v * (r00 * z0_im + r01_re * z1_im + r01_im * z1_re)),
-        (v * (r01_re * z0_re + r01_im * z0_im + r11 * z1_re), v * (r01_re * z0_im - r01_im * z0_re + r11 * z1_im)),
+    new = [
+        ((r00 * z0_re).addcmul_(r01_re, z1_re).addcmul_(r01_im, z1_im, value=-1),
+         (r00 * z0_im).addcmul_(r01_re, z1_im).addcmul_(r01_im, z1_re)),
+        ((r01_re * z0_re).addcmul_(r01_im, z0_im).addcmul_(r11, z1_re),
+         (r01_re * z0_im).addcmul_(r01_im, z0_re, value=-1).addcmul_(r11, z1_im)),
     ]
+    if into is None:
+        return [(v * n_re, v * n_im) for n_re, n_im in new]
+    for (n_re, n_im), (o_re, o_im) in zip(new, into):
+        torch.mul(v, n_re, out=o_re)
+        torch.mul(v, n_im, out=o_im)
+    return into
