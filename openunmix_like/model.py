@@ -134,12 +134,14 @@ class OpenUnmix(nn.Module):
             target magnitude, same shape as ``x``.
         """
         # (nb_frames, nb_samples, nb_channels, nb_bins)
-        x = x.permute(3, 0, 1, 2)
-        nb_frames, nb_samples, nb_channels, nb_bins = x.shape
-        mix = x.detach().clone()
+        mix = x.permute(3, 0, 1, 2)
+        nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
+        # Without autograd, update intermediate tensors in place: same values, far fewer
+        # fresh allocations (each a multi-megabyte page-faulting one for long inputs).
+        inplace = not torch.is_grad_enabled()
 
-        x = x[..., : self.max_bin]
-        x = (x + self.input_mean) * self.input_scale
+        x = mix[..., : self.max_bin] + self.input_mean
+        x = x.mul_(self.input_scale) if inplace else x * self.input_scale
 
         x = self.fc1(x.reshape(-1, nb_channels * self.max_bin))
         x = torch.tanh(self.bn1(x))
@@ -153,8 +155,10 @@ class OpenUnmix(nn.Module):
         x = self.bn3(self.fc3(x))
 
         x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
-        x = x * self.output_scale + self.output_mean
-        x = torch.relu(x) * mix
+        if inplace:
+            x = x.mul_(self.output_scale).add_(self.output_mean).relu_().mul_(mix)
+        else:
+            x = torch.relu(x * self.output_scale + self.output_mean) * mix
         return x.permute(1, 2, 3, 0)
 
 

@@ -144,3 +144,14 @@ def test_missing_target_is_named(model_dir):
     folder = model_dir()
     with pytest.raises(ModelError, match="piano"):
         load_model_dir(folder, targets=["vocals", "piano"])
+
+
+def test_inference_forward_leaves_input_untouched_and_equals_training_path():
+    model = OpenUnmix(nb_bins=65, nb_channels=2, hidden_size=8, max_bin=30).eval()
+    x = torch.rand(2, 2, 65, 9)
+    before = x.clone()
+    with_grad = model(x)
+    with torch.inference_mode():
+        no_grad = model(x)
+    assert torch.equal(x, before)
+    assert torch.allclose(with_grad, no_grad)
