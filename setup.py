@@ -31,6 +31,7 @@ setup(
     entry_points={
         "console_scripts": [
             "umx-separate=openunmix_like.cli.separate:main",
+            "umx-train=openunmix_like.cli.train:main",
         ]
     },
     classifiers=[

@@ -246,8 +246,15 @@ def save_target(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
+    meta = target_metadata(model, settings, extra)
+    write_json_atomic(folder / f"{target}.json", meta)
+    update_separator_json(folder, target, settings)
+
+
+def target_metadata(model: OpenUnmix, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
+    """The ``<target>.json`` record: architecture, exact model arguments, settings, plus ``extra``."""
     cfg = model.config
-    meta = {
+    return {
         "architecture": "umx",
         "model_args": cfg.to_dict(),
         "sample_rate": settings.sample_rate,
@@ -256,8 +263,6 @@ def save_target(
                  "hidden_size": cfg.hidden_size, "unidirectional": cfg.unidirectional},
         **(extra or {}),
     }
-    write_json_atomic(folder / f"{target}.json", meta)
-    update_separator_json(folder, target, settings)
 
 
 def update_separator_json(folder: Path, target: str, settings: AudioSettings) -> None:

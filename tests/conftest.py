@@ -76,3 +76,16 @@ def wav_file(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """One package cache for the whole test session (decoded MUSDB excerpts are shared)."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("OPENUNMIX_LIKE_CACHE")
+    os.environ["OPENUNMIX_LIKE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OPENUNMIX_LIKE_CACHE", None)
+    else:
+        os.environ["OPENUNMIX_LIKE_CACHE"] = old

@@ -1,0 +1,109 @@
+"""``umx-train``: train one target model (see docs/training.md)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from .. import __version__
+from ..errors import OpenUnmixLikeError
+from ..train import DATASETS, TrainConfig, distributed_session, run
+
+DEFAULTS = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umx-train", description="Train an Open-Unmix target model.")
+    g = p.add_argument_group("target and output")
+    g.add_argument("--target", default=DEFAULTS.target, help="target source name (default vocals)")
+    g.add_argument("--output", default=DEFAULTS.output, help="output folder (default ./open-unmix)")
+    g.add_argument("--checkpoint", default=None, help="resume from this <target>.chkpnt (or its folder)")
+    g.add_argument("--resume", default=None, choices=["auto"],
+                   help="auto: resume from <output>/<target>.chkpnt when it exists")
+    g.add_argument("--model", default=None, help="pretrained model name or folder to fine-tune")
+
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASETS)
+    g.add_argument("--root", default=None, help="dataset folder")
+    g.add_argument("--is-wav", action="store_true", help="musdb: MUSDB18-HQ wav layout instead of .stem.mp4")
+    g.add_argument("--samples-per-track", type=int, default=DEFAULTS.samples_per_track)
+    g.add_argument("--input-file", "--input_file", dest="input_file", default=None,
+                   help="aligned: input file name in each track folder, or input folder name")
+    g.add_argument("--output-file", "--output_file", dest="output_file", default=None,
+                   help="aligned: output file name in each track folder, or output folder name")
+    g.add_argument("--target-dir", default=None, help="sourcefolder: folder of target files")
+    g.add_argument("--interferer-dirs", nargs="+", default=None, help="sourcefolder: folders of interferers")
+    g.add_argument("--target-file", default=None, help="trackfolder_*: target file name (with extension)")
+    g.add_argument("--interferer-files", nargs="+", default=None, help="trackfolder_fix: interferer file names")
+    g.add_argument("--ext", default=DEFAULTS.ext, help="sourcefolder/trackfolder_var: file extension (default .wav)")
+    g.add_argument("--nb-train-samples", type=int, default=DEFAULTS.nb_train_samples)
+    g.add_argument("--nb-valid-samples", type=int, default=DEFAULTS.nb_valid_samples)
+    g.add_argument("--random-track-mix", action="store_true", help="trackfolder_fix: interferers from random tracks")
+    g.add_argument("--silence-missing-targets", action="store_true", help="trackfolder_var: silent missing targets")
+    g.add_argument("--random-interferer-mix", action="store_true",
+                   help="trackfolder_var: interferers from a random track")
+    g.add_argument("--source-augmentations", nargs="*", default=None,
+                   help="gain, channelswap, force_stereo (default: gain channelswap; none for aligned)")
+    g.add_argument("--sample-rate", type=int, default=DEFAULTS.sample_rate,
+                   help="rate the model works at; files at other rates are resampled (default 44100)")
+
+    g = p.add_argument_group("training")
+    for name, kind, text in [
+        ("epochs", int, "maximum epochs"), ("batch-size", int, "batch size"),
+        ("patience", int, "early stopping patience in epochs"),
+        ("seq-dur", float, "excerpt length in seconds; <= 0 uses whole tracks"),
+        ("lr", float, "learning rate"), ("lr-decay-patience", int, "epochs without improvement before decay"),
+        ("lr-decay-gamma", float, "learning rate decay factor"), ("weight-decay", float, "L2 weight decay"),
+    ]:
+        default = getattr(DEFAULTS, name.replace("-", "_"))
+        g.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--unidirectional", action="store_true", help="causal LSTM (real-time use)")
+    for name, kind, text in [
+        ("hidden-size", int, "width of the bottleneck"), ("nfft", int, "STFT length"), ("nhop", int, "STFT hop"),
+        ("bandwidth", float, "highest frequency in Hz the LSTM sees"),
+        ("nb-channels", int, "1 (mono) or 2 (stereo)"),
+    ]:
+        default = getattr(DEFAULTS, name.replace("-", "_"))
+        g.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+
+    g = p.add_argument_group("running")
+    g.add_argument("--nb-workers", type=int, default=0, help="data loading processes (default 0)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    g.add_argument("--no-cuda", "--no_cuda", dest="no_cuda", action="store_true", help="do not use CUDA")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    g.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="umx-train: %(message)s")
+    cfg = config_from_args(args)
+    try:
+        with distributed_session():
+            run(cfg)
+    except OpenUnmixLikeError as exc:
+        print(f"umx-train: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # dataset and configuration problems raised by the data layer
+        print(f"umx-train: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

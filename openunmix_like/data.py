@@ -1,0 +1,466 @@
+"""Training datasets: the five layouts of the training guide.
+
+Every dataset yields ``(mixture, target)`` pairs of float32 tensors
+``(nb_channels, nb_timesteps)`` at ``sample_rate``. Folder datasets read
+``<root>/train`` and ``<root>/valid``. Files are scanned once when a dataset is
+built: unreadable files, tracks shorter than the excerpt length and missing
+targets are reported once, with their paths, and left out (or, with
+``silence_missing_targets``, given a silent target) instead of failing later.
+
+Excerpts are read with soundfile, frame-exactly, without decoding whole files
+(wav, flac, ogg and mp3 all seek). Randomness comes from a ``random.Random``
+derived from ``(seed, epoch, index)``: the same item is the same whatever the
+number of data-loader workers, and :meth:`set_epoch` gives new draws per epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .augment import Compose
+
+log = logging.getLogger("openunmix_like.data")
+Pair = Tuple[Tensor, Tensor]
+MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
+# Targets built from several MUSDB sources.
+MUSDB_GROUPS = {"accompaniment": ("drums", "bass", "other")}
+
+
+class DatasetError(ValueError):
+    """A dataset folder cannot be used (names the folder and what is missing)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioFile:
+    path: Path
+    nb_frames: int
+    sample_rate: int
+    nb_channels: int
+
+    def duration(self) -> float:
+        return self.nb_frames / self.sample_rate
+
+
+def scan(path: Path, problems: List[str]) -> Optional[AudioFile]:
+    """Describe an audio file, or record why it cannot be used."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - any libsndfile failure means "unusable"
+        problems.append(f"{path}: unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})")
+        return None
+    if info.frames <= 0:
+        problems.append(f"{path}: no audio samples")
+        return None
+    return AudioFile(path, int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def report(problems: List[str], what: str) -> None:
+    """Report collected problems once."""
+    if problems:
+        shown = "\n  ".join(problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        log.warning("%s: %d file(s) or track(s) left out:\n  %s%s", what, len(problems), shown, more)
+
+
+def conform_channels(audio: Tensor, nb_channels: int) -> Tensor:
+    """Mono to stereo by duplication, stereo to mono by averaging, extra channels dropped."""
+    if audio.shape[0] == nb_channels:
+        return audio
+    if nb_channels == 1:
+        return audio.mean(dim=0, keepdim=True)
+    if audio.shape[0] == 1:
+        return audio.expand(nb_channels, -1).clone()
+    return audio[:nb_channels]
+
+
+def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sample_rate: int,
+                 nb_channels: int) -> Tensor:
+    """Read ``duration`` seconds from ``start`` (whole file if ``None``) at ``sample_rate``.
+
+    Returns exactly ``round(duration * sample_rate)`` samples (zero-padded past the end).
+    """
+    import soundfile as sf
+
+    first = int(round(start * file.sample_rate))
+    frames = -1 if duration is None else int(round(duration * file.sample_rate))
+    data, _ = sf.read(str(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
+    audio = torch.from_numpy(np.ascontiguousarray(data.T))
+    if file.sample_rate != sample_rate:
+        from .audio import resample
+
+        audio = resample(audio, file.sample_rate, sample_rate)
+    if duration is not None:
+        n = int(round(duration * sample_rate))
+        audio = torch.nn.functional.pad(audio, (0, max(0, n - audio.shape[-1])))[:, :n]
+    return conform_channels(audio, nb_channels)
+
+
+class _Base(torch.utils.data.Dataset):
+    """Shared settings: excerpt length, rate, channels, augmentations, seeded randomness."""
+
+    def __init__(self, seq_duration: Optional[float], sample_rate: int, nb_channels: int,
+                 source_augmentations: Optional[Callable] = None, random_chunks: bool = True, seed: int = 42):
+        self.seq_duration = seq_duration if seq_duration and seq_duration > 0 else None
+        self.sample_rate = int(sample_rate)
+        self.nb_channels = nb_channels
+        self.source_augmentations = source_augmentations or Compose()
+        self.random_chunks = random_chunks
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self, index: int) -> random.Random:
+        return random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+
+    def start_in(self, duration: float, rng: random.Random) -> float:
+        """Excerpt start within ``duration`` seconds: random, or 0 when chunks are fixed."""
+        if self.seq_duration is None or not self.random_chunks:
+            return 0.0
+        return rng.uniform(0, max(0.0, duration - self.seq_duration))
+
+    def load_source(self, file: AudioFile, start: float, rng: Optional[random.Random]) -> Tensor:
+        audio = read_excerpt(file, start, self.seq_duration, self.sample_rate, self.nb_channels)
+        return self.source_augmentations(audio, rng) if rng is not None else audio
+
+    def too_short(self, file: AudioFile) -> bool:
+        return self.seq_duration is not None and file.duration() < self.seq_duration
+
+    def iter_mixtures(self, limit: int = 1000) -> Iterator[Tensor]:
+        """Mixtures for input statistics: no augmentation, no random mixing, fixed draws."""
+        saved = {k: getattr(self, k) for k in ("source_augmentations", "random_track_mix", "random_interferer_mix")
+                 if hasattr(self, k)}
+        self.source_augmentations = Compose()
+        for k in saved:
+            if k != "source_augmentations":
+                setattr(self, k, False)
+        try:
+            for index in self.stats_indices()[:limit]:
+                yield self[index][0]
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+
+    def stats_indices(self) -> List[int]:
+        return list(range(len(self)))
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: missing; folder datasets need {Path(root)}/train and {Path(root)}/valid")
+    return folder
+
+
+class AlignedDataset(_Base):
+    """Input/output pairs that are already aligned: mixture -> vocals, noisy -> clean, raw -> mixed.
+
+    Two layouts: track folders ``<split>/<track>/{input_file, output_file}``; or
+    two parallel folders ``<split>/<input_file>/`` and ``<split>/<output_file>/``
+    holding files with the same relative names (e.g. ``raw/`` and ``mixed/``).
+    """
+
+    def __init__(self, root, split: str, input_file: str, output_file: str, **kw):
+        super().__init__(**kw)
+        folder = _split_dir(root, split)
+        problems: List[str] = []
+        if (folder / input_file).is_dir():
+            pairs = [(p, folder / output_file / p.relative_to(folder / input_file))
+                     for p in sorted((folder / input_file).rglob("*")) if p.is_file()]
+        else:
+            pairs = [(d / input_file, d / output_file) for d in sorted(folder.iterdir()) if d.is_dir()]
+        self.pairs: List[Tuple[AudioFile, AudioFile]] = []
+        for inp, out in pairs:
+            if not inp.exists() or not out.exists():
+                problems.append(f"{inp if not inp.exists() else out}: missing")
+                continue
+            a, b = scan(inp, problems), scan(out, problems)
+            if a is None or b is None:
+                continue
+            if self.too_short(a) or self.too_short(b):
+                problems.append(f"{inp}: shorter than --seq-dur {self.seq_duration} s")
+                continue
+            self.pairs.append((a, b))
+        report(problems, f"aligned dataset {folder}")
+        if not self.pairs:
+            raise DatasetError(f"{folder}: no usable {input_file} / {output_file} pairs")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = self.rng(index)
+        inp, out = self.pairs[index]
+        start = self.start_in(min(inp.duration(), out.duration()), rng)
+        x = read_excerpt(inp, start, self.seq_duration, self.sample_rate, self.nb_channels)
+        y = read_excerpt(out, start, self.seq_duration, self.sample_rate, self.nb_channels)
+        if self.seq_duration is None:  # whole files: cut to the shorter
+            n = min(x.shape[-1], y.shape[-1])
+            x, y = x[:, :n], y[:, :n]
+        return x, y
+
+
+class SourceFolderDataset(_Base):
+    """One folder per source; each item mixes a random target file with one random file per interferer folder."""
+
+    def __init__(self, root, split: str, target_dir: str, interferer_dirs: Sequence[str], ext: str = ".wav",
+                 nb_samples: int = 1000, **kw):
+        super().__init__(**kw)
+        folder = _split_dir(root, split)
+        if self.seq_duration is None:
+            raise DatasetError("sourcefolder needs a positive --seq-dur (sources have different lengths)")
+        problems: List[str] = []
+        self.files: Dict[str, List[AudioFile]] = {}
+        for name in [target_dir, *interferer_dirs]:
+            paths = sorted((folder / name).rglob(f"*{ext}")) if (folder / name).is_dir() else []
+            usable = []
+            for p in paths:
+                f = scan(p, problems)
+                if f is not None and self.too_short(f):
+                    problems.append(f"{p}: shorter than --seq-dur {self.seq_duration} s")
+                elif f is not None:
+                    usable.append(f)
+            if not usable:
+                raise DatasetError(f"{folder / name}: no usable *{ext} files")
+            self.files[name] = usable
+        report(problems, f"sourcefolder dataset {folder}")
+        self.target_dir, self.interferer_dirs, self.nb_samples = target_dir, list(interferer_dirs), nb_samples
+
+    def __len__(self) -> int:
+        return self.nb_samples
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = self.rng(index)
+        sources = []
+        for name in [self.target_dir, *self.interferer_dirs]:
+            file = rng.choice(self.files[name])
+            sources.append(self.load_source(file, self.start_in(file.duration(), rng), rng))
+        return torch.stack(sources).sum(0), sources[0]
+
+
+class FixedSourcesTrackFolderDataset(_Base):
+    """Track folders that all hold the same source files; the mixture is their sum.
+
+    With ``random_track_mix`` each interferer comes from a random track (with
+    its own random excerpt); an epoch sees every track's target once.
+    """
+
+    def __init__(self, root, split: str, target_file: str, interferer_files: Sequence[str],
+                 random_track_mix: bool = False, **kw):
+        super().__init__(**kw)
+        folder = _split_dir(root, split)
+        problems: List[str] = []
+        self.tracks: List[List[AudioFile]] = []
+        names = [target_file, *interferer_files]
+        for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+            missing = [n for n in names if not (track / n).exists()]
+            if missing:
+                problems.append(f"{track}: missing {', '.join(missing)}")
+                continue
+            files = [scan(track / n, problems) for n in names]
+            if any(f is None for f in files):
+                continue
+            if any(self.too_short(f) for f in files):
+                problems.append(f"{track}: shorter than --seq-dur {self.seq_duration} s")
+                continue
+            self.tracks.append(files)
+        report(problems, f"trackfolder_fix dataset {folder}")
+        if not self.tracks:
+            raise DatasetError(f"{folder}: no track folder holds all of {', '.join(names)}")
+        self.random_track_mix = random_track_mix
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = self.rng(index)
+        files = self.tracks[index]
+        start = self.start_in(min(f.duration() for f in files), rng)
+        augment = rng if self.seq_duration is not None else None
+        target = self.load_source(files[0], start, augment)
+        sources = [target]
+        for k in range(1, len(files)):
+            if self.random_track_mix:
+                other = rng.choice(self.tracks)[k]
+                sources.append(self.load_source(other, self.start_in(other.duration(), rng), rng))
+            else:
+                sources.append(self.load_source(files[k], start, augment))
+        n = min(s.shape[-1] for s in sources)
+        return torch.stack([s[:, :n] for s in sources]).sum(0), target[:, :n]
+
+
+class VariableSourcesTrackFolderDataset(_Base):
+    """Track folders with any number of sources (``*<ext>``, ``mixture*`` excluded); the target file is one of them.
+
+    Tracks without the target are left out, or get a silent target with
+    ``silence_missing_targets``. With ``random_interferer_mix`` the interferers
+    come from another random track.
+    """
+
+    def __init__(self, root, split: str, target_file: str, ext: str = ".wav",
+                 silence_missing_targets: bool = False, random_interferer_mix: bool = False, **kw):
+        super().__init__(**kw)
+        folder = _split_dir(root, split)
+        problems: List[str] = []
+        self.tracks: List[Tuple[Optional[AudioFile], List[AudioFile]]] = []
+        for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+            target_path = track / target_file
+            others = [p for p in sorted(track.glob(f"*{ext}"))
+                      if p.name != target_file and not p.stem.startswith("mixture")]
+            if not target_path.exists() and not silence_missing_targets:
+                problems.append(f"{track}: no {target_file}")
+                continue
+            target = scan(target_path, problems) if target_path.exists() else None
+            files = [f for f in (scan(p, problems) for p in others) if f is not None]
+            if (target_path.exists() and target is None) or not (files or target):
+                continue
+            if any(self.too_short(f) for f in files + ([target] if target else [])):
+                problems.append(f"{track}: shorter than --seq-dur {self.seq_duration} s")
+                continue
+            self.tracks.append((target, files))
+        report(problems, f"trackfolder_var dataset {folder}")
+        if not self.tracks:
+            raise DatasetError(f"{folder}: no usable track folders with {target_file}")
+        self.random_interferer_mix = random_interferer_mix
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def _length(self, target: Optional[AudioFile], files: List[AudioFile]) -> float:
+        return min(f.duration() for f in files + ([target] if target else []))
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = self.rng(index)
+        target, files = self.tracks[index]
+        start = self.start_in(self._length(target, files), rng)
+        augment = rng if self.seq_duration is not None else None
+        y = self.load_source(target, start, augment) if target else None
+        if self.random_interferer_mix:
+            _, files = rng.choice(self.tracks)
+            start = self.start_in(min(f.duration() for f in files), rng) if files else 0.0
+        sources = [self.load_source(f, start, augment) for f in files]
+        if y is None:
+            y = torch.zeros_like(sources[0])
+        n = min(s.shape[-1] for s in sources + [y])
+        x = y[:, :n] + sum(s[:, :n] for s in sources) if sources else y[:, :n].clone()
+        return x, y[:, :n]
+
+
+def default_musdb_cache(root: Path) -> Path:
+    """``<cache>/musdb/<name>-<hash of the absolute root>``: never inside the (maybe read-only) dataset."""
+    import hashlib
+
+    from .pretrained import cache_dir
+
+    resolved = str(root.resolve())
+    return cache_dir() / "musdb" / f"{root.resolve().name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+
+
+class MUSDBDataset(_Base):
+    """MUSDB18 (``.stem.mp4``) or MUSDB18-HQ (``is_wav``) through the ``musdb`` package.
+
+    Balanced sampling: ``samples_per_track`` items per track per epoch, each a
+    random excerpt; with ``random_track_mix`` every source comes from a random
+    track. ``split="valid"`` is musdb's fixed 14-track validation split, served
+    as full tracks. ``.stem.mp4`` files are decoded once into ``cache_dir``
+    (16-bit wav; default under the package cache, see :func:`default_musdb_cache`)
+    so later reads are frame-exact excerpts rather than whole decodes.
+
+    Targets: a MUSDB source or ``accompaniment`` (everything but the vocals).
+    """
+
+    def __init__(self, root, target: str = "vocals", split: str = "train", is_wav: bool = False,
+                 samples_per_track: int = 64, random_track_mix: bool = False, subsets: str = "train",
+                 cache_dir: Optional[Path] = None, **kw):
+        super().__init__(**kw)
+        try:
+            import musdb
+        except ImportError as exc:
+            raise DatasetError(
+                "the musdb dataset needs the musdb package: pip install 'openunmix-like[musdb]'"
+            ) from exc
+        if target not in MUSDB_SOURCES and target not in MUSDB_GROUPS:
+            raise DatasetError(f"target {target!r} is not a MUSDB source; choose from "
+                               f"{', '.join(MUSDB_SOURCES + tuple(MUSDB_GROUPS))}")
+        self.target_sources = MUSDB_GROUPS.get(target, (target,))
+        db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split)
+        if not len(db.tracks):
+            raise DatasetError(f"{root}: no MUSDB tracks for subset {subsets!r}, split {split!r}"
+                               f"{' (is this MUSDB18-HQ? drop --is-wav)' if is_wav else ''}")
+        self.cache_dir = Path(cache_dir) if cache_dir else default_musdb_cache(Path(root))
+        problems: List[str] = []
+        self.tracks: List[Dict[str, AudioFile]] = []
+        for track in db.tracks:
+            files = self._source_files(track, is_wav, problems)
+            if files is None:
+                continue
+            if self.too_short(files["vocals"]):
+                problems.append(f"{track.path}: shorter than --seq-dur {self.seq_duration} s")
+                continue
+            self.tracks.append(files)
+        report(problems, f"musdb {split} split of {root}")
+        self.samples_per_track = samples_per_track if split == "train" else 1
+        self.random_track_mix = random_track_mix
+        self.split = split
+
+    def _source_files(self, track, is_wav: bool, problems: List[str]) -> Optional[Dict[str, AudioFile]]:
+        if is_wav:
+            paths = {name: Path(track.sources[name].path) for name in MUSDB_SOURCES}
+        else:
+            paths = self._decoded(track, problems)
+            if paths is None:
+                return None
+        files = {name: scan(p, problems) for name, p in paths.items()}
+        return None if any(f is None for f in files.values()) else files
+
+    def _decoded(self, track, problems: List[str]) -> Optional[Dict[str, Path]]:
+        """Decode a ``.stem.mp4`` once into wav files in the cache."""
+        import soundfile as sf
+
+        from .fileio import atomic_path
+
+        folder = self.cache_dir / track.name
+        paths = {name: folder / f"{name}.wav" for name in MUSDB_SOURCES}
+        if all(p.exists() for p in paths.values()):
+            return paths
+        try:
+            stems = track.stems  # (5, nb_timesteps, 2): mixture, drums, bass, other, vocals
+        except Exception as exc:  # noqa: BLE001 - ffmpeg/stempeg failures of one file
+            problems.append(f"{track.path}: cannot decode ({exc})")
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, path in paths.items():
+            with atomic_path(path, suffix=".wav") as tmp:
+                sf.write(str(tmp), stems[track.sources[name].stem_id], int(track.rate), subtype="PCM_16")
+        return paths
+
+    def __len__(self) -> int:
+        return len(self.tracks) * self.samples_per_track
+
+    def stats_indices(self) -> List[int]:
+        return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = self.rng(index)
+        track = self.tracks[index // self.samples_per_track]
+        augment = rng if self.split == "train" else None
+        start = self.start_in(track["vocals"].duration(), rng)
+        sources = {}
+        for name in MUSDB_SOURCES:
+            files = rng.choice(self.tracks) if self.random_track_mix else track
+            s = start if not self.random_track_mix else self.start_in(files[name].duration(), rng)
+            sources[name] = self.load_source(files[name], s, augment)
+        n = min(s.shape[-1] for s in sources.values())
+        x = torch.stack([s[:, :n] for s in sources.values()]).sum(0)
+        y = torch.stack([sources[name][:, :n] for name in self.target_sources]).sum(0)
+        return x, y
