@@ -24,7 +24,8 @@ def track_folders(root: Path, tracks=3, seconds=2.0, names=NAMES):
     for split in ("train", "valid"):
         for t in range(tracks):
             for k, name in enumerate(names):
-                write(root / split / f"t{t}" / f"{name}.wav", seconds, seed=100 * t + k + (50 if split == "valid" else 0))
+                seed = 100 * t + k + (50 if split == "valid" else 0)
+                write(root / split / f"t{t}" / f"{name}.wav", seconds, seed=seed)
     return root
 
 

@@ -98,7 +98,8 @@ def test_same_seed_same_first_epoch_loss(tmp_path):
 
     def first_loss(seed, name):
         cfg = TrainConfig(dataset="trackfolder_fix", root=str(root), target_file="vocals.wav",
-                          interferer_files=["drums.wav", "bass.wav"], random_track_mix=True, output=str(tmp_path / name),
+                          interferer_files=["drums.wav", "bass.wav"], random_track_mix=True,
+                          output=str(tmp_path / name),
                           epochs=1, batch_size=2, seq_dur=0.5, hidden_size=8, nfft=512, nhop=128, sample_rate=22050,
                           quiet=True, seed=seed)
         return run(cfg).train_loss[0]
