@@ -25,7 +25,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6"],
+        "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
+                  "tensorboard>=2.10"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
     },
     entry_points={

@@ -300,6 +300,7 @@ class Context:
     valid_set: torch.utils.data.Dataset
     settings: AudioSettings
     history: History
+    tensorboard: Optional[object] = None
 
 
 def loader(ctx: Context, dataset, epoch: int, train: bool) -> torch.utils.data.DataLoader:
@@ -413,6 +414,23 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     torch.save(state, buffer)
     write_bytes_atomic(checkpoint_path(cfg), buffer.getvalue())
     write_csv(out / f"{cfg.target}.csv", ctx.history)
+    if ctx.tensorboard is not None:
+        h = ctx.history
+        for name, values in (("loss/train", h.train_loss), ("loss/valid", h.valid_loss), ("lr", h.lr),
+                             ("data_loading_share", h.data_share)):
+            ctx.tensorboard.add_scalar(f"{cfg.target}/{name}", values[-1], epoch)
+        ctx.tensorboard.flush()
+
+
+def tensorboard_writer(cfg: TrainConfig):
+    """A SummaryWriter under ``<output>/tensorboard`` when TensorBoard is installed (rank 0 only)."""
+    if world()[0] != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(Path(cfg.output) / "tensorboard" / cfg.target))
 
 
 def write_csv(path: Path, history: History) -> None:
@@ -499,7 +517,7 @@ def make_context(cfg, model, settings, device, train_set, valid_set) -> Context:
         optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     return Context(cfg, wrapped, spectrogram, optimizer, scheduler, scaler, device, train_set, valid_set,
-                   settings, History())
+                   settings, History(), tensorboard_writer(cfg))
 
 
 def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch) -> bool:

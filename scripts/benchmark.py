@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -225,6 +226,40 @@ def bench_memory(states, durations, reference_durations, workdir: Path) -> list:
     return rows
 
 
+def bench_training(workdir: Path, steps_tracks: int = 48, musdb_root: Optional[Path] = None) -> list:
+    """Training throughput: umxhq-sized model, batch 16, 6 s excerpts, Adam steps on the CPU."""
+    from openunmix_like.train import TrainConfig, build_datasets, build_model, make_context, pick_device, train_epoch
+
+    root = workdir / "trackfolder"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", steps_tracks), ("valid", 1)):
+        for t in range(n):
+            folder = root / split / f"track{t:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in TARGETS:
+                sf.write(folder / f"{name}.wav", (rng.standard_normal((8 * RATE, 2)) * 0.05).astype(np.float32),
+                         RATE, subtype="PCM_16")
+    setups = [("trackfolder_fix (wav)", dict(dataset="trackfolder_fix", root=str(root), target_file="vocals.wav",
+                                            interferer_files=["drums.wav", "bass.wav", "other.wav"],
+                                            random_track_mix=True))]
+    if musdb_root is not None:
+        setups.append(("musdb (.stem.mp4, decoded cache)", dict(dataset="musdb", root=str(musdb_root),
+                                                                samples_per_track=1)))
+    rows = []
+    for name, options in setups:
+        for workers in (0, 2):
+            cfg = TrainConfig(output=str(workdir / "train-out"), batch_size=16, seq_dur=6.0, nb_workers=workers,
+                              quiet=True, **options)
+            device = pick_device(cfg)
+            train_set, valid_set = build_datasets(cfg)
+            model, settings = build_model(cfg, train_set, device)
+            ctx = make_context(cfg, model, settings, device, train_set, valid_set)
+            loss, seconds, share, samples = train_epoch(ctx, 1)
+            rows.append({"dataset": name, "workers": workers, "samples": samples, "seconds": seconds,
+                         "samples_per_s": samples / seconds, "data_share": share})
+    return rows
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -269,7 +304,7 @@ def plot(rows, path: Path) -> bool:
     return True
 
 
-def report(args, speed, stages, wiener, memory, plotted) -> str:
+def report(args, speed, stages, wiener, memory, plotted, training) -> str:
     lines = [
         "# Benchmarks", "",
         f"Measured {datetime.date.today().isoformat()} on: {machine()}.", "",
@@ -308,6 +343,14 @@ def report(args, speed, stages, wiener, memory, plotted) -> str:
     for w in wiener["rows"]:
         lines.append(f"| {w['dtype']} | {w['norbert']:.3f} | {w['ours_plain']:.3f} | {w['ours']:.3f} | "
                      f"{w['norbert'] / w['ours']:.1f}x | {w['diff']:.1e} |")
+    lines += ["", "## Training throughput", "",
+              "One epoch of `umx-train` steps (umxhq-sized model: hidden 512, n_fft 4096; batch 16, 6 s excerpts, "
+              "Adam, CPU). Data loading share: time the training loop waited for the next batch, over the epoch.", "",
+              "| dataset | data-loader workers | samples | seconds | samples per second | data loading share |",
+              "|---|---|---|---|---|---|"]
+    for t in training:
+        lines.append(f"| {t['dataset']} | {t['workers']} | {t['samples']} | {t['seconds']:.1f} | "
+                     f"{t['samples_per_s']:.2f} | {100 * t['data_share']:.1f} % |")
     lines += ["", "How the time was cut, stage by stage: [performance.md](performance.md).", ""]
     return "\n".join(lines)
 
@@ -320,6 +363,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference-memory-durations", type=float, nargs="*", default=[30, 120])
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "benchmark-memory.png"))
+    p.add_argument("--musdb-root", default=str(ROOT.parent / "shared" / "data" / "musdb18-7s"),
+                   help="MUSDB18 folder for the training throughput (skipped when missing)")
+    p.add_argument("--training-tracks", type=int, default=48)
     args = p.parse_args(argv)
     args.command = " ".join(["python", "scripts/benchmark.py"] + (argv if argv is not None else sys.argv[1:]))
     if os.environ.get("PYTHONPATH"):
@@ -334,8 +380,12 @@ def main(argv=None) -> int:
     print("memory ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         memory = bench_memory(states, args.memory_durations, args.reference_memory_durations, Path(tmp))
+    print("training ...", file=sys.stderr)
+    musdb_root = Path(args.musdb_root) if Path(args.musdb_root).is_dir() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        training = bench_training(Path(tmp), args.training_tracks, musdb_root)
     plotted = plot(memory, Path(args.plot))
-    text = report(args, speed, stages, wiener, memory, plotted)
+    text = report(args, speed, stages, wiener, memory, plotted, training)
     print(text)
     Path(args.output).write_text(text)
     return 0

@@ -173,3 +173,13 @@ def test_bad_configuration_is_one_line(tmp_path, capsys):
     assert train("--dataset", "aligned", "--root", tmp_path / "nowhere", "--input-file", "a.wav",
                  "--output-file", "b.wav", "--output", tmp_path / "o") == 1
     assert "nowhere/train: missing" in capsys.readouterr().err
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    root = track_folders(tmp_path / "data")
+    out = tmp_path / "tb"
+    assert train("--dataset", "trackfolder_fix", "--root", root, "--target-file", "vocals.wav",
+                 "--interferer-files", "drums.wav", "--output", out, "--epochs", "2") == 0
+    events = list((out / "tensorboard" / "vocals").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
