@@ -26,13 +26,14 @@ setup(
     ],
     extras_require={
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
-                  "tensorboard>=2.10"],
+                  "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
     },
     entry_points={
         "console_scripts": [
             "umx-separate=openunmix_like.cli.separate:main",
             "umx-train=openunmix_like.cli.train:main",
+            "umx-evaluate=openunmix_like.cli.evaluate:main",
         ]
     },
     classifiers=[

@@ -85,6 +85,8 @@ class TrainConfig:
     nhop: int = 1024
     bandwidth: float = 16000
     nb_channels: int = 2
+    # validation metric
+    eval_every: int = 0
     # running
     nb_workers: int = 0
     quiet: bool = False
@@ -107,6 +109,8 @@ class History:
     epoch_time: List[float] = dataclasses.field(default_factory=list)
     data_share: List[float] = dataclasses.field(default_factory=list)
     samples: List[int] = dataclasses.field(default_factory=list)
+    valid_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
+    valid_si_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     best_loss: float = math.inf
     best_epoch: int = 0
 
@@ -122,6 +126,9 @@ class History:
             "train_time_history": self.epoch_time,
             "data_loading_share_history": self.data_share,
             "samples_history": self.samples,
+            # Fast metrics (not BSSEval), every --eval-every epochs, else null.
+            "valid_sdr_mdx_history": self.valid_sdr,
+            "valid_si_sdr_history": self.valid_si_sdr,
         }
 
 
@@ -377,6 +384,28 @@ def validate(ctx: Context, epoch: int) -> float:
     return total / max(count, 1)
 
 
+def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
+    """Mean full-track SDR (Music Demixing Challenge definition) and SI-SDR of the target
+    over the validation set, separating with the model alone (mixture phase, no EM)."""
+    from .metrics import sdr_mdx, si_sdr
+    from .separator import Separator
+
+    s = ctx.settings
+    model = unwrap(ctx.model).eval()
+    separator = Separator({ctx.cfg.target: model}, niter=0, sample_rate=s.sample_rate, n_fft=s.n_fft,
+                          n_hop=s.n_hop, nb_channels=s.nb_channels)
+    total_sdr, total_si, count = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
+            est = separator(x.to(ctx.device))[:, 0].cpu()
+            for ref, out in zip(y, est):
+                total_sdr += sdr_mdx(ref, out)
+                total_si += si_sdr(ref, out)
+                count += 1
+    total_sdr, total_si, count = all_reduce_sum([total_sdr, total_si, count])
+    return total_sdr / max(count, 1), total_si / max(count, 1)
+
+
 def unwrap(model: nn.Module) -> OpenUnmix:
     return model.module if hasattr(model, "module") else model
 
@@ -499,6 +528,11 @@ def run(cfg: TrainConfig) -> History:
         ctx.scheduler.step(valid_loss)
         improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch)
         ctx.history.samples.append(samples)
+        metric = validate_sdr(ctx, epoch) if cfg.eval_every and epoch % cfg.eval_every == 0 else (None, None)
+        ctx.history.valid_sdr.append(metric[0])
+        ctx.history.valid_si_sdr.append(metric[1])
+        if metric[0] is not None and world()[0] == 0 and not cfg.quiet:
+            log.info("epoch %d: validation SDR (MDX definition) %.2f dB, SI-SDR %.2f dB", epoch, *metric)
         save_epoch(ctx, epoch, improved)
         if world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(DEFAULTS, name.replace("-", "_"))
         g.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
 
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="every N epochs, report the validation SDR (Music Demixing Challenge definition) and "
+                        "SI-SDR of the target; fast metrics, not BSSEval (default 0: never)")
+
     g = p.add_argument_group("running")
     g.add_argument("--nb-workers", type=int, default=0, help="data loading processes (default 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")

@@ -1,0 +1,279 @@
+"""Evaluation with the SiSEC protocol: BSSEval v4 through museval, oracle bounds, aggregation.
+
+Per track and target, museval computes SDR, SIR, SAR and ISR on 1 s windows
+with a 1 s hop and time-invariant distortion filters. A track's score is the
+median over its windows (NaN windows, where the reference is silent, are
+skipped); the data set's score is the median over tracks (the mean is given
+too). Scores go to one museval JSON per track, so an interrupted evaluation
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import OpenUnmixLikeError
+from .fileio import write_bytes_atomic
+from .metrics import sdr_mdx, si_sdr
+from .transforms import ISTFT, STFT
+
+METRICS = ("SDR", "SIR", "SAR", "ISR")
+ORACLES = ("irm1", "irm2", "ibm1", "ibm2", "mwf", "mix")
+MUSDB_TARGETS = ("vocals", "drums", "bass", "other")
+
+
+@dataclasses.dataclass
+class Track:
+    """A mixture and its true sources, ``(nb_channels, nb_timesteps)`` tensors."""
+
+    name: str
+    rate: int
+    mixture: Tensor
+    references: Dict[str, Tensor]
+
+
+# ---------------------------------------------------------------- data
+
+
+def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: Optional[str] = None,
+                 names: Optional[Sequence[str]] = None) -> Iterator[Track]:
+    """MUSDB18 tracks through the ``musdb`` package, with all its targets (incl. accompaniment)."""
+    try:
+        import musdb
+    except ImportError as exc:
+        raise OpenUnmixLikeError("MUSDB18 evaluation needs the musdb package: pip install musdb") from exc
+    db = musdb.DB(root=root, subsets=subset, is_wav=is_wav, split=split)
+    if not db.tracks:
+        raise OpenUnmixLikeError(f"{root}: no MUSDB18 tracks in subset {subset!r}"
+                                 f"{f', split {split!r}' if split else ''}")
+    for track in db.tracks:
+        if names and track.name not in names:
+            continue
+        refs = {name: _tensor(t.audio) for name, t in track.targets.items() if name != "linear_mixture"}
+        yield Track(track.name, int(track.rate), _tensor(track.audio), refs)
+
+
+def folder_tracks(root: str, names: Optional[Sequence[str]] = None) -> Iterator[Track]:
+    """``<root>/<track>/{mixture?, <source>...}.wav``; without a mixture file, the sum of the sources."""
+    from .audio import load
+
+    folders = sorted(d for d in Path(root).iterdir() if d.is_dir()) if Path(root).is_dir() else []
+    if not folders:
+        raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
+    for folder in folders:
+        if names and folder.name not in names:
+            continue
+        refs, rate, mixture = {}, None, None
+        for path in sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac")):
+            audio, rate = load(path)
+            if path.stem == "mixture":
+                mixture = audio
+            else:
+                refs[path.stem] = audio
+        if not refs:
+            continue
+        n = min(a.shape[-1] for a in refs.values())
+        refs = {k: v[:, :n] for k, v in refs.items()}
+        mixture = mixture[:, :n] if mixture is not None else torch.stack(list(refs.values())).sum(0)
+        yield Track(folder.name, int(rate), mixture, refs)
+
+
+def _tensor(audio: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(audio, dtype=np.float32).T))
+
+
+# ---------------------------------------------------------------- oracles
+
+
+def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096, n_hop: int = 1024,
+           eps: float = 1e-10) -> Dict[str, Tensor]:
+    """Oracle estimates from the true sources (SiSEC 2018 definitions).
+
+    ``irm1``/``irm2``: ratio masks ``|S_j|^a / sum_k |S_k|^a`` (a = 1, 2) over the
+    targets; ``ibm1``/``ibm2``: binary masks, 1 where ``|S_j|^a / |X|^a >= 0.5``;
+    ``mwf``: the multichannel Wiener filter with each target's power spectral
+    density and spatial covariance (over the whole track) taken from the truth;
+    ``mix``: the mixture as every estimate. Masks apply to the mixture STFT.
+    """
+    if method not in ORACLES:
+        raise OpenUnmixLikeError(f"--oracle {method!r}: choose from {', '.join(ORACLES)}")
+    if method == "mix":
+        return {t: track.mixture.clone() for t in targets}
+    stft, istft = STFT(n_fft, n_hop), ISTFT(n_fft, n_hop)
+    x = stft(track.mixture.double())  # (C, F, T)
+    sources = torch.stack([stft(track.references[t].double()) for t in targets])  # (J, C, F, T)
+    n = track.mixture.shape[-1]
+    if method == "mwf":
+        from .filtering import expectation_maximization
+
+        y = expectation_maximization(sources.permute(3, 2, 1, 0), x.permute(2, 1, 0), iterations=1, eps=eps)
+        estimates = y.permute(3, 2, 1, 0)
+    else:
+        alpha = 1.0 if method.endswith("1") else 2.0
+        power = sources.abs() ** alpha
+        if method.startswith("irm"):
+            masks = power / (eps + power.sum(dim=0))
+        else:
+            masks = (power / (eps + x.abs() ** alpha) >= 0.5).double()
+        estimates = masks * x
+    audio = istft(estimates, length=n).float()
+    return {t: audio[j] for j, t in enumerate(targets)}
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
+                rate: int) -> dict:
+    """BSSEval v4 (museval) of one track, as museval's JSON record plus fast metrics.
+
+    Args:
+        references, estimates: target -> ``(nb_timesteps, nb_channels)`` arrays,
+            evaluated jointly (SIR depends on the other targets).
+    """
+    import museval
+
+    targets = list(estimates)
+    refs = np.stack([np.asarray(references[t], dtype=np.float64) for t in targets])
+    ests = np.stack([np.asarray(estimates[t], dtype=np.float64) for t in targets])
+    sdr, isr, sir, sar = museval.evaluate(refs, ests, win=rate, hop=rate, mode="v4")
+    store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
+    for j, target in enumerate(targets):
+        store.add_target(target, {"SDR": sdr[j].tolist(), "SIR": sir[j].tolist(), "SAR": sar[j].tolist(),
+                                  "ISR": isr[j].tolist()})
+    record = json.loads(store.json)
+    record["fast_metrics"] = {
+        t: {"SDR_mdx": sdr_mdx(torch.from_numpy(refs[j]), torch.from_numpy(ests[j])),
+            "SI-SDR": si_sdr(torch.from_numpy(refs[j]), torch.from_numpy(ests[j]))}
+        for j, t in enumerate(targets)
+    }
+    return record
+
+
+def track_medians(record: dict) -> Dict[str, Dict[str, float]]:
+    """target -> metric -> median over the track's windows (NaN windows skipped)."""
+    out = {}
+    for target in record["targets"]:
+        out[target["name"]] = {}
+        for metric in METRICS:
+            values = [f["metrics"][metric] for f in target["frames"]]
+            values = [v for v in values if v is not None and not math.isnan(v)]
+            out[target["name"]][metric] = statistics.median(values) if values else math.nan
+    return out
+
+
+def aggregate(records: Mapping[str, dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """target -> metric -> {"median": over tracks, "mean": over tracks, "tracks": n}."""
+    per_track = {name: track_medians(r) for name, r in records.items()}
+    targets = sorted({t for m in per_track.values() for t in m}, key=_target_order)
+    table = {}
+    for target in targets:
+        table[target] = {}
+        for metric in METRICS:
+            values = [m[target][metric] for m in per_track.values()
+                      if target in m and not math.isnan(m[target][metric])]
+            table[target][metric] = {
+                "median": statistics.median(values) if values else math.nan,
+                "mean": statistics.fmean(values) if values else math.nan,
+                "tracks": len(values),
+            }
+    return table
+
+
+def _target_order(name: str):
+    return (MUSDB_TARGETS.index(name) if name in MUSDB_TARGETS else len(MUSDB_TARGETS), name)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def markdown_table(tables: Mapping[str, Mapping], metric: str = "SDR", stat: str = "median") -> str:
+    """Rows: methods; columns: targets; cells: the aggregated metric."""
+    targets = sorted({t for table in tables.values() for t in table}, key=_target_order)
+    lines = [f"| method | {' | '.join(targets)} |", "|---|" + "---|" * len(targets)]
+    for method, table in tables.items():
+        cells = [f"{table[t][metric][stat]:.2f}" if t in table else "" for t in targets]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def full_markdown(method: str, table: Mapping) -> str:
+    lines = [f"| target | {' | '.join(f'{m} median' for m in METRICS)} | {' | '.join(f'{m} mean' for m in METRICS)} "
+             "| tracks |", "|---|" + "---|" * (2 * len(METRICS) + 1)]
+    for target, metrics in table.items():
+        med = " | ".join(f"{metrics[m]['median']:.2f}" for m in METRICS)
+        mean = " | ".join(f"{metrics[m]['mean']:.2f}" for m in METRICS)
+        lines.append(f"| {target} | {med} | {mean} | {metrics['SDR']['tracks']} |")
+    return f"**{method}** (BSSEval v4, median over 1 s frames, then over tracks)\n\n" + "\n".join(lines)
+
+
+def closed_fraction(model: Mapping, mix: Mapping, irm2: Mapping) -> Dict[str, float]:
+    """Per target, the share of the SDR distance from the mixture to IRM2 the model covers."""
+    out = {}
+    for target in model:
+        if target in mix and target in irm2:
+            lo, hi = mix[target]["SDR"]["median"], irm2[target]["SDR"]["median"]
+            out[target] = (model[target]["SDR"]["median"] - lo) / (hi - lo) if hi != lo else math.nan
+    return out
+
+
+def write_csv(path: Path, tables: Mapping[str, Mapping]) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["method", "target", "metric", "median", "mean", "tracks"])
+    for method, table in tables.items():
+        for target, metrics in table.items():
+            for metric in METRICS:
+                m = metrics[metric]
+                writer.writerow([method, target, metric, f"{m['median']:.4f}", f"{m['mean']:.4f}", m["tracks"]])
+    write_bytes_atomic(path, text.getvalue().encode())
+
+
+def boxplot(path: Path, records_by_method: Mapping[str, Mapping[str, dict]]) -> bool:
+    """PNG box plot of per-track SDR per target (one box per method and target)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    data, labels = [], []
+    for method, records in records_by_method.items():
+        medians = [track_medians(r) for r in records.values()]
+        targets = sorted({t for m in medians for t in m}, key=_target_order)
+        for target in targets:
+            values = [m[target]["SDR"] for m in medians if target in m and not math.isnan(m[target]["SDR"])]
+            data.append(values)
+            labels.append(f"{method}\n{target}" if len(records_by_method) > 1 else target)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(data)), 4))
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set_ylabel("SDR (dB), median over 1 s frames")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def estimates_fn_for(separator, segment: Optional[float] = 30.0,
+                     overlap: float = 2.0) -> Callable[[Track], Dict[str, Tensor]]:
+    """Separate a track with a separator (segment-wise, any rate)."""
+    from .inference import separate_tensor
+
+    def run(track: Track) -> Dict[str, Tensor]:
+        est = separate_tensor(separator, track.mixture, track.rate, segment, overlap)
+        return {name: est[j] for j, name in enumerate(separator.target_names)}
+
+    return run
