@@ -40,21 +40,20 @@ class AudioInfo:
 
 
 def info(path: PathLike) -> AudioInfo:
-    """Rate, channels and length of an audio file.
+    """Rate, channels and length of an audio file, as :class:`AudioSource` decodes it.
 
     Raises:
         AudioError: missing, unreadable or not audio.
     """
-    path = _existing(path)
-    try:
-        import soundfile as sf
+    with AudioSource(path) as source:
+        return AudioInfo(source.sample_rate, source.nb_channels, source.nb_frames)
 
-        i = sf.info(str(path))
-        if i.frames > 0 or path.stat().st_size > 0:
-            return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames))
-    except RuntimeError:
-        pass
-    return _ffprobe(path)
+
+# Formats decoded by ffmpeg even though libsndfile reads them: libsndfile's mp3
+# decoder turns corrupt frames into noise without reporting an error.
+FFMPEG_FIRST = {".mp3"}
+# Shortfall (samples) tolerated between a header's length and the decoded audio.
+LENGTH_TOLERANCE = 2048
 
 
 class AudioSource:
@@ -82,10 +81,19 @@ class AudioSource:
 
         self.path = _existing(path)
         self._tmp: Optional[Path] = None
-        try:
-            self._file = sf.SoundFile(str(self.path))
+        if self.path.stat().st_size == 0:
+            raise AudioError(f"{self.path}: empty file (0 bytes); re-export or re-download it")
+        opened = None
+        if self.path.suffix.lower() not in FFMPEG_FIRST or not shutil.which("ffmpeg"):
+            try:
+                opened = sf.SoundFile(str(self.path))
+            except (RuntimeError, sf.LibsndfileError):
+                opened = None
+        if opened is not None:
+            _check_wav_length(self.path)
+            self._file = opened
             offset_s = start
-        except (RuntimeError, sf.LibsndfileError):
+        else:
             self._tmp = _decode_with_ffmpeg(self.path, start, duration)
             self._file = sf.SoundFile(str(self._tmp))
             offset_s = 0.0
@@ -108,9 +116,14 @@ class AudioSource:
             self._file.seek(self._offset + start)
             data = self._file.read(frames=max(0, stop - start), dtype="float32", always_2d=True)
         except (RuntimeError, sf.LibsndfileError) as exc:
-            raise AudioError(f"{self.path}: cannot decode ({exc}); the file may be truncated or corrupt") from exc
-        if data.shape[0] < stop - start:
-            data = np.pad(data, ((0, stop - start - data.shape[0]), (0, 0)))  # header overstated the length
+            raise AudioError(f"{self.path}: cannot decode ({exc}); the file is truncated or corrupt, "
+                             "re-export or re-download it") from exc
+        missing = stop - start - data.shape[0]
+        if missing > LENGTH_TOLERANCE:
+            raise AudioError(f"{self.path}: truncated ({missing} samples announced by its header are missing); "
+                             "re-export or re-download it")
+        if missing > 0:  # compressed formats may announce a few samples more than they decode
+            data = np.pad(data, ((0, missing), (0, 0)))
         if not np.isfinite(data).all():
             raise AudioError(f"{self.path}: holds NaN or infinite samples; repair or re-export the file")
         return torch.from_numpy(np.ascontiguousarray(data.T))
@@ -179,8 +192,8 @@ def _ffprobe(path: Path) -> AudioInfo:
 
 def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> Path:
     """Decode the first audio stream to a temporary float32 RF64 file; return its path."""
-    _ffprobe(path)  # a clear error for files that hold no audio stream
-    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-y"]
+    probe = _ffprobe(path)  # also a clear error for files that hold no audio stream
+    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-y"]
     if start:
         cmd += ["-ss", f"{start:.6f}"]
     cmd += ["-i", str(path)]
@@ -193,8 +206,45 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
     if result.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
         message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(f"{path}: ffmpeg cannot decode it ({message[-1] if message else 'unknown error'})")
+        raise AudioError(f"{path}: cannot decode it, the file is corrupt or not audio "
+                         f"({message[-1] if message else 'ffmpeg failed'}); re-export or re-download it")
+    decoded = _frames_of(Path(tmp))
+    expected = probe.nb_frames - int(round(start * probe.sample_rate))
+    if duration is not None:
+        expected = min(expected, int(round(duration * probe.sample_rate)))
+    if expected - decoded > max(LENGTH_TOLERANCE, 0.01 * expected):
+        Path(tmp).unlink(missing_ok=True)
+        raise AudioError(f"{path}: truncated (its header announces {expected / probe.sample_rate:.2f} s, "
+                         f"{decoded / probe.sample_rate:.2f} s decode); re-export or re-download it")
     return Path(tmp)
+
+
+def _frames_of(path: Path) -> int:
+    import soundfile as sf
+
+    return int(sf.info(str(path)).frames)
+
+
+def _check_wav_length(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk is announced longer than the file is."""
+    if path.suffix.lower() not in (".wav", ".wave"):
+        return
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                available = path.stat().st_size - f.tell()
+                if size not in (0, 0xFFFFFFFF) and size > available:
+                    raise AudioError(f"{path}: truncated ({size - available} bytes of audio announced by its "
+                                     "header are missing); re-export or re-download it")
+                return
+            f.seek(size + (size & 1), 1)
 
 
 def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:

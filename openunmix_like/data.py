@@ -92,7 +92,10 @@ def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sampl
 
     first = int(round(start * file.sample_rate))
     frames = -1 if duration is None else int(round(duration * file.sample_rate))
-    data, _ = sf.read(str(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
+    try:
+        data, _ = sf.read(str(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise RuntimeError(f"{file.path}: cannot decode ({str(exc).strip()})") from exc
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
     if file.sample_rate != sample_rate:
         from .audio import resample
@@ -116,9 +119,28 @@ class _Base(torch.utils.data.Dataset):
         self.random_chunks = random_chunks
         self.seed = seed
         self.epoch = 0
+        self._reported: set = set()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def __getitem__(self, index: int) -> Pair:
+        """The item, or, when one of its files fails to decode, the next readable one.
+
+        A file that fails is reported once (per process) and the run goes on.
+        """
+        for attempt in range(min(len(self), 20)):
+            try:
+                return self._item((index + attempt) % len(self))
+            except (RuntimeError, OSError, ValueError) as exc:  # libsndfile errors are RuntimeErrors
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if message not in self._reported:
+                    self._reported.add(message)
+                    log.warning("skipping a sample: %s", message)
+        raise DatasetError(f"20 samples in a row failed to load (last: {message}); check the data set files")
+
+    def _item(self, index: int) -> Pair:
+        raise NotImplementedError
 
     def rng(self, index: int) -> random.Random:
         return random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
@@ -198,7 +220,7 @@ class AlignedDataset(_Base):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> Pair:
+    def _item(self, index: int) -> Pair:
         rng = self.rng(index)
         inp, out = self.pairs[index]
         start = self.start_in(min(inp.duration(), out.duration()), rng)
@@ -239,7 +261,7 @@ class SourceFolderDataset(_Base):
     def __len__(self) -> int:
         return self.nb_samples
 
-    def __getitem__(self, index: int) -> Pair:
+    def _item(self, index: int) -> Pair:
         rng = self.rng(index)
         sources = []
         for name in [self.target_dir, *self.interferer_dirs]:
@@ -282,7 +304,7 @@ class FixedSourcesTrackFolderDataset(_Base):
     def __len__(self) -> int:
         return len(self.tracks)
 
-    def __getitem__(self, index: int) -> Pair:
+    def _item(self, index: int) -> Pair:
         rng = self.rng(index)
         files = self.tracks[index]
         start = self.start_in(min(f.duration() for f in files), rng)
@@ -339,7 +361,7 @@ class VariableSourcesTrackFolderDataset(_Base):
     def _length(self, target: Optional[AudioFile], files: List[AudioFile]) -> float:
         return min(f.duration() for f in files + ([target] if target else []))
 
-    def __getitem__(self, index: int) -> Pair:
+    def _item(self, index: int) -> Pair:
         rng = self.rng(index)
         target, files = self.tracks[index]
         start = self.start_in(self._length(target, files), rng)
@@ -450,7 +472,7 @@ class MUSDBDataset(_Base):
     def stats_indices(self) -> List[int]:
         return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
 
-    def __getitem__(self, index: int) -> Pair:
+    def _item(self, index: int) -> Pair:
         rng = self.rng(index)
         track = self.tracks[index // self.samples_per_track]
         augment = rng if self.split == "train" else None

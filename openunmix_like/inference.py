@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -229,14 +230,13 @@ def separate(
         >>> stems["vocals"].shape
         torch.Size([2, 220500])
     """
+    audio = check_audio(audio, sample_rate)
     if not isinstance(model, Separator):
         model = Separator.from_pretrained(
             model, targets=targets, device=device, niter=niter, residual=residual,
             softmask=softmask, wiener_win_len=wiener_win_len, progress=progress,
         )
     shape = audio.shape
-    if audio.dim() not in (1, 2, 3):
-        raise ValueError(f"audio must have 1 to 3 dimensions, got shape {tuple(shape)}")
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress) for x in batch.float()]
     stacked = torch.stack(results, dim=0)  # (nb_samples, nb_targets, nb_channels, nb_timesteps)
@@ -245,3 +245,45 @@ def separate(
         for j, name in enumerate(model.target_names)
     }
     return aggregate_estimates(named, aggregate)
+
+
+MIN_RATE, MAX_RATE = 1000, 768000
+
+
+def check_audio(audio, sample_rate) -> Tensor:
+    """Validate audio given to :func:`separate` and return it as a float tensor.
+
+    Accepts tensors or arrays shaped ``(nb_timesteps,)``, ``(nb_channels,
+    nb_timesteps)`` or ``(nb_samples, nb_channels, nb_timesteps)``; integer PCM
+    (uint8, int16, int32) is scaled to [-1, 1).
+
+    Raises:
+        AudioError: anything else, with what is wrong and what to pass instead.
+    """
+    from .errors import AudioError
+
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or \
+            not math.isfinite(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioError(f"sample_rate {sample_rate!r}: pass the audio's rate in Hz ({MIN_RATE} to {MAX_RATE})")
+    if not isinstance(audio, Tensor):
+        try:
+            audio = torch.as_tensor(np.asarray(audio))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise AudioError(f"audio of type {type(audio).__name__} is not an array of samples ({exc})") from None
+    if audio.is_complex() or audio.dtype == torch.bool:
+        raise AudioError(f"audio has dtype {audio.dtype}; pass real-valued samples (float or integer PCM)")
+    scale = {torch.uint8: 128.0, torch.int16: 32768.0, torch.int32: 2147483648.0}
+    if audio.dtype in scale:
+        offset = 128.0 if audio.dtype == torch.uint8 else 0.0
+        audio = (audio.double() - offset) / scale[audio.dtype]
+    elif not audio.is_floating_point():
+        raise AudioError(f"audio has dtype {audio.dtype}; pass float samples or uint8/int16/int32 PCM")
+    if audio.dim() not in (1, 2, 3):
+        raise AudioError(f"audio has shape {tuple(audio.shape)}; pass (nb_timesteps,), (nb_channels, nb_timesteps) "
+                         "or (nb_samples, nb_channels, nb_timesteps)")
+    if audio.numel() == 0:
+        raise AudioError(f"audio has shape {tuple(audio.shape)}: no samples to separate")
+    audio = audio.float()
+    if not torch.isfinite(audio).all():
+        raise AudioError("audio holds NaN or infinite samples; replace them (e.g. torch.nan_to_num) first")
+    return audio

@@ -87,6 +87,8 @@ class TrainConfig:
     nb_channels: int = 2
     # validation metric
     eval_every: int = 0
+    # what to do when a batch gives a NaN or infinite loss or gradient: skip the batch or stop
+    nonfinite: str = "skip"
     # running
     nb_workers: int = 0
     quiet: bool = False
@@ -339,35 +341,54 @@ def train_epoch(ctx: Context, epoch: int) -> Tuple[float, float, float, int]:
     start = last = time.perf_counter()
     quiet = ctx.cfg.quiet or world()[0] != 0
     with tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
-        for x, y in bar:
+        for batch, (x, y) in enumerate(bar, start=1):
             data_time += time.perf_counter() - last
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             loss = step(ctx, x, y)
-            total += loss * x.shape[0]
-            count += x.shape[0]
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if loss is None:
+                handle_nonfinite(ctx.cfg, epoch, batch)
+            else:
+                total += loss * x.shape[0]
+                count += x.shape[0]
+                bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
             last = time.perf_counter()
     total, count = all_reduce_sum([total, count])
     elapsed = time.perf_counter() - start
     return total / max(count, 1), elapsed, data_time / max(elapsed, 1e-9), int(count)
 
 
-def step(ctx: Context, x: Tensor, y: Tensor) -> float:
-    """One optimisation step on a batch; returns its loss."""
+def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
+    """One optimisation step on a batch; returns its loss, or ``None`` (weights untouched)
+    when the loss or a gradient is NaN or infinite."""
     ctx.optimizer.zero_grad(set_to_none=True)
     amp = ctx.scaler is not None
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
         with torch.no_grad():
             X, Y = ctx.spectrogram(x), ctx.spectrogram(y)
         loss = nn.functional.mse_loss(ctx.model(X), Y)
+    if not torch.isfinite(loss):
+        return None
     if amp:
+        # The scaler skips steps with non-finite gradients (fp16 overflow) by design.
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
-    else:
-        loss.backward()
-        ctx.optimizer.step()
+        return float(loss.detach())
+    loss.backward()
+    if not all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        return None
+    ctx.optimizer.step()
     return float(loss.detach())
+
+
+def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
+    """Report a batch whose loss or gradients were not finite; stop if asked to."""
+    where = f"epoch {epoch}, batch {batch}: NaN or infinite loss or gradient"
+    if cfg.nonfinite == "stop":
+        raise OpenUnmixLikeError(f"{where}; stopped (--nonfinite-loss stop). The last checkpoint is intact: "
+                                 "check the data, then resume with --resume auto")
+    log.warning("%s; batch skipped, weights unchanged (--nonfinite-loss skip)", where)
 
 
 def validate(ctx: Context, epoch: int) -> float:

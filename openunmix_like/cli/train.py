@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import sys
 import traceback
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every N epochs, report the validation SDR (Music Demixing Challenge definition) and "
                         "SI-SDR of the target; fast metrics, not BSSEval (default 0: never)")
 
+    g.add_argument("--nonfinite-loss", dest="nonfinite", choices=["skip", "stop"], default="skip",
+                   help="a batch with a NaN or infinite loss or gradient: skip it (weights unchanged) or stop "
+                        "the run (default skip); either way it is reported with its epoch and batch")
+
     g = p.add_argument_group("running")
     g.add_argument("--nb-workers", type=int, default=0, help="data loading processes (default 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
@@ -105,6 +110,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"umx-train: error: {exc}", file=sys.stderr)
         if args.verbose:
             traceback.print_exc()
+        return 1
+    except OSError as exc:
+        what = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
+        print(f"umx-train: error: cannot write to {cfg.output}: {what}; free space or fix permissions, "
+              "then resume with --resume auto (the previous checkpoint is intact)", file=sys.stderr)
         return 1
     return 0
 
