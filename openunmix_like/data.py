@@ -96,6 +96,8 @@ def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sampl
         data, _ = sf.read(str(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise RuntimeError(f"{file.path}: cannot decode ({str(exc).strip()})") from exc
+    if not np.isfinite(data).all():
+        raise RuntimeError(f"{file.path}: NaN or infinite samples")
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
     if file.sample_rate != sample_rate:
         from .audio import resample

@@ -248,6 +248,8 @@ def separate(
 
 
 MIN_RATE, MAX_RATE = 1000, 768000
+# Far above any real signal; beyond it, squared magnitudes would overflow float32.
+MAX_PEAK = 1e8
 
 
 def check_audio(audio, sample_rate) -> Tensor:
@@ -286,4 +288,7 @@ def check_audio(audio, sample_rate) -> Tensor:
     audio = audio.float()
     if not torch.isfinite(audio).all():
         raise AudioError("audio holds NaN or infinite samples; replace them (e.g. torch.nan_to_num) first")
+    peak = float(audio.abs().max())
+    if peak > MAX_PEAK:
+        raise AudioError(f"audio peaks at {peak:.3g}; samples are expected roughly in [-1, 1]: divide by the peak")
     return audio

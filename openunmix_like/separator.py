@@ -54,6 +54,10 @@ class Separator(nn.Module):
             raise ValueError("a Separator needs at least one target model")
         if residual is not None and residual in target_models:
             raise ValueError(f"residual name {residual!r} is already a model target")
+        for name, model in target_models.items():
+            bins = getattr(model, "nb_bins", n_fft // 2 + 1)
+            if bins != n_fft // 2 + 1:
+                raise ValueError(f"target {name!r} has {bins} bins but n_fft={n_fft} gives {n_fft // 2 + 1}")
         self.target_models = nn.ModuleDict(dict(target_models))
         self.niter = niter
         self.softmask = softmask

@@ -162,3 +162,8 @@ def test_hubconf_gives_the_same_loader(model_dir, monkeypatch):
     sep = hub.default(targets=["vocals"], niter=0)
     assert isinstance(sep, Separator) and sep.target_names == ["vocals"]
     assert callable(hub.umxhq) and callable(hub.umxse)
+
+
+def test_models_must_match_the_stft():
+    with pytest.raises(ValueError, match="257 bins but n_fft=256"):
+        Separator(make_models(n_fft=512), n_fft=256, n_hop=64)
