@@ -210,3 +210,8 @@ def test_console_script_runs(model_dir, wav_file, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "c.wav ->" in result.stdout
+
+
+def test_glob_matching_nothing(model_dir, tmp_path, capsys):
+    assert run(str(tmp_path / "nothing-*.wav"), "--model", model_dir(), "--outdir", tmp_path / "o") == 1
+    assert "nothing-*.wav: pattern matches no files" in capsys.readouterr().err
