@@ -589,9 +589,19 @@ def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, d
 
 @contextlib.contextmanager
 def distributed_session():
-    """Tear the process group down when training ends (no-op without torchrun)."""
+    """Tear the process group down when training ends (no-op without torchrun).
+
+    Ranks first wait for each other, so none closes its connections while rank 0
+    is still writing the last epoch's files or another rank is mid-collective.
+    """
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if not failed:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
