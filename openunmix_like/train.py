@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -533,7 +532,6 @@ def run(cfg: TrainConfig) -> History:
     """Train ``cfg.target``; returns the history (also written to the output folder)."""
     device = pick_device(cfg)
     setup_distributed(device)
-    random.seed(cfg.seed)
     train_set, valid_set = build_datasets(cfg)
     model, settings = build_model(cfg, train_set, device)
     ctx = make_context(cfg, model, settings, device, train_set, valid_set)

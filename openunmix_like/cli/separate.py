@@ -173,13 +173,10 @@ def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]
         raise OpenUnmixLikeError(f"--aggregate: not valid JSON ({exc})") from None
     if not isinstance(aggregate, dict) or not aggregate:
         raise OpenUnmixLikeError('--aggregate: expected an object like {"accompaniment": ["drums", "bass"]}')
-    for key, members in aggregate.items():
-        members = [members] if isinstance(members, str) else members
-        unknown = [m for m in members if m not in names]
-        if unknown:
-            raise OpenUnmixLikeError(
-                f"--aggregate: {key!r} names unknown targets {unknown}; available: {', '.join(names)}"
-            )
+    try:  # the same check the separation applies, before any file is processed
+        aggregate_estimates({name: torch.zeros(0) for name in names}, aggregate)
+    except (ValueError, TypeError) as exc:
+        raise OpenUnmixLikeError(f"--aggregate: {exc}") from None
     return aggregate
 
 
