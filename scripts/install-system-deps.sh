@@ -1,11 +1,7 @@
 #!/usr/bin/env sh
 # Debian packages the package and its tests use: ffmpeg decodes mp3/m4a/mp4 and
-# .stem.mp4 mixtures (soundfile handles wav/flac/ogg/mp3 itself).
+# .stem.mp4 mixtures (soundfile handles wav/flac/ogg itself); the corpus
+# generator umx-synth needs FluidSynth, soundfonts and speech engines, which
+# scripts/install-synth-deps.sh installs (it checks first and is quick when done).
 set -e
-if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then
-  exit 0
-fi
-SUDO=""
-[ "$(id -u)" = "0" ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+exec "$(dirname "$0")/install-synth-deps.sh"
