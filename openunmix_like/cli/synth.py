@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "sung voices into MUSDB18-HQ-layout folders: <root>/{train,valid,test}/<track>/"
                     "{mixture,vocals,drums,bass,other}.wav.",
     )
-    p.add_argument("root", help="output folder (created; complete tracks already there are kept)")
+    p.add_argument("root", nargs="?", help="output folder (created; complete tracks already there are kept)")
     p.add_argument("--train", type=int, default=100, help="songs in train/ (default 100)")
     p.add_argument("--valid", type=int, default=5, help="songs in valid/ (default 5)")
     p.add_argument("--test", type=int, default=10, help="songs in test/ (default 10)")
@@ -43,6 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check:
         print(f"soundfonts: {', '.join(found['soundfonts'])}\nvoices: {', '.join(found['voices'])}")
         return 0
+    if args.root is None:
+        print("umx-synth: give the output folder ROOT", file=sys.stderr)
+        return 2
     if args.duration <= 0 or min(args.train, args.valid, args.test) < 0:
         print("umx-synth: --duration must be positive and song counts non-negative", file=sys.stderr)
         return 2

@@ -57,18 +57,22 @@ STYLES = (
         ("x.x.x.x.x.x.x.x.", "x.......x.......", "x..x..x...x..x.."), 0.85),
     Style("pop", (84, 128), 16, (0.0, 0.08), (0, 8, 24), (
         {KICK: "x.....o.x.o.....", SNARE: "....x.......x...", CLOSED_HAT: "xoooxoooxoooxooo"},
-        {KICK: "x.......x.......", CLAP: "....x.......x...", CLOSED_HAT: "o.o.o.o.o.o.o.o.", SHAKER: "oooooooooooooooo"},
+        {KICK: "x.......x.......", CLAP: "....x.......x...",
+         CLOSED_HAT: "o.o.o.o.o.o.o.o.", SHAKER: "oooooooooooooooo"},
         {KICK: "x..o....x..o....", SNARE: "....x.......x...", CLOSED_HAT: "o.oxo.oxo.oxo.ox"}),
         ("x.....x.x.......", "x.x.x.x.x.x.x.x.", "x..x..x...x.x..."),
         ("x...x...x...x...", "x..x..x...x.x...", "x.......x......."), 0.8),
     Style("funk", (92, 116), 16, (0.0, 0.15), (0, 8, 32), (
         {KICK: "x..o..o...x..o..", SNARE: "....x..g.g..x..g", CLOSED_HAT: "xoooxoooxoooxooo"},
-        {KICK: "x.o...o..ox.....", SNARE: "..g.x..g..g.x.g.", CLOSED_HAT: "oxoooxoooxoooxoo", OPEN_HAT: "..............o."}),
+        {KICK: "x.o...o..ox.....", SNARE: "..g.x..g..g.x.g.",
+         CLOSED_HAT: "oxoooxoooxoooxoo", OPEN_HAT: "..............o."}),
         ("x..o..o...x.o.o.", "x.xo...ox.o...o.", "x..x.x..x..x.x.."),
         ("..x...x...x...x.", ".x.x..x..x.x..x.", "x..x..x..x..x..."), 0.55),
     Style("disco", (112, 128), 16, (0.0, 0.0), (0, 24, 25), (
-        {KICK: "x...x...x...x...", CLAP: "....x.......x...", CLOSED_HAT: "x.x.x.x.x.x.x.x.", OPEN_HAT: "..o...o...o...o."},
-        {KICK: "x...x...x...x...", SNARE: "....x.......x...", CLOSED_HAT: "oxoxoxoxoxoxoxox", TAMBOURINE: "....o.......o..."}),
+        {KICK: "x...x...x...x...", CLAP: "....x.......x...",
+         CLOSED_HAT: "x.x.x.x.x.x.x.x.", OPEN_HAT: "..o...o...o...o."},
+        {KICK: "x...x...x...x...", SNARE: "....x.......x...",
+         CLOSED_HAT: "oxoxoxoxoxoxoxox", TAMBOURINE: "....o.......o..."}),
         ("x.X.x.X.x.X.x.X.".lower(), "x.x.x.x.x.x.x.x.", "x..xx..xx..xx..x"),
         ("..x...x...x...x.", "x.x.x.x.x.x.x.x."), 0.6),
     Style("hiphop", (78, 98), 16, (0.1, 0.3), (0, 8, 25), (
@@ -224,7 +228,8 @@ class SongPlan:
         return {
             "seed": self.seed, "style": self.style, "tempo": round(self.tempo, 2), "key": self.key_name,
             "swing": round(self.swing, 3), "drum_kit": self.kit,
-            "sections": [{"kind": s.kind, "start": round(s.start, 3), "bars": s.bars} for s in self.sections],
+            "sections": [{"index": k, "kind": s.kind, "start": round(s.start, 3), "bars": s.bars}
+                         for k, s in enumerate(self.sections)],
             "parts": [{"name": p.name, "stem": p.stem, "role": p.role, "soundfont": p.soundfont,
                        "program": p.program, "sections": p.sections} for p in self.parts],
             "vocals": [{"name": v.name, "voice": v.voice, "gain_db": round(v.gain_db, 2),
@@ -631,7 +636,9 @@ def compose(rng: np.random.Generator, min_length: float, soundfonts: Sequence[st
         parts.append(_accompaniment(rng, role, style, timing, key, mode, sections, active,
                                     str(rng.choice(list(soundfonts))), number))
     for part in parts:
-        part.pan = float(np.clip(rng.normal(0, 0.45), -0.9, 0.9)) if part.stem == "other" else float(rng.normal(0, 0.05))
+        part.pan = float(rng.normal(0, 0.45 if part.stem == "other" else 0.05))
+        if part.stem == "other":
+            part.pan = float(np.clip(part.pan, -0.9, 0.9))
         part.width = float(rng.uniform(0.5, 1.0))
         part.gain_db = float(rng.uniform(-4, 3))
     vocals: List[VocalLine] = []

@@ -27,7 +27,7 @@ from ..fileio import write_json_atomic
 from .compose import SongPlan, compose, voice_dict
 from .effects import Chain, compressor_gain, pan, random_chain
 from .fluid import NoteEvent, available_soundfonts, shared_renderer
-from .voice import SungNote, SynthError, VoiceSpec, available_voices, random_voice, sing
+from .voice import SungNote, SynthError, VoiceSpec, _pyworld, available_voices, random_voice, sing
 
 STEMS = ("vocals", "drums", "bass", "other")
 SPLITS = ("train", "valid", "test")
@@ -58,6 +58,7 @@ def check_dependencies() -> Dict[str, List[str]]:
     """Installed soundfonts and voices; raises :class:`SynthError` naming what is missing."""
     fonts = available_soundfonts()
     voices = available_voices()
+    _pyworld()  # the vocoder that turns speech into song
     shared_renderer()  # loads libfluidsynth
     return {"soundfonts": fonts, "voices": sorted({f"{v.engine}:{v.name}" for v in voices})}
 
@@ -192,6 +193,15 @@ def quantise_mix(stems: Dict[str, np.ndarray], peak: float) -> Tuple[Dict[str, n
     return {k: v.astype(np.int16) for k, v in ints.items()}, mixture.astype(np.int16)
 
 
+def _excerpt_times(summary: Dict, offset: float, duration: float) -> Dict:
+    """Section starts in the excerpt's time (sections entirely outside it left out)."""
+    sections = summary["sections"]
+    ends = [s["start"] for s in sections[1:]] + [float("inf")]
+    summary["sections"] = [dict(s, start=round(s["start"] - offset, 3)) for s, end in zip(sections, ends)
+                           if end > offset and s["start"] < offset + duration]
+    return summary
+
+
 def make_track(job: TrackJob) -> Dict:
     """Compose, render and write one track (skipped when already complete)."""
     final = job.path
@@ -215,7 +225,8 @@ def make_track(job: TrackJob) -> Dict:
         sf.write(tmp / f"{stem}.wav", ints[stem].T, job.sample_rate, subtype="PCM_16")
     meta = {"name": job.name, "split": job.split, "index": job.index, "corpus_seed": job.seed,
             "duration": job.duration, "sample_rate": job.sample_rate, "offset": round(offset, 3),
-            **plan.summary(), **info, "render_seconds": round(time.perf_counter() - began, 2)}
+            **_excerpt_times(plan.summary(), offset, job.duration), **info,
+            "render_seconds": round(time.perf_counter() - began, 2)}
     write_json_atomic(tmp / "plan.json", meta)
     if final.exists():
         shutil.rmtree(final)

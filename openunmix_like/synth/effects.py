@@ -13,7 +13,8 @@ import numpy as np
 from scipy import signal
 
 
-def biquad(kind: str, freq: float, sample_rate: int, q: float = 0.707, gain_db: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+def biquad(kind: str, freq: float, sample_rate: int, q: float = 0.707,
+           gain_db: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Second-order filter coefficients ``(b, a)`` after the RBJ audio-EQ formulas.
 
     ``kind`` is one of ``lowpass``, ``highpass``, ``peak``, ``lowshelf``, ``highshelf``.

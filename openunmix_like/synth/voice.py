@@ -41,7 +41,7 @@ _F0_RANGE = (60.0, 700.0)  # F0 search range when analysing spoken words
 _MAX_LEAD = 0.1  # leading consonants start at most this long before the note
 _AIR_DB = -22.0  # level at 8 kHz of the high-band floor, relative to the mean 0-3 kHz level
 _DB = np.log(10) / 10  # dB -> natural log of power
-_CACHE_SIZE = 400  # word analyses kept in memory (a few hundred kB each)
+_CACHE_SIZE = 256  # word analyses kept in memory (up to ~0.6 MB each)
 
 
 class SynthError(OpenUnmixLikeError, RuntimeError):
@@ -476,7 +476,7 @@ def _render_phrase(phrase: List[_Group], axes: Dict[str, Tuple[np.ndarray, np.nd
                    ) -> Tuple[int, np.ndarray]:
     """Synthesise one phrase; returns its first sample index and the waveform."""
     pw = _pyworld()
-    first = phrase[0].span[0] - 2
+    first = min(g.span[0] for g in phrase) - 2
     first -= first % 2  # even frame: integer sample offset at 44.1 kHz
     count = max(g.span[1] for g in phrase) + 4 - first
     n_bins = next(iter(axes.values()))[0].shape[1]
@@ -528,6 +528,25 @@ def _breath(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
 
 
+def _inhale(out: np.ndarray, phrase: np.ndarray, begin: float, earliest: float, sample_rate: int,
+            rng: np.random.Generator) -> None:
+    """Add a breath ending just before ``begin`` (seconds) if it fits after ``earliest``.
+
+    Its level is 17-23 dB below the RMS of the sung ``phrase``.
+    """
+    room = begin - earliest
+    if room < 0.3:
+        return
+    gap = rng.uniform(0.03, 0.08)
+    duration = min(rng.uniform(0.3, 0.5), room - gap - 0.02)
+    if duration < 0.25:
+        return
+    sung = phrase[np.abs(phrase) > 1e-6]
+    level = np.sqrt(np.mean(sung ** 2)) * 10 ** (-rng.uniform(17, 23) / 20) if len(sung) else 0.0
+    breath = _breath(int(duration * sample_rate), sample_rate, rng)
+    _add(out, breath * level, int(round((begin - gap - duration) * sample_rate)))
+
+
 def sing(notes: Sequence[SungNote], voice: VoiceSpec, length: int, sample_rate: int = 44100,
          rng: Optional[np.random.Generator] = None, cache_dir: Union[str, Path, None] = None) -> np.ndarray:
     """Render a sung vocal line.
@@ -573,17 +592,7 @@ def sing(notes: Sequence[SungNote], voice: VoiceSpec, length: int, sample_rate: 
     for phrase in phrases:
         _place(phrase, words, earliest=audible_end)
         offset, y = _render_phrase(phrase, axes, words, voice, sample_rate, rng)
-        begin = phrase[0].span[0] * FRAME
-        room = begin - audible_end
-        if room >= 0.3:
-            gap = rng.uniform(0.03, 0.08)
-            duration = min(rng.uniform(0.3, 0.5), room - gap - 0.02)
-            if duration >= 0.25:
-                sung = y[np.abs(y) > 1e-6]
-                rms = np.sqrt(np.mean(sung ** 2)) if len(sung) else 0.0
-                start = int(round((begin - gap - duration) * sample_rate))
-                breath = _breath(int(duration * sample_rate), sample_rate, rng) * rms * 10 ** (-rng.uniform(17, 23) / 20)
-                _add(out, breath, start)
+        _inhale(out, y, min(g.span[0] for g in phrase) * FRAME, audible_end, sample_rate, rng)
         _add(out, y, offset)
         audible_end = phrase[-1].span[1] * FRAME + 0.05
     peak = np.max(np.abs(out))
