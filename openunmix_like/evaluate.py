@@ -46,8 +46,13 @@ class Track:
 
 
 def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: Optional[str] = None,
-                 names: Optional[Sequence[str]] = None) -> Iterator[Track]:
-    """MUSDB18 tracks through the ``musdb`` package, with all its targets (incl. accompaniment)."""
+                 names: Optional[Sequence[str]] = None, mixture_from_sources: bool = False) -> Iterator[Track]:
+    """MUSDB18 tracks through the ``musdb`` package, with all its targets (incl. accompaniment).
+
+    The input is the data set's mixture, or with ``mixture_from_sources`` the
+    sum of its sources (the stem files' own mixture of MUSDB18 is encoded
+    separately and differs slightly from that sum).
+    """
     try:
         import musdb
     except ImportError as exc:
@@ -60,7 +65,11 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
         if names and track.name not in names:
             continue
         refs = {name: _tensor(t.audio) for name, t in track.targets.items() if name != "linear_mixture"}
-        yield Track(track.name, int(track.rate), _tensor(track.audio), refs)
+        if mixture_from_sources:
+            mixture = _tensor(sum(source.audio for source in track.sources.values()))
+        else:
+            mixture = _tensor(track.audio)
+        yield Track(track.name, int(track.rate), mixture, refs)
 
 
 def folder_tracks(root: str, names: Optional[Sequence[str]] = None) -> Iterator[Track]:

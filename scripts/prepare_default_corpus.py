@@ -3,9 +3,10 @@
 
     python scripts/prepare_default_corpus.py SYNTH_ROOT MUSDB_ROOT OUT
 
-``OUT/train`` links every generated training song and the 80 training
-excerpts of the MUSDB18 7-second preview (decoded once to 16-bit wav under
-``OUT/musdb-wav``); ``OUT/valid`` holds only the 14 MUSDB18 validation
+``OUT/train`` links every generated training song and, ``--musdb-repeat``
+times each, the 80 training excerpts of the MUSDB18 7-second preview (decoded
+once to 16-bit wav under ``OUT/musdb-wav``), so that real music is about half
+of what an epoch sees; ``OUT/valid`` holds only the 14 MUSDB18 validation
 excerpts, so validation loss and model selection follow real music. The
 MUSDB18 audio stays outside the repository.
 """
@@ -52,6 +53,7 @@ def main() -> None:
     p.add_argument("synth_root", help="umx-synth output (its train/ split is used)")
     p.add_argument("musdb_root", help="MUSDB18 7-second preview (../shared/data/musdb18-7s)")
     p.add_argument("out", help="folder to create")
+    p.add_argument("--musdb-repeat", type=int, default=2, help="links per MUSDB18 training excerpt (default 2)")
     args = p.parse_args()
     out = Path(args.out)
     musdb_folders = export_musdb(args.musdb_root, out / "musdb-wav")
@@ -65,8 +67,10 @@ def main() -> None:
         link(d, out / "train" / d.name)
     for split, folders in musdb_folders.items():
         for d in folders:
-            link(d, out / split / f"musdb-{d.name}")
-    print(f"{out}: train = {len(synth)} generated songs + {len(musdb_folders['train'])} MUSDB18 excerpts, "
+            for k in range(args.musdb_repeat if split == "train" else 1):
+                link(d, out / split / (f"musdb-{d.name}" + (f"-{k + 1}" if k else "")))
+    print(f"{out}: train = {len(synth)} generated songs + {len(musdb_folders['train'])} MUSDB18 excerpts "
+          f"x {args.musdb_repeat}, "
           f"valid = {len(musdb_folders['valid'])} MUSDB18 excerpts")
 
 

@@ -40,7 +40,7 @@ for target in "${targets[@]}"; do
   OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$work/combined" --target "$target" \
     --target-file "$target.wav" --interferer-files $(for t in "${targets[@]}"; do [ "$t" != "$target" ] && echo "$t.wav"; done) \
     --random-track-mix --source-augmentations gain channelswap --model "$work/stage1" --output "$work/stage2" \
-    --batch-size 16 --seq-dur 6.0 --epochs "$epochs" --lr 0.0005 --patience 40 \
+    --batch-size 16 --seq-dur 6.0 --epochs "$epochs" --lr 0.0002 --patience 40 \
     --lr-decay-patience 12 --lr-decay-gamma 0.3 --seed 42 --resume auto --quiet \
     > "$work/stage2-$target.log" 2>&1 &
 done

@@ -128,3 +128,15 @@ def test_train_reports_fast_metric_every_n_epochs(tmp_path):
     sdr = record["valid_sdr_mdx_history"]
     assert sdr[0] is None and isinstance(sdr[1], float) and sdr[2] is None
     assert isinstance(record["valid_si_sdr_history"][1], float)
+
+
+def test_musdb_mixture_from_sources():
+    from conftest import MUSDB_7S, require
+
+    root = require(MUSDB_7S).parent
+    [stored] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"])
+    [summed] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"],
+                               mixture_from_sources=True)
+    sources = sum(summed.references[k] for k in ("vocals", "drums", "bass", "other"))
+    assert torch.allclose(summed.mixture, sources, atol=1e-6)
+    assert not torch.allclose(stored.mixture, sources, atol=1e-4)  # the stored mixture is encoded on its own

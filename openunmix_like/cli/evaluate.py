@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--subset", default="test", help="musdb subset (default test)")
     g.add_argument("--split", default=None, choices=["train", "valid"], help="musdb split of the train subset")
     g.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ wav layout")
+    g.add_argument("--mixture-from-sources", action="store_true",
+                   help="musdb: separate the sum of the four sources instead of the stored mixture")
     g.add_argument("--tracks", nargs="+", default=None, help="only these track names")
     add_separator_args(p)
     g = p.add_argument_group("oracles")
@@ -99,7 +101,8 @@ def evaluate(args: argparse.Namespace) -> int:
     evaldir = Path(args.evaldir)
     done = {m: load_records(evaldir / m) for m in methods}
     if args.layout == "musdb":
-        tracks = musdb_tracks(args.root, args.subset, args.is_wav, args.split, args.tracks)
+        tracks = musdb_tracks(args.root, args.subset, args.is_wav, args.split, args.tracks,
+                              mixture_from_sources=args.mixture_from_sources)
     else:
         tracks = folder_tracks(args.root, args.tracks)
     # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang.
