@@ -67,6 +67,8 @@ class OpenUnmix(nn.Module):
         torch.Size([1, 2, 2049, 10])
     """
 
+    domain = "magnitude"  # maps magnitudes to magnitudes (see openunmix_like.architectures)
+
     def __init__(
         self,
         nb_bins: int = 2049,

@@ -8,10 +8,12 @@ reference writes and publishes it) and optionally ``<target>.json``; plus a
     separator.json     {"sample_rate": 44100, "nfft": 4096, "nhop": 1024, "nb_channels": 2, ...}
     vocals.safetensors plain state dict (no pickle)
     vocals.json        {"architecture": "umx", "model_args": {...}, ...}
-    vocals.pth         the same state dict for the reference package (optional)
+    vocals.pth         the same state dict for the reference package (optional, umx only)
 
-The architecture is always rebuilt from the state dict itself; ``model_args``
-in ``<target>.json`` must agree with it.
+``architecture`` names an entry of :mod:`openunmix_like.architectures`
+(``umx`` when the key or the file is absent). An Open-Unmix model is rebuilt
+from the state dict itself and ``model_args`` must agree with it; the other
+architectures are rebuilt from ``model_args``, their exact constructor arguments.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from . import architectures
 from .errors import ModelError
 from .fileio import write_bytes_atomic, write_json_atomic
 from .model import OpenUnmix, OpenUnmixConfig, config_from_state_dict, strip_legacy_keys
@@ -126,14 +129,22 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], target
             )
 
 
-def load_target(path: Path, target: str) -> OpenUnmix:
-    """Build a model from one weight file (and its ``<target>.json`` if present)."""
+def load_target(path: Path, target: str) -> nn.Module:
+    """Build a model from one weight file (and its ``<target>.json`` if present).
+
+    ``<target>.json`` names the architecture (``umx`` when absent). An Open-Unmix
+    model is rebuilt from the state dict itself (``model_args``, if given, must
+    agree); other architectures from the exact ``model_args``.
+    """
+    meta = read_target_json(path.parent / f"{target}.json")
+    name = meta.get("architecture", "umx")
+    if name != "umx":
+        return load_registered(path, target, name, meta)
     state = strip_legacy_keys(read_state_dict(path))
     try:
         config = config_from_state_dict(state)
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{path}: weights of target {target!r} are not an Open-Unmix state dict ({exc})") from exc
-    meta = read_target_json(path.parent / f"{target}.json")
     if meta.get("model_args"):
         declared = OpenUnmixConfig.from_dict(meta["model_args"])
         if declared != config:
@@ -141,6 +152,26 @@ def load_target(path: Path, target: str) -> OpenUnmix:
                 f"{path}: weights of target {target!r} disagree with {target}.json: {config} vs {declared}"
             )
     model = OpenUnmix.from_config(config)
+    check_state_dict(model, state, target, path)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_registered(path: Path, target: str, name: str, meta: Mapping) -> nn.Module:
+    """Rebuild a model of a registered architecture from ``model_args`` and load its weights."""
+    try:
+        arch = architectures.get(name)
+    except ValueError as exc:
+        raise ModelError(f"{path.parent / (target + '.json')}: {exc}; is this package too old for the model?") from None
+    if not isinstance(meta.get("model_args"), dict):
+        raise ModelError(f"{path.parent / (target + '.json')}: architecture {name!r} needs its model_args "
+                         "(the constructor arguments) to be rebuilt; the file has none")
+    try:
+        model = arch.from_dict(meta["model_args"])
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path.parent / (target + '.json')}: model_args do not build a {name!r} model "
+                         f"({exc})") from exc
+    state = read_state_dict(path)
     check_state_dict(model, state, target, path)
     model.load_state_dict(state)
     return model.eval()
@@ -156,7 +187,7 @@ def read_target_json(path: Path) -> dict:
 
 
 def read_settings(
-    folder: Path, first_target: str, model: OpenUnmix, known: Mapping[str, AudioSettings]
+    folder: Path, first_target: str, model: nn.Module, known: Mapping[str, AudioSettings]
 ) -> AudioSettings:
     """STFT settings: ``separator.json``, else the reference ``<target>.json``, else inferred."""
     sep_json = folder / "separator.json"
@@ -169,6 +200,8 @@ def read_settings(
     for path in folder.iterdir():
         if path.name in known:
             return known[path.name]
+    if not hasattr(model, "nb_bins"):
+        return AudioSettings(nb_channels=model.nb_channels)
     n_fft = (model.nb_bins - 1) * 2
     return AudioSettings(44100.0, n_fft, n_fft // 4, model.nb_channels)
 
@@ -177,7 +210,7 @@ def load_model_dir(
     folder: Path,
     targets: Optional[Sequence[str]] = None,
     known: Mapping[str, AudioSettings] = {},
-) -> Tuple[Dict[str, OpenUnmix], AudioSettings]:
+) -> Tuple[Dict[str, nn.Module], AudioSettings]:
     """Load every (or the named) target of a model folder.
 
     Args:
@@ -211,12 +244,13 @@ def load_model_dir(
     return models, settings
 
 
-def check_consistent(folder: Path, models: Mapping[str, OpenUnmix], settings: AudioSettings) -> None:
+def check_consistent(folder: Path, models: Mapping[str, nn.Module], settings: AudioSettings) -> None:
     nb_bins = settings.n_fft // 2 + 1
     for target, model in models.items():
-        if model.nb_bins != nb_bins or model.nb_channels != settings.nb_channels:
+        bins = getattr(model, "nb_bins", nb_bins)  # waveform models have no bins
+        if bins != nb_bins or model.nb_channels != settings.nb_channels:
             raise ModelError(
-                f"{folder}: target {target!r} has {model.nb_bins} bins and {model.nb_channels} "
+                f"{folder}: target {target!r} has {bins} bins and {model.nb_channels} "
                 f"channels but the folder's settings say n_fft={settings.n_fft} "
                 f"({nb_bins} bins) and {settings.nb_channels} channels"
             )
@@ -225,7 +259,7 @@ def check_consistent(folder: Path, models: Mapping[str, OpenUnmix], settings: Au
 def save_target(
     folder: Path,
     target: str,
-    model: OpenUnmix,
+    model: nn.Module,
     settings: AudioSettings,
     extra: Optional[Mapping] = None,
     write_pth: bool = True,
@@ -234,7 +268,8 @@ def save_target(
 
     Writes ``<target>.safetensors``, ``<target>.json`` (architecture, model
     arguments, settings, plus ``extra`` such as a training history),
-    optionally ``<target>.pth``, and updates ``separator.json``.
+    optionally ``<target>.pth`` (Open-Unmix models only: the reference package
+    cannot build the other architectures), and updates ``separator.json``.
     """
     from safetensors.torch import save
 
@@ -242,7 +277,7 @@ def save_target(
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(folder / f"{target}.safetensors", save(state, metadata={"format": FORMAT}))
-    if write_pth:
+    if write_pth and architectures.architecture_of(model).name == "umx":
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
@@ -251,16 +286,19 @@ def save_target(
     update_separator_json(folder, target, settings)
 
 
-def target_metadata(model: OpenUnmix, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
+def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
     """The ``<target>.json`` record: architecture, exact model arguments, settings, plus ``extra``."""
+    name = architectures.architecture_of(model).name
     cfg = model.config
+    args = {"nfft": settings.n_fft, "nhop": settings.n_hop, "nb_channels": model.nb_channels}
+    if name == "umx":
+        # The reference loader rebuilds models from these.
+        args.update(hidden_size=cfg.hidden_size, unidirectional=cfg.unidirectional)
     return {
-        "architecture": "umx",
+        "architecture": name,
         "model_args": cfg.to_dict(),
         "sample_rate": settings.sample_rate,
-        # The reference loader rebuilds models from these.
-        "args": {"nfft": settings.n_fft, "nhop": settings.n_hop, "nb_channels": cfg.nb_channels,
-                 "hidden_size": cfg.hidden_size, "unidirectional": cfg.unidirectional},
+        "args": args,
         **(extra or {}),
     }
 

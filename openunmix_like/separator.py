@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import filtering
+from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .transforms import ISTFT, STFT, ComplexNorm
 
 
@@ -15,8 +16,14 @@ class Separator(nn.Module):
     """Separates audio into targets with one spectrogram model per target.
 
     Args:
-        target_models: target name -> model mapping magnitudes
-            ``(nb_samples, nb_channels, nb_bins, nb_frames)`` to the same shape.
+        target_models: target name -> model. A model maps magnitudes
+            ``(nb_samples, nb_channels, nb_bins, nb_frames)`` to the same shape,
+            unless its ``domain`` attribute says ``complex`` (STFT as real/imaginary
+            pairs ``(..., nb_bins, nb_frames, 2)`` to the same) or ``waveform``
+            (``(nb_samples, nb_channels, nb_timesteps)`` to the same); see
+            :mod:`openunmix_like.architectures`. The Wiener filter always works on
+            magnitude estimates: the magnitude of a complex estimate, or of the
+            STFT of a waveform estimate, with the STFT of this separator.
         niter: EM iterations of the Wiener filter; 0 keeps the initial estimates.
         softmask: start the filter from ratio masks instead of the estimated
             magnitudes with the mixture phase.
@@ -127,7 +134,8 @@ class Separator(nn.Module):
             mag = mag.expand(-1, 2, -1, -1)
         # Stacked frame-major (as the models compute them), viewed as
         # (nb_samples, nb_targets, nb_channels, nb_bins, nb_frames).
-        frame_major = [model(mag).permute(3, 0, 1, 2) for model in self.target_models.values()]
+        frame_major = [self._magnitude(model, mag, mix_stft, audio).permute(3, 0, 1, 2)
+                       for model in self.target_models.values()]
         spectrograms = torch.stack(frame_major, dim=2).permute(1, 2, 3, 4, 0)
         if mono_in_stereo_model:
             # Filter the mono mixture with one spectrogram per target: a duplicated
@@ -136,6 +144,28 @@ class Separator(nn.Module):
         estimates = [self._filter_and_invert(spectrograms[i], mix_stft[i], frame_offset, audio.shape[-1])
                      for i in range(audio.shape[0])]
         return estimates[0][None] if len(estimates) == 1 else torch.stack(estimates)
+
+    def _magnitude(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> Tensor:
+        """A target model's magnitude estimate ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+
+        Magnitude models get the mixture magnitude; complex models the mixture STFT
+        (as real/imaginary pairs), and their estimate's magnitude is used; waveform
+        models the audio, and the magnitude of their output's STFT is used. Mono
+        models of these two domains get the channels' mean (the downmix), stereo
+        models get mono input on both channels.
+        """
+        domain = domain_of(model)
+        if domain == MAGNITUDE:
+            return model(mag)
+        signal = mix_stft if domain == COMPLEX else audio
+        if self.nb_channels == 1 and signal.shape[1] > 1:
+            signal = signal.mean(dim=1, keepdim=True)
+        elif self.nb_channels == 2 and signal.shape[1] == 1:
+            signal = signal.expand(-1, 2, *signal.shape[2:])
+        if domain == COMPLEX:
+            est = torch.view_as_complex(model(torch.view_as_real(signal)).contiguous())
+            return est.abs()
+        return self.stft(model(signal)).abs()
 
     def _filter_and_invert(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int, length: int) -> Tensor:
         """Wiener filter and inverse STFT of one sample, one filter window at a time.

@@ -9,12 +9,18 @@ several targets into one folder gives a folder the separator loads directly.
 
 Runs under ``torchrun`` use DistributedDataParallel (gloo on CPU, nccl on
 CUDA): each rank trains on its own shard of the samples and only rank 0 writes.
+
+The architecture (``--arch``, see :mod:`openunmix_like.architectures`) and the
+loss (``--loss``, see :mod:`openunmix_like.losses`) are chosen per run; with
+``--ckpt-every N`` the trainer also writes a resumable checkpoint every N
+steps into ``<output>/checkpoints/``.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
+import glob
 import io
 import logging
 import math
@@ -26,16 +32,18 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import data
-from .augment import Compose
+from . import architectures, data
+from .augment import BatchCompose, Compose, split_names
 from .errors import ModelError, OpenUnmixLikeError
 from .fileio import write_bytes_atomic, write_json_atomic
-from .model import OpenUnmix, bandwidth_to_max_bin
+from .losses import Objective, parse_loss
+from .model import bandwidth_to_max_bin
 from .modeldir import AudioSettings, save_target, target_metadata, update_separator_json
 from .transforms import STFT, ComplexNorm
 
 log = logging.getLogger("openunmix_like.train")
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+SCHEDULERS = ("plateau", "cosine")
 
 
 @dataclasses.dataclass
@@ -77,9 +85,18 @@ class TrainConfig:
     lr_decay_patience: int = 80
     lr_decay_gamma: float = 0.3
     weight_decay: float = 0.00001
+    # optimisation (schedules, clipping, step checkpoints)
+    lr_scheduler: str = "plateau"
+    clip_grad: float = 0.0
+    ckpt_every: int = 0
+    ckpt_keep: int = 3
     # model
+    arch: str = "umx"
+    arch_args: Optional[List[str]] = None
+    loss: Optional[str] = None  # None: the architecture's default (mse for umx)
+    preset: Optional[str] = None  # recorded only; the preset's values are in the fields
     unidirectional: bool = False
-    hidden_size: int = 512
+    hidden_size: Optional[int] = None  # None: the architecture's default (512 for umx)
     nfft: int = 4096
     nhop: int = 1024
     bandwidth: float = 16000
@@ -95,11 +112,26 @@ class TrainConfig:
     no_cuda: bool = False
     device: Optional[str] = None
 
-    def augmentations(self) -> Compose:
+    def augmentation_names(self) -> List[str]:
         names = self.source_augmentations
         if names is None:
             names = [] if self.dataset == "aligned" else ["gain", "channelswap"]
-        return Compose.from_names(names)
+        return list(names)
+
+    def augmentations(self) -> Compose:
+        """The source augmentations, applied by the data set to every source."""
+        return Compose.from_names(split_names(self.augmentation_names())[0])
+
+    def batch_augmentations(self) -> BatchCompose:
+        """The batch augmentations (masking, mixup), applied by the training step."""
+        return BatchCompose.from_names(split_names(self.augmentation_names())[1], self.nfft, self.nhop)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        """A configuration with the settings of ``architectures.PRESETS[name]``; ``overrides`` win."""
+        if name not in architectures.PRESETS:
+            raise OpenUnmixLikeError(f"--preset {name!r}: choose one of {', '.join(architectures.PRESETS)}")
+        return cls(**{**architectures.PRESETS[name], "preset": name, **overrides})
 
 
 @dataclasses.dataclass
@@ -114,11 +146,15 @@ class History:
     valid_si_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     best_loss: float = math.inf
     best_epoch: int = 0
+    global_step: int = 0  # training batches done, over all epochs
+    best_step: int = 0
 
     def record(self) -> dict:
         """The ``<target>.json`` training fields (reference names)."""
         return {
             "epochs_trained": len(self.train_loss),
+            "steps_trained": self.global_step,
+            "best_step": self.best_step,
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "best_epoch": self.best_epoch,
             "train_loss_history": self.train_loss,
@@ -222,27 +258,55 @@ def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000) -> Tupl
 # ---------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[OpenUnmix, AudioSettings]:
-    """A fresh model with the training set's statistics, or a pretrained one to fine-tune."""
-    if cfg.model:
-        from .pretrained import load_models
+def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.Module, AudioSettings]:
+    """A fresh model with the training set's statistics, or a pretrained one to fine-tune.
 
-        models, settings = load_models(cfg.model, targets=[cfg.target], progress=not cfg.quiet)
-        model = models[cfg.target]
-        if settings.sample_rate != cfg.sample_rate or settings.nb_channels != cfg.nb_channels:
-            raise ModelError(f"--model {cfg.model}: {settings} does not match --nb-channels {cfg.nb_channels} / "
-                             f"sample rate {cfg.sample_rate}")
-        cfg.nfft, cfg.nhop, cfg.hidden_size = settings.n_fft, settings.n_hop, model.config.hidden_size
-        cfg.unidirectional = model.config.unidirectional
-        return model.to(device).train(), settings
+    Sets ``cfg.hidden_size`` (and, when fine-tuning, ``cfg.arch`` and the STFT
+    settings) to what the model uses, so the recorded ``args`` are complete.
+    """
+    if cfg.model:
+        return load_pretrained(cfg, device)
+    arch = architectures.get(cfg.arch)
     settings = AudioSettings(float(cfg.sample_rate), cfg.nfft, cfg.nhop, cfg.nb_channels)
-    max_bin = bandwidth_to_max_bin(cfg.sample_rate, cfg.nfft, cfg.bandwidth)
     torch.manual_seed(cfg.seed)
-    model = OpenUnmix(nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size,
-                      unidirectional=cfg.unidirectional, max_bin=max_bin)
-    mean, std = broadcast_from_rank0(lambda: input_statistics(train_set, cfg.nfft, cfg.nhop), cfg.nfft // 2 + 1)
-    model.set_input_stats(mean, std)
+    model = arch.build(**model_args(cfg, arch))
+    cfg.hidden_size = model.config.hidden_size
+    if arch.input_stats:
+        mean, std = broadcast_from_rank0(lambda: input_statistics(train_set, cfg.nfft, cfg.nhop), cfg.nfft // 2 + 1)
+        model.set_input_stats(mean, std)
     return model.to(device), settings
+
+
+def model_args(cfg: TrainConfig, arch: architectures.Architecture) -> dict:
+    """Constructor arguments from the options: shared ones, then ``--arch-args``."""
+    if arch.name == "umx":
+        args = dict(nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size or 512,
+                    unidirectional=cfg.unidirectional,
+                    max_bin=bandwidth_to_max_bin(cfg.sample_rate, cfg.nfft, cfg.bandwidth))
+    else:
+        args = dict(nb_channels=cfg.nb_channels)
+        if arch.spectral():
+            args["nb_bins"] = cfg.nfft // 2 + 1
+        if cfg.hidden_size:
+            args["hidden_size"] = cfg.hidden_size
+    args.update(arch.parse_args(cfg.arch_args or []))
+    return args
+
+
+def load_pretrained(cfg: TrainConfig, device: torch.device) -> Tuple[nn.Module, AudioSettings]:
+    """The ``--model`` target to fine-tune; its architecture and STFT settings replace the options'."""
+    from .pretrained import load_models
+
+    models, settings = load_models(cfg.model, targets=[cfg.target], progress=not cfg.quiet)
+    model = models[cfg.target]
+    if settings.sample_rate != cfg.sample_rate or settings.nb_channels != cfg.nb_channels:
+        raise ModelError(f"--model {cfg.model}: {settings} does not match --nb-channels {cfg.nb_channels} / "
+                         f"sample rate {cfg.sample_rate}")
+    cfg.arch = architectures.architecture_of(model).name
+    cfg.nfft, cfg.nhop, cfg.hidden_size = settings.n_fft, settings.n_hop, model.config.hidden_size
+    if cfg.arch == "umx":
+        cfg.unidirectional = model.config.unidirectional
+    return model.to(device).train(), settings
 
 
 # ---------------------------------------------------------------- distributed
@@ -299,9 +363,9 @@ def pick_device(cfg: TrainConfig) -> torch.device:
 class Context:
     cfg: TrainConfig
     model: nn.Module  # possibly wrapped in DistributedDataParallel
-    spectrogram: Spectrogram
+    objective: Objective
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: Optional[torch.amp.GradScaler]
     device: torch.device
     train_set: torch.utils.data.Dataset
@@ -309,9 +373,26 @@ class Context:
     settings: AudioSettings
     history: History
     tensorboard: Optional[object] = None
+    batch_augment: BatchCompose = dataclasses.field(default_factory=BatchCompose)
+    # Randomness of the batch augmentations, re-seeded every epoch.
+    generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
 
 
-def loader(ctx: Context, dataset, epoch: int, train: bool) -> torch.utils.data.DataLoader:
+@dataclasses.dataclass
+class EpochProgress:
+    """Where a step checkpoint left an epoch: batches done, their summed loss, samples, and
+    the random states, so the epoch continues as if it had not been interrupted."""
+
+    batches: int = 0
+    total: float = 0.0
+    count: int = 0
+    data_time: float = 0.0
+    rng_state: Optional[Tensor] = None
+    generator_state: Optional[Tensor] = None
+
+
+def loader(ctx: Context, dataset, epoch: int, train: bool, skip: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of one epoch; ``skip`` leaves out the first samples of the epoch's order (resuming mid-epoch)."""
     rank, size = world()
     dataset.set_epoch(epoch)
     if size > 1:
@@ -322,38 +403,56 @@ def loader(ctx: Context, dataset, epoch: int, train: bool) -> torch.utils.data.D
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
+    if skip:
+        sampler = list(sampler)[skip:]
     return torch.utils.data.DataLoader(
         dataset, batch_size=ctx.cfg.batch_size if train else 1, sampler=sampler,
         num_workers=ctx.cfg.nb_workers, drop_last=False, pin_memory=ctx.device.type == "cuda",
     )
 
 
-def train_epoch(ctx: Context, epoch: int) -> Tuple[float, float, float, int]:
+def augment_seed(cfg: TrainConfig, epoch: int) -> int:
+    return (cfg.seed * 1_000_003 + epoch) * 1_009 + world()[0]
+
+
+def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None) -> Tuple[float, float, float, int]:
     """One pass over the training set: mean loss, seconds, share of time spent waiting for data,
-    and the number of samples all ranks together trained on."""
+    and the number of samples all ranks together trained on. ``resume`` continues an epoch
+    that a step checkpoint interrupted."""
     from tqdm import tqdm
 
     ctx.model.train()
-    torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
-    batches = loader(ctx, ctx.train_set, epoch, train=True)
-    total, count, data_time = 0.0, 0, 0.0
+    progress = resume or EpochProgress()
+    if resume is None:
+        torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
+        ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
+    else:
+        torch.set_rng_state(resume.rng_state)
+        ctx.generator.set_state(resume.generator_state)
+    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.batches * ctx.cfg.batch_size)
     start = last = time.perf_counter()
     quiet = ctx.cfg.quiet or world()[0] != 0
     with tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
-        for batch, (x, y) in enumerate(bar, start=1):
-            data_time += time.perf_counter() - last
+        for batch, (x, y) in enumerate(bar, start=progress.batches + 1):
+            progress.data_time += time.perf_counter() - last
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if ctx.batch_augment:
+                x, y = ctx.batch_augment(x, y, ctx.generator)
             loss = step(ctx, x, y)
             if loss is None:
                 handle_nonfinite(ctx.cfg, epoch, batch)
             else:
-                total += loss * x.shape[0]
-                count += x.shape[0]
-                bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+                progress.total += loss * x.shape[0]
+                progress.count += x.shape[0]
+                bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
+            progress.batches = batch
+            ctx.history.global_step += 1
+            if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
+                save_step_checkpoint(ctx, epoch, progress)
             last = time.perf_counter()
-    total, count = all_reduce_sum([total, count])
+    total, count = all_reduce_sum([progress.total, progress.count])
     elapsed = time.perf_counter() - start
-    return total / max(count, 1), elapsed, data_time / max(elapsed, 1e-9), int(count)
+    return total / max(count, 1), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
 
 
 def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
@@ -362,14 +461,16 @@ def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
     ctx.optimizer.zero_grad(set_to_none=True)
     amp = ctx.scaler is not None
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-        with torch.no_grad():
-            X, Y = ctx.spectrogram(x), ctx.spectrogram(y)
-        loss = nn.functional.mse_loss(ctx.model(X), Y)
+        loss = ctx.objective(ctx.model, x, y)
     if not torch.isfinite(loss):
         return None
+    clip = ctx.cfg.clip_grad
     if amp:
         # The scaler skips steps with non-finite gradients (fp16 overflow) by design.
         ctx.scaler.scale(loss).backward()
+        if clip > 0:
+            ctx.scaler.unscale_(ctx.optimizer)
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         return float(loss.detach())
@@ -377,6 +478,8 @@ def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
     if not all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None):
         ctx.optimizer.zero_grad(set_to_none=True)
         return None
+    if clip > 0:
+        nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
     ctx.optimizer.step()
     return float(loss.detach())
 
@@ -391,14 +494,13 @@ def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
 
 
 def validate(ctx: Context, epoch: int) -> float:
-    """Mean magnitude MSE over the validation set (full tracks where the dataset has them)."""
+    """Mean training loss over the validation set (full tracks where the dataset has them)."""
     ctx.model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
             x, y = x.to(ctx.device), y.to(ctx.device)
-            X, Y = ctx.spectrogram(x), ctx.spectrogram(y)
-            total += float(nn.functional.mse_loss(unwrap(ctx.model)(X), Y)) * x.shape[0]
+            total += float(ctx.objective(unwrap(ctx.model), x, y)) * x.shape[0]
             count += x.shape[0]
     total, count = all_reduce_sum([total, count])
     return total / max(count, 1)
@@ -426,7 +528,7 @@ def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
     return total_sdr / max(count, 1), total_si / max(count, 1)
 
 
-def unwrap(model: nn.Module) -> OpenUnmix:
+def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
@@ -435,6 +537,10 @@ def unwrap(model: nn.Module) -> OpenUnmix:
 
 def checkpoint_path(cfg: TrainConfig) -> Path:
     return Path(cfg.output) / f"{cfg.target}.chkpnt"
+
+
+def step_checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.output) / "checkpoints"
 
 
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
@@ -450,18 +556,7 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     else:
         write_json_atomic(out / f"{cfg.target}.json", target_metadata(model, ctx.settings, extra))
         update_separator_json(out, cfg.target, ctx.settings)
-    state = {
-        "epoch": epoch,
-        "state_dict": model.state_dict(),
-        "model_args": model.config.to_dict(),
-        "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict(),
-        "best_loss": ctx.history.best_loss,
-        "history": dataclasses.asdict(ctx.history),
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(checkpoint_path(cfg), buffer.getvalue())
+    write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
     write_csv(out / f"{cfg.target}.csv", ctx.history)
     if ctx.tensorboard is not None:
         h = ctx.history
@@ -469,6 +564,59 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
                              ("data_loading_share", h.data_share)):
             ctx.tensorboard.add_scalar(f"{cfg.target}/{name}", values[-1], epoch)
         ctx.tensorboard.flush()
+
+
+def checkpoint_state(ctx: Context, epoch: int) -> dict:
+    """Everything a resumed run needs after ``epoch`` (or part of it, see :func:`save_step_checkpoint`)."""
+    model = unwrap(ctx.model)
+    return {
+        "epoch": epoch,
+        "step": ctx.history.global_step,
+        "architecture": architectures.architecture_of(model).name,
+        "lr_scheduler": ctx.cfg.lr_scheduler,
+        "state_dict": model.state_dict(),
+        "model_args": model.config.to_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "best_loss": ctx.history.best_loss,
+        "history": dataclasses.asdict(ctx.history),
+    }
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_step_checkpoint(ctx: Context, epoch: int, progress: EpochProgress) -> None:
+    """Every ``--ckpt-every`` steps: ``checkpoints/<target>-step<N>.chkpnt``, resumable mid-epoch.
+
+    Holds the epoch checkpoint's state plus the epoch's progress (batches done,
+    the loss summed over all ranks so far, random states); only the newest
+    ``--ckpt-keep`` are kept.
+    """
+    total, count = all_reduce_sum([progress.total, progress.count])  # every rank reaches this step
+    if world()[0] != 0:
+        return
+    cfg = ctx.cfg
+    folder = step_checkpoint_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = checkpoint_state(ctx, epoch)
+    state["progress"] = {"batches": progress.batches, "total": total, "count": int(count),
+                         "data_time": progress.data_time, "rng_state": torch.get_rng_state(),
+                         "generator_state": ctx.generator.get_state()}
+    write_checkpoint(folder / f"{cfg.target}-step{ctx.history.global_step:08d}.chkpnt", state)
+    for old in step_checkpoints(cfg)[: -max(cfg.ckpt_keep, 1)]:
+        old.unlink(missing_ok=True)
+
+
+def step_checkpoints(cfg: TrainConfig) -> List[Path]:
+    """This target's step checkpoints, oldest first."""
+    folder = step_checkpoint_dir(cfg)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{glob.escape(cfg.target)}-step[0-9]*.chkpnt"))
 
 
 def tensorboard_writer(cfg: TrainConfig):
@@ -493,6 +641,8 @@ def write_csv(path: Path, history: History) -> None:
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
+    """``--checkpoint`` (a file, or the folder of ``<target>.chkpnt``), or with ``--resume auto`` the
+    newest of ``<output>/<target>.chkpnt`` and the step checkpoints (by training step)."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         if path.is_dir():
@@ -502,27 +652,49 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
         return path
     if cfg.resume == "auto":
         path = checkpoint_path(cfg)
-        return path if path.is_file() else None
+        steps = step_checkpoints(cfg)
+        if not steps:
+            return path if path.is_file() else None
+        newest = steps[-1]
+        newest_step = int(newest.stem.rsplit("-step", 1)[1])
+        if path.is_file() and read_checkpoint(path).get("step", -1) >= newest_step:
+            return path
+        return newest
     if cfg.resume:
         raise OpenUnmixLikeError(f"--resume {cfg.resume!r}: only 'auto' is supported (or use --checkpoint PATH)")
     return None
 
 
-def load_checkpoint(ctx: Context, path: Path) -> int:
-    """Restore model, optimiser, scheduler and history; return the epoch to start from."""
+def read_checkpoint(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint
         raise OpenUnmixLikeError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+
+
+def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgress]]:
+    """Restore model, optimiser, scheduler and history; return the epoch to start from, and
+    for a step checkpoint the progress within it."""
+    state = read_checkpoint(path)
     model = unwrap(ctx.model)
-    if state.get("model_args") and state["model_args"] != model.config.to_dict():
-        raise OpenUnmixLikeError(f"{path}: checkpoint of a different model ({state['model_args']}); "
-                                 "use another --output or the same model options")
+    arch = architectures.architecture_of(model).name
+    if state.get("architecture", "umx") != arch or (state.get("model_args")
+                                                    and state["model_args"] != model.config.to_dict()):
+        raise OpenUnmixLikeError(f"{path}: checkpoint of a different model ({state.get('architecture', 'umx')}, "
+                                 f"{state.get('model_args')}); use another --output or the same model options")
+    if state.get("lr_scheduler", "plateau") != ctx.cfg.lr_scheduler:
+        raise OpenUnmixLikeError(f"{path}: checkpoint of a run with --lr-scheduler {state.get('lr_scheduler')}; "
+                                 f"resume with the same schedule")
     model.load_state_dict(state["state_dict"])
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
     ctx.history = History(**state["history"])
-    return int(state["epoch"]) + 1
+    if "progress" not in state:
+        return int(state["epoch"]) + 1, None
+    progress = EpochProgress(**state["progress"])
+    if world()[0] != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
+        progress.total, progress.count = 0.0, 0
+    return int(state["epoch"]), progress
 
 
 # ---------------------------------------------------------------- driver
@@ -530,21 +702,27 @@ def load_checkpoint(ctx: Context, path: Path) -> int:
 
 def run(cfg: TrainConfig) -> History:
     """Train ``cfg.target``; returns the history (also written to the output folder)."""
+    check_options(cfg)
     device = pick_device(cfg)
     setup_distributed(device)
     train_set, valid_set = build_datasets(cfg)
     model, settings = build_model(cfg, train_set, device)
     ctx = make_context(cfg, model, settings, device, train_set, valid_set)
     resume = find_resume_checkpoint(cfg)
-    first = load_checkpoint(ctx, resume) if resume else 1
+    first, progress = load_checkpoint(ctx, resume) if resume else (1, None)
     if resume and world()[0] == 0 and not cfg.quiet:
-        log.info("resuming from %s at epoch %d", resume, first)
+        where = f", batch {progress.batches + 1}" if progress else ""
+        log.info("resuming from %s at epoch %d%s", resume, first, where)
     for epoch in range(first, cfg.epochs + 1):
         if epoch - ctx.history.best_epoch > cfg.patience and ctx.history.best_epoch:
             break
-        train_loss, seconds, data_share, samples = train_epoch(ctx, epoch)
+        train_loss, seconds, data_share, samples = train_epoch(ctx, epoch, progress)
+        progress = None
         valid_loss = validate(ctx, epoch)
-        ctx.scheduler.step(valid_loss)
+        if cfg.lr_scheduler == "plateau":
+            ctx.scheduler.step(valid_loss)
+        else:
+            ctx.scheduler.step()
         improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch)
         ctx.history.samples.append(samples)
         metric = validate_sdr(ctx, epoch) if cfg.eval_every and epoch % cfg.eval_every == 0 else (None, None)
@@ -559,18 +737,45 @@ def run(cfg: TrainConfig) -> History:
     return ctx.history
 
 
+def check_options(cfg: TrainConfig) -> None:
+    """Fail on bad architecture, loss, schedule or augmentation options before reading any data."""
+    if cfg.lr_scheduler not in SCHEDULERS:
+        raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if cfg.clip_grad < 0 or cfg.ckpt_every < 0:
+        raise OpenUnmixLikeError("--clip-grad and --ckpt-every must not be negative")
+    if not cfg.model:
+        arch = architectures.get(cfg.arch)
+        arch.parse_args(cfg.arch_args or [])
+        if cfg.arch_args and cfg.hidden_size is not None and any(
+                a.split("=")[0].strip() == "hidden_size" for a in cfg.arch_args):
+            raise OpenUnmixLikeError("give the width once: --hidden-size or --arch-args hidden_size=...")
+    if cfg.loss:
+        parse_loss(cfg.loss)
+    split_names(cfg.augmentation_names())
+
+
 def make_context(cfg, model, settings, device, train_set, valid_set) -> Context:
-    spectrogram = Spectrogram(cfg.nfft, cfg.nhop, mono=cfg.nb_channels == 1).to(device)
+    arch = architectures.architecture_of(model)
+    cfg.loss = cfg.loss or arch.default_loss
+    objective = Objective(parse_loss(cfg.loss), arch.domain, settings.n_fft, settings.n_hop,
+                          mono=settings.nb_channels == 1).to(device)
     wrapped = model
     if world()[1] > 1:
         ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    return Context(cfg, wrapped, spectrogram, optimizer, scheduler, scaler, device, train_set, valid_set,
-                   settings, History(), tensorboard_writer(cfg))
+    return Context(cfg, wrapped, objective, optimizer, make_scheduler(cfg, optimizer), scaler, device, train_set,
+                   valid_set, settings, History(), tensorboard_writer(cfg), cfg.batch_augmentations())
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``plateau``: decay by ``--lr-decay-gamma`` after ``--lr-decay-patience`` epochs without a better
+    validation loss (Open-Unmix); ``cosine``: cosine annealing from ``--lr`` to 0 over ``--epochs``."""
+    if cfg.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
 
 
 def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch) -> bool:
@@ -581,7 +786,7 @@ def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, d
     history.data_share.append(data_share)
     improved = valid_loss < history.best_loss
     if improved:
-        history.best_loss, history.best_epoch = valid_loss, epoch
+        history.best_loss, history.best_epoch, history.best_step = valid_loss, epoch, history.global_step
     return improved
 
 

@@ -10,8 +10,11 @@ import traceback
 from typing import Optional, Sequence
 
 from .. import __version__
+from ..architectures import ARCHITECTURES, PRESETS
+from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..errors import OpenUnmixLikeError
-from ..train import DATASETS, TrainConfig, distributed_session, run
+from ..losses import LOSSES
+from ..train import DATASETS, SCHEDULERS, TrainConfig, distributed_session, run
 
 DEFAULTS = TrainConfig()
 
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--random-interferer-mix", action="store_true",
                    help="trackfolder_var: interferers from a random track")
     g.add_argument("--source-augmentations", nargs="*", default=None,
-                   help="gain, channelswap, force_stereo (default: gain channelswap; none for aligned)")
+                   help=f"per source: {', '.join(AUGMENTATIONS)}; per batch: {', '.join(BATCH_AUGMENTATIONS)} "
+                        "(default: gain channelswap; none for aligned)")
     g.add_argument("--sample-rate", type=int, default=DEFAULTS.sample_rate,
                    help="rate the model works at; files at other rates are resampled (default 44100)")
 
@@ -61,12 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         default = getattr(DEFAULTS, name.replace("-", "_"))
         g.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
+    g.add_argument("--lr-scheduler", choices=SCHEDULERS, default=DEFAULTS.lr_scheduler,
+                   help="plateau: decay after --lr-decay-patience epochs without improvement; cosine: anneal "
+                        "to 0 over --epochs (default plateau)")
+    g.add_argument("--clip-grad", type=float, default=DEFAULTS.clip_grad,
+                   help="clip the gradient norm to this value (default 0: no clipping)")
+    g.add_argument("--ckpt-every", type=int, default=DEFAULTS.ckpt_every,
+                   help="also write a resumable checkpoint every N steps to <output>/checkpoints/ (default 0: off)")
+    g.add_argument("--ckpt-keep", type=int, default=DEFAULTS.ckpt_keep,
+                   help=f"step checkpoints kept, newest first (default {DEFAULTS.ckpt_keep})")
+    g.add_argument("--loss", default=None,
+                   help=f"loss or weighted sum, e.g. l1+0.5*mrstft; names: {', '.join(LOSSES)} "
+                        "(default: the architecture's, mse for umx)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--unidirectional", action="store_true", help="causal LSTM (real-time use)")
+    g.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="settings that belong together (architecture, rate, STFT, loss, ...); flags given "
+                        "explicitly win. " + "; ".join(f"{k}: {_describe(v)}" for k, v in PRESETS.items()))
+    g.add_argument("--arch", choices=list(ARCHITECTURES), default=DEFAULTS.arch,
+                   help="per-target architecture (default umx). " +
+                        "; ".join(f"{k}: {a.summary}" for k, a in ARCHITECTURES.items()))
+    g.add_argument("--arch-args", nargs="+", default=None, metavar="NAME=VALUE",
+                   help="other constructor arguments of the architecture, e.g. depths=2,2,6,2 window_size=8 "
+                        "(see docs/architectures.md)")
+    g.add_argument("--hidden-size", type=int, default=None,
+                   help="width: umx bottleneck (default 512), first-layer channels of unet2d (16), unet1d (32) "
+                        "and tfattn (32)")
+    g.add_argument("--unidirectional", action="store_true", help="umx: causal LSTM (real-time use)")
     for name, kind, text in [
-        ("hidden-size", int, "width of the bottleneck"), ("nfft", int, "STFT length"), ("nhop", int, "STFT hop"),
-        ("bandwidth", float, "highest frequency in Hz the LSTM sees"),
+        ("nfft", int, "STFT length"), ("nhop", int, "STFT hop"),
+        ("bandwidth", float, "umx: highest frequency in Hz the LSTM sees"),
         ("nb-channels", int, "1 (mono) or 2 (stereo)"),
     ]:
         default = getattr(DEFAULTS, name.replace("-", "_"))
@@ -91,13 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _describe(preset: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                    for k, v in preset.items())
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the options; a ``--preset`` supplies defaults that explicit flags override."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+    return parser.parse_args(argv)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="umx-train: %(message)s")
     cfg = config_from_args(args)
     try:

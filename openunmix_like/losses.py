@@ -1,0 +1,196 @@
+"""Training losses, their weighted sums, and the step that feeds them.
+
+Each loss compares an estimate with its reference in one domain:
+
+- magnitude: ``mse`` (Open-Unmix) and ``l1`` (seed 001's masked-magnitude
+  L1,1 loss; seed 002's L1 spectrogram loss), on
+  ``(nb_samples, nb_channels, nb_bins, nb_frames)`` magnitudes of the training STFT;
+- waveform: ``mrstft`` (seed 002's multi-resolution STFT loss), ``sisdr``
+  (negative scale-invariant SDR in dB) and ``wavl1`` (seed 000's L1 on samples),
+  on ``(nb_samples, nb_channels, nb_timesteps)`` audio.
+
+:func:`parse_loss` reads weighted sums such as ``l1+0.5*mrstft``.
+:class:`Objective` brings a model's output into the domains its loss needs:
+magnitude estimates through the inverse STFT with the mixture's phase, complex
+estimates through their own inverse STFT, waveforms through the STFT.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Dict, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .architectures import COMPLEX, MAGNITUDE, WAVEFORM
+from .transforms import STFT, ComplexNorm
+
+# Resolutions of the multi-resolution STFT loss: (n_fft, n_hop), seed 002.
+MRSTFT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
+
+
+def mse(estimate: Tensor, reference: Tensor) -> Tensor:
+    """Mean squared error (Open-Unmix's magnitude loss)."""
+    return nn.functional.mse_loss(estimate, reference)
+
+
+def l1(estimate: Tensor, reference: Tensor) -> Tensor:
+    """Mean absolute error; on magnitudes of mask times mixture, seed 001's L1,1 mask loss (as a mean)."""
+    return nn.functional.l1_loss(estimate, reference)
+
+
+def stft_magnitude(audio: Tensor, n_fft: int, n_hop: int) -> Tensor:
+    """Magnitude of a Hann-window STFT of ``(..., nb_timesteps)``; zero-padded, so any length works."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=audio.dtype, device=audio.device)
+    flat = audio.reshape(-1, audio.shape[-1])
+    spec = torch.stft(flat, n_fft, n_hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    return spec.abs()
+
+
+def mrstft(estimate: Tensor, reference: Tensor,
+           resolutions: Sequence[Tuple[int, int]] = MRSTFT_RESOLUTIONS, eps: float = 1e-5) -> Tensor:
+    """Multi-resolution STFT loss: at each resolution the mean absolute difference of the
+    magnitudes plus that of their logarithms (``log(m + eps)``), averaged over resolutions."""
+    total = estimate.new_zeros(())
+    for n_fft, n_hop in resolutions:
+        est, ref = stft_magnitude(estimate, n_fft, n_hop), stft_magnitude(reference, n_fft, n_hop)
+        total = total + (est - ref).abs().mean() + (torch.log(est + eps) - torch.log(ref + eps)).abs().mean()
+    return total / len(resolutions)
+
+
+def sisdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
+    """Negative scale-invariant SDR in dB, per sample and channel, averaged.
+
+    ``alpha = <s_hat, s> / <s, s>``, ``-10 log10(|alpha s|^2 / |alpha s - s_hat|^2)``.
+    """
+    dot = (estimate * reference).sum(dim=-1, keepdim=True)
+    alpha = dot / (reference.square().sum(dim=-1, keepdim=True) + eps)
+    target = alpha * reference
+    ratio = (target.square().sum(dim=-1) + eps) / ((target - estimate).square().sum(dim=-1) + eps)
+    return -10 * torch.log10(ratio).mean()
+
+
+def wavl1(estimate: Tensor, reference: Tensor) -> Tensor:
+    """Mean absolute error of the samples (seed 000)."""
+    return nn.functional.l1_loss(estimate, reference)
+
+
+LOSSES: Dict[str, Tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
+    "mse": (MAGNITUDE, mse),
+    "l1": (MAGNITUDE, l1),
+    "mrstft": (WAVEFORM, mrstft),
+    "sisdr": (WAVEFORM, sisdr),
+    "wavl1": (WAVEFORM, wavl1),
+}
+_TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[a-z0-9_]+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A weighted sum of named losses, e.g. ``Loss(((1.0, "l1"), (0.5, "mrstft")))``."""
+
+    terms: Tuple[Tuple[float, str], ...]
+
+    @property
+    def domains(self) -> set:
+        """The domains (``magnitude``, ``waveform``) the terms compare in."""
+        return {LOSSES[name][0] for _, name in self.terms}
+
+    def __call__(self, estimates: Dict[str, Tensor], references: Dict[str, Tensor]) -> Tensor:
+        """Args: domain -> estimate and domain -> reference, for every domain in :attr:`domains`."""
+        total = None
+        for weight, name in self.terms:
+            domain, fn = LOSSES[name]
+            value = fn(estimates[domain], references[domain])
+            value = value if weight == 1.0 else weight * value
+            total = value if total is None else total + value
+        return total
+
+    def __str__(self) -> str:
+        return "+".join(name if w == 1.0 else f"{w:g}*{name}" for w, name in self.terms)
+
+
+def parse_loss(text: str) -> Loss:
+    """``"l1+0.5*mrstft"`` -> the weighted sum; every term is ``[WEIGHT*]NAME``.
+
+    Raises:
+        ValueError: an empty or malformed term, or an unknown name (the message lists the known ones).
+    """
+    terms = []
+    for part in text.split("+"):
+        match = _TERM.match(part)
+        if not match:
+            raise ValueError(f"--loss {text!r}: cannot read the term {part.strip()!r}; write terms as NAME or "
+                             f"WEIGHT*NAME joined by '+', e.g. l1+0.5*mrstft")
+        if match["name"] not in LOSSES:
+            raise ValueError(f"--loss {text!r}: unknown loss {match['name']!r}; known: {', '.join(LOSSES)}")
+        terms.append((float(match["weight"]) if match["weight"] else 1.0, match["name"]))
+    return Loss(tuple(terms))
+
+
+class Objective(nn.Module):
+    """The loss of one model on a batch of mixture and target waveforms.
+
+    Args:
+        loss: what to compute.
+        domain: the model's domain (``magnitude``, ``complex``, ``waveform``).
+        n_fft, n_hop: the training STFT (also the magnitudes of the magnitude losses).
+        mono: the model sees the mean magnitude of the channels (a mono ``umx`` model).
+    """
+
+    def __init__(self, loss: Loss, domain: str, n_fft: int, n_hop: int, mono: bool = False):
+        super().__init__()
+        self.loss, self.domain = loss, domain
+        self.stft = STFT(n_fft, n_hop)
+        self.norm = ComplexNorm(mono=mono)
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """
+        Args:
+            x: mixtures ``(nb_samples, nb_channels, nb_timesteps)``.
+            y: targets, same shape.
+        """
+        needs = self.loss.domains
+        if self.domain == MAGNITUDE and needs == {MAGNITUDE}:
+            # Open-Unmix's step, unchanged: magnitudes in, magnitudes compared.
+            with torch.no_grad():
+                X, Y = self.norm(self.stft(x)), self.norm(self.stft(y))
+            return self.loss({MAGNITUDE: model(X)}, {MAGNITUDE: Y})
+        estimates = self.estimates(model, x, needs)
+        references = {}
+        if MAGNITUDE in needs:
+            with torch.no_grad():
+                references[MAGNITUDE] = self.norm(self.stft(y))
+        if WAVEFORM in needs:
+            references[WAVEFORM] = y
+        return self.loss(estimates, references)
+
+    def estimates(self, model: nn.Module, x: Tensor, needs: set) -> Dict[str, Tensor]:
+        """The model's estimate in every domain of ``needs``."""
+        length = x.shape[-1]
+        out: Dict[str, Tensor] = {}
+        if self.domain == WAVEFORM:
+            out[WAVEFORM] = model(x)
+            if MAGNITUDE in needs:
+                out[MAGNITUDE] = self.norm(self.stft(out[WAVEFORM]))
+            return out
+        with torch.no_grad():
+            mix_stft = self.stft(x)
+        if self.domain == COMPLEX:
+            est = torch.view_as_complex(model(torch.view_as_real(mix_stft)).contiguous())
+            out[MAGNITUDE] = est.abs()
+        else:
+            out[MAGNITUDE] = model(self.norm(mix_stft))
+            # The mixture's phase; a mono model's magnitude serves every channel.
+            est = torch.polar(out[MAGNITUDE].expand_as(mix_stft.real), mix_stft.angle())
+        if WAVEFORM in needs:
+            out[WAVEFORM] = self.inverse(est, length)
+        return out
+
+    def inverse(self, spec: Tensor, length: int) -> Tensor:
+        """Differentiable inverse STFT ``(..., nb_bins, nb_frames)`` -> ``(..., length)``."""
+        window = self.stft.window.to(spec.real.dtype)
+        flat = spec.reshape(-1, *spec.shape[-2:])
+        audio = torch.istft(flat, self.stft.n_fft, self.stft.n_hop, window=window, center=True, length=length)
+        return audio.reshape(*spec.shape[:-2], length)
