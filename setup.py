@@ -27,7 +27,8 @@ setup(
     extras_require={
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
-                  "pyworld>=0.3.4", "setuptools<81"],
+                  "pyworld>=0.3.4", "setuptools<81", "onnx>=1.15", "onnxruntime>=1.17"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
         # pyworld re-pitches speech into song; its __init__ still imports pkg_resources.
         "synth": ["pyworld>=0.3.4", "setuptools<81"],
@@ -38,6 +39,7 @@ setup(
             "umx-train=openunmix_like.cli.train:main",
             "umx-evaluate=openunmix_like.cli.evaluate:main",
             "umx-synth=openunmix_like.cli.synth:main",
+            "umx-export=openunmix_like.cli.export:main",
         ]
     },
     classifiers=[

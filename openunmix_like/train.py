@@ -423,16 +423,19 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
 
     ctx.model.train()
     progress = resume or EpochProgress()
+    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.batches * ctx.cfg.batch_size)
     if resume is None:
         torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
         ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
+        iterator = iter(batches)
     else:
+        # Starting the iterator draws a worker seed: restore the states after it, as they were saved.
+        iterator = iter(batches)
         torch.set_rng_state(resume.rng_state)
         ctx.generator.set_state(resume.generator_state)
-    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.batches * ctx.cfg.batch_size)
     start = last = time.perf_counter()
     quiet = ctx.cfg.quiet or world()[0] != 0
-    with tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+    with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
         for batch, (x, y) in enumerate(bar, start=progress.batches + 1):
             progress.data_time += time.perf_counter() - last
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)

@@ -67,9 +67,9 @@ class TFAttnConfig(ArchConfig):
     max_bin: Optional[int] = None
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Optional[Tensor] = None) -> Tensor:
     """Scaled dot-product attention ``(..., heads, n, head_dim)``; ``bias`` is added to the scores."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:
         scores = scores + bias
     return torch.matmul(scores.softmax(dim=-1), v)
@@ -83,13 +83,14 @@ class MultiHead(nn.Module):
         if dim % heads:
             raise ValueError(f"{heads} heads do not divide the width {dim}")
         self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         n_seq, n, dim = x.shape
         qkv = self.qkv(x).reshape(n_seq, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = attend(qkv[0], qkv[1], qkv[2], bias)  # (n_seq, heads, n, head_dim)
+        out = attend(qkv[0], qkv[1], qkv[2], self.scale, bias)  # (n_seq, heads, n, head_dim)
         return self.proj(out.transpose(1, 2).reshape(n_seq, n, dim))
 
 

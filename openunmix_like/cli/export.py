@@ -1,0 +1,50 @@
+"""``umx-export``: per-target models to TorchScript or ONNX (see docs/architectures.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .. import __version__
+from ..errors import OpenUnmixLikeError
+from ..export import FORMATS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="umx-export",
+        description="Export every target model of a model folder (any architecture) to TorchScript or ONNX: "
+                    "batch 1, the model's channels, any number of frames (samples for waveform models). "
+                    "export.json describes each file's input and output and the STFT to use around them.")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model folder or published model name (default: the bundled model)")
+    p.add_argument("--format", choices=list(FORMATS), required=True, help="torchscript (.pt) or onnx (.onnx)")
+    p.add_argument("--outdir", default="exported", help="output folder (default ./exported)")
+    p.add_argument("--targets", nargs="+", default=None, help="only these targets")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not run the exported files against the models (ONNX checks need onnxruntime)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..export import export
+
+    try:
+        results = export(args.model, args.outdir, args.format, args.targets, args.opset, check=not args.no_check)
+    except OpenUnmixLikeError as exc:
+        print(f"umx-export: error: {exc}", file=sys.stderr)
+        return 1
+    for item in results.values():
+        if item.max_error is None:
+            note = "not checked" + ("" if args.no_check else " (install onnxruntime to check)")
+        else:
+            note = f"max deviation from the model {item.max_error:.1e} of the output's peak"
+        print(f"{item.target}: {item.path} ({note})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

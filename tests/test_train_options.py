@@ -1,0 +1,88 @@
+"""umx-train's schedules, gradient clipping, step checkpoints, batch augmentations and best-model tracking."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from openunmix_like.train import TrainConfig, build_datasets, build_model, make_context, run, step
+from test_data import track_folders
+
+TINY = dict(dataset="trackfolder_fix", target_file="vocals.wav", interferer_files=["drums.wav", "bass.wav"],
+            batch_size=2, seq_dur=0.5, hidden_size=8, nfft=512, nhop=128, sample_rate=22050, quiet=True)
+
+
+def config(tmp_path, root, name, **kw):
+    return TrainConfig(root=str(root), output=str(tmp_path / name), **dict(TINY, **kw))
+
+
+def weights(folder, target="vocals"):
+    return torch.load(folder / f"{target}.chkpnt", weights_only=True)["state_dict"]
+
+
+def test_a_run_resumed_from_a_step_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=4, seconds=1.0)  # 2 batches per epoch
+    extra = dict(epochs=2, ckpt_every=1, ckpt_keep=2, source_augmentations=["gain", "freqmask", "mixup"])
+    whole = run(config(tmp_path, root, "whole", **extra))
+    steps = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir())
+    assert steps == ["vocals-step00000003.chkpnt", "vocals-step00000004.chkpnt"]  # only the newest two kept
+    # Interrupted in the middle of epoch 2: only the step checkpoint after its first batch survives.
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "whole" / "checkpoints" / steps[0], cut / "checkpoints" / steps[0])
+    state = torch.load(cut / "checkpoints" / steps[0], weights_only=True)
+    assert (state["epoch"], state["progress"]["batches"], state["step"]) == (2, 1, 3)
+    resumed = run(config(tmp_path, root, "cut", resume="auto", **extra))
+    assert resumed.train_loss == whole.train_loss and resumed.valid_loss == whole.valid_loss
+    assert resumed.global_step == whole.global_step == 4
+    for key, value in weights(tmp_path / "whole").items():
+        assert torch.equal(weights(cut)[key], value), key
+
+
+def test_resume_auto_prefers_the_epoch_checkpoint_when_it_is_as_new(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    run(config(tmp_path, root, "m", epochs=1, ckpt_every=1))
+    history = run(config(tmp_path, root, "m", epochs=2, ckpt_every=1, resume="auto"))
+    assert len(history.train_loss) == 2 and history.global_step == 2
+
+
+def test_cosine_schedule_anneals_to_zero(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    history = run(config(tmp_path, root, "m", epochs=4, lr=0.01, lr_scheduler="cosine"))
+    expected = [0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(1, 5)]
+    assert history.lr == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(Exception, match="different model|--lr-scheduler"):
+        run(config(tmp_path, root, "m", epochs=5, lr_scheduler="plateau", resume="auto"))
+
+
+def test_clip_grad_bounds_the_gradient_norm(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    cfg = config(tmp_path, root, "m", clip_grad=1e-3, loss="mse")
+    train_set, valid_set = build_datasets(cfg)
+    model, settings = build_model(cfg, train_set, torch.device("cpu"))
+    ctx = make_context(cfg, model, settings, torch.device("cpu"), train_set, valid_set)
+    norms = []
+    original = ctx.optimizer.step
+
+    def record(*args, **kw):
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [p.grad.norm() for p in model.parameters() if p.grad is not None]))))
+        return original(*args, **kw)
+
+    ctx.optimizer.step = record
+    x, y = train_set[0]
+    assert step(ctx, x[None], y[None]) is not None
+    assert norms and norms[0] <= 1e-3 * (1 + 1e-5)
+    ctx.cfg.clip_grad = 0.0
+    step(ctx, x[None], y[None])
+    assert norms[1] > 1e-2  # unclipped, the same model's gradient is far larger
+
+
+def test_best_model_is_tracked_by_step_and_epoch(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    history = run(config(tmp_path, root, "m", epochs=3, arch="unet1d", arch_args=["nb_layers=2"], hidden_size=4))
+    record = json.loads((tmp_path / "m" / "vocals.json").read_text())
+    best = min(range(3), key=lambda e: history.valid_loss[e]) + 1
+    assert record["best_epoch"] == best and record["best_step"] == best  # one batch per epoch
+    assert record["best_loss"] == min(history.valid_loss) and record["steps_trained"] == 3
