@@ -285,7 +285,8 @@ def test_arch_args_errors_are_one_line(tmp_path, capsys):
 
 def test_presets_fill_in_what_is_not_given():
     args = parse_args(["--preset", "unet2d-8k"])
-    assert (args.arch, args.sample_rate, args.nfft, args.nhop, args.loss) == ("unet2d", 8192, 1024, 768, "l1")
+    assert (args.arch, args.sample_rate, args.nb_channels, args.nfft, args.nhop, args.loss) == \
+        ("unet2d", 8192, 1, 1024, 768, "l1")
     assert args.seq_dur == pytest.approx(127 * 768 / 8192)
     args = parse_args(["--preset", "unet2d-8k", "--nhop", "512", "--loss", "mse"])
     assert (args.nhop, args.loss, args.nfft) == (512, "mse", 1024)

@@ -88,8 +88,8 @@ ARCHITECTURES: Dict[str, Architecture] = {
 
 # Training settings that belong together (umx-train --preset); explicit flags win over them.
 PRESETS: Dict[str, dict] = {
-    # Seed 001: 8192 Hz, STFT 1024 / hop 768, excerpts of 128 frames ((128 - 1) * 768 samples).
-    "unet2d-8k": {"arch": "unet2d", "sample_rate": 8192, "nfft": 1024, "nhop": 768,
+    # Seed 001: mono 8192 Hz, STFT 1024 / hop 768, excerpts of 128 frames ((128 - 1) * 768 samples).
+    "unet2d-8k": {"arch": "unet2d", "sample_rate": 8192, "nb_channels": 1, "nfft": 1024, "nhop": 768,
                   "seq_dur": 127 * 768 / 8192, "loss": "l1"},
     # Seed 000: 44.1 kHz mono waveform U-Net, L1 on the waveform.
     "unet1d-mono": {"arch": "unet1d", "sample_rate": 44100, "nb_channels": 1, "loss": "wavl1"},

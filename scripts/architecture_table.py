@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""The architecture comparison table of docs/architectures.md, from a compare_architectures.sh work folder.
+
+    python scripts/architecture_table.py WORK [--speed AUDIO]
+
+For every model folder ``WORK/models/<name>``: parameters per target (counted
+from the weights), training time (the summed epoch times of all targets,
+from ``<target>.json``), the median over the 14 validation excerpts of the
+per-excerpt median BSSEval v4 SDR per target (``WORK/eval/<name>/*.json``,
+written by ``umx-evaluate``), and, with ``--speed``, the seconds one thread
+takes to separate AUDIO into the four targets (``niter=1``), per minute of audio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from openunmix_like.evaluate import MUSDB_TARGETS, aggregate
+from openunmix_like.modeldir import load_model_dir
+
+
+def training_hours(folder: Path) -> float:
+    seconds = 0.0
+    for record in folder.glob("*.json"):
+        if record.name != "separator.json":
+            seconds += sum(json.loads(record.read_text()).get("train_time_history", []))
+    return seconds / 3600
+
+
+def sdr_medians(evaldir: Path) -> dict:
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(evaldir.glob("*.json"))}
+    if not records:
+        return {}
+    table = aggregate(records)
+    return {t: table[t]["SDR"]["median"] for t in table}
+
+
+def separation_seconds_per_minute(folder: Path, audio_path: str) -> float:
+    from openunmix_like import Separator
+    from openunmix_like.audio import load
+    from openunmix_like.inference import separate_tensor
+
+    torch.set_num_threads(1)
+    audio, rate = load(audio_path)
+    separator = Separator.from_pretrained(folder, niter=1)
+    start = time.perf_counter()
+    separate_tensor(separator, audio, rate)
+    return (time.perf_counter() - start) / (audio.shape[-1] / rate / 60)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "not measured" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("work", help="the work folder of scripts/compare_architectures.sh")
+    p.add_argument("--speed", default=None, help="audio file to time the separation on")
+    args = p.parse_args()
+    work = Path(args.work)
+    header = "| model | parameters per target | training time (h, all targets) | " + " | ".join(
+        f"SDR {t}" for t in MUSDB_TARGETS) + " | separation (s per min of audio, 1 thread) |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for folder in sorted(p for p in (work / "models").iterdir() if (p / "separator.json").is_file()):
+        models, _ = load_model_dir(folder)
+        params = {sum(v.numel() for v in m.parameters()) for m in models.values()}
+        sdr = sdr_medians(work / "eval" / folder.name)
+        speed = separation_seconds_per_minute(folder, args.speed) if args.speed else None
+        cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_hours(folder)),
+                 *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(speed, 1)]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
