@@ -168,20 +168,22 @@ class Objective(nn.Module):
 
     def estimates(self, model: nn.Module, x: Tensor, needs: set) -> Dict[str, Tensor]:
         """The model's estimate in every domain of ``needs``."""
+        # Outputs in float32: under CUDA autocast the model may give float16, which the
+        # complex and STFT operations below do not all take.
         length = x.shape[-1]
         out: Dict[str, Tensor] = {}
         if self.domain == WAVEFORM:
-            out[WAVEFORM] = model(x)
+            out[WAVEFORM] = model(x).float()
             if MAGNITUDE in needs:
                 out[MAGNITUDE] = self.norm(self.stft(out[WAVEFORM]))
             return out
         with torch.no_grad():
             mix_stft = self.stft(x)
         if self.domain == COMPLEX:
-            est = torch.view_as_complex(model(torch.view_as_real(mix_stft)).contiguous())
+            est = torch.view_as_complex(model(torch.view_as_real(mix_stft)).float().contiguous())
             out[MAGNITUDE] = est.abs()
         else:
-            out[MAGNITUDE] = model(self.norm(mix_stft))
+            out[MAGNITUDE] = model(self.norm(mix_stft)).float()
             # The mixture's phase; a mono model's magnitude serves every channel.
             est = torch.polar(out[MAGNITUDE].expand_as(mix_stft.real), mix_stft.angle())
         if WAVEFORM in needs:

@@ -20,10 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from torch import nn
+
 from .errors import DownloadError, ModelError
 from .fileio import atomic_path
 from .modeldir import HASHED_NAME, AudioSettings, load_model_dir
-from .model import OpenUnmix
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
@@ -139,7 +140,7 @@ def load_models(
     name_or_path: Union[str, Path, None] = None,
     targets: Optional[Sequence[str]] = None,
     progress: bool = True,
-) -> Tuple[Dict[str, OpenUnmix], AudioSettings]:
+) -> Tuple[Dict[str, nn.Module], AudioSettings]:
     """Resolve a model name, folder or the bundled default to target models and settings."""
     if name_or_path is None:
         folder = bundled_model_dir()

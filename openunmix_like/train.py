@@ -302,7 +302,11 @@ def load_pretrained(cfg: TrainConfig, device: torch.device) -> Tuple[nn.Module, 
     if settings.sample_rate != cfg.sample_rate or settings.nb_channels != cfg.nb_channels:
         raise ModelError(f"--model {cfg.model}: {settings} does not match --nb-channels {cfg.nb_channels} / "
                          f"sample rate {cfg.sample_rate}")
-    cfg.arch = architectures.architecture_of(model).name
+    name = architectures.architecture_of(model).name
+    if cfg.arch not in ("umx", name) or cfg.arch_args:
+        raise ModelError(f"--model {cfg.model}: its {cfg.target!r} model is a {name!r} model; fine-tuning keeps "
+                         "the architecture and its arguments, drop --arch and --arch-args")
+    cfg.arch = name
     cfg.nfft, cfg.nhop, cfg.hidden_size = settings.n_fft, settings.n_hop, model.config.hidden_size
     if cfg.arch == "umx":
         cfg.unidirectional = model.config.unidirectional

@@ -311,3 +311,18 @@ def test_documented_parameter_counts_match_the_models():
         model = get(name).build(**kw)
         assert sum(p.numel() for p in model.parameters()) == documented[name], name
 
+
+
+def test_fine_tuning_keeps_the_architecture(tmp_path, capsys):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    data = ["--dataset", "trackfolder_fix", "--root", str(root), "--target-file", "vocals.wav",
+            "--interferer-files", "drums.wav", *TRAIN]
+    assert train_main(data + ["--output", str(tmp_path / "base"), "--arch", "unet1d", *TINY_FLAGS["unet1d"]]) == 0
+    assert train_main(data + ["--output", str(tmp_path / "tuned"), "--model", str(tmp_path / "base")]) == 0
+    base = json.loads((tmp_path / "base" / "vocals.json").read_text())
+    tuned = json.loads((tmp_path / "tuned" / "vocals.json").read_text())
+    assert tuned["architecture"] == "unet1d" and tuned["model_args"] == base["model_args"]
+    assert tuned["args"]["loss"] == "wavl1"
+    assert train_main(data + ["--output", str(tmp_path / "x"), "--model", str(tmp_path / "base"),
+                              "--arch", "unet2d"]) == 1
+    assert "is a 'unet1d' model" in capsys.readouterr().err
