@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Plot training and validation loss per epoch from umx-train output folders.
+
+    python scripts/plot_training.py OUT.png STAGE_DIR [STAGE_DIR ...]
+
+Each folder's ``<target>.json`` histories are drawn one after the other (stage
+1, then stage 2, ...), one panel per target, with the best epoch marked.
+"""
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TARGETS = ("vocals", "drums", "bass", "other")
+
+
+def main() -> None:
+    out, stages = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.4), sharey=False)
+    for ax, target in zip(axes, TARGETS):
+        offset = 0
+        for k, stage in enumerate(stages):
+            path = stage / f"{target}.json"
+            if not path.is_file():
+                continue
+            meta = json.loads(path.read_text())
+            train, valid = meta["train_loss_history"], meta["valid_loss_history"]
+            epochs = range(offset + 1, offset + len(train) + 1)
+            ax.plot(epochs, train, color=f"C{2 * k}", lw=1, label=f"{stage.name} train")
+            ax.plot(epochs, valid, color=f"C{2 * k + 1}", lw=1.5, label=f"{stage.name} valid")
+            best = min(range(len(valid)), key=valid.__getitem__)
+            ax.plot(offset + best + 1, valid[best], "k*", ms=8)
+            if k:
+                ax.axvline(offset + 0.5, color="grey", ls=":", lw=1)
+            offset += len(train)
+        ax.set_title(target)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("magnitude MSE")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
