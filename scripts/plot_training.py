@@ -38,6 +38,7 @@ def main() -> None:
                 ax.axvline(offset + 0.5, color="grey", ls=":", lw=1)
             offset += len(train)
         ax.set_title(target)
+        ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("magnitude MSE")
