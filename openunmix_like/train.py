@@ -90,6 +90,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     ckpt_every: int = 0
     ckpt_keep: int = 3
+    max_minutes: float = 0.0  # training-time budget (0: none); the run stops mid-epoch when it is spent
     # model
     arch: str = "umx"
     arch_args: Optional[List[str]] = None
@@ -380,6 +381,7 @@ class Context:
     batch_augment: BatchCompose = dataclasses.field(default_factory=BatchCompose)
     # Randomness of the batch augmentations, re-seeded every epoch.
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
+    out_of_time: bool = False  # set when --max-minutes is spent
 
 
 @dataclasses.dataclass
@@ -456,10 +458,22 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
             ctx.history.global_step += 1
             if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
                 save_step_checkpoint(ctx, epoch, progress)
+            if ctx.cfg.max_minutes and budget_spent(ctx, time.perf_counter() - start):
+                ctx.out_of_time = True
+                break
             last = time.perf_counter()
     total, count = all_reduce_sum([progress.total, progress.count])
     elapsed = time.perf_counter() - start
     return total / max(count, 1), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
+
+
+def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
+    """Whether the training time of the finished epochs plus ``epoch_seconds`` exceeds ``--max-minutes``.
+
+    Under DDP the ranks agree (one small all-reduce per step), so that all stop at the same batch.
+    """
+    spent = sum(ctx.history.epoch_time) + epoch_seconds > 60.0 * ctx.cfg.max_minutes
+    return all_reduce_sum([float(spent)])[0] > 0
 
 
 def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
@@ -723,6 +737,8 @@ def run(cfg: TrainConfig) -> History:
     for epoch in range(first, cfg.epochs + 1):
         if epoch - ctx.history.best_epoch > cfg.patience and ctx.history.best_epoch:
             break
+        if cfg.max_minutes and budget_spent(ctx, 0.0):
+            break
         train_loss, seconds, data_share, samples = train_epoch(ctx, epoch, progress)
         progress = None
         valid_loss = validate(ctx, epoch)
@@ -741,6 +757,10 @@ def run(cfg: TrainConfig) -> History:
         if world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,
                      valid_loss, seconds, 100 * data_share, " best" if improved else "")
+        if ctx.out_of_time:
+            if world()[0] == 0 and not cfg.quiet:
+                log.info("--max-minutes %g spent after %d steps: stopping", cfg.max_minutes, ctx.history.global_step)
+            break
     return ctx.history
 
 
@@ -748,8 +768,8 @@ def check_options(cfg: TrainConfig) -> None:
     """Fail on bad architecture, loss, schedule or augmentation options before reading any data."""
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if cfg.clip_grad < 0 or cfg.ckpt_every < 0:
-        raise OpenUnmixLikeError("--clip-grad and --ckpt-every must not be negative")
+    if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0:
+        raise OpenUnmixLikeError("--clip-grad, --ckpt-every and --max-minutes must not be negative")
     if not cfg.model:
         arch = architectures.get(cfg.arch)
         arch.parse_args(cfg.arch_args or [])

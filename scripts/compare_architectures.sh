@@ -14,19 +14,21 @@
 # MUSDB_ROOT     the MUSDB18 7-second preview (../shared/data/musdb18-7s).
 # WORK_DIR       models, logs, scores and the table (default arch-compare).
 #
-# The same budget for every model: EPOCHS epochs over the same training
-# tracks (random track mixing, gain and channelswap augmentation, seed 42),
-# BATCH excerpts of SEQ_DUR seconds per step, Adam at lr 0.001, the best
-# validation epoch kept. What differs is each architecture's own recipe:
+# The same budget for every model: MINUTES of training time per target on one
+# thread (umx-train --max-minutes; the architectures differ up to fifty-fold
+# in time per step, so a common epoch count would not be a common budget),
+# over the same training tracks (random track mixing, gain and channelswap
+# augmentation, seed 42), BATCH excerpts of SEQ_DUR seconds per step, Adam at
+# lr 0.001, the best validation epoch kept. What differs is each architecture's own recipe:
 # its loss, STFT and, for the presets, schedule and clipping (see MODELS).
-# Environment: EPOCHS (20), BATCH (8), SEQ_DUR (6.0), JOBS (2 targets trained
+# Environment: MINUTES (30), BATCH (8), SEQ_DUR (6.0), JOBS (2 targets trained
 # at once, one thread each), MODELS (names below, default all), SPEED_CLIP
 # (audio timed for the separation speed, default examples/synth-demo.flac).
 set -euo pipefail
 root=$1
 musdb=$2
 work=${3:-arch-compare}
-epochs=${EPOCHS:-20}
+minutes=${MINUTES:-30}
 batch=${BATCH:-8}
 seq_dur=${SEQ_DUR:-6.0}
 jobs=${JOBS:-2}
@@ -52,7 +54,7 @@ train() {  # name target
   OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$root" --target "$target" \
     --target-file "$target.wav" --interferer-files "${others[@]}" --random-track-mix \
     --source-augmentations gain channelswap --output "$work/models/$name" \
-    --epochs "$epochs" --patience "$epochs" --batch-size "$batch" --seq-dur "$seq_dur" \
+    --epochs 100000 --patience 100000 --max-minutes "$minutes" --batch-size "$batch" --seq-dur "$seq_dur" \
     --seed 42 --ckpt-every 100 --resume auto --quiet ${recipe[$name]} \
     > "$work/logs/train-$name-$target.log" 2>&1
 }

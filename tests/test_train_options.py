@@ -86,3 +86,17 @@ def test_best_model_is_tracked_by_step_and_epoch(tmp_path):
     best = min(range(3), key=lambda e: history.valid_loss[e]) + 1
     assert record["best_epoch"] == best and record["best_step"] == best  # one batch per epoch
     assert record["best_loss"] == min(history.valid_loss) and record["steps_trained"] == 3
+
+
+def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=8, seconds=1.0)  # 4 batches per epoch
+    history = run(config(tmp_path, root, "m", epochs=50, max_minutes=1e-6))
+    assert len(history.train_loss) == 1 and history.global_step == 1  # one step, then the budget is gone
+    meta = json.loads((tmp_path / "m" / "vocals.json").read_text())
+    assert meta["epochs_trained"] == 1 and (tmp_path / "m" / "vocals.safetensors").is_file()
+    again = run(config(tmp_path, root, "m", epochs=50, max_minutes=1e-6, resume="auto"))
+    assert again.global_step == 1 and len(again.train_loss) == 1
+    unbounded = run(config(tmp_path, root, "u", epochs=2))
+    assert unbounded.global_step == 8
+    with pytest.raises(Exception, match="--max-minutes"):
+        run(config(tmp_path, root, "n", epochs=1, max_minutes=-1))

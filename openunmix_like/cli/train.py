@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the gradient norm to this value (default 0: no clipping)")
     g.add_argument("--ckpt-every", type=int, default=DEFAULTS.ckpt_every,
                    help="also write a resumable checkpoint every N steps to <output>/checkpoints/ (default 0: off)")
+    g.add_argument("--max-minutes", type=float, default=DEFAULTS.max_minutes,
+                   help="training-time budget in minutes; the run stops at the first step past it, validates "
+                        "and saves that partial epoch (default 0: no budget; resumed runs count earlier epochs)")
     g.add_argument("--ckpt-keep", type=int, default=DEFAULTS.ckpt_keep,
                    help=f"step checkpoints kept, newest first (default {DEFAULTS.ckpt_keep})")
     g.add_argument("--loss", default=None,
