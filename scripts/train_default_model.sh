@@ -10,7 +10,7 @@
 #    training excerpts in train/, the 14 MUSDB18 validation excerpts in valid/.
 # 3. Stage 1 (skipped when WORK_DIR/stage1 holds weights): four hidden-128
 #    Open-Unmix targets, 25 epochs on the 80 MUSDB18 training excerpts only
-#    (the recipe of scripts/train_interim_model.sh).
+#    (the recipe of the earlier interim bundled model).
 # 4. Stage 2: each target fine-tuned from stage 1 on the combined root.
 # 5. The best-validation weights of stage 2 are copied into the package.
 set -euo pipefail
