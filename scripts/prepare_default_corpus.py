@@ -4,42 +4,27 @@
     python scripts/prepare_default_corpus.py SYNTH_ROOT MUSDB_ROOT OUT
 
 ``OUT/train`` links every generated training song and, ``--musdb-repeat``
-times each, the 80 training excerpts of the MUSDB18 7-second preview (decoded
-once to 16-bit wav under ``OUT/musdb-wav``), so that real music is about half
-of what an epoch sees; ``OUT/valid`` holds only the 14 MUSDB18 validation
-excerpts, so validation loss and model selection follow real music. The
-MUSDB18 audio stays outside the repository.
+times each, the 80 training excerpts of the MUSDB18 7-second preview, so that
+real music is about half of what an epoch sees; ``OUT/valid`` holds only the
+14 MUSDB18 validation excerpts, so validation loss and model selection follow
+real music. The MUSDB18 excerpts are the 16-bit wav stems that
+``umx-train --dataset musdb`` decodes once into the package cache; no audio is
+copied into OUT, and none into the repository.
 """
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import soundfile as sf
-
-STEMS = ("vocals", "drums", "bass", "other")
+from openunmix_like.data import MUSDBDataset
 
 
-def export_musdb(root: str, out: Path) -> dict:
-    import musdb
-
-    folders = {}
-    for split in ("train", "valid"):
-        db = musdb.DB(root=root, subsets="train", split=split)
-        for track in db:
-            dest = out / split / track.name
-            folders.setdefault(split, []).append(dest)
-            if (dest / "other.wav").is_file():
-                continue
-            tmp = dest.with_name(dest.name + ".partial")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for stem in STEMS:
-                sf.write(tmp / f"{stem}.wav", track.sources[stem].audio, track.rate, subtype="PCM_16")
-            sf.write(tmp / "mixture.wav", sum(track.sources[s].audio for s in STEMS).clip(-1, 1), track.rate,
-                     subtype="PCM_16")
-            os.replace(tmp, dest)
-    return folders
+def musdb_folders(root: str) -> dict:
+    """Per split, the folders of decoded wav stems of each MUSDB18 track (decoding them if needed)."""
+    return {split: [files["vocals"].path.parent
+                    for files in MUSDBDataset(root, split=split, seq_duration=None, sample_rate=44100,
+                                              nb_channels=2).tracks]
+            for split in ("train", "valid")}
 
 
 def link(target: Path, link_path: Path) -> None:
@@ -56,7 +41,7 @@ def main() -> None:
     p.add_argument("--musdb-repeat", type=int, default=2, help="links per MUSDB18 training excerpt (default 2)")
     args = p.parse_args()
     out = Path(args.out)
-    musdb_folders = export_musdb(args.musdb_root, out / "musdb-wav")
+    folders = musdb_folders(args.musdb_root)
     for split in ("train", "valid"):
         (out / split).mkdir(parents=True, exist_ok=True)
         for old in (out / split).iterdir():
@@ -65,13 +50,13 @@ def main() -> None:
     synth = sorted(d for d in (Path(args.synth_root) / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
     for d in synth:
         link(d, out / "train" / d.name)
-    for split, folders in musdb_folders.items():
-        for d in folders:
+    for split, tracks in folders.items():
+        for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):
                 link(d, out / split / (f"musdb-{d.name}" + (f"-{k + 1}" if k else "")))
-    print(f"{out}: train = {len(synth)} generated songs + {len(musdb_folders['train'])} MUSDB18 excerpts "
+    print(f"{out}: train = {len(synth)} generated songs + {len(folders['train'])} MUSDB18 excerpts "
           f"x {args.musdb_repeat}, "
-          f"valid = {len(musdb_folders['valid'])} MUSDB18 excerpts")
+          f"valid = {len(folders['valid'])} MUSDB18 excerpts")
 
 
 if __name__ == "__main__":

@@ -312,7 +312,7 @@ def _drum_part(rng, style: Style, timing: _Timing, sections: List[Section], acti
         groove = groove_b if sec.kind in ("chorus", "bridge") else groove_a
         if sec.kind == "break" and rng.random() < 0.5:
             groove = {k: v for k, v in groove.items() if k in (CLOSED_HAT, RIDE, SHAKER, RIM)} or groove
-        if index == 0 or active and index - 1 not in active or rng.random() < 0.7:
+        if index == 0 or index - 1 not in active or rng.random() < 0.7:
             part.events.append(NoteEvent(timing.at(sec, 0, 0), 1.5, CRASH, _velocity("x", rng)))
         for bar in range(sec.bars):
             fill = bar == sec.bars - 1 and rng.random() < 0.6
@@ -607,8 +607,8 @@ def compose(rng: np.random.Generator, min_length: float, soundfonts: Sequence[st
             bars = int(rng.integers(lo, hi + 1)) // 2 * 2 or 2
             halves = []
             for half in range(bars * 2):
-                idx = half * per_bar // 2 if per_bar == 2 else half // 2
-                halves.append(prog[idx % len(prog)] if kind != "intro" or per_bar else prog[0])
+                idx = half if per_bar == 2 else half // 2
+                halves.append(prog[idx % len(prog)])
             sections.append(Section(kind, t, bars, halves))
             t += bars * timing.bar
             if t >= min_length + 4 * timing.bar:
@@ -616,8 +616,7 @@ def compose(rng: np.random.Generator, min_length: float, soundfonts: Sequence[st
     length = t
     # Arrangement: which sections each stem plays in.
     def active_for(stem: str, boost: float = 0.0) -> List[int]:
-        chosen = [k for k, s in enumerate(sections) if rng.random() < SECTION_ACTIVITY[s.kind][stem] + boost]
-        return chosen
+        return [k for k, s in enumerate(sections) if rng.random() < SECTION_ACTIVITY[s.kind][stem] + boost]
 
     kit = int(rng.choice(style.kits))
     drum_font = str(rng.choice(list(soundfonts)))

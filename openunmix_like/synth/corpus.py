@@ -25,7 +25,7 @@ from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from ..fileio import write_json_atomic
 from .compose import SongPlan, compose, voice_dict
-from .effects import Chain, compressor_gain, pan, random_chain
+from .effects import compressor_gain, pan, random_chain
 from .fluid import NoteEvent, available_soundfonts, shared_renderer
 from .voice import SungNote, SynthError, VoiceSpec, _pyworld, available_voices, random_voice, sing
 
@@ -145,11 +145,9 @@ def render_track(plan: SongPlan, duration: float, offset: float, sample_rate: in
         activity["vocals"] += [(x.start - pre, x.start - pre + x.duration) for x in notes]
     gains = {"vocals": rng.uniform(-2, 4), "drums": rng.uniform(-3, 3), "bass": rng.uniform(-4, 2),
              "other": rng.uniform(-3, 3)}
-    chains: Dict[str, Chain] = {}
     for stem in STEMS:
-        if stem != "other":
-            chains[stem] = random_chain(rng, stem)
-            stems[stem] = chains[stem].apply(stems[stem], sample_rate, rng)
+        if stem != "other":  # the accompaniment parts had their own chains
+            stems[stem] = random_chain(rng, stem).apply(stems[stem], sample_rate, rng)
         stems[stem] = _normalise(stems[stem], sample_rate, float(gains[stem]))[:, total - n:]
     fade = int(0.01 * sample_rate)
     ramp = np.linspace(0, 1, fade, dtype=np.float32)

@@ -143,7 +143,7 @@ def reverb(x: np.ndarray, ir: np.ndarray, wet: float) -> np.ndarray:
 
 @dataclass
 class Chain:
-    """Settings of one stem's effects, drawn at random and stored in the song plan."""
+    """Settings of one stem's (or accompaniment part's) effects, drawn by :func:`random_chain`."""
 
     eq: List[Tuple[str, float, float, float]] = field(default_factory=list)
     threshold_db: float = -20.0
