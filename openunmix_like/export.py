@@ -140,9 +140,7 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
     outdir.mkdir(parents=True, exist_ok=True)
     results, record = {}, {}
     for target, model in models.items():
-        model = model.cpu().eval()
-        for p in model.parameters():
-            p.requires_grad = False
+        model = model.cpu().eval()  # tracing, export and checks all run under no_grad
         path = outdir / f"{target}{FORMATS[fmt]}"
         with atomic_path(path, suffix=FORMATS[fmt]) as tmp:
             if fmt == "torchscript":

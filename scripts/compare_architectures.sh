@@ -19,8 +19,10 @@
 # in time per step, so a common epoch count would not be a common budget),
 # over the same training tracks (random track mixing, gain and channelswap
 # augmentation, seed 42), BATCH excerpts of SEQ_DUR seconds per step, Adam at
-# lr 0.001, the best validation epoch kept. What differs is each architecture's own recipe:
-# its loss, STFT and, for the presets, schedule and clipping (see MODELS).
+# lr 0.001 on the plateau schedule (a cosine schedule spans --epochs, so it
+# could not anneal within a time budget), the best validation epoch kept. What
+# differs is each architecture's own recipe: its loss, STFT and, for the
+# presets, clipping (see MODELS).
 # Environment: MINUTES (30), BATCH (8), SEQ_DUR (6.0), JOBS (2 targets trained
 # at once, one thread each), MODELS (names below, default all), SPEED_CLIP
 # (audio timed for the separation speed, default examples/synth-demo.flac).
@@ -54,7 +56,7 @@ train() {  # name target
   OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$root" --target "$target" \
     --target-file "$target.wav" --interferer-files "${others[@]}" --random-track-mix \
     --source-augmentations gain channelswap --output "$work/models/$name" \
-    --epochs 100000 --patience 100000 --max-minutes "$minutes" --batch-size "$batch" --seq-dur "$seq_dur" \
+    --epochs 100000 --patience 100000 --max-minutes "$minutes" --lr-scheduler plateau --batch-size "$batch" --seq-dur "$seq_dur" \
     --seed 42 --ckpt-every 100 --resume auto --quiet ${recipe[$name]} \
     > "$work/logs/train-$name-$target.log" 2>&1
 }

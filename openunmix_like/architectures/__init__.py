@@ -11,9 +11,8 @@ Every target model declares the domain it works in (its ``domain`` attribute):
 The :class:`~openunmix_like.separator.Separator` turns each output into the
 magnitude its Wiener filter needs; training turns it into what the loss needs.
 
->>> arch = get("unet2d")
->>> model = arch.build(nb_bins=513, nb_channels=1)
->>> arch.config_of(model)["max_bin"]
+>>> model = get("unet2d").build(nb_bins=513, nb_channels=1)
+>>> model.config.max_bin
 512
 """
 from __future__ import annotations
@@ -30,20 +29,17 @@ from .unet1d import UNet1d, UNet1dConfig
 from .unet2d import UNet2d, UNet2dConfig
 
 MAGNITUDE, COMPLEX, WAVEFORM = "magnitude", "complex", "waveform"
-DOMAINS = (MAGNITUDE, COMPLEX, WAVEFORM)
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """One architecture: its model class, constructor-argument dataclass and domain.
+    """One architecture: its model class and constructor-argument dataclass.
 
     Attributes:
         name: the ``architecture`` value in ``<target>.json`` and of ``umx-train --arch``.
-        model: the ``nn.Module`` class; ``model(**config.to_dict())`` builds it.
+        model: the ``nn.Module`` class; ``model(**config.to_dict())`` builds it. Its
+            ``domain`` attribute says what it maps (see the module docstring).
         config: the dataclass of its constructor arguments.
-        domain: ``magnitude``, ``complex`` or ``waveform`` (see the module docstring).
-        input_stats: it stores the training set's per-bin magnitude statistics
-            (``set_input_stats``), so training computes them first.
         default_loss: the ``umx-train --loss`` used when none is given.
         summary: one line for help texts and docs.
     """
@@ -51,10 +47,19 @@ class Architecture:
     name: str
     model: type
     config: type
-    domain: str
-    input_stats: bool
     default_loss: str
     summary: str
+
+    @property
+    def domain(self) -> str:
+        """``magnitude``, ``complex`` or ``waveform``, as the model class declares."""
+        return self.model.domain
+
+    @property
+    def input_stats(self) -> bool:
+        """Whether the model stores the training set's per-bin magnitude statistics
+        (``set_input_stats``), so that training computes them first."""
+        return hasattr(self.model, "set_input_stats")
 
     def build(self, **kwargs) -> nn.Module:
         return self.model(**kwargs)
@@ -62,9 +67,6 @@ class Architecture:
     def from_dict(self, data: Mapping) -> nn.Module:
         """Rebuild a model from its ``model_args`` (raises ``ValueError`` on unknown arguments)."""
         return self.model(**self.config.from_dict(data).to_dict())
-
-    def config_of(self, model: nn.Module) -> dict:
-        return model.config.to_dict()
 
     def parse_args(self, assignments: Sequence[str]) -> dict:
         """``KEY=VALUE`` strings (``umx-train --arch-args``) -> typed constructor arguments."""
@@ -76,13 +78,13 @@ class Architecture:
 
 
 ARCHITECTURES: Dict[str, Architecture] = {
-    "umx": Architecture("umx", OpenUnmix, OpenUnmixConfig, MAGNITUDE, True, "mse",
+    "umx": Architecture("umx", OpenUnmix, OpenUnmixConfig, "mse",
                         "Open-Unmix: dense layers and a 3-layer BLSTM masking the magnitude"),
-    "unet2d": Architecture("unet2d", UNet2d, UNet2dConfig, MAGNITUDE, True, "l1",
+    "unet2d": Architecture("unet2d", UNet2d, UNet2dConfig, "l1",
                            "spectrogram U-Net (seed 001): strided 5x5 convolutions, sigmoid magnitude mask"),
-    "unet1d": Architecture("unet1d", UNet1d, UNet1dConfig, WAVEFORM, False, "wavl1",
+    "unet1d": Architecture("unet1d", UNet1d, UNet1dConfig, "wavl1",
                            "waveform U-Net (seed 000): strided 1-D convolutions, sigmoid time-domain mask"),
-    "tfattn": Architecture("tfattn", TFAttnUNet, TFAttnConfig, COMPLEX, True, "l1+0.5*mrstft",
+    "tfattn": Architecture("tfattn", TFAttnUNet, TFAttnConfig, "l1+0.5*mrstft",
                            "time-frequency attention U-Net (seed 002): TFSWA blocks, complex mask"),
 }
 
@@ -95,7 +97,7 @@ PRESETS: Dict[str, dict] = {
     "unet1d-mono": {"arch": "unet1d", "sample_rate": 44100, "nb_channels": 1, "loss": "wavl1"},
     # Seed 002: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss, clipping at 1.
     "tfattn-2048": {"arch": "tfattn", "nfft": 2048, "nhop": 512, "loss": "l1+0.5*mrstft", "clip_grad": 1.0,
-               "lr_scheduler": "cosine"},
+                    "lr_scheduler": "cosine"},
 }
 
 
@@ -124,5 +126,5 @@ def domain_of(model: nn.Module) -> str:
     return getattr(model, "domain", MAGNITUDE)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "ArchConfig", "COMPLEX", "DOMAINS", "MAGNITUDE", "PRESETS",
+__all__ = ["ARCHITECTURES", "Architecture", "ArchConfig", "COMPLEX", "MAGNITUDE", "PRESETS",
            "WAVEFORM", "architecture_of", "domain_of", "get"]

@@ -68,9 +68,15 @@ class TFAttnConfig(ArchConfig):
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Optional[Tensor] = None) -> Tensor:
-    """Scaled dot-product attention ``(..., heads, n, head_dim)``; ``bias`` is added to the scores."""
+    """Scaled dot-product attention ``(nb_sequences, heads, n, head_dim)``; ``bias`` is added to the scores.
+
+    ``bias`` is ``(heads, n, n)``, shared by all sequences, or ``(nb_windows, heads, n, n)`` when the
+    sequences are the windows of one sample after another (broadcast over the samples, not copied).
+    """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
+    if bias is not None and bias.dim() == 4:
+        scores = (scores.unflatten(0, (-1, bias.shape[0])) + bias).flatten(0, 1)
+    elif bias is not None:
         scores = scores + bias
     return torch.matmul(scores.softmax(dim=-1), v)
 
@@ -134,11 +140,8 @@ class WindowAttention(nn.Module):
         windows = x.reshape(b, fp // w, w, tp // w, w, d).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, d)
         bias = self.bias_table[self.bias_index.reshape(-1)].reshape(w * w, w * w, self.heads).permute(2, 0, 1)
         if s:
-            # (nb_windows, 1, w*w, w*w), repeated per sample: windows of one sample come first.
-            mask = self.shift_mask(fp, tp, x.device, x.dtype)
-            n_win = mask.shape[0]
-            scores_bias = (bias[None] + mask[:, None]).repeat(b, 1, 1, 1)
-            out = self.attn(windows, scores_bias.reshape(b * n_win, self.heads, w * w, w * w))
+            # (nb_windows, heads, w*w, w*w): the windows of one sample come first.
+            out = self.attn(windows, bias[None] + self.shift_mask(fp, tp, x.device, x.dtype)[:, None])
         else:
             out = self.attn(windows, bias)
         out = out.reshape(b, fp // w, tp // w, w, w, d).permute(0, 1, 3, 2, 4, 5).reshape(b, fp, tp, d)
@@ -231,20 +234,11 @@ class TFAttnUNet(nn.Module):
         self.head = nn.Conv2d(dims[0] + planes, planes, 3, padding=1)
         self.input_scale = nn.Parameter(torch.ones(max_bin))
 
-    @classmethod
-    def from_config(cls, config: TFAttnConfig) -> "TFAttnUNet":
-        return cls(**config.to_dict())
-
     def set_input_stats(self, mean: Tensor, std: Tensor) -> None:
         """Scale each bin by the inverse root mean square of the training magnitudes there."""
         with torch.no_grad():
             rms = (mean[: self.max_bin].square() + std[: self.max_bin].square()).sqrt()
             self.input_scale.copy_(1.0 / rms.clamp_min(1e-8))
-
-    def freeze(self) -> "TFAttnUNet":
-        for p in self.parameters():
-            p.requires_grad = False
-        return self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """

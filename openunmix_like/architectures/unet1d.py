@@ -72,14 +72,6 @@ class UNet1d(nn.Module):
         self.output = nn.Conv1d(hidden_size + nb_channels, nb_channels, 1)
         self.offset = stride  # the encoder's left padding, undone when cropping the decoder outputs
 
-    @classmethod
-    def from_config(cls, config: UNet1dConfig) -> "UNet1d":
-        return cls(**config.to_dict())
-
-    def freeze(self) -> "UNet1d":
-        for p in self.parameters():
-            p.requires_grad = False
-        return self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """

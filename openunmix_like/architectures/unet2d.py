@@ -95,20 +95,11 @@ class UNet2d(nn.Module):
         self.input_mean = nn.Parameter(torch.zeros(max_bin))
         self.input_scale = nn.Parameter(torch.ones(max_bin))
 
-    @classmethod
-    def from_config(cls, config: UNet2dConfig) -> "UNet2d":
-        return cls(**config.to_dict())
-
     def set_input_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store the training set's per-bin magnitude mean and standard deviation."""
         with torch.no_grad():
             self.input_mean.copy_(mean[: self.max_bin])
             self.input_scale.copy_(1.0 / std[: self.max_bin].clamp_min(1e-8))
-
-    def freeze(self) -> "UNet2d":
-        for p in self.parameters():
-            p.requires_grad = False
-        return self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         """
