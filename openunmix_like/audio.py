@@ -247,6 +247,18 @@ def _check_wav_length(path: Path) -> None:
             f.seek(size + (size & 1), 1)
 
 
+def conform_channels(audio: Tensor, nb_channels: int) -> Tensor:
+    """``(channels, time)`` to ``nb_channels``: mono to stereo by duplication, stereo to mono by
+    averaging, extra channels dropped."""
+    if audio.shape[0] == nb_channels:
+        return audio
+    if nb_channels == 1:
+        return audio.mean(dim=0, keepdim=True)
+    if audio.shape[0] == 1:
+        return audio.expand(nb_channels, -1).clone()
+    return audio[:nb_channels]
+
+
 def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:
     """Resample along the last axis with a polyphase anti-aliasing filter.
 

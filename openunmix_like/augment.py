@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .audio import conform_channels
+
 Augmentation = Callable[[Tensor, random.Random], Tensor]
 
 
@@ -41,9 +43,7 @@ def channelswap(audio: Tensor, rng: random.Random) -> Tensor:
 
 def force_stereo(audio: Tensor, rng: random.Random) -> Tensor:
     """Mono becomes two identical channels; more than two keep the first two."""
-    if audio.shape[0] == 1:
-        return audio.expand(2, -1).clone()
-    return audio[:2]
+    return conform_channels(audio, 2)
 
 
 def volume(audio: Tensor, rng: random.Random) -> Tensor:

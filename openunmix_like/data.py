@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .audio import conform_channels
 from .augment import Compose
 
 log = logging.getLogger("openunmix_like.data")
@@ -69,17 +70,6 @@ def report(problems: List[str], what: str) -> None:
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         log.warning("%s: %d file(s) or track(s) left out:\n  %s%s", what, len(problems), shown, more)
-
-
-def conform_channels(audio: Tensor, nb_channels: int) -> Tensor:
-    """Mono to stereo by duplication, stereo to mono by averaging, extra channels dropped."""
-    if audio.shape[0] == nb_channels:
-        return audio
-    if nb_channels == 1:
-        return audio.mean(dim=0, keepdim=True)
-    if audio.shape[0] == 1:
-        return audio.expand(nb_channels, -1).clone()
-    return audio[:nb_channels]
 
 
 def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sample_rate: int,

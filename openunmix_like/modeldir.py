@@ -281,9 +281,14 @@ def save_target(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
-    meta = target_metadata(model, settings, extra)
-    write_json_atomic(folder / f"{target}.json", meta)
-    update_separator_json(folder, target, settings)
+    save_metadata(folder, target, model, settings, extra)
+
+
+def save_metadata(folder: Path, target: str, model: nn.Module, settings: AudioSettings,
+                  extra: Optional[Mapping] = None) -> None:
+    """Write ``<target>.json`` and update ``separator.json`` (the weights untouched), atomically."""
+    write_json_atomic(Path(folder) / f"{target}.json", target_metadata(model, settings, extra))
+    update_separator_json(Path(folder), target, settings)
 
 
 def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:

@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from . import architectures, data
 from .augment import BatchCompose, Compose, split_names
 from .errors import ModelError, OpenUnmixLikeError
-from .fileio import write_bytes_atomic, write_json_atomic
+from .fileio import write_bytes_atomic
 from .losses import Objective, parse_loss
 from .model import bandwidth_to_max_bin
-from .modeldir import AudioSettings, save_target, target_metadata, update_separator_json
+from .modeldir import AudioSettings, save_metadata, save_target
 from .transforms import STFT, ComplexNorm
 
 log = logging.getLogger("openunmix_like.train")
@@ -127,13 +127,6 @@ class TrainConfig:
         """The batch augmentations (masking, mixup), applied by the training step."""
         return BatchCompose.from_names(split_names(self.augmentation_names())[1], self.nfft, self.nhop)
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
-        """A configuration with the settings of ``architectures.PRESETS[name]``; ``overrides`` win."""
-        if name not in architectures.PRESETS:
-            raise OpenUnmixLikeError(f"--preset {name!r}: choose one of {', '.join(architectures.PRESETS)}")
-        return cls(**{**architectures.PRESETS[name], "preset": name, **overrides})
-
 
 @dataclasses.dataclass
 class History:
@@ -220,31 +213,19 @@ def _require(cfg: TrainConfig, *names: str) -> None:
         raise OpenUnmixLikeError(f"--dataset {cfg.dataset} needs {flags}")
 
 
-class Spectrogram(nn.Module):
-    """Audio ``(nb_samples, nb_channels, nb_timesteps)`` -> magnitude ``(..., nb_bins, nb_frames)``."""
-
-    def __init__(self, n_fft: int, n_hop: int, mono: bool = False):
-        super().__init__()
-        self.stft = STFT(n_fft, n_hop)
-        self.norm = ComplexNorm(mono=mono)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        return self.norm(self.stft(audio))
-
-
 def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000) -> Tuple[Tensor, Tensor]:
     """Per-bin mean and standard deviation of the mono training magnitudes (no augmentation).
 
     The standard deviation is floored at 1e-4 of its largest value so silent
     bins do not blow the input scale up.
     """
-    spec = Spectrogram(n_fft, n_hop, mono=True)
+    stft, norm = STFT(n_fft, n_hop), ComplexNorm(mono=True)
     total = torch.zeros(n_fft // 2 + 1, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     count = 0
     with torch.inference_mode():
         for mixture in dataset.iter_mixtures(limit):
-            mag = spec(mixture[None])[0, 0].double()  # (nb_bins, nb_frames)
+            mag = norm(stft(mixture[None]))[0, 0].double()  # (nb_bins, nb_frames)
             total += mag.sum(dim=1)
             total_sq += mag.square().sum(dim=1)
             count += mag.shape[1]
@@ -281,15 +262,14 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
 def model_args(cfg: TrainConfig, arch: architectures.Architecture) -> dict:
     """Constructor arguments from the options: shared ones, then ``--arch-args``."""
     if arch.name == "umx":
-        args = dict(nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, hidden_size=cfg.hidden_size or 512,
-                    unidirectional=cfg.unidirectional,
+        args = dict(nb_bins=cfg.nfft // 2 + 1, nb_channels=cfg.nb_channels, unidirectional=cfg.unidirectional,
                     max_bin=bandwidth_to_max_bin(cfg.sample_rate, cfg.nfft, cfg.bandwidth))
     else:
         args = dict(nb_channels=cfg.nb_channels)
         if arch.spectral():
             args["nb_bins"] = cfg.nfft // 2 + 1
-        if cfg.hidden_size:
-            args["hidden_size"] = cfg.hidden_size
+    if cfg.hidden_size:  # else the architecture's own default (512 for umx)
+        args["hidden_size"] = cfg.hidden_size
     args.update(arch.parse_args(cfg.arch_args or []))
     return args
 
@@ -575,8 +555,7 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     if improved:
         save_target(out, cfg.target, model, ctx.settings, extra=extra)
     else:
-        write_json_atomic(out / f"{cfg.target}.json", target_metadata(model, ctx.settings, extra))
-        update_separator_json(out, cfg.target, ctx.settings)
+        save_metadata(out, cfg.target, model, ctx.settings, extra)
     write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
     write_csv(out / f"{cfg.target}.csv", ctx.history)
     if ctx.tensorboard is not None:

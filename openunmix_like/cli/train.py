@@ -7,6 +7,7 @@ import errno
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import __version__
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default=DEFAULTS.output, help="output folder (default ./open-unmix)")
     g.add_argument("--checkpoint", default=None, help="resume from this <target>.chkpnt (or its folder)")
     g.add_argument("--resume", default=None, choices=["auto"],
-                   help="auto: resume from <output>/<target>.chkpnt when it exists")
+                   help="auto: resume from the newest of <output>/<target>.chkpnt and the step checkpoints "
+                        "in <output>/checkpoints/, when there is one")
     g.add_argument("--model", default=None, help="pretrained model name or folder to fine-tune")
 
     g = p.add_argument_group("dataset")
@@ -117,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--no-cuda", "--no_cuda", dest="no_cuda", action="store_true", help="do not use CUDA")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    g.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print the traceback of dataset and configuration errors (unexpected errors always "
+                        "print theirs)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -157,6 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         return 1
     except OSError as exc:
+        path = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if path is not None and Path(cfg.output).resolve() not in path.resolve().parents:
+            print(f"umx-train: error: {path}: {exc.strerror or exc}", file=sys.stderr)  # not a write of ours
+            return 1
         what = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
         print(f"umx-train: error: cannot write to {cfg.output}: {what}; free space or fix permissions, "
               "then resume with --resume auto (the previous checkpoint is intact)", file=sys.stderr)
