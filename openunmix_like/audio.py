@@ -1,8 +1,9 @@
 """Audio files in and out: decoding, channels, sample rates, encoding.
 
-Reading uses soundfile (libsndfile: wav, flac, ogg, mp3, aiff, ...) and falls
-back to the ``ffmpeg`` program for everything else (m4a, mp4, and the mixture
-stream of ``.stem.mp4``). Resampling is polyphase filtering (scipy). Audio is a
+Reading uses soundfile (libsndfile: wav, flac, ogg, aiff, ...) and the
+``ffmpeg`` program for everything else (m4a, mp4, the mixture stream of
+``.stem.mp4``) and, when it is installed, for mp3, which libsndfile decodes
+corrupt frames of into noise instead of failing. Resampling is polyphase filtering (scipy). Audio is a
 float32 tensor ``(nb_channels, nb_timesteps)``.
 """
 from __future__ import annotations
@@ -59,8 +60,8 @@ LENGTH_TOLERANCE = 2048
 class AudioSource:
     """Random access to (an excerpt of) an audio file, decoded block by block.
 
-    Files soundfile reads are read in place; anything else is first decoded by
-    ffmpeg into a temporary float32 file (deleted on :meth:`close`), so memory
+    Files soundfile reads are read in place (mp3 only without ffmpeg); anything
+    else is first decoded by ffmpeg into a temporary float32 file (deleted on :meth:`close`), so memory
     does not depend on the file's length either way.
 
     Args:
@@ -90,7 +91,11 @@ class AudioSource:
             except (RuntimeError, sf.LibsndfileError):
                 opened = None
         if opened is not None:
-            _check_wav_length(self.path)
+            try:
+                _check_wav_length(self.path)
+            except AudioError:
+                opened.close()
+                raise
             self._file = opened
             offset_s = start
         else:

@@ -46,8 +46,11 @@ class Track:
 
 
 def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: Optional[str] = None,
-                 names: Optional[Sequence[str]] = None, mixture_from_sources: bool = False) -> Iterator[Track]:
+                 names: Optional[Sequence[str]] = None, mixture_from_sources: bool = False,
+                 skip: Optional[Callable[[str], bool]] = None) -> Iterator[Track]:
     """MUSDB18 tracks through the ``musdb`` package, with all its targets (incl. accompaniment).
+
+    Only the ``names`` given (default all), and none for which ``skip(name)`` is true: those are not decoded.
 
     The input is the data set's mixture, or with ``mixture_from_sources`` the
     sum of its sources (the stem files' own mixture of MUSDB18 is encoded
@@ -62,25 +65,29 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
         raise OpenUnmixLikeError(f"{root}: no MUSDB18 tracks in subset {subset!r}"
                                  f"{f', split {split!r}' if split else ''}")
     for track in db.tracks:
-        if names and track.name not in names:
+        if (names and track.name not in names) or (skip and skip(track.name)):
             continue
-        refs = {name: _tensor(t.audio) for name, t in track.targets.items() if name != "linear_mixture"}
-        if mixture_from_sources:
-            mixture = _tensor(sum(source.audio for source in track.sources.values()))
-        else:
-            mixture = _tensor(track.audio)
-        yield Track(track.name, int(track.rate), mixture, refs)
+        # One decode of every stream (musdb decodes again on each ``.audio``); targets are
+        # summed from these as musdb sums them (gain times source, in its order).
+        stems = track.stems
+        sources = {name: stems[source.stem_id] for name, source in track.sources.items()}
+        refs = {name: _tensor(np.sum(np.array([s.gain * sources[s.name] for s in target.sources]), axis=0))
+                for name, target in track.targets.items() if name != "linear_mixture"}
+        mixture = sum(sources.values()) if mixture_from_sources else stems[0]
+        yield Track(track.name, int(track.rate), _tensor(mixture), refs)
 
 
-def folder_tracks(root: str, names: Optional[Sequence[str]] = None) -> Iterator[Track]:
-    """``<root>/<track>/{mixture?, <source>...}.wav``; without a mixture file, the sum of the sources."""
+def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
+                  skip: Optional[Callable[[str], bool]] = None) -> Iterator[Track]:
+    """``<root>/<track>/{mixture?, <source>...}.wav``; without a mixture file, the sum of the sources.
+    ``names`` and ``skip`` choose tracks as in :func:`musdb_tracks`."""
     from .audio import load
 
     folders = sorted(d for d in Path(root).iterdir() if d.is_dir()) if Path(root).is_dir() else []
     if not folders:
         raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
     for folder in folders:
-        if names and folder.name not in names:
+        if (names and folder.name not in names) or (skip and skip(folder.name)):
             continue
         refs, rate, mixture = {}, None, None
         for path in sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac")):

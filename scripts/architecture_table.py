@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 
+from openunmix_like import Separator
+from openunmix_like.audio import load
+from openunmix_like.cli.evaluate import load_records
 from openunmix_like.evaluate import MUSDB_TARGETS, aggregate
-from openunmix_like.modeldir import load_model_dir
+from openunmix_like.inference import separate_tensor
 
 
 def training_hours(folder: Path) -> float:
@@ -33,21 +36,11 @@ def training_hours(folder: Path) -> float:
 
 
 def sdr_medians(evaldir: Path) -> dict:
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(evaldir.glob("*.json"))}
-    if not records:
-        return {}
-    table = aggregate(records)
-    return {t: table[t]["SDR"]["median"] for t in table}
+    records = load_records(evaldir)
+    return {t: row["SDR"]["median"] for t, row in aggregate(records).items()} if records else {}
 
 
-def separation_seconds_per_minute(folder: Path, audio_path: str) -> float:
-    from openunmix_like import Separator
-    from openunmix_like.audio import load
-    from openunmix_like.inference import separate_tensor
-
-    torch.set_num_threads(1)
-    audio, rate = load(audio_path)
-    separator = Separator.from_pretrained(folder, niter=1)
+def separation_seconds_per_minute(separator: Separator, audio: torch.Tensor, rate: int) -> float:
     start = time.perf_counter()
     separate_tensor(separator, audio, rate)
     return (time.perf_counter() - start) / (audio.shape[-1] / rate / 60)
@@ -63,15 +56,17 @@ def main() -> None:
     p.add_argument("--speed", default=None, help="audio file to time the separation on")
     args = p.parse_args()
     work = Path(args.work)
+    torch.set_num_threads(1)
+    audio, rate = load(args.speed) if args.speed else (None, None)
     header = "| model | parameters per target | training time (h, all targets) | " + " | ".join(
         f"SDR {t}" for t in MUSDB_TARGETS) + " | separation (s per min of audio, 1 thread) |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for folder in sorted(p for p in (work / "models").iterdir() if (p / "separator.json").is_file()):
-        models, _ = load_model_dir(folder)
-        params = {sum(v.numel() for v in m.parameters()) for m in models.values()}
+        separator = Separator.from_pretrained(folder, niter=1)
+        params = {sum(v.numel() for v in m.parameters()) for m in separator.target_models.values()}
         sdr = sdr_medians(work / "eval" / folder.name)
-        speed = separation_seconds_per_minute(folder, args.speed) if args.speed else None
+        speed = separation_seconds_per_minute(separator, audio, rate) if args.speed else None
         cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_hours(folder)),
                  *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(speed, 1)]
         print("| " + " | ".join(cells) + " |")

@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
                         folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, score_track, write_csv)
-from ..fileio import write_bytes_atomic
+from ..fileio import write_bytes_atomic, write_json_atomic
 from .separate import add_separator_args, load_separator
 
 
@@ -100,11 +100,15 @@ def evaluate(args: argparse.Namespace) -> int:
         methods.setdefault(name.upper(), _oracle_fn(args, name))
     evaldir = Path(args.evaldir)
     done = {m: load_records(evaldir / m) for m in methods}
+
+    def scored(name: str) -> bool:  # by every method already: not even decoded
+        return all(name in done[m] for m in methods)
+
     if args.layout == "musdb":
         tracks = musdb_tracks(args.root, args.subset, args.is_wav, args.split, args.tracks,
-                              mixture_from_sources=args.mixture_from_sources)
+                              mixture_from_sources=args.mixture_from_sources, skip=scored)
     else:
-        tracks = folder_tracks(args.root, args.tracks)
+        tracks = folder_tracks(args.root, args.tracks, skip=scored)
     # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang.
     pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn")) if args.cores > 1 else None
     pending: List[tuple] = []
@@ -146,7 +150,7 @@ def _collect(pending: list, done: dict, evaldir: Path, wait: bool) -> None:
                 continue
             result = result.result()
         (evaldir / method).mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(evaldir / method / f"{name.replace('/', '_')}.json", json.dumps(result, indent=1).encode())
+        write_json_atomic(evaldir / method / f"{name.replace('/', '_')}.json", result)
         done[method][name] = result
         pending.remove(item)
 
