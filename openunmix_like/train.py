@@ -322,9 +322,11 @@ def broadcast_from_rank0(compute, nb_bins: int) -> Tuple[Tensor, Tensor]:
 
 
 def all_reduce_sum(values: List[float]) -> List[float]:
+    """Sums over the ranks (the values themselves in a single process)."""
     if world()[1] == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    on_gpu = torch.distributed.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if on_gpu else "cpu")
     torch.distributed.all_reduce(t)
     return t.tolist()
 
@@ -463,7 +465,9 @@ def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
     amp = ctx.scaler is not None
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
         loss = ctx.objective(ctx.model, x, y)
-    if not torch.isfinite(loss):
+    # All ranks skip together: one that left before backward() would keep the others
+    # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
+    if all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0])[0] > 0:
         return None
     clip = ctx.cfg.clip_grad
     if amp:

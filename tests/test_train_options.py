@@ -100,3 +100,46 @@ def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_p
     assert unbounded.global_step == 8
     with pytest.raises(Exception, match="--max-minutes"):
         run(config(tmp_path, root, "n", epochs=1, max_minutes=-1))
+
+
+DDP_NAN_SCRIPT = r"""
+import os, sys, types, torch
+from torch import nn
+from openunmix_like import train
+
+rank = int(sys.argv[1])
+torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+model = nn.parallel.DistributedDataParallel(nn.Linear(4, 4))
+before = [p.detach().clone() for p in model.parameters()]
+def objective(model, x, y):  # rank 1 alone gets a NaN loss
+    loss = nn.functional.mse_loss(model(x), y)
+    return loss * float("nan") if rank == 1 else loss
+ctx = types.SimpleNamespace(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=None,
+                            objective=objective, model=model, cfg=types.SimpleNamespace(clip_grad=0.0))
+result = train.step(ctx, torch.ones(2, 4), torch.zeros(2, 4))
+assert result is None, result
+assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+torch.distributed.destroy_process_group()
+print("skipped together")
+"""
+
+
+def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_batch(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_NAN_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]  # a rank left waiting in backward() would hang
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "skipped together" in out, err[-3000:]
