@@ -27,12 +27,12 @@ from openunmix_like.evaluate import MUSDB_TARGETS, aggregate
 from openunmix_like.inference import separate_tensor
 
 
-def training_hours(folder: Path) -> float:
+def training_minutes(folder: Path) -> float:
     seconds = 0.0
     for record in folder.glob("*.json"):
         if record.name != "separator.json":
             seconds += sum(json.loads(record.read_text()).get("train_time_history", []))
-    return seconds / 3600
+    return seconds / 60
 
 
 def sdr_medians(evaldir: Path) -> dict:
@@ -58,8 +58,8 @@ def main() -> None:
     work = Path(args.work)
     torch.set_num_threads(1)
     audio, rate = load(args.speed) if args.speed else (None, None)
-    header = "| model | parameters per target | training time (h, all targets) | " + " | ".join(
-        f"SDR {t}" for t in MUSDB_TARGETS) + " | separation (s per min of audio, 1 thread) |"
+    header = "| model | parameters per target | training time (min, all targets) | " + " | ".join(
+        f"SDR {t}" for t in MUSDB_TARGETS) + " | SDR average | separation (s per min of audio, 1 thread) |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for folder in sorted(p for p in (work / "models").iterdir() if (p / "separator.json").is_file()):
@@ -67,8 +67,9 @@ def main() -> None:
         params = {sum(v.numel() for v in m.parameters()) for m in separator.target_models.values()}
         sdr = sdr_medians(work / "eval" / folder.name)
         speed = separation_seconds_per_minute(separator, audio, rate) if args.speed else None
-        cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_hours(folder)),
-                 *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(speed, 1)]
+        average = sum(sdr[t] for t in MUSDB_TARGETS) / len(MUSDB_TARGETS) if all(t in sdr for t in MUSDB_TARGETS) else None
+        cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_minutes(folder), 1),
+                 *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(average), fmt(speed, 1)]
         print("| " + " | ".join(cells) + " |")
 
 

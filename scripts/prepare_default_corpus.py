@@ -5,9 +5,10 @@
 
 ``OUT/train`` links every generated training song and, ``--musdb-repeat``
 times each, the 80 training excerpts of the MUSDB18 7-second preview, so that
-real music is about half of what an epoch sees; ``OUT/valid`` holds only the
-14 MUSDB18 validation excerpts, so validation loss and model selection follow
-real music. The MUSDB18 excerpts are the 16-bit wav stems that
+real music is about half of what an epoch sees; ``OUT/valid`` holds the 14
+MUSDB18 validation excerpts, so validation loss and model selection follow
+real music, and with ``--synth-valid`` also the generated validation songs, so
+that they follow both. The MUSDB18 excerpts are the 16-bit wav stems that
 ``umx-train --dataset musdb`` decodes once into the package cache; no audio is
 copied into OUT, and none into the repository.
 """
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("musdb_root", help="MUSDB18 7-second preview (../shared/data/musdb18-7s)")
     p.add_argument("out", help="folder to create")
     p.add_argument("--musdb-repeat", type=int, default=2, help="links per MUSDB18 training excerpt (default 2)")
+    p.add_argument("--synth-valid", action="store_true", help="also validate on the generated valid/ songs")
     args = p.parse_args()
     out = Path(args.out)
     folders = musdb_folders(args.musdb_root)
@@ -50,13 +52,19 @@ def main() -> None:
     synth = sorted(d for d in (Path(args.synth_root) / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
     for d in synth:
         link(d, out / "train" / d.name)
+    synth_valid = []
+    if args.synth_valid:
+        synth_valid = sorted(d for d in (Path(args.synth_root) / "valid").iterdir()
+                             if d.is_dir() and not d.name.startswith("."))
+        for d in synth_valid:
+            link(d, out / "valid" / d.name)
     for split, tracks in folders.items():
         for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):
                 link(d, out / split / (f"musdb-{d.name}" + (f"-{k + 1}" if k else "")))
     print(f"{out}: train = {len(synth)} generated songs + {len(folders['train'])} MUSDB18 excerpts "
           f"x {args.musdb_repeat}, "
-          f"valid = {len(folders['valid'])} MUSDB18 excerpts")
+          f"valid = {len(folders['valid'])} MUSDB18 excerpts + {len(synth_valid)} generated songs")
 
 
 if __name__ == "__main__":
