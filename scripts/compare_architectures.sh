@@ -43,6 +43,9 @@ declare -A recipe=(
   [unet1d]="--arch unet1d"
   [tfattn]="--preset tfattn-2048"
 )
+# tfattn validates whole excerpts in one pass and peaks at about 12 GB, so its
+# targets train one at a time (two at once ran out of 24 GB).
+declare -A max_jobs=([tfattn]=1)
 models=(${MODELS:-umx unet2d unet2d-8k unet1d tfattn})
 targets=(vocals drums bass other)
 mkdir -p "$work/models" "$work/logs" "$work/eval"
@@ -63,8 +66,9 @@ train() {  # name target
 
 for name in "${models[@]}"; do
   [ -n "${recipe[$name]+set}" ] || { echo "unknown model $name; known: ${!recipe[*]}" >&2; exit 2; }
+  cap=${max_jobs[$name]:-$jobs}
   for target in "${targets[@]}"; do
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    while [ "$(jobs -rp | wc -l)" -ge "$cap" ]; do wait -n; done
     train "$name" "$target" &
   done
 done
