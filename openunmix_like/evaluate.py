@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -26,6 +27,8 @@ from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import sdr_mdx, si_sdr
 from .transforms import ISTFT, STFT
+
+log = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "SAR", "ISR")
 ORACLES = ("irm1", "irm2", "ibm1", "ibm2", "mwf", "mix")
@@ -156,18 +159,30 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     Args:
         references, estimates: target -> ``(nb_timesteps, nb_channels)`` arrays,
             evaluated jointly (SIR depends on the other targets).
+
+    museval refuses an all-zero estimate (the projections would be
+    underdetermined). A model can output one, e.g. a mask shut everywhere, so
+    such an estimate is scored as a deterministic noise floor 200 dB below full
+    scale instead: it scores far below any real estimate, and the record lists
+    it under ``silent_estimates``.
     """
     import museval
 
     targets = list(estimates)
     refs = np.stack([np.asarray(references[t], dtype=np.float64) for t in targets])
     ests = np.stack([np.asarray(estimates[t], dtype=np.float64) for t in targets])
+    silent = [t for j, t in enumerate(targets) if not np.any(ests[j])]
+    for t in silent:
+        log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, t)
+        ests[targets.index(t)] = 1e-10 * np.random.default_rng(0).standard_normal(ests.shape[1:])
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=rate, hop=rate, mode="v4")
     store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
     for j, target in enumerate(targets):
         store.add_target(target, {"SDR": sdr[j].tolist(), "SIR": sir[j].tolist(), "SAR": sar[j].tolist(),
                                   "ISR": isr[j].tolist()})
     record = json.loads(store.json)
+    if silent:
+        record["silent_estimates"] = silent
     record["fast_metrics"] = {
         t: {"SDR_mdx": sdr_mdx(torch.from_numpy(refs[j]), torch.from_numpy(ests[j])),
             "SI-SDR": si_sdr(torch.from_numpy(refs[j]), torch.from_numpy(ests[j]))}

@@ -5,7 +5,7 @@
 
 For every model folder ``WORK/models/<name>``: parameters per target (counted
 from the weights), training time (the summed epoch times of all targets,
-from ``<target>.json``), the median over the 14 validation excerpts of the
+from ``<target>.json``), the optimiser steps each target took, the median over the 14 validation excerpts of the
 per-excerpt median BSSEval v4 SDR per target (``WORK/eval/<name>/*.json``,
 written by ``umx-evaluate``), and, with ``--speed``, the seconds one thread
 takes to separate AUDIO into the four targets (``niter=1``), per minute of audio.
@@ -35,6 +35,12 @@ def training_minutes(folder: Path) -> float:
     return seconds / 60
 
 
+def steps_trained(folder: Path) -> str:
+    steps = sorted(json.loads(record.read_text()).get("steps_trained", 0)
+                   for record in folder.glob("*.json") if record.name != "separator.json")
+    return f"{steps[0]}-{steps[-1]}" if steps and steps[0] != steps[-1] else str(steps[0] if steps else 0)
+
+
 def sdr_medians(evaldir: Path) -> dict:
     records = load_records(evaldir)
     return {t: row["SDR"]["median"] for t, row in aggregate(records).items()} if records else {}
@@ -58,7 +64,7 @@ def main() -> None:
     work = Path(args.work)
     torch.set_num_threads(1)
     audio, rate = load(args.speed) if args.speed else (None, None)
-    header = "| model | parameters per target | training time (min, all targets) | " + " | ".join(
+    header = "| model | parameters per target | training time (min, all targets) | steps per target | " + " | ".join(
         f"SDR {t}" for t in MUSDB_TARGETS) + " | SDR average | separation (s per min of audio, 1 thread) |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -69,6 +75,7 @@ def main() -> None:
         speed = separation_seconds_per_minute(separator, audio, rate) if args.speed else None
         average = sum(sdr[t] for t in MUSDB_TARGETS) / len(MUSDB_TARGETS) if all(t in sdr for t in MUSDB_TARGETS) else None
         cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_minutes(folder), 1),
+                 steps_trained(folder),
                  *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(average), fmt(speed, 1)]
         print("| " + " | ".join(cells) + " |")
 

@@ -64,6 +64,20 @@ def test_perfect_estimates_score_far_above_oracles(tmp_path):
         assert perfect[target]["SDR"] > oracle_scores[target]["SDR"] + 30
 
 
+def test_a_silent_estimate_is_scored_far_below_the_others(tmp_path, caplog):
+    track = next(ev.folder_tracks(make_tracks(tmp_path, n=1)))
+    refs = {t: r.numpy().T for t, r in track.references.items()}
+    irm2 = {t: e.numpy().T for t, e in ev.oracle("irm2", track, list(refs), 512, 128).items()}
+    silent_target = next(iter(refs))
+    estimates = dict(irm2, **{silent_target: np.zeros_like(irm2[silent_target])})
+    record = ev.score_track(track.name, refs, estimates, track.rate)  # museval alone refuses all zeros
+    scores, oracle_scores = ev.track_medians(record), ev.track_medians(ev.score_track(track.name, refs, irm2, track.rate))
+    assert record["silent_estimates"] == [silent_target] and silent_target in caplog.text
+    assert scores[silent_target]["SDR"] < oracle_scores[silent_target]["SDR"] - 20
+    others = [t for t in refs if t != silent_target]
+    assert all(math.isfinite(scores[t]["SDR"]) for t in others)
+
+
 def test_oracles_order_and_cli_tables(tmp_path, capsys):
     root = make_tracks(tmp_path / "data")
     evaldir = tmp_path / "eval"
