@@ -163,8 +163,9 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     museval refuses an all-zero estimate (the projections would be
     underdetermined). A model can output one, e.g. a mask shut everywhere, so
     such an estimate is scored as a deterministic noise floor 200 dB below full
-    scale instead: it scores far below any real estimate, and the record lists
-    it under ``silent_estimates``.
+    scale instead. It then scores about 0 dB SDR, as silence does under the MDX
+    definition (the error is the whole reference), and the record lists it
+    under ``silent_estimates``.
     """
     import museval
 
