@@ -172,10 +172,12 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     targets = list(estimates)
     refs = np.stack([np.asarray(references[t], dtype=np.float64) for t in targets])
     ests = np.stack([np.asarray(estimates[t], dtype=np.float64) for t in targets])
-    silent = [t for j, t in enumerate(targets) if not np.any(ests[j])]
-    for t in silent:
-        log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, t)
-        ests[targets.index(t)] = 1e-10 * np.random.default_rng(0).standard_normal(ests.shape[1:])
+    silent = []
+    for j, t in enumerate(targets):
+        if not np.any(ests[j]):
+            log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, t)
+            ests[j] = 1e-10 * np.random.default_rng(0).standard_normal(ests.shape[1:])
+            silent.append(t)
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=rate, hop=rate, mode="v4")
     store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
     for j, target in enumerate(targets):

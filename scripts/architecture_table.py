@@ -27,18 +27,17 @@ from openunmix_like.evaluate import MUSDB_TARGETS, aggregate
 from openunmix_like.inference import separate_tensor
 
 
-def training_minutes(folder: Path) -> float:
-    seconds = 0.0
-    for record in folder.glob("*.json"):
-        if record.name != "separator.json":
-            seconds += sum(json.loads(record.read_text()).get("train_time_history", []))
-    return seconds / 60
+def target_records(folder: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "separator.json"]
 
 
-def steps_trained(folder: Path) -> str:
-    steps = sorted(json.loads(record.read_text()).get("steps_trained", 0)
-                   for record in folder.glob("*.json") if record.name != "separator.json")
-    return f"{steps[0]}-{steps[-1]}" if steps and steps[0] != steps[-1] else str(steps[0] if steps else 0)
+def training_minutes(records: list) -> float:
+    return sum(sum(r.get("train_time_history", [])) for r in records) / 60
+
+
+def steps_trained(records: list) -> str:
+    steps = sorted(r.get("steps_trained", 0) for r in records) or [0]
+    return f"{steps[0]}-{steps[-1]}" if steps[0] != steps[-1] else str(steps[0])
 
 
 def sdr_medians(evaldir: Path) -> dict:
@@ -71,11 +70,12 @@ def main() -> None:
     for folder in sorted(p for p in (work / "models").iterdir() if (p / "separator.json").is_file()):
         separator = Separator.from_pretrained(folder, niter=1)
         params = {sum(v.numel() for v in m.parameters()) for m in separator.target_models.values()}
+        records = target_records(folder)
         sdr = sdr_medians(work / "eval" / folder.name)
         speed = separation_seconds_per_minute(separator, audio, rate) if args.speed else None
         average = sum(sdr[t] for t in MUSDB_TARGETS) / len(MUSDB_TARGETS) if all(t in sdr for t in MUSDB_TARGETS) else None
-        cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_minutes(folder), 1),
-                 steps_trained(folder),
+        cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_minutes(records), 1),
+                 steps_trained(records),
                  *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(average), fmt(speed, 1)]
         print("| " + " | ".join(cells) + " |")
 

@@ -14,11 +14,12 @@ import argparse
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from openunmix_like import Separator
-from openunmix_like.modeldir import AudioSettings, read_target_json, update_separator_json
+from openunmix_like.fileio import write_bytes_atomic
+from openunmix_like.modeldir import FORMAT, AudioSettings, read_target_json, update_separator_json
+from openunmix_like.train import read_checkpoint
 
 TARGETS = ("vocals", "drums", "bass", "other")
 LIMIT = 40 * 2 ** 20
@@ -37,8 +38,9 @@ def main() -> None:
     for target in TARGETS:  # separator.json lists the targets in this order
         shutil.copyfile(src / f"{target}.json", dest / f"{target}.json")
         if args.last:
-            state = torch.load(src / f"{target}.chkpnt", map_location="cpu", weights_only=False)["state_dict"]
-            save_file({k: v.contiguous() for k, v in state.items()}, str(dest / f"{target}.safetensors"))
+            state = read_checkpoint(src / f"{target}.chkpnt")["state_dict"]
+            write_bytes_atomic(dest / f"{target}.safetensors",
+                               save({k: v.contiguous() for k, v in state.items()}, metadata={"format": FORMAT}))
         else:
             shutil.copyfile(src / f"{target}.safetensors", dest / f"{target}.safetensors")
         update_separator_json(dest, target, settings)

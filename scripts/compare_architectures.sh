@@ -43,7 +43,7 @@ declare -A recipe=(
   [unet1d]="--arch unet1d"
   [tfattn]="--preset tfattn-2048"
 )
-# tfattn validates whole excerpts in one pass and peaks at about 12 GB, so its
+# A tfattn training used 9-12 GB of memory on this machine, so its
 # targets train one at a time (two at once ran out of 24 GB).
 declare -A max_jobs=([tfattn]=1)
 models=(${MODELS:-umx unet2d unet2d-8k unet1d tfattn})

@@ -28,6 +28,11 @@ def musdb_folders(root: str) -> dict:
             for split in ("train", "valid")}
 
 
+def songs(synth_root: str, split: str) -> list:
+    """The finished songs of one umx-synth split (half-written ones are hidden dot-folders)."""
+    return sorted(d for d in (Path(synth_root) / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def link(target: Path, link_path: Path) -> None:
     if link_path.is_symlink() or link_path.exists():
         link_path.unlink()
@@ -49,15 +54,12 @@ def main() -> None:
         for old in (out / split).iterdir():
             if old.is_symlink():
                 old.unlink()
-    synth = sorted(d for d in (Path(args.synth_root) / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    synth = songs(args.synth_root, "train")
     for d in synth:
         link(d, out / "train" / d.name)
-    synth_valid = []
-    if args.synth_valid:
-        synth_valid = sorted(d for d in (Path(args.synth_root) / "valid").iterdir()
-                             if d.is_dir() and not d.name.startswith("."))
-        for d in synth_valid:
-            link(d, out / "valid" / d.name)
+    synth_valid = songs(args.synth_root, "valid") if args.synth_valid else []
+    for d in synth_valid:
+        link(d, out / "valid" / d.name)
     for split, tracks in folders.items():
         for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):

@@ -42,27 +42,26 @@ if [ ! -f "$work/stage1/other.safetensors" ]; then
   wait
 fi
 
-# All four targets at once, one thread each: the two cores stay busy and the
-# targets finish together.
-for target in "${targets[@]}"; do
-  OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$work/combined" --target "$target" \
-    --target-file "$target.wav" --interferer-files $(for t in "${targets[@]}"; do [ "$t" != "$target" ] && echo "$t.wav"; done) \
-    --random-track-mix --source-augmentations gain channelswap --model "$work/stage1" --output "$work/stage2" \
-    --batch-size 16 --seq-dur 6.0 --epochs 46 --lr 0.0002 --patience 40 \
-    --lr-decay-patience 12 --lr-decay-gamma 0.3 --seed 42 --resume auto --quiet \
-    > "$work/stage2-$target.log" 2>&1 &
-done
-wait
+# finetune STAGE ROOT INIT [umx-train flags]: the four targets of one stage at
+# once, one thread each (the two cores stay busy and the targets finish
+# together), on ROOT with random track mixing, starting from the weights in INIT.
+finetune() {
+  local stage=$1 root=$2 init=$3
+  shift 3
+  for target in "${targets[@]}"; do
+    OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$root" --target "$target" \
+      --target-file "$target.wav" --interferer-files $(for t in "${targets[@]}"; do [ "$t" != "$target" ] && echo "$t.wav"; done) \
+      --random-track-mix --source-augmentations gain channelswap --model "$init" --output "$work/$stage" \
+      --batch-size 16 --seq-dur 6.0 --lr-decay-gamma 0.3 --resume auto --quiet "$@" \
+      > "$work/$stage-$target.log" 2>&1 &
+  done
+  wait
+}
 
+finetune stage2 "$work/combined" "$work/stage1" \
+  --epochs 46 --lr 0.0002 --patience 40 --lr-decay-patience 12 --seed 42
 python scripts/bundle_model.py --last "$work/stage2" "$work/stage2-last"
-for target in "${targets[@]}"; do
-  OMP_NUM_THREADS=1 umx-train --dataset trackfolder_fix --root "$work/combined-sv" --target "$target" \
-    --target-file "$target.wav" --interferer-files $(for t in "${targets[@]}"; do [ "$t" != "$target" ] && echo "$t.wav"; done) \
-    --random-track-mix --source-augmentations gain channelswap --model "$work/stage2-last" --output "$work/stage3" \
-    --batch-size 16 --seq-dur 6.0 --epochs 1000 --lr 0.0005 --patience 1000 --max-minutes 65 \
-    --lr-decay-patience 6 --lr-decay-gamma 0.3 --seed 43 --resume auto --quiet \
-    > "$work/stage3-$target.log" 2>&1 &
-done
-wait
+finetune stage3 "$work/combined-sv" "$work/stage2-last" \
+  --epochs 1000 --lr 0.0005 --patience 1000 --max-minutes 65 --lr-decay-patience 6 --seed 43
 
 python scripts/bundle_model.py "$work/stage3" openunmix_like/models/default
