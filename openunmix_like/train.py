@@ -13,11 +13,14 @@ CUDA): each rank trains on its own shard of the samples and only rank 0 writes.
 The architecture (``--arch``, see :mod:`openunmix_like.architectures`) and the
 loss (``--loss``, see :mod:`openunmix_like.losses`) are chosen per run; with
 ``--ckpt-every N`` the trainer also writes a resumable checkpoint every N
-steps into ``<output>/checkpoints/``.
+steps into ``<output>/checkpoints/``. With ``--ema DECAY`` it keeps an
+exponential moving average of the weights beside them; validation, the choice
+of the best epoch and the saved model then use the average.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import glob
@@ -88,6 +91,7 @@ class TrainConfig:
     # optimisation (schedules, clipping, step checkpoints)
     lr_scheduler: str = "plateau"
     clip_grad: float = 0.0
+    ema: float = 0.0  # decay per step of the weight average that is validated and saved (0: off)
     ckpt_every: int = 0
     ckpt_keep: int = 3
     max_minutes: float = 0.0  # training-time budget (0: none); the run stops mid-epoch when it is spent
@@ -364,6 +368,37 @@ class Context:
     # Randomness of the batch augmentations, re-seeded every epoch.
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
     out_of_time: bool = False  # set when --max-minutes is spent
+    average: Optional["WeightAverage"] = None  # with --ema
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and batch-norm statistics.
+
+    After every optimisation step each floating-point entry of the state dict
+    moves towards the trained model's: ``avg += (1 - decay) * (current - avg)``;
+    integer entries (batch counts) are copied. It starts from the weights
+    training starts from (a ``--model``'s when fine-tuning), with no warm-up.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(unwrap(model)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = unwrap(model).state_dict()
+        for name, avg in self.model.state_dict().items():
+            if avg.is_floating_point():
+                avg.lerp_(current[name].detach(), 1.0 - self.decay)
+            else:
+                avg.copy_(current[name])
+
+
+def evaluated_model(ctx: "Context") -> nn.Module:
+    """The model validation scores and the best-model files hold: the weight average with ``--ema``."""
+    return ctx.average.model if ctx.average is not None else unwrap(ctx.model)
 
 
 @dataclasses.dataclass
@@ -433,6 +468,8 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
             if loss is None:
                 handle_nonfinite(ctx.cfg, epoch, batch)
             else:
+                if ctx.average is not None:
+                    ctx.average.update(ctx.model)
                 progress.total += loss * x.shape[0]
                 progress.count += x.shape[0]
                 bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
@@ -500,12 +537,12 @@ def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
 
 def validate(ctx: Context, epoch: int) -> float:
     """Mean training loss over the validation set (full tracks where the dataset has them)."""
-    ctx.model.eval()
+    model = evaluated_model(ctx).eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
             x, y = x.to(ctx.device), y.to(ctx.device)
-            total += float(ctx.objective(unwrap(ctx.model), x, y)) * x.shape[0]
+            total += float(ctx.objective(model, x, y)) * x.shape[0]
             count += x.shape[0]
     total, count = all_reduce_sum([total, count])
     return total / max(count, 1)
@@ -518,7 +555,7 @@ def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
     from .separator import Separator
 
     s = ctx.settings
-    model = unwrap(ctx.model).eval()
+    model = evaluated_model(ctx).eval()
     separator = Separator({ctx.cfg.target: model}, niter=0, sample_rate=s.sample_rate, n_fft=s.n_fft,
                           n_hop=s.n_hop, nb_channels=s.nb_channels)
     total_sdr, total_si, count = 0.0, 0.0, 0
@@ -552,7 +589,7 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     """Rank 0 writes the checkpoint, the best model when it improved, and the logs."""
     if world()[0] != 0:
         return
-    cfg, model = ctx.cfg, unwrap(ctx.model)
+    cfg, model = ctx.cfg, evaluated_model(ctx)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
@@ -573,7 +610,7 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
 def checkpoint_state(ctx: Context, epoch: int) -> dict:
     """Everything a resumed run needs after ``epoch`` (or part of it, see :func:`save_step_checkpoint`)."""
     model = unwrap(ctx.model)
-    return {
+    state = {
         "epoch": epoch,
         "step": ctx.history.global_step,
         "architecture": architectures.architecture_of(model).name,
@@ -585,6 +622,9 @@ def checkpoint_state(ctx: Context, epoch: int) -> dict:
         "best_loss": ctx.history.best_loss,
         "history": dataclasses.asdict(ctx.history),
     }
+    if ctx.average is not None:
+        state["average"] = ctx.average.model.state_dict()
+    return state
 
 
 def write_checkpoint(path: Path, state: dict) -> None:
@@ -690,6 +730,14 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
         raise OpenUnmixLikeError(f"{path}: checkpoint of a run with --lr-scheduler {state.get('lr_scheduler')}; "
                                  f"resume with the same schedule")
     model.load_state_dict(state["state_dict"])
+    if ctx.average is not None:
+        if "average" in state:
+            ctx.average.model.load_state_dict(state["average"])
+        else:
+            # A run that did not average before: the average starts here.
+            ctx.average.model.load_state_dict(state["state_dict"])
+            if world()[0] == 0:
+                log.info("%s holds no weight average: --ema starts from its weights", path)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
     ctx.history = History(**state["history"])
@@ -753,6 +801,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0:
         raise OpenUnmixLikeError("--clip-grad, --ckpt-every and --max-minutes must not be negative")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
     if not cfg.model:
         arch = architectures.get(cfg.arch)
         arch.parse_args(cfg.arch_args or [])
@@ -775,8 +825,11 @@ def make_context(cfg, model, settings, device, train_set, valid_set) -> Context:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    return Context(cfg, wrapped, objective, optimizer, make_scheduler(cfg, optimizer), scaler, device, train_set,
-                   valid_set, settings, History(), tensorboard_writer(cfg), cfg.batch_augmentations())
+    ctx = Context(cfg, wrapped, objective, optimizer, make_scheduler(cfg, optimizer), scaler, device, train_set,
+                  valid_set, settings, History(), tensorboard_writer(cfg), cfg.batch_augmentations())
+    if cfg.ema:
+        ctx.average = WeightAverage(model, cfg.ema)
+    return ctx
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

@@ -1,12 +1,14 @@
-"""umx-train's schedules, gradient clipping, step checkpoints, batch augmentations and best-model tracking."""
+"""umx-train's schedules, gradient clipping, step checkpoints, batch augmentations, weight averaging and
+best-model tracking."""
 import json
 import math
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from openunmix_like.train import TrainConfig, build_datasets, build_model, make_context, run, step
+from openunmix_like.train import TrainConfig, WeightAverage, build_datasets, build_model, make_context, run, step
 from test_data import track_folders
 
 TINY = dict(dataset="trackfolder_fix", target_file="vocals.wav", interferer_files=["drums.wav", "bass.wav"],
@@ -100,6 +102,60 @@ def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_p
     assert unbounded.global_step == 8
     with pytest.raises(Exception, match="--max-minutes"):
         run(config(tmp_path, root, "n", epochs=1, max_minutes=-1))
+
+
+def test_weight_average_moves_each_weight_by_one_minus_decay_and_copies_counts():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.75)
+    before = {k: v.clone() for k, v in average.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(4, 3))  # batch norm statistics and count move
+    average.update(model)
+    current = model.state_dict()
+    for name, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * before[name] + 0.25 * current[name]), name
+        else:
+            assert torch.equal(value, current[name]), name
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_ema_validates_and_saves_the_average_and_resumes_it(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=4, seconds=1.0)  # 2 batches per epoch
+    run(config(tmp_path, root, "m", epochs=1, lr=0.01, ema=0.5))
+    state = torch.load(tmp_path / "m" / "vocals.chkpnt", weights_only=True)
+    assert set(state["average"]) == set(state["state_dict"])
+    assert not torch.equal(state["average"]["fc1.weight"], state["state_dict"]["fc1.weight"])
+    best = load_file(str(tmp_path / "m" / "vocals.safetensors"))  # epoch 1 is the best so far
+    for key, value in state["average"].items():
+        assert torch.equal(best[key], value), key
+    # Resumed, the average carries on from the checkpoint's, as if never interrupted.
+    resumed = run(config(tmp_path, root, "m", epochs=3, lr=0.01, ema=0.5, resume="auto"))
+    whole = run(config(tmp_path, root, "whole", epochs=3, lr=0.01, ema=0.5))
+    assert resumed.valid_loss == whole.valid_loss
+    final = torch.load(tmp_path / "whole" / "vocals.chkpnt", weights_only=True)["average"]
+    for key, value in torch.load(tmp_path / "m" / "vocals.chkpnt", weights_only=True)["average"].items():
+        assert torch.equal(final[key], value), key
+    plain = run(config(tmp_path, root, "plain", epochs=3, lr=0.01))
+    assert whole.train_loss == plain.train_loss  # averaging leaves training itself alone
+    assert whole.valid_loss != plain.valid_loss  # but validation scores the average
+
+
+def test_ema_can_start_when_resuming_a_run_that_did_not_average(tmp_path, caplog):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    run(config(tmp_path, root, "m", epochs=1))
+    raw = weights(tmp_path / "m")
+    with caplog.at_level("INFO", logger="openunmix_like.train"):
+        history = run(config(tmp_path, root, "m", epochs=2, ema=0.9, resume="auto", quiet=False))
+    assert "--ema starts from its weights" in caplog.text and len(history.train_loss) == 2
+    average = torch.load(tmp_path / "m" / "vocals.chkpnt", weights_only=True)["average"]
+    trained = weights(tmp_path / "m")
+    key = "fc1.weight"  # one step at decay 0.9: a tenth of the way from the old weights to the new
+    assert torch.allclose(average[key], 0.9 * raw[key] + 0.1 * trained[key], atol=1e-6)
+    with pytest.raises(Exception, match="--ema"):
+        run(config(tmp_path, root, "n", epochs=1, ema=1.0))
 
 
 DDP_NAN_SCRIPT = r"""

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to 0 over --epochs (default plateau)")
     g.add_argument("--clip-grad", type=float, default=DEFAULTS.clip_grad,
                    help="clip the gradient norm to this value (default 0: no clipping)")
+    g.add_argument("--ema", type=float, default=DEFAULTS.ema, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (decay per step, e.g. 0.99); "
+                        "validation, the best epoch and the saved model use it (default 0: off)")
     g.add_argument("--ckpt-every", type=int, default=DEFAULTS.ckpt_every,
                    help="also write a resumable checkpoint every N steps to <output>/checkpoints/ (default 0: off)")
     g.add_argument("--max-minutes", type=float, default=DEFAULTS.max_minutes,
