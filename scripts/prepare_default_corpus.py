@@ -3,9 +3,10 @@
 
     python scripts/prepare_default_corpus.py SYNTH_ROOT MUSDB_ROOT OUT
 
-``OUT/train`` links every generated training song and, ``--musdb-repeat``
-times each, the 80 training excerpts of the MUSDB18 7-second preview, so that
-real music is about half of what an epoch sees; ``OUT/valid`` holds the 14
+``OUT/train`` links every generated training song (``--synth-repeat`` times
+each) and, ``--musdb-repeat`` times each, the 80 training excerpts of the
+MUSDB18 7-second preview; by default real music is about half of what an epoch
+sees; ``OUT/valid`` holds the 14
 MUSDB18 validation excerpts, so validation loss and model selection follow
 real music, and with ``--synth-valid`` also the generated validation songs, so
 that they follow both. The MUSDB18 excerpts are the 16-bit wav stems that
@@ -45,6 +46,7 @@ def main() -> None:
     p.add_argument("musdb_root", help="MUSDB18 7-second preview (../shared/data/musdb18-7s)")
     p.add_argument("out", help="folder to create")
     p.add_argument("--musdb-repeat", type=int, default=2, help="links per MUSDB18 training excerpt (default 2)")
+    p.add_argument("--synth-repeat", type=int, default=1, help="links per generated training song (default 1)")
     p.add_argument("--synth-valid", action="store_true", help="also validate on the generated valid/ songs")
     args = p.parse_args()
     out = Path(args.out)
@@ -56,7 +58,8 @@ def main() -> None:
                 old.unlink()
     synth = songs(args.synth_root, "train")
     for d in synth:
-        link(d, out / "train" / d.name)
+        for k in range(args.synth_repeat):
+            link(d, out / "train" / (d.name + (f"-{k + 1}" if k else "")))
     synth_valid = songs(args.synth_root, "valid") if args.synth_valid else []
     for d in synth_valid:
         link(d, out / "valid" / d.name)
@@ -64,7 +67,7 @@ def main() -> None:
         for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):
                 link(d, out / split / (f"musdb-{d.name}" + (f"-{k + 1}" if k else "")))
-    print(f"{out}: train = {len(synth)} generated songs + {len(folders['train'])} MUSDB18 excerpts "
+    print(f"{out}: train = {len(synth)} generated songs x {args.synth_repeat} + {len(folders['train'])} MUSDB18 excerpts "
           f"x {args.musdb_repeat}, "
           f"valid = {len(folders['valid'])} MUSDB18 excerpts + {len(synth_valid)} generated songs")
 
