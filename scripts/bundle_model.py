@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Copy trained target models into the package as the bundled default model.
 
-    python scripts/bundle_model.py [--last [--average]] TRAIN_OUTPUT [DEST]
+    python scripts/bundle_model.py [--last [--average] | --best-of RUN ...] TRAIN_OUTPUT [DEST]
 
 Takes ``<target>.safetensors`` and ``<target>.json`` (the best-validation
 weights ``umx-train`` keeps) for vocals, drums, bass and other, writes
@@ -10,7 +10,11 @@ within the 40 MB the package allows for bundled weights. DEST is replaced as a
 whole, and only once the new folder has passed these checks. With ``--last`` the
 weights come from ``<target>.chkpnt`` instead: those of the last epoch trained,
 to start a further stage from; with ``--last --average``, the weight average of
-a run trained with ``--ema`` at its last epoch.
+a run trained with ``--ema`` at its last epoch. With ``--best-of RUN`` (any
+number of times) each target's best weights come from whichever of
+TRAIN_OUTPUT and the RUNs recorded the lowest validation loss; the runs must
+have validated on the same tracks (their ``valid/`` folders list the same
+names).
 """
 import argparse
 import shutil
@@ -33,10 +37,16 @@ def main() -> None:
     p.add_argument("dest", nargs="?", default="openunmix_like/models/default")
     p.add_argument("--last", action="store_true", help="weights of the last epoch (.chkpnt), not the best")
     p.add_argument("--average", action="store_true", help="with --last: the checkpoint's weight average (--ema)")
+    p.add_argument("--best-of", action="append", default=[], metavar="RUN",
+                   help="another umx-train --output folder validated on the same tracks; per target the run "
+                        "with the lowest validation loss is taken")
     args = p.parse_args()
     if args.average and not args.last:
         p.error("--average takes the last epoch's weight average: give --last too")
+    if args.best_of and args.last:
+        p.error("--best-of compares the best weights of runs: drop --last")
     src, dest = Path(args.train_output), Path(args.dest)
+    chosen = choose_runs([src, *map(Path, args.best_of)])
     settings = AudioSettings.from_json(read_target_json(src / "separator.json"))
     # Assembled and checked beside DEST, then swapped in: a failure leaves DEST as it was.
     work = dest.parent / f".{dest.name}.bundling"
@@ -44,7 +54,8 @@ def main() -> None:
     work.mkdir(parents=True)
     try:
         for target in TARGETS:  # separator.json lists the targets in this order
-            shutil.copyfile(src / f"{target}.json", work / f"{target}.json")
+            run = chosen[target]
+            shutil.copyfile(run / f"{target}.json", work / f"{target}.json")
             if args.last:
                 checkpoint = read_checkpoint(src / f"{target}.chkpnt")
                 if args.average and "average" not in checkpoint:
@@ -54,7 +65,7 @@ def main() -> None:
                 write_bytes_atomic(work / f"{target}.safetensors",
                                    save({k: v.contiguous() for k, v in state.items()}, metadata={"format": FORMAT}))
             else:
-                shutil.copyfile(src / f"{target}.safetensors", work / f"{target}.safetensors")
+                shutil.copyfile(run / f"{target}.safetensors", work / f"{target}.safetensors")
             update_separator_json(work, target, settings)
         size = sum(p.stat().st_size for p in work.glob("*.safetensors"))
         if size > LIMIT:
@@ -69,7 +80,36 @@ def main() -> None:
         dest.rename(old)
     work.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
-    print(f"bundled {', '.join(TARGETS)} into {dest} ({size / 2 ** 20:.1f} MB)")
+    sources = ", ".join(f"{t} ({chosen[t]})" for t in TARGETS) if args.best_of else ", ".join(TARGETS)
+    print(f"bundled {sources} into {dest} ({size / 2 ** 20:.1f} MB)")
+
+
+def choose_runs(runs: list) -> dict:
+    """Per target, the run whose recorded best validation loss is lowest (the first run on a tie)."""
+    if len(runs) == 1:
+        return {t: runs[0] for t in TARGETS}
+    tracks = [validation_tracks(run) for run in runs]
+    for run, names in zip(runs[1:], tracks[1:]):
+        if names != tracks[0]:
+            raise SystemExit(f"{run}: validated on other tracks than {runs[0]}; their losses do not compare")
+    settings = {AudioSettings.from_json(read_target_json(run / "separator.json")) for run in runs}
+    if len(settings) > 1:
+        raise SystemExit(f"{', '.join(map(str, runs))}: the runs have different audio settings")
+    chosen = {}
+    for target in TARGETS:
+        losses = [read_target_json(run / f"{target}.json").get("best_loss") for run in runs]
+        if any(loss is None for loss in losses):
+            raise SystemExit(f"{runs[losses.index(None)] / f'{target}.json'}: no best validation loss recorded")
+        chosen[target] = runs[losses.index(min(losses))]
+    return chosen
+
+
+def validation_tracks(run: Path) -> list:
+    """The names of the validation tracks a run's ``vocals.json`` says it used (its ``--root``'s ``valid/``)."""
+    args = read_target_json(run / "vocals.json").get("args", {})
+    if args.get("dataset") != "trackfolder_fix" or not args.get("root"):
+        raise SystemExit(f"{run}: --best-of compares trackfolder_fix runs; this one used {args.get('dataset')}")
+    return sorted(d.name for d in (Path(args["root"]) / "valid").iterdir())
 
 
 if __name__ == "__main__":
