@@ -24,6 +24,7 @@ from safetensors.torch import save
 
 from openunmix_like import Separator
 from openunmix_like.fileio import write_bytes_atomic
+from openunmix_like.errors import ModelError
 from openunmix_like.modeldir import FORMAT, AudioSettings, read_target_json, update_separator_json
 from openunmix_like.train import read_checkpoint
 
@@ -47,7 +48,6 @@ def main() -> None:
         p.error("--best-of compares the best weights of runs: drop --last")
     src, dest = Path(args.train_output), Path(args.dest)
     chosen = choose_runs([src, *map(Path, args.best_of)])
-    settings = AudioSettings.from_json(read_target_json(src / "separator.json"))
     # Assembled and checked beside DEST, then swapped in: a failure leaves DEST as it was.
     work = dest.parent / f".{dest.name}.bundling"
     shutil.rmtree(work, ignore_errors=True)
@@ -57,20 +57,24 @@ def main() -> None:
             run = chosen[target]
             shutil.copyfile(run / f"{target}.json", work / f"{target}.json")
             if args.last:
-                checkpoint = read_checkpoint(src / f"{target}.chkpnt")
+                checkpoint = read_checkpoint(run / f"{target}.chkpnt")
                 if args.average and "average" not in checkpoint:
-                    raise SystemExit(f"{src / f'{target}.chkpnt'}: no weight average (trained without --ema); "
+                    raise SystemExit(f"{run / f'{target}.chkpnt'}: no weight average (trained without --ema); "
                                      "drop --average")
                 state = checkpoint["average" if args.average else "state_dict"]
                 write_bytes_atomic(work / f"{target}.safetensors",
                                    save({k: v.contiguous() for k, v in state.items()}, metadata={"format": FORMAT}))
             else:
                 shutil.copyfile(run / f"{target}.safetensors", work / f"{target}.safetensors")
-            update_separator_json(work, target, settings)
+            # Refuses a target whose run used other audio settings than the targets before it.
+            update_separator_json(work, target, AudioSettings.from_json(read_target_json(run / "separator.json")))
         size = sum(p.stat().st_size for p in work.glob("*.safetensors"))
         if size > LIMIT:
             raise SystemExit(f"{src}: {size / 2 ** 20:.1f} MB of weights, over the 40 MB limit; {dest} left as it was")
         Separator.from_pretrained(str(work))
+    except ModelError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise SystemExit(f"cannot bundle these runs together ({dest} left as it was): {exc}") from exc
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -92,9 +96,6 @@ def choose_runs(runs: list) -> dict:
     for run, names in zip(runs[1:], tracks[1:]):
         if names != tracks[0]:
             raise SystemExit(f"{run}: validated on other tracks than {runs[0]}; their losses do not compare")
-    settings = {AudioSettings.from_json(read_target_json(run / "separator.json")) for run in runs}
-    if len(settings) > 1:
-        raise SystemExit(f"{', '.join(map(str, runs))}: the runs have different audio settings")
     chosen = {}
     for target in TARGETS:
         losses = [read_target_json(run / f"{target}.json").get("best_loss") for run in runs]

@@ -6,10 +6,9 @@
 ``OUT/train`` links every generated training song (``--synth-repeat`` times
 each) and, ``--musdb-repeat`` times each, the 80 training excerpts of the
 MUSDB18 7-second preview; by default real music is about half of what an epoch
-sees; ``OUT/valid`` holds the 14
-MUSDB18 validation excerpts, so validation loss and model selection follow
-real music, and with ``--synth-valid`` also the generated validation songs, so
-that they follow both. The MUSDB18 excerpts are the 16-bit wav stems that
+sees. ``OUT/valid`` holds the 14 MUSDB18 validation excerpts, so validation
+loss and model selection follow real music, and with ``--synth-valid`` also
+the generated validation songs, so that they follow both. The MUSDB18 excerpts are the 16-bit wav stems that
 ``umx-train --dataset musdb`` decodes once into the package cache; no audio is
 copied into OUT, and none into the repository.
 """
@@ -32,6 +31,11 @@ def musdb_folders(root: str) -> dict:
 def songs(synth_root: str, split: str) -> list:
     """The finished songs of one umx-synth split (half-written ones are hidden dot-folders)."""
     return sorted(d for d in (Path(synth_root) / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def copy_name(name: str, k: int) -> str:
+    """The name of the k-th link (from 0) to one track: ``name``, ``name-2``, ``name-3``, ..."""
+    return name + (f"-{k + 1}" if k else "")
 
 
 def link(target: Path, link_path: Path) -> None:
@@ -59,14 +63,14 @@ def main() -> None:
     synth = songs(args.synth_root, "train")
     for d in synth:
         for k in range(args.synth_repeat):
-            link(d, out / "train" / (d.name + (f"-{k + 1}" if k else "")))
+            link(d, out / "train" / copy_name(d.name, k))
     synth_valid = songs(args.synth_root, "valid") if args.synth_valid else []
     for d in synth_valid:
         link(d, out / "valid" / d.name)
     for split, tracks in folders.items():
         for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):
-                link(d, out / split / (f"musdb-{d.name}" + (f"-{k + 1}" if k else "")))
+                link(d, out / split / copy_name(f"musdb-{d.name}", k))
     print(f"{out}: train = {len(synth)} generated songs x {args.synth_repeat} + {len(folders['train'])} MUSDB18 excerpts "
           f"x {args.musdb_repeat}, "
           f"valid = {len(folders['valid'])} MUSDB18 excerpts + {len(synth_valid)} generated songs")
