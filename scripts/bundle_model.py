@@ -41,7 +41,8 @@ def main() -> None:
     p.add_argument("--best-of", action="append", default=[], metavar="RUN",
                    help="another umx-train --output folder validated on the same tracks; per target the run "
                         "with the lowest validation loss is taken")
-    args = p.parse_args()
+    # Intermixed: DEST may follow the options (`RUN --best-of OTHER DEST`), as the recipe writes it.
+    args = p.parse_intermixed_args()
     if args.average and not args.last:
         p.error("--average takes the last epoch's weight average: give --last too")
     if args.best_of and args.last:

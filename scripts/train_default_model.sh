@@ -26,9 +26,11 @@
 #    generated song twice and every MUSDB18 excerpt once (79 % generated), the
 #    same validation tracks, lr 3e-4 annealed to 0 over 36 epochs (cosine),
 #    --ema 0.99.
-# 8. Per target, the best-validation weights of stage 4 or stage 5 (whichever
-#    validation loss is lower; both validated on the same 19 tracks) are copied
-#    into the package: vocals, drums and bass from stage 5, other from stage 4.
+# 8. Stage 6: from stage 5's last weight average, on the same root, lr 6e-4
+#    annealed to 0 over 56 epochs (cosine), --ema 0.99.
+# 9. Per target, the best-validation weights of stage 4, 5 or 6 (whichever
+#    validation loss is lowest; all validated on the same 19 tracks) are copied
+#    into the package.
 # The stage lengths are those of the bundled model (training stopped and was
 # resumed across sessions; each stage resumes from its checkpoints).
 set -euo pipefail
@@ -82,5 +84,9 @@ finetune stage4 "$work/combined-sv" "$work/stage3-last" --epochs 36 "${stage4[@]
 python scripts/bundle_model.py --last --average "$work/stage4" "$work/stage4-last"
 finetune stage5 "$work/combined-synthx2" "$work/stage4-last" \
   --epochs 36 --lr 0.0003 --lr-scheduler cosine --patience 1000 --seed 45 --ema 0.99
+python scripts/bundle_model.py --last --average "$work/stage5" "$work/stage5-last"
+finetune stage6 "$work/combined-synthx2" "$work/stage5-last" \
+  --epochs 56 --lr 0.0006 --lr-scheduler cosine --patience 1000 --seed 46 --ema 0.99
 
-python scripts/bundle_model.py "$work/stage5" --best-of "$work/stage4" openunmix_like/models/default
+python scripts/bundle_model.py "$work/stage6" --best-of "$work/stage5" --best-of "$work/stage4" \
+  openunmix_like/models/default
