@@ -20,6 +20,8 @@ TARGETS = ("vocals", "drums", "bass", "other")
 
 def main() -> None:
     out, stages = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+    # tab20 pairs a dark and a light shade of one hue: ten stages before colours repeat.
+    colours = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.4), sharey=False)
     for ax, target in zip(axes, TARGETS):
         offset = 0
@@ -30,8 +32,8 @@ def main() -> None:
             meta = json.loads(path.read_text())
             train, valid = meta["train_loss_history"], meta["valid_loss_history"]
             epochs = range(offset + 1, offset + len(train) + 1)
-            ax.plot(epochs, train, color=f"C{2 * k}", lw=1, label=f"{stage.name} train")
-            ax.plot(epochs, valid, color=f"C{2 * k + 1}", lw=1.5, label=f"{stage.name} valid")
+            ax.plot(epochs, train, color=colours[(2 * k + 1) % 20], lw=1, label=f"{stage.name} train")
+            ax.plot(epochs, valid, color=colours[2 * k % 20], lw=1.5, label=f"{stage.name} valid")
             best = min(range(len(valid)), key=valid.__getitem__)
             ax.plot(offset + best + 1, valid[best], "k*", ms=8)
             if k:
