@@ -1,0 +1,57 @@
+"""scripts/bundle_model.py: per-target choice between runs, DEST placement, failures leave DEST alone."""
+import subprocess
+import sys
+from pathlib import Path
+
+from openunmix_like.modeldir import AudioSettings, save_target
+
+from conftest import make_models
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ("vocals", "drums", "bass", "other")
+
+
+def fake_run(folder: Path, root: Path, losses: dict, seed: int) -> Path:
+    """A umx-train output folder: tiny weights and, per target, the recorded best validation loss."""
+    for target, model in make_models(seed=seed).items():
+        extra = {"args": {"dataset": "trackfolder_fix", "root": str(root)}, "best_loss": losses[target]}
+        save_target(folder, target, model, AudioSettings(44100.0, 512, 128, 2), extra=extra)
+    return folder
+
+
+def valid_root(path: Path, names) -> Path:
+    for name in names:
+        (path / "valid" / name).mkdir(parents=True)
+    return path
+
+
+def bundle(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "bundle_model.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_best_of_takes_each_target_from_the_run_with_the_lower_loss_and_dest_may_follow(tmp_path):
+    root = valid_root(tmp_path / "root", ["a", "b"])
+    one = fake_run(tmp_path / "one", root, {"vocals": 1.0, "drums": 2.0, "bass": 3.0, "other": 4.0}, seed=1)
+    two = fake_run(tmp_path / "two", root, {"vocals": 2.0, "drums": 1.0, "bass": 3.5, "other": 3.9}, seed=2)
+    dest = tmp_path / "dest"
+    # DEST after the options, as scripts/train_default_model.sh writes it.
+    result = bundle(one, "--best-of", two, dest)
+    assert result.returncode == 0, result.stderr
+    expected = {"vocals": one, "drums": two, "bass": one, "other": two}
+    for target, run in expected.items():
+        assert (dest / f"{target}.safetensors").read_bytes() == (run / f"{target}.safetensors").read_bytes()
+    assert not list(tmp_path.glob(".dest.*"))
+
+
+def test_best_of_refuses_runs_validated_on_other_tracks_and_leaves_dest(tmp_path):
+    one = fake_run(tmp_path / "one", valid_root(tmp_path / "r1", ["a", "b"]), dict.fromkeys(TARGETS, 1.0), seed=1)
+    two = fake_run(tmp_path / "two", valid_root(tmp_path / "r2", ["a", "c"]), dict.fromkeys(TARGETS, 0.5), seed=2)
+    dest = tmp_path / "dest"
+    assert bundle(one, dest).returncode == 0
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    result = bundle(one, "--best-of", two, dest)
+    assert result.returncode != 0
+    assert "validated on other tracks" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
