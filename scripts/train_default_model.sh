@@ -30,7 +30,7 @@
 #    annealed to 0 over 56 epochs (cosine), --ema 0.99.
 # 9. Per target, the best-validation weights of stage 4, 5 or 6 (whichever
 #    validation loss is lowest; all validated on the same 19 tracks) are copied
-#    into the package.
+#    into the package: vocals, drums and bass from stage 6, other from stage 4.
 # The stage lengths are those of the bundled model (training stopped and was
 # resumed across sessions; each stage resumes from its checkpoints).
 set -euo pipefail
