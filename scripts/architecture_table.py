@@ -73,7 +73,8 @@ def main() -> None:
         records = target_records(folder)
         sdr = sdr_medians(work / "eval" / folder.name)
         speed = separation_seconds_per_minute(separator, audio, rate) if args.speed else None
-        average = sum(sdr[t] for t in MUSDB_TARGETS) / len(MUSDB_TARGETS) if all(t in sdr for t in MUSDB_TARGETS) else None
+        complete = all(t in sdr for t in MUSDB_TARGETS)
+        average = sum(sdr[t] for t in MUSDB_TARGETS) / len(MUSDB_TARGETS) if complete else None
         cells = [folder.name, "/".join(f"{n:,}" for n in sorted(params)), fmt(training_minutes(records), 1),
                  steps_trained(records),
                  *(fmt(sdr.get(t)) for t in MUSDB_TARGETS), fmt(average), fmt(speed, 1)]

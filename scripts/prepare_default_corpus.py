@@ -71,7 +71,8 @@ def main() -> None:
         for d in tracks:
             for k in range(args.musdb_repeat if split == "train" else 1):
                 link(d, out / split / copy_name(f"musdb-{d.name}", k))
-    print(f"{out}: train = {len(synth)} generated songs x {args.synth_repeat} + {len(folders['train'])} MUSDB18 excerpts "
+    print(f"{out}: train = {len(synth)} generated songs x {args.synth_repeat} + "
+          f"{len(folders['train'])} MUSDB18 excerpts "
           f"x {args.musdb_repeat}, "
           f"valid = {len(folders['valid'])} MUSDB18 excerpts + {len(synth_valid)} generated songs")
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.train import TrainConfig, WeightAverage, build_datasets, build_model, make_context, run, step
 from test_data import track_folders
 
@@ -154,8 +155,14 @@ def test_ema_can_start_when_resuming_a_run_that_did_not_average(tmp_path, caplog
     trained = weights(tmp_path / "m")
     key = "fc1.weight"  # one step at decay 0.9: a tenth of the way from the old weights to the new
     assert torch.allclose(average[key], 0.9 * raw[key] + 0.1 * trained[key], atol=1e-6)
-    with pytest.raises(Exception, match="--ema"):
-        run(config(tmp_path, root, "n", epochs=1, ema=1.0))
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
+def test_an_ema_decay_outside_zero_to_one_is_refused_before_training(tmp_path, decay):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    with pytest.raises(OpenUnmixLikeError, match=r"--ema .*give a decay in \[0, 1\)"):
+        run(config(tmp_path, root, "n", epochs=1, ema=decay))
+    assert not (tmp_path / "n" / "vocals.chkpnt").exists()
 
 
 DDP_NAN_SCRIPT = r"""
@@ -197,4 +204,5 @@ def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_batch(tmp_path):
         for p in procs:
             p.kill()
     for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and "skipped together" in out, f"rank {rank}: exit {p.returncode}, {out!r}, {err[-3000:]}"
+        assert p.returncode == 0 and "skipped together" in out, \
+            f"rank {rank}: exit {p.returncode}, {out!r}, {err[-3000:]}"
