@@ -8,9 +8,9 @@ each) and, ``--musdb-repeat`` times each, the 80 training excerpts of the
 MUSDB18 7-second preview; by default real music is about half of what an epoch
 sees. ``OUT/valid`` holds the 14 MUSDB18 validation excerpts, so validation
 loss and model selection follow real music, and with ``--synth-valid`` also
-the generated validation songs, so that they follow both. The MUSDB18 excerpts are the 16-bit wav stems that
-``umx-train --dataset musdb`` decodes once into the package cache; no audio is
-copied into OUT, and none into the repository.
+the generated validation songs, so that they follow both. The MUSDB18 excerpts
+are the 16-bit wav stems that ``umx-train --dataset musdb`` decodes once into
+the package cache; no audio is copied into OUT, and none into the repository.
 """
 from __future__ import annotations
 
@@ -72,8 +72,7 @@ def main() -> None:
             for k in range(args.musdb_repeat if split == "train" else 1):
                 link(d, out / split / copy_name(f"musdb-{d.name}", k))
     print(f"{out}: train = {len(synth)} generated songs x {args.synth_repeat} + "
-          f"{len(folders['train'])} MUSDB18 excerpts "
-          f"x {args.musdb_repeat}, "
+          f"{len(folders['train'])} MUSDB18 excerpts x {args.musdb_repeat}, "
           f"valid = {len(folders['valid'])} MUSDB18 excerpts + {len(synth_valid)} generated songs")
 
 
