@@ -740,6 +740,7 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
                 log.info("%s holds no weight average: --ema starts from its weights", path)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
+    retarget_cosine(ctx, path)
     ctx.history = History(**state["history"])
     if "progress" not in state:
         return int(state["epoch"]) + 1, None
@@ -747,6 +748,25 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
     if world()[0] != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
         progress.total, progress.count = 0.0, 0
     return int(state["epoch"]), progress
+
+
+def retarget_cosine(ctx: Context, path: Path) -> None:
+    """A cosine run resumed with another ``--epochs`` anneals from its current learning rate to 0 at
+    the new last epoch (the restored schedule would otherwise end at the old one)."""
+    scheduler = ctx.scheduler
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return
+    epochs = max(ctx.cfg.epochs, 1)
+    if scheduler.T_max == epochs:
+        return
+    if scheduler.last_epoch >= epochs:
+        raise OpenUnmixLikeError(f"{path}: the run has already trained {scheduler.last_epoch} epochs; "
+                                 f"resume with --epochs above that")
+    if world()[0] == 0:
+        log.info("%s: cosine schedule re-targeted from %d to %d epochs", path, scheduler.T_max, epochs)
+    # PyTorch's recursive form telescopes from the current rate, so the rest of the curve is
+    # lr_now * (1 + cos(pi * e / epochs)) / (1 + cos(pi * e_now / epochs)), which is 0 at e = epochs.
+    scheduler.T_max = epochs
 
 
 # ---------------------------------------------------------------- driver

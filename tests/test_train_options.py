@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from openunmix_like import train
 from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.train import TrainConfig, WeightAverage, build_datasets, build_model, make_context, run, step
 from test_data import track_folders
@@ -57,6 +58,21 @@ def test_cosine_schedule_anneals_to_zero(tmp_path):
     assert history.lr == pytest.approx(expected, abs=1e-12)
     with pytest.raises(Exception, match="different model|--lr-scheduler"):
         run(config(tmp_path, root, "m", epochs=5, lr_scheduler="plateau", resume="auto"))
+
+
+def test_a_cosine_run_resumed_with_other_epochs_anneals_to_zero_at_the_new_end(tmp_path, monkeypatch):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    # A run started with --epochs 8 and stopped after its second epoch.
+    with monkeypatch.context() as m:
+        m.setattr(train, "make_scheduler", lambda cfg, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8))
+        run(config(tmp_path, root, "m", epochs=2, lr=0.01, lr_scheduler="cosine"))
+    history = run(config(tmp_path, root, "m", epochs=4, lr=0.01, lr_scheduler="cosine", resume="auto"))
+    start = [0.01 * (1 + math.cos(math.pi * e / 8)) / 2 for e in (1, 2)]
+    rest = [start[1] * (1 + math.cos(math.pi * e / 4)) / (1 + math.cos(math.pi * 2 / 4)) for e in (3, 4)]
+    assert history.lr == pytest.approx(start + rest, abs=1e-12)
+    assert history.lr[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(OpenUnmixLikeError, match="already trained 4 epochs; resume with --epochs above"):
+        run(config(tmp_path, root, "m", epochs=3, lr=0.01, lr_scheduler="cosine", resume="auto"))
 
 
 def test_clip_grad_bounds_the_gradient_norm(tmp_path):

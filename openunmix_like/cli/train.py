@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{name}", type=kind, default=default, help=f"{text} (default {default})")
     g.add_argument("--lr-scheduler", choices=SCHEDULERS, default=DEFAULTS.lr_scheduler,
                    help="plateau: decay after --lr-decay-patience epochs without improvement; cosine: anneal "
-                        "to 0 over --epochs (default plateau)")
+                        "to 0 over --epochs; resumed with another --epochs, it anneals to 0 at the new end "
+                        "(default plateau)")
     g.add_argument("--clip-grad", type=float, default=DEFAULTS.clip_grad,
                    help="clip the gradient norm to this value (default 0: no clipping)")
     g.add_argument("--ema", type=float, default=DEFAULTS.ema, metavar="DECAY",
