@@ -12,9 +12,9 @@ weights come from ``<target>.chkpnt`` instead: those of the last epoch trained,
 to start a further stage from; with ``--last --average``, the weight average of
 a run trained with ``--ema`` at its last epoch. With ``--best-of RUN`` (any
 number of times) each target's best weights come from whichever of
-TRAIN_OUTPUT and the RUNs recorded the lowest validation loss; the runs must
-have validated on the same tracks (their ``valid/`` folders list the same
-names).
+TRAIN_OUTPUT and the RUNs recorded the lowest validation loss (a run without
+that target is passed over); the runs must have validated on the same tracks
+(their ``valid/`` folders list the same names).
 """
 import argparse
 import shutil
@@ -99,16 +99,22 @@ def choose_runs(runs: list) -> dict:
             raise SystemExit(f"{run}: validated on other tracks than {runs[0]}; their losses do not compare")
     chosen = {}
     for target in TARGETS:
-        losses = [read_target_json(run / f"{target}.json").get("best_loss") for run in runs]
+        # A run that did not train this target (a stage that left it out) is not a candidate for it.
+        holding = [run for run in runs if (run / f"{target}.json").exists()]
+        if not holding:
+            raise SystemExit(f"{runs[0]}: no {target} model in it or in the --best-of runs; train {target} first")
+        losses = [read_target_json(run / f"{target}.json").get("best_loss") for run in holding]
         if any(loss is None for loss in losses):
-            raise SystemExit(f"{runs[losses.index(None)] / f'{target}.json'}: no best validation loss recorded")
-        chosen[target] = runs[losses.index(min(losses))]
+            raise SystemExit(f"{holding[losses.index(None)] / f'{target}.json'}: no best validation loss recorded")
+        chosen[target] = holding[losses.index(min(losses))]
     return chosen
 
 
 def validation_tracks(run: Path) -> list:
-    """The names of the validation tracks a run's ``vocals.json`` says it used (its ``--root``'s ``valid/``)."""
-    args = read_target_json(run / "vocals.json").get("args", {})
+    """The names of the validation tracks the run's first target JSON says it used (its ``--root``'s
+    ``valid/``)."""
+    first = next((run / f"{t}.json" for t in TARGETS if (run / f"{t}.json").exists()), run / "vocals.json")
+    args = read_target_json(first).get("args", {})
     if args.get("dataset") != "trackfolder_fix" or not args.get("root"):
         raise SystemExit(f"{run}: --best-of compares trackfolder_fix runs; this one used {args.get('dataset')}")
     return sorted(d.name for d in (Path(args["root"]) / "valid").iterdir())

@@ -55,3 +55,22 @@ def test_best_of_refuses_runs_validated_on_other_tracks_and_leaves_dest(tmp_path
     assert "validated on other tracks" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_best_of_passes_over_a_run_without_a_target(tmp_path):
+    root = valid_root(tmp_path / "root", ["a", "b"])
+    one = fake_run(tmp_path / "one", root, {"vocals": 1.0, "drums": 2.0, "bass": 3.0, "other": 4.0}, seed=1)
+    two = fake_run(tmp_path / "two", root, dict.fromkeys(TARGETS, 0.5), seed=2)
+    for name in ("other.json", "other.safetensors"):  # a stage that trained vocals, drums and bass only
+        (two / name).unlink()
+    dest = tmp_path / "dest"
+    result = bundle(two, "--best-of", one, dest)
+    assert result.returncode == 0, result.stderr
+    expected = {"vocals": two, "drums": two, "bass": two, "other": one}
+    for target, run in expected.items():
+        assert (dest / f"{target}.safetensors").read_bytes() == (run / f"{target}.safetensors").read_bytes()
+    for name in ("other.json", "other.safetensors"):
+        (one / name).unlink()
+    result = bundle(two, "--best-of", one, tmp_path / "dest2")
+    assert result.returncode != 0 and "no other model in it or in the --best-of runs" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dest2").exists()
