@@ -38,7 +38,7 @@
 #    4.520, so it was stopped to give its core time to the other three.)
 # 10. Per target, the best-validation weights of stage 4, 5, 6 or 7 (whichever
 #    validation loss is lowest; all validated on the same 19 tracks) are copied
-#    into the package: STAGES_OF_THE_BUNDLE.
+#    into the package: vocals, drums and bass from stage 7, other from stage 4.
 # The stage lengths are those of the bundled model (training stopped and was
 # resumed across sessions; each stage resumes from its checkpoints).
 set -euo pipefail
