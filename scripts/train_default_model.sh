@@ -40,10 +40,12 @@
 #    5, 6 or 7 (whichever validation loss is lowest; all validated on the same
 #    19 tracks): vocals, drums and bass from stage 7, other from stage 4.
 # 11. Stage 8, from the stage-7 bundle: vocals, drums and bass on the same root
-#    at lr 8e-4 annealed to 0 over 40 epochs (cosine); other on the root with
+#    at lr 8e-4 annealed to 0 over 36 epochs (cosine); other on the root with
 #    real music half of each epoch (combined-sv, as in stages 3 and 4) at lr
-#    4e-4 over 44 epochs; --ema 0.99. (The bundled run was started with
-#    --epochs 60 for all four and resumed after epoch 3 with these lengths.)
+#    4e-4 over 42 epochs; --ema 0.99. (The bundled run was started with
+#    --epochs 60 for all four, resumed after epoch 3 with 40 (other 44) and
+#    after epoch 13 (other 15) with these lengths; other was stopped after
+#    epoch 35, and its bundled weights are those of epoch 22.)
 # 12. Per target, the best-validation weights of stage 8 or the stage-7 bundle
 #    are copied into the package.
 # The stage lengths are those of the bundled model (training stopped and was
@@ -110,9 +112,9 @@ only="vocals drums bass" finetune stage7 "$work/combined-synthx2" "$work/stage6-
 python scripts/bundle_model.py "$work/stage7" --best-of "$work/stage6" --best-of "$work/stage5" \
   --best-of "$work/stage4" "$work/stage7-best"
 only="vocals drums bass" finetune stage8 "$work/combined-synthx2" "$work/stage7-best" \
-  --epochs 40 --lr 0.0008 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
+  --epochs 36 --lr 0.0008 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
 only=other finetune stage8 "$work/combined-sv" "$work/stage7-best" \
-  --epochs 44 --lr 0.0004 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
+  --epochs 42 --lr 0.0004 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
 wait
 
 python scripts/bundle_model.py "$work/stage8" --best-of "$work/stage7-best" openunmix_like/models/default

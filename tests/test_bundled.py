@@ -53,8 +53,8 @@ def test_bundled_model_beats_the_mixture_on_a_generated_song(offline, tmp_path):
     track = tmp_path / "test" / "synth-test-0000"
     demo = Path(__file__).resolve().parents[1] / "examples" / "synth-demo.flac"
     mixture, rate = sf.read(track / "mixture.wav", dtype="float32", always_2d=True)
-    # The README's demo clip: the same song, up to one 16-bit step (floating-point rounding in other
-    # library versions flips the last bit of a few samples: 1458 of 441000 on a fresh machine).
+    # The README's demo clip: the same song, up to one 16-bit step (made again on a freshly set-up
+    # machine, 1458 of 441000 samples differed in the last bit).
     assert np.abs(sf.read(demo, dtype="float32", always_2d=True)[0] - mixture).max() <= 1.0 / 32768
     stems = separate(torch.from_numpy(mixture.T), rate, model=Separator.from_pretrained())
     for target in ("vocals", "drums", "bass", "other"):
