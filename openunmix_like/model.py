@@ -7,6 +7,7 @@ back from a state dict (:func:`config_from_state_dict`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Mapping, Optional
 
@@ -162,6 +163,78 @@ class OpenUnmix(nn.Module):
         else:
             x = torch.relu(x * self.output_scale + self.output_mean) * mix
         return x.permute(1, 2, 3, 0)
+
+
+def widen(model: OpenUnmix, hidden_size: int, generator: Optional[torch.Generator] = None) -> OpenUnmix:
+    """A copy of ``model`` with a wider bottleneck and LSTM that computes the same output at first.
+
+    Every unit of ``model`` keeps its weights and reads no new unit (the weights
+    from new units into old ones are zero), so in eval mode the copy's output
+    equals the model's; the new units start with random input weights, like a
+    fresh layer's, and batch norm at its identity, and training then puts them
+    to use. For fine-tuning a trained model at a larger width (``umx-train
+    --model M --hidden-size N``).
+
+    Raises:
+        ValueError: ``hidden_size`` below the model's, or odd for a bidirectional model.
+    """
+    cfg = model.config
+    if hidden_size < cfg.hidden_size:
+        raise ValueError(f"cannot narrow a hidden-{cfg.hidden_size} model to {hidden_size}; widening only")
+    if not cfg.unidirectional and hidden_size % 2:
+        raise ValueError(f"hidden size {hidden_size}: a bidirectional model needs an even width")
+    wide = OpenUnmix.from_config(dataclasses.replace(cfg, hidden_size=hidden_size))
+    old, new = model.state_dict(), wide.state_dict()
+    h0, h1 = cfg.hidden_size, hidden_size
+    directions = 1 if cfg.unidirectional else 2
+    u0, u1 = h0 // directions, h1 // directions  # LSTM units per direction
+    # Positions of the old units inside the wider vectors they belong to.
+    bottleneck = torch.arange(h0)
+    lstm_out = torch.cat([torch.arange(u0) + d * u1 for d in range(directions)])
+    gates = torch.cat([torch.arange(u0) + g * u1 for g in range(4)])
+    fc2_in = torch.cat([bottleneck, h1 + lstm_out])
+
+    def fresh(shape, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+    out = {}
+    for name, value in new.items():
+        before = old[name]
+        if name in ("fc1.weight", "fc2.weight"):
+            rows = bottleneck
+            cols = torch.arange(before.shape[1]) if name == "fc1.weight" else fc2_in
+            t = fresh(value.shape, value.shape[1])  # new rows: random inputs
+            t[:h0] = 0.0
+            t[rows[:, None], cols[None, :]] = before
+        elif name == "fc3.weight":
+            t = torch.zeros_like(value)
+            t[:, :h0] = before
+        elif name.startswith(("bn1.", "bn2.")):
+            t = value.clone()  # identity for new units: weight 1, bias 0, mean 0, variance 1
+            if before.dim():
+                t[:h0] = before
+            else:
+                t = before.clone()
+        elif name.startswith("lstm."):
+            layer = int(re.search(r"_l(\d+)", name).group(1))
+            if name.startswith("lstm.weight_ih"):
+                cols = bottleneck if layer == 0 else lstm_out
+                t = fresh(value.shape, u1)
+                t[gates] = 0.0
+                t[gates[:, None], cols[None, :]] = before
+            elif name.startswith("lstm.weight_hh"):
+                t = fresh(value.shape, u1)
+                t[gates] = 0.0
+                t[gates[:, None], torch.arange(u0)[None, :]] = before
+            else:  # biases
+                t = fresh(value.shape, u1)
+                t[gates] = before
+        else:  # bn3, input and output scaling: unchanged shapes
+            t = before.clone()
+        out[name] = t.to(value.dtype)
+    wide.load_state_dict(out)
+    return wide.train(model.training)
 
 
 def strip_legacy_keys(state: Mapping[str, Tensor]) -> dict:

@@ -40,7 +40,7 @@ from .augment import BatchCompose, Compose, split_names
 from .errors import ModelError, OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .losses import Objective, parse_loss
-from .model import bandwidth_to_max_bin
+from .model import bandwidth_to_max_bin, widen
 from .modeldir import AudioSettings, save_metadata, save_target
 from .transforms import STFT, ComplexNorm
 
@@ -101,7 +101,8 @@ class TrainConfig:
     loss: Optional[str] = None  # None: the architecture's default (mse for umx)
     preset: Optional[str] = None  # recorded only; the preset's values are in the fields
     unidirectional: bool = False
-    hidden_size: Optional[int] = None  # None: the architecture's default (512 for umx)
+    hidden_size: Optional[int] = None  # None: the architecture's default (512 for umx); with --model: widen to it
+    lstm_dropout: Optional[float] = None  # umx: dropout between LSTM layers (None: the model's, 0.4)
     nfft: int = 4096
     nhop: int = 1024
     bandwidth: float = 16000
@@ -251,7 +252,8 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
     settings) to what the model uses, so the recorded ``args`` are complete.
     """
     if cfg.model:
-        return load_pretrained(cfg, device)
+        model, settings = load_pretrained(cfg, device)
+        return set_lstm_dropout(cfg, model), settings
     arch = architectures.get(cfg.arch)
     settings = AudioSettings(float(cfg.sample_rate), cfg.nfft, cfg.nhop, cfg.nb_channels)
     torch.manual_seed(cfg.seed)
@@ -260,7 +262,16 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
     if arch.input_stats:
         mean, std = broadcast_from_rank0(lambda: input_statistics(train_set, cfg.nfft, cfg.nhop), cfg.nfft // 2 + 1)
         model.set_input_stats(mean, std)
-    return model.to(device), settings
+    return set_lstm_dropout(cfg, model).to(device), settings
+
+
+def set_lstm_dropout(cfg: TrainConfig, model: nn.Module) -> nn.Module:
+    """Apply ``--lstm-dropout`` (a training setting: it is not part of the saved model)."""
+    if cfg.lstm_dropout is not None:
+        if not isinstance(getattr(model, "lstm", None), nn.LSTM):
+            raise ModelError(f"--lstm-dropout: the {cfg.arch!r} model has no LSTM; drop the option")
+        model.lstm.dropout = float(cfg.lstm_dropout)
+    return model
 
 
 def model_args(cfg: TrainConfig, arch: architectures.Architecture) -> dict:
@@ -292,6 +303,16 @@ def load_pretrained(cfg: TrainConfig, device: torch.device) -> Tuple[nn.Module, 
         raise ModelError(f"--model {cfg.model}: its {cfg.target!r} model is a {name!r} model; fine-tuning keeps "
                          "the architecture and its arguments, drop --arch and --arch-args")
     cfg.arch = name
+    if cfg.hidden_size and cfg.hidden_size != model.config.hidden_size:
+        if name != "umx":
+            raise ModelError(f"--model {cfg.model}: --hidden-size widens umx models only; its {cfg.target!r} model "
+                             f"is a {name!r} model, drop --hidden-size")
+        try:
+            model = widen(model, cfg.hidden_size, torch.Generator().manual_seed(cfg.seed))
+        except ValueError as exc:
+            raise ModelError(f"--model {cfg.model} --hidden-size {cfg.hidden_size}: {exc}") from exc
+        if world()[0] == 0 and not cfg.quiet:
+            log.info("widened the %s model to hidden size %d (same output at first)", cfg.target, cfg.hidden_size)
     cfg.nfft, cfg.nhop, cfg.hidden_size = settings.n_fft, settings.n_hop, model.config.hidden_size
     if cfg.arch == "umx":
         cfg.unidirectional = model.config.unidirectional
@@ -821,6 +842,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0:
         raise OpenUnmixLikeError("--clip-grad, --ckpt-every and --max-minutes must not be negative")
+    if cfg.lstm_dropout is not None and not 0.0 <= cfg.lstm_dropout < 1.0:
+        raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
     if not 0.0 <= cfg.ema < 1.0:
         raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
     if not cfg.model:

@@ -1,10 +1,11 @@
+import dataclasses
 import io
 
 import pytest
 import torch
 
 from openunmix_like.errors import ModelError
-from openunmix_like.model import OpenUnmix, bandwidth_to_max_bin, config_from_state_dict
+from openunmix_like.model import OpenUnmix, bandwidth_to_max_bin, config_from_state_dict, widen
 from openunmix_like.modeldir import load_model_dir
 from openunmix_like.pretrained import known_files, pretrained_table
 
@@ -155,3 +156,31 @@ def test_inference_forward_leaves_input_untouched_and_equals_training_path():
         no_grad = model(x)
     assert torch.equal(x, before)
     assert torch.allclose(with_grad, no_grad)
+
+
+@pytest.mark.parametrize("unidirectional", [False, True])
+def test_a_widened_model_computes_the_same_output_and_its_new_units_learn(unidirectional):
+    torch.manual_seed(0)
+    model = OpenUnmix(nb_bins=65, nb_channels=2, hidden_size=8, max_bin=40, unidirectional=unidirectional)
+    with torch.no_grad():  # trained-looking batch norm statistics and non-trivial weights
+        for _ in range(3):
+            model(torch.rand(3, 2, 65, 20))
+        model.output_mean.fill_(0.3)
+    model.eval()
+    wide = widen(model, 16, torch.Generator().manual_seed(1)).eval()
+    assert wide.config == dataclasses.replace(model.config, hidden_size=16)
+    x = torch.rand(2, 2, 65, 30)
+    assert torch.allclose(wide(x), model(x), atol=1e-6)
+    # The new units are not dead: one gradient step changes the output, and their input weights move.
+    wide.train()
+    wide(x).square().mean().backward()
+    assert wide.fc3.weight.grad[:, 8:].abs().sum() > 0
+    assert wide.lstm.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_widening_refuses_a_narrower_or_odd_width():
+    model = OpenUnmix(nb_bins=65, hidden_size=8, max_bin=40)
+    with pytest.raises(ValueError, match="narrow"):
+        widen(model, 4)
+    with pytest.raises(ValueError, match="even"):
+        widen(model, 11)

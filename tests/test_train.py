@@ -166,6 +166,25 @@ def test_fine_tune_from_a_model_folder(tmp_path):
     assert record["model_args"]["hidden_size"] == 8  # taken from the pretrained model, not the default 512
 
 
+def test_fine_tuning_with_a_larger_hidden_size_widens_the_model(tmp_path, capsys):
+    root = track_folders(tmp_path / "data")
+    base = tmp_path / "base"
+    args = ["--dataset", "trackfolder_fix", "--root", str(root), "--target-file", "vocals.wav",
+            "--interferer-files", "drums.wav", "--sample-rate", "22050", "--batch-size", "2", "--seq-dur", "0.5",
+            "--nfft", "512", "--nhop", "128", "--quiet"]
+    assert train_main([*args, "--output", str(base), "--epochs", "1", "--hidden-size", "8"]) == 0
+    wide = tmp_path / "wide"
+    assert train_main([*args, "--output", str(wide), "--epochs", "1", "--model", str(base), "--hidden-size", "12",
+                       "--lstm-dropout", "0.1"]) == 0
+    record = json.loads((wide / "vocals.json").read_text())
+    assert record["model_args"]["hidden_size"] == 12 and record["args"]["lstm_dropout"] == 0.1
+    assert Separator.from_pretrained(wide).target_models["vocals"].hidden_size == 12
+    assert train_main([*args, "--output", str(tmp_path / "narrow"), "--epochs", "1", "--model", str(base),
+                       "--hidden-size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot narrow a hidden-8 model to 4" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_configuration_is_one_line(tmp_path, capsys):
     assert train("--dataset", "trackfolder_fix", "--root", tmp_path, "--output", tmp_path / "o") == 1
     err = capsys.readouterr().err

@@ -222,3 +222,16 @@ def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_batch(tmp_path):
     for rank, (p, (out, err)) in enumerate(zip(procs, outs)):
         assert p.returncode == 0 and "skipped together" in out, \
             f"rank {rank}: exit {p.returncode}, {out!r}, {err[-3000:]}"
+
+
+def test_lstm_dropout_is_set_on_the_model_and_checked(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    cfg = config(tmp_path, root, "m", lstm_dropout=0.05)
+    model, _ = build_model(cfg, build_datasets(cfg)[0], torch.device("cpu"))
+    assert model.lstm.dropout == 0.05
+    default, _ = build_model(config(tmp_path, root, "d"), build_datasets(cfg)[0], torch.device("cpu"))
+    assert default.lstm.dropout == 0.4
+    with pytest.raises(OpenUnmixLikeError, match="--lstm-dropout 1.0"):
+        run(config(tmp_path, root, "bad", lstm_dropout=1.0))
+    with pytest.raises(Exception, match="no LSTM"):
+        run(config(tmp_path, root, "unet", arch="unet2d", lstm_dropout=0.1, epochs=1))

@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see docs/architectures.md)")
     g.add_argument("--hidden-size", type=int, default=None,
                    help="width: umx bottleneck (default 512), first-layer channels of unet2d (16), unet1d (32) "
-                        "and tfattn (32)")
+                        "and tfattn (32); with --model, a larger width widens the umx model, which computes the "
+                        "same output at first")
+    g.add_argument("--lstm-dropout", type=float, default=None,
+                   help="umx: dropout between the LSTM layers while training (default: the model's, 0.4)")
     g.add_argument("--unidirectional", action="store_true", help="umx: causal LSTM (real-time use)")
     for name, kind, text in [
         ("nfft", int, "STFT length"), ("nhop", int, "STFT hop"),
