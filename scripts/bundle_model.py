@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Copy trained target models into the package as the bundled default model.
 
-    python scripts/bundle_model.py [--last [--average] | --best-of RUN ...] TRAIN_OUTPUT [DEST]
+    python scripts/bundle_model.py [--last [--average] | --best-of RUN ...] [--half] TRAIN_OUTPUT [DEST]
 
 Takes ``<target>.safetensors`` and ``<target>.json`` (the best-validation
 weights ``umx-train`` keeps) for vocals, drums, bass and other, writes
@@ -14,18 +14,24 @@ a run trained with ``--ema`` at its last epoch. With ``--best-of RUN`` (any
 number of times) each target's best weights come from whichever of
 TRAIN_OUTPUT and the RUNs recorded the lowest validation loss (a run without
 that target is passed over); the runs must have validated on the same tracks
-(their ``valid/`` folders list the same names).
+(their ``valid/`` folders list the same names). With ``--half`` the weights are
+stored as float16 (half the size; they are loaded back into float32 models, and
+the script checks that the bundle then separates a test signal as the float32
+weights do, within -60 dB).
 """
 import argparse
+import copy
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import save
 
 from openunmix_like import Separator
 from openunmix_like.fileio import write_bytes_atomic
 from openunmix_like.errors import ModelError
-from openunmix_like.modeldir import FORMAT, AudioSettings, read_target_json, update_separator_json
+from openunmix_like.modeldir import (FORMAT, AudioSettings, read_state_dict, read_target_json,
+                                     update_separator_json)
 from openunmix_like.train import read_checkpoint
 
 TARGETS = ("vocals", "drums", "bass", "other")
@@ -41,6 +47,7 @@ def main() -> None:
     p.add_argument("--best-of", action="append", default=[], metavar="RUN",
                    help="another umx-train --output folder validated on the same tracks; per target the run "
                         "with the lowest validation loss is taken")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     # Intermixed: DEST may follow the options (`RUN --best-of OTHER DEST`), as the recipe writes it.
     args = p.parse_intermixed_args()
     if args.average and not args.last:
@@ -53,6 +60,7 @@ def main() -> None:
     work = dest.parent / f".{dest.name}.bundling"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    full_states = {}  # with --half: the float32 weights, to compare the bundle with
     try:
         for target in TARGETS:  # separator.json lists the targets in this order
             run = chosen[target]
@@ -62,17 +70,24 @@ def main() -> None:
                 if args.average and "average" not in checkpoint:
                     raise SystemExit(f"{run / f'{target}.chkpnt'}: no weight average (trained without --ema); "
                                      "drop --average")
-                state = checkpoint["average" if args.average else "state_dict"]
-                write_bytes_atomic(work / f"{target}.safetensors",
-                                   save({k: v.contiguous() for k, v in state.items()}, metadata={"format": FORMAT}))
+                state = {k: v.contiguous() for k, v in checkpoint["average" if args.average else "state_dict"].items()}
+            elif args.half:
+                state = read_state_dict(run / f"{target}.safetensors")
             else:
                 shutil.copyfile(run / f"{target}.safetensors", work / f"{target}.safetensors")
+            if args.half:
+                full_states[target] = state
+                state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+            if args.last or args.half:
+                write_bytes_atomic(work / f"{target}.safetensors", save(state, metadata={"format": FORMAT}))
             # Refuses a target whose run used other audio settings than the targets before it.
             update_separator_json(work, target, AudioSettings.from_json(read_target_json(run / "separator.json")))
         size = sum(p.stat().st_size for p in work.glob("*.safetensors"))
         if size > LIMIT:
             raise SystemExit(f"{src}: {size / 2 ** 20:.1f} MB of weights, over the 40 MB limit; {dest} left as it was")
-        Separator.from_pretrained(str(work))
+        separator = Separator.from_pretrained(str(work))
+        if args.half:
+            check_half(separator, full_states, work)
     except ModelError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise SystemExit(f"cannot bundle these runs together ({dest} left as it was): {exc}") from exc
@@ -87,6 +102,21 @@ def main() -> None:
     shutil.rmtree(old, ignore_errors=True)
     sources = ", ".join(f"{t} ({chosen[t]})" for t in TARGETS) if args.best_of else ", ".join(TARGETS)
     print(f"bundled {sources} into {dest} ({size / 2 ** 20:.1f} MB)")
+
+
+def check_half(half: Separator, states: dict, work: Path) -> None:
+    """Refuse a float16 bundle whose output differs from that of the float32 weights (``states``, per
+    target) by more than -60 dB."""
+    full = copy.deepcopy(half)
+    for target, model in full.target_models.items():
+        model.load_state_dict(states[target])
+    audio = torch.randn(1, half.nb_channels, int(half.sample_rate * 4), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = half.eval()(audio * 0.1), full(audio * 0.1)
+    error = 10 * torch.log10((a - b).square().sum() / b.square().sum().clamp_min(1e-20))
+    if not error <= -60:  # NaN too (float16 overflow)
+        raise SystemExit(f"{work}: float16 weights change the output by {error:.1f} dB (limit -60 dB); "
+                         "bundle without --half")
 
 
 def choose_runs(runs: list) -> dict:

@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from openunmix_like import Separator
 from openunmix_like.modeldir import AudioSettings, save_target
 
 from conftest import make_models
@@ -74,3 +78,28 @@ def test_best_of_passes_over_a_run_without_a_target(tmp_path):
     result = bundle(two, "--best-of", one, tmp_path / "dest2")
     assert result.returncode != 0 and "no other model in it or in the --best-of runs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dest2").exists()
+
+
+def test_half_stores_float16_weights_that_load_and_separate_like_the_float32_ones(tmp_path):
+    root = valid_root(tmp_path / "root", ["a"])
+    one = fake_run(tmp_path / "one", root, dict.fromkeys(TARGETS, 1.0), seed=1)
+    result = bundle("--half", one, tmp_path / "dest")
+    assert result.returncode == 0, result.stderr
+    for target in TARGETS:
+        half = load_file(str(tmp_path / "dest" / f"{target}.safetensors"))
+        full = load_file(str(one / f"{target}.safetensors"))
+        assert all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
+        assert all(torch.equal(half[k], v.half()) for k, v in full.items() if v.is_floating_point())
+    separator = Separator.from_pretrained(str(tmp_path / "dest"))
+    assert all(p.dtype == torch.float32 for p in separator.parameters())
+
+
+def test_half_refuses_weights_float16_cannot_hold_and_leaves_dest(tmp_path):
+    root = valid_root(tmp_path / "root", ["a"])
+    one = fake_run(tmp_path / "one", root, dict.fromkeys(TARGETS, 1.0), seed=1)
+    state = load_file(str(one / "bass.safetensors"))
+    state["output_mean"] = state["output_mean"] * 1e6  # beyond float16's range
+    save_file(state, str(one / "bass.safetensors"))
+    result = bundle("--half", one, tmp_path / "dest")
+    assert result.returncode != 0 and "float16 weights change the output" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dest").exists()
