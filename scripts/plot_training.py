@@ -40,6 +40,11 @@ def main() -> None:
                 ax.axvline(offset + 0.5, color="grey", ls=":", lw=1)
             offset += len(train)
         ax.set_title(target)
+        if not offset:  # no folder trained this target
+            ax.text(0.5, 0.5, "not trained in these runs", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
