@@ -202,11 +202,10 @@ def widen(model: OpenUnmix, hidden_size: int, generator: Optional[torch.Generato
     for name, value in new.items():
         before = old[name]
         if name in ("fc1.weight", "fc2.weight"):
-            rows = bottleneck
             cols = torch.arange(before.shape[1]) if name == "fc1.weight" else fc2_in
             t = fresh(value.shape, value.shape[1])  # new rows: random inputs
             t[:h0] = 0.0
-            t[rows[:, None], cols[None, :]] = before
+            t[bottleneck[:, None], cols[None, :]] = before
         elif name == "fc3.weight":
             t = torch.zeros_like(value)
             t[:, :h0] = before
@@ -217,18 +216,14 @@ def widen(model: OpenUnmix, hidden_size: int, generator: Optional[torch.Generato
             else:
                 t = before.clone()
         elif name.startswith("lstm."):
-            layer = int(re.search(r"_l(\d+)", name).group(1))
-            if name.startswith("lstm.weight_ih"):
-                cols = bottleneck if layer == 0 else lstm_out
-                t = fresh(value.shape, u1)
-                t[gates] = 0.0
-                t[gates[:, None], cols[None, :]] = before
-            elif name.startswith("lstm.weight_hh"):
-                t = fresh(value.shape, u1)
-                t[gates] = 0.0
+            t = fresh(value.shape, u1)  # new units: random inputs and biases
+            t[gates] = 0.0
+            if name.startswith("lstm.weight_hh"):  # old units read their own direction's old units
                 t[gates[:, None], torch.arange(u0)[None, :]] = before
+            elif name.startswith("lstm.weight_ih"):  # the bottleneck (layer 0) or the layer below's output
+                cols = bottleneck if name.startswith("lstm.weight_ih_l0") else lstm_out
+                t[gates[:, None], cols[None, :]] = before
             else:  # biases
-                t = fresh(value.shape, u1)
                 t[gates] = before
         else:  # bn3, input and output scaling: unchanged shapes
             t = before.clone()

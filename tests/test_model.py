@@ -171,7 +171,7 @@ def test_a_widened_model_computes_the_same_output_and_its_new_units_learn(unidir
     assert wide.config == dataclasses.replace(model.config, hidden_size=16)
     x = torch.rand(2, 2, 65, 30)
     assert torch.allclose(wide(x), model(x), atol=1e-6)
-    # The new units are not dead: one gradient step changes the output, and their input weights move.
+    # The new units are not cut off: the weights that read them get gradients from the first step.
     wide.train()
     wide(x).square().mean().backward()
     assert wide.fc3.weight.grad[:, 8:].abs().sum() > 0
