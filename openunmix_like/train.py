@@ -95,6 +95,7 @@ class TrainConfig:
     ckpt_every: int = 0
     ckpt_keep: int = 3
     max_minutes: float = 0.0  # training-time budget (0: none); the run stops mid-epoch when it is spent
+    stop_after: int = 0  # last epoch this run trains (0: --epochs); the schedule still spans --epochs
     # model
     arch: str = "umx"
     arch_args: Optional[List[str]] = None
@@ -811,6 +812,8 @@ def run(cfg: TrainConfig) -> History:
             break
         if cfg.max_minutes and budget_spent(ctx, 0.0):
             break
+        if cfg.stop_after and epoch > cfg.stop_after:
+            break
         train_loss, seconds, data_share, samples = train_epoch(ctx, epoch, progress)
         progress = None
         valid_loss = validate(ctx, epoch)
@@ -840,8 +843,8 @@ def check_options(cfg: TrainConfig) -> None:
     """Fail on bad architecture, loss, schedule or augmentation options before reading any data."""
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0:
-        raise OpenUnmixLikeError("--clip-grad, --ckpt-every and --max-minutes must not be negative")
+    if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0 or cfg.stop_after < 0:
+        raise OpenUnmixLikeError("--clip-grad, --ckpt-every, --max-minutes and --stop-after must not be negative")
     if cfg.lstm_dropout is not None and not 0.0 <= cfg.lstm_dropout < 1.0:
         raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
     if not 0.0 <= cfg.ema < 1.0:

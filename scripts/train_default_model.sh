@@ -119,12 +119,12 @@ wait
 
 python scripts/bundle_model.py "$work/stage8" --best-of "$work/stage7-best" "$work/stage8-best"
 # Stage 9: vocals and other widened to hidden size 256 (--hidden-size with --model keeps their output at
-# first); drums at 128 from 4e-4 (stopped after epoch 6: its loss rose again, best epoch 2); vocals also at
+# first); drums at 128 from 4e-4 (stopped after epoch 6 as its loss rose again; best epoch 2); vocals also at
 # 128 with LSTM dropout 0.1 into stage9d, the better of the two chosen below by validation loss.
 stage9=(--epochs 30 --lr-scheduler cosine --patience 1000 --seed 49 --ema 0.99)
 only=vocals finetune stage9 "$work/combined-synthx2" "$work/stage8-best" --hidden-size 256 --lr 0.0008 "${stage9[@]}" &
 only=other finetune stage9 "$work/combined-sv" "$work/stage8-best" --hidden-size 256 --lr 0.0004 "${stage9[@]}" &
-only=drums finetune stage9 "$work/combined-synthx2" "$work/stage8-best" --lr 0.0004 "${stage9[@]}" &
+only=drums finetune stage9 "$work/combined-synthx2" "$work/stage8-best" --lr 0.0004 "${stage9[@]}" --stop-after 6 &
 only=vocals finetune stage9d "$work/combined-synthx2" "$work/stage8-best" --lstm-dropout 0.1 --lr 0.0008 \
   --epochs 36 --lr-scheduler cosine --patience 1000 --seed 49 --ema 0.99 &
 wait

@@ -75,6 +75,20 @@ def test_a_cosine_run_resumed_with_other_epochs_anneals_to_zero_at_the_new_end(t
         run(config(tmp_path, root, "m", epochs=3, lr=0.01, lr_scheduler="cosine", resume="auto"))
 
 
+def test_stop_after_cuts_a_run_short_on_its_full_schedule_and_resuming_finishes_it(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    whole = run(config(tmp_path, root, "whole", epochs=4, lr=0.01, lr_scheduler="cosine"))
+    cut = run(config(tmp_path, root, "cut", epochs=4, lr=0.01, lr_scheduler="cosine", stop_after=2))
+    assert len(cut.lr) == 2 and cut.lr == pytest.approx(whole.lr[:2], abs=1e-12)
+    again = run(config(tmp_path, root, "cut", epochs=4, lr=0.01, lr_scheduler="cosine", stop_after=2, resume="auto"))
+    assert len(again.lr) == 2  # nothing left to train before epoch 2's end
+    rest = run(config(tmp_path, root, "cut", epochs=4, lr=0.01, lr_scheduler="cosine", resume="auto"))
+    assert rest.lr == pytest.approx(whole.lr, abs=1e-12)
+    assert rest.train_loss == pytest.approx(whole.train_loss, rel=1e-5)
+    with pytest.raises(OpenUnmixLikeError, match="--stop-after must not be negative"):
+        run(config(tmp_path, root, "n", epochs=1, stop_after=-1))
+
+
 def test_clip_grad_bounds_the_gradient_norm(tmp_path):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     cfg = config(tmp_path, root, "m", clip_grad=1e-3, loss="mse")

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=float, default=DEFAULTS.max_minutes,
                    help="training-time budget in minutes; the run stops at the first step past it, validates "
                         "and saves that partial epoch (default 0: no budget; resumed runs count earlier epochs)")
+    g.add_argument("--stop-after", type=int, default=DEFAULTS.stop_after, metavar="EPOCH",
+                   help="stop once this epoch is trained, while the learning-rate schedule still spans --epochs "
+                        "(go on later with --resume auto; default 0: train to --epochs)")
     g.add_argument("--ckpt-keep", type=int, default=DEFAULTS.ckpt_keep,
                    help=f"step checkpoints kept, newest first (default {DEFAULTS.ckpt_keep})")
     g.add_argument("--loss", default=None,
