@@ -762,10 +762,12 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
                 log.info("%s holds no weight average: --ema starts from its weights", path)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
-    retarget_cosine(ctx, path)
+    first = int(state["epoch"]) + ("progress" not in state)
+    if not ctx.cfg.stop_after or first <= ctx.cfg.stop_after:  # a run that trains nothing keeps its schedule
+        retarget_cosine(ctx, path)
     ctx.history = History(**state["history"])
     if "progress" not in state:
-        return int(state["epoch"]) + 1, None
+        return first, None
     progress = EpochProgress(**state["progress"])
     if world()[0] != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
         progress.total, progress.count = 0.0, 0
@@ -807,6 +809,9 @@ def run(cfg: TrainConfig) -> History:
     if resume and world()[0] == 0 and not cfg.quiet:
         where = f", batch {progress.batches + 1}" if progress else ""
         log.info("resuming from %s at epoch %d%s", resume, first, where)
+    if cfg.stop_after and first > cfg.stop_after and world()[0] == 0:
+        log.info("%s: epoch %d is trained already (--stop-after %d): nothing to do", resume, cfg.stop_after,
+                 cfg.stop_after)
     for epoch in range(first, cfg.epochs + 1):
         if epoch - ctx.history.best_epoch > cfg.patience and ctx.history.best_epoch:
             break

@@ -12,7 +12,7 @@
 #    Open-Unmix targets, 25 epochs on the 80 MUSDB18 training excerpts only
 #    (the recipe of the earlier interim bundled model).
 # 4. Stage 2: each target fine-tuned from stage 1 on the combined root at lr
-#    2e-4 for 46 epochs (the bundled drums, bass and other stopped at 45),
+#    2e-4 for 46 epochs (drums, bass and other were stopped after 45),
 #    validated on the 14 MUSDB18 excerpts.
 # 5. Stage 3: each target continues from the last epoch of stage 2 at lr 5e-4
 #    for 65 minutes of training, validated on the 14 MUSDB18 excerpts plus the
@@ -29,27 +29,28 @@
 # 8. Stage 6: from stage 5's last weight average, on the same root, lr 6e-4
 #    annealed to 0 over 56 epochs (cosine), --ema 0.99.
 # 9. Stage 7: vocals, drums and bass from stage 6's last weight average, on
-#    the same root, lr 6e-4 annealed to 0 over 76 epochs (cosine), --ema 0.99.
-#    (The bundled run was started with --epochs 90 and resumed with --epochs 64
-#    after epoch 7 and with --epochs 76 after epoch 17, each re-targeting the
-#    cosine to end there; its learning rates stayed within 0.6 % above and
-#    3.8 % below this line's. It trained other too, for 36 epochs: other's
-#    validation loss rose from 4.584 at epoch 5 to 4.80, never near stage 4's
-#    4.520, so it was stopped to give its core time to the other three.)
+#    the same root, lr 6e-4 annealed to 0 (cosine), --ema 0.99: started with
+#    --epochs 90, resumed with --epochs 64 after epoch 7 and with --epochs 76
+#    after epoch 17, each re-targeting the cosine to end there (the lines
+#    below replay this with --stop-after). (The bundled run trained other too,
+#    for 36 epochs: other's validation loss rose from 4.584 at epoch 5 to
+#    4.80, never near stage 4's 4.520, so it was stopped to give its core time
+#    to the other three.)
 # 10. The stage-7 bundle: per target, the best-validation weights of stage 4,
 #    5, 6 or 7 (whichever validation loss is lowest; all validated on the same
 #    19 tracks): vocals, drums and bass from stage 7, other from stage 4.
 # 11. Stage 8, from the stage-7 bundle: vocals, drums and bass on the same root
 #    at lr 8e-4 annealed to 0 over 36 epochs (cosine); other on the root with
 #    real music half of each epoch (combined-sv, as in stages 3 and 4) at lr
-#    4e-4 over 42 epochs; --ema 0.99. (The bundled run was started with
-#    --epochs 60 for all four, resumed after epoch 3 with 40 (other 44) and
-#    after epoch 13 (other 15) with these lengths; other was stopped after
-#    epoch 35, and its bundled weights are those of epoch 22.)
+#    4e-4 over 42 epochs; --ema 0.99. (Started with --epochs 60 for all four,
+#    resumed after epoch 3 with 40 (other 44) and after epoch 13 (other 15)
+#    with these lengths; other was stopped after epoch 35, and its bundled
+#    weights are those of epoch 22. The lines below replay this.)
 # 12. Per target, the best-validation weights of stage 8 or the stage-7 bundle
 #    are copied into the package.
-# The stage lengths are those of the bundled model (training stopped and was
-# resumed across sessions; each stage resumes from its checkpoints).
+# The stage lengths and schedules are those of the bundled model: where a run
+# was stopped early or resumed with another --epochs, --stop-after replays it.
+# Each stage resumes from its checkpoints.
 set -euo pipefail
 musdb=${1:-../shared/data/musdb18-7s}
 work=${2:-default-model}
@@ -85,13 +86,15 @@ finetune() {
       --target-file "$target.wav" --interferer-files $(for t in "${targets[@]}"; do [ "$t" != "$target" ] && echo "$t.wav"; done) \
       --random-track-mix --source-augmentations gain channelswap --model "$init" --output "$work/$stage" \
       --batch-size 16 --seq-dur 6.0 --lr-decay-gamma 0.3 --resume auto --quiet "$@" \
-      > "$work/$stage-$target.log" 2>&1 &
+      >> "$work/$stage-$target.log" 2>&1 &
   done
   wait
 }
 
-finetune stage2 "$work/combined" "$work/stage1" \
-  --epochs 46 --lr 0.0002 --patience 40 --lr-decay-patience 12 --seed 42
+stage2=(--epochs 46 --lr 0.0002 --patience 40 --lr-decay-patience 12 --seed 42)
+only=vocals finetune stage2 "$work/combined" "$work/stage1" "${stage2[@]}" &
+only="drums bass other" finetune stage2 "$work/combined" "$work/stage1" "${stage2[@]}" --stop-after 45 &
+wait
 python scripts/bundle_model.py --last "$work/stage2" "$work/stage2-last"
 finetune stage3 "$work/combined-sv" "$work/stage2-last" \
   --epochs 1000 --lr 0.0005 --patience 1000 --max-minutes 65 --lr-decay-patience 6 --seed 43
@@ -106,15 +109,28 @@ python scripts/bundle_model.py --last --average "$work/stage5" "$work/stage5-las
 finetune stage6 "$work/combined-synthx2" "$work/stage5-last" \
   --epochs 56 --lr 0.0006 --lr-scheduler cosine --patience 1000 --seed 46 --ema 0.99
 python scripts/bundle_model.py --last --average "$work/stage6" "$work/stage6-last"
-only="vocals drums bass" finetune stage7 "$work/combined-synthx2" "$work/stage6-last" \
-  --epochs 76 --lr 0.0006 --lr-scheduler cosine --patience 1000 --seed 47 --ema 0.99
+stage7=(--lr 0.0006 --lr-scheduler cosine --patience 1000 --seed 47 --ema 0.99)
+export only="vocals drums bass"
+finetune stage7 "$work/combined-synthx2" "$work/stage6-last" --epochs 90 --stop-after 7 "${stage7[@]}"
+finetune stage7 "$work/combined-synthx2" "$work/stage6-last" --epochs 64 --stop-after 17 "${stage7[@]}"
+finetune stage7 "$work/combined-synthx2" "$work/stage6-last" --epochs 76 "${stage7[@]}"
+unset only
 
 python scripts/bundle_model.py "$work/stage7" --best-of "$work/stage6" --best-of "$work/stage5" \
   --best-of "$work/stage4" "$work/stage7-best"
-only="vocals drums bass" finetune stage8 "$work/combined-synthx2" "$work/stage7-best" \
-  --epochs 36 --lr 0.0008 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
-only=other finetune stage8 "$work/combined-sv" "$work/stage7-best" \
-  --epochs 42 --lr 0.0004 --lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99 &
+stage8=(--lr-scheduler cosine --patience 1000 --seed 48 --ema 0.99)
+(
+  export only="vocals drums bass"
+  finetune stage8 "$work/combined-synthx2" "$work/stage7-best" --lr 0.0008 --epochs 60 --stop-after 3 "${stage8[@]}"
+  finetune stage8 "$work/combined-synthx2" "$work/stage7-best" --lr 0.0008 --epochs 40 --stop-after 13 "${stage8[@]}"
+  finetune stage8 "$work/combined-synthx2" "$work/stage7-best" --lr 0.0008 --epochs 36 "${stage8[@]}"
+) &
+(
+  export only=other
+  finetune stage8 "$work/combined-sv" "$work/stage7-best" --lr 0.0004 --epochs 60 --stop-after 3 "${stage8[@]}"
+  finetune stage8 "$work/combined-sv" "$work/stage7-best" --lr 0.0004 --epochs 44 --stop-after 15 "${stage8[@]}"
+  finetune stage8 "$work/combined-sv" "$work/stage7-best" --lr 0.0004 --epochs 42 --stop-after 35 "${stage8[@]}"
+) &
 wait
 
 python scripts/bundle_model.py "$work/stage8" --best-of "$work/stage7-best" "$work/stage8-best"

@@ -82,6 +82,11 @@ def test_stop_after_cuts_a_run_short_on_its_full_schedule_and_resuming_finishes_
     assert len(cut.lr) == 2 and cut.lr == pytest.approx(whole.lr[:2], abs=1e-12)
     again = run(config(tmp_path, root, "cut", epochs=4, lr=0.01, lr_scheduler="cosine", stop_after=2, resume="auto"))
     assert len(again.lr) == 2  # nothing left to train before epoch 2's end
+    # A finished stretch is skipped even when its --epochs could no longer be resumed (as when a recipe
+    # that replays earlier stops is run again), and the schedule stays that of --epochs 4.
+    skipped = run(config(tmp_path, root, "cut", epochs=3, lr=0.01, lr_scheduler="cosine", stop_after=1,
+                         resume="auto"))
+    assert len(skipped.lr) == 2
     rest = run(config(tmp_path, root, "cut", epochs=4, lr=0.01, lr_scheduler="cosine", resume="auto"))
     assert rest.lr == pytest.approx(whole.lr, abs=1e-12)
     assert rest.train_loss == pytest.approx(whole.train_loss, rel=1e-5)
