@@ -40,6 +40,7 @@ setup(
             "umx-evaluate=openunmix_like.cli.evaluate:main",
             "umx-synth=openunmix_like.cli.synth:main",
             "umx-export=openunmix_like.cli.export:main",
+            "umx-compare=openunmix_like.cli.compare:main",
         ]
     },
     classifiers=[

@@ -224,6 +224,73 @@ def aggregate(records: Mapping[str, dict]) -> Dict[str, Dict[str, Dict[str, floa
     return table
 
 
+def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: str = "SDR",
+                      resamples: int = 10000, seed: int = 0) -> dict:
+    """Compare two methods' records track by track (the tracks both scored).
+
+    Per track and target the median over the track's windows is taken, as in :func:`aggregate`;
+    a track's difference is the mean over the targets both methods scored. Returns the mean
+    difference per target, the mean of the track differences with a 95 % bootstrap interval
+    (``resamples`` draws of the tracks with replacement), how many tracks got better, and the
+    tracks only one side has. A paired comparison sees a change much smaller than the spread of
+    the scores over tracks."""
+    if metric not in METRICS:
+        raise OpenUnmixLikeError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
+    common = sorted(set(new) & set(old))
+    if not common:
+        raise OpenUnmixLikeError("the two result folders have no track in common; compare results of the same tracks")
+    per_track_new = {t: track_medians(new[t]) for t in common}
+    per_track_old = {t: track_medians(old[t]) for t in common}
+    targets = sorted({n for t in common for n in per_track_new[t] if n in per_track_old[t]}, key=_target_order)
+    if not targets:
+        raise OpenUnmixLikeError("the two result folders have no target in common")
+    diffs = np.full((len(common), len(targets)), np.nan)
+    for i, t in enumerate(common):
+        for j, name in enumerate(targets):
+            if name in per_track_new[t] and name in per_track_old[t]:
+                diffs[i, j] = per_track_new[t][name][metric] - per_track_old[t][name][metric]
+    track_diff = np.array([np.nanmean(row) if not np.all(np.isnan(row)) else np.nan for row in diffs])
+    kept = track_diff[~np.isnan(track_diff)]
+    if kept.size == 0:
+        raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent?)")
+    draws = np.random.default_rng(seed).integers(0, kept.size, size=(max(resamples, 1), kept.size))
+    low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
+    return {
+        "metric": metric,
+        "targets": {name: float(np.nanmean(diffs[:, j])) if not np.all(np.isnan(diffs[:, j])) else math.nan
+                    for j, name in enumerate(targets)},
+        "mean": float(kept.mean()),
+        "interval": (float(low), float(high)),
+        "better": int((kept > 0).sum()),
+        "worse": int((kept < 0).sum()),
+        "tracks": int(kept.size),
+        "only_new": sorted(set(new) - set(old)),
+        "only_old": sorted(set(old) - set(new)),
+    }
+
+
+def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
+    """The comparison of :func:`paired_difference` as a short report."""
+    m = result["metric"]
+    lines = [f"{m} of {new_name} minus {old_name}, track by track ({result['tracks']} tracks; per track the median "
+             f"over windows, averaged over the targets):", "",
+             "| " + " | ".join(list(result["targets"]) + ["track average"]) + " |",
+             "|" + "---|" * (len(result["targets"]) + 1),
+             "| " + " | ".join(f"{v:+.3f}" for v in result["targets"].values()) + f" | {result['mean']:+.3f} |", ""]
+    low, high = result["interval"]
+    if low > 0 or high < 0:
+        verdict = "better" if low > 0 else "worse"
+        verdict = f"{new_name} is {verdict}: the interval excludes 0"
+    else:
+        verdict = "no difference shown: the interval includes 0"
+    lines.append(f"95 % bootstrap interval of the track average: {low:+.3f} to {high:+.3f} dB; better on "
+                 f"{result['better']}, worse on {result['worse']} of {result['tracks']} tracks; {verdict}.")
+    for side, name in (("only_new", new_name), ("only_old", old_name)):
+        if result[side]:
+            lines.append(f"Not compared, scored only by {name}: {', '.join(result[side])}.")
+    return "\n".join(lines) + "\n"
+
+
 def _target_order(name: str):
     return (MUSDB_TARGETS.index(name) if name in MUSDB_TARGETS else len(MUSDB_TARGETS), name)
 

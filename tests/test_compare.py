@@ -1,0 +1,110 @@
+"""umx-compare: paired track-by-track comparison of two umx-evaluate result folders."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from openunmix_like import evaluate as ev
+from openunmix_like.cli import compare
+from openunmix_like.cli import evaluate as evaluate_cli
+from openunmix_like.errors import OpenUnmixLikeError
+
+
+def record(scores):
+    """A umx-evaluate track record: target -> list of per-window SDRs (other metrics set equal)."""
+    return {"targets": [{"name": name, "frames": [
+        {"time": float(i), "duration": 1.0, "metrics": {m: v for m in ev.METRICS}} for i, v in enumerate(values)]}
+        for name, values in scores.items()]}
+
+
+def write(folder, records):
+    folder.mkdir(parents=True)
+    for name, r in records.items():
+        (folder / f"{name}.json").write_text(json.dumps(r))
+    return folder
+
+
+def pair(shifts, base=None):
+    """Old and new records of len(shifts) tracks; the new vocals gain shifts[k] on track k, drums 0."""
+    rng = np.random.default_rng(1)
+    old, new = {}, {}
+    for k, shift in enumerate(shifts):
+        vocals, drums = rng.normal(5, 3, 9), rng.normal(3, 2, 9)
+        old[f"t{k}"] = record({"vocals": list(vocals), "drums": list(drums)})
+        new[f"t{k}"] = record({"vocals": list(vocals + shift), "drums": list(drums)})
+    return new, old
+
+
+def test_paired_difference_recovers_a_known_change():
+    new, old = pair([0.4, 0.2, 0.6, 0.2])
+    r = ev.paired_difference(new, old)
+    assert r["targets"] == pytest.approx({"vocals": 0.35, "drums": 0.0})
+    assert r["mean"] == pytest.approx(0.175)  # mean over targets, then over tracks
+    low, high = r["interval"]
+    assert 0.1 <= low < 0.175 < high <= 0.3  # bootstrap means lie between the smallest and largest track
+    assert (r["better"], r["worse"], r["tracks"]) == (4, 0, 4)
+    assert "is better: the interval excludes 0" in ev.paired_markdown(r, "new", "old")
+    # The same scores against themselves: no difference.
+    same = ev.paired_difference(old, old)
+    assert same["mean"] == 0 and same["interval"] == (0, 0) and same["better"] == same["worse"] == 0
+    assert "no difference shown" in ev.paired_markdown(same, "a", "b")
+
+
+def test_a_change_that_goes_both_ways_is_not_called_a_difference():
+    new, old = pair([1.0, -1.2, 0.8, -0.9, 0.5, -0.4])
+    r = ev.paired_difference(new, old)
+    assert r["interval"][0] < 0 < r["interval"][1] and (r["better"], r["worse"]) == (3, 3)
+    few = [ev.paired_difference(new, old, resamples=30, seed=seed)["interval"] for seed in (0, 3, 0)]
+    assert few[0] != few[1] and few[0] == few[2]  # the draws follow the seed
+
+
+def test_only_common_tracks_and_targets_are_compared_and_silent_windows_skipped():
+    new, old = pair([0.5, 0.5])
+    new["extra"] = record({"vocals": [1.0]})
+    old["t1"]["targets"].append({"name": "bass", "frames": [{"metrics": {m: 2.0 for m in ev.METRICS}}]})
+    new["t0"]["targets"][0]["frames"][0]["metrics"]["SDR"] = math.nan  # a silent window
+    r = ev.paired_difference(new, old)
+    assert r["tracks"] == 2 and r["only_new"] == ["extra"] and r["only_old"] == []
+    assert set(r["targets"]) == {"vocals", "drums"}
+    assert "Not compared, scored only by new: extra." in ev.paired_markdown(r, "new", "old")
+    with pytest.raises(OpenUnmixLikeError, match="no track in common"):
+        ev.paired_difference({"a": new["t0"]}, {"b": old["t0"]})
+    with pytest.raises(OpenUnmixLikeError, match="metric 'PESQ'"):
+        ev.paired_difference(new, old, metric="PESQ")
+
+
+def test_cli_compares_umx_evaluate_folders(tmp_path, capsys):
+    pytest.importorskip("museval")
+    from test_evaluate import make_tracks
+    root = make_tracks(tmp_path / "data")
+    evaldir = tmp_path / "eval"
+    assert evaluate_cli.main(["--root", str(root), "--layout", "folder", "--oracle", "irm2", "--with-oracles",
+                              "mix", "--nfft", "512", "--nhop", "128", "--evaldir", str(evaldir), "--quiet"]) == 0
+    capsys.readouterr()
+    assert compare.main([str(evaldir / "IRM2"), str(evaldir / "MIX")]) == 0
+    out = capsys.readouterr().out
+    assert "IRM2 is better: the interval excludes 0" in out and "better on 3, worse on 0 of 3 tracks" in out
+    row = [line for line in out.splitlines() if line.startswith("| +")][0]
+    assert all(float(v) > 5 for v in row.strip("| ").split(" | "))
+    # An evaldir stands for its --method folder.
+    assert compare.main([str(evaldir), str(evaldir / "MIX"), "--method", "IRM2", "--metric", "SIR"]) == 0
+    assert "SIR of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "broken", "resamples"])
+def test_cli_errors_are_one_line_naming_the_folder(tmp_path, capsys, case):
+    good = write(tmp_path / "good", pair([0.1])[0])
+    bad = tmp_path / "bad"
+    args = [str(good), str(bad)]
+    if case == "empty":
+        bad.mkdir()
+    elif case == "broken":
+        bad.mkdir()
+        (bad / "t0.json").write_text("{not json")
+    elif case == "resamples":
+        args = [str(good), str(good), "--resamples", "0"]
+    assert compare.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("umx-compare: error: ")
+    assert ("--resamples" if case == "resamples" else str(bad)) in err
