@@ -809,7 +809,7 @@ def run(cfg: TrainConfig) -> History:
     if resume and world()[0] == 0 and not cfg.quiet:
         where = f", batch {progress.batches + 1}" if progress else ""
         log.info("resuming from %s at epoch %d%s", resume, first, where)
-    if cfg.stop_after and first > cfg.stop_after and world()[0] == 0:
+    if cfg.stop_after and first > cfg.stop_after and world()[0] == 0 and not cfg.quiet:
         log.info("%s: epoch %d is trained already (--stop-after %d): nothing to do", resume, cfg.stop_after,
                  cfg.stop_after)
     for epoch in range(first, cfg.epochs + 1):
