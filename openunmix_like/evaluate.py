@@ -236,6 +236,8 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     the scores over tracks."""
     if metric not in METRICS:
         raise OpenUnmixLikeError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if resamples < 1:
+        raise OpenUnmixLikeError(f"--resamples {resamples}: give at least 1")
     common = sorted(set(new) & set(old))
     if not common:
         raise OpenUnmixLikeError("the two result folders have no track in common; compare results of the same tracks")
@@ -253,7 +255,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     kept = track_diff[~np.isnan(track_diff)]
     if kept.size == 0:
         raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent?)")
-    draws = np.random.default_rng(seed).integers(0, kept.size, size=(max(resamples, 1), kept.size))
+    draws = np.random.default_rng(seed).integers(0, kept.size, size=(resamples, kept.size))
     low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
     return {
         "metric": metric,

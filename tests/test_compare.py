@@ -25,7 +25,7 @@ def write(folder, records):
     return folder
 
 
-def pair(shifts, base=None):
+def pair(shifts):
     """Old and new records of len(shifts) tracks; the new vocals gain shifts[k] on track k, drums 0."""
     rng = np.random.default_rng(1)
     old, new = {}, {}

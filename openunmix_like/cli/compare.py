@@ -52,8 +52,6 @@ def results_folder(path: str, method: str) -> Dict[str, dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.resamples < 1:
-            raise OpenUnmixLikeError(f"--resamples {args.resamples}: give at least 1")
         new, old = results_folder(args.new, args.method), results_folder(args.old, args.method)
         result = paired_difference(new, old, metric=args.metric, resamples=args.resamples, seed=args.seed)
     except OpenUnmixLikeError as exc:
