@@ -47,6 +47,7 @@ from .transforms import STFT, ComplexNorm
 log = logging.getLogger("openunmix_like.train")
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 SCHEDULERS = ("plateau", "cosine")
+SELECT_BY = ("loss", "sdr")
 
 
 @dataclasses.dataclass
@@ -110,6 +111,7 @@ class TrainConfig:
     nb_channels: int = 2
     # validation metric
     eval_every: int = 0
+    select_by: str = "loss"  # what picks the best epoch: the validation loss, or the validation SDR (eval_every)
     # what to do when a batch gives a NaN or infinite loss or gradient: skip the batch or stop
     nonfinite: str = "skip"
     # running
@@ -145,6 +147,7 @@ class History:
     valid_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     valid_si_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     best_loss: float = math.inf
+    best_sdr: float = -math.inf  # with --select-by sdr: the validation SDR of the best epoch
     best_epoch: int = 0
     global_step: int = 0  # training batches done, over all epochs
     best_step: int = 0
@@ -156,6 +159,7 @@ class History:
             "steps_trained": self.global_step,
             "best_step": self.best_step,
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_sdr_mdx": self.best_sdr if math.isfinite(self.best_sdr) else None,
             "best_epoch": self.best_epoch,
             "train_loss_history": self.train_loss,
             "valid_loss_history": self.valid_loss,
@@ -826,13 +830,14 @@ def run(cfg: TrainConfig) -> History:
             ctx.scheduler.step(valid_loss)
         else:
             ctx.scheduler.step()
-        improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch)
         ctx.history.samples.append(samples)
         metric = validate_sdr(ctx, epoch) if cfg.eval_every and epoch % cfg.eval_every == 0 else (None, None)
         ctx.history.valid_sdr.append(metric[0])
         ctx.history.valid_si_sdr.append(metric[1])
         if metric[0] is not None and world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: validation SDR (MDX definition) %.2f dB, SI-SDR %.2f dB", epoch, *metric)
+        improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch,
+                                sdr=metric[0] if cfg.select_by == "sdr" else None)
         save_epoch(ctx, epoch, improved)
         if world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,
@@ -852,6 +857,12 @@ def check_options(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError("--clip-grad, --ckpt-every, --max-minutes and --stop-after must not be negative")
     if cfg.lstm_dropout is not None and not 0.0 <= cfg.lstm_dropout < 1.0:
         raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
+    if cfg.select_by not in SELECT_BY:
+        raise OpenUnmixLikeError(f"--select-by {cfg.select_by!r}: choose one of {', '.join(SELECT_BY)}")
+    if cfg.eval_every < 0:
+        raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
+    if cfg.select_by == "sdr" and not cfg.eval_every:
+        cfg.eval_every = 1  # the choice needs the SDR: every epoch unless --eval-every says otherwise
     if not 0.0 <= cfg.ema < 1.0:
         raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
     if not cfg.model:
@@ -892,13 +903,22 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.
         optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
 
 
-def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch) -> bool:
+def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch,
+                 sdr: Optional[float] = None) -> bool:
+    """Append the epoch to ``history``; return whether it is the best so far. Without ``sdr`` the
+    lowest validation loss is best; with it (``--select-by sdr``, epochs that computed the SDR)
+    the highest validation SDR, and ``best_loss`` is the validation loss of that epoch."""
     history.train_loss.append(train_loss)
     history.valid_loss.append(valid_loss)
     history.lr.append(optimizer.param_groups[0]["lr"])
     history.epoch_time.append(seconds)
     history.data_share.append(data_share)
-    improved = valid_loss < history.best_loss
+    if sdr is None:
+        improved = valid_loss < history.best_loss
+    else:
+        improved = sdr > history.best_sdr
+        if improved:
+            history.best_sdr = sdr
     if improved:
         history.best_loss, history.best_epoch, history.best_step = valid_loss, epoch, history.global_step
     return improved

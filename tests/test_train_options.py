@@ -126,6 +126,44 @@ def test_best_model_is_tracked_by_step_and_epoch(tmp_path):
     assert record["best_loss"] == min(history.valid_loss) and record["steps_trained"] == 3
 
 
+def test_select_by_sdr_keeps_the_epoch_with_the_highest_validation_sdr(tmp_path, monkeypatch):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    scripted = iter([1.0, 3.0, 2.0, 0.5, 2.5, 2.9])  # epoch 2 is best; a resumed run must keep it
+    seen = {}
+
+    def fake_sdr(ctx, epoch):
+        seen[epoch] = {k: v.clone() for k, v in train.evaluated_model(ctx).state_dict().items()}
+        return next(scripted), 0.0
+
+    monkeypatch.setattr(train, "validate_sdr", fake_sdr)
+    # No --eval-every: --select-by sdr computes the SDR every epoch. A high learning rate makes the
+    # validation loss move, so the loss alone would most likely choose another epoch.
+    history = run(config(tmp_path, root, "m", epochs=4, lr=0.05, select_by="sdr"))
+    assert history.valid_sdr == [1.0, 3.0, 2.0, 0.5]
+    record = json.loads((tmp_path / "m" / "vocals.json").read_text())
+    assert record["best_epoch"] == 2 and record["best_sdr_mdx"] == 3.0
+    assert record["best_loss"] == history.valid_loss[1]
+    saved = load_file(tmp_path / "m" / "vocals.safetensors")
+    assert all(torch.equal(saved[k], seen[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], seen[4][k]) for k in saved)
+    # Resumed: the best SDR comes back with the checkpoint, so lower SDRs do not replace epoch 2.
+    history = run(config(tmp_path, root, "m", epochs=6, lr=0.05, select_by="sdr", resume="auto"))
+    assert history.best_epoch == 2 and history.best_sdr == 3.0 and len(history.valid_sdr) == 6
+    assert all(torch.equal(load_file(tmp_path / "m" / "vocals.safetensors")[k], seen[2][k]) for k in saved)
+
+
+def test_select_by_sdr_drives_early_stopping_and_bad_choices_are_refused(tmp_path, monkeypatch):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    scripted = iter([5.0, 1.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(train, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
+    history = run(config(tmp_path, root, "p", epochs=5, patience=1, select_by="sdr"))
+    assert len(history.valid_loss) == 2 and history.best_epoch == 1  # stopped one epoch past the best SDR
+    with pytest.raises(OpenUnmixLikeError, match="--select-by 'sisdr'"):
+        run(config(tmp_path, root, "q", epochs=1, select_by="sisdr"))
+    with pytest.raises(OpenUnmixLikeError, match="--eval-every -1"):
+        run(config(tmp_path, root, "q", epochs=1, eval_every=-1))
+
+
 def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_path):
     root = track_folders(tmp_path / "data", tracks=8, seconds=1.0)  # 4 batches per epoch
     history = run(config(tmp_path, root, "m", epochs=50, max_minutes=1e-6))

@@ -15,7 +15,7 @@ from ..architectures import ARCHITECTURES, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..errors import OpenUnmixLikeError
 from ..losses import LOSSES
-from ..train import DATASETS, SCHEDULERS, TrainConfig, distributed_session, run
+from ..train import DATASETS, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
 
 DEFAULTS = TrainConfig()
 
@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=0,
                    help="every N epochs, report the validation SDR (Music Demixing Challenge definition) and "
                         "SI-SDR of the target; fast metrics, not BSSEval (default 0: never)")
+    g.add_argument("--select-by", choices=SELECT_BY, default=DEFAULTS.select_by,
+                   help="what picks the best epoch (the saved model, early stopping): the lowest validation "
+                        "loss, or the highest validation SDR of --eval-every (every epoch unless --eval-every "
+                        "is given); the plateau schedule still follows the loss (default loss)")
 
     g.add_argument("--nonfinite-loss", dest="nonfinite", choices=["skip", "stop"], default="skip",
                    help="a batch with a NaN or infinite loss or gradient: skip it (weights unchanged) or stop "
