@@ -48,6 +48,7 @@ log = logging.getLogger("openunmix_like.train")
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
+SILENT_POWER = 1e-10  # mean square below -100 dB: a silent target, left out of the validation SDR
 
 
 @dataclasses.dataclass
@@ -576,7 +577,9 @@ def validate(ctx: Context, epoch: int) -> float:
 
 def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
     """Mean full-track SDR (Music Demixing Challenge definition) and SI-SDR of the target
-    over the validation set, separating with the model alone (mixture phase, no EM)."""
+    over the validation set, separating with the model alone (mixture phase, no EM). Tracks
+    where the target is silent (below -100 dB RMS, e.g. an instrumental for vocals) are left
+    out: their SDR is undefined, and its floor of about -70 dB would swamp the mean."""
     from .metrics import sdr_mdx, si_sdr
     from .separator import Separator
 
@@ -589,6 +592,8 @@ def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
         for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
             est = separator(x.to(ctx.device))[:, 0].cpu()
             for ref, out in zip(y, est):
+                if float(ref.double().square().mean()) < SILENT_POWER:
+                    continue
                 total_sdr += sdr_mdx(ref, out)
                 total_si += si_sdr(ref, out)
                 count += 1

@@ -164,6 +164,25 @@ def test_select_by_sdr_drives_early_stopping_and_bad_choices_are_refused(tmp_pat
         run(config(tmp_path, root, "q", epochs=1, eval_every=-1))
 
 
+def test_validation_sdr_leaves_out_tracks_where_the_target_is_silent(tmp_path):
+    import soundfile as sf
+
+    plain = track_folders(tmp_path / "plain", tracks=2, seconds=1.0)
+    silent = track_folders(tmp_path / "silent", tracks=3, seconds=1.0)
+    rate = sf.info(silent / "valid" / "t2" / "vocals.wav").samplerate
+    sf.write(silent / "valid" / "t2" / "vocals.wav", torch.zeros(rate, 2).numpy(), rate, subtype="FLOAT")
+    scores, weights = [], None
+    for root in (plain, silent):
+        cfg = config(tmp_path, root, root.name, epochs=1)
+        train_set, valid_set = build_datasets(cfg)
+        model, settings = build_model(cfg, train_set, torch.device("cpu"))
+        weights = weights or model.state_dict()
+        model.load_state_dict(weights)  # the same model for both sets
+        ctx = make_context(cfg, model, settings, torch.device("cpu"), train_set, valid_set)
+        scores.append(train.validate_sdr(ctx, 1))
+    assert math.isfinite(scores[0][0]) and scores[1] == pytest.approx(scores[0], abs=1e-9)
+
+
 def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_path):
     root = track_folders(tmp_path / "data", tracks=8, seconds=1.0)  # 4 batches per epoch
     history = run(config(tmp_path, root, "m", epochs=50, max_minutes=1e-6))
