@@ -8,7 +8,10 @@ each) and, ``--musdb-repeat`` times each, the 80 training excerpts of the
 MUSDB18 7-second preview; by default real music is about half of what an epoch
 sees. ``OUT/valid`` holds the 14 MUSDB18 validation excerpts, so validation
 loss and model selection follow real music, and with ``--synth-valid`` also
-the generated validation songs, so that they follow both. The MUSDB18 excerpts
+the generated validation songs, so that they follow both; ``--synth-valid-from
+OTHER`` takes those songs from another umx-synth output (e.g. one made with more
+``--valid`` songs and the same seed), and ``--no-musdb-valid`` leaves the real
+excerpts out of validation. The MUSDB18 excerpts
 are the 16-bit wav stems that ``umx-train --dataset musdb`` decodes once into
 the package cache; no audio is copied into OUT, and none into the repository.
 """
@@ -52,6 +55,9 @@ def main() -> None:
     p.add_argument("--musdb-repeat", type=int, default=2, help="links per MUSDB18 training excerpt (default 2)")
     p.add_argument("--synth-repeat", type=int, default=1, help="links per generated training song (default 1)")
     p.add_argument("--synth-valid", action="store_true", help="also validate on the generated valid/ songs")
+    p.add_argument("--synth-valid-from", metavar="SYNTH_ROOT", default=None,
+                   help="validate on the valid/ songs of this umx-synth output instead (implies --synth-valid)")
+    p.add_argument("--no-musdb-valid", action="store_true", help="leave the MUSDB18 excerpts out of valid/")
     args = p.parse_args()
     out = Path(args.out)
     folders = musdb_folders(args.musdb_root)
@@ -64,7 +70,12 @@ def main() -> None:
     for d in synth:
         for k in range(args.synth_repeat):
             link(d, out / "train" / copy_name(d.name, k))
-    synth_valid = songs(args.synth_root, "valid") if args.synth_valid else []
+    if args.synth_valid_from:
+        synth_valid = songs(args.synth_valid_from, "valid")
+    else:
+        synth_valid = songs(args.synth_root, "valid") if args.synth_valid else []
+    if args.no_musdb_valid:
+        folders["valid"] = []
     for d in synth_valid:
         link(d, out / "valid" / d.name)
     for split, tracks in folders.items():
