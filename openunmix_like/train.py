@@ -842,7 +842,7 @@ def run(cfg: TrainConfig) -> History:
         if metric[0] is not None and world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: validation SDR (MDX definition) %.2f dB, SI-SDR %.2f dB", epoch, *metric)
         improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch,
-                                sdr=metric[0] if cfg.select_by == "sdr" else None)
+                                cfg.select_by, metric[0])
         save_epoch(ctx, epoch, improved)
         if world()[0] == 0 and not cfg.quiet:
             log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,
@@ -868,6 +868,9 @@ def check_options(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
     if cfg.select_by == "sdr" and not cfg.eval_every:
         cfg.eval_every = 1  # the choice needs the SDR: every epoch unless --eval-every says otherwise
+    if cfg.select_by == "sdr" and cfg.eval_every > cfg.epochs:
+        raise OpenUnmixLikeError(f"--select-by sdr with --eval-every {cfg.eval_every} above --epochs {cfg.epochs}: "
+                                 "no epoch would be scored; give a smaller --eval-every")
     if not 0.0 <= cfg.ema < 1.0:
         raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
     if not cfg.model:
@@ -909,21 +912,21 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.
 
 
 def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch,
-                 sdr: Optional[float] = None) -> bool:
-    """Append the epoch to ``history``; return whether it is the best so far. Without ``sdr`` the
-    lowest validation loss is best; with it (``--select-by sdr``, epochs that computed the SDR)
-    the highest validation SDR, and ``best_loss`` is the validation loss of that epoch."""
+                 select_by: str = "loss", sdr: Optional[float] = None) -> bool:
+    """Append the epoch to ``history``; return whether it is the best so far: the lowest validation
+    loss, or with ``select_by="sdr"`` the highest validation SDR (an epoch without one, between
+    ``--eval-every`` epochs, is never best), ``best_loss`` then being the validation loss of that epoch."""
     history.train_loss.append(train_loss)
     history.valid_loss.append(valid_loss)
     history.lr.append(optimizer.param_groups[0]["lr"])
     history.epoch_time.append(seconds)
     history.data_share.append(data_share)
-    if sdr is None:
-        improved = valid_loss < history.best_loss
-    else:
-        improved = sdr > history.best_sdr
+    if select_by == "sdr":
+        improved = sdr is not None and sdr > history.best_sdr
         if improved:
             history.best_sdr = sdr
+    else:
+        improved = valid_loss < history.best_loss
     if improved:
         history.best_loss, history.best_epoch, history.best_step = valid_loss, epoch, history.global_step
     return improved

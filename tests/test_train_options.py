@@ -162,6 +162,17 @@ def test_select_by_sdr_drives_early_stopping_and_bad_choices_are_refused(tmp_pat
         run(config(tmp_path, root, "q", epochs=1, select_by="sisdr"))
     with pytest.raises(OpenUnmixLikeError, match="--eval-every -1"):
         run(config(tmp_path, root, "q", epochs=1, eval_every=-1))
+    with pytest.raises(OpenUnmixLikeError, match="no epoch would be scored"):
+        run(config(tmp_path, root, "q", epochs=1, eval_every=2, select_by="sdr"))
+
+
+def test_select_by_sdr_never_keeps_an_epoch_without_a_validation_sdr(tmp_path, monkeypatch):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    scripted = iter([1.0, 0.5])  # epochs 2 and 4 are scored; 1, 3 and 5 are not and cannot be chosen
+    monkeypatch.setattr(train, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
+    history = run(config(tmp_path, root, "e", epochs=5, lr=0.01, eval_every=2, select_by="sdr"))
+    assert history.valid_sdr == [None, 1.0, None, 0.5, None]
+    assert history.best_epoch == 2 and history.best_loss == history.valid_loss[1]
 
 
 def test_validation_sdr_leaves_out_tracks_where_the_target_is_silent(tmp_path):
