@@ -251,7 +251,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         for j, name in enumerate(targets):
             if name in per_track_new[t] and name in per_track_old[t]:
                 diffs[i, j] = per_track_new[t][name][metric] - per_track_old[t][name][metric]
-    track_diff = np.array([np.nanmean(row) if not np.all(np.isnan(row)) else np.nan for row in diffs])
+    track_diff = np.array([_mean_or_nan(row) for row in diffs])
     kept = track_diff[~np.isnan(track_diff)]
     if kept.size == 0:
         raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent?)")
@@ -259,8 +259,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
     return {
         "metric": metric,
-        "targets": {name: float(np.nanmean(diffs[:, j])) if not np.all(np.isnan(diffs[:, j])) else math.nan
-                    for j, name in enumerate(targets)},
+        "targets": {name: _mean_or_nan(diffs[:, j]) for j, name in enumerate(targets)},
         "mean": float(kept.mean()),
         "interval": (float(low), float(high)),
         "better": int((kept > 0).sum()),
@@ -269,6 +268,12 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         "only_new": sorted(set(new) - set(old)),
         "only_old": sorted(set(old) - set(new)),
     }
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN; NaN when there are none (without numpy's warning)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
 
 
 def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
