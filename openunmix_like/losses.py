@@ -6,8 +6,9 @@ Each loss compares an estimate with its reference in one domain:
   L1,1 loss; seed 002's L1 spectrogram loss), on
   ``(nb_samples, nb_channels, nb_bins, nb_frames)`` magnitudes of the training STFT;
 - waveform: ``mrstft`` (seed 002's multi-resolution STFT loss), ``sisdr``
-  (negative scale-invariant SDR in dB) and ``wavl1`` (seed 000's L1 on samples),
-  on ``(nb_samples, nb_channels, nb_timesteps)`` audio.
+  (negative scale-invariant SDR in dB), ``sdr`` (negative SDR in dB over 1 s frames,
+  the frames BSSEval v4 scores) and ``wavl1`` (seed 000's L1 on samples), on
+  ``(nb_samples, nb_channels, nb_timesteps)`` audio.
 
 :func:`parse_loss` reads weighted sums such as ``l1+0.5*mrstft``.
 :class:`Objective` brings a model's output into the domains its loss needs:
@@ -28,6 +29,11 @@ from .transforms import STFT, ComplexNorm
 
 # Resolutions of the multi-resolution STFT loss: (n_fft, n_hop), seed 002.
 MRSTFT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
+# The framewise SDR loss: BSSEval v4's 1 s window at 44.1 kHz, a soft cap on each frame's SDR,
+# and the level below which a reference frame counts as silent (-100 dB mean square).
+SDR_FRAME = 44100
+SDR_CAP_DB = 30.0
+SDR_SILENT_POWER = 1e-10
 
 
 def mse(estimate: Tensor, reference: Tensor) -> Tensor:
@@ -71,11 +77,40 @@ def sisdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
     return -10 * torch.log10(ratio).mean()
 
 
+def framewise_sdr(estimate: Tensor, reference: Tensor, frame: int = SDR_FRAME, cap_db: float = SDR_CAP_DB,
+                  silent: float = SDR_SILENT_POWER) -> Tensor:
+    """Negative SDR in dB over frames of ``frame`` samples, averaged over the frames that count.
+
+    Each frame's SDR takes all channels together, as BSSEval v4's framewise SDR does:
+    ``10 log10(|s|^2 / (|s - s_hat|^2 + tau |s|^2))`` with ``tau = 10^(-cap_db / 10)``, so a
+    frame scores at most ``cap_db`` and nearly perfect frames stop drawing the gradient to
+    themselves. Frames whose reference has a mean square below ``silent`` are left out (BSSEval
+    gives them no score); when every frame is silent the loss is 0. The signal is cut into
+    ``max(1, n // frame)`` frames, the last one taking the remainder.
+    """
+    length = reference.shape[-1]
+    count = max(1, length // frame)
+    sizes = [frame] * (count - 1) + [length - frame * (count - 1)]
+    ref_energy, err_energy = [], []
+    for ref, est in zip(reference.split(sizes, dim=-1), estimate.split(sizes, dim=-1)):
+        ref_energy.append(ref.square().flatten(1).sum(dim=1))
+        err_energy.append((ref - est).square().flatten(1).sum(dim=1))
+    ref_energy, err_energy = torch.stack(ref_energy, dim=1), torch.stack(err_energy, dim=1)  # (nb_samples, count)
+    channels = reference[0, ..., 0].numel()
+    values_per_frame = torch.tensor(sizes, dtype=ref_energy.dtype, device=ref_energy.device) * channels
+    counted = (ref_energy / values_per_frame >= silent).to(ref_energy.dtype)
+    tau = 10.0 ** (-cap_db / 10.0)
+    eps = 1e-12  # keeps silent frames finite (they are masked out, but NaN gradients would not be)
+    sdr = 10 * torch.log10((ref_energy + eps) / (err_energy + tau * ref_energy + eps))
+    return -(sdr * counted).sum() / counted.sum().clamp_min(1.0)
+
+
 LOSSES: Dict[str, Tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
     "mse": (MAGNITUDE, mse),
     "l1": (MAGNITUDE, l1),
     "mrstft": (WAVEFORM, mrstft),
     "sisdr": (WAVEFORM, sisdr),
+    "sdr": (WAVEFORM, framewise_sdr),
     "wavl1": (WAVEFORM, l1),  # L1 of the samples (seed 000)
 }
 _TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[a-z0-9_]+)\s*$")

@@ -279,7 +279,7 @@ def test_arch_args_errors_are_one_line(tmp_path, capsys):
     assert train_main(base + ["--arch", "tfattn", "--arch-args", "depths=1,x"]) == 1
     assert "depths=1,x" in capsys.readouterr().err
     assert train_main(base + ["--loss", "l1+0.5*mrsftf"]) == 1
-    assert "unknown loss 'mrsftf'; known: mse, l1, mrstft, sisdr, wavl1" in capsys.readouterr().err
+    assert "unknown loss 'mrsftf'; known: mse, l1, mrstft, sisdr, sdr, wavl1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any data was read or file written
 
 
