@@ -85,7 +85,8 @@ def framewise_sdr(estimate: Tensor, reference: Tensor, frame: int = SDR_FRAME, c
     ``10 log10(|s|^2 / (|s - s_hat|^2 + tau |s|^2))`` with ``tau = 10^(-cap_db / 10)``, so a
     frame scores at most ``cap_db`` and nearly perfect frames stop drawing the gradient to
     themselves. Frames whose reference has a mean square below ``silent`` are left out (BSSEval
-    gives them no score); when every frame is silent the loss is 0. The signal is cut into
+    gives frames of digital silence no score; near-silent ones would dominate the mean); when
+    every frame is silent the loss is 0. The signal is cut into
     ``max(1, n // frame)`` frames, the last one taking the remainder.
     """
     length = reference.shape[-1]
