@@ -29,11 +29,12 @@ from .transforms import STFT, ComplexNorm
 
 # Resolutions of the multi-resolution STFT loss: (n_fft, n_hop), seed 002.
 MRSTFT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
-# The framewise SDR loss: BSSEval v4's 1 s window at 44.1 kHz, a soft cap on each frame's SDR,
-# and the level below which a reference frame counts as silent (-100 dB mean square).
+# The framewise SDR loss: BSSEval v4's 1 s window at 44.1 kHz and a soft cap on each frame's SDR.
 SDR_FRAME = 44100
 SDR_CAP_DB = 30.0
-SDR_SILENT_POWER = 1e-10
+# Mean square below -100 dB: a silent reference, left out of SDRs (the sdr loss's frames,
+# umx-train's validation SDR), where its score is undefined and would swamp the mean.
+SILENT_POWER = 1e-10
 
 
 def mse(estimate: Tensor, reference: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ def sisdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def framewise_sdr(estimate: Tensor, reference: Tensor, frame: int = SDR_FRAME, cap_db: float = SDR_CAP_DB,
-                  silent: float = SDR_SILENT_POWER) -> Tensor:
+                  silent: float = SILENT_POWER) -> Tensor:
     """Negative SDR in dB over frames of ``frame`` samples, averaged over the frames that count.
 
     Each frame's SDR takes all channels together, as BSSEval v4's framewise SDR does:
@@ -92,17 +93,16 @@ def framewise_sdr(estimate: Tensor, reference: Tensor, frame: int = SDR_FRAME, c
     length = reference.shape[-1]
     count = max(1, length // frame)
     sizes = [frame] * (count - 1) + [length - frame * (count - 1)]
-    ref_energy, err_energy = [], []
+    # Mean squares per frame (all channels): their ratio is the frame's SDR, and they measure silence.
+    ref_power, err_power = [], []
     for ref, est in zip(reference.split(sizes, dim=-1), estimate.split(sizes, dim=-1)):
-        ref_energy.append(ref.square().flatten(1).sum(dim=1))
-        err_energy.append((ref - est).square().flatten(1).sum(dim=1))
-    ref_energy, err_energy = torch.stack(ref_energy, dim=1), torch.stack(err_energy, dim=1)  # (nb_samples, count)
-    channels = reference[0, ..., 0].numel()
-    values_per_frame = torch.tensor(sizes, dtype=ref_energy.dtype, device=ref_energy.device) * channels
-    counted = (ref_energy / values_per_frame >= silent).to(ref_energy.dtype)
+        ref_power.append(ref.square().flatten(1).mean(dim=1))
+        err_power.append((ref - est).square().flatten(1).mean(dim=1))
+    ref_power, err_power = torch.stack(ref_power, dim=1), torch.stack(err_power, dim=1)  # (nb_samples, count)
+    counted = (ref_power >= silent).to(ref_power.dtype)
     tau = 10.0 ** (-cap_db / 10.0)
-    eps = 1e-12  # keeps silent frames finite (they are masked out, but NaN gradients would not be)
-    sdr = 10 * torch.log10((ref_energy + eps) / (err_energy + tau * ref_energy + eps))
+    eps = 1e-20  # keeps silent frames finite (they are masked out, but NaN gradients would not be)
+    sdr = 10 * torch.log10((ref_power + eps) / (err_power + tau * ref_power + eps))
     return -(sdr * counted).sum() / counted.sum().clamp_min(1.0)
 
 

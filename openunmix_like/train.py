@@ -39,7 +39,7 @@ from . import architectures, data
 from .augment import BatchCompose, Compose, split_names
 from .errors import ModelError, OpenUnmixLikeError
 from .fileio import write_bytes_atomic
-from .losses import Objective, parse_loss
+from .losses import SILENT_POWER, Objective, parse_loss
 from .model import bandwidth_to_max_bin, widen
 from .modeldir import AudioSettings, save_metadata, save_target
 from .transforms import STFT, ComplexNorm
@@ -48,7 +48,6 @@ log = logging.getLogger("openunmix_like.train")
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
-SILENT_POWER = 1e-10  # mean square below -100 dB: a silent target, left out of the validation SDR
 
 
 @dataclasses.dataclass
