@@ -7,7 +7,7 @@ sources are summed into the mixture, with the randomness drawn from the
 pickle them and results do not depend on global random state. They keep the
 shape of the source.
 
-Batch augmentations (seed 002's spectrogram masking and mixup) act on a batch
+Batch augmentations (spectrogram masking and mixup) act on a batch
 of mixtures and targets together, ``(x, y, generator) -> (x, y)`` with
 ``(nb_samples, nb_channels, nb_timesteps)`` tensors, in the training step: a
 spectrogram mask must hide the same bins and frames of the mixture and the
@@ -47,7 +47,7 @@ def force_stereo(audio: Tensor, rng: random.Random) -> Tensor:
 
 
 def volume(audio: Tensor, rng: random.Random) -> Tensor:
-    """Scale by a gain drawn uniformly from ``[0.7, 1.3)`` (seed 002's volume scaling)."""
+    """Scale by a gain drawn uniformly from ``[0.7, 1.3)``."""
     return gain(audio, rng, 0.7, 1.3)
 
 
@@ -90,7 +90,7 @@ def phase_vocoder(audio: Tensor, rate: float, n_fft: int = 1024, n_hop: int = 25
 
 
 def timestretch(audio: Tensor, rng: random.Random, low: float = 0.9, high: float = 1.1) -> Tensor:
-    """Change the tempo by a factor drawn from ``[low, high]`` (seed 002), keeping the pitch.
+    """Change the tempo by a factor drawn from ``[low, high]``, keeping the pitch.
 
     The shape is kept: a slowed-down source is cut at the excerpt's length, a
     sped-up one ends with silence (the excerpt holds no more audio).
@@ -99,7 +99,7 @@ def timestretch(audio: Tensor, rng: random.Random, low: float = 0.9, high: float
 
 
 def pitchshift(audio: Tensor, rng: random.Random, semitones: float = 2.0) -> Tensor:
-    """Shift the pitch by up to ``semitones`` either way (seed 002), keeping the tempo and the shape.
+    """Shift the pitch by up to ``semitones`` either way, keeping the tempo and the shape.
 
     Stretches the source to ``factor`` times its length, then resamples it back:
     played in the original time, every frequency is ``factor`` times higher.
@@ -180,12 +180,12 @@ class SpectrogramMask:
 
 
 def freqmask(n_fft: int, n_hop: int) -> SpectrogramMask:
-    """Frequency masking of up to 80 bins (seed 002)."""
+    """Frequency masking of up to 80 bins."""
     return SpectrogramMask("freq", 80, n_fft, n_hop)
 
 
 def timemask(n_fft: int, n_hop: int) -> SpectrogramMask:
-    """Time masking of up to 40 frames (seed 002)."""
+    """Time masking of up to 40 frames."""
     return SpectrogramMask("time", 40, n_fft, n_hop)
 
 
@@ -210,7 +210,7 @@ class Mixup:
 
 
 def mixup(n_fft: int, n_hop: int) -> Mixup:
-    """Mixup with ``alpha=0.4`` on half of the examples (seed 002's Beta-distributed mixup)."""
+    """Mixup with ``alpha=0.4`` on half of the examples (the weight drawn from ``Beta(alpha, alpha)``)."""
     return Mixup()
 
 

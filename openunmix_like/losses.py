@@ -2,12 +2,12 @@
 
 Each loss compares an estimate with its reference in one domain:
 
-- magnitude: ``mse`` (Open-Unmix) and ``l1`` (seed 001's masked-magnitude
-  L1,1 loss; seed 002's L1 spectrogram loss), on
+- magnitude: ``mse`` (Open-Unmix) and ``l1`` (the L1,1 loss on the masked
+  magnitude of Jansson et al., ISMIR 2017, as a mean), on
   ``(nb_samples, nb_channels, nb_bins, nb_frames)`` magnitudes of the training STFT;
-- waveform: ``mrstft`` (seed 002's multi-resolution STFT loss), ``sisdr``
+- waveform: ``mrstft`` (multi-resolution STFT loss), ``sisdr``
   (negative scale-invariant SDR in dB), ``sdr`` (negative SDR in dB over 1 s frames,
-  the frames BSSEval v4 scores) and ``wavl1`` (seed 000's L1 on samples), on
+  the frames BSSEval v4 scores) and ``wavl1`` (L1 on the samples), on
   ``(nb_samples, nb_channels, nb_timesteps)`` audio.
 
 :func:`parse_loss` reads weighted sums such as ``l1+0.5*mrstft``.
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .architectures import COMPLEX, MAGNITUDE, WAVEFORM
 from .transforms import STFT, ComplexNorm
 
-# Resolutions of the multi-resolution STFT loss: (n_fft, n_hop), seed 002.
+# Resolutions of the multi-resolution STFT loss: (n_fft, n_hop), hops a quarter of the size.
 MRSTFT_RESOLUTIONS: Tuple[Tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
 # The framewise SDR loss: BSSEval v4's 1 s window at 44.1 kHz and a soft cap on each frame's SDR.
 SDR_FRAME = 44100
@@ -43,7 +43,7 @@ def mse(estimate: Tensor, reference: Tensor) -> Tensor:
 
 
 def l1(estimate: Tensor, reference: Tensor) -> Tensor:
-    """Mean absolute error; on magnitudes of mask times mixture, seed 001's L1,1 mask loss (as a mean)."""
+    """Mean absolute error; on magnitudes of mask times mixture, the L1,1 mask loss of Jansson et al. (as a mean)."""
     return nn.functional.l1_loss(estimate, reference)
 
 
@@ -112,7 +112,7 @@ LOSSES: Dict[str, Tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
     "mrstft": (WAVEFORM, mrstft),
     "sisdr": (WAVEFORM, sisdr),
     "sdr": (WAVEFORM, framewise_sdr),
-    "wavl1": (WAVEFORM, l1),  # L1 of the samples (seed 000)
+    "wavl1": (WAVEFORM, l1),  # L1 of the samples
 }
 _TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[a-z0-9_]+)\s*$")
 

@@ -5,6 +5,11 @@
 #
 #   scripts/train_default_model.sh [MUSDB_ROOT] [WORK_DIR]
 #
+# MUSDB_ROOT is the MUSDB18 7-second preview (musdb.DB(root=..., download=True)
+# fetches it), WORK_DIR the folder for the corpus, the stages and their logs
+# (default: default-model). The last step writes the chosen weights of stages 9
+# and 8 into openunmix_like/models/default/, the bundled model.
+#
 # 1. umx-synth: 150 training, 5 validation and 10 test songs of 30 s (seed 2026).
 # 2. One trackfolder_fix root: the generated training songs plus the 80 MUSDB18
 #    training excerpts in train/, the 14 MUSDB18 validation excerpts in valid/.
@@ -32,7 +37,7 @@
 #    the same root, lr 6e-4 annealed to 0 (cosine), --ema 0.99: started with
 #    --epochs 90, resumed with --epochs 64 after epoch 7 and with --epochs 76
 #    after epoch 17, each re-targeting the cosine to end there (the lines
-#    below replay this with --stop-after). (The bundled run trained other too,
+#    below do the same with --stop-after). (The original run trained other too,
 #    for 36 epochs: other's validation loss rose from 4.584 at epoch 5 to
 #    4.80, never near stage 4's 4.520, so it was stopped to give its core time
 #    to the other three.)
@@ -44,12 +49,23 @@
 #    real music half of each epoch (combined-sv, as in stages 3 and 4) at lr
 #    4e-4 over 42 epochs; --ema 0.99. (Started with --epochs 60 for all four,
 #    resumed after epoch 3 with 40 (other 44) and after epoch 13 (other 15)
-#    with these lengths; other was stopped after epoch 35, and its bundled
-#    weights are those of epoch 22. The lines below replay this.)
-# 12. Per target, the best-validation weights of stage 8 or the stage-7 bundle
-#    are copied into the package.
-# The stage lengths and schedules are those of the bundled model: where a run
-# was stopped early or resumed with another --epochs, --stop-after replays it.
+#    with these lengths; other was stopped after epoch 35, and its best
+#    weights are those of epoch 22. The lines below do the same.)
+# 12. The stage-8 bundle: per target, the best-validation weights of stage 8
+#    or the stage-7 bundle: vocals, bass and other from stage 8, drums from
+#    stage 7.
+# 13. Stage 9, from the stage-8 bundle, 30 epochs annealed to 0 (cosine),
+#    --ema 0.99: vocals (lr 8e-4, the root of stages 5 to 8) and other (lr
+#    4e-4, combined-sv) widened to hidden size 256; drums at hidden size 128
+#    from lr 4e-4, stopped after epoch 6 as its validation loss rose; and, for
+#    comparison, vocals at hidden size 128 with LSTM dropout 0.1 for 36 epochs
+#    (stage9d). Bass is not trained again.
+# 14. The bundled model: per target, the best-validation weights of stage 9,
+#    stage9d or the stage-8 bundle (vocals, drums and other from stage 9, bass
+#    from stage 8), written into openunmix_like/models/default/.
+# The lengths and schedules are those the bundled model was trained with:
+# where a run ended early or was resumed with another --epochs, the lines
+# below use --stop-after to end at the same epoch on the same schedule.
 # Each stage resumes from its checkpoints.
 set -euo pipefail
 musdb=${1:-../shared/data/musdb18-7s}

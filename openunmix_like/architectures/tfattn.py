@@ -1,4 +1,10 @@
-"""The time-frequency attention U-Net of seed 002 (TFSWA-UNet), predicting complex masks.
+"""A time-frequency attention U-Net of TFSWA blocks, predicting complex masks.
+
+The TFSWA block (time-frequency sequence and shifted window attention) is that
+of Yao et al., "TFSWA-ResUNet: music source separation with time-frequency
+sequence and shifted window attention-based ResUNet" (EURASIP Journal on
+Advances in Signal Processing, 2025), which uses it as the bottleneck of a
+ResUNet; here every encoder and decoder stage is made of such blocks.
 
 The mixture STFT, real and imaginary parts of every channel as input planes,
 scaled per bin by the training set's magnitude level, is cut into

@@ -1,4 +1,9 @@
-"""The waveform U-Net of seed 000.
+"""A waveform U-Net, a simplified variant of the Wave-U-Net.
+
+After Stoller, Ewert and Dixon, "Wave-U-Net: A Multi-Scale Neural Network for
+End-to-End Audio Source Separation" (ISMIR 2018); where the Wave-U-Net
+decimates and interpolates and outputs the sources, this one uses strided and
+transposed convolutions and outputs masks.
 
 1-D convolutions (kernel 8, stride 4, ReLU) go down, 1-D transposed
 convolutions (kernel 8, stride 4, ReLU) come back up; each decoder output is

@@ -1,4 +1,5 @@
-"""The spectrogram U-Net of seed 001 (after Jansson et al., ISMIR 2017).
+"""The spectrogram U-Net of Jansson et al., "Singing Voice Separation with Deep U-Net
+Convolutional Networks" (ISMIR 2017).
 
 Six strided 5x5 convolutions with batch norm and LeakyReLU(0.2) halve both
 axes of the normalised magnitude spectrogram; six strided 5x5 transposed
@@ -7,7 +8,7 @@ them back, each fed the matching encoder output (skip connection); a sigmoid
 turns the last one into a mask that multiplies the mixture magnitude.
 
 Magnitude in, magnitude out, like Open-Unmix, so the separator's Wiener filter
-uses it unchanged. The seed's settings (8192 Hz, STFT 1024 / 768, 512 bins,
+uses it unchanged. The paper's settings (8192 Hz, STFT 1024 / 768, 512 bins,
 128-frame excerpts) are the ``unet2d-8k`` training preset.
 """
 from __future__ import annotations
