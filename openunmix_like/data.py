@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import random
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -119,11 +120,20 @@ class _Base(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Pair:
         """The item, or, when one of its files fails to decode, the next readable one.
 
-        A file that fails is reported once (per process) and the run goes on.
+        Indices work as for a sequence: ``-1`` is the last item, and an index
+        outside ``[-len, len)`` raises :class:`IndexError` (which ends a plain
+        ``for`` loop over the data set). A file that fails is reported once (per
+        process) and the run goes on with the following items, wrapping round
+        within the data set.
         """
-        for attempt in range(min(len(self), 20)):
+        size = len(self)
+        index = operator.index(index)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} is out of range for a data set of {size} items")
+        index %= size
+        for attempt in range(min(size, 20)):
             try:
-                return self._item((index + attempt) % len(self))
+                return self._item((index + attempt) % size)
             except (RuntimeError, OSError, ValueError) as exc:  # libsndfile errors are RuntimeErrors
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if message not in self._reported:

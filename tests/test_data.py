@@ -198,3 +198,73 @@ def test_stats_ignore_augmentation(tmp_path):
     ref_std = allmag.std(1, unbiased=False)
     assert torch.allclose(std.double(), torch.maximum(ref_std, 1e-4 * ref_std.max()), rtol=1e-3, atol=1e-7)
     assert np.isfinite(std.numpy()).all()
+
+
+def _layouts(root: Path):
+    """One small data set of each folder layout, built under ``root``."""
+    track_folders(root / "fix")
+    for split in ("train", "valid"):
+        for t in range(2):
+            write(root / "aligned" / split / f"{t}" / "mixture.wav", 1.5, t)
+            write(root / "aligned" / split / f"{t}" / "vocals.wav", 1.5, t + 10)
+        for i in range(2):
+            write(root / "src" / split / "speech" / f"s{i}.wav", 1.5, i)
+            write(root / "src" / split / "noise" / f"n{i}.wav", 1.5, i + 10)
+        write(root / "var" / split / "a" / "vocals.wav", 1.5, 1)
+        write(root / "var" / split / "a" / "piano.wav", 1.5, 2)
+        write(root / "var" / split / "b" / "vocals.wav", 1.5, 3)
+        write(root / "var" / split / "b" / "organ.wav", 1.5, 4)
+    return {
+        "aligned": data.AlignedDataset(root / "aligned", "train", "mixture.wav", "vocals.wav", **common()),
+        "sourcefolder": data.SourceFolderDataset(root / "src", "train", "speech", ["noise"], nb_samples=5,
+                                                 **common()),
+        "trackfolder_fix": data.FixedSourcesTrackFolderDataset(root / "fix", "train", "vocals.wav",
+                                                               ["drums.wav", "bass.wav", "other.wav"], **common()),
+        "trackfolder_var": data.VariableSourcesTrackFolderDataset(root / "var", "train", "vocals.wav", **common()),
+    }
+
+
+def _iterate(ds) -> int:
+    """Count the items of a plain ``for`` loop, failing (not hanging) when it runs past the end."""
+    count = 0
+    for x, y in ds:
+        count += 1
+        assert count <= len(ds), "iteration went past the end of the data set"
+        assert x.shape == y.shape
+    return count
+
+
+@pytest.mark.parametrize("layout", ["aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var"])
+def test_plain_iteration_ends_and_indices_work_like_a_sequence(tmp_path, layout):
+    ds = _layouts(tmp_path)[layout]
+    assert _iterate(ds) == len(ds)
+    assert torch.equal(ds[-1][0], ds[len(ds) - 1][0]) and torch.equal(ds[-len(ds)][0], ds[0][0])
+    for index in (len(ds), len(ds) + 3, -len(ds) - 1):
+        with pytest.raises(IndexError, match="out of range"):
+            ds[index]
+    assert torch.equal(ds[np.int64(1)][0], ds[1][0])  # numpy and tensor indices from samplers still work
+
+
+def test_a_failing_last_item_is_replaced_by_an_item_of_the_data_set(tmp_path, caplog):
+    ds = _layouts(tmp_path)["aligned"]
+    first = ds[0]
+    last_input = ds.pairs[-1][0].path
+    last_input.write_bytes(b"RIFF....nonsense")  # breaks after the scan: found when the item is read
+    with caplog.at_level(logging.WARNING):
+        x, y = ds[-1]
+    assert torch.equal(x, ds[0][0]) and torch.equal(y, first[1])  # wrapped round to item 0
+    assert "skipping a sample" in caplog.text and str(last_input) in caplog.text
+    assert _iterate(ds) == len(ds)
+
+
+@pytest.mark.slow
+@pytest.mark.musdb
+def test_musdb_plain_iteration_ends():
+    pytest.importorskip("musdb")
+    root = require(MUSDB_7S).parent
+    ds = data.MUSDBDataset(root, "vocals", "train", samples_per_track=2,
+                           **common(sample_rate=44100, seq_duration=0.5))
+    assert len(ds) == 2 * len(ds.tracks) > 0
+    assert _iterate(ds) == len(ds)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
