@@ -124,7 +124,8 @@ def wiener(
     Args:
         targets_spectrograms: magnitudes ``(nb_frames, nb_bins, {1, nb_channels}, nb_sources)``.
         mix_stft: complex ``(nb_frames, nb_bins, nb_channels)``.
-        iterations: EM iterations; 0 returns the initial estimates.
+        iterations: EM iterations; 0 returns the initial estimates. Any number
+            of sources works, one included (no residual needed).
         softmask: start from ratio masks instead of magnitudes with the mixture phase.
         residual: add one source, the mixture minus the sum of the initial estimates.
         scale_factor: the mixture is scaled so its peak is at most this value
@@ -156,8 +157,9 @@ def wiener(
         y = torch.cat([y, mix_stft[..., None] - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
         return y
-    if y.shape[-1] < 2:
-        raise ValueError("EM needs at least two sources: add a residual or set iterations=0")
+    # One source runs the EM too, as in the reference and norbert: its filter
+    # v R (v R + eps^0.5 I)^-1 is close to the identity where the estimate is
+    # well above the regulariser, so the result is close to the mixture there.
     max_abs = max(1.0, float(mix_stft.abs().max()) / scale_factor)
     y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)
     return y * max_abs

@@ -83,9 +83,50 @@ def test_closed_form_inverse():
     assert torch.allclose(invert_hermitian(m3), torch.linalg.inv(m3))
 
 
-def test_em_needs_two_sources():
-    with pytest.raises(ValueError, match="two sources"):
-        wiener(torch.rand(4, 3, 2, 1), torch.randn(4, 3, 2, dtype=torch.complex64), 1)
+@pytest.mark.parametrize("nb_channels", [1, 2])
+@pytest.mark.parametrize("softmask", [False, True])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_one_source_without_residual_agrees_with_norbert(nb_channels, softmask, iterations):
+    # The reference and norbert run the EM on a single source; it used to raise here.
+    v, x = random_problem(nb_channels, nb_sources=1, seed=10 + iterations)
+    ref = norbert.wiener(v.copy(), x.copy(), iterations=iterations, use_softmask=softmask, eps=1e-10)
+    out = wiener(torch.from_numpy(v), torch.from_numpy(x), iterations, softmask=softmask, eps=1e-10)
+    assert out.shape == ref.shape == (40, 17, nb_channels, 1) and out.dtype == torch.complex128
+    assert np.abs(out.numpy() - ref).max() <= 1e-9 * np.abs(ref).max()
+
+
+def test_one_source_is_the_mixture_where_its_estimate_covers_it():
+    v = torch.rand(30, 9, 2, 1) + 1.0  # far above the EM's regulariser everywhere
+    x = torch.randn(30, 9, 2, dtype=torch.complex64) * 3
+    for softmask in (False, True):
+        out = wiener(v, x, 2, softmask=softmask)
+        assert out.shape == (30, 9, 2, 1) and out.dtype == torch.complex64
+        assert torch.allclose(out[..., 0], x, rtol=1e-4, atol=1e-4)
+
+
+def test_one_source_fast_path_equals_straightforward():
+    from openunmix_like.filtering import wiener_fast
+
+    spec = torch.rand(1, 2, 20, 30, dtype=torch.float64)
+    mix = torch.randn(2, 20, 30, dtype=torch.complex128) * 20
+    fast = wiener_fast(spec, mix, 2)
+    slow = wiener(spec.permute(3, 2, 1, 0), mix.permute(2, 1, 0), 2).permute(3, 2, 1, 0)
+    assert fast.shape == slow.shape == (1, 2, 20, 30)
+    assert (fast - slow).abs().max() <= 1e-12 * slow.abs().max()
+
+
+@pytest.mark.parametrize("nb_channels", [1, 2])
+@pytest.mark.parametrize("softmask", [False, True])
+def test_one_source_agrees_with_reference_openunmix(nb_channels, softmask):
+    """Runs where the reference package imports (see shared/tools/reference-openunmix); skipped elsewhere."""
+    reference = pytest.importorskip("openunmix.filtering")
+    v, x = random_problem(nb_channels, nb_sources=1, seed=20)
+    v, x = torch.from_numpy(v), torch.from_numpy(x)
+    ref = reference.wiener(v, torch.view_as_real(x), iterations=2, softmask=softmask)  # (T, F, C, 2, J)
+    ref = torch.view_as_complex(ref.transpose(-1, -2).contiguous())
+    out = wiener(v, x, 2, softmask=softmask)
+    # The reference's regulariser is sqrt(eps) in single precision: equal up to that rounding.
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
 
 
 @pytest.mark.parametrize("iterations", [0, 1, 2])
