@@ -23,7 +23,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -206,6 +206,29 @@ def read_settings(
     return AudioSettings(44100.0, n_fft, n_fft // 4, model.nb_channels)
 
 
+# The published four-target models' order: separator(audio)[:, j] means the same for every folder.
+TARGET_ORDER = ("vocals", "drums", "bass", "other")
+
+
+def default_target_order(files: Mapping[str, Path], known: Mapping[str, AudioSettings] = {}) -> List[str]:
+    """Order of a folder's targets when ``separator.json`` lists none.
+
+    Vocals, drums, bass, other first (those present); then published weight
+    files in the order of the table ``known`` comes from (umxse: speech, noise);
+    then any other targets by name.
+    """
+    published = {name: i for i, name in enumerate(known)}
+
+    def rank(target: str) -> Tuple[int, int, str]:
+        if target in TARGET_ORDER:
+            return 0, TARGET_ORDER.index(target), ""
+        if files[target].name in published:
+            return 1, published[files[target].name], ""
+        return 2, 0, target
+
+    return sorted(files, key=rank)
+
+
 def load_model_dir(
     folder: Path,
     targets: Optional[Sequence[str]] = None,
@@ -215,8 +238,8 @@ def load_model_dir(
 
     Args:
         folder: the model folder.
-        targets: targets to load, in this order; default all, sorted by name
-            unless ``separator.json`` lists an order.
+        targets: targets to load, in this order; default those ``separator.json``
+            lists, in its order, or else all in :func:`default_target_order`.
         known: settings of published weight files by file name, used when the
             folder has no JSON describing them.
 
@@ -230,7 +253,7 @@ def load_model_dir(
     if not files:
         raise ModelError(f"{folder}: no weight files (<target>.safetensors or <target>.pth) in this folder")
     if targets is None:
-        order = read_target_json(folder / "separator.json").get("targets") or sorted(files)
+        order = read_target_json(folder / "separator.json").get("targets") or default_target_order(files, known)
         targets = [t for t in order if t in files]
     missing = [t for t in targets if t not in files]
     if missing:

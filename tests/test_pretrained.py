@@ -103,3 +103,30 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv(pretrained.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert pretrained.cache_dir() == tmp_path / "xdg" / "openunmix-like"
+
+
+def test_folder_without_listed_targets_keeps_the_published_order(tmp_path):
+    from openunmix_like.modeldir import AudioSettings, save_target
+
+    folder = tmp_path / "six"
+    settings = AudioSettings(44100, 512, 128, 2)
+    for target in ("bass", "piano", "other", "vocals", "guitar", "drums"):
+        save_target(folder, target, OpenUnmix(nb_bins=257, hidden_size=8, max_bin=64), settings)
+    assert Separator.from_pretrained(folder).target_names == ["bass", "piano", "other", "vocals", "guitar", "drums"]
+    (folder / "separator.json").unlink()  # the order it listed is gone
+    sep = Separator.from_pretrained(folder)
+    assert sep.target_names == ["vocals", "drums", "bass", "other", "guitar", "piano"]
+    assert sep(torch.zeros(1, 2, 2048)).shape == (1, 6, 2, 2048)
+
+
+def test_folder_of_published_files_keeps_the_published_order(tmp_path):
+    # Weight files as published (no JSON), e.g. a copy of the download cache.
+    table = pretrained.pretrained_table()
+    for name, nb_bins, channels in (("umx", 2049, 2), ("umxse", 513, 1)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in table[name]["files"].values():
+            state = OpenUnmix(nb_bins=nb_bins, nb_channels=channels, hidden_size=8, max_bin=64).state_dict()
+            torch.save(state, folder / file)
+        # umx: vocals, drums, bass, other; umxse: speech, noise (not by name).
+        assert Separator.from_pretrained(folder).target_names == list(table[name]["files"])
