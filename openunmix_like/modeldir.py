@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -52,13 +53,37 @@ class AudioSettings:
                 "nb_channels": self.nb_channels}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "AudioSettings":
+    def from_json(cls, data: Mapping, source: Optional[Path] = None) -> "AudioSettings":
+        """Settings from a ``separator.json`` or reference ``args`` record (either key spelling).
+
+        Raises:
+            ModelError: a value is not a positive number (an integer for the
+                STFT sizes and channels); the message names ``source``.
+        """
+        def value(keys: Tuple[str, ...], default, kind):
+            key = next((k for k in keys if k in data), None)
+            if key is None:
+                return default
+            v = data[key]
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                    and (kind is float or float(v).is_integer())):
+                what = "number" if kind is float else "integer"
+                raise ModelError(f"{str(source) + ': ' if source else ''}{key} must be a positive {what}, "
+                                 f"not {_shown(v)}; fix or delete the file")
+            return kind(v)
+
         return cls(
-            sample_rate=float(data.get("sample_rate", data.get("rate", 44100.0))),
-            n_fft=int(data.get("n_fft", data.get("nfft", 4096))),
-            n_hop=int(data.get("n_hop", data.get("nhop", 1024))),
-            nb_channels=int(data.get("nb_channels", 2)),
+            sample_rate=value(("sample_rate", "rate"), 44100.0, float),
+            n_fft=value(("n_fft", "nfft"), 4096, int),
+            n_hop=value(("n_hop", "nhop"), 1024, int),
+            nb_channels=value(("nb_channels",), 2, int),
         )
+
+
+def _shown(value) -> str:
+    """A JSON value as the file spells it, shortened for a one-line message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def target_of(path: Path) -> str:
@@ -91,12 +116,23 @@ def find_weight_files(folder: Path) -> Dict[str, Path]:
 
 
 def read_state_dict(path: Path) -> Dict[str, Tensor]:
-    """Load a state dict without ever unpickling arbitrary objects."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """Load a state dict without ever unpickling arbitrary objects.
 
+    Raises:
+        ModelError: the file is truncated, damaged, not a state dict, or holds
+            pickled code; one line naming the file.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
             return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable safetensors file ({first}); it may be truncated or "
+                             "damaged: re-download or re-export the weights") from exc
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -177,13 +213,34 @@ def load_registered(path: Path, target: str, name: str, meta: Mapping) -> nn.Mod
     return model.eval()
 
 
+# Fields of separator.json and <target>.json whose type the loader relies on
+# (the STFT settings are checked by AudioSettings.from_json).
+JSON_FIELDS = {
+    "architecture": (lambda v: isinstance(v, str), "a string (an architecture name)"),
+    "model_args": (lambda v: v is None or isinstance(v, dict), "an object of constructor arguments"),
+    "args": (lambda v: isinstance(v, dict), "an object"),
+    "targets": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v), "a list of target names"),
+}
+
+
 def read_target_json(path: Path) -> dict:
+    """A model folder's JSON file (``{}`` if absent), its structural fields type-checked.
+
+    Raises:
+        ModelError: unreadable JSON, not an object, or a field of the wrong type; one line naming the file.
+    """
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable JSON ({exc}); fix or delete it") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: must hold a JSON object, not {_shown(meta)}; fix or delete it")
+    for key, (valid, what) in JSON_FIELDS.items():
+        if key in meta and not valid(meta[key]):
+            raise ModelError(f"{path}: {key} must be {what}, not {_shown(meta[key])}; fix or delete it")
+    return meta
 
 
 def read_settings(
@@ -192,11 +249,12 @@ def read_settings(
     """STFT settings: ``separator.json``, else the reference ``<target>.json``, else inferred."""
     sep_json = folder / "separator.json"
     if sep_json.is_file():
-        return AudioSettings.from_json(read_target_json(sep_json))
-    meta = read_target_json(folder / f"{first_target}.json")
+        return AudioSettings.from_json(read_target_json(sep_json), sep_json)
+    target_json = folder / f"{first_target}.json"
+    meta = read_target_json(target_json)
     if "args" in meta or "sample_rate" in meta:
         merged = {**meta.get("args", {}), **{k: v for k, v in meta.items() if k in ("sample_rate", "rate")}}
-        return AudioSettings.from_json(merged)
+        return AudioSettings.from_json(merged, target_json)
     for path in folder.iterdir():
         if path.name in known:
             return known[path.name]

@@ -316,3 +316,91 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     assert (out / "vocals.chkpnt").read_bytes() == before
     assert torch.load(out / "vocals.chkpnt", weights_only=True)["epoch"] == 1
     assert not list(out.glob("*partial*"))
+
+
+# ---------------------------------------------------------------- bad model files
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _edit_json(name, change):
+    def edit(folder):
+        path = folder / name
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps(change(meta)))
+    return edit
+
+
+def _set(key, value):
+    return lambda meta: {**meta, key: value}
+
+
+def _settings_in_target_json(edit):
+    """Remove separator.json so the settings come from vocals.json (the reference layout), then edit that."""
+    def apply(folder):
+        (folder / "separator.json").unlink()
+        edit(folder)
+    return apply
+
+
+BAD_MODEL_FILES = {
+    "truncated safetensors": ("vocals.safetensors", lambda f: _truncate(f / "vocals.safetensors")),
+    "empty safetensors": ("drums.safetensors", lambda f: (f / "drums.safetensors").write_bytes(b"")),
+    "text as safetensors": ("bass.safetensors", lambda f: (f / "bass.safetensors").write_text("not weights\n")),
+    "truncated pth": ("vocals.pth", lambda f: ((f / "vocals.safetensors").unlink(), _truncate(f / "vocals.pth"))),
+    "nfft a string": ("separator.json", _edit_json("separator.json", _set("nfft", "x"))),
+    "nhop a list": ("separator.json", _edit_json("separator.json", _set("nhop", [1024]))),
+    "nb_channels null": ("separator.json", _edit_json("separator.json", _set("nb_channels", None))),
+    "sample_rate true": ("separator.json", _edit_json("separator.json", _set("sample_rate", True))),
+    "nfft negative": ("separator.json", _edit_json("separator.json", _set("nfft", -512))),
+    "nfft fractional": ("separator.json", _edit_json("separator.json", _set("nfft", 512.5))),
+    "targets a string": ("separator.json", _edit_json("separator.json", _set("targets", "vocals"))),
+    "separator.json a list": ("separator.json", _edit_json("separator.json", lambda meta: [meta])),
+    "model_args a list": ("vocals.json", _edit_json("vocals.json", _set("model_args", [1, 2]))),
+    "architecture a number": ("drums.json", _edit_json("drums.json", _set("architecture", 5))),
+    "target json a string": ("bass.json", _edit_json("bass.json", lambda meta: "umx")),
+    "args a list": ("vocals.json", _settings_in_target_json(_edit_json("vocals.json", _set("args", [512])))),
+    "args.nfft a string": ("vocals.json", _settings_in_target_json(
+        _edit_json("vocals.json", lambda meta: {**meta, "args": {**meta["args"], "nfft": "512"}}))),
+    "rate an object": ("vocals.json", _settings_in_target_json(_edit_json("vocals.json", _set("sample_rate", {})))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODEL_FILES))
+def test_bad_model_file_is_one_model_error_naming_the_file(model_dir, case):
+    from openunmix_like import ModelError
+
+    name, damage = BAD_MODEL_FILES[case]
+    folder = model_dir()
+    damage(folder)
+    with pytest.raises(ModelError) as info:
+        Separator.from_pretrained(folder)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(folder / name) + ": ")
+    assert any(hint in message for hint in ("fix or delete", "re-download or re-export"))
+
+
+@pytest.mark.parametrize("case", ["truncated safetensors", "nfft a string", "nb_channels null", "model_args a list",
+                                  "separator.json a list"])
+def test_bad_model_file_cli_prints_one_line_and_fails(model_dir, tmp_path, wav_file, capsys, case):
+    name, damage = BAD_MODEL_FILES[case]
+    folder = model_dir()
+    damage(folder)
+    code = run_cli(wav_file(seconds=0.5), "--model", folder, "--outdir", tmp_path / "out", "--quiet")
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, captured.err
+    assert lines[0].startswith(f"umx-separate: error: {folder / name}: ") and "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_from_reference_args_still_load(model_dir):
+    # Integral floats, as some writers store them, are accepted; the checks refuse only wrong types.
+    folder = model_dir()
+    _settings_in_target_json(_edit_json("vocals.json", lambda meta: {
+        **meta, "sample_rate": 44100, "args": {**meta["args"], "nfft": 512.0, "nhop": 128}}))(folder)
+    sep = Separator.from_pretrained(folder)
+    assert (sep.sample_rate, sep.n_fft, sep.n_hop, sep.nb_channels) == (44100, 512, 128, 2)
