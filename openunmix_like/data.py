@@ -488,3 +488,72 @@ class MUSDBDataset(_Base):
         x = torch.stack([s[:, :n] for s in sources.values()]).sum(0)
         y = torch.stack([sources[name][:, :n] for name in self.target_sources]).sum(0)
         return x, y
+
+
+# ---------------------------------------------------------------- default file and folder names
+
+# What soundfile reads, so what the folder datasets can use.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".au", ".caf")
+
+
+def _audio_files(track: Path) -> List[Path]:
+    return sorted(p for p in track.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def default_track_files(root, target: str, target_file: Optional[str] = None,
+                        interferer_files: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
+    """The ``trackfolder_fix`` file names a track folder implies, where they are not given.
+
+    The target file is ``<target>.<ext>`` (any audio extension), the
+    interferers every other audio file of the track except a ``mixture.*``.
+    The first training track folder holding the target decides the names.
+
+    Raises:
+        DatasetError: no track folder holds the target, or one holds it twice.
+    """
+    folder = Path(root) / "train"
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: missing; trackfolder_fix needs {Path(root)}/train and {Path(root)}/valid "
+                           f"holding track folders with {target}.<ext> and the other sources (or name the files "
+                           "with --target-file and --interferer-files)")
+    for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+        files = _audio_files(track)
+        if target_file is None:
+            matches = [p.name for p in files if p.stem == target]
+            if len(matches) > 1:
+                raise DatasetError(f"{track}: {', '.join(matches)} all could be the {target!r} target; "
+                                   "name one with --target-file")
+            if not matches:
+                continue
+            chosen = matches[0]
+        elif (track / target_file).is_file():
+            chosen = target_file
+        else:
+            continue
+        others = [p.name for p in files if p.name != chosen and p.stem.lower() != "mixture"]
+        return chosen, list(interferer_files) if interferer_files is not None else others
+    wanted = target_file or f"{target}.<ext> ({', '.join(s[1:] for s in AUDIO_SUFFIXES)})"
+    raise DatasetError(f"{folder}: no track folder holds {wanted}; name the target file with --target-file "
+                       "and the others with --interferer-files")
+
+
+def default_source_dirs(root, target: str, target_dir: Optional[str] = None,
+                        interferer_dirs: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
+    """The ``sourcefolder`` folder names, where they are not given: ``<target>/`` holds the
+    target's files and every other folder of ``<root>/train`` is an interferer.
+
+    Raises:
+        DatasetError: ``<root>/train/<target>`` does not exist.
+    """
+    folder = _split_dir(root, "train")
+    chosen = target_dir or target
+    if not (folder / chosen).is_dir():
+        raise DatasetError(f"{folder / chosen}: missing; the sourcefolder layout needs a folder per source "
+                           "(or name the target's folder with --target-dir)")
+    if interferer_dirs is not None:
+        return chosen, list(interferer_dirs)
+    others = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name != chosen)
+    if not others:
+        raise DatasetError(f"{folder}: {chosen}/ is the only source folder; the mixture needs interferers "
+                           "(add their folders, or name them with --interferer-dirs)")
+    return chosen, others

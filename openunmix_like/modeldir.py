@@ -11,9 +11,10 @@ reference writes and publishes it) and optionally ``<target>.json``; plus a
     vocals.pth         the same state dict for the reference package (optional, umx only)
 
 ``architecture`` names an entry of :mod:`openunmix_like.architectures`
-(``umx`` when the key or the file is absent). An Open-Unmix model is rebuilt
-from the state dict itself and ``model_args`` must agree with it; the other
-architectures are rebuilt from ``model_args``, their exact constructor arguments.
+(``umx`` when the key or the file is absent). An architecture that reads its
+arguments off a state dict (Open-Unmix) is rebuilt from the weights and
+``model_args`` must agree with them; the others are rebuilt from ``model_args``,
+their exact constructor arguments.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ from torch import Tensor, nn
 from . import architectures
 from .errors import ModelError
 from .fileio import write_bytes_atomic, write_json_atomic
-from .model import OpenUnmix, OpenUnmixConfig, config_from_state_dict, strip_legacy_keys
 
 HASHED_NAME = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8,64})$")
 FORMAT = "openunmix-like/1"
@@ -168,46 +168,43 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], target
 def load_target(path: Path, target: str) -> nn.Module:
     """Build a model from one weight file (and its ``<target>.json`` if present).
 
-    ``<target>.json`` names the architecture (``umx`` when absent). An Open-Unmix
-    model is rebuilt from the state dict itself (``model_args``, if given, must
-    agree); other architectures from the exact ``model_args``.
+    ``<target>.json`` names the architecture (``umx`` when absent). An
+    architecture that can read its arguments off the state dict (Open-Unmix) is
+    rebuilt from the weights, and ``model_args``, if given, must agree; the
+    others are rebuilt from the exact ``model_args``.
     """
-    meta = read_target_json(path.parent / f"{target}.json")
-    name = meta.get("architecture", "umx")
-    if name != "umx":
-        return load_registered(path, target, name, meta)
-    state = strip_legacy_keys(read_state_dict(path))
-    try:
-        config = config_from_state_dict(state)
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"{path}: weights of target {target!r} are not an Open-Unmix state dict ({exc})") from exc
-    if meta.get("model_args"):
-        declared = OpenUnmixConfig.from_dict(meta["model_args"])
-        if declared != config:
-            raise ModelError(
-                f"{path}: weights of target {target!r} disagree with {target}.json: {config} vs {declared}"
-            )
-    model = OpenUnmix.from_config(config)
-    check_state_dict(model, state, target, path)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def load_registered(path: Path, target: str, name: str, meta: Mapping) -> nn.Module:
-    """Rebuild a model of a registered architecture from ``model_args`` and load its weights."""
+    json_path = path.parent / f"{target}.json"
+    meta = read_target_json(json_path)
+    name = meta.get("architecture", architectures.DEFAULT_ARCHITECTURE)
     try:
         arch = architectures.get(name)
-    except ValueError as exc:
-        raise ModelError(f"{path.parent / (target + '.json')}: {exc}; is this package too old for the model?") from None
-    if not isinstance(meta.get("model_args"), dict):
-        raise ModelError(f"{path.parent / (target + '.json')}: architecture {name!r} needs its model_args "
-                         "(the constructor arguments) to be rebuilt; the file has none")
-    try:
-        model = arch.from_dict(meta["model_args"])
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"{path.parent / (target + '.json')}: model_args do not build a {name!r} model "
-                         f"({exc})") from exc
-    state = read_state_dict(path)
+        raise ModelError(f"{json_path}: {exc}; is this package too old for the model?") from None
+    declared = meta.get("model_args")
+    if declared is not None and not isinstance(declared, dict):
+        raise ModelError(f"{json_path}: model_args must be an object of constructor arguments; fix or delete it")
+    state = arch.clean_state(read_state_dict(path))
+    try:
+        config = arch.config.from_dict(declared) if declared else None
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{json_path}: model_args do not build a {name!r} model ({exc})") from exc
+    if arch.config_from_state is not None:
+        try:
+            weights_config = arch.config_from_state(state)
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{path}: weights of target {target!r} are not an {arch.title} state dict "
+                             f"({exc})") from exc
+        if config is not None and config != weights_config:
+            raise ModelError(f"{path}: weights of target {target!r} disagree with {target}.json: "
+                             f"{weights_config} vs {config}")
+        config = weights_config
+    elif config is None:
+        raise ModelError(f"{json_path}: architecture {name!r} needs its model_args (the constructor arguments) "
+                         "to be rebuilt; the file has none")
+    try:
+        model = arch.build(**config.to_dict())
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{json_path}: model_args do not build a {name!r} model ({exc})") from exc
     check_state_dict(model, state, target, path)
     model.load_state_dict(state)
     return model.eval()
@@ -358,7 +355,7 @@ def save_target(
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(folder / f"{target}.safetensors", save(state, metadata={"format": FORMAT}))
-    if write_pth and architectures.architecture_of(model).name == "umx":
+    if write_pth and architectures.architecture_of(model).reference_format:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
@@ -374,14 +371,14 @@ def save_metadata(folder: Path, target: str, model: nn.Module, settings: AudioSe
 
 def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
     """The ``<target>.json`` record: architecture, exact model arguments, settings, plus ``extra``."""
-    name = architectures.architecture_of(model).name
+    arch = architectures.architecture_of(model)
     cfg = model.config
     args = {"nfft": settings.n_fft, "nhop": settings.n_hop, "nb_channels": model.nb_channels}
-    if name == "umx":
+    if arch.reference_format:
         # The reference loader rebuilds models from these.
         args.update(hidden_size=cfg.hidden_size, unidirectional=cfg.unidirectional)
     return {
-        "architecture": name,
+        "architecture": arch.name,
         "model_args": cfg.to_dict(),
         "sample_rate": settings.sample_rate,
         "args": args,

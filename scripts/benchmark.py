@@ -228,7 +228,7 @@ def bench_memory(states, durations, reference_durations, workdir: Path) -> list:
 
 def bench_training(workdir: Path, steps_tracks: int = 48, musdb_root: Optional[Path] = None) -> list:
     """Training throughput: umxhq-sized model, batch 16, 6 s excerpts, Adam steps on the CPU."""
-    from openunmix_like.train import TrainConfig, build_datasets, build_model, make_context, pick_device, train_epoch
+    from openunmix_like.training import TrainConfig, prepare, train_epoch
 
     root = workdir / "trackfolder"
     rng = np.random.default_rng(0)
@@ -250,10 +250,7 @@ def bench_training(workdir: Path, steps_tracks: int = 48, musdb_root: Optional[P
         for workers in (0, 2):
             cfg = TrainConfig(output=str(workdir / "train-out"), batch_size=16, seq_dur=6.0, nb_workers=workers,
                               quiet=True, **options)
-            device = pick_device(cfg)
-            train_set, valid_set = build_datasets(cfg)
-            model, settings = build_model(cfg, train_set, device)
-            ctx = make_context(cfg, model, settings, device, train_set, valid_set)
+            ctx = prepare(cfg)
             loss, seconds, share, samples = train_epoch(ctx, 1)
             rows.append({"dataset": name, "workers": workers, "samples": samples, "seconds": seconds,
                          "samples_per_s": samples / seconds, "data_share": share})

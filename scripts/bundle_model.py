@@ -32,7 +32,7 @@ from openunmix_like.fileio import write_bytes_atomic
 from openunmix_like.errors import ModelError
 from openunmix_like.modeldir import (FORMAT, AudioSettings, read_state_dict, read_target_json,
                                      update_separator_json)
-from openunmix_like.train import read_checkpoint
+from openunmix_like.training import read_checkpoint
 
 TARGETS = ("vocals", "drums", "bass", "other")
 LIMIT = 40 * 2 ** 20

@@ -18,37 +18,83 @@ magnitude its Wiener filter needs; training turns it into what the loss needs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
-from ..model import OpenUnmix, OpenUnmixConfig
 from .config import ArchConfig, parse_assignments
 from .tfattn import TFAttnConfig, TFAttnUNet
+from .umx import OpenUnmix, OpenUnmixConfig, bandwidth_to_max_bin, config_from_state_dict, strip_legacy_keys, widen
 from .unet1d import UNet1d, UNet1dConfig
 from .unet2d import UNet2d, UNet2dConfig
 
 MAGNITUDE, COMPLEX, WAVEFORM = "magnitude", "complex", "waveform"
+# What a <target>.json without an "architecture" key holds: the reference package's files.
+DEFAULT_ARCHITECTURE = "umx"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """The training options every architecture may draw its constructor arguments from."""
+
+    sample_rate: float = 44100
+    n_fft: int = 4096
+    nb_channels: int = 2
+    bandwidth: float = 16000
+    unidirectional: bool = False
+
+
+def _shared_args(arch: "Architecture", options: ModelOptions) -> dict:
+    args = {"nb_channels": options.nb_channels}
+    if arch.spectral():
+        args["nb_bins"] = options.n_fft // 2 + 1
+    return args
+
+
+def _umx_args(arch: "Architecture", options: ModelOptions) -> dict:
+    return dict(_shared_args(arch, options), unidirectional=options.unidirectional,
+                max_bin=bandwidth_to_max_bin(options.sample_rate, options.n_fft, options.bandwidth))
+
+
+def _identity(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    return dict(state)
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """One architecture: its model class and constructor-argument dataclass.
+    """One architecture: its model class, constructor-argument dataclass and hooks.
 
     Attributes:
         name: the ``architecture`` value in ``<target>.json`` and of ``umx-train --arch``.
+        title: its name in messages.
         model: the ``nn.Module`` class; ``model(**config.to_dict())`` builds it. Its
             ``domain`` attribute says what it maps (see the module docstring).
         config: the dataclass of its constructor arguments.
         default_loss: the ``umx-train --loss`` used when none is given.
         summary: one line for help texts and docs.
+        options_to_args: the constructor arguments the shared training options give
+            (channels, bins; Open-Unmix also its bandwidth limit and direction).
+        config_from_state: reads the constructor arguments off a state dict, for
+            architectures whose files may come without them (the reference's
+            Open-Unmix weights); ``None``: files must carry ``model_args``.
+        clean_state: drops entries of published state dicts that hold no parameter.
+        widen: a copy of a model at a larger width computing the same output at first
+            (``umx-train --model M --hidden-size N``); ``None``: not supported.
+        reference_format: the reference package can load its ``.pth`` files and reads
+            ``hidden_size`` and ``unidirectional`` from ``args`` in ``<target>.json``.
     """
 
     name: str
+    title: str
     model: type
     config: type
     default_loss: str
     summary: str
+    options_to_args: Callable[["Architecture", ModelOptions], dict] = _shared_args
+    config_from_state: Optional[Callable[[Mapping[str, Tensor]], Any]] = None
+    clean_state: Callable[[Mapping[str, Tensor]], Dict[str, Tensor]] = _identity
+    widen: Optional[Callable[..., nn.Module]] = None
+    reference_format: bool = False
 
     @property
     def domain(self) -> str:
@@ -72,30 +118,38 @@ class Architecture:
         """``KEY=VALUE`` strings (``umx-train --arch-args``) -> typed constructor arguments."""
         return parse_assignments(self.config, assignments)
 
+    def args_from_options(self, options: ModelOptions) -> dict:
+        """Constructor arguments the shared training options determine."""
+        return self.options_to_args(self, options)
+
     def spectral(self) -> bool:
         """Whether the model has STFT bins (``nb_bins``) that must match the separator's STFT."""
         return self.domain != WAVEFORM
 
 
 ARCHITECTURES: Dict[str, Architecture] = {
-    "umx": Architecture("umx", OpenUnmix, OpenUnmixConfig, "mse",
-                        "Open-Unmix: dense layers and a 3-layer BLSTM masking the magnitude"),
-    "unet2d": Architecture("unet2d", UNet2d, UNet2dConfig, "l1",
-                           "spectrogram U-Net (seed 001): strided 5x5 convolutions, sigmoid magnitude mask"),
-    "unet1d": Architecture("unet1d", UNet1d, UNet1dConfig, "wavl1",
-                           "waveform U-Net (seed 000): strided 1-D convolutions, sigmoid time-domain mask"),
-    "tfattn": Architecture("tfattn", TFAttnUNet, TFAttnConfig, "l1+0.5*mrstft",
-                           "time-frequency attention U-Net (seed 002): TFSWA blocks, complex mask"),
+    "umx": Architecture("umx", "Open-Unmix", OpenUnmix, OpenUnmixConfig, "mse",
+                        "Open-Unmix (Stoter et al. 2019): dense layers and a 3-layer BLSTM masking the magnitude",
+                        options_to_args=_umx_args, config_from_state=config_from_state_dict,
+                        clean_state=strip_legacy_keys, widen=widen, reference_format=True),
+    "unet2d": Architecture("unet2d", "spectrogram U-Net", UNet2d, UNet2dConfig, "l1",
+                           "spectrogram U-Net (Jansson et al. 2017): strided 5x5 convolutions, sigmoid magnitude "
+                           "mask"),
+    "unet1d": Architecture("unet1d", "Wave-U-Net", UNet1d, UNet1dConfig, "wavl1",
+                           "waveform U-Net (after Stoller et al. 2018): strided 1-D convolutions, sigmoid "
+                           "time-domain mask"),
+    "tfattn": Architecture("tfattn", "time-frequency attention U-Net", TFAttnUNet, TFAttnConfig, "l1+0.5*mrstft",
+                           "time-frequency shifted-window attention U-Net: TFSWA blocks, complex mask"),
 }
 
 # Training settings that belong together (umx-train --preset); explicit flags win over them.
 PRESETS: Dict[str, dict] = {
-    # Seed 001: mono 8192 Hz, STFT 1024 / hop 768, excerpts of 128 frames ((128 - 1) * 768 samples).
+    # Jansson et al. 2017: mono 8192 Hz, STFT 1024 / hop 768, excerpts of 128 frames ((128 - 1) * 768 samples).
     "unet2d-8k": {"arch": "unet2d", "sample_rate": 8192, "nb_channels": 1, "nfft": 1024, "nhop": 768,
                   "seq_dur": 127 * 768 / 8192, "loss": "l1"},
-    # Seed 000: 44.1 kHz mono waveform U-Net, L1 on the waveform.
+    # Stoller et al. 2018: 44.1 kHz mono waveform U-Net, L1 on the waveform.
     "unet1d-mono": {"arch": "unet1d", "sample_rate": 44100, "nb_channels": 1, "loss": "wavl1"},
-    # Seed 002: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss, clipping at 1.
+    # The attention U-Net's setup: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss, clipping at 1.
     "tfattn-2048": {"arch": "tfattn", "nfft": 2048, "nhop": 512, "loss": "l1+0.5*mrstft", "clip_grad": 1.0,
                     "lr_scheduler": "cosine"},
 }
@@ -126,5 +180,5 @@ def domain_of(model: nn.Module) -> str:
     return getattr(model, "domain", MAGNITUDE)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "ArchConfig", "COMPLEX", "MAGNITUDE", "PRESETS",
-           "WAVEFORM", "architecture_of", "domain_of", "get"]
+__all__ = ["ARCHITECTURES", "Architecture", "ArchConfig", "COMPLEX", "DEFAULT_ARCHITECTURE", "MAGNITUDE",
+           "ModelOptions", "PRESETS", "WAVEFORM", "architecture_of", "domain_of", "get"]

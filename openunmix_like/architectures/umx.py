@@ -1,0 +1,277 @@
+"""Open-Unmix (``umx``): dense layers around a 3-layer BLSTM that mask the mixture magnitude.
+
+Stöter et al., "Open-Unmix - A Reference Implementation for Music Source
+Separation", JOSS 2019. The parameter names and shapes equal those of the
+published Open-Unmix weights, so their state dicts load unchanged, and every
+constructor argument can be read back from a state dict
+(:func:`config_from_state_dict`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+# Entries found in weights published with Open-Unmix 1.0 that hold no parameter.
+LEGACY_KEYS = ("stft.window", "transform.0.window", "sample_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenUnmixConfig:
+    """Everything needed to rebuild an :class:`OpenUnmix` model.
+
+    Args:
+        nb_bins: one-sided STFT bins, ``n_fft // 2 + 1``.
+        nb_channels: audio channels the model sees (1 or 2).
+        hidden_size: width of the dense bottleneck and of the LSTM output.
+        nb_layers: LSTM layers.
+        unidirectional: causal LSTM (for real-time use) instead of bidirectional.
+        max_bin: bins below the bandwidth limit fed to the network; ``None``
+            means all bins.
+    """
+
+    nb_bins: int = 2049
+    nb_channels: int = 2
+    hidden_size: int = 512
+    nb_layers: int = 3
+    unidirectional: bool = False
+    max_bin: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "OpenUnmixConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown OpenUnmix arguments: {', '.join(unknown)}")
+        return cls(**data)
+
+
+class OpenUnmix(nn.Module):
+    """Estimates one target's magnitude spectrogram from the mixture's.
+
+    Args:
+        nb_bins: one-sided STFT bins, ``n_fft // 2 + 1``.
+        nb_channels: audio channels (1 or 2).
+        hidden_size: width of the bottleneck.
+        nb_layers: LSTM layers.
+        unidirectional: use a causal LSTM.
+        max_bin: bins fed to the network (bandwidth limit); defaults to all.
+
+    Example:
+        >>> model = OpenUnmix(nb_bins=2049, max_bin=1487)
+        >>> model(torch.rand(1, 2, 2049, 10)).shape
+        torch.Size([1, 2, 2049, 10])
+    """
+
+    domain = "magnitude"  # maps magnitudes to magnitudes (see openunmix_like.architectures)
+
+    def __init__(
+        self,
+        nb_bins: int = 2049,
+        nb_channels: int = 2,
+        hidden_size: int = 512,
+        nb_layers: int = 3,
+        unidirectional: bool = False,
+        max_bin: Optional[int] = None,
+    ):
+        super().__init__()
+        max_bin = nb_bins if max_bin is None else max_bin
+        if not 0 < max_bin <= nb_bins:
+            raise ValueError(f"max_bin must be in 1..{nb_bins}, got {max_bin}")
+        self.config = OpenUnmixConfig(
+            nb_bins, nb_channels, hidden_size, nb_layers, unidirectional, max_bin
+        )
+        self.nb_bins = nb_bins
+        self.nb_channels = nb_channels
+        self.max_bin = max_bin
+        self.hidden_size = hidden_size
+
+        self.fc1 = nn.Linear(max_bin * nb_channels, hidden_size, bias=False)
+        self.bn1 = nn.BatchNorm1d(hidden_size)
+        lstm_hidden = hidden_size if unidirectional else hidden_size // 2
+        self.lstm = nn.LSTM(
+            input_size=hidden_size,
+            hidden_size=lstm_hidden,
+            num_layers=nb_layers,
+            bidirectional=not unidirectional,
+            batch_first=False,
+            dropout=0.4 if nb_layers > 1 else 0.0,
+        )
+        self.fc2 = nn.Linear(hidden_size * 2, hidden_size, bias=False)
+        self.bn2 = nn.BatchNorm1d(hidden_size)
+        self.fc3 = nn.Linear(hidden_size, nb_bins * nb_channels, bias=False)
+        self.bn3 = nn.BatchNorm1d(nb_bins * nb_channels)
+
+        self.input_mean = nn.Parameter(torch.zeros(max_bin))
+        self.input_scale = nn.Parameter(torch.ones(max_bin))
+        self.output_scale = nn.Parameter(torch.ones(nb_bins))
+        self.output_mean = nn.Parameter(torch.ones(nb_bins))
+
+    @classmethod
+    def from_config(cls, config: OpenUnmixConfig) -> "OpenUnmix":
+        return cls(**config.to_dict())
+
+    def set_input_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store the training set's magnitude statistics, per bin up to ``max_bin``."""
+        with torch.no_grad():
+            self.input_mean.copy_(-mean[: self.max_bin])
+            self.input_scale.copy_(1.0 / std[: self.max_bin].clamp_min(1e-8))
+
+    def freeze(self) -> "OpenUnmix":
+        """Switch to inference: no gradients, batch norm and dropout in eval mode."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x: mixture magnitude, ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+
+        Returns:
+            target magnitude, same shape as ``x``.
+        """
+        # (nb_frames, nb_samples, nb_channels, nb_bins)
+        x = x.permute(3, 0, 1, 2)
+        # The mask multiplies a detached mixture, as in the reference: gradients reach the
+        # input through the network only.
+        mix = x.detach()
+        nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
+        # Without autograd, update intermediate tensors in place: same values, far fewer
+        # fresh allocations (each a multi-megabyte page-faulting one for long inputs).
+        inplace = not torch.is_grad_enabled()
+
+        x = x[..., : self.max_bin] + self.input_mean
+        x = x.mul_(self.input_scale) if inplace else x * self.input_scale
+
+        x = self.fc1(x.reshape(-1, nb_channels * self.max_bin))
+        x = torch.tanh(self.bn1(x))
+        x = x.reshape(nb_frames, nb_samples, self.hidden_size)
+
+        lstm_out, _ = self.lstm(x)
+        x = torch.cat([x, lstm_out], -1)
+
+        x = self.fc2(x.reshape(-1, x.shape[-1]))
+        x = torch.relu(self.bn2(x))
+        x = self.bn3(self.fc3(x))
+
+        x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
+        if inplace:
+            x = x.mul_(self.output_scale).add_(self.output_mean).relu_().mul_(mix)
+        else:
+            x = torch.relu(x * self.output_scale + self.output_mean) * mix
+        return x.permute(1, 2, 3, 0)
+
+
+def widen(model: OpenUnmix, hidden_size: int, generator: Optional[torch.Generator] = None) -> OpenUnmix:
+    """A copy of ``model`` with a wider bottleneck and LSTM that computes the same output at first.
+
+    Every unit of ``model`` keeps its weights and reads no new unit (the weights
+    from new units into old ones are zero), so in eval mode the copy's output
+    equals the model's; the new units start with random input weights, like a
+    fresh layer's, and batch norm at its identity, and training then puts them
+    to use. For fine-tuning a trained model at a larger width (``umx-train
+    --model M --hidden-size N``).
+
+    Raises:
+        ValueError: ``hidden_size`` below the model's, or odd for a bidirectional model.
+    """
+    cfg = model.config
+    if hidden_size < cfg.hidden_size:
+        raise ValueError(f"cannot narrow a hidden-{cfg.hidden_size} model to {hidden_size}; widening only")
+    if not cfg.unidirectional and hidden_size % 2:
+        raise ValueError(f"hidden size {hidden_size}: a bidirectional model needs an even width")
+    wide = OpenUnmix.from_config(dataclasses.replace(cfg, hidden_size=hidden_size))
+    old, new = model.state_dict(), wide.state_dict()
+    h0, h1 = cfg.hidden_size, hidden_size
+    directions = 1 if cfg.unidirectional else 2
+    u0, u1 = h0 // directions, h1 // directions  # LSTM units per direction
+    # Positions of the old units inside the wider vectors they belong to.
+    bottleneck = torch.arange(h0)
+    lstm_out = torch.cat([torch.arange(u0) + d * u1 for d in range(directions)])
+    gates = torch.cat([torch.arange(u0) + g * u1 for g in range(4)])
+    fc2_in = torch.cat([bottleneck, h1 + lstm_out])
+
+    def fresh(shape, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+    out = {}
+    for name, value in new.items():
+        before = old[name]
+        if name in ("fc1.weight", "fc2.weight"):
+            cols = torch.arange(before.shape[1]) if name == "fc1.weight" else fc2_in
+            t = fresh(value.shape, value.shape[1])  # new rows: random inputs
+            t[:h0] = 0.0
+            t[bottleneck[:, None], cols[None, :]] = before
+        elif name == "fc3.weight":
+            t = torch.zeros_like(value)
+            t[:, :h0] = before
+        elif name.startswith(("bn1.", "bn2.")):
+            t = value.clone()  # identity for new units: weight 1, bias 0, mean 0, variance 1
+            if before.dim():
+                t[:h0] = before
+            else:
+                t = before.clone()
+        elif name.startswith("lstm."):
+            t = fresh(value.shape, u1)  # new units: random inputs and biases
+            t[gates] = 0.0
+            if name.startswith("lstm.weight_hh"):  # old units read their own direction's old units
+                t[gates[:, None], torch.arange(u0)[None, :]] = before
+            elif name.startswith("lstm.weight_ih"):  # the bottleneck (layer 0) or the layer below's output
+                cols = bottleneck if name.startswith("lstm.weight_ih_l0") else lstm_out
+                t[gates[:, None], cols[None, :]] = before
+            else:  # biases
+                t[gates] = before
+        else:  # bn3, input and output scaling: unchanged shapes
+            t = before.clone()
+        out[name] = t.to(value.dtype)
+    wide.load_state_dict(out)
+    return wide.train(model.training)
+
+
+def strip_legacy_keys(state: Mapping[str, Tensor]) -> dict:
+    """Drop the non-parameter entries some published weights carry."""
+    return {k: v for k, v in state.items() if k not in LEGACY_KEYS}
+
+
+def config_from_state_dict(state: Mapping[str, Tensor]) -> OpenUnmixConfig:
+    """Read the architecture of an Open-Unmix model off its state dict.
+
+    Raises:
+        KeyError: a key the architecture needs is missing.
+        ValueError: the shapes contradict each other.
+    """
+    max_bin = int(state["input_mean"].shape[0])
+    nb_bins = int(state["output_mean"].shape[0])
+    hidden_size, fc1_in = (int(n) for n in state["fc1.weight"].shape)
+    if fc1_in % max_bin:
+        raise ValueError(
+            f"fc1.weight has {fc1_in} inputs, not a multiple of max_bin={max_bin}"
+        )
+    layers = [int(m.group(1)) for k in state if (m := re.fullmatch(r"lstm\.weight_ih_l(\d+)", k))]
+    if not layers:
+        raise KeyError("lstm.weight_ih_l0")
+    unidirectional = "lstm.weight_ih_l0_reverse" not in state
+    return OpenUnmixConfig(
+        nb_bins=nb_bins,
+        nb_channels=fc1_in // max_bin,
+        hidden_size=hidden_size,
+        nb_layers=max(layers) + 1,
+        unidirectional=unidirectional,
+        max_bin=max_bin,
+    )
+
+
+def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
+    """Number of one-sided STFT bins whose centre frequency is at most ``bandwidth`` Hz."""
+    nb_bins = n_fft // 2 + 1
+    freqs = torch.linspace(0, sample_rate / 2, nb_bins, dtype=torch.float64)
+    return int((freqs <= bandwidth).sum())

@@ -1,0 +1,34 @@
+"""Training one target model: ``umx-train`` parses its options into a :class:`TrainConfig`
+and calls :func:`run`.
+
+The parts, in the order a run uses them:
+
+- :mod:`.config`: the options (:class:`TrainConfig`) and their checks;
+- :mod:`.factory`: data sets, model (fresh, fine-tuned or widened), optimiser and
+  schedule, each returning the configuration it resolved (:func:`prepare` chains them);
+- :mod:`.loop`: epochs, optimisation steps, validation, early stopping (:func:`run`);
+- :mod:`.checkpoint`: the files of the output folder, and resuming from them;
+- :mod:`.history`: per-epoch records, the CSV and TensorBoard logs;
+- :mod:`.distributed`: ranks and collectives under ``torchrun`` (DistributedDataParallel,
+  gloo on CPU, nccl on CUDA: each rank trains on its own shard, only rank 0 writes).
+
+The output folder follows the reference layout (``<target>.pth``, ``<target>.json``,
+``<target>.chkpnt``, ``separator.json``) plus ``<target>.safetensors`` and a per-epoch
+``<target>.csv``; training several targets into one folder gives a folder the separator
+loads directly.
+
+>>> from openunmix_like.training import TrainConfig, run
+>>> history = run(TrainConfig(dataset="trackfolder_fix", root="data", target="vocals", epochs=10))
+"""
+from .checkpoint import read_checkpoint
+from .config import DATASETS, SCHEDULERS, SELECT_BY, TrainConfig, check_options
+from .context import Context, WeightAverage, evaluated_model
+from .distributed import distributed_session, pick_device
+from .factory import build_datasets, build_model, input_statistics, make_context, prepare, resolve_sources
+from .history import History
+from .loop import run, step, train_epoch, validate, validate_sdr
+
+__all__ = ["Context", "DATASETS", "History", "SCHEDULERS", "SELECT_BY", "TrainConfig", "WeightAverage",
+           "build_datasets", "build_model", "check_options", "distributed_session", "evaluated_model",
+           "input_statistics", "make_context", "pick_device", "prepare", "read_checkpoint", "resolve_sources",
+           "run", "step", "train_epoch", "validate", "validate_sdr"]

@@ -1,0 +1,200 @@
+"""The files a run writes and resumes from.
+
+After every epoch rank 0 writes ``<target>.chkpnt`` (everything a resumed run
+needs), the best model when the epoch improved (``<target>.safetensors``,
+``.pth``, ``.json``, ``separator.json``), otherwise just the updated
+``<target>.json``, and ``<target>.csv``. With ``--ckpt-every N`` it also writes
+``checkpoints/<target>-step<N>.chkpnt`` mid-epoch. Every file is written
+atomically, so a run killed at any moment leaves loadable files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import logging
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from .. import architectures
+from ..errors import OpenUnmixLikeError
+from ..fileio import write_bytes_atomic
+from ..modeldir import save_metadata, save_target
+from .config import TrainConfig
+from .context import Context, EpochProgress, evaluated_model
+from .distributed import all_reduce_sum, is_main, unwrap, world
+from .history import History, log_tensorboard, write_csv
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.output) / f"{cfg.target}.chkpnt"
+
+
+def step_checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.output) / "checkpoints"
+
+
+def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
+    """Rank 0 writes the checkpoint, the best model when it improved, and the logs."""
+    if not is_main():
+        return
+    cfg, model = ctx.cfg, evaluated_model(ctx)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
+    if improved:
+        save_target(out, cfg.target, model, ctx.settings, extra=extra)
+    else:
+        save_metadata(out, cfg.target, model, ctx.settings, extra)
+    write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
+    write_csv(out / f"{cfg.target}.csv", ctx.history)
+    if ctx.tensorboard is not None:
+        log_tensorboard(ctx.tensorboard, cfg.target, ctx.history, epoch)
+
+
+def checkpoint_state(ctx: Context, epoch: int) -> dict:
+    """Everything a resumed run needs after ``epoch`` (or part of it, see :func:`save_step_checkpoint`)."""
+    model = unwrap(ctx.model)
+    state = {
+        "epoch": epoch,
+        "step": ctx.history.global_step,
+        "architecture": architectures.architecture_of(model).name,
+        "lr_scheduler": ctx.cfg.lr_scheduler,
+        "state_dict": model.state_dict(),
+        "model_args": model.config.to_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "best_loss": ctx.history.best_loss,
+        "history": dataclasses.asdict(ctx.history),
+    }
+    if ctx.average is not None:
+        state["average"] = ctx.average.model.state_dict()
+    return state
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_step_checkpoint(ctx: Context, epoch: int, progress: EpochProgress) -> None:
+    """Every ``--ckpt-every`` steps: ``checkpoints/<target>-step<N>.chkpnt``, resumable mid-epoch.
+
+    Holds the epoch checkpoint's state plus the epoch's progress (batches done,
+    the loss summed over all ranks so far, random states); only the newest
+    ``--ckpt-keep`` are kept.
+    """
+    total, count = all_reduce_sum([progress.total, progress.count])  # every rank reaches this step
+    if not is_main():
+        return
+    cfg = ctx.cfg
+    folder = step_checkpoint_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = checkpoint_state(ctx, epoch)
+    state["progress"] = {"batches": progress.batches, "total": total, "count": int(count),
+                         "data_time": progress.data_time, "rng_state": torch.get_rng_state(),
+                         "generator_state": ctx.generator.get_state()}
+    write_checkpoint(folder / f"{cfg.target}-step{ctx.history.global_step:08d}.chkpnt", state)
+    for old in step_checkpoints(cfg)[: -max(cfg.ckpt_keep, 1)]:
+        old.unlink(missing_ok=True)
+
+
+def step_checkpoints(cfg: TrainConfig) -> List[Path]:
+    """This target's step checkpoints, oldest first."""
+    folder = step_checkpoint_dir(cfg)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{glob.escape(cfg.target)}-step[0-9]*.chkpnt"))
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
+    """``--checkpoint`` (a file, or the folder of ``<target>.chkpnt``), or with ``--resume auto`` the
+    newest of ``<output>/<target>.chkpnt`` and the step checkpoints (by training step)."""
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if path.is_dir():
+            path = path / f"{cfg.target}.chkpnt"
+        if not path.is_file():
+            raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: no checkpoint file {path}")
+        return path
+    if cfg.resume == "auto":
+        path = checkpoint_path(cfg)
+        steps = step_checkpoints(cfg)
+        if not steps:
+            return path if path.is_file() else None
+        newest = steps[-1]
+        newest_step = int(newest.stem.rsplit("-step", 1)[1])
+        if path.is_file() and read_checkpoint(path).get("step", -1) >= newest_step:
+            return path
+        return newest
+    if cfg.resume:
+        raise OpenUnmixLikeError(f"--resume {cfg.resume!r}: only 'auto' is supported (or use --checkpoint PATH)")
+    return None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents (tensors and plain data only, nothing unpickled beyond that)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint
+        raise OpenUnmixLikeError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+
+
+def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgress]]:
+    """Restore model, optimiser, scheduler and history; return the epoch to start from, and
+    for a step checkpoint the progress within it."""
+    state = read_checkpoint(path)
+    model = unwrap(ctx.model)
+    arch = architectures.architecture_of(model).name
+    saved_arch = state.get("architecture", architectures.DEFAULT_ARCHITECTURE)
+    if saved_arch != arch or (state.get("model_args") and state["model_args"] != model.config.to_dict()):
+        raise OpenUnmixLikeError(f"{path}: checkpoint of a different model ({saved_arch}, "
+                                 f"{state.get('model_args')}); use another --output or the same model options")
+    if state.get("lr_scheduler", "plateau") != ctx.cfg.lr_scheduler:
+        raise OpenUnmixLikeError(f"{path}: checkpoint of a run with --lr-scheduler {state.get('lr_scheduler')}; "
+                                 f"resume with the same schedule")
+    model.load_state_dict(state["state_dict"])
+    if ctx.average is not None:
+        if "average" in state:
+            ctx.average.model.load_state_dict(state["average"])
+        else:
+            # A run that did not average before: the average starts here.
+            ctx.average.model.load_state_dict(state["state_dict"])
+            if is_main():
+                log.info("%s holds no weight average: --ema starts from its weights", path)
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    first = int(state["epoch"]) + ("progress" not in state)
+    if not ctx.cfg.stop_after or first <= ctx.cfg.stop_after:  # a run that trains nothing keeps its schedule
+        retarget_cosine(ctx, path)
+    ctx.history = History(**state["history"])
+    if "progress" not in state:
+        return first, None
+    progress = EpochProgress(**state["progress"])
+    if world()[0] != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
+        progress.total, progress.count = 0.0, 0
+    return int(state["epoch"]), progress
+
+
+def retarget_cosine(ctx: Context, path: Path) -> None:
+    """A cosine run resumed with another ``--epochs`` anneals from its current learning rate to 0 at
+    the new last epoch (the restored schedule would otherwise end at the old one)."""
+    scheduler = ctx.scheduler
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return
+    epochs = max(ctx.cfg.epochs, 1)
+    if scheduler.T_max == epochs:
+        return
+    if scheduler.last_epoch >= epochs:
+        raise OpenUnmixLikeError(f"{path}: the run has already trained {scheduler.last_epoch} epochs; "
+                                 f"resume with --epochs above that")
+    if is_main():
+        log.info("%s: cosine schedule re-targeted from %d to %d epochs", path, scheduler.T_max, epochs)
+    # PyTorch's recursive form telescopes from the current rate, so the rest of the curve is
+    # lr_now * (1 + cos(pi * e / epochs)) / (1 + cos(pi * e_now / epochs)), which is 0 at e = epochs.
+    scheduler.T_max = epochs

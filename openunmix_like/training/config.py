@@ -1,0 +1,147 @@
+"""The options of ``umx-train`` as one dataclass, and their checks."""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+from .. import architectures
+from ..augment import BatchCompose, Compose, split_names
+from ..errors import OpenUnmixLikeError
+from ..losses import parse_loss
+
+DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+SCHEDULERS = ("plateau", "cosine")
+SELECT_BY = ("loss", "sdr")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``umx-train`` (names as in the reference, so its tools can read ``args``).
+
+    Fields left at ``None`` are resolved when training starts (the dataset's
+    file names, the architecture, width and loss) and saved resolved in
+    ``<target>.json``: see :func:`openunmix_like.training.factory.build_model`.
+    """
+
+    # what and where
+    target: str = "vocals"
+    output: str = "open-unmix"
+    checkpoint: Optional[str] = None
+    resume: Optional[str] = None
+    model: Optional[str] = None
+    dataset: str = "musdb"
+    root: Optional[str] = None
+    # musdb
+    is_wav: bool = False
+    samples_per_track: int = 64
+    # folder datasets (None: the defaults of the layout, see factory.resolve_sources)
+    input_file: Optional[str] = None
+    output_file: Optional[str] = None
+    target_dir: Optional[str] = None
+    interferer_dirs: Optional[List[str]] = None
+    target_file: Optional[str] = None
+    interferer_files: Optional[List[str]] = None
+    ext: str = ".wav"
+    nb_train_samples: int = 1000
+    nb_valid_samples: int = 100
+    random_track_mix: bool = False
+    silence_missing_targets: bool = False
+    random_interferer_mix: bool = False
+    source_augmentations: Optional[List[str]] = None
+    sample_rate: int = 44100
+    # optimisation
+    epochs: int = 1000
+    batch_size: int = 16
+    patience: int = 140
+    seq_dur: float = 6.0
+    lr: float = 0.001
+    lr_decay_patience: int = 80
+    lr_decay_gamma: float = 0.3
+    weight_decay: float = 0.00001
+    # optimisation (schedules, clipping, step checkpoints)
+    lr_scheduler: str = "plateau"
+    clip_grad: float = 0.0
+    ema: float = 0.0  # decay per step of the weight average that is validated and saved (0: off)
+    ckpt_every: int = 0
+    ckpt_keep: int = 3
+    max_minutes: float = 0.0  # training-time budget (0: none); the run stops mid-epoch when it is spent
+    stop_after: int = 0  # last epoch this run trains (0: --epochs); the schedule still spans --epochs
+    # model
+    arch: Optional[str] = None  # None: umx for a new model, the fine-tuned model's own with --model
+    arch_args: Optional[List[str]] = None
+    loss: Optional[str] = None  # None: the architecture's default (mse for umx)
+    preset: Optional[str] = None  # the --preset name, saved so a model's record says where its settings came from
+    unidirectional: bool = False
+    hidden_size: Optional[int] = None  # None: the architecture's default (512 for umx); with --model: widen to it
+    lstm_dropout: Optional[float] = None  # umx: dropout between LSTM layers (None: the model's, 0.4)
+    nfft: int = 4096
+    nhop: int = 1024
+    bandwidth: float = 16000
+    nb_channels: int = 2
+    # validation metric
+    eval_every: int = 0
+    select_by: str = "loss"  # what picks the best epoch: the validation loss, or the validation SDR (eval_every)
+    # what to do when a batch gives a NaN or infinite loss or gradient: skip the batch or stop
+    nonfinite: str = "skip"
+    # running
+    nb_workers: int = 0
+    quiet: bool = False
+    seed: int = 42
+    no_cuda: bool = False
+    device: Optional[str] = None
+
+    def architecture(self) -> architectures.Architecture:
+        """The architecture of a new model (``--arch``, default umx)."""
+        return architectures.get(self.arch or architectures.DEFAULT_ARCHITECTURE)
+
+    def augmentation_names(self) -> List[str]:
+        names = self.source_augmentations
+        if names is None:
+            names = [] if self.dataset == "aligned" else ["gain", "channelswap"]
+        return list(names)
+
+    def augmentations(self) -> Compose:
+        """The source augmentations, applied by the data set to every source."""
+        return Compose.from_names(split_names(self.augmentation_names())[0])
+
+    def batch_augmentations(self) -> BatchCompose:
+        """The batch augmentations (masking, mixup), applied by the training step."""
+        return BatchCompose.from_names(split_names(self.augmentation_names())[1], self.nfft, self.nhop)
+
+
+def check_options(cfg: TrainConfig) -> TrainConfig:
+    """Fail on bad architecture, loss, schedule or augmentation options before reading any data.
+
+    Returns:
+        ``cfg`` with ``eval_every`` resolved: ``--select-by sdr`` scores every
+        epoch unless ``--eval-every`` says otherwise.
+    """
+    if cfg.lr_scheduler not in SCHEDULERS:
+        raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0 or cfg.stop_after < 0:
+        raise OpenUnmixLikeError("--clip-grad, --ckpt-every, --max-minutes and --stop-after must not be negative")
+    if cfg.lstm_dropout is not None and not 0.0 <= cfg.lstm_dropout < 1.0:
+        raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
+    if cfg.select_by not in SELECT_BY:
+        raise OpenUnmixLikeError(f"--select-by {cfg.select_by!r}: choose one of {', '.join(SELECT_BY)}")
+    if cfg.eval_every < 0:
+        raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
+    eval_every = cfg.eval_every or (1 if cfg.select_by == "sdr" else 0)
+    if cfg.select_by == "sdr" and eval_every > cfg.epochs:
+        raise OpenUnmixLikeError(f"--select-by sdr with --eval-every {eval_every} above --epochs {cfg.epochs}: "
+                                 "no epoch would be scored; give a smaller --eval-every")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
+    if not cfg.model:
+        try:
+            arch = cfg.architecture()
+        except ValueError as exc:
+            raise OpenUnmixLikeError(f"--arch: {exc}") from None
+        arch.parse_args(cfg.arch_args or [])
+        if cfg.arch_args and cfg.hidden_size is not None and any(
+                a.split("=")[0].strip() == "hidden_size" for a in cfg.arch_args):
+            raise OpenUnmixLikeError("give the width once: --hidden-size or --arch-args hidden_size=...")
+    if cfg.loss:
+        parse_loss(cfg.loss)
+    split_names(cfg.augmentation_names())
+    return dataclasses.replace(cfg, eval_every=eval_every)

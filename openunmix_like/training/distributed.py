@@ -1,0 +1,103 @@
+"""Running under ``torchrun``: ranks, collectives, the device, and tearing down.
+
+Without ``torchrun`` every helper here is a no-op for a single process, so the
+training code calls them unconditionally.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import OpenUnmixLikeError
+
+
+def world() -> Tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` outside ``torchrun``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files and logs (rank 0)."""
+    return world()[0] == 0
+
+
+def setup_distributed(device: torch.device) -> None:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def broadcast_from_rank0(compute: Callable[[], Tuple[Tensor, Tensor]], nb_bins: int) -> Tuple[Tensor, Tensor]:
+    """Compute on rank 0 only and share the result with every rank."""
+    rank, size = world()
+    if size == 1:
+        return compute()
+    stats = torch.zeros(2, nb_bins)
+    if rank == 0:
+        mean, std = compute()
+        stats = torch.stack([mean, std])
+    torch.distributed.broadcast(stats, src=0)
+    return stats[0], stats[1]
+
+
+def all_reduce_sum(values: List[float]) -> List[float]:
+    """Sums over the ranks (the values themselves in a single process)."""
+    if world()[1] == 1:
+        return values
+    on_gpu = torch.distributed.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if on_gpu else "cpu")
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def pick_device(device: str = None, no_cuda: bool = False) -> torch.device:
+    """``--device`` if given, else CUDA when available (and not ``--no-cuda``); under torchrun the
+    local rank's GPU."""
+    if device:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise OpenUnmixLikeError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    else:
+        chosen = torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+    if chosen.type == "cuda" and "LOCAL_RANK" in os.environ:
+        chosen = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return chosen
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model in DistributedDataParallel when there are several ranks, else itself."""
+    if world()[1] == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+@contextlib.contextmanager
+def distributed_session():
+    """Tear the process group down when training ends (no-op without torchrun).
+
+    Ranks first wait for each other, so none closes its connections while rank 0
+    is still writing the last epoch's files or another rank is mid-collective.
+    """
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if not failed:
+                torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

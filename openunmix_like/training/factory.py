@@ -1,0 +1,238 @@
+"""Building what a run needs from its configuration: data sets, model, optimiser, schedule.
+
+The configuration flows one way: each factory returns what it built together
+with the configuration resolved by it (file names the data layout implies, the
+architecture, width, STFT and loss the model has), and :func:`prepare` chains
+them, so the ``args`` saved with a model are complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import architectures, data
+from ..errors import ModelError, OpenUnmixLikeError
+from ..losses import Objective, parse_loss
+from ..modeldir import AudioSettings
+from ..transforms import STFT, ComplexNorm
+from .config import DATASETS, TrainConfig, check_options
+from .context import Context, WeightAverage
+from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
+from .history import History, tensorboard_writer
+
+log = logging.getLogger(__name__)
+Datasets = Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]
+
+
+# ---------------------------------------------------------------- data
+
+
+def resolve_sources(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the file and folder names the data layout implies where none are given:
+    ``trackfolder_fix``: ``<target>.<ext>`` and every other audio file except ``mixture.*``;
+    ``trackfolder_var``: ``<target><--ext>``; ``sourcefolder``: ``<target>/`` and every other folder."""
+    if cfg.root is None:
+        raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
+    if cfg.dataset == "trackfolder_fix" and not (cfg.target_file and cfg.interferer_files):
+        target_file, interferers = data.default_track_files(cfg.root, cfg.target, cfg.target_file,
+                                                            cfg.interferer_files)
+        return dataclasses.replace(cfg, target_file=target_file, interferer_files=interferers)
+    if cfg.dataset == "trackfolder_var" and not cfg.target_file:
+        return dataclasses.replace(cfg, target_file=cfg.target + cfg.ext)
+    if cfg.dataset == "sourcefolder" and not (cfg.target_dir and cfg.interferer_dirs):
+        target_dir, interferers = data.default_source_dirs(cfg.root, cfg.target, cfg.target_dir, cfg.interferer_dirs)
+        return dataclasses.replace(cfg, target_dir=target_dir, interferer_dirs=interferers)
+    return cfg
+
+
+def build_datasets(cfg: TrainConfig) -> Datasets:
+    """Training and validation datasets for ``cfg.dataset`` (names resolved by :func:`resolve_sources`)."""
+    cfg = resolve_sources(cfg)
+    common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
+    train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
+    valid_kw = dict(common, seq_duration=None, random_chunks=False)
+    if cfg.dataset == "musdb":
+        args = dict(root=cfg.root, target=cfg.target, is_wav=cfg.is_wav)
+        return (data.MUSDBDataset(split="train", samples_per_track=cfg.samples_per_track,
+                                  random_track_mix=True, **args, **train_kw),
+                data.MUSDBDataset(split="valid", **args, **valid_kw))
+    if cfg.dataset == "aligned":
+        _require(cfg, "input_file", "output_file")
+        args = dict(root=cfg.root, input_file=cfg.input_file, output_file=cfg.output_file)
+        train_kw.pop("source_augmentations")
+        return (data.AlignedDataset(split="train", **args, **train_kw),
+                data.AlignedDataset(split="valid", **args, **valid_kw))
+    if cfg.dataset == "sourcefolder":
+        args = dict(root=cfg.root, target_dir=cfg.target_dir, interferer_dirs=cfg.interferer_dirs, ext=cfg.ext)
+        valid_kw.update(seq_duration=cfg.seq_dur)
+        return (data.SourceFolderDataset(split="train", nb_samples=cfg.nb_train_samples, **args, **train_kw),
+                data.SourceFolderDataset(split="valid", nb_samples=cfg.nb_valid_samples, **args, **valid_kw))
+    if cfg.dataset == "trackfolder_fix":
+        args = dict(root=cfg.root, target_file=cfg.target_file, interferer_files=cfg.interferer_files)
+        return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix,
+                                                    **args, **train_kw),
+                data.FixedSourcesTrackFolderDataset(split="valid", **args, **valid_kw))
+    if cfg.dataset == "trackfolder_var":
+        args = dict(root=cfg.root, target_file=cfg.target_file, ext=cfg.ext,
+                    silence_missing_targets=cfg.silence_missing_targets)
+        return (data.VariableSourcesTrackFolderDataset(split="train", random_interferer_mix=cfg.random_interferer_mix,
+                                                       **args, **train_kw),
+                data.VariableSourcesTrackFolderDataset(split="valid", **args, **valid_kw))
+    raise OpenUnmixLikeError(f"--dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+def _require(cfg: TrainConfig, *names: str) -> None:
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise OpenUnmixLikeError(f"--dataset {cfg.dataset} needs {flags}")
+
+
+def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000) -> Tuple[Tensor, Tensor]:
+    """Per-bin mean and standard deviation of the mono training magnitudes (no augmentation).
+
+    The standard deviation is floored at 1e-4 of its largest value so silent
+    bins do not blow the input scale up.
+    """
+    stft, norm = STFT(n_fft, n_hop), ComplexNorm(mono=True)
+    total = torch.zeros(n_fft // 2 + 1, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    with torch.inference_mode():
+        for mixture in dataset.iter_mixtures(limit):
+            mag = norm(stft(mixture[None]))[0, 0].double()  # (nb_bins, nb_frames)
+            total += mag.sum(dim=1)
+            total_sq += mag.square().sum(dim=1)
+            count += mag.shape[1]
+    if count == 0:
+        raise OpenUnmixLikeError("the training set yielded no audio for the input statistics")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    std = torch.maximum(std, 1e-4 * std.max())
+    return mean.float(), std.float()
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.Module, AudioSettings, TrainConfig]:
+    """A fresh model with the training set's statistics, or the ``--model`` one to fine-tune.
+
+    Returns:
+        the model on ``device``, its STFT settings, and ``cfg`` resolved to the
+        model: its architecture, width, loss (and, fine-tuning, its STFT and direction).
+    """
+    if cfg.model:
+        model, settings, cfg = load_pretrained(cfg, device)
+    else:
+        arch = cfg.architecture()
+        settings = AudioSettings(float(cfg.sample_rate), cfg.nfft, cfg.nhop, cfg.nb_channels)
+        torch.manual_seed(cfg.seed)
+        model = arch.build(**model_args(cfg, arch))
+        cfg = dataclasses.replace(cfg, arch=arch.name, hidden_size=model.config.hidden_size)
+        if arch.input_stats:
+            mean, std = broadcast_from_rank0(lambda: input_statistics(train_set, cfg.nfft, cfg.nhop),
+                                             cfg.nfft // 2 + 1)
+            model.set_input_stats(mean, std)
+    cfg = dataclasses.replace(cfg, loss=cfg.loss or architectures.get(cfg.arch).default_loss)
+    return set_lstm_dropout(cfg, model).to(device), settings, cfg
+
+
+def set_lstm_dropout(cfg: TrainConfig, model: nn.Module) -> nn.Module:
+    """Apply ``--lstm-dropout`` (a training setting: it is not part of the saved model)."""
+    if cfg.lstm_dropout is not None:
+        if not isinstance(getattr(model, "lstm", None), nn.LSTM):
+            raise ModelError(f"--lstm-dropout: the {cfg.arch!r} model has no LSTM; drop the option")
+        model.lstm.dropout = float(cfg.lstm_dropout)
+    return model
+
+
+def model_args(cfg: TrainConfig, arch: architectures.Architecture) -> dict:
+    """Constructor arguments from the options: the shared ones, the width, then ``--arch-args``."""
+    options = architectures.ModelOptions(cfg.sample_rate, cfg.nfft, cfg.nb_channels, cfg.bandwidth,
+                                         cfg.unidirectional)
+    args = arch.args_from_options(options)
+    if cfg.hidden_size:  # else the architecture's own default (512 for umx)
+        args["hidden_size"] = cfg.hidden_size
+    args.update(arch.parse_args(cfg.arch_args or []))
+    return args
+
+
+def load_pretrained(cfg: TrainConfig, device: torch.device) -> Tuple[nn.Module, AudioSettings, TrainConfig]:
+    """The ``--model`` target to fine-tune (widened to ``--hidden-size`` if larger), and ``cfg``
+    with the model's architecture, width and STFT settings."""
+    from ..pretrained import load_models
+
+    models, settings = load_models(cfg.model, targets=[cfg.target], progress=not cfg.quiet)
+    model = models[cfg.target]
+    if settings.sample_rate != cfg.sample_rate or settings.nb_channels != cfg.nb_channels:
+        raise ModelError(f"--model {cfg.model}: {settings} does not match --nb-channels {cfg.nb_channels} / "
+                         f"sample rate {cfg.sample_rate}")
+    arch = architectures.architecture_of(model)
+    if cfg.arch not in (None, arch.name) or cfg.arch_args:
+        raise ModelError(f"--model {cfg.model}: its {cfg.target!r} model is a {arch.name!r} model; fine-tuning "
+                         "keeps the architecture and its arguments, drop --arch and --arch-args")
+    if cfg.hidden_size and cfg.hidden_size != model.config.hidden_size:
+        model = widened(cfg, arch, model)
+    resolved = dataclasses.replace(cfg, arch=arch.name, nfft=settings.n_fft, nhop=settings.n_hop,
+                                   hidden_size=model.config.hidden_size,
+                                   unidirectional=getattr(model.config, "unidirectional", cfg.unidirectional))
+    return model.to(device).train(), settings, resolved
+
+
+def widened(cfg: TrainConfig, arch: architectures.Architecture, model: nn.Module) -> nn.Module:
+    """``--model`` at ``--hidden-size``, computing the same output at first."""
+    if arch.widen is None:
+        raise ModelError(f"--model {cfg.model}: its {cfg.target!r} model is a {arch.name!r} model, which cannot "
+                         "be widened; drop --hidden-size")
+    try:
+        model = arch.widen(model, cfg.hidden_size, torch.Generator().manual_seed(cfg.seed))
+    except ValueError as exc:
+        raise ModelError(f"--model {cfg.model} --hidden-size {cfg.hidden_size}: {exc}") from exc
+    if is_main() and not cfg.quiet:
+        log.info("widened the %s model to hidden size %d (same output at first)", cfg.target, cfg.hidden_size)
+    return model
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def make_context(cfg: TrainConfig, model: nn.Module, settings: AudioSettings, device: torch.device,
+                 train_set, valid_set) -> Context:
+    """Objective, optimiser, schedule, AMP scaler and weight average around a built model."""
+    arch = architectures.architecture_of(model)
+    objective = Objective(parse_loss(cfg.loss or arch.default_loss), arch.domain, settings.n_fft, settings.n_hop,
+                          mono=settings.nb_channels == 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    writer = tensorboard_writer(cfg.output, cfg.target) if is_main() else None
+    ctx = Context(cfg, wrap(model, device), objective, optimizer, make_scheduler(cfg, optimizer), scaler, device,
+                  train_set, valid_set, settings, History(), writer, cfg.batch_augmentations())
+    if cfg.ema:
+        ctx.average = WeightAverage(model, cfg.ema)
+    return ctx
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``plateau``: decay by ``--lr-decay-gamma`` after ``--lr-decay-patience`` epochs without a better
+    validation loss (Open-Unmix); ``cosine``: cosine annealing from ``--lr`` to 0 over ``--epochs``."""
+    if cfg.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10)
+
+
+def prepare(cfg: TrainConfig) -> Context:
+    """Everything a run needs, from its options: checked and resolved options, device (and
+    process group under torchrun), data sets, model and optimiser."""
+    cfg = check_options(cfg)
+    device = pick_device(cfg.device, cfg.no_cuda)
+    setup_distributed(device)
+    cfg = resolve_sources(cfg)
+    train_set, valid_set = build_datasets(cfg)
+    model, settings, cfg = build_model(cfg, train_set, device)
+    return make_context(cfg, model, settings, device, train_set, valid_set)

@@ -1,0 +1,103 @@
+"""What a run remembers of its epochs: losses, rates, times, the best epoch; and where it logs them."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from pathlib import Path
+from typing import List, Optional
+
+
+from ..fileio import write_bytes_atomic
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch records of a run, saved in checkpoints and ``<target>.json``."""
+
+    train_loss: List[float] = dataclasses.field(default_factory=list)
+    valid_loss: List[float] = dataclasses.field(default_factory=list)
+    lr: List[float] = dataclasses.field(default_factory=list)
+    epoch_time: List[float] = dataclasses.field(default_factory=list)
+    data_share: List[float] = dataclasses.field(default_factory=list)
+    samples: List[int] = dataclasses.field(default_factory=list)
+    valid_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
+    valid_si_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
+    best_loss: float = math.inf
+    best_sdr: float = -math.inf  # with --select-by sdr: the validation SDR of the best epoch
+    best_epoch: int = 0
+    global_step: int = 0  # training batches done, over all epochs
+    best_step: int = 0
+
+    def record(self) -> dict:
+        """The ``<target>.json`` training fields (reference names)."""
+        return {
+            "epochs_trained": len(self.train_loss),
+            "steps_trained": self.global_step,
+            "best_step": self.best_step,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_sdr_mdx": self.best_sdr if math.isfinite(self.best_sdr) else None,
+            "best_epoch": self.best_epoch,
+            "train_loss_history": self.train_loss,
+            "valid_loss_history": self.valid_loss,
+            "lr_history": self.lr,
+            "train_time_history": self.epoch_time,
+            "data_loading_share_history": self.data_share,
+            "samples_history": self.samples,
+            # Fast metrics (not BSSEval), every --eval-every epochs, else null.
+            "valid_sdr_mdx_history": self.valid_sdr,
+            "valid_si_sdr_history": self.valid_si_sdr,
+        }
+
+
+def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch,
+                 select_by: str = "loss", sdr: Optional[float] = None) -> bool:
+    """Append the epoch to ``history``; return whether it is the best so far: the lowest validation
+    loss, or with ``select_by="sdr"`` the highest validation SDR (an epoch without one, between
+    ``--eval-every`` epochs, is never best), ``best_loss`` then being the validation loss of that epoch."""
+    history.train_loss.append(train_loss)
+    history.valid_loss.append(valid_loss)
+    history.lr.append(optimizer.param_groups[0]["lr"])
+    history.epoch_time.append(seconds)
+    history.data_share.append(data_share)
+    if select_by == "sdr":
+        improved = sdr is not None and sdr > history.best_sdr
+        if improved:
+            history.best_sdr = sdr
+    else:
+        improved = valid_loss < history.best_loss
+    if improved:
+        history.best_loss, history.best_epoch, history.best_step = valid_loss, epoch, history.global_step
+    return improved
+
+
+def write_csv(path: Path, history: History) -> None:
+    """``<target>.csv``: one row per epoch (losses, learning rate, time, data-loading share)."""
+    rows = zip(range(1, len(history.train_loss) + 1), history.train_loss, history.valid_loss, history.lr,
+               history.epoch_time, history.data_share)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["epoch", "train_loss", "valid_loss", "lr", "epoch_seconds", "data_loading_share"])
+    writer.writerows(rows)
+    write_bytes_atomic(path, text.getvalue().encode())
+
+
+def tensorboard_writer(output: str, target: str):
+    """A SummaryWriter under ``<output>/tensorboard/<target>`` when TensorBoard is installed, else ``None``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(Path(output) / "tensorboard" / target))
+
+
+def log_tensorboard(writer, target: str, history: History, epoch: int) -> None:
+    """The epoch's losses, learning rate and data-loading share."""
+    for name, values in (("loss/train", history.train_loss), ("loss/valid", history.valid_loss),
+                         ("lr", history.lr), ("data_loading_share", history.data_share)):
+        writer.add_scalar(f"{target}/{name}", values[-1], epoch)
+    writer.flush()
+
+
+__all__ = ["History", "log_tensorboard", "record_epoch", "tensorboard_writer", "write_csv"]

@@ -1,0 +1,247 @@
+"""The training loop: epochs of optimisation steps, validation, and the run that strings them together."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import OpenUnmixLikeError
+from ..losses import SILENT_POWER
+from .checkpoint import find_resume_checkpoint, load_checkpoint, save_epoch, save_step_checkpoint
+from .config import TrainConfig
+from .context import Context, EpochProgress, evaluated_model
+from .distributed import all_reduce_sum, is_main, world
+from .factory import prepare
+from .history import History, record_epoch
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: TrainConfig) -> History:
+    """Train ``cfg.target``; returns the history (also written to the output folder)."""
+    ctx = prepare(cfg)
+    first, progress = resume(ctx)
+    cfg = ctx.cfg
+    for epoch in range(first, cfg.epochs + 1):
+        if should_stop(ctx, epoch):
+            break
+        train_loss, seconds, data_share, samples = train_epoch(ctx, epoch, progress)
+        progress = None
+        valid_loss = validate(ctx, epoch)
+        if cfg.lr_scheduler == "plateau":
+            ctx.scheduler.step(valid_loss)
+        else:
+            ctx.scheduler.step()
+        ctx.history.samples.append(samples)
+        sdr = score_epoch(ctx, epoch)
+        improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch,
+                                cfg.select_by, sdr)
+        save_epoch(ctx, epoch, improved)
+        if is_main() and not cfg.quiet:
+            log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,
+                     valid_loss, seconds, 100 * data_share, " best" if improved else "")
+        if ctx.out_of_time:
+            if is_main() and not cfg.quiet:
+                log.info("--max-minutes %g spent after %d steps: stopping", cfg.max_minutes, ctx.history.global_step)
+            break
+    return ctx.history
+
+
+def resume(ctx: Context) -> Tuple[int, Optional[EpochProgress]]:
+    """The epoch to start at, and the progress within it, from the checkpoint to resume (if any)."""
+    cfg = ctx.cfg
+    path = find_resume_checkpoint(cfg)
+    if path is None:
+        return 1, None
+    first, progress = load_checkpoint(ctx, path)
+    if is_main() and not cfg.quiet:
+        where = f", batch {progress.batches + 1}" if progress else ""
+        log.info("resuming from %s at epoch %d%s", path, first, where)
+        if cfg.stop_after and first > cfg.stop_after:
+            log.info("%s: epoch %d is trained already (--stop-after %d): nothing to do", path, cfg.stop_after,
+                     cfg.stop_after)
+    return first, progress
+
+
+def should_stop(ctx: Context, epoch: int) -> bool:
+    """Before ``epoch``: early stopping (``--patience``), the time budget, or ``--stop-after``."""
+    cfg, history = ctx.cfg, ctx.history
+    if history.best_epoch and epoch - history.best_epoch > cfg.patience:
+        return True
+    if cfg.max_minutes and budget_spent(ctx, 0.0):
+        return True
+    return bool(cfg.stop_after and epoch > cfg.stop_after)
+
+
+def score_epoch(ctx: Context, epoch: int) -> Optional[float]:
+    """Every ``--eval-every`` epochs, the validation SDR and SI-SDR (recorded); returns the SDR or ``None``."""
+    cfg = ctx.cfg
+    metric = validate_sdr(ctx, epoch) if cfg.eval_every and epoch % cfg.eval_every == 0 else (None, None)
+    ctx.history.valid_sdr.append(metric[0])
+    ctx.history.valid_si_sdr.append(metric[1])
+    if metric[0] is not None and is_main() and not cfg.quiet:
+        log.info("epoch %d: validation SDR (MDX definition) %.2f dB, SI-SDR %.2f dB", epoch, *metric)
+    return metric[0]
+
+
+def loader(ctx: Context, dataset, epoch: int, train: bool, skip: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of one epoch; ``skip`` leaves out the first samples of the epoch's order (resuming mid-epoch)."""
+    rank, size = world()
+    dataset.set_epoch(epoch)
+    if size > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, size, rank, shuffle=train, seed=ctx.cfg.seed)
+        sampler.set_epoch(epoch)
+    elif train:
+        generator = torch.Generator().manual_seed(ctx.cfg.seed + epoch)
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    else:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    if skip:
+        sampler = list(sampler)[skip:]
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=ctx.cfg.batch_size if train else 1, sampler=sampler,
+        num_workers=ctx.cfg.nb_workers, drop_last=False, pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def augment_seed(cfg: TrainConfig, epoch: int) -> int:
+    return (cfg.seed * 1_000_003 + epoch) * 1_009 + world()[0]
+
+
+def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None) -> Tuple[float, float, float, int]:
+    """One pass over the training set: mean loss, seconds, share of time spent waiting for data,
+    and the number of samples all ranks together trained on. ``resume`` continues an epoch
+    that a step checkpoint interrupted."""
+    from tqdm import tqdm
+
+    ctx.model.train()
+    progress = resume or EpochProgress()
+    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.batches * ctx.cfg.batch_size)
+    if resume is None:
+        torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
+        ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
+        iterator = iter(batches)
+    else:
+        # Starting the iterator draws a worker seed: restore the states after it, as they were saved.
+        iterator = iter(batches)
+        torch.set_rng_state(resume.rng_state)
+        ctx.generator.set_state(resume.generator_state)
+    start = last = time.perf_counter()
+    quiet = ctx.cfg.quiet or not is_main()
+    with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+        for batch, (x, y) in enumerate(bar, start=progress.batches + 1):
+            progress.data_time += time.perf_counter() - last
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if ctx.batch_augment:
+                x, y = ctx.batch_augment(x, y, ctx.generator)
+            loss = step(ctx, x, y)
+            if loss is None:
+                handle_nonfinite(ctx.cfg, epoch, batch)
+            else:
+                if ctx.average is not None:
+                    ctx.average.update(ctx.model)
+                progress.total += loss * x.shape[0]
+                progress.count += x.shape[0]
+                bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
+            progress.batches = batch
+            ctx.history.global_step += 1
+            if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
+                save_step_checkpoint(ctx, epoch, progress)
+            if ctx.cfg.max_minutes and budget_spent(ctx, time.perf_counter() - start):
+                ctx.out_of_time = True
+                break
+            last = time.perf_counter()
+    total, count = all_reduce_sum([progress.total, progress.count])
+    elapsed = time.perf_counter() - start
+    return total / max(count, 1), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
+
+
+def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
+    """Whether the training time of the finished epochs plus ``epoch_seconds`` exceeds ``--max-minutes``.
+
+    Under DDP the ranks agree (one small all-reduce per step), so that all stop at the same batch.
+    """
+    spent = sum(ctx.history.epoch_time) + epoch_seconds > 60.0 * ctx.cfg.max_minutes
+    return all_reduce_sum([float(spent)])[0] > 0
+
+
+def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
+    """One optimisation step on a batch; returns its loss, or ``None`` (weights untouched)
+    when the loss or a gradient is NaN or infinite."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    amp = ctx.scaler is not None
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+        loss = ctx.objective(ctx.model, x, y)
+    # All ranks skip together: one that left before backward() would keep the others
+    # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
+    if all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0])[0] > 0:
+        return None
+    clip = ctx.cfg.clip_grad
+    if amp:
+        # The scaler skips steps with non-finite gradients (fp16 overflow) by design.
+        ctx.scaler.scale(loss).backward()
+        if clip > 0:
+            ctx.scaler.unscale_(ctx.optimizer)
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        return float(loss.detach())
+    loss.backward()
+    if not all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        return None
+    if clip > 0:
+        nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    ctx.optimizer.step()
+    return float(loss.detach())
+
+
+def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
+    """Report a batch whose loss or gradients were not finite; stop if asked to."""
+    where = f"epoch {epoch}, batch {batch}: NaN or infinite loss or gradient"
+    if cfg.nonfinite == "stop":
+        raise OpenUnmixLikeError(f"{where}; stopped (--nonfinite-loss stop). The last checkpoint is intact: "
+                                 "check the data, then resume with --resume auto")
+    log.warning("%s; batch skipped, weights unchanged (--nonfinite-loss skip)", where)
+
+
+def validate(ctx: Context, epoch: int) -> float:
+    """Mean training loss over the validation set (full tracks where the dataset has them)."""
+    model = evaluated_model(ctx).eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            total += float(ctx.objective(model, x, y)) * x.shape[0]
+            count += x.shape[0]
+    total, count = all_reduce_sum([total, count])
+    return total / max(count, 1)
+
+
+def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
+    """Mean full-track SDR (Music Demixing Challenge definition) and SI-SDR of the target
+    over the validation set, separating with the model alone (mixture phase, no EM). Tracks
+    where the target is silent (below -100 dB RMS, e.g. an instrumental for vocals) are left
+    out: their SDR is undefined, and its floor of about -70 dB would swamp the mean."""
+    from ..metrics import sdr_mdx, si_sdr
+    from ..separator import Separator
+
+    s = ctx.settings
+    model = evaluated_model(ctx).eval()
+    separator = Separator({ctx.cfg.target: model}, niter=0, sample_rate=s.sample_rate, n_fft=s.n_fft,
+                          n_hop=s.n_hop, nb_channels=s.nb_channels)
+    total_sdr, total_si, count = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
+            est = separator(x.to(ctx.device))[:, 0].cpu()
+            for ref, out in zip(y, est):
+                if float(ref.double().square().mean()) < SILENT_POWER:
+                    continue
+                total_sdr += sdr_mdx(ref, out)
+                total_si += si_sdr(ref, out)
+                count += 1
+    total_sdr, total_si, count = all_reduce_sum([total_sdr, total_si, count])
+    return total_sdr / max(count, 1), total_si / max(count, 1)
