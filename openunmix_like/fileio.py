@@ -1,12 +1,23 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes: a reader never sees a half-written file.
+
+A file is written under a hidden name beside its final path,
+``.<name>.<pid>-<host>-<random>.partial<suffix>``, and renamed into place when
+complete. The writer's process id and a tag of its host in the name let a
+later writer of the same path remove what a killed process left behind
+(:func:`remove_stale_partials`) without touching files that a process still
+running is writing.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
 
 def _file_mode() -> int:
@@ -17,6 +28,58 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+# Process ids mean something only on their own host (output folders may be shared).
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# What follows ".<name>." in a partial file's name (tempfile's random part is [a-z0-9_]).
+_PARTIAL_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+\.partial(\.[A-Za-z0-9]+)?")
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate the process there: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_partials(path: Union[str, Path]) -> List[Path]:
+    """Remove the partial files of ``path`` left by writers on this host that are no longer running.
+
+    Partial files of running processes, of other hosts, and without a process
+    id (older versions) are left alone. Returns the removed paths.
+    """
+    path = Path(path)
+    start = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(start)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _PARTIAL_REST.fullmatch(name[len(start):])
+        if match and match["host"] == HOST_TAG and not _process_alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):  # another run may remove it first
+                (path.parent / name).unlink()
+                removed.append(path.parent / name)
+    return removed
+
+
+def new_partial(path: Union[str, Path], suffix: str = "") -> Path:
+    """Create an empty hidden file beside ``path`` to write ``path`` in, first removing stale ones.
+
+    ``suffix`` lets writers that infer the format from the extension see it.
+    """
+    path = Path(path)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{HOST_TAG}-", suffix=f".partial{suffix}",
+                               dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, FILE_MODE)
+    return Path(tmp)
 
 
 @contextlib.contextmanager
@@ -26,11 +89,7 @@ def atomic_path(path: Union[str, Path], suffix: str = "") -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is untouched.
     ``suffix`` lets writers that infer the format from the extension see it.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, FILE_MODE)
+    tmp_path = new_partial(path, suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

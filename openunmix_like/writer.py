@@ -4,13 +4,12 @@ Chunks are appended to hidden float32 files beside the final outputs; when the
 track is done, a second pass applies the clipping policy (which needs the
 track's peak) and encodes each stem to its final format, then renames it into
 place. Until then no output path exists, and on any failure the hidden files
-are removed.
+are removed; hidden files that a killed run left are removed by the next run
+writing the same outputs (see :mod:`openunmix_like.fileio`).
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping
 
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from .audio import subtype_for
 from .errors import AudioError
-from .fileio import atomic_path
+from .fileio import atomic_path, new_partial
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
@@ -62,10 +61,9 @@ class StemWriter:
         try:
             for name, path in self.paths.items():
                 self._make_parents(path.parent)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.wav", dir=path.parent)
-                os.close(fd)
-                self._tmp[name] = Path(tmp)
-                self._files[name] = sf.SoundFile(tmp, "w", self.sample_rate, self.nb_channels,
+                # Also removes what a killed run left here (their names carry a dead process id).
+                tmp = self._tmp[name] = new_partial(path, ".wav")
+                self._files[name] = sf.SoundFile(str(tmp), "w", self.sample_rate, self.nb_channels,
                                                  subtype="FLOAT", format="RF64")
         except Exception as exc:
             self._cleanup()

@@ -404,3 +404,73 @@ def test_settings_from_reference_args_still_load(model_dir):
         **meta, "sample_rate": 44100, "args": {**meta["args"], "nfft": 512.0, "nhop": 128}}))(folder)
     sep = Separator.from_pretrained(folder)
     assert (sep.sample_rate, sep.n_fft, sep.n_hop, sep.nb_channels) == (44100, 512, 128, 2)
+
+
+# ---------------------------------------------------------------- partial files of killed runs
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the id now names no process
+    return child.pid
+
+
+def test_rerun_removes_partials_of_dead_writers_only(model, tmp_path, wav_file):
+    import os
+
+    from openunmix_like.fileio import HOST_TAG
+
+    song = wav_file("song.wav", seconds=0.5)
+    folder = tmp_path / "out" / "song"
+    folder.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = folder / f".vocals.wav.{_dead_pid()}-{HOST_TAG}-abcd1234.partial.wav"
+        dead_final = folder / f".bass.wav.{_dead_pid()}-{HOST_TAG}-efgh5678.partial.wav"  # the encoding pass's
+        kept = [
+            folder / f".vocals.wav.{sleeper.pid}-{HOST_TAG}-ijkl9012.partial.wav",  # another running writer
+            folder / f".drums.wav.{os.getpid()}-{HOST_TAG}-mnop3456.partial.wav",  # this process
+            folder / f".other.wav.{_dead_pid()}-00000000-qrst7890.partial.wav",  # a dead writer on another host
+            folder / ".vocals.wav.uvwx1234.partial.wav",  # no process id: an older version's, cannot tell
+            folder / f".vocals.wav.bak.{_dead_pid()}-{HOST_TAG}-yzab5678.partial.wav",  # another output's name
+        ]
+        for path in [dead, dead_final, *kept]:
+            path.write_bytes(b"\0" * 1000)
+        assert run_cli(song, "--model", model, "--outdir", tmp_path / "out", "--quiet") == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not dead.exists() and not dead_final.exists()
+    assert all(path.exists() for path in kept)
+    assert stems(tmp_path / "out", "song") == sorted(
+        [p.name for p in kept] + ["bass.wav", "drums.wav", "other.wav", "vocals.wav"])
+
+
+def test_rerun_after_sigkill_leaves_no_partial_files(model, tmp_path, wav_file):
+    import signal
+
+    song = wav_file("song.wav", seconds=2.0)
+    out = tmp_path / "out"
+    # umx-separate in a child process that pauses after writing its first chunk: killed mid-track, for sure.
+    code = ("import sys, time\n"
+            "from openunmix_like import writer\n"
+            "from openunmix_like.cli.separate import main\n"
+            "write = writer.StemWriter.write\n"
+            "def slow(self, chunks):\n"
+            "    write(self, chunks)\n"
+            "    print('written', flush=True)\n"
+            "    time.sleep(120)\n"
+            "writer.StemWriter.write = slow\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(song), "--model", str(model), "--outdir", str(out),
+                              "--quiet"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    left = sorted(p.name for p in (out / "song").glob(".*.partial.wav"))
+    assert len(left) == 4 and all(f".{child.pid}-" in name for name in left)  # what the issue reported
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet") == 0
+    assert stems(out, "song") == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
