@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from .errors import AudioError, DownloadError, ModelError, OpenUnmixLikeError
 from .inference import separate
 from .model import OpenUnmix, OpenUnmixConfig
-from .separator import Separator
+from .separator import Separator, WienerSettings
 
 __all__ = [
     "__version__",
@@ -20,5 +20,6 @@ __all__ = [
     "OpenUnmixConfig",
     "OpenUnmixLikeError",
     "Separator",
+    "WienerSettings",
     "separate",
 ]

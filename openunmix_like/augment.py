@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .audio import conform_channels
+from .transforms import STFT
 
 Augmentation = Callable[[Tensor, random.Random], Tensor]
 
@@ -68,8 +69,8 @@ def phase_vocoder(audio: Tensor, rate: float, n_fft: int = 1024, n_hop: int = 25
     Returns:
         ``(nb_channels, round(nb_timesteps / rate))``.
     """
-    window = torch.hann_window(n_fft, periodic=True, dtype=audio.dtype)
-    spec = torch.stft(audio, n_fft, n_hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    stft = STFT(n_fft, n_hop, pad_mode="constant")
+    spec = stft(audio)
     nb_bins, nb_frames = spec.shape[-2:]
     length = int(round(audio.shape[-1] / rate))
     if nb_frames < 2:
@@ -85,8 +86,7 @@ def phase_vocoder(audio: Tensor, rate: float, n_fft: int = 1024, n_hop: int = 25
     deviation = deviation - 2 * math.pi * torch.round(deviation / (2 * math.pi))
     advance = (omega + deviation)[..., index]
     phase = torch.cat([angle[..., :1], angle[..., :1] + advance[..., :-1].cumsum(dim=-1)], dim=-1)
-    out = torch.istft(torch.polar(mag, phase), n_fft, n_hop, window=window, center=True, length=length)
-    return out
+    return stft.inverse(torch.polar(mag, phase), length)
 
 
 def timestretch(audio: Tensor, rng: random.Random, low: float = 0.9, high: float = 1.1) -> Tensor:
@@ -161,11 +161,9 @@ class SpectrogramMask:
         self.axis, self.max_width, self.n_fft, self.n_hop = axis, max_width, n_fft, n_hop
 
     def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Pair:
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=x.dtype, device=x.device)
+        stft = STFT(self.n_fft, self.n_hop)
         both = torch.stack([x, y])  # (2, nb_samples, nb_channels, nb_timesteps)
-        flat = both.reshape(-1, both.shape[-1])
-        spec = torch.stft(flat, self.n_fft, self.n_hop, window=window, center=True, return_complex=True)
-        spec = spec.reshape(*both.shape[:-1], *spec.shape[-2:])
+        spec = stft(both)
         size = spec.shape[-2] if self.axis == "freq" else spec.shape[-1]
         keep = torch.ones(both.shape[1], size, dtype=x.dtype, device=x.device)
         for i in range(both.shape[1]):
@@ -173,9 +171,7 @@ class SpectrogramMask:
             start = _uniform_int(size - width, generator)
             keep[i, start : start + width] = 0
         keep = keep[None, :, None, :, None] if self.axis == "freq" else keep[None, :, None, None, :]
-        masked = (spec * keep).reshape(-1, *spec.shape[-2:])
-        out = torch.istft(masked, self.n_fft, self.n_hop, window=window, center=True, length=x.shape[-1])
-        out = out.reshape(both.shape)
+        out = stft.inverse(spec * keep, x.shape[-1])
         return out[0], out[1]
 
 

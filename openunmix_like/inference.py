@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .separator import Separator, aggregate_estimates
+from .separator import Separator, WienerSettings, aggregate_estimates
 
 DEFAULT_SEGMENT = 30.0
 DEFAULT_OVERLAP = 2.0
@@ -199,15 +199,13 @@ def separate(
     sample_rate: float,
     model: Union[str, Path, Separator, None] = None,
     targets: Optional[Sequence[str]] = None,
-    niter: int = 1,
-    residual: Optional[str] = None,
-    softmask: bool = False,
-    wiener_win_len: Optional[int] = 300,
+    wiener: Optional[WienerSettings] = None,
     aggregate: Optional[Mapping[str, Sequence[str]]] = None,
     segment: Optional[float] = DEFAULT_SEGMENT,
     overlap: float = DEFAULT_OVERLAP,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
+    **wiener_options,
 ) -> Dict[str, Tensor]:
     """Separate audio in one call.
 
@@ -216,8 +214,10 @@ def separate(
             ``(nb_samples, nb_channels, nb_timesteps)`` at ``sample_rate``.
         sample_rate: the audio's rate in Hz; estimates come back at this rate.
         model: a :class:`Separator`, a model name or folder, or ``None`` for
-            the bundled model (the separator options below then apply).
-        targets, niter, residual, softmask, wiener_win_len: see :class:`Separator`.
+            the bundled model (``targets`` and the Wiener settings then apply).
+        targets: subset of the model's targets (default: all).
+        wiener, **wiener_options: the Wiener filter's settings (``niter``,
+            ``softmask``, ``residual``, ``wiener_win_len``), see :class:`Separator`.
         aggregate: sum groups of targets, see :meth:`Separator.to_dict`.
         segment, overlap: segmented processing in seconds (see :func:`iter_separate`).
         device: where to run a model loaded here.
@@ -232,10 +232,8 @@ def separate(
     """
     audio = check_audio(audio, sample_rate)
     if not isinstance(model, Separator):
-        model = Separator.from_pretrained(
-            model, targets=targets, device=device, niter=niter, residual=residual,
-            softmask=softmask, wiener_win_len=wiener_win_len, progress=progress,
-        )
+        model = Separator.from_pretrained(model, targets=targets, device=device, wiener=wiener, progress=progress,
+                                          **wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress) for x in batch.float()]

@@ -48,11 +48,8 @@ def l1(estimate: Tensor, reference: Tensor) -> Tensor:
 
 
 def stft_magnitude(audio: Tensor, n_fft: int, n_hop: int) -> Tensor:
-    """Magnitude of a Hann-window STFT of ``(..., nb_timesteps)``; zero-padded, so any length works."""
-    window = torch.hann_window(n_fft, periodic=True, dtype=audio.dtype, device=audio.device)
-    flat = audio.reshape(-1, audio.shape[-1])
-    spec = torch.stft(flat, n_fft, n_hop, window=window, center=True, pad_mode="constant", return_complex=True)
-    return spec.abs()
+    """Magnitude of the STFT of ``(..., nb_timesteps)``; zero-padded, so any length works."""
+    return STFT(n_fft, n_hop, pad_mode="constant")(audio).abs()
 
 
 def mrstft(estimate: Tensor, reference: Tensor,
@@ -219,7 +216,4 @@ class Objective(nn.Module):
 
     def inverse(self, spec: Tensor, length: int) -> Tensor:
         """Differentiable inverse STFT ``(..., nb_bins, nb_frames)`` -> ``(..., length)``."""
-        window = self.stft.window.to(spec.real.dtype)
-        flat = spec.reshape(-1, *spec.shape[-2:])
-        audio = torch.istft(flat, self.stft.n_fft, self.stft.n_hop, window=window, center=True, length=length)
-        return audio.reshape(*spec.shape[:-2], length)
+        return self.stft.inverse(spec, length)

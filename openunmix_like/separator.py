@@ -1,6 +1,7 @@
 """The end-to-end separator: STFT, per-target models, Wiener filter, inverse STFT."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -10,6 +11,46 @@ from torch import Tensor, nn
 from . import filtering
 from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .transforms import ISTFT, STFT, ComplexNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class WienerSettings:
+    """How the multichannel Wiener filter combines the targets' estimates.
+
+    Args:
+        niter: EM iterations; 0 keeps the initial estimates (no EM).
+        softmask: start the filter from ratio masks instead of the estimated
+            magnitudes with the mixture phase.
+        residual: name of an extra target, the mixture minus the other targets
+            (e.g. ``"accompaniment"``); ``None`` for none.
+        wiener_win_len: frames filtered together (a time-varying spatial model,
+            bounded memory); ``None`` filters the whole input (each segment) at
+            once. ``0`` means the same and is stored as ``None``.
+
+    Example:
+        >>> WienerSettings(niter=0, residual="accompaniment").wiener_win_len
+        300
+    """
+
+    niter: int = 1
+    softmask: bool = False
+    residual: Optional[str] = None
+    wiener_win_len: Optional[int] = 300
+
+    def __post_init__(self):
+        if isinstance(self.niter, bool) or not isinstance(self.niter, int) or self.niter < 0:
+            raise ValueError(f"niter must be a whole number of EM iterations (0: none), got {self.niter!r}")
+        win = self.wiener_win_len
+        if win is not None and (isinstance(win, bool) or not isinstance(win, int) or win < 0):
+            raise ValueError(f"wiener_win_len must be a number of frames (None or 0: all at once), got {win!r}")
+        if win == 0:
+            object.__setattr__(self, "wiener_win_len", None)
+        if self.residual is not None and (not isinstance(self.residual, str) or not self.residual):
+            raise ValueError(f"residual must be a target name or None, got {self.residual!r}")
+
+    def replace(self, **changes) -> "WienerSettings":
+        """A copy with some settings changed (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 class Separator(nn.Module):
@@ -24,17 +65,14 @@ class Separator(nn.Module):
             :mod:`openunmix_like.architectures`. The Wiener filter always works on
             magnitude estimates: the magnitude of a complex estimate, or of the
             STFT of a waveform estimate, with the STFT of this separator.
-        niter: EM iterations of the Wiener filter; 0 keeps the initial estimates.
-        softmask: start the filter from ratio masks instead of the estimated
-            magnitudes with the mixture phase.
-        residual: name of an extra target, the mixture minus the other targets
-            (e.g. ``"accompaniment"``); ``None`` for none.
-        wiener_win_len: frames filtered together (time-varying spatial model,
-            bounded memory); ``None`` filters the whole input at once.
+        wiener: the Wiener filter's settings (default :class:`WienerSettings()`).
         sample_rate: rate the models were trained at, in Hz.
         n_fft: STFT length.
         n_hop: STFT hop.
         nb_channels: channels the models take (1 or 2).
+        **wiener_options: ``niter``, ``softmask``, ``residual`` or
+            ``wiener_win_len``, overriding those of ``wiener`` (the reference
+            package's keyword names).
 
     Audio with another channel count than ``nb_channels`` is adapted: stereo
     models see mono input's magnitude on both channels, and the mean of their
@@ -42,41 +80,60 @@ class Separator(nn.Module):
     channels are separated as independent pairs (1-2, 3-4, ...; a last odd
     channel as mono). Mono models see the mean magnitude of all channels and
     filter every channel.
+
+    Example:
+        >>> separator = Separator(models, niter=0, n_fft=4096, n_hop=1024)
+        >>> separator.wiener
+        WienerSettings(niter=0, softmask=False, residual=None, wiener_win_len=300)
     """
 
     def __init__(
         self,
         target_models: Mapping[str, nn.Module],
-        niter: int = 1,
-        softmask: bool = False,
-        residual: Optional[str] = None,
-        wiener_win_len: Optional[int] = 300,
-        sample_rate: float = 44100.0,
+        wiener: Optional[WienerSettings] = None,
+        *,
+        sample_rate: float = 44100,
         n_fft: int = 4096,
         n_hop: int = 1024,
         nb_channels: int = 2,
+        **wiener_options,
     ):
         super().__init__()
+        wiener = (wiener or WienerSettings()).replace(**wiener_options)
         if not target_models:
             raise ValueError("a Separator needs at least one target model")
-        if residual is not None and residual in target_models:
-            raise ValueError(f"residual name {residual!r} is already a model target")
+        if wiener.residual is not None and wiener.residual in target_models:
+            raise ValueError(f"residual name {wiener.residual!r} is already a model target")
         for name, model in target_models.items():
             bins = getattr(model, "nb_bins", n_fft // 2 + 1)
             if bins != n_fft // 2 + 1:
                 raise ValueError(f"target {name!r} has {bins} bins but n_fft={n_fft} gives {n_fft // 2 + 1}")
         self.target_models = nn.ModuleDict(dict(target_models))
-        self.niter = niter
-        self.softmask = softmask
-        self.residual = residual
-        self.wiener_win_len = wiener_win_len
-        self.sample_rate = float(sample_rate)
+        self.wiener = wiener
+        # An int where the rate is a whole number of Hz (44100, not 44100.0).
+        self.sample_rate = int(sample_rate) if float(sample_rate).is_integer() else float(sample_rate)
         self.n_fft = n_fft
         self.n_hop = n_hop
         self.nb_channels = nb_channels
         self.stft = STFT(n_fft, n_hop)
         self.istft = ISTFT(n_fft, n_hop)
         self.complexnorm = ComplexNorm(mono=nb_channels == 1)
+
+    @property
+    def niter(self) -> int:
+        return self.wiener.niter
+
+    @property
+    def softmask(self) -> bool:
+        return self.wiener.softmask
+
+    @property
+    def residual(self) -> Optional[str]:
+        return self.wiener.residual
+
+    @property
+    def wiener_win_len(self) -> Optional[int]:
+        return self.wiener.wiener_win_len
 
     @property
     def target_names(self) -> List[str]:
@@ -218,42 +275,32 @@ class Separator(nn.Module):
         name_or_path: Union[str, Path, None] = None,
         targets: Optional[Sequence[str]] = None,
         device: Union[str, torch.device] = "cpu",
-        niter: int = 1,
-        residual: Optional[str] = None,
-        softmask: bool = False,
-        wiener_win_len: Optional[int] = 300,
+        wiener: Optional[WienerSettings] = None,
         progress: bool = True,
+        **wiener_options,
     ) -> "Separator":
         """Load a separator by name, from a model folder, or the bundled default.
 
         Args:
-            name_or_path: ``None`` for the bundled model; ``umxhq``, ``umx``,
-                ``umxl`` or ``umxse`` for published weights (downloaded once
-                into the cache, see :mod:`openunmix_like.pretrained`); or a
+            name_or_path: ``None`` for the bundled model (offline); ``umxhq``,
+                ``umx``, ``umxl`` or ``umxse`` for published weights (downloaded
+                once into the cache, see :mod:`openunmix_like.pretrained`); or a
                 folder with ``separator.json`` and per-target weights.
             targets: subset of the model's targets (default: all).
             device: torch device.
-            niter, residual, softmask, wiener_win_len: see :class:`Separator`.
+            wiener, **wiener_options: the Wiener filter's settings, see :class:`Separator`.
             progress: show download progress bars.
 
         Example:
-            >>> separator = Separator.from_pretrained("umxhq", device="cpu")
-            >>> estimates = separator(audio)  # (1, 4, 2, nb_timesteps)
+            >>> separator = Separator.from_pretrained()                      # bundled, offline
+            >>> separator = Separator.from_pretrained("umxhq", niter=0)      # downloads once
         """
         from .pretrained import load_models
 
+        wiener = (wiener or WienerSettings()).replace(**wiener_options)
         models, settings = load_models(name_or_path, targets=targets, progress=progress)
-        separator = cls(
-            models,
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            wiener_win_len=wiener_win_len,
-            sample_rate=settings.sample_rate,
-            n_fft=settings.n_fft,
-            n_hop=settings.n_hop,
-            nb_channels=settings.nb_channels,
-        )
+        separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
+                        n_hop=settings.n_hop, nb_channels=settings.nb_channels)
         return separator.freeze().to(device)
 
 

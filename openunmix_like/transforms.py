@@ -26,13 +26,16 @@ class STFT(nn.Module):
         n_fft: window and FFT length in samples.
         n_hop: hop between frames in samples.
         center: pad the signal so frame ``t`` is centred at ``t * n_hop``.
+        pad_mode: how ``center`` pads: ``reflect`` (the published models') or
+            ``constant`` (zeros: any length works, as losses and augmentations need).
     """
 
-    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, center: bool = True):
+    def __init__(self, n_fft: int = 4096, n_hop: int = 1024, center: bool = True, pad_mode: str = "reflect"):
         super().__init__()
         self.n_fft = n_fft
         self.n_hop = n_hop
         self.center = center
+        self.pad_mode = pad_mode
         # Not persistent: published state dicts of the Separator hold no window.
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
 
@@ -50,14 +53,30 @@ class STFT(nn.Module):
             flat,
             n_fft=self.n_fft,
             hop_length=self.n_hop,
-            window=_window_like(self.window, audio.dtype),
+            window=_window_like(self.window, audio.dtype).to(audio.device),
             center=self.center,
-            pad_mode="reflect",
+            pad_mode=self.pad_mode,
             normalized=False,
             onesided=True,
             return_complex=True,
         )
         return spec.reshape(shape[:-1] + spec.shape[-2:])
+
+    def inverse(self, spec: Tensor, length: int) -> Tensor:
+        """The inverse of :meth:`forward` through ``torch.istft``, for training, where gradients
+        must flow (:class:`ISTFT` is the fast, memory-bounded one for separation).
+
+        Args:
+            spec: complex ``(..., nb_bins, nb_frames)``.
+            length: output samples.
+
+        Returns:
+            real ``(..., length)``.
+        """
+        flat = spec.reshape(-1, *spec.shape[-2:])
+        window = _window_like(self.window, spec.real.dtype).to(spec.device)
+        audio = torch.istft(flat, self.n_fft, self.n_hop, window=window, center=self.center, length=length)
+        return audio.reshape(*spec.shape[:-2], length)
 
 
 class ISTFT(nn.Module):

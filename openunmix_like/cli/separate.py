@@ -17,11 +17,12 @@ import torch
 from .. import __version__
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
-from ..separator import Separator, aggregate_estimates
+from ..separator import Separator, WienerSettings, aggregate_estimates
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
+WIENER = WienerSettings()  # the defaults
 
 
 def add_separator_args(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +34,11 @@ def add_separator_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--targets", nargs="+", default=None, help="targets to separate (default: all of the model's)")
     g.add_argument("--residual", default=None, metavar="NAME",
                    help="add a target NAME holding the mixture minus the other targets")
-    g.add_argument("--niter", type=int, default=1, help="Wiener filter EM iterations; 0 skips them (default 1)")
+    g.add_argument("--niter", type=int, default=WIENER.niter,
+                   help=f"Wiener filter EM iterations; 0 skips them (default {WIENER.niter})")
     g.add_argument("--softmask", action="store_true", help="start the Wiener filter from ratio masks")
-    g.add_argument("--wiener-win-len", type=int, default=300,
-                   help="frames filtered together; 0 filters each segment at once (default 300)")
+    g.add_argument("--wiener-win-len", type=int, default=WIENER.wiener_win_len,
+                   help=f"frames filtered together; 0 filters each segment at once (default {WIENER.wiener_win_len})")
     g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
                    help=f"seconds separated at once, bounding memory; 0 = whole track (default {DEFAULT_SEGMENT})")
     g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
@@ -157,11 +159,13 @@ def load_separator(args: argparse.Namespace) -> Separator:
         raise OpenUnmixLikeError("--device cuda: CUDA is not available on this machine; use --device cpu")
     if args.device == "mps" and not torch.backends.mps.is_available():
         raise OpenUnmixLikeError("--device mps: MPS is not available on this machine; use --device cpu")
-    return Separator.from_pretrained(
-        args.model, targets=args.targets, device=args.device, niter=args.niter,
-        residual=args.residual, softmask=args.softmask,
-        wiener_win_len=args.wiener_win_len or None, progress=not args.quiet,
-    )
+    try:
+        wiener = WienerSettings(niter=args.niter, softmask=args.softmask, residual=args.residual,
+                                wiener_win_len=args.wiener_win_len)
+    except ValueError as exc:
+        raise OpenUnmixLikeError(f"--niter, --residual or --wiener-win-len: {exc}") from None
+    return Separator.from_pretrained(args.model, targets=args.targets, device=args.device, wiener=wiener,
+                                     progress=not args.quiet)
 
 
 def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]:
