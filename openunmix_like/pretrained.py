@@ -11,6 +11,7 @@ in its name. Two environment variables change where:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -113,6 +114,30 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
     entry = pretrained_table()[name]
     folder = cache_dir() / name
     files = [entry["files"][t] for t in (targets or entry["files"])]
+    created = [p for p in [folder, *folder.parents] if not p.exists()]  # deepest first
+    try:
+        failed = download_missing(name, folder, files, progress)
+        if failed:
+            urls = " ".join(url for url, _ in failed)
+            raise DownloadError(
+                f"cannot download the {name!r} weights ({failed[0][1]}): fetch {urls} "
+                f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror)"
+            )
+    except BaseException:
+        # Leave no empty model folder behind; rmdir never removes a file, so files already there stay.
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return folder
+
+
+def download_missing(name: str, folder: Path, files: Sequence[str], progress: bool) -> List[Tuple[str, str]]:
+    """Download the ``files`` of ``name`` that ``folder`` lacks (or holds with a wrong hash).
+
+    Returns:
+        ``(url, reason)`` of each download that failed for lack of network or disk.
+    """
     failed: List[Tuple[str, str]] = []
     for file in files:
         dest = folder / file
@@ -123,13 +148,7 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
             download(url, dest, progress)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             failed.append((url, str(getattr(exc, "reason", exc))))
-    if failed:
-        urls = " ".join(url for url, _ in failed)
-        raise DownloadError(
-            f"cannot download the {name!r} weights ({failed[0][1]}): fetch {urls} "
-            f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror)"
-        )
-    return folder
+    return failed
 
 
 def bundled_model_dir() -> Path:

@@ -130,3 +130,39 @@ def test_folder_of_published_files_keeps_the_published_order(tmp_path):
             torch.save(state, folder / file)
         # umx: vocals, drums, bass, other; umxse: speech, noise (not by name).
         assert Separator.from_pretrained(folder).target_names == list(table[name]["files"])
+
+
+@pytest.mark.parametrize("mirror", ["404", "refused", "bad hash"])
+def test_failed_download_leaves_no_empty_folder(server, tiny_table, tmp_path, monkeypatch, mirror):
+    root, url = server
+    publish(root, tiny_table, corrupt=("vocals", "bass") if mirror == "bad hash" else ())
+    if mirror == "404":
+        for f in root.iterdir():
+            f.unlink()
+    (tmp_path / "home").mkdir()
+    cache = tmp_path / "home" / ".cache" / "openunmix-like"
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
+    monkeypatch.setenv(pretrained.BASE_URL_ENV, "http://127.0.0.1:9" if mirror == "refused" else url)
+    with pytest.raises(DownloadError):
+        Separator.from_pretrained("tinyhq", progress=False)
+    assert not (tmp_path / "home" / ".cache").exists()  # neither the model folder nor the cache folders it made
+    assert (tmp_path / "home").is_dir()  # what was there before stays
+
+
+def test_failed_download_keeps_folders_and_files_already_there(server, tiny_table, tmp_path, monkeypatch):
+    root, url = server
+    files = publish(root, tiny_table)
+    (root / files["bass"]).unlink()  # 404 for bass
+    cache = tmp_path / "cache"
+    (cache / "tinyhq").mkdir(parents=True)
+    (cache / "tinyhq" / "notes.txt").write_text("mine\n")
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
+    monkeypatch.setenv(pretrained.BASE_URL_ENV, url)
+    with pytest.raises(DownloadError, match=files["bass"]):
+        Separator.from_pretrained("tinyhq", progress=False)
+    assert sorted(p.name for p in (cache / "tinyhq").iterdir()) == sorted([files["vocals"], "notes.txt"])
+    (cache / "tinyhq" / "notes.txt").unlink()
+    (cache / "tinyhq" / files["vocals"]).unlink()
+    with pytest.raises(DownloadError):
+        Separator.from_pretrained("tinyhq", progress=False)
+    assert (cache / "tinyhq").is_dir()  # empty, but the user's (it was there before)
