@@ -149,7 +149,8 @@ PRESETS: Dict[str, dict] = {
                   "seq_dur": 127 * 768 / 8192, "loss": "l1"},
     # Stoller et al. 2018: 44.1 kHz mono waveform U-Net, L1 on the waveform.
     "unet1d-mono": {"arch": "unet1d", "sample_rate": 44100, "nb_channels": 1, "loss": "wavl1"},
-    # The attention U-Net's setup: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss, clipping at 1.
+    # The attention U-Net's setup: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss,
+    # gradients clipped at 1.
     "tfattn-2048": {"arch": "tfattn", "nfft": 2048, "nhop": 512, "loss": "l1+0.5*mrstft", "clip_grad": 1.0,
                     "lr_scheduler": "cosine"},
 }
