@@ -144,7 +144,8 @@ def iter_separate(
             separates in one go.
         overlap: seconds shared by consecutive segments; the output is
             cross-faded over the middle half of each shared part.
-        progress: show a tqdm bar (seconds of audio done).
+        progress: show a tqdm bar of the seconds of audio done, in whole
+            seconds (``110/133 s``); it ends on the total.
         out_rate: rate of the yielded chunks (default ``sample_rate``).
 
     Yields:
@@ -157,9 +158,14 @@ def iter_separate(
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
-    emitted, pending = 0, None
+    emitted, pending, done = 0, None, 0
+
+    def seconds(frames: int) -> int:
+        # Whole seconds of the frames done so far (not a sum of rounded chunk lengths: that drifts).
+        return round(frames / out_rate)
+
     with torch.inference_mode(), tqdm(
-        total=round(plan[-1].end / out_rate, 2), unit="s", desc=desc, disable=not progress, leave=False
+        total=seconds(plan[-1].end), unit="s", desc=desc, disable=not progress, leave=False
     ) as bar:
         for k, seg in enumerate(plan):
             est = _separate_segment(separator, source.read(seg.in_start, seg.in_end), sample_rate, out_rate,
@@ -176,7 +182,10 @@ def iter_separate(
                 cut = seg.core_end - half - seg.start
                 chunk, pending = est[..., a:cut], est[..., cut : cut + 2 * half].clone()
                 emitted = seg.core_end - half
-            bar.update(round(chunk.shape[-1] / out_rate, 2))
+            done += chunk.shape[-1]
+            bar.update(seconds(done) - bar.n)
+            if k + 1 == len(plan):
+                bar.refresh()  # show the total, even within tqdm's minimum interval of the last update
             yield chunk
 
 

@@ -87,3 +87,31 @@ def test_segments_across_rates(out_rate):
     parts = torch.cat(list(iter_separate(sep, audio, 22050, segment=2.0, overlap=0.5, out_rate=out_rate)), dim=-1)
     assert whole.shape == parts.shape == (4, 2, 8 * out_rate)
     assert 10 * torch.log10((parts - whole).square().sum() / whole.square().sum()) < -30
+
+
+@pytest.mark.parametrize("seconds,rate", [(40.99, 44100), (10.3, 22050)])
+def test_progress_counts_whole_seconds_and_ends_on_the_total(monkeypatch, seconds, rate):
+    import io
+    import re
+
+    import tqdm
+
+    bars = []
+
+    class Recorded(tqdm.tqdm):
+        def __init__(self, *args, **kw):
+            self.text = io.StringIO()
+            super().__init__(*args, **dict(kw, file=self.text))
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    sep = Separator(make_models(("vocals",), n_fft=512, hidden_size=8), n_fft=512, n_hop=128, niter=0).freeze()
+    audio = torch.randn(2, int(seconds * rate)) * 0.1
+    chunks = list(iter_separate(sep, audio, rate, segment=3.0, overlap=0.5, progress=True))
+    assert len(chunks) > 3 and sum(c.shape[-1] for c in chunks) == audio.shape[-1]
+    (bar,) = bars
+    total = round(seconds)
+    assert bar.total == total and bar.n == total and isinstance(bar.n, int)
+    shown = re.findall(r"([0-9.]+)/([0-9.]+)s?", bar.text.getvalue())
+    assert shown and shown[-1] == (str(total), str(total))  # the last thing displayed is the total
+    assert all("." not in n for n, _ in shown)  # whole seconds, never 110.92999999999999
