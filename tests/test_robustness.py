@@ -474,3 +474,22 @@ def test_rerun_after_sigkill_leaves_no_partial_files(model, tmp_path, wav_file):
     assert len(left) == 4 and all(f".{child.pid}-" in name for name in left)  # what the issue reported
     assert run_cli(song, "--model", model, "--outdir", out, "--quiet") == 0
     assert stems(out, "song") == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
+
+# ---------------------------------------------------------------- command-line help
+
+
+@pytest.mark.parametrize("command", ["separate", "evaluate", "train", "export", "synth", "compare"])
+def test_every_command_line_option_has_help_text(command, capsys):
+    import argparse
+    import importlib
+
+    cli = importlib.import_module(f"openunmix_like.cli.{command}")
+    silent = [a.option_strings or [a.dest] for a in cli.build_parser()._actions
+              if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert silent == []
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    if command == "evaluate":
+        assert "--quiet no per-track lines" in " ".join(capsys.readouterr().out.split())

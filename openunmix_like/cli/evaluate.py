@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "results.md, results.csv, sdr-boxplot.png (default ./evaluation)")
     g.add_argument("--outdir", default=None, help="keep the estimates: <outdir>/<method>/<track>/<target>.wav")
     g.add_argument("--cores", type=int, default=1, help="tracks scored in parallel (default 1)")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--quiet", action="store_true",
+                   help="no per-track lines or download progress bars (the results table is still printed)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
