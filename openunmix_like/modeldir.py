@@ -195,8 +195,8 @@ def load_target(path: Path, target: str) -> nn.Module:
             raise ModelError(f"{path}: weights of target {target!r} are not an {arch.title} state dict "
                              f"({exc})") from exc
         if config is not None and config != weights_config:
-            raise ModelError(f"{path}: weights of target {target!r} disagree with {target}.json: "
-                             f"{weights_config} vs {config}")
+            raise ModelError(f"{path} and {json_path.name} disagree on target {target!r}: the weights are "
+                             f"{weights_config}, model_args say {config}; fix or delete {json_path.name}")
         config = weights_config
     elif config is None:
         raise ModelError(f"{json_path}: architecture {name!r} needs its model_args (the constructor arguments) "
@@ -390,9 +390,10 @@ def update_separator_json(folder: Path, target: str, settings: AudioSettings) ->
     """Add ``target`` to ``separator.json``; the settings of all targets must agree."""
     path = folder / "separator.json"
     current = read_target_json(path)
-    if current and AudioSettings.from_json(current) != settings:
+    held = AudioSettings.from_json(current, path) if current else None
+    if held is not None and held != settings:
         raise ModelError(
-            f"{path}: folder holds models with {AudioSettings.from_json(current)}; "
+            f"{path}: folder holds models with {held}; "
             f"cannot add {target!r} with {settings}; use another output folder"
         )
     targets = list(current.get("targets", []))
