@@ -5,38 +5,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import music_like
+from helpers import TINY_ARGS, Identity, music_like, tiny, tiny_folder, track_folders
 from openunmix_like import ModelError, Separator, separate
 from openunmix_like.architectures import ARCHITECTURES, PRESETS, get
 from openunmix_like.architectures.tfattn import WindowAttention
 from openunmix_like.audio import resample
 from openunmix_like.cli.train import main as train_main
 from openunmix_like.cli.train import parse_args
-from openunmix_like.modeldir import AudioSettings, load_model_dir, save_target
-from test_data import track_folders
+from openunmix_like.modeldir import AudioSettings, load_model_dir
 
-# Tiny versions of every architecture, for n_fft 512 / 257 bins.
-TINY_ARGS = {
-    "umx": dict(nb_bins=257, nb_channels=2, hidden_size=8, max_bin=128),
-    "unet2d": dict(nb_bins=257, nb_channels=2, hidden_size=4, nb_layers=3),
-    "unet1d": dict(nb_channels=2, hidden_size=4, nb_layers=3),
-    "tfattn": dict(nb_bins=257, nb_channels=2, hidden_size=8, depths=(1, 2), num_heads=(1, 2), window_size=4,
-                   patch_size=2),
-}
-# The same through umx-train's options.
+# Tiny versions of every architecture (helpers.TINY_ARGS) through umx-train's options.
 TINY_FLAGS = {
     "umx": ["--hidden-size", "8"],
     "unet2d": ["--hidden-size", "4", "--arch-args", "nb_layers=3"],
     "unet1d": ["--hidden-size", "4", "--arch-args", "nb_layers=3"],
     "tfattn": ["--hidden-size", "8", "--arch-args", "depths=1,2", "num_heads=1,2", "window_size=4", "patch_size=2"],
 }
-
-
-def tiny(name, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return get(name).build(**dict(TINY_ARGS[name], **overrides)).eval()
 
 
 def example(model, nb_frames=20, hop=128):
@@ -124,15 +109,6 @@ def test_shifted_window_attention_keeps_the_wrapped_borders_apart():
 # ---------------------------------------------------------------- model folders
 
 
-def tiny_folder(tmp_path, name, settings=AudioSettings(22050, 512, 128, 2), targets=("vocals", "drums")):
-    folder = tmp_path / name
-    for k, target in enumerate(targets):
-        model = tiny(name, seed=k, **({} if name == "unet1d" else {"nb_bins": settings.n_fft // 2 + 1}),
-                     nb_channels=settings.nb_channels)
-        save_target(folder, target, model, settings)
-    return folder
-
-
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_model_folder_round_trip(tmp_path, name):
     folder = tiny_folder(tmp_path, name)
@@ -173,19 +149,6 @@ def test_unknown_architecture_and_missing_arguments_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- the separator
-
-
-class Identity(nn.Module):
-    """Returns the mixture as the estimate, in the domain it declares."""
-
-    def __init__(self, domain, nb_bins=257, nb_channels=2):
-        super().__init__()
-        self.domain, self.nb_channels = domain, nb_channels
-        if domain != "waveform":
-            self.nb_bins = nb_bins
-
-    def forward(self, x):
-        return x.clone()
 
 
 @pytest.mark.parametrize("domain", ["complex", "waveform"])

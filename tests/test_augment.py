@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from conftest import music_like
+from helpers import music_like
 from openunmix_like import augment
 
 RATE = 22050

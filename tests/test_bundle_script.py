@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from openunmix_like import Separator
 from openunmix_like.modeldir import AudioSettings, save_target
 
-from conftest import make_models
+from helpers import make_models
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("vocals", "drums", "bass", "other")

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 import openunmix_like.pretrained as pretrained
-from conftest import MUSDB_7S, music_like, require
+from helpers import MUSDB_7S, music_like, require
 from openunmix_like.audio import info
 from openunmix_like.cli.separate import main
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers import make_tracks
 from openunmix_like import evaluate as ev
 from openunmix_like.cli import compare
 from openunmix_like.cli import evaluate as evaluate_cli
@@ -76,7 +77,6 @@ def test_only_common_tracks_and_targets_are_compared_and_silent_windows_skipped(
 
 def test_cli_compares_umx_evaluate_folders(tmp_path, capsys):
     pytest.importorskip("museval")
-    from test_evaluate import make_tracks
     root = make_tracks(tmp_path / "data")
     evaldir = tmp_path / "eval"
     assert evaluate_cli.main(["--root", str(root), "--layout", "folder", "--oracle", "irm2", "--with-oracles",

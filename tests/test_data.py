@@ -8,26 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import MUSDB_7S, music_like, require
+from helpers import MUSDB_7S, NAMES, RATE, require, track_folders, write
 from openunmix_like import augment, data
-
-RATE = 22050
-NAMES = ("vocals", "drums", "bass", "other")
-
-
-def write(path: Path, seconds: float, seed: int, channels: int = 2, rate: int = RATE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, music_like(seconds, rate, channels, seed).T * 0.5, rate, subtype="FLOAT")
-
-
-def track_folders(root: Path, tracks=3, seconds=2.0, names=NAMES):
-    for split in ("train", "valid"):
-        for t in range(tracks):
-            for k, name in enumerate(names):
-                seed = 100 * t + k + (50 if split == "valid" else 0)
-                write(root / split / f"t{t}" / f"{name}.wav", seconds, seed=seed)
-    return root
-
 
 def common(**kw):
     return dict(dict(sample_rate=RATE, nb_channels=2, seq_duration=1.0, seed=1), **kw)

@@ -4,33 +4,16 @@ import math
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from conftest import make_models, music_like
+from helpers import MUSDB_7S, make_models, make_tracks, music_like, require, track_folders
 from openunmix_like import evaluate as ev
 from openunmix_like.cli import evaluate as cli
 from openunmix_like.metrics import sdr_mdx, si_sdr
 from openunmix_like.modeldir import AudioSettings, save_target
 
 pytest.importorskip("museval")
-RATE = 16000
-
-
-def make_tracks(root, n=3, seconds=4.0):
-    """Tracks of three distinct sources: tones (vocals), noise bursts (drums), low tones (bass)."""
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * RATE)) / RATE
-    for k in range(n):
-        folder = root / f"song{k}"
-        folder.mkdir(parents=True)
-        vocals = 0.3 * np.sin(2 * np.pi * (440 + 60 * k) * t) * (1 + np.sin(2 * np.pi * 0.5 * t))
-        drums = 0.3 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
-        bass = 0.4 * np.sin(2 * np.pi * (55 + 10 * k) * t)
-        for name, x in (("vocals", vocals), ("drums", drums), ("bass", bass)):
-            stereo = np.stack([x, 0.8 * x], axis=1).astype(np.float32)
-            sf.write(folder / f"{name}.wav", stereo, RATE)
-    return root
+RATE = 16000  # as helpers.make_tracks writes
 
 
 def test_fast_metrics_match_their_formulas():
@@ -132,7 +115,6 @@ def test_parallel_scoring_matches_serial(tmp_path):
 
 def test_train_reports_fast_metric_every_n_epochs(tmp_path):
     from openunmix_like.cli.train import main as train_main
-    from test_data import track_folders
 
     root = track_folders(tmp_path / "d")
     out = tmp_path / "m"
@@ -147,8 +129,6 @@ def test_train_reports_fast_metric_every_n_epochs(tmp_path):
 
 
 def test_musdb_mixture_from_sources():
-    from conftest import MUSDB_7S, require
-
     root = require(MUSDB_7S).parent
     [stored] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"])
     [summed] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"],

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_folder
 from openunmix_like.architectures import ARCHITECTURES
 from openunmix_like.cli.export import main as export_main
 from openunmix_like.export import example_input
 from openunmix_like.modeldir import AudioSettings, load_model_dir
-from test_architectures import tiny_folder
 
 SETTINGS = AudioSettings(22050, 512, 128, 2)
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import make_models
+from helpers import make_models
 from openunmix_like import Separator
 from openunmix_like.naive import separate_naive as straightforward
 

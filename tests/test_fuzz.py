@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
-from conftest import make_models  # noqa: E402
+from helpers import make_models  # noqa: E402
 from openunmix_like import AudioError, Separator, separate  # noqa: E402
 from openunmix_like.audio import load, resample  # noqa: E402
 

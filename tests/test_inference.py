@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import make_models, music_like
+from helpers import make_models, music_like
 from openunmix_like import Separator, separate
 from openunmix_like.inference import crossfade_ramp, iter_separate, plan_segments, separate_tensor
 

@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-from conftest import music_like
+from helpers import TINY_ARGS, Identity, music_like, tiny
 from openunmix_like import metrics
 from openunmix_like.losses import LOSSES, Loss, Objective, framewise_sdr, mrstft, parse_loss, sisdr
-from test_architectures import TINY_ARGS, Identity, tiny
 
 
 def test_parse_weighted_sums():

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 import openunmix_like.train as train_module
-from conftest import make_models, music_like
+from helpers import make_models, music_like, track_folders
 from openunmix_like import AudioError, Separator, separate
 from openunmix_like.audio import load
 from openunmix_like.cli.separate import main as separate_main
@@ -220,8 +220,6 @@ def tiny_train_args(root, out, *extra):
 
 
 def test_nan_in_data_is_skipped_and_nan_loss_policy(tmp_path, caplog, monkeypatch):
-    from test_data import track_folders
-
     root = track_folders(tmp_path / "d")
     data = sf.read(root / "train" / "t1" / "drums.wav", dtype="float32")[0]
     data[::1000] = np.nan  # everywhere, so every excerpt of the track hits one
@@ -255,8 +253,6 @@ def test_nan_in_data_is_skipped_and_nan_loss_policy(tmp_path, caplog, monkeypatc
 
 
 def test_corrupt_file_during_training_is_reported_once_and_skipped(tmp_path, caplog):
-    from test_data import track_folders
-
     root = track_folders(tmp_path / "d", tracks=3)
     for t in range(3):  # flac, so damage shows up as decode errors rather than noise
         for name in ("vocals", "drums"):
@@ -297,7 +293,6 @@ def test_corrupt_file_during_training_is_reported_once_and_skipped(tmp_path, cap
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     from openunmix_like.fileio import atomic_path
-    from test_data import track_folders
 
     root = track_folders(tmp_path / "d")
     out = tmp_path / "m"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import openunmix_like.pretrained as pretrained
-from conftest import make_models
+from helpers import make_models
 from openunmix_like import ModelError, Separator
 from openunmix_like.modeldir import load_model_dir
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import track_folders
 from openunmix_like import train
 from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.train import TrainConfig, WeightAverage, build_datasets, build_model, make_context, run, step
-from test_data import track_folders
 
 TINY = dict(dataset="trackfolder_fix", target_file="vocals.wav", interferer_files=["drums.wav", "bass.wav"],
             batch_size=2, seq_dur=0.5, hidden_size=8, nfft=512, nhop=128, sample_rate=22050, quiet=True)

@@ -1,0 +1,140 @@
+"""Plain helpers shared by the test files: shared-data paths, tiny models, generated audio and folders.
+
+Fixtures live in ``conftest.py``; test files import these with ``from helpers import ...``
+(never from ``conftest`` or from each other).
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from openunmix_like.architectures import get
+from openunmix_like.model import OpenUnmix
+from openunmix_like.modeldir import AudioSettings, save_target
+
+# ---------------------------------------------------------------- shared data
+
+SHARED_ENV = "OPENUNMIX_LIKE_SHARED"
+REQUIRE_DATA_ENV = "OPENUNMIX_LIKE_REQUIRE_DATA"
+SHARED = Path(os.environ.get(SHARED_ENV, Path(__file__).resolve().parents[2] / "shared"))
+MUSDB_7S = SHARED / "data" / "musdb18-7s" / "train"
+MIXES = SHARED / "data" / "mixes"
+
+
+def require(path: Path) -> Path:
+    """Skip when shared data is absent, unless CI demands it (then fail)."""
+    if not path.exists():
+        if os.environ.get(REQUIRE_DATA_ENV) == "1":
+            pytest.fail(f"{path} is missing but {REQUIRE_DATA_ENV}=1")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+# ---------------------------------------------------------------- generated audio
+
+def music_like(seconds=3.0, rate=44100, channels=2, seed=0):
+    """A few decaying harmonic notes and noise bursts, ``(channels, n)`` float32."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    out = np.zeros((channels, n))
+    for _ in range(8):
+        f0, onset = rng.uniform(80, 800), rng.uniform(0, seconds)
+        env = np.where(t >= onset, np.exp(-(t - onset) * 3), 0)
+        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5)) * env
+        out += tone * rng.uniform(0.2, 1.0, size=(channels, 1))
+    out += 0.02 * rng.standard_normal((channels, n))
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+# Sample rate and sources of the generated track folders.
+RATE = 22050
+NAMES = ("vocals", "drums", "bass", "other")
+
+
+def write(path: Path, seconds: float, seed: int, channels: int = 2, rate: int = RATE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, music_like(seconds, rate, channels, seed).T * 0.5, rate, subtype="FLOAT")
+
+
+def track_folders(root: Path, tracks=3, seconds=2.0, names=NAMES):
+    for split in ("train", "valid"):
+        for t in range(tracks):
+            for k, name in enumerate(names):
+                seed = 100 * t + k + (50 if split == "valid" else 0)
+                write(root / split / f"t{t}" / f"{name}.wav", seconds, seed=seed)
+    return root
+
+
+def make_tracks(root: Path, n=3, seconds=4.0, rate=16000):
+    """Tracks of three distinct sources: tones (vocals), noise bursts (drums), low tones (bass)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    for k in range(n):
+        folder = root / f"song{k}"
+        folder.mkdir(parents=True)
+        vocals = 0.3 * np.sin(2 * np.pi * (440 + 60 * k) * t) * (1 + np.sin(2 * np.pi * 0.5 * t))
+        drums = 0.3 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 2 * t) > 0.7)
+        bass = 0.4 * np.sin(2 * np.pi * (55 + 10 * k) * t)
+        for name, x in (("vocals", vocals), ("drums", drums), ("bass", bass)):
+            stereo = np.stack([x, 0.8 * x], axis=1).astype(np.float32)
+            sf.write(folder / f"{name}.wav", stereo, rate)
+    return root
+
+
+# ---------------------------------------------------------------- tiny models
+
+def make_models(targets=("vocals", "drums", "bass", "other"), n_fft=512, nb_channels=2, hidden_size=16,
+                unidirectional=False, seed=0, max_bin=None):
+    torch.manual_seed(seed)
+    models = {}
+    for t in targets:
+        m = OpenUnmix(n_fft // 2 + 1, nb_channels, hidden_size, unidirectional=unidirectional,
+                      max_bin=max_bin or n_fft // 4)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+            m.output_mean.fill_(1.0)
+        models[t] = m.eval()
+    return models
+
+
+# Tiny versions of every architecture, for n_fft 512 / 257 bins.
+TINY_ARGS = {
+    "umx": dict(nb_bins=257, nb_channels=2, hidden_size=8, max_bin=128),
+    "unet2d": dict(nb_bins=257, nb_channels=2, hidden_size=4, nb_layers=3),
+    "unet1d": dict(nb_channels=2, hidden_size=4, nb_layers=3),
+    "tfattn": dict(nb_bins=257, nb_channels=2, hidden_size=8, depths=(1, 2), num_heads=(1, 2), window_size=4,
+                   patch_size=2),
+}
+
+
+def tiny(name, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return get(name).build(**dict(TINY_ARGS[name], **overrides)).eval()
+
+
+def tiny_folder(tmp_path, name, settings=AudioSettings(22050, 512, 128, 2), targets=("vocals", "drums")):
+    folder = tmp_path / name
+    for k, target in enumerate(targets):
+        model = tiny(name, seed=k, **({} if name == "unet1d" else {"nb_bins": settings.n_fft // 2 + 1}),
+                     nb_channels=settings.nb_channels)
+        save_target(folder, target, model, settings)
+    return folder
+
+
+class Identity(nn.Module):
+    """Returns the mixture as the estimate, in the domain it declares."""
+
+    def __init__(self, domain, nb_bins=257, nb_channels=2):
+        super().__init__()
+        self.domain, self.nb_channels = domain, nb_channels
+        if domain != "waveform":
+            self.nb_bins = nb_bins
+
+    def forward(self, x):
+        return x.clone()
