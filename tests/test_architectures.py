@@ -212,6 +212,7 @@ TRAIN = ["--nfft", "512", "--nhop", "128", "--batch-size", "2", "--seq-dur", "0.
          "--quiet", "--epochs", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_each_architecture_trains_saves_reloads_and_separates(tmp_path, name):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
@@ -276,6 +277,7 @@ def test_documented_parameter_counts_match_the_models():
 
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_the_architecture(tmp_path, capsys):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     data = ["--dataset", "trackfolder_fix", "--root", str(root), "--target-file", "vocals.wav",

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -34,6 +35,7 @@ def bundle(*args):
                           capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_best_of_takes_each_target_from_the_run_with_the_lower_loss_and_dest_may_follow(tmp_path):
     root = valid_root(tmp_path / "root", ["a", "b"])
     one = fake_run(tmp_path / "one", root, {"vocals": 1.0, "drums": 2.0, "bass": 3.0, "other": 4.0}, seed=1)
@@ -48,6 +50,7 @@ def test_best_of_takes_each_target_from_the_run_with_the_lower_loss_and_dest_may
     assert not list(tmp_path.glob(".dest.*"))
 
 
+@pytest.mark.slow
 def test_best_of_refuses_runs_validated_on_other_tracks_and_leaves_dest(tmp_path):
     one = fake_run(tmp_path / "one", valid_root(tmp_path / "r1", ["a", "b"]), dict.fromkeys(TARGETS, 1.0), seed=1)
     two = fake_run(tmp_path / "two", valid_root(tmp_path / "r2", ["a", "c"]), dict.fromkeys(TARGETS, 0.5), seed=2)
@@ -61,6 +64,7 @@ def test_best_of_refuses_runs_validated_on_other_tracks_and_leaves_dest(tmp_path
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_best_of_passes_over_a_run_without_a_target(tmp_path):
     root = valid_root(tmp_path / "root", ["a", "b"])
     one = fake_run(tmp_path / "one", root, {"vocals": 1.0, "drums": 2.0, "bass": 3.0, "other": 4.0}, seed=1)
@@ -80,6 +84,7 @@ def test_best_of_passes_over_a_run_without_a_target(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dest2").exists()
 
 
+@pytest.mark.slow
 def test_half_stores_float16_weights_that_load_and_separate_like_the_float32_ones(tmp_path):
     root = valid_root(tmp_path / "root", ["a"])
     one = fake_run(tmp_path / "one", root, dict.fromkeys(TARGETS, 1.0), seed=1)
@@ -94,6 +99,7 @@ def test_half_stores_float16_weights_that_load_and_separate_like_the_float32_one
     assert all(p.dtype == torch.float32 for p in separator.parameters())
 
 
+@pytest.mark.slow
 def test_half_refuses_weights_float16_cannot_hold_and_leaves_dest(tmp_path):
     root = valid_root(tmp_path / "root", ["a"])
     one = fake_run(tmp_path / "one", root, dict.fromkeys(TARGETS, 1.0), seed=1)

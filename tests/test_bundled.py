@@ -40,6 +40,7 @@ def test_umx_separate_without_model_is_offline(offline, wav_file, tmp_path):
     assert sf.info(str(tmp_path / "o" / "song" / "vocals.wav")).frames == 44100
 
 
+@pytest.mark.slow
 def test_bundled_model_beats_the_mixture_on_a_generated_song(offline, tmp_path):
     """The demo clip is re-made by the generator (seed 31337, 10 s); its stems are the truth."""
     import numpy as np

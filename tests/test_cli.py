@@ -30,6 +30,7 @@ def assert_like_input(files, rate, channels, frames):
         assert (i.samplerate, i.channels, i.frames) == (rate, channels, frames), f
 
 
+@pytest.mark.slow
 def test_wav_and_flac(model_dir, wav_file, tmp_path):
     model = model_dir()
     wav = wav_file("a.wav", seconds=2.0)
@@ -41,6 +42,7 @@ def test_wav_and_flac(model_dir, wav_file, tmp_path):
     assert sf.info(str(out / "a" / "vocals.wav")).subtype == "PCM_16"
 
 
+@pytest.mark.slow
 @needs_ffmpeg
 def test_mp3_made_with_ffmpeg(model_dir, wav_file, tmp_path):
     wav = wav_file("src.wav", seconds=2.0)
@@ -52,6 +54,7 @@ def test_mp3_made_with_ffmpeg(model_dir, wav_file, tmp_path):
     assert_like_input(outputs(out, "song"), expect.sample_rate, 2, expect.nb_frames)
 
 
+@pytest.mark.slow
 @needs_ffmpeg
 def test_m4a_goes_through_ffmpeg(model_dir, wav_file, tmp_path):
     wav = wav_file("src.wav", seconds=1.0, rate=22050, channels=1)
@@ -63,6 +66,8 @@ def test_m4a_goes_through_ffmpeg(model_dir, wav_file, tmp_path):
     assert (i.samplerate, i.channels) == (22050, 1) and abs(i.frames - 22050) < 2048
 
 
+@pytest.mark.slow
+@pytest.mark.musdb
 @needs_ffmpeg
 def test_musdb_stem_mp4_mixture(model_dir, tmp_path):
     track = require(MUSDB_7S) / "ANiMAL - Clinic A.stem.mp4"
@@ -202,6 +207,7 @@ def test_model_errors_exit_non_zero(wav_file, tmp_path, capsys, monkeypatch):
     assert "no bundled model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs(model_dir, wav_file, tmp_path):
     exe = shutil.which("umx-separate")
     cmd = [exe] if exe else [sys.executable, "-m", "openunmix_like.cli.separate"]

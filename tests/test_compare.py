@@ -75,6 +75,7 @@ def test_only_common_tracks_and_targets_are_compared_and_silent_windows_skipped(
         ev.paired_difference(new, old, metric="PESQ")
 
 
+@pytest.mark.slow
 def test_cli_compares_umx_evaluate_folders(tmp_path, capsys):
     pytest.importorskip("museval")
     root = make_tracks(tmp_path / "data")

@@ -119,6 +119,7 @@ def test_reads_only_the_excerpt(tmp_path, monkeypatch):
     assert out.shape == (2, RATE // 2) and calls == [RATE // 2]
 
 
+@pytest.mark.slow
 def test_augmentations_pickle_and_work_in_worker_processes(tmp_path):
     chain = augment.Compose.from_names(["gain", "channelswap", "force_stereo"])
     clone = pickle.loads(pickle.dumps(chain))

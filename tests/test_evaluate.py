@@ -33,6 +33,7 @@ def test_fast_metrics_match_their_formulas():
     assert sdr_mdx(s, s) > 100
 
 
+@pytest.mark.slow
 def test_perfect_estimates_score_far_above_oracles(tmp_path):
     track = next(ev.folder_tracks(make_tracks(tmp_path, n=1)))
     refs = {t: r.numpy().T for t, r in track.references.items()}
@@ -47,6 +48,7 @@ def test_perfect_estimates_score_far_above_oracles(tmp_path):
         assert perfect[target]["SDR"] > oracle_scores[target]["SDR"] + 30
 
 
+@pytest.mark.slow
 def test_a_silent_estimate_is_scored_far_below_the_others(tmp_path, caplog):
     track = next(ev.folder_tracks(make_tracks(tmp_path, n=1)))
     refs = {t: r.numpy().T for t, r in track.references.items()}
@@ -63,6 +65,7 @@ def test_a_silent_estimate_is_scored_far_below_the_others(tmp_path, caplog):
     assert all(math.isfinite(scores[t]["SDR"]) for t in others)
 
 
+@pytest.mark.slow
 def test_oracles_order_and_cli_tables(tmp_path, capsys):
     root = make_tracks(tmp_path / "data")
     evaldir = tmp_path / "eval"
@@ -80,6 +83,7 @@ def test_oracles_order_and_cli_tables(tmp_path, capsys):
     assert rows[0] == "method,target,metric,median,mean,tracks" and len(rows) == 1 + 5 * 3 * 4
 
 
+@pytest.mark.slow
 def test_model_beside_oracles_with_closed_fraction_and_resume(tmp_path, capsys, monkeypatch):
     root = make_tracks(tmp_path / "data")
     model = tmp_path / "model"
@@ -103,6 +107,7 @@ def test_model_beside_oracles_with_closed_fraction_and_resume(tmp_path, capsys, 
     assert len(cli.load_records(evaldir / "model")) == 3
 
 
+@pytest.mark.slow
 def test_parallel_scoring_matches_serial(tmp_path):
     root = make_tracks(tmp_path / "data", n=2)
     for cores, name in ((1, "serial"), (2, "parallel")):
@@ -113,6 +118,7 @@ def test_parallel_scoring_matches_serial(tmp_path):
     assert a["targets"] == b["targets"]
 
 
+@pytest.mark.slow
 def test_train_reports_fast_metric_every_n_epochs(tmp_path):
     from openunmix_like.cli.train import main as train_main
 
@@ -128,6 +134,8 @@ def test_train_reports_fast_metric_every_n_epochs(tmp_path):
     assert isinstance(record["valid_si_sdr_history"][1], float)
 
 
+@pytest.mark.slow
+@pytest.mark.musdb
 def test_musdb_mixture_from_sources():
     root = require(MUSDB_7S).parent
     [stored] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"])

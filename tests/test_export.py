@@ -18,6 +18,7 @@ def relative(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_onnx_runs_in_onnxruntime_like_torch(tmp_path, name, capsys):
     ort = pytest.importorskip("onnxruntime")
@@ -41,6 +42,7 @@ def test_onnx_runs_in_onnxruntime_like_torch(tmp_path, name, capsys):
         assert relative(got, want) < 1e-4, (name, nb_frames)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_torchscript_equals_torch(tmp_path, name):
     folder = tiny_folder(tmp_path, name, SETTINGS, targets=("vocals", "bass"))

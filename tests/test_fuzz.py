@@ -78,6 +78,7 @@ def test_load_random_wav_files(tmp_path_factory, subtype, channels, rate, frames
     assert torch.isfinite(audio).all()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(blob=st.binary(min_size=0, max_size=3000), ext=st.sampled_from([".wav", ".flac", ".mp3", ".ogg", ".m4a"]),
        header=st.sampled_from([b"", b"RIFF\x24\x08\x00\x00WAVEfmt ", b"fLaC", b"ID3\x03\x00", b"OggS"]))

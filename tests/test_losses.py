@@ -93,6 +93,7 @@ def test_objective_brings_identity_estimates_back_to_the_mixture(domain):
     assert torch.allclose(est["magnitude"], objective.stft(x).abs(), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(TINY_ARGS))
 @pytest.mark.parametrize("loss", ["mse", "l1", "mrstft", "sisdr", "sdr", "wavl1", "l1+0.5*mrstft"])
 def test_each_loss_decreases_on_a_tiny_overfit_problem(arch, loss):

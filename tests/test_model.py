@@ -65,6 +65,7 @@ def test_unidirectional_layout():
     assert config_from_state_dict(model.state_dict()).unidirectional
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_files_reload_with_legacy_keys(tmp_path, name):
     """Random weights saved under the published file names load back identically."""

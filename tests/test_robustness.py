@@ -61,6 +61,7 @@ def corrupt_files(tmp_path, wav_file):
     return out
 
 
+@pytest.mark.slow
 def test_bad_files_one_line_each_and_the_batch_goes_on(model, tmp_path, wav_file, capsys):
     bad = corrupt_files(tmp_path, wav_file)
     good = wav_file("good.wav", seconds=0.5)
@@ -291,6 +292,7 @@ def test_corrupt_file_during_training_is_reported_once_and_skipped(tmp_path, cap
     assert json.loads((out / "vocals.json").read_text())["epochs_trained"] == 2
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     from openunmix_like.fileio import atomic_path
 

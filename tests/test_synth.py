@@ -27,6 +27,7 @@ def _read(path):
     return audio.T.astype(np.int32), rate
 
 
+@pytest.mark.slow
 def test_layout_rate_and_exact_sum(corpus):
     tracks = sorted(p for p in corpus.glob("*/*") if p.is_dir())
     assert [t.parent.name for t in tracks] == ["test", "train", "train"]
@@ -39,6 +40,7 @@ def test_layout_rate_and_exact_sum(corpus):
         assert info.subtype == "PCM_16"
 
 
+@pytest.mark.slow
 def test_stems_sound_where_the_plan_says(corpus):
     checked = 0
     for plan_file in corpus.glob("*/*/plan.json"):
@@ -60,6 +62,7 @@ def test_stems_sound_where_the_plan_says(corpus):
     assert checked >= 6
 
 
+@pytest.mark.slow
 def test_vocals_have_words_and_high_frequencies(corpus):
     sung = 0
     for plan_file in corpus.glob("*/*/plan.json"):
@@ -75,6 +78,7 @@ def test_vocals_have_words_and_high_frequencies(corpus):
     assert sung >= 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_track(corpus, tmp_path):
     [job] = [j for j in plan_jobs(tmp_path, {"test": 1}, seed=7, duration=12.0)]
     make_track(job)
@@ -85,6 +89,7 @@ def test_same_seed_same_track(corpus, tmp_path):
     assert not np.array_equal(_read(other.path / "mixture.wav")[0], _read(job.path / "mixture.wav")[0])
 
 
+@pytest.mark.slow
 def test_resume_keeps_complete_tracks_and_ignores_partial_ones(corpus, tmp_path, capsys):
     root = tmp_path / "c"
     (root / "train" / ".synth-train-0000.partial").mkdir(parents=True)
@@ -95,6 +100,7 @@ def test_resume_keeps_complete_tracks_and_ignores_partial_ones(corpus, tmp_path,
     assert (track / "plan.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_compositions_vary(tmp_path):
     fonts = fluid.available_soundfonts()
     voice = {"engine": "espeak", "name": "en-us", "formant_shift": 1.0, "breathiness": 0.2,

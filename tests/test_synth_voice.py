@@ -47,6 +47,7 @@ def rendered(request):
     return spec, sing(NOTES, spec, LENGTH, SR, rng=np.random.default_rng(7))
 
 
+@pytest.mark.slow
 def test_exact_length_and_level(rendered):
     spec, y = rendered
     assert y.shape == (LENGTH,) and y.dtype == np.float32
@@ -56,12 +57,14 @@ def test_exact_length_and_level(rendered):
         assert sing(NOTES, spec, length, SR, rng=np.random.default_rng(0)).shape == (length,)
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(rendered):
     spec, y = rendered
     assert np.array_equal(y, sing(NOTES, spec, LENGTH, SR, rng=np.random.default_rng(7)))
     assert not np.array_equal(y, sing(NOTES, spec, LENGTH, SR, rng=np.random.default_rng(8)))
 
 
+@pytest.mark.slow
 def test_silent_outside_notes_except_breaths(rendered):
     _, y = rendered
     end1 = NOTES[4].start + NOTES[4].duration
@@ -78,12 +81,14 @@ def test_silent_outside_notes_except_breaths(rendered):
     assert 0 < breath < 0.3 * sung  # an inhale before the phrase, quieter than the singing
 
 
+@pytest.mark.slow
 def test_energy_above_8khz(rendered):
     _, y = rendered
     freqs, power = welch(y, SR, nperseg=4096)
     assert power[freqs > 8000].sum() / power.sum() > 0.005
 
 
+@pytest.mark.slow
 def test_pitch_follows_melody(rendered):
     _, y = rendered
     x = y.astype(np.float64)

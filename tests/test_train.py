@@ -35,6 +35,7 @@ def separates_with(folder: Path, tmp_path: Path, targets):
     assert sf.info(str(out / "song" / f"{targets[0]}.wav")).frames == 22050
 
 
+@pytest.mark.slow
 def test_trackfolder_fix_trains_several_targets_into_one_folder(tmp_path):
     root = track_folders(tmp_path / "data")
     out = tmp_path / "model"
@@ -55,6 +56,7 @@ def test_trackfolder_fix_trains_several_targets_into_one_folder(tmp_path):
     separates_with(out, tmp_path, ["vocals", "drums"])
 
 
+@pytest.mark.slow
 def test_aligned_trackfolder_var_sourcefolder_runs_and_separate(tmp_path):
     for split in ("train", "valid"):
         for t in range(2):
@@ -92,6 +94,7 @@ def test_musdb_run_and_separate(tmp_path):
     separates_with(out, tmp_path, ["accompaniment"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_first_epoch_loss(tmp_path):
     root = track_folders(tmp_path / "data")
 
@@ -107,6 +110,7 @@ def test_same_seed_same_first_epoch_loss(tmp_path):
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     root = track_folders(tmp_path / "data", tracks=4, seconds=3.0)
     out = tmp_path / "model"

@@ -25,6 +25,7 @@ def weights(folder, target="vocals"):
     return torch.load(folder / f"{target}.chkpnt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_a_run_resumed_from_a_step_checkpoint_equals_an_uninterrupted_one(tmp_path):
     root = track_folders(tmp_path / "data", tracks=4, seconds=1.0)  # 2 batches per epoch
     extra = dict(epochs=2, ckpt_every=1, ckpt_keep=2, source_augmentations=["gain", "freqmask", "mixup"])
@@ -194,6 +195,7 @@ def test_validation_sdr_leaves_out_tracks_where_the_target_is_silent(tmp_path):
     assert math.isfinite(scores[0][0]) and scores[1] == pytest.approx(scores[0], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_mid_epoch_saves_and_is_not_extended_by_resuming(tmp_path):
     root = track_folders(tmp_path / "data", tracks=8, seconds=1.0)  # 4 batches per epoch
     history = run(config(tmp_path, root, "m", epochs=50, max_minutes=1e-6))
@@ -226,6 +228,7 @@ def test_weight_average_moves_each_weight_by_one_minus_decay_and_copies_counts()
     assert not any(p.requires_grad for p in average.model.parameters())
 
 
+@pytest.mark.slow
 def test_ema_validates_and_saves_the_average_and_resumes_it(tmp_path):
     root = track_folders(tmp_path / "data", tracks=4, seconds=1.0)  # 2 batches per epoch
     run(config(tmp_path, root, "m", epochs=1, lr=0.01, ema=0.5))
@@ -292,6 +295,7 @@ print("skipped together")
 """
 
 
+@pytest.mark.slow
 def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_batch(tmp_path):
     import subprocess
     import sys
