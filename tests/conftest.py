@@ -1,14 +1,13 @@
-"""Shared fixtures: tiny random-weight model folders and generated audio.
+"""Shared fixtures: tiny random-weight model folders, generated audio, a temporary package cache.
 
 Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 """
-import os
-
 import pytest
 import soundfile as sf
 
 from helpers import make_models, music_like
 from openunmix_like.modeldir import AudioSettings, save_target
+from openunmix_like.pretrained import CACHE_ENV
 
 
 @pytest.fixture
@@ -37,12 +36,16 @@ def wav_file(tmp_path):
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory):
-    """One package cache for the whole test session (decoded MUSDB excerpts are shared)."""
+    """Point the package cache (and library caches) at session temporary folders, never ``~/.cache``.
+
+    One folder for the whole session, so MUSDB excerpts are decoded at most once;
+    command-line tools run in subprocesses inherit it through the environment.
+    """
     path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("OPENUNMIX_LIKE_CACHE")
-    os.environ["OPENUNMIX_LIKE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("OPENUNMIX_LIKE_CACHE", None)
-    else:
-        os.environ["OPENUNMIX_LIKE_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(path))
+        # Libraries' own caches too (matplotlib's font list, onnxruntime's device id).
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        yield path
+
