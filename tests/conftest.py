@@ -2,10 +2,12 @@
 
 Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 """
+import re
+
 import pytest
 import soundfile as sf
 
-from helpers import make_models, music_like
+from helpers import SHARED, SHARED_ENV, make_models, music_like
 from openunmix_like.modeldir import AudioSettings, save_target
 from openunmix_like.pretrained import CACHE_ENV
 
@@ -49,3 +51,20 @@ def session_cache(tmp_path_factory):
         mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
         yield path
 
+
+# require() skips with "<path> not available" when shared data is missing.
+MISSING = re.compile(r"Skipped: (?P<path>.+) not available$")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say in one line per missing path which tests were skipped for want of shared data."""
+    counts = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        match = MISSING.match(reason)
+        if match and match["path"].startswith(str(SHARED)):
+            counts[match["path"]] = counts.get(match["path"], 0) + 1
+    for path, n in counts.items():
+        tests = f"{n} tests needing {path} were" if n > 1 else f"1 test needing {path} was"
+        terminalreporter.write_line(f"{tests} skipped: {path} not found (set {SHARED_ENV} to the shared folder)",
+                                    yellow=True)
