@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from helpers import make_models
+from naive import separate_naive as straightforward
 from openunmix_like import Separator
-from openunmix_like.naive import separate_naive as straightforward
 
 
 @pytest.mark.parametrize("niter,softmask,residual,win", [

@@ -1,22 +1,23 @@
 """A straightforward implementation of the separator's math, to check the fast paths against.
 
-``torch.stft`` -> per-target models -> :func:`openunmix_like.filtering.wiener`
-(norbert's formulation: complex tensors, explicit covariance matrices) over
-whole filter windows -> ``torch.istft``. Used by the tests and the benchmark;
-not meant for real use (slower and more memory-hungry).
+:class:`openunmix_like.transforms.STFT` -> per-target models ->
+:func:`openunmix_like.filtering.wiener` (norbert's formulation: complex tensors,
+explicit covariance matrices) over whole filter windows -> ``torch.istft`` with
+the same window. A test reference (and the benchmark's), not meant for real use:
+slower and more memory-hungry.
 """
 import torch
 
-from . import filtering
-from .separator import Separator
+from openunmix_like import filtering
+from openunmix_like.separator import Separator
+from openunmix_like.transforms import STFT, _window_like
 
 
 def separate_naive(sep: Separator, audio: torch.Tensor) -> torch.Tensor:
-    """torch.stft -> models -> norbert-style wiener() on whole windows -> torch.istft."""
-    window = torch.hann_window(sep.n_fft, dtype=audio.dtype)
-    flat = audio.reshape(-1, audio.shape[-1])
-    spec = torch.stft(flat, sep.n_fft, sep.n_hop, window=window, center=True, pad_mode="reflect",
-                      return_complex=True).reshape(audio.shape[:2] + (sep.n_fft // 2 + 1, -1))
+    """STFT -> models -> norbert-style wiener() on whole windows -> torch.istft."""
+    stft = STFT(sep.n_fft, sep.n_hop).to(audio.device)
+    window = _window_like(stft.window, audio.dtype)  # for torch.istft: the STFT's, in the audio's precision
+    spec = stft(audio)  # (S, C, F, T)
     mag = spec.abs()
     estimates = [m(mag) for m in sep.target_models.values()]  # each (S, C, F, T)
     out = []
