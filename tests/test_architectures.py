@@ -43,7 +43,7 @@ def test_output_shape_equals_input_shape(name, nb_frames):
 
 def test_unet2d_masks_the_magnitude_below_max_bin():
     model = tiny("unet2d")
-    assert model.max_bin == 256  # 257 bins: the Nyquist bin is dropped, as in seed 001
+    assert model.max_bin == 256  # 257 bins: the Nyquist bin is dropped, as in Jansson et al. (2017)
     x = torch.rand(1, 2, 257, 30)
     with torch.no_grad():
         y = model(x)

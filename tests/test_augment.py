@@ -1,4 +1,5 @@
-"""Augmentations of seed 002: shapes, pickling, what they do to the signal, mixture consistency."""
+"""Augmentations (volume, time stretch, pitch shift, spectrogram masking, mixup): shapes, pickling,
+what they do to the signal, mixture consistency."""
 import math
 import pickle
 import random

@@ -163,7 +163,7 @@ def test_musdb_splits_targets_and_cache():
 
 
 def test_stats_ignore_augmentation(tmp_path):
-    from openunmix_like.train import input_statistics
+    from openunmix_like.training import input_statistics
 
     root = track_folders(tmp_path)
     ds = data.FixedSourcesTrackFolderDataset(root, "train", "vocals.wav", ["drums.wav"], random_track_mix=True,

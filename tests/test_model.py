@@ -185,3 +185,20 @@ def test_widening_refuses_a_narrower_or_odd_width():
         widen(model, 4)
     with pytest.raises(ValueError, match="even"):
         widen(model, 11)
+
+
+def test_the_mask_multiplies_a_detached_mixture_as_in_the_reference():
+    # With fc3 at zero the network's output is a constant mask, so the only path from the
+    # input to the output is the mixture the mask multiplies: the reference detaches it, and
+    # the input gradient is then zero (not the mask), while parameter gradients still flow.
+    model = OpenUnmix(nb_bins=65, nb_channels=2, hidden_size=8, max_bin=40).eval()
+    with torch.no_grad():
+        model.fc3.weight.zero_()
+        model.output_mean.fill_(2.0)
+    x = torch.rand(1, 2, 65, 6, requires_grad=True)
+    out = model(x)
+    assert torch.allclose(out, torch.relu(model.bn3.bias.view(2, 65)[None, :, :, None]
+                                          * model.output_scale[:, None] + 2.0) * x, atol=1e-6)
+    out.sum().backward()
+    assert torch.count_nonzero(x.grad) == 0
+    assert model.output_mean.grad is not None and torch.count_nonzero(model.output_mean.grad) > 0

@@ -9,7 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import openunmix_like.train as train_module
+import openunmix_like.data as data_module
+import openunmix_like.training.checkpoint as checkpoint_module
+import openunmix_like.training.loop as loop_module
 from helpers import make_models, music_like, track_folders
 from openunmix_like import AudioError, Separator, separate
 from openunmix_like.audio import load
@@ -241,7 +243,7 @@ def test_nan_in_data_is_skipped_and_nan_loss_policy(tmp_path, caplog, monkeypatc
         loss = real_mse(a, b)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train_module.nn.functional, "mse_loss", sometimes_nan)
+    monkeypatch.setattr(loop_module.nn.functional, "mse_loss", sometimes_nan)
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert train_main(tiny_train_args(root, tmp_path / "skip", "--epochs", "1")) == 0
@@ -269,7 +271,7 @@ def test_corrupt_file_during_training_is_reported_once_and_skipped(tmp_path, cap
         for name in ("vocals", "drums"):
             wav = root / "valid" / f"t{t}" / f"{name}.wav"
             sf.write(wav.with_suffix(".flac"), sf.read(wav)[0], 22050)
-    original_scan = train_module.data.scan
+    original_scan = data_module.scan
 
     def scan_then_damage(path, problems):
         result = original_scan(path, problems)
@@ -280,12 +282,12 @@ def test_corrupt_file_during_training_is_reported_once_and_skipped(tmp_path, cap
             damaged.write_bytes(bytes(data))
         return result
 
-    train_module.data.scan = scan_then_damage
+    data_module.scan = scan_then_damage
     try:
         with caplog.at_level("WARNING"):
             assert train_main(args) == 0
     finally:
-        train_module.data.scan = original_scan
+        data_module.scan = original_scan
     messages = [r.getMessage() for r in caplog.records if "skipping a sample" in r.getMessage()]
     assert messages and all("drums.flac" in m for m in messages)
     assert len(messages) == len(set(messages))  # each failure reported once
@@ -306,7 +308,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
             tmp.write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train_module, "write_bytes_atomic", full_disk)
+    monkeypatch.setattr(checkpoint_module, "write_bytes_atomic", full_disk)
     assert train_main(tiny_train_args(root, out, "--epochs", "2", "--resume", "auto")) == 1
     err = capsys.readouterr().err
     assert "no space left" in err and "--resume auto" in err

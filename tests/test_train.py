@@ -16,7 +16,7 @@ from helpers import MUSDB_7S, require, track_folders, write
 from openunmix_like import Separator
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.cli.train import main as train_main
-from openunmix_like.train import TrainConfig, run
+from openunmix_like.training import TrainConfig, run
 
 TINY = ["--hidden-size", "8", "--nfft", "512", "--nhop", "128", "--batch-size", "2", "--seq-dur", "0.5",
         "--sample-rate", "22050", "--quiet"]

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import track_folders
-from openunmix_like import train
+from openunmix_like.training import factory, loop
 from openunmix_like.errors import OpenUnmixLikeError
-from openunmix_like.train import TrainConfig, WeightAverage, build_datasets, build_model, make_context, run, step
+from openunmix_like.training import (TrainConfig, WeightAverage, build_datasets, build_model, evaluated_model,
+                                     make_context, run, step)
 
 TINY = dict(dataset="trackfolder_fix", target_file="vocals.wav", interferer_files=["drums.wav", "bass.wav"],
             batch_size=2, seq_dur=0.5, hidden_size=8, nfft=512, nhop=128, sample_rate=22050, quiet=True)
@@ -65,7 +66,7 @@ def test_a_cosine_run_resumed_with_other_epochs_anneals_to_zero_at_the_new_end(t
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     # A run started with --epochs 8 and stopped after its second epoch.
     with monkeypatch.context() as m:
-        m.setattr(train, "make_scheduler", lambda cfg, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8))
+        m.setattr(factory, "make_scheduler", lambda cfg, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8))
         run(config(tmp_path, root, "m", epochs=2, lr=0.01, lr_scheduler="cosine"))
     history = run(config(tmp_path, root, "m", epochs=4, lr=0.01, lr_scheduler="cosine", resume="auto"))
     start = [0.01 * (1 + math.cos(math.pi * e / 8)) / 2 for e in (1, 2)]
@@ -99,7 +100,7 @@ def test_clip_grad_bounds_the_gradient_norm(tmp_path):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     cfg = config(tmp_path, root, "m", clip_grad=1e-3, loss="mse")
     train_set, valid_set = build_datasets(cfg)
-    model, settings = build_model(cfg, train_set, torch.device("cpu"))
+    model, settings, cfg = build_model(cfg, train_set, torch.device("cpu"))
     ctx = make_context(cfg, model, settings, torch.device("cpu"), train_set, valid_set)
     norms = []
     original = ctx.optimizer.step
@@ -133,10 +134,10 @@ def test_select_by_sdr_keeps_the_epoch_with_the_highest_validation_sdr(tmp_path,
     seen = {}
 
     def fake_sdr(ctx, epoch):
-        seen[epoch] = {k: v.clone() for k, v in train.evaluated_model(ctx).state_dict().items()}
+        seen[epoch] = {k: v.clone() for k, v in evaluated_model(ctx).state_dict().items()}
         return next(scripted), 0.0
 
-    monkeypatch.setattr(train, "validate_sdr", fake_sdr)
+    monkeypatch.setattr(loop, "validate_sdr", fake_sdr)
     # No --eval-every: --select-by sdr computes the SDR every epoch. A high learning rate makes the
     # validation loss move, so the loss alone would most likely choose another epoch.
     history = run(config(tmp_path, root, "m", epochs=4, lr=0.05, select_by="sdr"))
@@ -156,7 +157,7 @@ def test_select_by_sdr_keeps_the_epoch_with_the_highest_validation_sdr(tmp_path,
 def test_select_by_sdr_drives_early_stopping_and_bad_choices_are_refused(tmp_path, monkeypatch):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     scripted = iter([5.0, 1.0, 1.0, 1.0, 1.0])
-    monkeypatch.setattr(train, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
+    monkeypatch.setattr(loop, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
     history = run(config(tmp_path, root, "p", epochs=5, patience=1, select_by="sdr"))
     assert len(history.valid_loss) == 2 and history.best_epoch == 1  # stopped one epoch past the best SDR
     with pytest.raises(OpenUnmixLikeError, match="--select-by 'sisdr'"):
@@ -170,7 +171,7 @@ def test_select_by_sdr_drives_early_stopping_and_bad_choices_are_refused(tmp_pat
 def test_select_by_sdr_never_keeps_an_epoch_without_a_validation_sdr(tmp_path, monkeypatch):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     scripted = iter([1.0, 0.5])  # epochs 2 and 4 are scored; 1, 3 and 5 are not and cannot be chosen
-    monkeypatch.setattr(train, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
+    monkeypatch.setattr(loop, "validate_sdr", lambda ctx, epoch: (next(scripted), 0.0))
     history = run(config(tmp_path, root, "e", epochs=5, lr=0.01, eval_every=2, select_by="sdr"))
     assert history.valid_sdr == [None, 1.0, None, 0.5, None]
     assert history.best_epoch == 2 and history.best_loss == history.valid_loss[1]
@@ -187,11 +188,11 @@ def test_validation_sdr_leaves_out_tracks_where_the_target_is_silent(tmp_path):
     for root in (plain, silent):
         cfg = config(tmp_path, root, root.name, epochs=1)
         train_set, valid_set = build_datasets(cfg)
-        model, settings = build_model(cfg, train_set, torch.device("cpu"))
+        model, settings, cfg = build_model(cfg, train_set, torch.device("cpu"))
         weights = weights or model.state_dict()
         model.load_state_dict(weights)  # the same model for both sets
         ctx = make_context(cfg, model, settings, torch.device("cpu"), train_set, valid_set)
-        scores.append(train.validate_sdr(ctx, 1))
+        scores.append(loop.validate_sdr(ctx, 1))
     assert math.isfinite(scores[0][0]) and scores[1] == pytest.approx(scores[0], abs=1e-9)
 
 
@@ -254,7 +255,7 @@ def test_ema_can_start_when_resuming_a_run_that_did_not_average(tmp_path, caplog
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     run(config(tmp_path, root, "m", epochs=1))
     raw = weights(tmp_path / "m")
-    with caplog.at_level("INFO", logger="openunmix_like.train"):
+    with caplog.at_level("INFO", logger="openunmix_like.training"):
         history = run(config(tmp_path, root, "m", epochs=2, ema=0.9, resume="auto", quiet=False))
     assert "--ema starts from its weights" in caplog.text and len(history.train_loss) == 2
     average = torch.load(tmp_path / "m" / "vocals.chkpnt", weights_only=True)["average"]
@@ -274,7 +275,7 @@ def test_an_ema_decay_outside_zero_to_one_is_refused_before_training(tmp_path, d
 DDP_NAN_SCRIPT = r"""
 import os, sys, types, torch
 from torch import nn
-from openunmix_like import train
+from openunmix_like.training import step
 
 rank = int(sys.argv[1])
 # a file store: no rank hosts a store server that could go away while the other still uses it
@@ -286,10 +287,10 @@ def objective(model, x, y):  # rank 1 alone gets a NaN loss
     return loss * float("nan") if rank == 1 else loss
 ctx = types.SimpleNamespace(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=None,
                             objective=objective, model=model, cfg=types.SimpleNamespace(clip_grad=0.0))
-result = train.step(ctx, torch.ones(2, 4), torch.zeros(2, 4))
+result = step(ctx, torch.ones(2, 4), torch.zeros(2, 4))
 assert result is None, result
 assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-torch.distributed.barrier()  # as train.main does: no rank tears down while the other still talks
+torch.distributed.barrier()  # as umx-train does: no rank tears down while the other still talks
 torch.distributed.destroy_process_group()
 print("skipped together")
 """
@@ -318,9 +319,9 @@ def test_a_nan_loss_on_one_rank_makes_every_rank_skip_the_batch(tmp_path):
 def test_lstm_dropout_is_set_on_the_model_and_checked(tmp_path):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
     cfg = config(tmp_path, root, "m", lstm_dropout=0.05)
-    model, _ = build_model(cfg, build_datasets(cfg)[0], torch.device("cpu"))
+    model, _, _ = build_model(cfg, build_datasets(cfg)[0], torch.device("cpu"))
     assert model.lstm.dropout == 0.05
-    default, _ = build_model(config(tmp_path, root, "d"), build_datasets(cfg)[0], torch.device("cpu"))
+    default, _, _ = build_model(config(tmp_path, root, "d"), build_datasets(cfg)[0], torch.device("cpu"))
     assert default.lstm.dropout == 0.4
     with pytest.raises(OpenUnmixLikeError, match="--lstm-dropout 1.0"):
         run(config(tmp_path, root, "bad", lstm_dropout=1.0))
