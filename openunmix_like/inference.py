@@ -105,19 +105,52 @@ class TensorSource:
         return self.audio[..., start:stop]
 
 
-def _separate_segment(separator: Separator, audio: Tensor, rate: float, out_rate: float,
-                      frame_offset: int, length: int) -> Tensor:
-    """``(nb_channels, n)`` at ``rate`` -> ``(nb_targets, nb_channels, length)`` at ``out_rate``."""
+def _separate_segments(separator: Separator, pieces: List[Tensor], segments: Sequence[Segment], rate: float,
+                       out_rate: float) -> List[Tensor]:
+    """Separate several segments, batching those of equal length into one call of the separator.
+
+    Args:
+        pieces: each segment's input ``(nb_channels, n)`` at ``rate``.
+
+    Returns:
+        each segment's ``(nb_targets, nb_channels, end - start)`` at ``out_rate``.
+    """
     from .audio import resample
 
     device = next(separator.parameters()).device
     model_rate = separator.sample_rate
-    x = resample(audio, rate, model_rate)
-    est = separator(x[None].to(device), frame_offset=frame_offset)[0].cpu()
-    est = resample(est, model_rate, out_rate)
+    inputs = [resample(piece, rate, model_rate) for piece in pieces]
+    by_shape: Dict[tuple, List[int]] = {}
+    for i, x in enumerate(inputs):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    results: List[Optional[Tensor]] = [None] * len(inputs)
+    for members in by_shape.values():
+        batch = torch.stack([inputs[i] for i in members]).to(device)
+        est = separator(batch, frame_offset=[segments[i].frame_offset for i in members]).cpu()
+        for j, i in enumerate(members):
+            results[i] = _fit(resample(est[j], model_rate, out_rate), segments[i].end - segments[i].start)
+    return results
+
+
+def _fit(est: Tensor, length: int) -> Tensor:
     if est.shape[-1] < length:
         est = torch.nn.functional.pad(est, (0, length - est.shape[-1]))
     return est[..., :length]
+
+
+def auto_batch_segments(separator: Separator, segment: Optional[float]) -> int:
+    """How many segments to separate at once: one on the CPU, whose models are bound by
+    arithmetic, not by their sequential frames (batches of 2 and 4 measured no faster there,
+    docs/benchmarks.md), and on a GPU as many segments as fit in a quarter of its free memory
+    (at most 32), where one segment leaves most of the device idle."""
+    device = next(separator.parameters()).device
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    # A whole 600 s forward of four umxhq models peaked at 7.6 GB on an H200 (0.38 GB per 30 s);
+    # twice that per segment leaves room for the models' own activations at larger widths.
+    per_segment = 0.76e9 * (segment or DEFAULT_SEGMENT) / 30.0
+    return int(max(1, min(32, 0.25 * free // per_segment)))
 
 
 def iter_separate(
@@ -129,11 +162,14 @@ def iter_separate(
     progress: bool = False,
     desc: Optional[str] = None,
     out_rate: Optional[float] = None,
+    batch_segments: Optional[int] = None,
 ) -> Iterator[Tensor]:
     """Separate ``audio`` segment by segment, yielding finished consecutive chunks.
 
-    Only one segment of input and output is in memory at a time, so memory does
-    not grow with the track's length.
+    ``batch_segments`` consecutive segments are read and separated at once (those
+    of equal length as one batch through each model), so memory is bounded by
+    that many segments, whatever the track's length. Batching changes no result
+    beyond float rounding: the segments are the same either way.
 
     Args:
         separator: a :class:`Separator` (any device).
@@ -147,6 +183,7 @@ def iter_separate(
         progress: show a tqdm bar of the seconds of audio done, in whole
             seconds (``110/133 s``); it ends on the total.
         out_rate: rate of the yielded chunks (default ``sample_rate``).
+        batch_segments: segments separated at once; ``None``: :func:`auto_batch_segments`.
 
     Yields:
         ``(nb_targets, nb_channels, n)`` chunks whose concatenation along the
@@ -159,6 +196,9 @@ def iter_separate(
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
     emitted, pending, done = 0, None, 0
+    batch = batch_segments or auto_batch_segments(separator, segment)
+    if batch < 1:
+        raise ValueError(f"batch_segments must be at least 1, got {batch_segments}")
 
     def seconds(frames: int) -> int:
         # Whole seconds of the frames done so far (not a sum of rounded chunk lengths: that drifts).
@@ -167,9 +207,7 @@ def iter_separate(
     with torch.inference_mode(), tqdm(
         total=seconds(plan[-1].end), unit="s", desc=desc, disable=not progress, leave=False
     ) as bar:
-        for k, seg in enumerate(plan):
-            est = _separate_segment(separator, source.read(seg.in_start, seg.in_end), sample_rate, out_rate,
-                                    seg.frame_offset, seg.end - seg.start)
+        for k, seg, est in _separated(separator, source, plan, sample_rate, out_rate, batch):
             a = emitted - seg.start
             if pending is not None:
                 n = pending.shape[-1]
@@ -189,6 +227,16 @@ def iter_separate(
             yield chunk
 
 
+def _separated(separator: Separator, source, plan: List[Segment], rate: float, out_rate: float,
+               batch: int) -> Iterator[tuple]:
+    """``(index, segment, estimate)`` for each segment of ``plan`` in order, ``batch`` at a time."""
+    for first in range(0, len(plan), batch):
+        group = plan[first : first + batch]
+        pieces = [source.read(seg.in_start, seg.in_end) for seg in group]
+        for k, (seg, est) in enumerate(zip(group, _separate_segments(separator, pieces, group, rate, out_rate))):
+            yield first + k, seg, est
+
+
 def separate_tensor(
     separator: Separator,
     audio: Tensor,
@@ -196,10 +244,12 @@ def separate_tensor(
     segment: Optional[float] = DEFAULT_SEGMENT,
     overlap: float = DEFAULT_OVERLAP,
     progress: bool = False,
+    batch_segments: Optional[int] = None,
 ) -> Tensor:
     """Separate one track held in memory: ``(nb_channels, nb_timesteps)`` ->
     ``(nb_targets, nb_channels, nb_timesteps)`` at the same rate."""
-    chunks = list(iter_separate(separator, audio, sample_rate, segment, overlap, progress))
+    chunks = list(iter_separate(separator, audio, sample_rate, segment, overlap, progress,
+                                batch_segments=batch_segments))
     return torch.cat(chunks, dim=-1)
 
 
@@ -214,6 +264,7 @@ def separate(
     overlap: float = DEFAULT_OVERLAP,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
+    batch_segments: Optional[int] = None,
     **wiener_options,
 ) -> Dict[str, Tensor]:
     """Separate audio in one call.
@@ -228,7 +279,7 @@ def separate(
         wiener, **wiener_options: the Wiener filter's settings (``niter``,
             ``softmask``, ``residual``, ``wiener_win_len``), see :class:`Separator`.
         aggregate: sum groups of targets, see :meth:`Separator.to_dict`.
-        segment, overlap: segmented processing in seconds (see :func:`iter_separate`).
+        segment, overlap, batch_segments: segmented processing (see :func:`iter_separate`).
         device: where to run a model loaded here.
 
     Returns:
@@ -245,7 +296,8 @@ def separate(
                                           **wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
-    results = [separate_tensor(model, x, sample_rate, segment, overlap, progress) for x in batch.float()]
+    results = [separate_tensor(model, x, sample_rate, segment, overlap, progress, batch_segments)
+               for x in batch.float()]
     stacked = torch.stack(results, dim=0)  # (nb_samples, nb_targets, nb_channels, nb_timesteps)
     named = {
         name: stacked[:, j].reshape(shape)

@@ -147,14 +147,15 @@ class Separator(nn.Module):
             p.requires_grad = False
         return self.eval()
 
-    def forward(self, audio: Tensor, frame_offset: int = 0) -> Tensor:
+    def forward(self, audio: Tensor, frame_offset: Union[int, Sequence[int]] = 0) -> Tensor:
         """Separate a batch of signals at ``self.sample_rate``.
 
         Args:
             audio: ``(nb_samples, nb_channels, nb_timesteps)``; any channel count.
             frame_offset: when ``audio`` is a segment of a longer signal starting
                 at sample ``frame_offset * n_hop``, its Wiener windows line up with
-                those of the whole signal.
+                those of the whole signal; one offset for all samples, or one per
+                sample (a batch of segments from different places).
 
         Returns:
             ``(nb_samples, nb_targets, nb_channels, nb_timesteps)``, targets in
@@ -163,27 +164,30 @@ class Separator(nn.Module):
         if audio.dim() != 3:
             raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
         nb_samples, nb_channels, nb_timesteps = audio.shape
+        offsets = [int(frame_offset)] * nb_samples if isinstance(frame_offset, int) else [int(f) for f in frame_offset]
+        if len(offsets) != nb_samples:
+            raise ValueError(f"{len(offsets)} frame offsets for {nb_samples} samples; give one, or one per sample")
         if self.nb_channels == 1 or nb_channels <= 2:
-            return self._separate_padded(audio, frame_offset)
+            return self._separate_padded(audio, offsets)
         # More than two channels: independent stereo pairs batched together, a last odd one as mono.
         even = nb_channels - nb_channels % 2
         pairs = audio[:, :even].reshape(nb_samples * even // 2, 2, nb_timesteps)
-        est = self._separate_padded(pairs, frame_offset)
+        est = self._separate_padded(pairs, [f for f in offsets for _ in range(even // 2)])
         est = est.reshape(nb_samples, even // 2, est.shape[1], 2, nb_timesteps)
         est = est.permute(0, 2, 1, 3, 4).reshape(nb_samples, est.shape[2], even, nb_timesteps)
         if even < nb_channels:
-            est = torch.cat([est, self._separate_padded(audio[:, even:], frame_offset)], dim=2)
+            est = torch.cat([est, self._separate_padded(audio[:, even:], offsets)], dim=2)
         return est
 
-    def _separate_padded(self, audio: Tensor, frame_offset: int) -> Tensor:
+    def _separate_padded(self, audio: Tensor, offsets: List[int]) -> Tensor:
         """Separate, zero-padding inputs too short for the reflect-padded STFT."""
         nb_timesteps = audio.shape[-1]
         if nb_timesteps >= self.n_fft:
-            return self._separate(audio, frame_offset)
+            return self._separate(audio, offsets)
         padded = nn.functional.pad(audio, (0, self.n_fft - nb_timesteps))
-        return self._separate(padded, frame_offset)[..., :nb_timesteps]
+        return self._separate(padded, offsets)[..., :nb_timesteps]
 
-    def _separate(self, audio: Tensor, frame_offset: int) -> Tensor:
+    def _separate(self, audio: Tensor, offsets: List[int]) -> Tensor:
         mix_stft = self.stft(audio)
         mag = self.complexnorm(mix_stft)
         mono_in_stereo_model = self.nb_channels == 2 and audio.shape[1] == 1
@@ -198,7 +202,7 @@ class Separator(nn.Module):
             # Filter the mono mixture with one spectrogram per target: a duplicated
             # stereo pair would make the mixture covariance singular.
             spectrograms = spectrograms.mean(dim=2, keepdim=True)
-        estimates = [self._filter_and_invert(spectrograms[i], mix_stft[i], frame_offset, audio.shape[-1])
+        estimates = [self._filter_and_invert(spectrograms[i], mix_stft[i], offsets[i], audio.shape[-1])
                      for i in range(audio.shape[0])]
         return estimates[0][None] if len(estimates) == 1 else torch.stack(estimates)
 

@@ -43,6 +43,9 @@ def add_separator_args(parser: argparse.ArgumentParser) -> None:
                    help=f"seconds separated at once, bounding memory; 0 = whole track (default {DEFAULT_SEGMENT})")
     g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP})")
+    g.add_argument("--batch-segments", type=int, default=None, metavar="N",
+                   help="segments separated at once, as one batch through each model (default: 1 on the CPU, "
+                        "on a GPU as many as a quarter of its free memory holds)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to run (default cpu)")
 
 
@@ -148,7 +151,8 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
         names = separator.target_names
         with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
-                                   progress=not args.quiet, desc=path.name, out_rate=out_rate)
+                                   progress=not args.quiet, desc=path.name, out_rate=out_rate,
+                                   batch_segments=args.batch_segments)
             for chunk in chunks:
                 writer.write(aggregate_estimates(dict(zip(names, chunk)), aggregate))
             writer.finish()
@@ -196,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.jobs < 1:
             raise OpenUnmixLikeError("--jobs must be at least 1")
+        if args.batch_segments is not None and args.batch_segments < 1:
+            raise OpenUnmixLikeError("--batch-segments must be at least 1")
         separator = load_separator(args)
         aggregate = parse_aggregate(args.aggregate, separator.target_names)
         names = list(aggregate) if aggregate else separator.target_names
