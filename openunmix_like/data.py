@@ -19,7 +19,7 @@ import logging
 import operator
 import random
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -100,6 +100,37 @@ def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sampl
     return conform_channels(audio, nb_channels)
 
 
+class Preloaded:
+    """Decoded audio of a data set's files, held on a device, with :func:`read_excerpt`'s arithmetic.
+
+    Args:
+        files: the files to decode.
+        sample_rate, nb_channels: what every file is converted to once.
+        device: where the decoded audio lives.
+    """
+
+    def __init__(self, files: Sequence[AudioFile], sample_rate: int, nb_channels: int,
+                 device: Union[str, torch.device] = "cpu"):
+        self.sample_rate = int(sample_rate)
+        self.audio: Dict[Path, Tensor] = {
+            f.path: read_excerpt(f, 0.0, None, self.sample_rate, nb_channels).to(device) for f in files
+        }
+
+    @staticmethod
+    def size(file: AudioFile, sample_rate: int, nb_channels: int) -> int:
+        return 4 * nb_channels * int(round(file.nb_frames * sample_rate / file.sample_rate))
+
+    def excerpt(self, file: AudioFile, start: float, duration: Optional[float]) -> Tensor:
+        """As :func:`read_excerpt`: ``round(duration * sample_rate)`` samples, zero-padded past the end."""
+        audio = self.audio[file.path]
+        if duration is None:
+            return audio
+        first = int(round(start * self.sample_rate))
+        n = int(round(duration * self.sample_rate))
+        out = audio[:, first : first + n]
+        return torch.nn.functional.pad(out, (0, n - out.shape[-1])) if out.shape[-1] < n else out
+
+
 class _Base(torch.utils.data.Dataset):
     """Shared settings: excerpt length, rate, channels, augmentations, seeded randomness."""
 
@@ -113,6 +144,7 @@ class _Base(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self._reported: set = set()
+        self.preloaded: Optional[Preloaded] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -153,9 +185,45 @@ class _Base(torch.utils.data.Dataset):
             return 0.0
         return rng.uniform(0, max(0.0, duration - self.seq_duration))
 
+    def excerpt(self, file: AudioFile, start: float) -> Tensor:
+        """``seq_duration`` seconds of ``file`` from ``start`` (the whole file if ``None``) at the data
+        set's rate and channels: sliced from memory once :meth:`preload` ran, else decoded from the file."""
+        if self.preloaded is not None:
+            return self.preloaded.excerpt(file, start, self.seq_duration)
+        return read_excerpt(file, start, self.seq_duration, self.sample_rate, self.nb_channels)
+
     def load_source(self, file: AudioFile, start: float, rng: Optional[random.Random]) -> Tensor:
-        audio = read_excerpt(file, start, self.seq_duration, self.sample_rate, self.nb_channels)
+        audio = self.excerpt(file, start)
         return self.source_augmentations(audio, rng) if rng is not None else audio
+
+    def audio_files(self) -> List[AudioFile]:
+        """Every audio file the data set draws from (each once)."""
+        found: Dict[Path, AudioFile] = {}
+
+        def walk(value) -> None:
+            if isinstance(value, AudioFile):
+                found.setdefault(value.path, value)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    walk(v)
+
+        for name, value in vars(self).items():
+            if name != "preloaded":
+                walk(value)
+        return list(found.values())
+
+    def preload_bytes(self) -> int:
+        """Memory the decoded audio takes once preloaded (float32 at the data set's rate and channels)."""
+        return sum(Preloaded.size(f, self.sample_rate, self.nb_channels) for f in self.audio_files())
+
+    def preload(self, device: Union[str, torch.device] = "cpu") -> None:
+        """Decode every file once and keep it on ``device``: excerpts are then slices of memory
+        (on a GPU, the items come out on the GPU). The draws stay those of ``(seed, epoch, index)``,
+        so the items are the same as without preloading (exactly for files at the data set's rate)."""
+        self.preloaded = Preloaded(self.audio_files(), self.sample_rate, self.nb_channels, device)
 
     def too_short(self, file: AudioFile) -> bool:
         return self.seq_duration is not None and file.duration() < self.seq_duration
@@ -226,8 +294,7 @@ class AlignedDataset(_Base):
         rng = self.rng(index)
         inp, out = self.pairs[index]
         start = self.start_in(min(inp.duration(), out.duration()), rng)
-        x = read_excerpt(inp, start, self.seq_duration, self.sample_rate, self.nb_channels)
-        y = read_excerpt(out, start, self.seq_duration, self.sample_rate, self.nb_channels)
+        x, y = self.excerpt(inp, start), self.excerpt(out, start)
         if self.seq_duration is None:  # whole files: cut to the shorter
             n = min(x.shape[-1], y.shape[-1])
             x, y = x[:, :n], y[:, :n]

@@ -15,7 +15,7 @@ from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..errors import OpenUnmixLikeError
 from ..losses import LOSSES
-from ..training import DATASETS, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
+from ..training import DATASETS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
 
 DEFAULTS = TrainConfig()
 
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     g.add_argument("--no-cuda", "--no_cuda", dest="no_cuda", action="store_true", help="do not use CUDA")
     g.add_argument("--nb-workers", type=int, default=0, metavar="N", help="data loading processes (default 0)")
+    g.add_argument("--preload", choices=PRELOAD, default=DEFAULTS.preload,
+                   help="decode the data once and keep it on the training device; auto: on CUDA when it fits "
+                        "in half the free memory (default auto)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed})")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     g.add_argument("--verbose", action="store_true", help="tracebacks for data and option errors too")

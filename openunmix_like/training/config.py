@@ -12,6 +12,7 @@ from ..losses import parse_loss
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
+PRELOAD = ("auto", "on", "off")
 
 
 @dataclasses.dataclass
@@ -84,6 +85,7 @@ class TrainConfig:
     # what to do when a batch gives a NaN or infinite loss or gradient: skip the batch or stop
     nonfinite: str = "skip"
     # running
+    preload: str = "auto"  # decode the data once and hold it on the device: auto (on CUDA when it fits), on, off
     nb_workers: int = 0
     quiet: bool = False
     seed: int = 42
@@ -124,6 +126,8 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
     if cfg.select_by not in SELECT_BY:
         raise OpenUnmixLikeError(f"--select-by {cfg.select_by!r}: choose one of {', '.join(SELECT_BY)}")
+    if cfg.preload not in PRELOAD:
+        raise OpenUnmixLikeError(f"--preload {cfg.preload!r}: choose one of {', '.join(PRELOAD)}")
     if cfg.eval_every < 0:
         raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
     eval_every = cfg.eval_every or (1 if cfg.select_by == "sdr" else 0)

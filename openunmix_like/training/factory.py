@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Tuple
 
 import torch
@@ -85,6 +86,30 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     raise OpenUnmixLikeError(f"--dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
 
 
+def preload_datasets(cfg: TrainConfig, device: torch.device, train_set, valid_set) -> TrainConfig:
+    """With ``--preload on`` (or ``auto`` on CUDA when the decoded audio takes at most half the
+    device's free memory), decode both data sets once onto ``device``; returns ``cfg`` with
+    ``preload`` resolved to ``on`` or ``off`` (and no loader workers for data already on a GPU)."""
+    needed = train_set.preload_bytes() + valid_set.preload_bytes()
+    if cfg.preload == "auto":
+        fits = device.type == "cuda" and needed <= 0.5 * torch.cuda.mem_get_info(device)[0]
+        if device.type == "cuda" and not fits and is_main() and not cfg.quiet:
+            log.info("--preload auto: the decoded audio (%.1f GB) does not fit; reading it from the files",
+                     needed / 1e9)
+        if not fits:
+            return dataclasses.replace(cfg, preload="off")
+    elif cfg.preload == "off":
+        return cfg
+    start = time.perf_counter()
+    train_set.preload(device)
+    valid_set.preload(device)
+    if is_main() and not cfg.quiet:
+        log.info("preloaded %.2f GB of decoded audio onto %s in %.1f s", needed / 1e9, device,
+                 time.perf_counter() - start)
+    workers = 0 if device.type == "cuda" else cfg.nb_workers  # CUDA tensors stay in this process
+    return dataclasses.replace(cfg, preload="on", nb_workers=workers)
+
+
 def _require(cfg: TrainConfig, *names: str) -> None:
     missing = [n for n in names if not getattr(cfg, n)]
     if missing:
@@ -104,7 +129,7 @@ def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000) -> Tupl
     count = 0
     with torch.inference_mode():
         for mixture in dataset.iter_mixtures(limit):
-            mag = norm(stft(mixture[None]))[0, 0].double()  # (nb_bins, nb_frames)
+            mag = norm(stft(mixture[None].cpu()))[0, 0].double()  # (nb_bins, nb_frames)
             total += mag.sum(dim=1)
             total_sq += mag.square().sum(dim=1)
             count += mag.shape[1]
@@ -234,5 +259,6 @@ def prepare(cfg: TrainConfig) -> Context:
     setup_distributed(device)
     cfg = resolve_sources(cfg)
     train_set, valid_set = build_datasets(cfg)
+    cfg = preload_datasets(cfg, device, train_set, valid_set)
     model, settings, cfg = build_model(cfg, train_set, device)
     return make_context(cfg, model, settings, device, train_set, valid_set)

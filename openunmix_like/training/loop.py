@@ -103,7 +103,8 @@ def loader(ctx: Context, dataset, epoch: int, train: bool, skip: int = 0) -> tor
         sampler = list(sampler)[skip:]
     return torch.utils.data.DataLoader(
         dataset, batch_size=ctx.cfg.batch_size if train else 1, sampler=sampler,
-        num_workers=ctx.cfg.nb_workers, drop_last=False, pin_memory=ctx.device.type == "cuda",
+        num_workers=ctx.cfg.nb_workers, drop_last=False,
+        pin_memory=ctx.device.type == "cuda" and dataset.preloaded is None,
     )
 
 
