@@ -82,3 +82,29 @@ def test_a_preloaded_run_is_the_same_run(tmp_path):
     auto = run(TrainConfig(output=str(tmp_path / "auto"), preload="auto", **dict(common, epochs=1)))
     assert auto.train_loss == off.train_loss[:1]
     assert json.loads((tmp_path / "auto" / "vocals.json").read_text())["args"]["preload"] == "off"  # CPU
+
+
+def test_precision_bf16_trains_under_autocast_and_fp16_needs_cuda(tmp_path, monkeypatch):
+    from openunmix_like.errors import OpenUnmixLikeError
+    from openunmix_like.training import loop
+
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    common = dict(root=str(root), dataset="trackfolder_fix", target_file="vocals.wav",
+                  interferer_files=["drums.wav"], hidden_size=8, nfft=512, nhop=128, batch_size=2, seq_dur=0.5,
+                  sample_rate=RATE, epochs=1, quiet=True)
+    seen = []
+    step = loop.step
+
+    def spy(ctx, x, y):
+        seen.append(ctx.autocast)
+        return step(ctx, x, y)
+
+    monkeypatch.setattr(loop, "step", spy)
+    fp32 = run(TrainConfig(output=str(tmp_path / "fp32"), **common))
+    bf16 = run(TrainConfig(output=str(tmp_path / "bf16"), precision="bf16", **common))
+    assert seen == [None, torch.bfloat16]
+    assert bf16.train_loss != fp32.train_loss  # bf16 arithmetic, close to fp32's
+    assert abs(bf16.train_loss[0] - fp32.train_loss[0]) < 0.05 * fp32.train_loss[0]
+    assert json.loads((tmp_path / "fp32" / "vocals.json").read_text())["args"]["precision"] == "fp32"  # auto, CPU
+    with pytest.raises(OpenUnmixLikeError, match="fp16 needs CUDA"):
+        run(TrainConfig(output=str(tmp_path / "fp16"), precision="fp16", **common))

@@ -15,7 +15,7 @@ from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..errors import OpenUnmixLikeError
 from ..losses import LOSSES
-from ..training import DATASETS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
+from ..training import DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
 
 DEFAULTS = TrainConfig()
 
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the gradient norm (default 0: off)")
     g.add_argument("--ema", type=float, default=DEFAULTS.ema, metavar="DECAY",
                    help="validate and save a moving average of the weights, e.g. 0.99 (default 0: off)")
+    g.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                   help="autocast of the training step: fp16 (CUDA, loss scaling) or bf16 (pays at large "
+                        "batches); auto: fp16 on CUDA, fp32 elsewhere (default auto)")
     g.add_argument("--nonfinite-loss", dest="nonfinite", choices=["skip", "stop"], default="skip",
                    help="a batch with a NaN or infinite loss: skip it or stop (default skip)")
 

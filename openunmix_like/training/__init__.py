@@ -21,7 +21,7 @@ loads directly.
 >>> history = run(TrainConfig(dataset="trackfolder_fix", root="data", target="vocals", epochs=10))
 """
 from .checkpoint import read_checkpoint
-from .config import DATASETS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, check_options
+from .config import DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, check_options
 from .context import Context, WeightAverage, evaluated_model
 from .distributed import distributed_session, pick_device
 from .factory import (build_datasets, build_model, input_statistics, make_context, preload_datasets, prepare,
@@ -29,7 +29,7 @@ from .factory import (build_datasets, build_model, input_statistics, make_contex
 from .history import History
 from .loop import run, step, train_epoch, validate, validate_sdr
 
-__all__ = ["Context", "DATASETS", "History", "PRELOAD", "SCHEDULERS", "SELECT_BY", "TrainConfig", "WeightAverage",
-           "build_datasets", "build_model", "check_options", "distributed_session", "evaluated_model",
-           "input_statistics", "make_context", "pick_device", "preload_datasets", "prepare", "read_checkpoint",
-           "resolve_sources", "run", "step", "train_epoch", "validate", "validate_sdr"]
+__all__ = ["Context", "DATASETS", "History", "PRECISIONS", "PRELOAD", "SCHEDULERS", "SELECT_BY", "TrainConfig",
+           "WeightAverage", "build_datasets", "build_model", "check_options", "distributed_session",
+           "evaluated_model", "input_statistics", "make_context", "pick_device", "preload_datasets", "prepare",
+           "read_checkpoint", "resolve_sources", "run", "step", "train_epoch", "validate", "validate_sdr"]

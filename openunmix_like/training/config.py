@@ -13,6 +13,7 @@ DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
 PRELOAD = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclasses.dataclass
@@ -84,6 +85,8 @@ class TrainConfig:
     select_by: str = "loss"  # what picks the best epoch: the validation loss, or the validation SDR (eval_every)
     # what to do when a batch gives a NaN or infinite loss or gradient: skip the batch or stop
     nonfinite: str = "skip"
+    # autocast of the training step: fp16 (with loss scaling) or bf16; auto: fp16 on CUDA, fp32 elsewhere
+    precision: str = "auto"
     # running
     preload: str = "auto"  # decode the data once and hold it on the device: auto (on CUDA when it fits), on, off
     nb_workers: int = 0
@@ -126,6 +129,8 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
     if cfg.select_by not in SELECT_BY:
         raise OpenUnmixLikeError(f"--select-by {cfg.select_by!r}: choose one of {', '.join(SELECT_BY)}")
+    if cfg.precision not in PRECISIONS:
+        raise OpenUnmixLikeError(f"--precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if cfg.preload not in PRELOAD:
         raise OpenUnmixLikeError(f"--preload {cfg.preload!r}: choose one of {', '.join(PRELOAD)}")
     if cfg.eval_every < 0:

@@ -64,6 +64,7 @@ class Context:
     # Randomness of the batch augmentations, re-seeded every epoch.
     generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)
     out_of_time: bool = False  # set when --max-minutes is spent
+    autocast: Optional[torch.dtype] = None  # the training step's autocast dtype (--precision), None: fp32
     average: Optional[WeightAverage] = None  # with --ema
 
 

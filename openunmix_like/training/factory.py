@@ -226,17 +226,38 @@ def widened(cfg: TrainConfig, arch: architectures.Architecture, model: nn.Module
 # ---------------------------------------------------------------- optimisation
 
 
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with ``precision`` resolved for ``device`` (``auto``: fp16 on CUDA, as before, fp32 elsewhere).
+
+    Raises:
+        OpenUnmixLikeError: fp16 off CUDA, or bf16 on a GPU without it.
+    """
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise OpenUnmixLikeError(f"--precision fp16 needs CUDA (training on {device}); use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise OpenUnmixLikeError("--precision bf16: this GPU has no bfloat16; use fp16 or fp32")
+    return dataclasses.replace(cfg, precision=precision)
+
+
+AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def make_context(cfg: TrainConfig, model: nn.Module, settings: AudioSettings, device: torch.device,
                  train_set, valid_set) -> Context:
-    """Objective, optimiser, schedule, AMP scaler and weight average around a built model."""
+    """Objective, optimiser, schedule, autocast (and fp16 loss scaler) and weight average around a built model."""
     arch = architectures.architecture_of(model)
+    cfg = resolve_precision(cfg, device)
     objective = Objective(parse_loss(cfg.loss or arch.default_loss), arch.domain, settings.n_fft, settings.n_hop,
                           mono=settings.nb_channels == 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     writer = tensorboard_writer(cfg.output, cfg.target) if is_main() else None
     ctx = Context(cfg, wrap(model, device), objective, optimizer, make_scheduler(cfg, optimizer), scaler, device,
-                  train_set, valid_set, settings, History(), writer, cfg.batch_augmentations())
+                  train_set, valid_set, settings, History(), writer, cfg.batch_augmentations(),
+                  autocast=AUTOCAST[cfg.precision])
     if cfg.ema:
         ctx.average = WeightAverage(model, cfg.ema)
     return ctx

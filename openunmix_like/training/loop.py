@@ -173,8 +173,9 @@ def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
     """One optimisation step on a batch; returns its loss, or ``None`` (weights untouched)
     when the loss or a gradient is NaN or infinite."""
     ctx.optimizer.zero_grad(set_to_none=True)
-    amp = ctx.scaler is not None
-    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+    amp = ctx.scaler is not None  # fp16: loss scaling
+    dtype = getattr(ctx, "autocast", None)
+    with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = ctx.objective(ctx.model, x, y)
     # All ranks skip together: one that left before backward() would keep the others
     # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
