@@ -229,12 +229,28 @@ def iter_separate(
 
 def _separated(separator: Separator, source, plan: List[Segment], rate: float, out_rate: float,
                batch: int) -> Iterator[tuple]:
-    """``(index, segment, estimate)`` for each segment of ``plan`` in order, ``batch`` at a time."""
-    for first in range(0, len(plan), batch):
-        group = plan[first : first + batch]
-        pieces = [source.read(seg.in_start, seg.in_end) for seg in group]
-        for k, (seg, est) in enumerate(zip(group, _separate_segments(separator, pieces, group, rate, out_rate))):
-            yield first + k, seg, est
+    """``(index, segment, estimate)`` for each segment of ``plan`` in order, ``batch`` at a time.
+
+    A reader thread decodes the next batch's input while this one is separated (decoding
+    releases the GIL), so the separator does not wait for the disk or the decoder.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = [plan[first : first + batch] for first in range(0, len(plan), batch)]
+
+    def read(group: List[Segment]) -> List[Tensor]:
+        return [source.read(seg.in_start, seg.in_end) for seg in group]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-read") as reader:
+        upcoming = reader.submit(read, groups[0])
+        first = 0
+        for g, group in enumerate(groups):
+            pieces = upcoming.result()
+            if g + 1 < len(groups):
+                upcoming = reader.submit(read, groups[g + 1])
+            for k, (seg, est) in enumerate(zip(group, _separate_segments(separator, pieces, group, rate, out_rate))):
+                yield first + k, seg, est
+            first += len(group)
 
 
 def separate_tensor(

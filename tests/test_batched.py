@@ -80,3 +80,30 @@ def test_cli_option(tmp_path, wav_file, model_dir):
     assert abs(a - b).max() <= 1e-5 * abs(a).max()
     assert separate_main([str(song), "--model", str(folder), "--outdir", str(tmp_path / "x"),
                           "--batch-segments", "0", "--quiet"]) == 1
+
+
+def test_reading_ahead_and_writing_run_beside_the_separation(tmp_path, wav_file, model_dir, monkeypatch):
+    import threading
+
+    from openunmix_like.audio import AudioSource
+    from openunmix_like.writer import StemWriter
+
+    threads = {"read": set(), "write": set()}
+    read, write = AudioSource.read, StemWriter.write
+
+    def spy_read(self, start, stop):
+        threads["read"].add(threading.current_thread().name)
+        return read(self, start, stop)
+
+    def spy_write(self, stems):
+        threads["write"].add(threading.current_thread().name)
+        return write(self, stems)
+
+    monkeypatch.setattr(AudioSource, "read", spy_read)
+    monkeypatch.setattr(StemWriter, "write", spy_write)
+    song = wav_file(seconds=10.0)
+    assert separate_main([str(song), "--model", str(model_dir()), "--outdir", str(tmp_path / "o"), "--segment", "2",
+                          "--quiet"]) == 0
+    main = threading.main_thread().name
+    assert threads["read"] and main not in threads["read"]
+    assert threads["write"] and main not in threads["write"]

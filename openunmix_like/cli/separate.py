@@ -153,8 +153,17 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
             chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
                                    progress=not args.quiet, desc=path.name, out_rate=out_rate,
                                    batch_segments=args.batch_segments)
-            for chunk in chunks:
-                writer.write(aggregate_estimates(dict(zip(names, chunk)), aggregate))
+            # A writer thread encodes each chunk while the next one is separated; one chunk in
+            # flight at most, so memory stays bounded and a write error surfaces at the next chunk.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-write") as encoder:
+                writing = None
+                for chunk in chunks:
+                    stems = aggregate_estimates(dict(zip(names, chunk)), aggregate)
+                    if writing is not None:
+                        writing.result()
+                    writing = encoder.submit(writer.write, stems)
+                if writing is not None:
+                    writing.result()
             writer.finish()
 
 
