@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import __version__
+from .. import __version__, catalogue
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
 from ..separator import Separator, WienerSettings, aggregate_estimates
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="umx-separate",
         description="Separate music into stems (vocals, drums, bass, other) with Open-Unmix-style models.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or globs")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="audio files, folders (searched recursively) or globs; with --engine ray also URLs "
+                        "(s3://bucket/key, file://...)")
     add_separator_args(p)
     g = p.add_argument_group("input and output")
     g.add_argument("--aggregate", default=None, metavar="JSON",
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1, help="files separated in parallel (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     g.add_argument("--verbose", action="store_true", help="show tracebacks of unexpected errors")
+    catalogue.add_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -197,12 +200,39 @@ def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]
     return aggregate
 
 
+def local_manifest(manifest: Optional[str]) -> List[str]:
+    """The manifest's entries for ``--engine local``, which reads local files only."""
+    if manifest is None:
+        return []
+    from ..storage import is_url, read_manifest
+
+    if is_url(manifest):
+        raise OpenUnmixLikeError(f"--manifest {manifest}: URLs need --engine ray")
+    entries = read_manifest(manifest)
+    remote = next((e for e in entries if is_url(e)), None)
+    if remote is not None:
+        raise OpenUnmixLikeError(f"--manifest {manifest}: lists URLs ({remote}); use --engine ray for those")
+    return entries
+
+
 def _report(message: str) -> None:
     print(f"umx-separate: error: {message}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.inputs and not args.manifest:
+        parser.error("give at least one INPUT or a --manifest")
+    if args.engine == "ray":
+        from ..catalogue.engine import run as run_catalogue
+
+        return run_catalogue(args)
+    try:
+        args.inputs = [*args.inputs, *local_manifest(args.manifest)]
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
     files, errors = collect_inputs(args.inputs)
     for message in errors:
         _report(message)

@@ -1,0 +1,264 @@
+"""``umx-separate --engine ray``: a catalogue separated by Ray tasks and actors.
+
+Each track flows through three stages, chained by Ray object references so the
+driver never holds audio: ``decode`` (a CPU task) -> ``SeparationWorker.separate``
+(an actor holding the model, on a GPU or CPUs) -> ``write`` (a CPU task that
+encodes, stores the stems and then the track's ``_done.json``). The driver keeps
+at most ``--max-in-flight`` tracks in the pipeline, so memory stays bounded
+whatever the catalogue's size; it waits for any one to finish and submits the
+next. Why tasks and actors rather than Ray Data: docs/catalogue.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from .. import storage
+from ..errors import OpenUnmixLikeError
+from . import parse_storage_options, records
+from .plan import Failure, Plan, gather_sources, make_plan
+from .stages import Options, SeparationWorker, StageError, Track, decode, write
+
+NAMESPACE = "openunmix-like"
+# A lost worker (node gone, process killed, out of memory) is retried this many times.
+TASK_RETRIES = 3
+ACTOR_TASK_RETRIES = 2
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise OpenUnmixLikeError("--engine ray needs Ray: pip install 'openunmix-like[ray]'") from None
+    return ray
+
+
+def connect(address: Optional[str], verbose: bool) -> bool:
+    """Join the cluster at ``address`` or start a local Ray; return whether this call started the connection."""
+    ray = import_ray()
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected: use its cluster
+        return False
+    common = dict(namespace=NAMESPACE, log_to_driver=verbose,
+                  logging_level=logging.INFO if verbose else logging.WARNING)
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(address="local", include_dashboard=False, **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"--address {address}" if address else "a local Ray"
+        raise OpenUnmixLikeError(f"{where}: cannot start or join Ray ({records.one_line(exc)}); "
+                                 "check 'ray status' on the head node") from None
+    return True
+
+
+def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple[int, dict]:
+    """How many separation actors, and the Ray resources each holds."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if args.device == "cuda":
+        if gpus <= 0:
+            raise OpenUnmixLikeError("--device cuda: the Ray cluster has no GPUs; use --device cpu "
+                                     "or add GPU nodes ('ray status' lists them)")
+        count = args.actors or max(1, int(gpus // args.actor_gpus))
+        return count, {"num_cpus": args.actor_cpus, "num_gpus": args.actor_gpus}
+    # Leave an eighth of the CPUs (at least io_cpus) to the decode and write tasks.
+    spare = max(args.io_cpus, cpus / 8)
+    count = args.actors or max(1, int((cpus - spare) // args.actor_cpus))
+    return count, {"num_cpus": args.actor_cpus}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    for name, value, low in (("--actors", args.actors, 1), ("--max-in-flight", args.max_in_flight, 1)):
+        if value is not None and value < low:
+            raise OpenUnmixLikeError(f"{name} must be at least {low}")
+    for name, value in (("--actor-cpus", args.actor_cpus), ("--actor-gpus", args.actor_gpus),
+                        ("--io-cpus", args.io_cpus)):
+        if value < 0 or (name != "--io-cpus" and value == 0):
+            raise OpenUnmixLikeError(f"{name} must be {'at least 0' if name == '--io-cpus' else 'above 0'}")
+
+
+class Progress:
+    """One bar of tracks done, with hours of audio and x real time; the final summary line."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.start = time.monotonic()
+        self.seconds = 0.0
+        self.bar = tqdm(total=total, unit="track", desc="umx-separate", disable=quiet, file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def done(self, audio_seconds: float) -> None:
+        self.seconds += audio_seconds
+        wall = max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.seconds / 3600:.2f} h audio, {self.seconds / wall:.1f}x real time",
+                                 refresh=False)
+        self.bar.update(1)
+
+    def failed(self, message: str) -> None:
+        self.bar.write(f"umx-separate: error: {message}", file=sys.stderr)
+        self.bar.update(1)
+
+    def close(self) -> float:
+        self.bar.close()
+        return time.monotonic() - self.start
+
+
+def _failure_of(exc: BaseException, track: Track) -> Failure:
+    """``(path, stage, reason)`` of an exception ``ray.get`` raised for ``track``."""
+    ray = import_ray()
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if isinstance(cause, StageError):
+        return track.source, cause.stage, str(cause)
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return track.source, "separate", (f"{track.source}: the separation actor died "
+                                          f"{ACTOR_TASK_RETRIES + 1} times on this track ({type(exc).__name__}); "
+                                          "too long for the actor's memory? try a smaller --segment")
+    if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)):
+        return track.source, "worker", (f"{track.source}: a worker was lost {TASK_RETRIES + 1} times "
+                                        f"({type(exc).__name__}); check the nodes' memory and logs")
+    return track.source, "ray", f"{track.source}: {type(exc).__name__}: {records.one_line(exc)}"
+
+
+def execute(plan: Plan, separator, names: List[str], options: Options, args: argparse.Namespace,
+            progress: Progress) -> Tuple[int, List[Failure]]:
+    """Push every track of ``plan.todo`` through the three stages; return how many finished and the failures."""
+    ray = import_ray()
+    count, actor_resources = actor_layout(args, ray.cluster_resources())
+    io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES}
+    decode_task = ray.remote(decode).options(**io)
+    write_task = ray.remote(write).options(**io)
+    worker = ray.remote(SeparationWorker)
+    # The model goes into the object store once; a restarted actor fetches it again from there.
+    model = functools.partial(_fetch, [ray.put(separator)])
+    threads = max(1, math.ceil(args.actor_cpus))
+    # A killed actor restarts (reloading the model) and its queued tracks are retried there.
+    actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
+                             max_task_retries=ACTOR_TASK_RETRIES, **actor_resources).remote(model, args.device, threads)
+              for k in range(min(count, max(1, len(plan.todo))))]
+    load = [0] * len(actors)
+    window = args.max_in_flight or 2 * len(actors) + 2
+    queue = list(reversed(plan.todo))
+    pending: Dict[object, Tuple[Track, int]] = {}
+    finished, failures = 0, []
+    try:
+        while queue or pending:
+            while queue and len(pending) < window:
+                track = queue.pop()
+                k = load.index(min(load))  # the least busy actor
+                decoded = decode_task.remote(track, options)
+                separated = actors[k].separate.remote(track, decoded, options)
+                pending[write_task.remote(track, separated, names, options)] = (track, k)
+                load[k] += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                track, k = pending.pop(ref)
+                load[k] -= 1
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:  # one track's failure never stops the run
+                    failure = _failure_of(exc, track)
+                    failures.append(failure)
+                    progress.failed(failure[2])
+                    continue
+                finished += 1
+                progress.done(record["duration"])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return finished, failures
+
+
+def _fetch(refs: list):
+    """The object behind ``refs[0]`` (a reference inside a list is not resolved by Ray before the call)."""
+    return import_ray().get(refs[0])
+
+
+def write_failures(outdir: str, failures: List[Failure], storage_options) -> Optional[str]:
+    """``OUT/_failures.csv`` listing this run's failures; removed when there are none."""
+    url = storage.join(outdir, records.FAILURES_NAME)
+    if failures:
+        storage.write_bytes(url, records.failures_csv(failures), storage_options)
+        return url
+    try:
+        storage.remove(url, storage_options)
+    except OSError:
+        pass
+    return None
+
+
+def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) -> int:
+    """Run ``umx-separate --engine ray``; return the exit status."""
+    from ..cli.separate import _report, load_separator, parse_aggregate
+
+    try:
+        check_options(args)
+        import_ray()
+        storage_options = parse_storage_options(args.storage_options)
+        # The driver loads the model on its CPU and ships it to the actors: worker nodes need no model files.
+        separator = load_separator(_on_cpu(args))
+        aggregate = parse_aggregate(args.aggregate, separator.target_names)
+        names = list(aggregate) if aggregate else separator.target_names
+        model_sha256 = records.model_fingerprint(separator)
+        settings = records.settings_of(args)
+        sources, failures = gather_sources(args.inputs, args.manifest, storage_options)
+        for _, _, message in failures:
+            _report(message)
+        plan = make_plan(sources, names, args, model_sha256, settings, storage_options)
+        for _, _, message in plan.failures:
+            _report(message)
+        failures.extend(plan.failures)
+        options = Options(args.start, args.duration, args.segment, args.overlap, args.batch_segments,
+                          args.keep_model_rate, aggregate, args.ext, args.bits, args.clip,
+                          args.model or "default", model_sha256, settings, storage_options)
+        started = connect(args.address, args.verbose) if plan.todo else False
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
+    progress = Progress(len(plan.todo), args.quiet)
+    try:
+        finished, run_failures = execute(plan, separator, names, options, args, progress) if plan.todo else (0, [])
+    except OpenUnmixLikeError as exc:
+        progress.close()
+        _report(str(exc))
+        return 1
+    finally:
+        if started:
+            import_ray().shutdown()
+    wall = progress.close()
+    failures.extend(run_failures)
+    return summarize(args, plan, finished, failures, progress.seconds, wall, storage_options)
+
+
+def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
+    cpu = copy.copy(args)
+    cpu.device = "cpu"
+    return cpu
+
+
+def summarize(args, plan: Plan, finished: int, failures: List[Failure], seconds: float, wall: float,
+              storage_options) -> int:
+    """Write ``_failures.csv``, print the summary line; return the exit status."""
+    from ..cli.separate import _report
+
+    try:
+        listed = write_failures(args.outdir, failures, storage_options)
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        listed = None
+    if not args.quiet:
+        speed = f", {seconds / wall:.1f}x real time" if wall > 0 and seconds else ""
+        print(f"umx-separate: {finished} done, {len(plan.skipped)} skipped (finished before), {len(failures)} failed; "
+              f"{seconds / 3600:.2f} h of audio in {wall:.0f} s{speed}", file=sys.stderr)
+    if failures:
+        where = f"; listed in {listed}" if listed else ""
+        _report(f"{len(failures)} track{'s' if len(failures) != 1 else ''} failed{where}")
+        return 1
+    return 0

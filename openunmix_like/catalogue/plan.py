@@ -1,0 +1,116 @@
+"""Which tracks a catalogue run processes: inputs and manifests expanded, outputs named, finished ones skipped."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .. import storage
+from ..errors import OpenUnmixLikeError
+from . import records
+from .stages import Track
+
+Failure = Tuple[str, str, str]  # path, stage, reason
+# Inputs are checked (size, _done.json) this many at a time: on object storage each is a round trip.
+CHECK_THREADS = 32
+
+
+@dataclasses.dataclass
+class Plan:
+    todo: List[Track]
+    skipped: List[Track]
+    failures: List[Failure]
+
+
+def gather_sources(specs: Sequence[str], manifest: Optional[str], storage_options=None) -> Tuple[List[str], List[Failure]]:
+    """Files named by ``specs`` (files, folders, globs, URLs of any of these) and the manifest's entries.
+
+    A manifest's entries are taken as files without a check here: one missing
+    file is one failure when it is read, not a stop of the listing.
+    """
+    from ..cli.separate import AUDIO_EXTENSIONS, collect_inputs
+
+    sources: List[str] = []
+    failures: List[Failure] = []
+    local = [s for s in specs if not storage.is_url(s)]
+    files, errors = collect_inputs(local)
+    sources.extend(str(p) for p in files)
+    failures.extend((message.split(": ", 1)[0], "input", message) for message in errors)
+    for spec in (s for s in specs if storage.is_url(s)):
+        found, errors = storage.expand_url(spec, AUDIO_EXTENSIONS, storage_options)
+        sources.extend(found)
+        failures.extend((spec, "input", message) for message in errors)
+    if manifest is not None:
+        sources.extend(storage.read_manifest(manifest, storage_options))
+    return list(dict.fromkeys(sources)), failures
+
+
+def track_name(source: str) -> str:
+    from ..cli.separate import track_name as name_of
+
+    inner = source.split("://", 1)[1] if storage.is_url(source) else source
+    return name_of(Path(PurePosixPath(inner).name))
+
+
+def stem_outputs(source: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
+    """Stem name -> path or URL under ``args.outdir``, from ``--filename``."""
+    model = Path(args.model).name if args.model else "default"
+    out = {}
+    for name in names:
+        try:
+            rel = args.filename.format(track=track_name(source), target=name, ext=args.ext, model=model)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
+                                     "use {track}, {target}, {ext}, {model}") from None
+        out[name] = storage.join(args.outdir, rel)
+    if len(set(out.values())) < len(out):
+        raise OpenUnmixLikeError(f"--filename {args.filename!r} gives the same file for several targets; "
+                                 "include {target}")
+    return out
+
+
+def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
+              settings: dict, storage_options=None) -> Plan:
+    """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run."""
+    plan = Plan([], [], [])
+    claimed: Dict[str, str] = {}
+    candidates = []
+    for source in sources:
+        stems = stem_outputs(source, names, args)
+        clash = next((claimed[o] for o in stems.values() if o in claimed), None)
+        if clash is not None:
+            plan.failures.append((source, "plan", f"{source}: would write the same files as {clash}; "
+                                                  "use a --filename template whose {track} part differs"))
+            continue
+        if not storage.is_url(source) and any(not storage.is_url(o) and Path(o).resolve() == Path(source).resolve()
+                                              for o in stems.values()):
+            plan.failures.append((source, "plan", f"{source}: output would overwrite the input; "
+                                                  "change --outdir or --filename"))
+            continue
+        claimed.update({o: source for o in stems.values()})
+        done = storage.join(args.outdir, f"{track_name(source)}/{records.DONE_NAME}")
+        candidates.append((source, stems, done))
+
+    def check(item):
+        source, stems, done = item
+        try:
+            size = storage.size(source, storage_options)
+        except (OSError, OpenUnmixLikeError) as exc:
+            return None, (source, "input", f"{source}: cannot read ({records.one_line(exc)}); check the path")
+        track = Track(source, track_name(source), size, stems, done)
+        if args.force:
+            return (track, False), None
+        record = records.read_record(done, storage_options)
+        finished = records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)
+        return (track, finished), None
+
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+        for result, failure in pool.map(check, candidates):
+            if failure is not None:
+                plan.failures.append(failure)
+            else:
+                track, finished = result
+                (plan.skipped if finished else plan.todo).append(track)
+    return plan

@@ -1,0 +1,176 @@
+"""The three stages of a catalogue run, as plain functions and one class.
+
+:mod:`.engine` runs them as Ray tasks (decode, write) and actors (separate);
+nothing here imports Ray, so each stage can be tested and reused on its own.
+Every failure a user can cause leaves a stage as :class:`StageError`, which
+names the stage and carries a one-line reason for ``_failures.csv``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .. import storage
+from ..errors import OpenUnmixLikeError
+from . import records
+
+
+class StageError(OpenUnmixLikeError):
+    """A track failed in one stage; ``stage`` is ``decode``, ``separate`` or ``write``."""
+
+    def __init__(self, stage: str, source: str, reason: str):
+        reason = records.one_line(reason)
+        if reason.startswith(f"{source}: "):  # library errors already name the file
+            reason = reason[len(source) + 2:]
+        super().__init__(f"{source}: {stage} failed: {reason}")
+        self.stage, self.source, self.reason = stage, source, reason
+
+    def __reduce__(self):  # Ray sends exceptions between processes by pickling them
+        return StageError, (self.stage, self.source, self.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One input and where its outputs go.
+
+    ``stems`` maps each output stem name to its final path or URL; ``done`` is
+    the ``_done.json`` path or URL, written last.
+    """
+
+    source: str
+    name: str
+    input_size: int
+    stems: Dict[str, str]
+    done: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    audio: np.ndarray  # (nb_channels, nb_timesteps) float32
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Separated:
+    stems: np.ndarray  # (nb_targets, nb_channels, nb_timesteps) float32
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the stages need to know of the command line (small, sent with every task)."""
+
+    start: float
+    duration: Optional[float]
+    segment: Optional[float]
+    overlap: float
+    batch_segments: Optional[int]
+    keep_model_rate: bool
+    aggregate: Optional[dict]
+    ext: str
+    bits: int
+    clip: str
+    model: str
+    model_sha256: str
+    settings: dict
+    storage_options: Optional[dict] = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OpenUnmixLikeError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def decode(track: Track, options: Options) -> Decoded:
+    """Read (the excerpt of) one input into memory, downloading it first when it is a URL."""
+    from ..audio import AudioSource
+
+    try:
+        with storage.local_copy(track.source, options.storage_options) as local:
+            with AudioSource(local, start=options.start, duration=options.duration) as source:
+                audio = source.read(0, source.nb_frames).numpy()
+                return Decoded(audio, source.sample_rate)
+    except Exception as exc:
+        raise StageError("decode", track.source, _reason(exc)) from None
+
+
+class SeparationWorker:
+    """Holds one separator (loaded once) and separates whole decoded tracks with it.
+
+    Args:
+        separator: the :class:`~openunmix_like.separator.Separator`, or a function
+            without arguments returning it (the engine's fetches the driver's model
+            from Ray's object store, so worker nodes need no model files).
+        device: ``cpu`` or ``cuda``.
+        threads: torch's intra-op threads on the CPU (the CPUs this worker holds).
+    """
+
+    def __init__(self, separator, device: str = "cpu", threads: int = 1):
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        separator = separator() if callable(separator) and not isinstance(separator, torch.nn.Module) else separator
+        self.separator = separator.to(device).eval()
+        self.model_rate = int(self.separator.sample_rate)
+
+    def separate(self, track: Track, decoded: Decoded, options: Options) -> Separated:
+        """The track's stems at the output rate (the input's, or the model's with ``keep_model_rate``)."""
+        from ..inference import iter_separate
+
+        try:
+            out_rate = self.model_rate if options.keep_model_rate else decoded.sample_rate
+            audio = torch.from_numpy(decoded.audio)
+            chunks = [c.cpu() for c in iter_separate(self.separator, audio, decoded.sample_rate,
+                                                     options.segment or None, options.overlap,
+                                                     out_rate=out_rate, batch_segments=options.batch_segments)]
+            return Separated(torch.cat(chunks, dim=-1).numpy(), int(out_rate))
+        except Exception as exc:
+            raise StageError("separate", track.source, _reason(exc)) from None
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def write(track: Track, separated: Separated, target_names, options: Options) -> dict:
+    """Encode and store every stem (each one atomically), then the ``_done.json`` record; return it."""
+    try:
+        return _write(track, separated, list(target_names), options)
+    except Exception as exc:
+        raise StageError("write", track.source, _reason(exc)) from None
+
+
+def _write(track: Track, separated: Separated, target_names, options: Options) -> dict:
+    from ..separator import aggregate_estimates
+    from ..writer import StemWriter
+
+    stems, rate = separated.stems, separated.sample_rate
+    estimates = aggregate_estimates(dict(zip(target_names, torch.from_numpy(stems))), options.aggregate)
+    remote = any(storage.is_url(url) for url in track.stems.values())
+    folder = Path(tempfile.mkdtemp(prefix="umx-stems-")) if remote else None
+    try:
+        local = ({name: folder / f"{name}.{options.ext}" for name in track.stems} if remote
+                 else {name: Path(url) for name, url in track.stems.items()})
+        with StemWriter(local, rate, stems.shape[1], options.ext, options.bits, options.clip) as writer:
+            writer.write(estimates)
+            writer.finish()
+        described = {name: {"path": track.stems[name], "sha256": records.file_sha256(path),
+                            "bytes": path.stat().st_size} for name, path in local.items()}
+        if remote:
+            for name, path in local.items():
+                storage.put_file(path, track.stems[name], options.storage_options)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    record = records.make_record(track.source, track.input_size, options.model, options.model_sha256,
+                                 options.settings, described, stems.shape[-1] / rate, int(rate))
+    storage.write_bytes(track.done, (json.dumps(record, indent=2) + "\n").encode(), options.storage_options)
+    return record
