@@ -107,3 +107,24 @@ def test_reading_ahead_and_writing_run_beside_the_separation(tmp_path, wav_file,
     main = threading.main_thread().name
     assert threads["read"] and main not in threads["read"]
     assert threads["write"] and main not in threads["write"]
+
+
+@pytest.mark.parametrize("arch", ["umx", "unet2d", "unet1d", "tfattn"])
+def test_bf16_models_stay_close_to_fp32_and_the_filter_stays_float32(arch):
+    from openunmix_like.architectures import get
+
+    torch.manual_seed(0)
+    arch_ = get(arch)
+    args = dict(nb_channels=2) if arch == "unet1d" else dict(nb_channels=2, nb_bins=257)
+    if arch == "umx":
+        args.update(hidden_size=16, max_bin=128)
+    models = {t: arch_.build(**args).eval() for t in ("vocals", "drums")}
+    audio = torch.from_numpy(music_like(2.0, 44100, seed=6))[None]
+    fp32 = Separator(models, n_fft=512, n_hop=128).freeze()
+    bf16 = Separator(models, n_fft=512, n_hop=128, precision="bf16").freeze()
+    with torch.inference_mode():
+        a, b = fp32(audio), bf16(audio)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert 0 < float((a - b).abs().max() / a.abs().max()) < 0.05  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        Separator(models, n_fft=512, n_hop=128, precision="fp16")
