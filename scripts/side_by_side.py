@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=2)
     p.add_argument("--niter", type=int, default=1)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="ours only")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from openunmix_like import Separator
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         audio = 0.1 * torch.randn(1, 2, int(args.seconds * 44100))
         rows = {}
-        ours = Separator.from_pretrained(folder, niter=args.niter)
+        ours = Separator.from_pretrained(folder, niter=args.niter, precision=args.precision)
         with torch.inference_mode():
             rows["ours"], ours_out = best_of(lambda: ours(audio), args.calls)
         try:
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
                 rows["reference"], ref_out = best_of(lambda: reference(audio), args.calls)
             rows["max_diff_over_peak"] = float((ours_out - ref_out).abs().max() / ref_out.abs().max())
             rows["speedup"] = rows["reference"] / rows["ours"]
-    print(json.dumps({"seconds": args.seconds, "threads": args.threads, "niter": args.niter, **rows}))
+    print(json.dumps({"seconds": args.seconds, "threads": args.threads, "niter": args.niter,
+                      "precision": args.precision, **rows}))
     return 0
 
 
