@@ -172,6 +172,9 @@ def window_bounds(nb_frames: int, win_len: int, win_offset: int = 0) -> List[Tup
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+CPU_BLOCK_BINS = 128  # frequency bins per block on the CPU, where small blocks stay in cache
+
+
 def wiener_fast(
     spectrograms: Tensor,
     mix_stft: Tensor,
@@ -182,7 +185,7 @@ def wiener_fast(
     eps: float = 1e-10,
     win_len: Optional[int] = None,
     win_offset: int = 0,
-    block_bins: int = 128,
+    block_bins: Optional[int] = None,
     out: Optional[Tensor] = None,
 ) -> Tensor:
     """:func:`wiener` in the STFT layout, with a fast path for stereo.
@@ -197,7 +200,8 @@ def wiener_fast(
         spectrograms: magnitudes ``(nb_sources, {1, nb_channels}, nb_bins, nb_frames)``.
         mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
         iterations, softmask, residual, scale_factor, eps, win_len, win_offset: see :func:`wiener`.
-        block_bins: frequency bins processed together.
+        block_bins: frequency bins processed together; ``None``: 128 on the CPU (a block's
+            planes stay in cache), all of them on a GPU (fewer, larger kernels).
         out: optional real buffer ``(nb_sources [+1], 2, >= nb_frames, nb_bins, 2)``
             to write stereo results into (reused across calls to avoid allocations).
 
@@ -218,6 +222,8 @@ def wiener_fast(
     spec_tf = spectrograms.transpose(-1, -2)
     mix_re, mix_im = mix_stft.real.transpose(-1, -2), mix_stft.imag.transpose(-1, -2)
     windows = window_bounds(nb_frames, win_len, win_offset) if win_len else [(0, nb_frames)]
+    if block_bins is None:
+        block_bins = nb_bins if mix_stft.is_cuda else CPU_BLOCK_BINS
     blocks = [slice(f, f + block_bins) for f in range(0, nb_bins, block_bins)]
     for a, b in windows:
         # Pass 1: initial estimates of every bin block, and the window's mixture peak.

@@ -159,3 +159,16 @@ def test_fast_path_other_layouts(channels, spec_channels):
     slow = wiener(spec.permute(3, 2, 1, 0), mix.permute(2, 1, 0), 1).permute(3, 2, 1, 0)
     assert fast.shape == (2, channels, 9, 30)
     assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_path_gives_the_same_result_whatever_the_block_of_bins():
+    from openunmix_like.filtering import CPU_BLOCK_BINS, wiener_fast
+
+    torch.manual_seed(5)
+    spec = torch.rand(4, 2, 300, 60) * 2
+    mix = torch.randn(2, 300, 60, dtype=torch.complex64) * 30
+    default = wiener_fast(spec, mix, 1, win_len=25)  # CPU_BLOCK_BINS on the CPU
+    assert torch.equal(wiener_fast(spec, mix, 1, win_len=25, block_bins=CPU_BLOCK_BINS), default)
+    for block in (300, 7):  # bins are independent: only float rounding differs
+        other = wiener_fast(spec, mix, 1, win_len=25, block_bins=block)
+        assert (other - default).abs().max() <= 1e-6 * default.abs().max()
