@@ -71,6 +71,10 @@ def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple
     # Leave an eighth of the CPUs (at least io_cpus) to the decode and write tasks.
     spare = max(args.io_cpus, cpus / 8)
     count = args.actors or max(1, int((cpus - spare) // args.actor_cpus))
+    if count * args.actor_cpus + args.io_cpus > cpus:
+        raise OpenUnmixLikeError(f"{count} actors x --actor-cpus {args.actor_cpus:g} leave no room for a decode or "
+                                 f"write task (--io-cpus {args.io_cpus:g}) on the cluster's {cpus:g} CPUs; "
+                                 "lower --actors or --actor-cpus, or pass --io-cpus 0")
     return count, {"num_cpus": args.actor_cpus}
 
 
@@ -136,12 +140,12 @@ def execute(plan: Plan, separator, names: List[str], options: Options, args: arg
     decode_task = ray.remote(decode).options(**io)
     write_task = ray.remote(write).options(**io)
     worker = ray.remote(SeparationWorker)
-    # The model goes into the object store once; a restarted actor fetches it again from there.
+    # The model goes into the object store once; each actor (and a restarted one) fetches it from there.
     model = functools.partial(_fetch, [ray.put(separator)])
     threads = max(1, math.ceil(args.actor_cpus))
     # A killed actor restarts (reloading the model) and its queued tracks are retried there.
     actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
-                             max_task_retries=ACTOR_TASK_RETRIES, **actor_resources).remote(model, args.device, threads)
+                             max_task_retries=ACTOR_TASK_RETRIES, **actor_resources).remote(args.device, threads)
               for k in range(min(count, max(1, len(plan.todo))))]
     load = [0] * len(actors)
     window = args.max_in_flight or 2 * len(actors) + 2
@@ -154,7 +158,7 @@ def execute(plan: Plan, separator, names: List[str], options: Options, args: arg
                 track = queue.pop()
                 k = load.index(min(load))  # the least busy actor
                 decoded = decode_task.remote(track, options)
-                separated = actors[k].separate.remote(track, decoded, options)
+                separated = actors[k].separate.remote(track, decoded, options, model)
                 pending[write_task.remote(track, separated, names, options)] = (track, k)
                 load[k] += 1
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -105,27 +105,37 @@ def decode(track: Track, options: Options) -> Decoded:
 class SeparationWorker:
     """Holds one separator (loaded once) and separates whole decoded tracks with it.
 
+    The model comes with each call and is loaded by the first one: a restarted
+    worker (its process was killed) loads it again without help from the driver.
+
     Args:
-        separator: the :class:`~openunmix_like.separator.Separator`, or a function
-            without arguments returning it (the engine's fetches the driver's model
-            from Ray's object store, so worker nodes need no model files).
         device: ``cpu`` or ``cuda``.
         threads: torch's intra-op threads on the CPU (the CPUs this worker holds).
     """
 
-    def __init__(self, separator, device: str = "cpu", threads: int = 1):
+    def __init__(self, device: str = "cpu", threads: int = 1):
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        separator = separator() if callable(separator) and not isinstance(separator, torch.nn.Module) else separator
-        self.separator = separator.to(device).eval()
-        self.model_rate = int(self.separator.sample_rate)
+        self.device = device
+        self.separator = None
 
-    def separate(self, track: Track, decoded: Decoded, options: Options) -> Separated:
-        """The track's stems at the output rate (the input's, or the model's with ``keep_model_rate``)."""
+    def _load(self, model) -> None:
+        separator = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+        self.separator = separator.to(self.device).eval()
+
+    def separate(self, track: Track, decoded: Decoded, options: Options, model) -> Separated:
+        """The track's stems at the output rate (the input's, or the model's with ``keep_model_rate``).
+
+        ``model``: the :class:`~openunmix_like.separator.Separator`, or a function without
+        arguments returning it (the engine's fetches the driver's model from Ray's object
+        store, so worker nodes need no model files); used by the first call only.
+        """
         from ..inference import iter_separate
 
         try:
-            out_rate = self.model_rate if options.keep_model_rate else decoded.sample_rate
+            if self.separator is None:
+                self._load(model)
+            out_rate = int(self.separator.sample_rate) if options.keep_model_rate else decoded.sample_rate
             audio = torch.from_numpy(decoded.audio)
             chunks = [c.cpu() for c in iter_separate(self.separator, audio, decoded.sample_rate,
                                                      options.segment or None, options.overlap,

@@ -1,0 +1,265 @@
+"""``umx-separate --engine ray``: equal to the local engine, resumable, survives killed workers, object storage.
+
+Each Ray test starts its own local Ray with 2 CPUs and stops it; the object
+storage test runs moto's S3 server on 127.0.0.1.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import write
+from openunmix_like.catalogue import records, stages
+from openunmix_like.cli.separate import main
+from openunmix_like.errors import OpenUnmixLikeError
+from openunmix_like import storage
+
+NAMES = ("vocals", "drums", "bass", "other")
+
+
+@pytest.fixture
+def ray_cluster():
+    """A local Ray with 2 CPUs for one test; yields its address (for drivers in other processes)."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def make_inputs(folder: Path, n: int, seconds: float = 2.0, corrupt: bool = False) -> Path:
+    for k in range(n):
+        write(folder / f"t{k}.wav", seconds, seed=k)
+    if corrupt:
+        (folder / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot audio at all" * 8)
+    return folder
+
+
+def read_stems(folder: Path, track: str) -> dict:
+    return {name: sf.read(folder / track / f"{name}.wav", dtype="float64")[0] for name in NAMES}
+
+
+def done_tracks(out: Path) -> set:
+    return {p.parent.name for p in out.glob(f"*/{records.DONE_NAME}")}
+
+
+def mtimes(out: Path, tracks) -> dict:
+    return {p: p.stat().st_mtime_ns for t in tracks for p in (out / t).iterdir()}
+
+
+# ---------------------------------------------------------------- without Ray
+
+
+def test_manifest_formats(tmp_path):
+    (tmp_path / "list.txt").write_text("# comment\na.wav\n\n s3://b/k.flac \n")
+    assert storage.read_manifest(str(tmp_path / "list.txt")) == ["a.wav", "s3://b/k.flac"]
+    (tmp_path / "list.csv").write_text("id,path\n1,a.wav\n2,b.wav\n3,\n")
+    assert storage.read_manifest(str(tmp_path / "list.csv")) == ["a.wav", "b.wav"]
+    (tmp_path / "bad.csv").write_text("id,file\n1,a.wav\n")
+    with pytest.raises(OpenUnmixLikeError, match=r"bad.csv: no 'path' column"):
+        storage.read_manifest(str(tmp_path / "bad.csv"))
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": ["x.wav", "s3://b/y.wav"], "n": [1, 2]}), tmp_path / "list.parquet")
+    assert storage.read_manifest(str(tmp_path / "list.parquet")) == ["x.wav", "s3://b/y.wav"]
+
+
+def test_local_engine_reads_a_manifest(tmp_path, model_dir, capsys):
+    make_inputs(tmp_path / "in", 1, seconds=1.0)
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'in' / 't0.wav'}\n")
+    assert main(["--manifest", str(tmp_path / "list.txt"), "--model", str(model_dir()),
+                 "--outdir", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (tmp_path / "out" / "t0" / "vocals.wav").exists()
+    (tmp_path / "urls.txt").write_text("s3://bucket/t0.wav\n")
+    assert main(["--manifest", str(tmp_path / "urls.txt"), "--outdir", str(tmp_path / "out")]) == 1
+    assert "lists URLs (s3://bucket/t0.wav); use --engine ray" in capsys.readouterr().err
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    make_inputs(tmp_path / "in", 1, seconds=0.5)
+    assert main([str(tmp_path / "in"), "--engine", "ray", "--outdir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["umx-separate: error: --engine ray needs Ray: pip install 'openunmix-like[ray]'"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_importing_the_package_does_not_import_ray():
+    code = "import sys, openunmix_like, openunmix_like.cli.separate, openunmix_like.catalogue; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_done_record_matches_only_the_same_input_model_and_settings(tmp_path):
+    stem = tmp_path / "vocals.wav"
+    stem.write_bytes(b"x")
+    settings = {"niter": 1}
+    record = records.make_record("in.wav", 10, "m", "abc", settings, {"vocals": {"path": str(stem)}}, 1.0, 44100)
+    record = json.loads(json.dumps(record))  # as read back from _done.json
+    stems = {"vocals": str(stem)}
+    assert records.is_finished(record, "in.wav", 10, "abc", settings, stems)
+    assert not records.is_finished(record, "in.wav", 11, "abc", settings, stems)  # input changed
+    assert not records.is_finished(record, "in.wav", 10, "abd", settings, stems)  # model changed
+    assert not records.is_finished(record, "in.wav", 10, "abc", {"niter": 0}, stems)  # setting changed
+    assert not records.is_finished(record, "in.wav", 10, "abc", settings, {"vocals": str(stem), "bass": "b.wav"})
+    stem.unlink()
+    assert not records.is_finished(record, "in.wav", 10, "abc", settings, stems)  # a stem went missing
+
+
+def test_stage_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(stages.StageError("decode", "a.wav", "a.wav: not audio\nat all")))
+    assert (error.stage, error.source, error.reason) == ("decode", "a.wav", "not audio at all")
+    assert str(error) == "a.wav: decode failed: not audio at all"
+
+
+# ---------------------------------------------------------------- on a local Ray
+
+
+@pytest.mark.slow
+def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cluster, capsys):
+    inputs = make_inputs(tmp_path / "in", 3, corrupt=True)
+    model = str(model_dir())
+    common = [str(inputs), "--model", model, "--bits", "32", "--quiet"]
+    assert main(common + ["--outdir", str(tmp_path / "local")]) == 1
+    assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 1
+    assert "1 track failed; listed in" in capsys.readouterr().err
+    for k in range(3):
+        ours, theirs = read_stems(tmp_path / "ray", f"t{k}"), read_stems(tmp_path / "local", f"t{k}")
+        peak = max(np.abs(s).max() for s in theirs.values())
+        for name in NAMES:
+            assert np.abs(ours[name] - theirs[name]).max() <= 1e-6 * peak, (k, name)
+        record = json.loads((tmp_path / "ray" / f"t{k}" / records.DONE_NAME).read_text())
+        assert record["input"] == str(inputs / f"t{k}.wav") and record["input_size"] == (inputs / f"t{k}.wav").stat().st_size
+        for name, stem in record["stems"].items():
+            assert stem["sha256"] == records.file_sha256(Path(stem["path"]))
+    failures = records.read_failures((tmp_path / "ray" / records.FAILURES_NAME).read_bytes())
+    assert [(Path(f["path"]).name, f["stage"]) for f in failures] == [("bad.wav", "decode")]
+    assert "\n" not in failures[0]["reason"] and "bad.wav" in failures[0]["reason"]
+    assert not (tmp_path / "ray" / "bad").exists()
+    # A second run skips what is finished; a changed setting redoes it.
+    before = mtimes(tmp_path / "ray", ["t0", "t1", "t2"])
+    assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 1
+    assert mtimes(tmp_path / "ray", ["t0", "t1", "t2"]) == before
+    (inputs / "bad.wav").unlink()
+    assert main(common[:-1] + ["--engine", "ray", "--outdir", str(tmp_path / "ray"), "--niter", "0"]) == 0
+    assert "3 done, 0 skipped (finished before), 0 failed" in capsys.readouterr().err
+    assert not (tmp_path / "ray" / records.FAILURES_NAME).exists()  # this run's failures: none
+
+
+def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not done_tracks(out):
+        assert time.monotonic() < deadline, "no track finished in time"
+        assert process is None or process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_cluster, capsys):
+    inputs = make_inputs(tmp_path / "in", 6, seconds=4.0)
+    out = tmp_path / "out"
+    args = [str(inputs), "--engine", "ray", "--model", str(model_dir()), "--outdir", str(out), "--max-in-flight", "1"]
+    driver = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.separate", *args, "--quiet",
+                               "--address", ray_cluster], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_done(out, process=driver)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate()
+    time.sleep(1.0)  # Ray ends the dead driver's tasks and actors
+    finished = done_tracks(out)
+    assert 1 <= len(finished) < 6
+    before = mtimes(out, finished)
+    assert main(args) == 0
+    assert f"{6 - len(finished)} done, {len(finished)} skipped (finished before), 0 failed" in capsys.readouterr().err
+    assert done_tracks(out) == {f"t{k}" for k in range(6)}
+    assert mtimes(out, finished) == before  # finished tracks were not written again
+    assert not list(out.rglob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_killed_separation_actor_is_replaced_and_every_track_finishes(tmp_path, model_dir, ray_cluster):
+    import ray
+
+    inputs = make_inputs(tmp_path / "in", 6, seconds=4.0)
+    out = tmp_path / "out"
+    result = {}
+    run = threading.Thread(target=lambda: result.update(rc=main(
+        [str(inputs), "--engine", "ray", "--model", str(model_dir()), "--outdir", str(out), "--quiet",
+         "--actors", "1", "--max-in-flight", "3"])))
+    run.start()
+    try:
+        _wait_for_done(out)
+        actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("umx-separate-")]
+        assert len(actors) == 1
+        actor = ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"])
+        killed_with_done = len(done_tracks(out))
+        ray.kill(actor, no_restart=False)  # the process dies at once; Ray restarts it
+    finally:
+        run.join(timeout=180)
+    assert killed_with_done < 6
+    assert result == {"rc": 0}
+    assert done_tracks(out) == {f"t{k}" for k in range(6)}
+    assert not (out / records.FAILURES_NAME).exists()
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with an empty bucket; yields fsspec storage options for it."""
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
+                   "client_kwargs": {"region_name": "us-east-1"}}
+        fs, _ = storage.filesystem("s3://catalogue", options)
+        fs.mkdir("catalogue")
+        yield options
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_object_storage_round_trip(tmp_path, model_dir, ray_cluster, s3_server, capsys):
+    fs, _ = storage.filesystem("s3://catalogue", s3_server)
+    inputs = make_inputs(tmp_path / "in", 3)
+    for k in range(2):
+        fs.put_file(str(inputs / f"t{k}.wav"), f"catalogue/songs/t{k}.wav")
+    fs.put_file(str(inputs / "t2.wav"), "catalogue/more/t2.wav")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,artist\ns3://catalogue/more/t2.wav,someone\ns3://catalogue/more/gone.wav,nobody\n")
+    model = str(model_dir())
+    args = ["s3://catalogue/songs", "--manifest", str(manifest), "--engine", "ray", "--model", model,
+            "--outdir", "s3://catalogue/out", "--storage-options", json.dumps(s3_server), "--bits", "32"]
+    assert main(args) == 1  # gone.wav is missing
+    err = capsys.readouterr().err
+    assert "s3://catalogue/more/gone.wav" in err and "1 failed" in err
+    assert main([str(inputs), "--model", model, "--outdir", str(tmp_path / "local"), "--bits", "32", "--quiet"]) == 0
+    for k in range(3):
+        record = json.loads(fs.cat_file(f"catalogue/out/t{k}/{records.DONE_NAME}"))
+        assert sorted(record["stems"]) == sorted(NAMES)
+        for name in NAMES:
+            fs.get_file(f"catalogue/out/t{k}/{name}.wav", str(tmp_path / "got.wav"))
+            assert records.file_sha256(tmp_path / "got.wav") == record["stems"][name]["sha256"]
+            ours = sf.read(tmp_path / "got.wav", dtype="float64")[0]
+            theirs = sf.read(tmp_path / "local" / f"t{k}" / f"{name}.wav", dtype="float64")[0]
+            assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
+    failures = records.read_failures(fs.cat_file("catalogue/out/_failures.csv"))
+    assert [(f["path"], f["stage"]) for f in failures] == [("s3://catalogue/more/gone.wav", "input")]
+    assert main(args) == 1  # the rerun reads the records back from the bucket and skips the finished tracks
+    assert "0 done, 3 skipped (finished before), 1 failed" in capsys.readouterr().err
