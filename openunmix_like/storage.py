@@ -68,7 +68,8 @@ def _unstrip(url: str, fs, path: str) -> str:
     return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
 
 
-def expand_url(spec: str, extensions: Sequence[str], storage_options: StorageOptions = None) -> Tuple[List[str], List[str]]:
+def expand_url(spec: str, extensions: Sequence[str],
+               storage_options: StorageOptions = None) -> Tuple[List[str], List[str]]:
     """Audio files named by a URL: an object, a prefix ("folder", searched recursively) or a glob."""
     fs, path = filesystem(spec, storage_options)
     try:

@@ -4,7 +4,6 @@ Each Ray test starts its own local Ray with 2 CPUs and stops it; the object
 storage test runs moto's S3 server on 127.0.0.1.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -97,7 +96,8 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
 
 
 def test_importing_the_package_does_not_import_ray():
-    code = "import sys, openunmix_like, openunmix_like.cli.separate, openunmix_like.catalogue; print('ray' in sys.modules)"
+    code = ("import sys, openunmix_like, openunmix_like.cli.separate, openunmix_like.catalogue; "
+            "print('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
@@ -142,7 +142,8 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
         for name in NAMES:
             assert np.abs(ours[name] - theirs[name]).max() <= 1e-6 * peak, (k, name)
         record = json.loads((tmp_path / "ray" / f"t{k}" / records.DONE_NAME).read_text())
-        assert record["input"] == str(inputs / f"t{k}.wav") and record["input_size"] == (inputs / f"t{k}.wav").stat().st_size
+        source = inputs / f"t{k}.wav"
+        assert (record["input"], record["input_size"]) == (str(source), source.stat().st_size)
         for name, stem in record["stems"].items():
             assert stem["sha256"] == records.file_sha256(Path(stem["path"]))
     failures = records.read_failures((tmp_path / "ray" / records.FAILURES_NAME).read_bytes())

@@ -202,9 +202,12 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
     """Run ``umx-separate --engine ray``; return the exit status."""
     from ..cli.separate import _report, load_separator, parse_aggregate
 
+    args = copy.copy(args)  # the output folder is made absolute below
     try:
         check_options(args)
         import_ray()
+        if not storage.is_url(args.outdir):
+            args.outdir = os.path.abspath(args.outdir)
         storage_options = parse_storage_options(args.storage_options)
         # The driver loads the model on its CPU and ships it to the actors: worker nodes need no model files.
         separator = load_separator(_on_cpu(args))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,7 +25,8 @@ class Plan:
     failures: List[Failure]
 
 
-def gather_sources(specs: Sequence[str], manifest: Optional[str], storage_options=None) -> Tuple[List[str], List[Failure]]:
+def gather_sources(specs: Sequence[str], manifest: Optional[str],
+                   storage_options=None) -> Tuple[List[str], List[Failure]]:
     """Files named by ``specs`` (files, folders, globs, URLs of any of these) and the manifest's entries.
 
     A manifest's entries are taken as files without a check here: one missing
@@ -36,14 +38,16 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str], storage_option
     failures: List[Failure] = []
     local = [s for s in specs if not storage.is_url(s)]
     files, errors = collect_inputs(local)
-    sources.extend(str(p) for p in files)
+    # Absolute, so that records match from any working directory and tasks on other nodes find the files.
+    sources.extend(os.path.abspath(p) for p in files)
     failures.extend((message.split(": ", 1)[0], "input", message) for message in errors)
     for spec in (s for s in specs if storage.is_url(s)):
         found, errors = storage.expand_url(spec, AUDIO_EXTENSIONS, storage_options)
         sources.extend(found)
         failures.extend((spec, "input", message) for message in errors)
     if manifest is not None:
-        sources.extend(storage.read_manifest(manifest, storage_options))
+        listed = storage.read_manifest(manifest, storage_options)
+        sources.extend(entry if storage.is_url(entry) else os.path.abspath(entry) for entry in listed)
     return list(dict.fromkeys(sources)), failures
 
 
