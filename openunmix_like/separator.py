@@ -107,6 +107,9 @@ class Separator(nn.Module):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if wiener is not None and not isinstance(wiener, WienerSettings):
+            raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
+                            "and wiener_win_len as keywords")
         wiener = (wiener or WienerSettings()).replace(**wiener_options)
         if not target_models:
             raise ValueError("a Separator needs at least one target model")

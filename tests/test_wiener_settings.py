@@ -34,6 +34,8 @@ def test_keywords_override_a_settings_object_and_unknown_ones_are_refused(model_
         Separator.from_pretrained(folder, nitre=2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         sep.wiener.niter = 3
+    with pytest.raises(TypeError, match="pass niter, softmask, residual and wiener_win_len as keywords"):
+        Separator(make_models(n_fft=512), 1, n_fft=512, n_hop=128)  # the reference's positional niter
 
 
 def test_off_has_one_meaning_and_bad_values_are_refused():
