@@ -196,9 +196,9 @@ def iter_separate(
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
     emitted, pending, done = 0, None, 0
+    if batch_segments is not None and batch_segments < 1:
+        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
     batch = batch_segments or auto_batch_segments(separator, segment)
-    if batch < 1:
-        raise ValueError(f"batch_segments must be at least 1, got {batch_segments}")
 
     def seconds(frames: int) -> int:
         # Whole seconds of the frames done so far (not a sum of rounded chunk lengths: that drifts).

@@ -63,6 +63,8 @@ def test_memory_holds_at_most_a_batch_of_segments(monkeypatch):
     assert sum(seen) <= 3  # the first chunk needs only the first batch
     list(chunks)
     assert max(seen) <= 3
+    with pytest.raises(ValueError, match="batch_segments must be at least 1"):
+        next(iter_separate(sep, audio, 44100, segment=5, batch_segments=0))
 
 
 def test_cli_option(tmp_path, wav_file, model_dir):
