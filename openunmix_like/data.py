@@ -343,16 +343,22 @@ class FixedSourcesTrackFolderDataset(_Base):
     """Track folders that all hold the same source files; the mixture is their sum.
 
     With ``random_track_mix`` each interferer comes from a random track (with
-    its own random excerpt); an epoch sees every track's target once.
+    its own random excerpt); an epoch sees every track's target once. Several
+    target files (a list for ``target_file``) give stacked targets
+    ``(nb_targets, nb_channels, nb_timesteps)``; with ``random_track_mix`` the
+    first comes from the item's track and the others, like the interferers, from
+    random tracks.
     """
 
-    def __init__(self, root, split: str, target_file: str, interferer_files: Sequence[str],
+    def __init__(self, root, split: str, target_file: Union[str, Sequence[str]], interferer_files: Sequence[str],
                  random_track_mix: bool = False, **kw):
         super().__init__(**kw)
         folder = _split_dir(root, split)
         problems: List[str] = []
         self.tracks: List[List[AudioFile]] = []
-        names = [target_file, *interferer_files]
+        target_files = [target_file] if isinstance(target_file, str) else list(target_file)
+        self.nb_targets = None if isinstance(target_file, str) else len(target_files)
+        names = [*target_files, *interferer_files]
         for track in sorted(d for d in folder.iterdir() if d.is_dir()):
             missing = [n for n in names if not (track / n).exists()]
             if missing:
@@ -387,7 +393,10 @@ class FixedSourcesTrackFolderDataset(_Base):
             else:
                 sources.append(self.load_source(files[k], start, augment))
         n = min(s.shape[-1] for s in sources)
-        return torch.stack([s[:, :n] for s in sources]).sum(0), target[:, :n]
+        x = torch.stack([s[:, :n] for s in sources]).sum(0)
+        if self.nb_targets is not None:
+            return x, torch.stack([s[:, :n] for s in sources[: self.nb_targets]])
+        return x, target[:, :n]
 
 
 class VariableSourcesTrackFolderDataset(_Base):
@@ -480,10 +489,13 @@ class MUSDBDataset(_Base):
             raise DatasetError(
                 "the musdb dataset needs the musdb package: pip install 'openunmix-like[musdb]'"
             ) from exc
-        if target not in MUSDB_SOURCES and target not in MUSDB_GROUPS:
-            raise DatasetError(f"target {target!r} is not a MUSDB source; choose from "
-                               f"{', '.join(MUSDB_SOURCES + tuple(MUSDB_GROUPS))}")
-        self.target_sources = MUSDB_GROUPS.get(target, (target,))
+        # Several targets: the items' targets are stacked, (nb_targets, nb_channels, nb_timesteps).
+        self.targets = None if isinstance(target, str) else list(target)
+        for name in self.targets or [target]:
+            if name not in MUSDB_SOURCES and name not in MUSDB_GROUPS:
+                raise DatasetError(f"target {name!r} is not a MUSDB source; choose from "
+                                   f"{', '.join(MUSDB_SOURCES + tuple(MUSDB_GROUPS))}")
+        self.target_sources = MUSDB_GROUPS.get(target, (target,)) if self.targets is None else None
         db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split)
         if not len(db.tracks):
             raise DatasetError(f"{root}: no MUSDB tracks for subset {subsets!r}, split {split!r}"
@@ -553,8 +565,35 @@ class MUSDBDataset(_Base):
             sources[name] = self.load_source(files[name], s, augment)
         n = min(s.shape[-1] for s in sources.values())
         x = torch.stack([s[:, :n] for s in sources.values()]).sum(0)
+        if self.targets is not None:
+            groups = [MUSDB_GROUPS.get(t, (t,)) for t in self.targets]
+            return x, torch.stack([torch.stack([sources[s][:, :n] for s in g]).sum(0) for g in groups])
         y = torch.stack([sources[name][:, :n] for name in self.target_sources]).sum(0)
         return x, y
+
+
+class TargetView(torch.utils.data.Dataset):
+    """One target of a data set whose items hold stacked targets: ``(mixture, targets[index])``."""
+
+    def __init__(self, dataset: _Base, index: int):
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int) -> Pair:
+        x, y = self.dataset[item]
+        return x, y[self.index]
+
+    @property
+    def preloaded(self) -> Optional[Preloaded]:
+        return self.dataset.preloaded
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def iter_mixtures(self, limit: int = 1000) -> Iterator[Tensor]:
+        return self.dataset.iter_mixtures(limit)
 
 
 # ---------------------------------------------------------------- default file and folder names

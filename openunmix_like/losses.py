@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -173,14 +173,16 @@ class Objective(nn.Module):
         self.stft = STFT(n_fft, n_hop)
         self.norm = ComplexNorm(mono=mono)
 
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             x: mixtures ``(nb_samples, nb_channels, nb_timesteps)``.
             y: targets, same shape.
+            mix_stft: ``self.stft(x)`` when the caller has it already (several models
+                trained on the same mixtures share it).
         """
         needs = self.loss.domains
-        estimates = self.estimates(model, x, needs)
+        estimates = self.estimates(model, x, needs, mix_stft)
         references = {}
         if MAGNITUDE in needs:
             with torch.no_grad():
@@ -189,7 +191,8 @@ class Objective(nn.Module):
             references[WAVEFORM] = y
         return self.loss(estimates, references)
 
-    def estimates(self, model: nn.Module, x: Tensor, needs: set) -> Dict[str, Tensor]:
+    def estimates(self, model: nn.Module, x: Tensor, needs: set,
+                  mix_stft: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """The model's estimate in every domain of ``needs``."""
         # Outputs in float32: under CUDA autocast the model may give float16, which the
         # complex and STFT operations below do not all take.
@@ -200,8 +203,9 @@ class Objective(nn.Module):
             if MAGNITUDE in needs:
                 out[MAGNITUDE] = self.norm(self.stft(out[WAVEFORM]))
             return out
-        with torch.no_grad():
-            mix_stft = self.stft(x)
+        if mix_stft is None:
+            with torch.no_grad():
+                mix_stft = self.stft(x)
         if self.domain == COMPLEX:
             est = torch.view_as_complex(model(torch.view_as_real(mix_stft)).float().contiguous())
             out[MAGNITUDE] = est.abs()

@@ -15,7 +15,8 @@ from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..errors import OpenUnmixLikeError
 from ..losses import LOSSES
-from ..training import DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session, run
+from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
+                        run, run_targets)
 
 DEFAULTS = TrainConfig()
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one target model (Open-Unmix by default) on a data set; docs/training.md has details.")
     g = p.add_argument_group("target and output")
     g.add_argument("--target", default=DEFAULTS.target, metavar="NAME", help="source to learn (default vocals)")
+    g.add_argument("--targets", nargs="+", default=None, metavar="NAME",
+                   help="several sources learnt together from one stream of mixtures (musdb, trackfolder_fix), "
+                        "each into its own files of --output, e.g. --targets vocals drums bass other")
     g.add_argument("--output", default=DEFAULTS.output, metavar="DIR",
                    help="model folder to write (default ./open-unmix)")
     g.add_argument("--resume", default=None, choices=["auto"],
@@ -173,7 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_from_args(args)
     try:
         with distributed_session():
-            run(cfg)
+            if cfg.targets:
+                run_targets(cfg)
+            else:
+                run(cfg)
     except OpenUnmixLikeError as exc:
         print(f"umx-train: error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ The parts, in the order a run uses them:
 - :mod:`.factory`: data sets, model (fresh, fine-tuned or widened), optimiser and
   schedule, each returning the configuration it resolved (:func:`prepare` chains them);
 - :mod:`.loop`: epochs, optimisation steps, validation, early stopping (:func:`run`);
+- :mod:`.multi`: several targets from one stream of mixtures (:func:`run_targets`);
 - :mod:`.checkpoint`: the files of the output folder, and resuming from them;
 - :mod:`.history`: per-epoch records, the CSV and TensorBoard logs;
 - :mod:`.distributed`: ranks and collectives under ``torchrun`` (DistributedDataParallel,
@@ -28,8 +29,10 @@ from .factory import (build_datasets, build_model, input_statistics, make_contex
                       resolve_sources)
 from .history import History
 from .loop import run, step, train_epoch, validate, validate_sdr
+from .multi import run_targets
 
 __all__ = ["Context", "DATASETS", "History", "PRECISIONS", "PRELOAD", "SCHEDULERS", "SELECT_BY", "TrainConfig",
            "WeightAverage", "build_datasets", "build_model", "check_options", "distributed_session",
            "evaluated_model", "input_statistics", "make_context", "pick_device", "preload_datasets", "prepare",
-           "read_checkpoint", "resolve_sources", "run", "step", "train_epoch", "validate", "validate_sdr"]
+           "read_checkpoint", "resolve_sources", "run", "run_targets", "step", "train_epoch", "validate",
+           "validate_sdr"]

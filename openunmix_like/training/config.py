@@ -27,6 +27,7 @@ class TrainConfig:
 
     # what and where
     target: str = "vocals"
+    targets: Optional[List[str]] = None  # several targets trained together from one stream of mixtures
     output: str = "open-unmix"
     checkpoint: Optional[str] = None
     resume: Optional[str] = None

@@ -28,26 +28,35 @@ def run(cfg: TrainConfig) -> History:
     for epoch in range(first, cfg.epochs + 1):
         if should_stop(ctx, epoch):
             break
-        train_loss, seconds, data_share, samples = train_epoch(ctx, epoch, progress)
+        finish_epoch(ctx, epoch, *train_epoch(ctx, epoch, progress))
         progress = None
-        valid_loss = validate(ctx, epoch)
-        if cfg.lr_scheduler == "plateau":
-            ctx.scheduler.step(valid_loss)
-        else:
-            ctx.scheduler.step()
-        ctx.history.samples.append(samples)
-        sdr = score_epoch(ctx, epoch)
-        improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch,
-                                cfg.select_by, sdr)
-        save_epoch(ctx, epoch, improved)
-        if is_main() and not cfg.quiet:
-            log.info("epoch %d: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, train_loss,
-                     valid_loss, seconds, 100 * data_share, " best" if improved else "")
         if ctx.out_of_time:
             if is_main() and not cfg.quiet:
                 log.info("--max-minutes %g spent after %d steps: stopping", cfg.max_minutes, ctx.history.global_step)
             break
     return ctx.history
+
+
+def finish_epoch(ctx: Context, epoch: int, train_loss: float, seconds: float, data_share: float,
+                 samples: int) -> bool:
+    """After an epoch's steps: validate, step the schedule, score, record, save and log;
+    returns whether the epoch is the best so far."""
+    cfg = ctx.cfg
+    valid_loss = validate(ctx, epoch)
+    if cfg.lr_scheduler == "plateau":
+        ctx.scheduler.step(valid_loss)
+    else:
+        ctx.scheduler.step()
+    ctx.history.samples.append(samples)
+    sdr = score_epoch(ctx, epoch)
+    improved = record_epoch(ctx.history, train_loss, valid_loss, ctx.optimizer, seconds, data_share, epoch,
+                            cfg.select_by, sdr)
+    save_epoch(ctx, epoch, improved)
+    if is_main() and not cfg.quiet:
+        target = f" {cfg.target}" if cfg.targets else ""
+        log.info("epoch %d%s: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, target, train_loss,
+                 valid_loss, seconds, 100 * data_share, " best" if improved else "")
+    return improved
 
 
 def resume(ctx: Context) -> Tuple[int, Optional[EpochProgress]]:
@@ -169,14 +178,18 @@ def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
     return all_reduce_sum([float(spent)])[0] > 0
 
 
-def step(ctx: Context, x: Tensor, y: Tensor) -> Optional[float]:
+def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) -> Optional[float]:
     """One optimisation step on a batch; returns its loss, or ``None`` (weights untouched)
-    when the loss or a gradient is NaN or infinite."""
+    when the loss or a gradient is NaN or infinite. ``mix_stft``: the mixtures' STFT, when
+    several models share it."""
     ctx.optimizer.zero_grad(set_to_none=True)
     amp = ctx.scaler is not None  # fp16: loss scaling
     dtype = getattr(ctx, "autocast", None)
     with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = ctx.objective(ctx.model, x, y)
+        if mix_stft is None:
+            loss = ctx.objective(ctx.model, x, y)
+        else:
+            loss = ctx.objective(ctx.model, x, y, mix_stft=mix_stft)
     # All ranks skip together: one that left before backward() would keep the others
     # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
     if all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0])[0] > 0:

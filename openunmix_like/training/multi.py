@@ -1,0 +1,158 @@
+"""Several targets trained together from one stream of mixtures (``umx-train --targets vocals drums bass other``).
+
+Each batch of mixtures is read (or drawn from memory) once, its STFT is taken
+once, and every target's model takes its optimisation step on it against its own
+source. Each target keeps its own model, optimiser, schedule, history, early
+stopping and files, so the output folder holds what separate runs for each
+target would write (``<target>.safetensors``, ``.json``, ``.csv``, ``.chkpnt`` and
+``separator.json`` listing them all), and ``--resume auto`` continues each target
+from its own checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Dict, List, Tuple
+
+import torch
+
+from .. import data
+from ..errors import OpenUnmixLikeError
+from .config import TrainConfig, check_options
+from .context import Context, EpochProgress
+from .distributed import pick_device
+from .factory import build_model, make_context, preload_datasets
+from .history import History
+from .loop import augment_seed, finish_epoch, handle_nonfinite, loader, resume, should_stop, step
+
+log = logging.getLogger(__name__)
+LAYOUTS = ("musdb", "trackfolder_fix")
+
+
+def check_targets(cfg: TrainConfig) -> None:
+    """What training several targets at once supports, checked before any data is read."""
+    targets = cfg.targets or []
+    if len(set(targets)) != len(targets):
+        raise OpenUnmixLikeError(f"--targets {' '.join(targets)}: a target is named twice")
+    if cfg.dataset not in LAYOUTS:
+        raise OpenUnmixLikeError(f"--targets trains several targets from the {' or '.join(LAYOUTS)} layouts; "
+                                 f"with --dataset {cfg.dataset}, train one --target per run")
+    if cfg.target_file:
+        raise OpenUnmixLikeError("--targets reads each target from <target>.<ext> in the track folders; "
+                                 "drop --target-file")
+    if cfg.ckpt_every or cfg.max_minutes:
+        raise OpenUnmixLikeError("--ckpt-every and --max-minutes work with one --target per run; drop them "
+                                 "with --targets (every epoch still writes each target's checkpoint)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OpenUnmixLikeError("--targets runs in one process; under torchrun, train one --target per run")
+
+
+def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConfig, list]:
+    """Training and validation sets whose items hold every target stacked, ``cfg`` with the
+    interferer files resolved, and each target's file name (trackfolder_fix), for the records."""
+    common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
+    train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
+    valid_kw = dict(common, seq_duration=None, random_chunks=False)
+    if cfg.root is None:
+        raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
+    if cfg.dataset == "musdb":
+        args = dict(root=cfg.root, target=list(cfg.targets), is_wav=cfg.is_wav)
+        return (data.MUSDBDataset(split="train", samples_per_track=cfg.samples_per_track, random_track_mix=True,
+                                  **args, **train_kw),
+                data.MUSDBDataset(split="valid", **args, **valid_kw), cfg, [None] * len(cfg.targets))
+    files = [data.default_track_files(cfg.root, target)[0] for target in cfg.targets]
+    others = data.default_track_files(cfg.root, cfg.targets[0])[1]
+    interferers = cfg.interferer_files if cfg.interferer_files is not None else [f for f in others if f not in files]
+    args = dict(root=cfg.root, target_file=files, interferer_files=interferers)
+    return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix, **args,
+                                                **train_kw),
+            data.FixedSourcesTrackFolderDataset(split="valid", **args, **valid_kw),
+            dataclasses.replace(cfg, interferer_files=interferers), files)
+
+
+def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
+    """One context per target around the shared training set (each validates on its own target)."""
+    cfg = check_options(cfg)
+    check_targets(cfg)
+    device = pick_device(cfg.device, cfg.no_cuda)
+    train_set, valid_set, cfg, files = shared_datasets(cfg)
+    cfg = preload_datasets(cfg, device, train_set, valid_set)
+    contexts = []
+    for k, (target, file) in enumerate(zip(cfg.targets, files)):
+        own = dataclasses.replace(cfg, target=target, target_file=file)
+        view = data.TargetView(train_set, k)
+        model, settings, own = build_model(own, view, device)
+        contexts.append(make_context(own, model, settings, device, view, data.TargetView(valid_set, k)))
+    return contexts, train_set
+
+
+def run_targets(cfg: TrainConfig) -> Dict[str, History]:
+    """Train every target of ``cfg.targets`` together; returns each target's history."""
+    contexts, train_set = prepare_targets(cfg)
+    starts = {id(ctx): resume(ctx)[0] for ctx in contexts}
+    stopped = set()
+    for epoch in range(min(starts.values()), cfg.epochs + 1):
+        active = []
+        for k, ctx in enumerate(contexts):
+            if id(ctx) in stopped or starts[id(ctx)] > epoch:
+                continue
+            if should_stop(ctx, epoch):
+                stopped.add(id(ctx))
+                continue
+            active.append((k, ctx))
+        if not active:
+            break
+        for (k, ctx), result in zip(active, train_epoch_shared(active, train_set, epoch)):
+            finish_epoch(ctx, epoch, *result)
+    return {ctx.cfg.target: ctx.history for ctx in contexts}
+
+
+def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int) -> List[tuple]:
+    """One pass over the shared training set, every active target stepping on each batch.
+
+    Returns, per target, what :func:`~openunmix_like.training.loop.train_epoch` returns:
+    mean loss, seconds (the shared epoch's), data-loading share, samples.
+    """
+    from tqdm import tqdm
+
+    lead = active[0][1]
+    torch.manual_seed(lead.cfg.seed + epoch)  # dropout draws, reproducible per epoch
+    for _, ctx in active:
+        ctx.model.train()
+        ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
+    share_stft = all(not ctx.batch_augment and (ctx.settings.n_fft, ctx.settings.n_hop) ==
+                     (lead.settings.n_fft, lead.settings.n_hop) for _, ctx in active)
+    progress = {id(ctx): EpochProgress() for _, ctx in active}
+    batches = loader(lead, train_set, epoch, train=True)
+    data_time, start = 0.0, time.perf_counter()
+    last = start
+    quiet = lead.cfg.quiet
+    with tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+        for batch, (x, targets) in enumerate(bar, start=1):
+            data_time += time.perf_counter() - last
+            x, targets = x.to(lead.device, non_blocking=True), targets.to(lead.device, non_blocking=True)
+            mix_stft = None
+            if share_stft:
+                with torch.no_grad():
+                    mix_stft = lead.objective.stft(x)
+            for k, ctx in active:
+                xk, yk = x, targets[:, k]
+                if ctx.batch_augment:
+                    xk, yk = ctx.batch_augment(xk, yk, ctx.generator)
+                loss = step(ctx, xk, yk, mix_stft=mix_stft)
+                own = progress[id(ctx)]
+                if loss is None:
+                    handle_nonfinite(ctx.cfg, epoch, batch)
+                else:
+                    if ctx.average is not None:
+                        ctx.average.update(ctx.model)
+                    own.total += loss * x.shape[0]
+                    own.count += x.shape[0]
+                ctx.history.global_step += 1
+            last = time.perf_counter()
+    elapsed = time.perf_counter() - start
+    share = data_time / max(elapsed, 1e-9)
+    return [(progress[id(ctx)].total / max(progress[id(ctx)].count, 1), elapsed, share, progress[id(ctx)].count)
+            for _, ctx in active]
