@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import MUSDB_7S, RATE, require, track_folders, write
+from helpers import MUSDB_7S, RATE, require, track_folders
 from openunmix_like import Separator
 from openunmix_like.cli.train import main as train_main
 from openunmix_like.data import FixedSourcesTrackFolderDataset
