@@ -384,6 +384,17 @@ def main(argv=None) -> int:
         training = bench_training(Path(tmp), args.training_tracks, musdb_root)
     plotted = plot(memory, Path(args.plot))
     text = report(args, speed, stages, wiener, memory, plotted, training)
+    if torch.cuda.is_available():  # the GPU section: scripts/gpu_benchmark.py's separation and command-line runs
+        import gpu_benchmark
+
+        print("gpu ...", file=sys.stderr)
+        device, clock = torch.device("cuda"), gpu_benchmark.Clock(torch.device("cuda"))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model").mkdir()
+            folder = gpu_benchmark.write_umxhq_shaped(Path(tmp) / "model")
+            gpu_benchmark.separation(folder, device, clock, [60, 600], 3600)
+            gpu_benchmark.command_line(folder, device, Path(tmp), 600)
+        text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS) + "\n"
     print(text)
     Path(args.output).write_text(text)
     return 0

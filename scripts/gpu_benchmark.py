@@ -283,6 +283,39 @@ def training(work: Path, smoke: bool, device: torch.device) -> None:
         RESULTS["train_reference_b16"] = {"skipped": f"{reference} not found (copy the reference recipe there)"}
 
 
+def markdown(results: dict) -> str:
+    """The GPU section of docs/benchmarks.md from :data:`RESULTS`."""
+    lines = ["## GPU", "",
+             f"Device: {results.get('device')}; torch {results.get('torch')}, CUDA {results.get('cuda')}; "
+             "command: `python3 scripts/gpu_benchmark.py` (random umxhq-shaped weights, niter 1).", "",
+             "| input | ours: whole forward (s) | ours: batched segments (s) | ours: one segment at a time (s) "
+             "| reference forward (s) | batched vs reference | peak GB: batched / reference | batched vs one at a time "
+             "/ peak |", "|---|---|---|---|---|---|---|---|"]
+    for key, row in results.items():
+        if not (key.startswith("separate_") and key.endswith("s") and "ours_whole" in row):
+            continue
+        def cell(name, field="s"):
+            return row.get(name, {}).get(field, "n/a")
+        ratio = "n/a"
+        if isinstance(cell("reference"), float) and isinstance(cell("ours_batched"), float):
+            ratio = f"{cell('reference') / cell('ours_batched'):.1f}x"
+        lines.append(f"| {key[len('separate_'):]} | {cell('ours_whole')} | {cell('ours_batched')} | "
+                     f"{cell('ours_one_segment_at_a_time')} | {cell('reference')} | {ratio} | "
+                     f"{cell('ours_batched', 'peak_gb')} / {cell('reference', 'peak_gb')} | "
+                     f"{row.get('batched_vs_one_at_a_time_over_peak', 'n/a')} |")
+    for key, row in results.items():
+        if key.startswith("cli_"):
+            lines += ["", f"`umx-separate --device cuda` on {key[4:]} of audio, end to end: {row['s']} s "
+                      f"({row['x_real_time']}x real time), GPU busy {row['gpu_busy_share']} of the wall time."]
+    lines += ["", "| training run | samples per second | data loading share (last epoch) |", "|---|---|---|"]
+    for key, row in results.items():
+        if key.startswith("train_") and isinstance(row, dict) and "samples_per_s" in row:
+            shares = row.get("data_loading_share_history") or []
+            share = f"{100 * shares[-1]:.0f} %" if shares else "n/a"
+            lines.append(f"| {key[len('train_'):]} | {row['samples_per_s']} | {share} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to check the script")
@@ -309,7 +342,8 @@ def main(argv=None) -> int:
         if "training" not in args.skip:
             training(work, args.smoke, device)
             save(out)
-    log(json.dumps({k: v for k, v in RESULTS.items() if not k.startswith("train_")}, indent=1))
+    (out / "gpu_section.md").write_text(markdown(RESULTS))
+    log(markdown(RESULTS))
     log("results:", out / "gpu_results.json")
     return 0
 
