@@ -43,6 +43,7 @@ from openunmix_like.inference import separate_tensor
 from openunmix_like.modeldir import AudioSettings, save_target
 
 ROOT = Path(__file__).resolve().parents[1]
+MARKER = "<!-- end of scripts/benchmark.py's report; what follows is kept when it is run again -->"
 sys.path.insert(0, str(ROOT / "tests"))  # the straightforward separator the tests check the fast paths against
 from naive import separate_naive  # noqa: E402
 TARGETS = ["vocals", "drums", "bass", "other"]
@@ -396,7 +397,10 @@ def main(argv=None) -> int:
             gpu_benchmark.command_line(folder, device, Path(tmp), 600)
         text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS) + "\n"
     print(text)
-    Path(args.output).write_text(text)
+    output = Path(args.output)
+    # Sections written by other scripts (the catalogue's, the CPU side-by-side) follow the marker: keep them.
+    kept = output.read_text().split(MARKER, 1)[1] if output.is_file() and MARKER in output.read_text() else "\n"
+    output.write_text(text.rstrip("\n") + "\n\n" + MARKER + kept)
     return 0
 
 
