@@ -168,6 +168,17 @@ def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:
         time.sleep(0.02)
 
 
+def _settled(out: Path) -> set:
+    """The finished tracks, once no more appear for a second."""
+    finished = done_tracks(out)
+    while True:
+        time.sleep(1.0)
+        now = done_tracks(out)
+        if now == finished:
+            return now
+        finished = now
+
+
 @pytest.mark.slow
 def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_cluster, capsys):
     inputs = make_inputs(tmp_path / "in", 6, seconds=4.0)
@@ -180,8 +191,7 @@ def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_clu
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
-    time.sleep(1.0)  # Ray ends the dead driver's tasks and actors
-    finished = done_tracks(out)
+    finished = _settled(out)  # once Ray has ended the dead driver's tasks and actors
     assert 1 <= len(finished) < 6
     before = mtimes(out, finished)
     assert main(args) == 0
@@ -228,8 +238,10 @@ def s3_server():
         host, port = server.get_host_and_port()
         options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
                    "client_kwargs": {"region_name": "us-east-1"}}
-        fs, _ = storage.filesystem("s3://catalogue", options)
-        fs.mkdir("catalogue")
+        import boto3
+
+        boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="catalogue")
         yield options
     finally:
         server.stop()
