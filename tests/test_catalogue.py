@@ -95,6 +95,21 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_inputs(tmp_path / "in", 1, seconds=0.5)
+    assert main([str(tmp_path / "in"), "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                 "--outdir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"umx-separate: error: --address 127.0.0.1:{port}: no Ray head node")
+    assert not (tmp_path / "out").exists()
+
+
 def test_importing_the_package_does_not_import_ray():
     code = ("import sys, openunmix_like, openunmix_like.cli.separate, openunmix_like.catalogue; "
             "print('ray' in sys.modules)")

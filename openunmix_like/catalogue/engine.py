@@ -47,6 +47,8 @@ def connect(address: Optional[str], verbose: bool) -> bool:
         return False
     common = dict(namespace=NAMESPACE, log_to_driver=verbose,
                   logging_level=logging.INFO if verbose else logging.WARNING)
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, **common)
@@ -57,6 +59,21 @@ def connect(address: Optional[str], verbose: bool) -> bool:
         raise OpenUnmixLikeError(f"{where}: cannot start or join Ray ({records.one_line(exc)}); "
                                  "check 'ray status' on the head node") from None
     return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, with one line, when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise OpenUnmixLikeError(f"--address {address}: no Ray head node answers there ({exc}); start one with "
+                                 "'ray start --head' and pass the address it prints") from None
 
 
 def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple[int, dict]:
