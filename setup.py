@@ -28,11 +28,12 @@ setup(
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools<81", "onnx>=1.15", "onnxruntime>=1.17",
-                  "ray[data]>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5"],
+                  "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
-        # umx-separate --engine ray: Ray, and fsspec/s3fs for s3:// and other URLs (Parquet manifests: pyarrow).
-        "ray": ["ray[data]>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12"],
+        # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
+        # s3:// and other URLs, pyarrow for Parquet manifests.
+        "ray": ["ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12"],
         # pyworld re-pitches speech into song; its __init__ still imports pkg_resources.
         "synth": ["pyworld>=0.3.4", "setuptools<81"],
     },

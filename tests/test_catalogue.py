@@ -110,6 +110,26 @@ def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_actor_layout_follows_the_cluster():
+    from openunmix_like.catalogue.engine import actor_layout
+    from openunmix_like.cli.separate import build_parser
+
+    def layout(options, **resources):
+        return actor_layout(build_parser().parse_args(["x.wav", *options]), resources)
+
+    assert layout([], CPU=2.0) == (1, {"num_cpus": 1.0})  # one core left to decode and write
+    assert layout([], CPU=16.0) == (14, {"num_cpus": 1.0})
+    assert layout(["--actor-cpus", "4"], CPU=16.0) == (3, {"num_cpus": 4.0})
+    assert layout(["--device", "cuda"], CPU=16.0, GPU=2.0) == (2, {"num_cpus": 1.0, "num_gpus": 1.0})
+    assert layout(["--device", "cuda", "--actor-gpus", "0.5"], CPU=16.0, GPU=1.0) == (
+        2, {"num_cpus": 1.0, "num_gpus": 0.5})
+    with pytest.raises(OpenUnmixLikeError, match="the Ray cluster has no GPUs"):
+        layout(["--device", "cuda"], CPU=16.0)
+    with pytest.raises(OpenUnmixLikeError, match="leave no room .* pass --io-cpus 0"):
+        layout(["--actors", "2"], CPU=2.0)
+    assert layout(["--actors", "2", "--io-cpus", "0"], CPU=2.0) == (2, {"num_cpus": 1.0})
+
+
 def test_importing_the_package_does_not_import_ray():
     code = ("import sys, openunmix_like, openunmix_like.cli.separate, openunmix_like.catalogue; "
             "print('ray' in sys.modules)")

@@ -253,6 +253,10 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         progress.close()
         _report(str(exc))
         return 1
+    except KeyboardInterrupt:
+        progress.close()
+        _report("interrupted; finished tracks are recorded, run the same command again to do the rest")
+        return 130
     finally:
         if started:
             import_ray().shutdown()
