@@ -195,6 +195,24 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
     assert not (tmp_path / "ray" / records.FAILURES_NAME).exists()  # this run's failures: none
 
 
+@pytest.mark.slow
+def test_ray_takes_the_output_options_of_the_local_engine(tmp_path, model_dir, ray_cluster):
+    inputs = make_inputs(tmp_path / "in", 2, seconds=3.0)
+    options = [str(inputs), "--model", str(model_dir()), "--quiet", "--start", "0.5", "--duration", "2",
+               "--aggregate", '{"vocals": ["vocals"], "band": ["drums", "bass", "other"]}', "--ext", "flac",
+               "--bits", "24", "--keep-model-rate", "--filename", "{target}/{track}.{ext}", "--niter", "0"]
+    assert main(options + ["--outdir", str(tmp_path / "local")]) == 0
+    assert main(options + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 0
+    for k in range(2):
+        for name in ("vocals", "band"):
+            ours, rate = sf.read(tmp_path / "ray" / name / f"t{k}.flac")
+            theirs, _ = sf.read(tmp_path / "local" / name / f"t{k}.flac")
+            assert rate == 44100 and ours.shape == theirs.shape == (2 * 44100, 2)
+            assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
+        record = json.loads((tmp_path / "ray" / f"t{k}" / records.DONE_NAME).read_text())
+        assert sorted(record["stems"]) == ["band", "vocals"] and record["settings"]["start"] == 0.5
+
+
 def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:
     deadline = time.monotonic() + timeout
     while not done_tracks(out):

@@ -148,7 +148,7 @@ def _failure_of(exc: BaseException, track: Track) -> Failure:
     return track.source, "ray", f"{track.source}: {type(exc).__name__}: {records.one_line(exc)}"
 
 
-def execute(plan: Plan, separator, names: List[str], options: Options, args: argparse.Namespace,
+def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
             progress: Progress) -> Tuple[int, List[Failure]]:
     """Push every track of ``plan.todo`` through the three stages; return how many finished and the failures."""
     ray = import_ray()
@@ -159,6 +159,7 @@ def execute(plan: Plan, separator, names: List[str], options: Options, args: arg
     worker = ray.remote(SeparationWorker)
     # The model goes into the object store once; each actor (and a restarted one) fetches it from there.
     model = functools.partial(_fetch, [ray.put(separator)])
+    targets = separator.target_names  # what the actors return, before --aggregate
     threads = max(1, math.ceil(args.actor_cpus))
     # A killed actor restarts (reloading the model) and its queued tracks are retried there.
     actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
@@ -176,7 +177,7 @@ def execute(plan: Plan, separator, names: List[str], options: Options, args: arg
                 k = load.index(min(load))  # the least busy actor
                 decoded = decode_task.remote(track, options)
                 separated = actors[k].separate.remote(track, decoded, options, model)
-                pending[write_task.remote(track, separated, names, options)] = (track, k)
+                pending[write_task.remote(track, separated, targets, options)] = (track, k)
                 load[k] += 1
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         return 1
     progress = Progress(len(plan.todo), args.quiet)
     try:
-        finished, run_failures = execute(plan, separator, names, options, args, progress) if plan.todo else (0, [])
+        finished, run_failures = execute(plan, separator, options, args, progress) if plan.todo else (0, [])
     except OpenUnmixLikeError as exc:
         progress.close()
         _report(str(exc))

@@ -151,7 +151,11 @@ class SeparationWorker:
 
 
 def write(track: Track, separated: Separated, target_names, options: Options) -> dict:
-    """Encode and store every stem (each one atomically), then the ``_done.json`` record; return it."""
+    """Encode and store every stem (each one atomically), then the ``_done.json`` record; return it.
+
+    ``target_names``: the separator's targets, in the order of ``separated.stems``
+    (``--aggregate`` sums them into the stems of ``track.stems``).
+    """
     try:
         return _write(track, separated, list(target_names), options)
     except Exception as exc:
