@@ -224,6 +224,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
     try:
         check_options(args)
         import_ray()
+        if args.outdir.startswith("file://"):  # a local folder: written by rename, which is atomic
+            args.outdir = args.outdir[len("file://"):]
         if not storage.is_url(args.outdir):
             args.outdir = os.path.abspath(args.outdir)
         storage_options = parse_storage_options(args.storage_options)
