@@ -4,9 +4,11 @@ Each Ray test starts its own local Ray with 2 CPUs and stops it; the object
 storage test runs moto's S3 server on 127.0.0.1.
 """
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,11 +32,15 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
+    folder = tempfile.mkdtemp(prefix="umx-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             _temp_dir=folder)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_inputs(folder: Path, n: int, seconds: float = 2.0, corrupt: bool = False) -> Path:
