@@ -209,14 +209,18 @@ def test_ray_takes_the_output_options_of_the_local_engine(tmp_path, model_dir, r
                "--bits", "24", "--keep-model-rate", "--filename", "{target}/{track}.{ext}", "--niter", "0"]
     assert main(options + ["--outdir", str(tmp_path / "local")]) == 0
     assert main(options + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 0
-    for k in range(2):
-        for name in ("vocals", "band"):
-            ours, rate = sf.read(tmp_path / "ray" / name / f"t{k}.flac")
-            theirs, _ = sf.read(tmp_path / "local" / name / f"t{k}.flac")
-            assert rate == 44100 and ours.shape == theirs.shape == (2 * 44100, 2)
-            assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
-        record = json.loads((tmp_path / "ray" / f"t{k}" / records.DONE_NAME).read_text())
-        assert sorted(record["stems"]) == ["band", "vocals"] and record["settings"]["start"] == 0.5
+    # Tracks over --stream-over seconds are streamed through their actor instead of passed whole.
+    assert main(options + ["--engine", "ray", "--outdir", str(tmp_path / "streamed"), "--stream-over", "1"]) == 0
+    for out in ("ray", "streamed"):
+        for k in range(2):
+            for name in ("vocals", "band"):
+                ours, rate = sf.read(tmp_path / out / name / f"t{k}.flac")
+                theirs, _ = sf.read(tmp_path / "local" / name / f"t{k}.flac")
+                assert rate == 44100 and ours.shape == theirs.shape == (2 * 44100, 2)
+                assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
+            record = json.loads((tmp_path / out / f"t{k}" / records.DONE_NAME).read_text())
+            assert sorted(record["stems"]) == ["band", "vocals"] and record["settings"]["start"] == 0.5
+            assert record["duration"] == 2.0
 
 
 def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:

@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
                    help="tracks decoded, separated or written at once, bounding memory "
                         "(default 2 per actor plus 2)")
+    g.add_argument("--stream-over", type=float, default=1200.0, metavar="SECONDS",
+                   help="tracks longer than this are decoded, separated and written piece by piece inside their "
+                        "separation actor, in bounded memory, instead of passing whole between the stages "
+                        "(default 1200)")
     g.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options for URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
                         "(default: the backend's own configuration and environment)")

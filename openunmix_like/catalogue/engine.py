@@ -99,6 +99,8 @@ def check_options(args: argparse.Namespace) -> None:
     for name, value, low in (("--actors", args.actors, 1), ("--max-in-flight", args.max_in_flight, 1)):
         if value is not None and value < low:
             raise OpenUnmixLikeError(f"{name} must be at least {low}")
+    if args.stream_over < 0:
+        raise OpenUnmixLikeError("--stream-over must be at least 0")
     for name, value in (("--actor-cpus", args.actor_cpus), ("--actor-gpus", args.actor_gpus),
                         ("--io-cpus", args.io_cpus)):
         if value < 0 or (name != "--io-cpus" and value == 0):
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         failures.extend(plan.failures)
         options = Options(args.start, args.duration, args.segment, args.overlap, args.batch_segments,
                           args.keep_model_rate, aggregate, args.ext, args.bits, args.clip,
-                          args.model or "default", model_sha256, settings, storage_options)
+                          args.model or "default", model_sha256, settings, storage_options, args.stream_over)
         started = connect(args.address, args.verbose) if plan.todo else False
     except OpenUnmixLikeError as exc:
         _report(str(exc))

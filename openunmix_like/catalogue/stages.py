@@ -53,14 +53,19 @@ class Track:
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-    audio: np.ndarray  # (nb_channels, nb_timesteps) float32
+    """A decoded track, or (``audio`` None) word that it is long and is streamed by the separation actor."""
+
+    audio: Optional[np.ndarray]  # (nb_channels, nb_timesteps) float32
     sample_rate: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Separated:
-    stems: np.ndarray  # (nb_targets, nb_channels, nb_timesteps) float32
+    """A track's stems, or (``stems`` None) the record of a long track the actor already wrote."""
+
+    stems: Optional[np.ndarray]  # (nb_targets, nb_channels, nb_timesteps) float32
     sample_rate: int
+    record: Optional[dict] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Options:
     model_sha256: str
     settings: dict
     storage_options: Optional[dict] = None
+    stream_over: Optional[float] = None  # seconds; longer tracks are streamed inside the actor
 
 
 def _reason(exc: BaseException) -> str:
@@ -96,6 +102,8 @@ def decode(track: Track, options: Options) -> Decoded:
     try:
         with storage.local_copy(track.source, options.storage_options) as local:
             with AudioSource(local, start=options.start, duration=options.duration) as source:
+                if options.stream_over is not None and source.nb_frames > options.stream_over * source.sample_rate:
+                    return Decoded(None, source.sample_rate)
                 audio = source.read(0, source.nb_frames).numpy()
                 return Decoded(audio, source.sample_rate)
     except Exception as exc:
@@ -136,6 +144,8 @@ class SeparationWorker:
             if self.separator is None:
                 self._load(model)
             out_rate = int(self.separator.sample_rate) if options.keep_model_rate else decoded.sample_rate
+            if decoded.audio is None:
+                return Separated(None, out_rate, self._stream(track, out_rate, options))
             audio = torch.from_numpy(decoded.audio)
             chunks = [c.cpu() for c in iter_separate(self.separator, audio, decoded.sample_rate,
                                                      options.segment or None, options.overlap,
@@ -143,6 +153,18 @@ class SeparationWorker:
             return Separated(torch.cat(chunks, dim=-1).numpy(), int(out_rate))
         except Exception as exc:
             raise StageError("separate", track.source, _reason(exc)) from None
+
+    def _stream(self, track: Track, out_rate: int, options: Options) -> dict:
+        """Decode, separate and store a long track piece by piece, as ``--engine local`` does (bounded memory)."""
+        from ..audio import AudioSource
+        from ..inference import iter_separate
+
+        with storage.local_copy(track.source, options.storage_options) as local:
+            with AudioSource(local, start=options.start, duration=options.duration) as source:
+                chunks = iter_separate(self.separator, source, source.sample_rate, options.segment or None,
+                                       options.overlap, out_rate=out_rate, batch_segments=options.batch_segments)
+                return store(track, (c.cpu() for c in chunks), out_rate, source.nb_channels,
+                             self.separator.target_names, options)
 
     def pid(self) -> int:
         import os
@@ -156,25 +178,30 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
     ``target_names``: the separator's targets, in the order of ``separated.stems``
     (``--aggregate`` sums them into the stems of ``track.stems``).
     """
+    if separated.record is not None:  # a long track, stored by its actor
+        return separated.record
     try:
-        return _write(track, separated, list(target_names), options)
+        stems = separated.stems
+        return store(track, [torch.from_numpy(stems)], separated.sample_rate, stems.shape[1], target_names, options)
     except Exception as exc:
         raise StageError("write", track.source, _reason(exc)) from None
 
 
-def _write(track: Track, separated: Separated, target_names, options: Options) -> dict:
+def store(track: Track, chunks, rate: int, nb_channels: int, target_names, options: Options) -> dict:
+    """Encode ``(nb_targets, nb_channels, n)`` chunks into the track's stems, store them, then ``_done.json``."""
     from ..separator import aggregate_estimates
     from ..writer import StemWriter
 
-    stems, rate = separated.stems, separated.sample_rate
-    estimates = aggregate_estimates(dict(zip(target_names, torch.from_numpy(stems))), options.aggregate)
+    names, frames = list(target_names), 0
     remote = any(storage.is_url(url) for url in track.stems.values())
     folder = Path(tempfile.mkdtemp(prefix="umx-stems-")) if remote else None
     try:
         local = ({name: folder / f"{name}.{options.ext}" for name in track.stems} if remote
                  else {name: Path(url) for name, url in track.stems.items()})
-        with StemWriter(local, rate, stems.shape[1], options.ext, options.bits, options.clip) as writer:
-            writer.write(estimates)
+        with StemWriter(local, rate, nb_channels, options.ext, options.bits, options.clip) as writer:
+            for chunk in chunks:
+                writer.write(aggregate_estimates(dict(zip(names, chunk)), options.aggregate))
+                frames += chunk.shape[-1]
             writer.finish()
         described = {name: {"path": track.stems[name], "sha256": records.file_sha256(path),
                             "bytes": path.stat().st_size} for name, path in local.items()}
@@ -185,6 +212,6 @@ def _write(track: Track, separated: Separated, target_names, options: Options) -
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
     record = records.make_record(track.source, track.input_size, options.model, options.model_sha256,
-                                 options.settings, described, stems.shape[-1] / rate, int(rate))
+                                 options.settings, described, frames / rate, int(rate))
     storage.write_bytes(track.done, (json.dumps(record, indent=2) + "\n").encode(), options.storage_options)
     return record
