@@ -3,7 +3,8 @@
 Each track flows through three stages, chained by Ray object references so the
 driver never holds audio: ``decode`` (a CPU task) -> ``SeparationWorker.separate``
 (an actor holding the model, on a GPU or CPUs) -> ``write`` (a CPU task that
-encodes, stores the stems and then the track's ``_done.json``). The driver keeps
+encodes, stores the stems and then the track's ``_done.json``; tracks over
+``--stream-over`` seconds are read and stored by their actor instead). The driver keeps
 at most ``--max-in-flight`` tracks in the pipeline, so memory stays bounded
 whatever the catalogue's size; it waits for any one to finish and submits the
 next. Why tasks and actors rather than Ray Data: docs/catalogue.md.

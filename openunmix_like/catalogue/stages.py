@@ -111,7 +111,10 @@ def decode(track: Track, options: Options) -> Decoded:
 
 
 class SeparationWorker:
-    """Holds one separator (loaded once) and separates whole decoded tracks with it.
+    """Holds one separator (loaded once) and separates decoded tracks with it.
+
+    Tracks that :func:`decode` found longer than ``Options.stream_over`` come
+    without audio: the worker reads, separates and stores them piece by piece.
 
     The model comes with each call and is loaded by the first one: a restarted
     worker (its process was killed) loads it again without help from the driver.
