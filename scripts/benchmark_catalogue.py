@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -70,11 +71,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--model", default=None, help="model for every run (default: the bundled one)")
     p.add_argument("--workdir", default=None, help="folder for the tracks and outputs (default: a temporary one)")
+    p.add_argument("--options", default="", help='more umx-separate options for every run, e.g. "--device cuda"')
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="umx-catalogue-bench-"))
     inputs = work / "in"
     make_tracks(inputs, args.tracks, args.seconds)
     common = ["umx-separate", str(inputs), "--quiet"] + (["--model", args.model] if args.model else [])
+    common += shlex.split(args.options)
     runs = [("local", ["--engine", "local", "--jobs", "2"]),
             ("ray", ["--engine", "ray"]),
             ("ray", ["--engine", "ray", "--actors", "2", "--io-cpus", "0"])]
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
         rows.append((engine, " ".join(options), wall, diff))
     audio_h = args.tracks * args.seconds / 3600
     print(f"\n{args.tracks} tracks of {args.seconds:g} s ({audio_h:.2f} h of audio), model "
-          f"{args.model or 'bundled default'}; {platform.processor() or platform.machine()}, "
+          f"{args.model or 'bundled default'}{', ' + args.options if args.options else ''}; "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     print("| engine | options | wall (s) | tracks per hour | x real time | max stem diff to local / peak |")
     print("|---|---|---|---|---|---|")
