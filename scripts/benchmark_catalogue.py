@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--model", default=None, help="model for every run (default: the bundled one)")
     p.add_argument("--workdir", default=None, help="folder for the tracks and outputs (default: a temporary one)")
-    p.add_argument("--options", default="", help='more umx-separate options for every run, e.g. "--device cuda"')
+    p.add_argument("--options", default="",
+                   help='more umx-separate options for every run, e.g. --options="--device cuda --niter 1"')
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="umx-catalogue-bench-"))
     inputs = work / "in"
