@@ -129,6 +129,8 @@ def test_actor_layout_follows_the_cluster():
     assert layout(["--device", "cuda"], CPU=16.0, GPU=2.0) == (2, {"num_cpus": 1.0, "num_gpus": 1.0})
     assert layout(["--device", "cuda", "--actor-gpus", "0.5"], CPU=16.0, GPU=1.0) == (
         2, {"num_cpus": 1.0, "num_gpus": 0.5})
+    with pytest.raises(OpenUnmixLikeError, match="need more than the cluster's 1 GPUs"):
+        layout(["--device", "cuda", "--actors", "3", "--actor-gpus", "0.5"], CPU=16.0, GPU=1.0)
     with pytest.raises(OpenUnmixLikeError, match="the Ray cluster has no GPUs"):
         layout(["--device", "cuda"], CPU=16.0)
     with pytest.raises(OpenUnmixLikeError, match="leave no room .* pass --io-cpus 0"):

@@ -85,6 +85,9 @@ def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple
             raise OpenUnmixLikeError("--device cuda: the Ray cluster has no GPUs; use --device cpu "
                                      "or add GPU nodes ('ray status' lists them)")
         count = args.actors or max(1, int(gpus // args.actor_gpus))
+        if count * args.actor_gpus > gpus:
+            raise OpenUnmixLikeError(f"{count} actors x --actor-gpus {args.actor_gpus:g} need more than the "
+                                     f"cluster's {gpus:g} GPUs; lower --actors or --actor-gpus")
         return count, {"num_cpus": args.actor_cpus, "num_gpus": args.actor_gpus}
     # Leave an eighth of the CPUs (at least io_cpus) to the decode and write tasks.
     spare = max(args.io_cpus, cpus / 8)
@@ -144,7 +147,8 @@ def _failure_of(exc: BaseException, track: Track) -> Failure:
     if isinstance(exc, ray.exceptions.RayActorError):
         return track.source, "separate", (f"{track.source}: the separation actor died "
                                           f"{ACTOR_TASK_RETRIES + 1} times on this track ({type(exc).__name__}); "
-                                          "too long for the actor's memory? try a smaller --segment")
+                                          "out of memory? check the node's memory, lower --stream-over or "
+                                          "--batch-segments")
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)):
         return track.source, "worker", (f"{track.source}: a worker was lost {TASK_RETRIES + 1} times "
                                         f"({type(exc).__name__}); check the nodes' memory and logs")
