@@ -10,7 +10,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -146,8 +146,12 @@ def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
 
 
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
-                  aggregate: Optional[dict], outputs: Dict[str, Path]) -> None:
-    """Separate one file into its output paths (all written, or none)."""
+                  aggregate: Optional[dict], outputs: Dict[str, Path],
+                  on_progress: Optional[Callable[[float], None]] = None) -> None:
+    """Separate one file into its output paths (all written, or none).
+
+    ``on_progress`` (used by ``umx-web``) is called with the fraction done after each chunk.
+    """
     from ..audio import AudioSource
     from ..writer import StemWriter
 
@@ -162,12 +166,15 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
             # A writer thread encodes each chunk while the next one is separated; one chunk in
             # flight at most, so memory stays bounded and a write error surfaces at the next chunk.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-write") as encoder:
-                writing = None
+                writing, done = None, 0
                 for chunk in chunks:
                     stems = aggregate_estimates(dict(zip(names, chunk)), aggregate)
                     if writing is not None:
                         writing.result()
                     writing = encoder.submit(writer.write, stems)
+                    if on_progress is not None:
+                        done += chunk.shape[-1]
+                        on_progress(min(1.0, done / max(1, source.nb_frames * out_rate / source.sample_rate)))
                 if writing is not None:
                     writing.result()
             writer.finish()
