@@ -15,7 +15,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["openunmix_like", "openunmix_like.*"]),
-    package_data={"openunmix_like": ["py.typed", "pretrained.json", "models/*/*"]},
+    package_data={"openunmix_like": ["py.typed", "pretrained.json", "models/*/*", "web/static/*"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.22",
@@ -28,8 +28,11 @@ setup(
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools<81", "onnx>=1.15", "onnxruntime>=1.17",
-                  "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5"],
+                  "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5",
+                  "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # umx-web: the local web app (FastAPI on uvicorn; python-multipart reads uploads).
+        "web": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
         # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
         # s3:// and other URLs, pyarrow for Parquet manifests.
@@ -45,6 +48,7 @@ setup(
             "umx-synth=openunmix_like.cli.synth:main",
             "umx-export=openunmix_like.cli.export:main",
             "umx-compare=openunmix_like.cli.compare:main",
+            "umx-web=openunmix_like.cli.web:main",
         ]
     },
     classifiers=[

@@ -1,0 +1,110 @@
+"""``umx-web``: a local web app to separate songs, listen to the stems together and download them."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .. import __version__
+from ..errors import OpenUnmixLikeError
+from ..pretrained import cache_dir
+
+INSTALL_HINT = "umx-web needs the web extra: pip install 'openunmix-like[web]'"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umx-web", description="Separate songs in your browser, on this machine.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME|DIR",
+                   help="model folder or published model name to offer (repeatable; the first is the default); "
+                        "the bundled model and published models already downloaded are always offered")
+    p.add_argument("--jobs-dir", default=None, metavar="DIR",
+                   help="folder for uploads and results, kept across restarts (default: <cache>/web-jobs)")
+    p.add_argument("--workers", type=int, default=1, help="jobs separated at once, one process each (default 1)")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="longest track accepted (default 30)")
+    p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest upload accepted (default 500)")
+    p.add_argument("--keep-mb", type=float, default=5000.0,
+                   help="total size of kept jobs; the oldest finished ones are removed beyond it (default 5000)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _report(message: str) -> None:
+    print(f"umx-web: error: {message}", file=sys.stderr)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("workers", "max_minutes", "max_upload_mb", "keep_mb"):
+        if getattr(args, name) <= 0:
+            raise OpenUnmixLikeError(f"--{name.replace('_', '-')} must be above 0")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from ..web.app import create_app
+    except ImportError:
+        _report(INSTALL_HINT)
+        return 1
+    from ..web.jobs import JobManager
+    from ..web.models import discover_models, model_args
+
+    try:
+        _check_args(args)
+        models = discover_models(args.model)
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
+    jobs_dir = Path(args.jobs_dir).expanduser() if args.jobs_dir else cache_dir() / "web-jobs"
+    manager = JobManager(jobs_dir, model_args(models), workers=args.workers, max_minutes=args.max_minutes,
+                         max_upload_mb=args.max_upload_mb, keep_mb=args.keep_mb)
+    app = create_app(manager, models)
+    if not is_loopback(args.host):
+        print(f"umx-web: warning: listening on {args.host}: anyone who can reach this machine on the network "
+              "can upload files and use its CPU; use --host 127.0.0.1 to keep it private", file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    announce = threading.Thread(target=_announce, args=(server, args), daemon=True)
+    announce.start()
+    server.run()
+    return 0
+
+
+def _announce(server, args: argparse.Namespace) -> None:
+    """Print the URL once the server listens (the real port when --port 0), and open it if asked."""
+    import time
+
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    port = args.port
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            port = sock.getsockname()[1]
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    print(f"umx-web: serving on {url} (Ctrl+C stops)", flush=True)
+    if args.open:
+        webbrowser.open(url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

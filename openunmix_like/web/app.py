@@ -1,0 +1,158 @@
+"""The HTTP side of ``umx-web``: the JSON API, server-sent events and the static page (FastAPI).
+
+Every path parameter is matched against a strict pattern before any file is touched: a job id is
+32 hex digits, a stem one of the job's own names; anything else is a 404, so no request reads
+outside the jobs folder.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import List, Optional
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from .jobs import JobError, JobManager
+
+STATIC = Path(__file__).parent / "static"
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+EVENT_POLL_S = 0.25
+KEEPALIVE_S = 15.0
+
+
+def _not_found(what: str = "no such job") -> HTTPException:
+    return HTTPException(status_code=404, detail=what)
+
+
+def split_targets(values: Optional[List[str]]) -> Optional[List[str]]:
+    """``targets`` fields: repeated, or one field of names separated by commas or spaces."""
+    names = [n for v in values or [] for n in re.split(r"[,\s]+", v) if n]
+    return names or None
+
+
+def create_app(manager: JobManager, models: dict) -> FastAPI:
+    """The web app over a (not yet started) :class:`JobManager`; starting the app starts it.
+
+    Args:
+        manager: the jobs.
+        models: :func:`openunmix_like.web.models.discover_models` output, shown by ``GET /api/models``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(manager.stop)
+
+    app = FastAPI(title="umx-web", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_job_routes(app, manager)
+    _add_file_routes(app, manager)
+
+    @app.get("/api/models")
+    def list_models() -> JSONResponse:
+        return JSONResponse([{"name": name, "label": m["label"], "targets": m["targets"]}
+                             for name, m in models.items()])
+
+    @app.get("/api/limits")
+    def limits() -> JSONResponse:
+        return JSONResponse({"max_minutes": manager.max_minutes, "max_upload_mb": manager.max_upload_mb})
+
+    @app.get("/api/events")
+    async def events(request: Request) -> StreamingResponse:
+        return StreamingResponse(_event_stream(request, manager), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    return app
+
+
+def _add_job_routes(app: FastAPI, manager: JobManager) -> None:
+    @app.post("/api/jobs")
+    async def create_job(file: UploadFile = File(...), model: Optional[str] = Form(None),
+                         targets: Optional[List[str]] = Form(None), residual: Optional[str] = Form(None),
+                         ext: str = Form("wav"), bits: int = Form(16)) -> JSONResponse:
+        try:
+            # The upload is already spooled to a temporary file; copying it blocks, so off the loop.
+            job = await asyncio.to_thread(manager.submit, file.filename, file.file, model, split_targets(targets),
+                                          residual or None, ext, bits)
+        except JobError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        finally:
+            await file.close()
+        return JSONResponse({"id": job.id}, status_code=201)
+
+    @app.get("/api/jobs")
+    def list_jobs() -> JSONResponse:
+        return JSONResponse([job.public() for job in manager.list()])
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: str) -> JSONResponse:
+        job = manager.get(job_id)
+        if job is None:
+            raise _not_found()
+        return JSONResponse(job.public())
+
+    @app.delete("/api/jobs/{job_id}")
+    def delete_job(job_id: str) -> JSONResponse:
+        outcome = manager.cancel_or_delete(job_id)
+        if outcome is None:
+            raise _not_found()
+        return JSONResponse({"id": job_id, "result": outcome})
+
+
+def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
+    @app.get("/api/jobs/{job_id}/stems/{name}")
+    def get_stem(job_id: str, name: str) -> FileResponse:
+        path = manager.stem_path(job_id, name)
+        if path is None:
+            raise _not_found("no such stem")
+        job = manager.get(job_id)
+        filename = f"{Path(job.filename).stem or 'track'}-{path.name}"
+        return FileResponse(path, media_type=MEDIA_TYPES[job.ext], filename=filename)
+
+    @app.get("/api/jobs/{job_id}/zip")
+    async def get_zip(job_id: str) -> FileResponse:
+        path = await asyncio.to_thread(manager.zip_path, job_id)
+        if path is None:
+            raise _not_found("no finished job with this id")
+        job = manager.get(job_id)
+        return FileResponse(path, media_type="application/zip",
+                            filename=f"{Path(job.filename).stem or 'track'}-stems.zip")
+
+    @app.get("/api/jobs/{job_id}/mixture")
+    def get_mixture(job_id: str) -> FileResponse:
+        path = manager.input_path(job_id)
+        if path is None:
+            raise _not_found()
+        return FileResponse(path, media_type="application/octet-stream")
+
+
+async def _event_stream(request: Request, manager: JobManager):
+    """``job`` events (a job's public fields) when a job changes, ``removed`` when one is gone."""
+    sent: dict = {}
+    idle = 0.0
+    yield "retry: 1000\n\n"
+    while not await request.is_disconnected():
+        current = {job.id: job.public() for job in manager.list()}
+        changes = []
+        for job_id, state in current.items():
+            if sent.get(job_id) != state:
+                changes.append(f"event: job\ndata: {json.dumps(state)}\n\n")
+        for job_id in set(sent) - set(current):
+            changes.append(f"event: removed\ndata: {json.dumps({'id': job_id})}\n\n")
+        sent = current
+        if changes:
+            idle = 0.0
+            yield "".join(changes)
+        elif idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(EVENT_POLL_S)
+        idle += EVENT_POLL_S

@@ -1,0 +1,465 @@
+"""Jobs of ``umx-web``: one folder per job on disk, a queue, and worker processes that separate.
+
+A job folder ``JOBS_DIR/<id>/`` holds ``job.json`` (its state), ``input<.ext>`` (the upload) and
+``stems/<name>.<ext>`` (written by :func:`openunmix_like.cli.separate.separate_file`, so all of a
+track's stems appear at once or none do). Separation runs in worker processes so the server's
+event loop never waits on torch; a cancelled job's worker is killed and replaced. This module
+imports no web framework: :mod:`openunmix_like.web.app` puts HTTP on top of :class:`JobManager`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+import zipfile
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import BinaryIO, Callable, Deque, Dict, List, Optional
+
+from ..errors import OpenUnmixLikeError
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+STEM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
+COPY_BLOCK = 1 << 20
+
+
+class JobError(OpenUnmixLikeError):
+    """A request names options the server cannot honour (unknown model, bad target name, format)."""
+
+
+@dataclasses.dataclass
+class Job:
+    """State of one job, as saved in its ``job.json``."""
+
+    id: str
+    filename: str
+    created: float
+    model: str = "default"
+    targets: Optional[List[str]] = None
+    residual: Optional[str] = None
+    ext: str = "wav"
+    bits: int = 16
+    input: str = "input"
+    status: str = "queued"
+    progress: float = 0.0
+    stems: List[str] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+
+    def public(self) -> dict:
+        """The fields the HTTP API returns."""
+        return {"id": self.id, "status": self.status, "progress": round(self.progress, 4), "stems": self.stems,
+                "error": self.error, "filename": self.filename, "created": self.created, "model": self.model,
+                "ext": self.ext}
+
+
+def new_job_id() -> str:
+    """128 random bits: ids cannot be guessed from one another."""
+    return secrets.token_hex(16)
+
+
+def clean_filename(name: Optional[str]) -> str:
+    """The upload's base name, printable and short (it is only shown, never used as a path)."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(c for c in base if c.isprintable()).strip()
+    return base[:200] or "upload"
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` or ``m:ss``, rounded up to the second (a limit of 2.5 s reads 0:03)."""
+    total = int(-(-seconds // 1))
+    hours, rest = divmod(total, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- worker process
+
+def _worker_main(conn, max_minutes: float) -> None:
+    """Run jobs sent over ``conn`` one at a time; answer progress, done or failed messages."""
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cache: Dict[tuple, object] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        job_id, spec = message
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if fraction - last[0] >= 0.01 or fraction >= 1.0:
+                last[0] = fraction
+                conn.send(("progress", job_id, fraction))
+
+        try:
+            stems = run_job(spec, progress, cache, max_minutes)
+            conn.send(("done", job_id, stems))
+        except OpenUnmixLikeError as exc:
+            conn.send(("failed", job_id, str(exc).replace(spec["input"], spec["filename"])))
+        except Exception as exc:  # the worker keeps serving; the message names the file
+            conn.send(("failed", job_id, f"{spec['filename']}: unexpected {type(exc).__name__}: {exc}"))
+
+
+def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minutes: float) -> List[str]:
+    """Separate one job's input into its ``stems/`` folder; return the stem names.
+
+    ``cache`` keeps the last separator loaded (one, so a worker's memory stays that of one model).
+    """
+    from ..audio import info
+    from ..cli.separate import build_parser, load_separator, separate_file
+    from ..errors import AudioError
+
+    argv = ["-", "--quiet", "--force", "--ext", spec["ext"], "--bits", str(spec["bits"])]
+    if spec["model_arg"] is not None:
+        argv += ["--model", spec["model_arg"]]
+    if spec["targets"]:
+        argv += ["--targets", *spec["targets"]]
+    if spec["residual"]:
+        argv += ["--residual", spec["residual"]]
+    args = build_parser().parse_args(argv)
+    key = (args.model, tuple(args.targets or ()), args.residual)
+    if key not in cache:
+        cache.clear()
+        cache[key] = load_separator(args)
+    separator = cache[key]
+    path = Path(spec["input"])
+    seconds = info(path).duration
+    if seconds > max_minutes * 60:
+        raise AudioError(f"{path}: lasts {clock(seconds)}, over this server's limit of {clock(max_minutes * 60)} "
+                         "(umx-web --max-minutes); cut the file or restart the server with a higher limit")
+    stems_dir = path.parent / "stems"
+    names = list(separator.target_names)
+    outputs = {name: stems_dir / f"{name}.{spec['ext']}" for name in names}
+    separate_file(path, separator, args, None, outputs, on_progress=progress)
+    return names
+
+
+class _Worker:
+    """One separation process and the job it runs (if any)."""
+
+    def __init__(self, context, max_minutes: float):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, max_minutes), daemon=True,
+                                       name="umx-web-worker")
+        self.process.start()
+        child.close()
+        self.job: Optional[str] = None
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+# ---------------------------------------------------------------- manager
+
+class JobManager:
+    """Owns the jobs folder, the queue and the worker processes.
+
+    Args:
+        jobs_dir: folder of the job folders (created).
+        models: model name shown to users -> argument of ``Separator.from_pretrained`` (``None``: bundled).
+        workers: jobs separated at once, each in its own process.
+        max_minutes: longest input accepted.
+        max_upload_mb: largest upload accepted.
+        keep_mb: total size of kept jobs; the oldest finished jobs are removed beyond it.
+    """
+
+    def __init__(self, jobs_dir: Path, models: Dict[str, Optional[str]], workers: int = 1,
+                 max_minutes: float = 30.0, max_upload_mb: float = 500.0, keep_mb: float = 5000.0):
+        self.jobs_dir = Path(jobs_dir)
+        self.models = dict(models)
+        self.nb_workers = workers
+        self.max_minutes = max_minutes
+        self.max_upload_mb = max_upload_mb
+        self.keep_mb = keep_mb
+        self._lock = threading.RLock()
+        self._jobs: Dict[str, Job] = {}
+        self._queue: Deque[str] = deque()
+        self._workers: List[_Worker] = []
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._context = multiprocessing.get_context("spawn")
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Load saved jobs (unfinished ones are queued again), start the workers and the dispatcher."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.jobs_dir.glob("*/job.json")):
+            job = self._read(path)
+            if job is None:
+                continue
+            if job.status not in FINISHED:
+                job.status, job.progress = "queued", 0.0
+                shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+            self._jobs[job.id] = job
+        for job in sorted(self._jobs.values(), key=lambda j: j.created):
+            if job.status == "queued":
+                self._queue.append(job.id)
+        self._workers = [_Worker(self._context, self.max_minutes) for _ in range(self.nb_workers)]
+        self._thread = threading.Thread(target=self._run, name="umx-web-dispatch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the workers; running jobs are queued again at the next start."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        for worker in self._workers:
+            worker.stop(kill=worker.job is not None)
+
+    def _read(self, path: Path) -> Optional[Job]:
+        try:
+            data = json.loads(path.read_text())
+            job = Job(**data)
+        except (OSError, ValueError, TypeError):
+            return None  # a folder that is not one of ours, or damaged: left alone
+        return job if JOB_ID.match(job.id) and path.parent.name == job.id else None
+
+    def _save(self, job: Job) -> None:
+        folder = self.jobs_dir / job.id
+        if not folder.is_dir():
+            return
+        tmp = folder / ".job.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(job)))
+        os.replace(tmp, folder / "job.json")
+
+    # ------------------------------------------------------------ requests
+
+    def check_options(self, model: Optional[str], targets: Optional[List[str]], residual: Optional[str],
+                      ext: str, bits: int) -> str:
+        """Validate a request's options; return the model's name. Raises :class:`JobError`."""
+        model = model or next(iter(self.models))
+        if model not in self.models:
+            raise JobError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
+        for name in [*(targets or []), *([residual] if residual else [])]:
+            if not STEM_NAME.match(name):
+                raise JobError(f"bad stem name {name!r}: use letters, digits, '-' and '_'")
+        if (ext, bits) not in FORMATS:
+            raise JobError(f"format {ext} {bits} bit not offered; choose wav or flac, 16 or 24 bit")
+        return model
+
+    def submit(self, filename: Optional[str], data: BinaryIO, model: Optional[str] = None,
+               targets: Optional[List[str]] = None, residual: Optional[str] = None, ext: str = "wav",
+               bits: int = 16) -> Job:
+        """Store an upload as a new job and queue it; an upload over the size limit is a failed job."""
+        model = self.check_options(model, targets, residual, ext, bits)
+        name = clean_filename(filename)
+        suffix = Path(name).suffix.lower()
+        job = Job(id=new_job_id(), filename=name, created=time.time(), model=model, targets=targets or None,
+                  residual=residual or None, ext=ext, bits=bits,
+                  input="input" + (suffix if SUFFIX.match(suffix) else ""))
+        folder = self.jobs_dir / job.id
+        folder.mkdir(parents=True)
+        limit = int(self.max_upload_mb * 1024 * 1024)
+        if not self._copy_upload(data, folder / job.input, limit):
+            (folder / job.input).unlink()
+            job.status = "failed"
+            job.error = (f"{name}: larger than this server's upload limit of {self.max_upload_mb:g} MB "
+                         "(umx-web --max-upload-mb); compress or cut the file, or raise the limit")
+        with self._lock:
+            self._jobs[job.id] = job
+            self._save(job)
+            if job.status == "queued":
+                self._queue.append(job.id)
+        return job
+
+    @staticmethod
+    def _copy_upload(data: BinaryIO, dest: Path, limit: int) -> bool:
+        """Copy in blocks (memory stays bounded); False once more than ``limit`` bytes arrived."""
+        size = 0
+        with open(dest, "wb") as out:
+            while True:
+                block = data.read(COPY_BLOCK)
+                if not block:
+                    return True
+                size += len(block)
+                if size > limit:
+                    return False
+                out.write(block)
+
+    def get(self, job_id: str) -> Optional[Job]:
+        with self._lock:
+            job = self._jobs.get(job_id) if JOB_ID.match(job_id or "") else None
+            return dataclasses.replace(job) if job is not None else None
+
+    def list(self) -> List[Job]:
+        with self._lock:
+            return [dataclasses.replace(j) for j in sorted(self._jobs.values(), key=lambda j: j.created)]
+
+    def cancel_or_delete(self, job_id: str) -> Optional[str]:
+        """Cancel a queued or running job; remove a finished one. Returns ``cancelled``/``deleted``/None."""
+        with self._lock:
+            job = self._jobs.get(job_id) if JOB_ID.match(job_id or "") else None
+            if job is None:
+                return None
+            if job.status in FINISHED:
+                del self._jobs[job_id]
+                shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+                return "deleted"
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            job.status = "cancelled"
+            self._save(job)
+            # A running job's worker is killed by the dispatcher thread, which owns the workers.
+            return "cancelled"
+
+    def stem_path(self, job_id: str, name: str) -> Optional[Path]:
+        """The file of a finished job's stem ``name`` (``vocals`` or ``vocals.wav``), else None."""
+        job = self.get(job_id)
+        if job is None or job.status != "done":
+            return None
+        stem, dot, ext = name.partition(".")
+        if stem not in job.stems or (dot and ext != job.ext):
+            return None
+        path = self.jobs_dir / job.id / "stems" / f"{stem}.{job.ext}"
+        return path if path.is_file() else None
+
+    def input_path(self, job_id: str) -> Optional[Path]:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        path = self.jobs_dir / job.id / job.input
+        return path if path.is_file() else None
+
+    def zip_path(self, job_id: str) -> Optional[Path]:
+        """A zip of a finished job's stems (stored, not compressed: audio barely compresses), built once."""
+        job = self.get(job_id)
+        if job is None or job.status != "done":
+            return None
+        folder = self.jobs_dir / job.id
+        path = folder / "stems.zip"
+        if not path.is_file():
+            tmp = folder / ".stems.zip.tmp"
+            track = Path(job.filename).stem or "track"
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+                for stem in job.stems:
+                    archive.write(folder / "stems" / f"{stem}.{job.ext}", f"{track}/{stem}.{job.ext}")
+            os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------ dispatcher thread
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._dispatch()
+            conns = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+            wait(conns, timeout=0.2)
+            for index, worker in enumerate(list(self._workers)):
+                self._drain(worker)
+                if not worker.process.is_alive():
+                    self._replace(index, worker, "the worker process died (out of memory?); try a shorter file")
+            self._kill_cancelled()
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for worker in self._workers:
+                if worker.job is None and self._queue:
+                    job = self._jobs[self._queue.popleft()]
+                    folder = self.jobs_dir / job.id
+                    spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
+                            "bits": job.bits, "model_arg": self.models.get(job.model), "targets": job.targets,
+                            "residual": job.residual}
+                    if job.model not in self.models:
+                        self._finish(job, "failed", error=f"{job.filename}: model {job.model!r} is not "
+                                                          "offered by this server any more")
+                        continue
+                    job.status, job.progress = "running", 0.0
+                    self._save(job)
+                    worker.job = job.id
+                    worker.conn.send((job.id, spec))
+
+    def _drain(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                kind, job_id, value = worker.conn.recv()
+                self._handle(worker, kind, job_id, value)
+        except (EOFError, OSError):
+            pass
+
+    def _handle(self, worker: _Worker, kind: str, job_id: str, value) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if kind != "progress":
+                worker.job = None
+            if job is None or job.status != "running":
+                return  # cancelled or deleted meanwhile
+            if kind == "progress":
+                job.progress = float(value)
+            elif kind == "done":
+                self._finish(job, "done", stems=list(value))
+            else:
+                self._finish(job, "failed", error=str(value))
+        if kind == "done":
+            self._enforce_size_limit(keep=job_id)
+
+    def _finish(self, job: Job, status: str, stems: Optional[List[str]] = None, error: Optional[str] = None):
+        job.status, job.stems, job.error = status, stems or [], error
+        job.progress = 1.0 if status == "done" else job.progress
+        if status != "done":
+            shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+        self._save(job)
+
+    def _replace(self, index: int, worker: _Worker, error: Optional[str]) -> None:
+        job_id = worker.job
+        worker.stop(kill=True)
+        self._workers[index] = _Worker(self._context, self.max_minutes)
+        with self._lock:
+            job = self._jobs.get(job_id) if job_id else None
+            if job is not None:
+                if job.status == "running" and error:
+                    self._finish(job, "failed", error=f"{job.filename}: {error}")
+                else:
+                    shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+
+    def _kill_cancelled(self) -> None:
+        for index, worker in enumerate(list(self._workers)):
+            with self._lock:
+                job = self._jobs.get(worker.job) if worker.job else None
+                gone = worker.job is not None and (job is None or job.status != "running")
+            if gone:
+                self._replace(index, worker, None)
+
+    def _enforce_size_limit(self, keep: str) -> None:
+        """Remove the oldest finished jobs until the kept results fit ``keep_mb`` (never ``keep``)."""
+        limit = self.keep_mb * 1024 * 1024
+        with self._lock:
+            finished = sorted((j for j in self._jobs.values() if j.status in FINISHED), key=lambda j: j.created)
+            sizes = {j.id: folder_size(self.jobs_dir / j.id) for j in finished}
+            total = sum(sizes.values())
+            for job in finished:
+                if total <= limit:
+                    break
+                if job.id == keep:
+                    continue
+                total -= sizes[job.id]
+                del self._jobs[job.id]
+                shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
