@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     common += shlex.split(args.options)
     runs = [("local", ["--engine", "local", "--jobs", "2"]),
             ("ray", ["--engine", "ray"]),
-            ("ray", ["--engine", "ray", "--actors", "2", "--io-cpus", "0"])]
+            ("ray", ["--engine", "ray", "--actors", "2", "--io-cpus", "0"]),
+            ("ray", ["--engine", "ray", "--actors", "1", "--actor-cpus", "2", "--io-cpus", "0"])]
     rows = []
     for k, (engine, options) in enumerate(runs):
         out = work / f"out{k}"
