@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Debian packages umx-synth renders with: FluidSynth and General MIDI soundfonts
 # (FluidR3, MuseScore General, TimGM6mb), the speech engines the sung voices are
-# made from (espeak-ng, flite, festival), plus ffmpeg for the rest of the package.
+# made from (espeak-ng, flite, festival), plus ffmpeg for the rest of the package
+# and chromium, the browser tests/test_web_browser.py drives through Playwright.
 # pyworld (the vocoder that re-pitches speech into song) comes from PyPI with the
 # "synth" extra: pip install -e ".[synth]".
 set -e
@@ -14,6 +15,7 @@ command -v espeak-ng >/dev/null 2>&1 || need="$need espeak-ng"
 command -v flite >/dev/null 2>&1 || need="$need flite"
 command -v festival >/dev/null 2>&1 || need="$need festival festvox-kallpc16k"
 command -v ffmpeg >/dev/null 2>&1 || need="$need ffmpeg"
+[ -x /usr/bin/chromium ] || need="$need chromium"
 [ -z "$need" ] && exit 0
 SUDO=""
 [ "$(id -u)" = "0" ] || SUDO="sudo"

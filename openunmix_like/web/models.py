@@ -33,7 +33,7 @@ def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
     for text in folders:
         folder = Path(text).expanduser()
         if text in pretrained_table() and not folder.exists():
-            models[text] = {"arg": text, "targets": list(pretrained_table()[text]["files"]), "label": text}
+            models[text] = {"arg": text, "targets": list(pretrained_table()[text]["files"]), "label": "published"}
             continue
         if not folder.is_dir() or not find_weight_files(folder):
             raise ModelError(f"--model {text}: not a model folder (no weight files found); give a folder "
@@ -41,13 +41,13 @@ def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
         name = folder.name
         while name in models:
             name += "+"
-        models[name] = {"arg": str(folder.resolve()), "targets": folder_targets(folder), "label": str(folder)}
+        models[name] = {"arg": str(folder.resolve()), "targets": folder_targets(folder), "label": "model folder"}
     models.setdefault("default", {"arg": None, "targets": folder_targets(bundled_model_dir()),
                                   "label": "bundled model"})
     for name, entry in pretrained_table().items():
         cached = cache_dir() / name
         if name not in models and all((cached / f).is_file() for f in entry["files"].values()):
-            models[name] = {"arg": name, "targets": list(entry["files"]), "label": f"{name} (cached)"}
+            models[name] = {"arg": name, "targets": list(entry["files"]), "label": "published, downloaded"}
     return models
 
 

@@ -1,0 +1,129 @@
+"""``umx-web`` in a real browser: Playwright drives Debian's chromium (nothing is downloaded)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile as sf
+
+from helpers import make_models, music_like
+from openunmix_like.modeldir import AudioSettings, save_target
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("UMX_WEB_CHROMIUM", "/usr/bin/chromium")
+RATE = 22050
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"{CHROMIUM} missing: scripts/install-system-deps.sh"),
+]
+
+
+def start_server(jobs_dir, model):
+    """``umx-web`` on a free port; returns the process and its URL (the line it prints)."""
+    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
+                                "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        match = re.search(r"serving on (http://\S+)", line)
+        if match:
+            return process, match.group(1)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    model = tmp_path / "tiny"
+    for target, m in make_models(n_fft=512).items():
+        save_target(model, target, m, AudioSettings(RATE, 512, 128, 2))
+    process, url = start_server(tmp_path / "jobs", model)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def page():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
+        try:
+            context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def gain(page, stem):
+    return page.evaluate("(s) => window.umxPlayer.tracks.find((t) => t.name === s).gain.gain.value", stem)
+
+
+def test_drop_a_clip_play_the_stems_mute_one_and_download_it(server, page, tmp_path):
+    clip = tmp_path / "clip.wav"
+    seconds = 4.0
+    sf.write(clip, music_like(seconds, RATE, 2, seed=3).T, RATE)
+    page.goto(server)
+    page.wait_for_selector("#model option", state="attached")
+    # Drop the clip on the drop zone, as a user dragging it from a file manager would.
+    data = list(clip.read_bytes())
+    page.evaluate("""(bytes) => {
+        const file = new File([new Uint8Array(bytes)], "clip.wav", { type: "audio/wav" });
+        const transfer = new DataTransfer();
+        transfer.items.add(file);
+        document.querySelector("#drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer,
+                                                                             bubbles: true, cancelable: true }));
+    }""", data)
+    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    stems = page.eval_on_selector_all(".track", "rows => rows.map((r) => r.dataset.stem)")
+    assert stems[:4] == ["vocals", "drums", "bass", "other"]
+    page.wait_for_selector(".track[data-stem='mixture']", timeout=10_000)
+
+    page.click("#play")
+    page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 0.3", timeout=10_000)
+    first = page.evaluate("window.umxPlayer.time()")
+    page.wait_for_timeout(400)
+    assert page.evaluate("window.umxPlayer.time()") > first
+    assert page.input_value("#seek") != "0"
+
+    assert gain(page, "vocals") == 1 and gain(page, "mixture") == 0
+    page.click(".track[data-stem='vocals'] .mute")
+    assert gain(page, "vocals") == 0 and gain(page, "drums") == 1
+    page.click(".track[data-stem='drums'] .solo")
+    assert gain(page, "drums") == 1 and gain(page, "bass") == 0 and gain(page, "other") == 0
+    page.click("#compare")  # the original mixture instead of the stems
+    assert gain(page, "mixture") == 1 and gain(page, "drums") == 0
+    page.click("#compare")
+    page.click("#play")  # pause
+    assert not page.evaluate("window.umxPlayer.playing")
+
+    with page.expect_download() as info:
+        page.click(".track[data-stem='vocals'] .download")
+    saved = tmp_path / "downloaded.wav"
+    info.value.save_as(saved)
+    assert info.value.suggested_filename == "clip-vocals.wav"
+    audio, rate = sf.read(saved, always_2d=True)
+    assert sf.info(saved).format == "WAV" and rate == RATE and audio.shape == (int(seconds * RATE), 2)
+    shot = os.environ.get("UMX_WEB_SCREENSHOT")
+    if shot:  # scripts/web_screenshot.py sets this to refresh docs/web.png
+        page.screenshot(path=shot, full_page=True)
+
+
+def test_choose_files_and_a_bad_one_fails_with_its_reason(server, page, tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio at all\n")
+    page.goto(server)
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", [str(bad)])
+    row = page.wait_for_selector(".job[data-status='failed']", timeout=60_000)
+    assert row.query_selector(".error").inner_text().startswith("notes.wav: ")
+    row.query_selector(".delete").click()
+    page.wait_for_selector(".job", state="detached", timeout=10_000)
