@@ -1,6 +1,7 @@
 """``umx-web``'s HTTP API against the app (FastAPI's TestClient), with a tiny random-weight model."""
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -39,9 +40,9 @@ def wav_bytes(seconds=1.0, channels=2, seed=0, subtype="PCM_16"):
     return buf.getvalue()
 
 
-def make_client(jobs_dir, model):
+def make_client(jobs_dir, model, max_minutes=MAX_MINUTES, max_upload_mb=MAX_UPLOAD_MB):
     models = discover_models([str(model)])
-    manager = JobManager(jobs_dir, model_args(models), max_minutes=MAX_MINUTES, max_upload_mb=MAX_UPLOAD_MB)
+    manager = JobManager(jobs_dir, model_args(models), max_minutes=max_minutes, max_upload_mb=max_upload_mb)
     return TestClient(create_app(manager, models))
 
 
@@ -142,7 +143,7 @@ def test_bad_inputs_give_failed_jobs_with_the_clis_reason_and_the_server_keeps_s
     }
     ids = {name: upload(client, name, data) for name, data in cases.items()}
     ids["long.wav"] = upload(client, "long.wav", wav_bytes(3.0))
-    ids["huge.wav"] = upload(client, "huge.wav", b"\0" * int(0.6 * 1024 * 1024))
+    ids["huge.wav"] = upload(client, "huge.wav", b"\0" * (int(0.5 * 1024 * 1024) + 1000))
     ids["fine.wav"] = upload(client, "fine.wav", good)
     jobs = {name: wait_done(client, job_id) for name, job_id in ids.items()}
     assert jobs.pop("fine.wav")["status"] == "done"
@@ -157,6 +158,14 @@ def test_bad_inputs_give_failed_jobs_with_the_clis_reason_and_the_server_keeps_s
     assert "--max-upload-mb" in jobs["huge.wav"]["error"]
     for name, job_id in ids.items():  # nothing half-written is served
         assert client.get(f"/api/jobs/{job_id}/stems/vocals").status_code == (200 if name == "fine.wav" else 404)
+
+
+def test_an_upload_announced_over_the_limit_is_refused_before_it_is_stored(client, setup):
+    before = set(setup[0].iterdir())
+    response = client.post("/api/jobs", files={"file": ("big.wav", b"\0" * (2 * 1024 * 1024))})
+    assert response.status_code == 413
+    assert "larger than this server's limit of 0.5 MB (umx-web --max-upload-mb)" in response.json()["detail"]
+    assert set(setup[0].iterdir()) == before
 
 
 def test_bad_options_are_refused(client):
@@ -197,17 +206,18 @@ def test_cancel_a_queued_job_and_the_queue_goes_on(client):
     assert client.delete(f"/api/jobs/{second}").json()["result"] == "deleted"
 
 
-def test_cancel_a_running_job_kills_its_worker_and_the_next_job_runs(client, setup):
-    running = upload(client, "long-ish.wav", wav_bytes(2.4, seed=6))
-    deadline = time.monotonic() + 30
-    while client.get(f"/api/jobs/{running}").json()["status"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert client.delete(f"/api/jobs/{running}").json()["result"] == "cancelled"
-    after = upload(client, "after.wav", wav_bytes(0.5, seed=7))
-    assert wait_done(client, after)["status"] == "done"
-    job = client.get(f"/api/jobs/{running}").json()
-    assert job["status"] == "cancelled" and job["stems"] == []
-    assert not (setup[0] / running / "stems").exists()
+def test_cancel_a_running_job_kills_its_worker_and_the_next_job_runs(setup, tmp_path):
+    with make_client(tmp_path / "jobs", setup[1], max_minutes=5, max_upload_mb=50) as client:
+        running = upload(client, "long.wav", wav_bytes(60.0, seed=6))  # some seconds of work, even here
+        deadline = time.monotonic() + 30
+        while client.get(f"/api/jobs/{running}").json()["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.delete(f"/api/jobs/{running}").json()["result"] == "cancelled"
+        after = upload(client, "after.wav", wav_bytes(0.5, seed=7))
+        assert wait_done(client, after)["status"] == "done"
+        job = client.get(f"/api/jobs/{running}").json()
+        assert job["status"] == "cancelled" and job["stems"] == []
+        assert not (tmp_path / "jobs" / running / "stems").exists()
 
 
 def test_many_uploads_queue_and_none_is_lost(client):
@@ -261,3 +271,34 @@ def test_importing_the_package_does_not_import_fastapi_and_missing_extra_is_one_
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr == "umx-web: error: umx-web needs the web extra: pip install 'openunmix-like[web]'\n"
+
+
+def run_web(*argv, timeout=60):
+    return subprocess.run([sys.executable, "-m", "openunmix_like.cli.web", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path):
+    result = run_web("--model", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"umx-web: error: --model {tmp_path / 'nowhere'}: not a model folder")
+    result = run_web("--workers", "0")
+    assert result.returncode == 1 and result.stderr == "umx-web: error: --workers must be above 0\n"
+
+
+@pytest.mark.slow
+def test_other_addresses_than_loopback_print_a_warning(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--host", "0.0.0.0", "--port", "0",
+                                "--jobs-dir", str(tmp_path / "jobs")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("serving on" in line for line in lines):
+            lines.append(process.stdout.readline())
+        text = "".join(lines)
+        assert "umx-web: warning: listening on 0.0.0.0: anyone who can reach this machine" in text
+        assert re.search(r"serving on http://127\.0\.0\.1:\d+/ ", text), text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -23,6 +23,28 @@ STATIC = Path(__file__).parent / "static"
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 EVENT_POLL_S = 0.25
 KEEPALIVE_S = 15.0
+MULTIPART_SLACK = 64 * 1024  # the form's other fields and part headers
+
+
+class UploadLimit:
+    """Refuse an upload whose announced size is over the limit before any of it is stored (413).
+
+    Without this, the multipart parser would spool the whole body to a temporary file first; an
+    upload of unannounced length is counted while it is copied and becomes a failed job instead.
+    """
+
+    def __init__(self, app, max_bytes: int, limit_mb: float):
+        self.app, self.max_bytes, self.limit_mb = app, max_bytes, limit_mb
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/jobs":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                detail = (f"upload of {int(length) / 2**20:.1f} MB is larger than this server's limit of "
+                          f"{self.limit_mb:g} MB (umx-web --max-upload-mb); compress or cut the file, or raise the limit")
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _not_found(what: str = "no such job") -> HTTPException:
@@ -52,6 +74,8 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
             await asyncio.to_thread(manager.stop)
 
     app = FastAPI(title="umx-web", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(UploadLimit, max_bytes=int(manager.max_upload_mb * 1024 * 1024) + MULTIPART_SLACK,
+                       limit_mb=manager.max_upload_mb)
     _add_job_routes(app, manager)
     _add_file_routes(app, manager)
 
