@@ -41,7 +41,8 @@ class UploadLimit:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.max_bytes:
                 detail = (f"upload of {int(length) / 2**20:.1f} MB is larger than this server's limit of "
-                          f"{self.limit_mb:g} MB (umx-web --max-upload-mb); compress or cut the file, or raise the limit")
+                          f"{self.limit_mb:g} MB (umx-web --max-upload-mb); compress or cut the file, "
+                          "or raise the limit")
                 await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

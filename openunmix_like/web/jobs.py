@@ -17,6 +17,7 @@ import secrets
 import shutil
 import threading
 import time
+import traceback
 import zipfile
 from collections import deque
 from multiprocessing.connection import wait
@@ -28,7 +29,7 @@ from ..errors import OpenUnmixLikeError
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-STEM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # never an option
 SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
 COPY_BLOCK = 1 << 20
@@ -88,11 +89,11 @@ def folder_size(folder: Path) -> int:
 
 # ---------------------------------------------------------------- worker process
 
-def _worker_main(conn, max_minutes: float) -> None:
+def _worker_main(conn, max_minutes: float, threads: int) -> None:
     """Run jobs sent over ``conn`` one at a time; answer progress, done or failed messages."""
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)  # the workers share the cores
     cache: Dict[tuple, object] = {}
     while True:
         try:
@@ -155,9 +156,9 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
 class _Worker:
     """One separation process and the job it runs (if any)."""
 
-    def __init__(self, context, max_minutes: float):
+    def __init__(self, context, max_minutes: float, threads: int):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, max_minutes), daemon=True,
+        self.process = context.Process(target=_worker_main, args=(child, max_minutes, threads), daemon=True,
                                        name="umx-web-worker")
         self.process.start()
         child.close()
@@ -224,7 +225,7 @@ class JobManager:
         for job in sorted(self._jobs.values(), key=lambda j: j.created):
             if job.status == "queued":
                 self._queue.append(job.id)
-        self._workers = [_Worker(self._context, self.max_minutes) for _ in range(self.nb_workers)]
+        self._workers = [self._new_worker() for _ in range(self.nb_workers)]
         self._thread = threading.Thread(target=self._run, name="umx-web-dispatch", daemon=True)
         self._thread.start()
 
@@ -235,6 +236,9 @@ class JobManager:
             self._thread.join()
         for worker in self._workers:
             worker.stop(kill=worker.job is not None)
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._context, self.max_minutes, max(1, (os.cpu_count() or 1) // self.nb_workers))
 
     def _read(self, path: Path) -> Optional[Job]:
         try:
@@ -280,7 +284,12 @@ class JobManager:
         folder = self.jobs_dir / job.id
         folder.mkdir(parents=True)
         limit = int(self.max_upload_mb * 1024 * 1024)
-        if not self._copy_upload(data, folder / job.input, limit):
+        try:
+            complete = self._copy_upload(data, folder / job.input, limit)
+        except BaseException:  # e.g. a full disk: no half-stored job is left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not complete:
             (folder / job.input).unlink()
             job.status = "failed"
             job.error = (f"{name}: larger than this server's upload limit of {self.max_upload_mb:g} MB "
@@ -370,14 +379,21 @@ class JobManager:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._dispatch()
-            conns = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
-            wait(conns, timeout=0.2)
-            for index, worker in enumerate(list(self._workers)):
-                self._drain(worker)
-                if not worker.process.is_alive():
-                    self._replace(index, worker, "the worker process died (out of memory?); try a shorter file")
-            self._kill_cancelled()
+            try:
+                self._step()
+            except Exception:  # the dispatcher must outlive any one job's trouble
+                traceback.print_exc()
+                time.sleep(0.5)
+
+    def _step(self) -> None:
+        """Hand queued jobs to idle workers, wait up to 0.2 s for messages, handle them and dead workers."""
+        self._dispatch()
+        wait([w.conn for w in self._workers] + [w.process.sentinel for w in self._workers], timeout=0.2)
+        for index, worker in enumerate(list(self._workers)):
+            self._drain(worker)
+            if not worker.process.is_alive():
+                self._replace(index, worker, "the worker process died (out of memory?); try a shorter file")
+        self._kill_cancelled()
 
     def _dispatch(self) -> None:
         with self._lock:
@@ -392,10 +408,14 @@ class JobManager:
                         self._finish(job, "failed", error=f"{job.filename}: model {job.model!r} is not "
                                                           "offered by this server any more")
                         continue
+                    try:
+                        worker.conn.send((job.id, spec))
+                    except OSError:  # the worker died meanwhile: the job waits for its replacement
+                        self._queue.appendleft(job.id)
+                        continue
                     job.status, job.progress = "running", 0.0
                     self._save(job)
                     worker.job = job.id
-                    worker.conn.send((job.id, spec))
 
     def _drain(self, worker: _Worker) -> None:
         try:
@@ -431,7 +451,7 @@ class JobManager:
     def _replace(self, index: int, worker: _Worker, error: Optional[str]) -> None:
         job_id = worker.job
         worker.stop(kill=True)
-        self._workers[index] = _Worker(self._context, self.max_minutes)
+        self._workers[index] = self._new_worker()
         with self._lock:
             job = self._jobs.get(job_id) if job_id else None
             if job is not None:
