@@ -206,12 +206,22 @@ def test_cancel_a_queued_job_and_the_queue_goes_on(client):
     assert client.delete(f"/api/jobs/{second}").json()["result"] == "deleted"
 
 
-def test_cancel_a_running_job_kills_its_worker_and_the_next_job_runs(setup, tmp_path):
+def wait_running(client, job_id):
+    deadline = time.monotonic() + 30
+    while client.get(f"/api/jobs/{job_id}").json()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_cancelled_or_dead_worker_fails_only_its_job_and_the_next_job_runs(setup, tmp_path):
     with make_client(tmp_path / "jobs", setup[1], max_minutes=5, max_upload_mb=50) as client:
-        running = upload(client, "long.wav", wav_bytes(60.0, seed=6))  # some seconds of work, even here
-        deadline = time.monotonic() + 30
-        while client.get(f"/api/jobs/{running}").json()["status"] != "running" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        long = wav_bytes(60.0, seed=6)  # some seconds of work, even for the tiny model
+        dying = upload(client, "dying.wav", long)
+        wait_running(client, dying)
+        client.app.state.manager._workers[0].process.kill()  # as the kernel's OOM killer would
+        job = wait_done(client, dying)
+        assert job["status"] == "failed" and job["error"].startswith("dying.wav: the worker process died")
+        running = upload(client, "long.wav", long)
+        wait_running(client, running)
         assert client.delete(f"/api/jobs/{running}").json()["result"] == "cancelled"
         after = upload(client, "after.wav", wav_bytes(0.5, seed=7))
         assert wait_done(client, after)["status"] == "done"

@@ -75,6 +75,7 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
             await asyncio.to_thread(manager.stop)
 
     app = FastAPI(title="umx-web", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.manager = manager
     app.add_middleware(UploadLimit, max_bytes=int(manager.max_upload_mb * 1024 * 1024) + MULTIPART_SLACK,
                        limit_mb=manager.max_upload_mb)
     _add_job_routes(app, manager)
