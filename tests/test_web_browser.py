@@ -117,13 +117,20 @@ def test_drop_a_clip_play_the_stems_mute_one_and_download_it(server, page, tmp_p
         page.screenshot(path=shot, full_page=True)
 
 
-def test_choose_files_and_a_bad_one_fails_with_its_reason(server, page, tmp_path):
+def test_choose_files_in_two_stems_mode_and_a_bad_one_fails_with_its_reason(server, page, tmp_path):
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio at all\n")
+    good = tmp_path / "good.wav"
+    sf.write(good, music_like(1.0, RATE, 2, seed=4).T, RATE)
     page.goto(server)
-    page.wait_for_selector("#model option", state="attached")
-    page.set_input_files("#files", [str(bad)])
+    page.wait_for_selector("#targets input", state="attached")
+    page.check("#two-stems")
+    assert page.is_disabled("#targets input")  # inside the disabled fieldset
+    page.set_input_files("#files", [str(bad), str(good)])
     row = page.wait_for_selector(".job[data-status='failed']", timeout=60_000)
     assert row.query_selector(".error").inner_text().startswith("notes.wav: ")
     row.query_selector(".delete").click()
-    page.wait_for_selector(".job", state="detached", timeout=10_000)
+    page.wait_for_selector(".job[data-status='failed']", state="detached", timeout=10_000)
+    page.wait_for_selector(".job[data-status='done']", timeout=60_000)
+    jobs = page.evaluate("fetch('/api/jobs').then((r) => r.json())")
+    assert [(j["filename"], j["stems"]) for j in jobs] == [("good.wav", ["vocals", "accompaniment"])]

@@ -32,8 +32,8 @@ function renderTargets() {
   box.querySelectorAll("label").forEach((l) => l.remove());
   for (const name of model ? model.targets : []) {
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" value="${name}" checked> `;
-    label.append(name);
+    const input = Object.assign(document.createElement("input"), { type: "checkbox", value: name, checked: true });
+    label.append(input, ` ${name}`);
     box.append(label);
   }
   const hasVocals = model && model.targets.includes("vocals");
