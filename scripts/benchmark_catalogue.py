@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,14 @@ def main(argv=None) -> int:
                    help='more umx-separate options for every run, e.g. --options="--device cuda --niter 1"')
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="umx-catalogue-bench-"))
+    try:
+        return run(args, work)
+    finally:
+        if args.workdir is None:  # 20 tracks of 3 minutes leave about 3 GB of stems per run
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     inputs = work / "in"
     make_tracks(inputs, args.tracks, args.seconds)
     common = ["umx-separate", str(inputs), "--quiet"] + (["--model", args.model] if args.model else [])
@@ -89,6 +98,8 @@ def main(argv=None) -> int:
         wall = timed(common + options + ["--outdir", str(out)])
         diff = max_difference(out, work / "out0") if k else 0.0
         rows.append((engine, " ".join(options), wall, diff))
+        if k:
+            shutil.rmtree(out)  # only the first run's stems are needed, as the reference
     audio_h = args.tracks * args.seconds / 3600
     print(f"\n{args.tracks} tracks of {args.seconds:g} s ({audio_h:.2f} h of audio), model "
           f"{args.model or 'bundled default'}{', ' + args.options if args.options else ''}; "
