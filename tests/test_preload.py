@@ -95,9 +95,9 @@ def test_precision_bf16_trains_under_autocast_and_fp16_needs_cuda(tmp_path, monk
     seen = []
     step = loop.step
 
-    def spy(ctx, x, y):
+    def spy(ctx, x, y, mix_stft=None):
         seen.append(ctx.autocast)
-        return step(ctx, x, y)
+        return step(ctx, x, y, mix_stft=mix_stft)
 
     monkeypatch.setattr(loop, "step", spy)
     fp32 = run(TrainConfig(output=str(tmp_path / "fp32"), **common))

@@ -282,10 +282,10 @@ rank = int(sys.argv[1])
 torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
 model = nn.parallel.DistributedDataParallel(nn.Linear(4, 4))
 before = [p.detach().clone() for p in model.parameters()]
-def objective(model, x, y):  # rank 1 alone gets a NaN loss
+def objective(model, x, y, mix_stft=None):  # rank 1 alone gets a NaN loss
     loss = nn.functional.mse_loss(model(x), y)
     return loss * float("nan") if rank == 1 else loss
-ctx = types.SimpleNamespace(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=None,
+ctx = types.SimpleNamespace(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=None, autocast=None,
                             objective=objective, model=model, cfg=types.SimpleNamespace(clip_grad=0.0))
 result = step(ctx, torch.ones(2, 4), torch.zeros(2, 4))
 assert result is None, result

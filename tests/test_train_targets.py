@@ -65,9 +65,7 @@ def test_the_mixture_stft_is_taken_once_per_batch_for_all_targets(tmp_path, monk
         shared.append(mix_stft is not None)
         return step(ctx, x, y, mix_stft=mix_stft)
 
-    from openunmix_like.training import multi
-
-    monkeypatch.setattr(multi, "step", spy)
+    monkeypatch.setattr(loop, "step", spy)
     histories = run_targets(cfg)
     assert set(histories) == {"vocals", "drums", "bass"} and shared == [True] * 3
     assert all(len(h.train_loss) == 1 for h in histories.values())

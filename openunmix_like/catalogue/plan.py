@@ -60,19 +60,10 @@ def track_name(source: str) -> str:
 
 def stem_outputs(source: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
     """Stem name -> path or URL under ``args.outdir``, from ``--filename``."""
-    model = Path(args.model).name if args.model else "default"
-    out = {}
-    for name in names:
-        try:
-            rel = args.filename.format(track=track_name(source), target=name, ext=args.ext, model=model)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
-                                     "use {track}, {target}, {ext}, {model}") from None
-        out[name] = storage.join(args.outdir, rel)
-    if len(set(out.values())) < len(out):
-        raise OpenUnmixLikeError(f"--filename {args.filename!r} gives the same file for several targets; "
-                                 "include {target}")
-    return out
+    from ..cli.separate import relative_outputs
+
+    return {name: storage.join(args.outdir, rel)
+            for name, rel in relative_outputs(track_name(source), names, args).items()}
 
 
 def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,

@@ -14,12 +14,12 @@ import hashlib
 import io
 import json
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .. import storage
+from ..pretrained import sha256_of as file_sha256  # noqa: F401 - the stems' checksums
 
 DONE_NAME = "_done.json"
 FAILURES_NAME = "_failures.csv"
@@ -41,14 +41,6 @@ def model_fingerprint(separator: torch.nn.Module) -> str:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -48,8 +48,8 @@ def add_separator_args(parser: argparse.ArgumentParser) -> None:
                         "on a GPU as many as a quarter of its free memory holds)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to run (default cpu)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: the target models in bfloat16, faster on CPUs and GPUs with bfloat16 units, at "
-                        "the small cost in SDR measured in docs/benchmarks.md (default fp32)")
+                   help="bf16: the target models in bfloat16, faster on CPUs and GPUs with bfloat16 units; its SDR "
+                        "cost is in docs/benchmarks.md (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,21 +119,25 @@ def track_name(path: Path) -> str:
     return path.stem
 
 
-def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> Dict[str, Path]:
+def relative_outputs(track: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
+    """Stem name -> output path relative to ``--outdir``, from the ``--filename`` template."""
     model = Path(args.model).name if args.model else "default"
     out = {}
     for name in names:
         try:
-            rel = args.filename.format(track=track_name(path), target=name, ext=args.ext, model=model)
+            out[name] = args.filename.format(track=track, target=name, ext=args.ext, model=model)
         except (KeyError, IndexError, ValueError) as exc:
             raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
                                      "use {track}, {target}, {ext}, {model}") from None
-        out[name] = Path(args.outdir) / rel
     if len(set(out.values())) < len(out):
         raise OpenUnmixLikeError(
             f"--filename {args.filename!r} gives the same file for several targets; include {{target}}"
         )
     return out
+
+
+def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> Dict[str, Path]:
+    return {name: Path(args.outdir) / rel for name, rel in relative_outputs(track_name(path), names, args).items()}
 
 
 def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:

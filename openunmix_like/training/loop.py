@@ -145,19 +145,9 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
         for batch, (x, y) in enumerate(bar, start=progress.batches + 1):
             progress.data_time += time.perf_counter() - last
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            if ctx.batch_augment:
-                x, y = ctx.batch_augment(x, y, ctx.generator)
-            loss = step(ctx, x, y)
-            if loss is None:
-                handle_nonfinite(ctx.cfg, epoch, batch)
-            else:
-                if ctx.average is not None:
-                    ctx.average.update(ctx.model)
-                progress.total += loss * x.shape[0]
-                progress.count += x.shape[0]
+            if train_batch(ctx, x, y, epoch, batch, progress):
                 bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
             progress.batches = batch
-            ctx.history.global_step += 1
             if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
                 save_step_checkpoint(ctx, epoch, progress)
             if ctx.cfg.max_minutes and budget_spent(ctx, time.perf_counter() - start):
@@ -167,6 +157,24 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
     total, count = all_reduce_sum([progress.total, progress.count])
     elapsed = time.perf_counter() - start
     return total / max(count, 1), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
+
+
+def train_batch(ctx: Context, x: Tensor, y: Tensor, epoch: int, batch: int, progress: EpochProgress,
+                mix_stft: Optional[Tensor] = None) -> bool:
+    """Augment, step and count one batch of one model (``progress`` gathers its loss); returns
+    whether the step was taken (``False``: a non-finite loss or gradient, reported)."""
+    if ctx.batch_augment:
+        x, y = ctx.batch_augment(x, y, ctx.generator)
+    loss = step(ctx, x, y, mix_stft=mix_stft)
+    ctx.history.global_step += 1
+    if loss is None:
+        handle_nonfinite(ctx.cfg, epoch, batch)
+        return False
+    if ctx.average is not None:
+        ctx.average.update(ctx.model)
+    progress.total += loss * x.shape[0]
+    progress.count += x.shape[0]
+    return True
 
 
 def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
@@ -184,12 +192,8 @@ def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) 
     several models share it."""
     ctx.optimizer.zero_grad(set_to_none=True)
     amp = ctx.scaler is not None  # fp16: loss scaling
-    dtype = getattr(ctx, "autocast", None)
-    with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        if mix_stft is None:
-            loss = ctx.objective(ctx.model, x, y)
-        else:
-            loss = ctx.objective(ctx.model, x, y, mix_stft=mix_stft)
+    with torch.autocast(device_type=x.device.type, dtype=ctx.autocast or torch.float32, enabled=bool(ctx.autocast)):
+        loss = ctx.objective(ctx.model, x, y, mix_stft=mix_stft)
     # All ranks skip together: one that left before backward() would keep the others
     # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
     if all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0])[0] > 0:

@@ -25,7 +25,7 @@ from .context import Context, EpochProgress
 from .distributed import pick_device
 from .factory import build_model, make_context, preload_datasets
 from .history import History
-from .loop import augment_seed, finish_epoch, handle_nonfinite, loader, resume, should_stop, step
+from .loop import augment_seed, finish_epoch, loader, resume, should_stop, train_batch
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix")
@@ -62,8 +62,8 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
         return (data.MUSDBDataset(split="train", samples_per_track=cfg.samples_per_track, random_track_mix=True,
                                   **args, **train_kw),
                 data.MUSDBDataset(split="valid", **args, **valid_kw), cfg, [None] * len(cfg.targets))
-    files = [data.default_track_files(cfg.root, target)[0] for target in cfg.targets]
-    others = data.default_track_files(cfg.root, cfg.targets[0])[1]
+    found = [data.default_track_files(cfg.root, target) for target in cfg.targets]
+    files, others = [file for file, _ in found], found[0][1]
     interferers = cfg.interferer_files if cfg.interferer_files is not None else [f for f in others if f not in files]
     args = dict(root=cfg.root, target_file=files, interferer_files=interferers)
     return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix, **args,
@@ -138,19 +138,7 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
                 with torch.no_grad():
                     mix_stft = lead.objective.stft(x)
             for k, ctx in active:
-                xk, yk = x, targets[:, k]
-                if ctx.batch_augment:
-                    xk, yk = ctx.batch_augment(xk, yk, ctx.generator)
-                loss = step(ctx, xk, yk, mix_stft=mix_stft)
-                own = progress[id(ctx)]
-                if loss is None:
-                    handle_nonfinite(ctx.cfg, epoch, batch)
-                else:
-                    if ctx.average is not None:
-                        ctx.average.update(ctx.model)
-                    own.total += loss * x.shape[0]
-                    own.count += x.shape[0]
-                ctx.history.global_step += 1
+                train_batch(ctx, x, targets[:, k], epoch, batch, progress[id(ctx)], mix_stft=mix_stft)
             last = time.perf_counter()
     elapsed = time.perf_counter() - start
     share = data_time / max(elapsed, 1e-9)
