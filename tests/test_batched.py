@@ -25,6 +25,7 @@ def batch_sizes(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [44100, 32000])
 @pytest.mark.parametrize("niter", [0, 1])
 def test_batched_equals_one_segment_at_a_time(monkeypatch, rate, niter):
@@ -54,6 +55,7 @@ def test_a_batch_of_segments_keeps_each_segments_wiener_windows():
         sep(audio, frame_offset=[0, 1, 2])
 
 
+@pytest.mark.slow
 def test_memory_holds_at_most_a_batch_of_segments(monkeypatch):
     sep = separator()
     audio = torch.from_numpy(music_like(60.0, 44100, seed=5))
@@ -67,6 +69,7 @@ def test_memory_holds_at_most_a_batch_of_segments(monkeypatch):
         next(iter_separate(sep, audio, 44100, segment=5, batch_segments=0))
 
 
+@pytest.mark.slow
 def test_cli_option(tmp_path, wav_file, model_dir):
     song = wav_file(seconds=12.0)
     folder = model_dir()
@@ -84,6 +87,7 @@ def test_cli_option(tmp_path, wav_file, model_dir):
                           "--batch-segments", "0", "--quiet"]) == 1
 
 
+@pytest.mark.slow
 def test_reading_ahead_and_writing_run_beside_the_separation(tmp_path, wav_file, model_dir, monkeypatch):
     import threading
 

@@ -212,6 +212,7 @@ def wait_running(client, job_id):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_cancelled_or_dead_worker_fails_only_its_job_and_the_next_job_runs(setup, tmp_path):
     with make_client(tmp_path / "jobs", setup[1], max_minutes=5, max_upload_mb=50) as client:
         long = wav_bytes(60.0, seed=6)  # some seconds of work, even for the tiny model
@@ -235,6 +236,7 @@ def test_many_uploads_queue_and_none_is_lost(client):
     assert all(wait_done(client, job_id)["status"] == "done" for job_id in ids)
 
 
+@pytest.mark.slow
 def test_a_restart_keeps_finished_jobs_and_queues_unfinished_ones_again(setup, tmp_path):
     jobs_dir = tmp_path / "jobs"
     with make_client(jobs_dir, setup[1]) as c:
@@ -288,6 +290,7 @@ def run_web(*argv, timeout=60):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_bad_command_lines_are_one_line_errors(tmp_path):
     result = run_web("--model", str(tmp_path / "nowhere"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
