@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -195,35 +195,42 @@ def iter_separate(
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
-    emitted, pending, done = 0, None, 0
     if batch_segments is not None and batch_segments < 1:
         raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
     batch = batch_segments or auto_batch_segments(separator, segment)
+    total, done = plan[-1].end, 0
 
     def seconds(frames: int) -> int:
         # Whole seconds of the frames done so far (not a sum of rounded chunk lengths: that drifts).
         return round(frames / out_rate)
 
     with torch.inference_mode(), tqdm(
-        total=seconds(plan[-1].end), unit="s", desc=desc, disable=not progress, leave=False
+        total=seconds(total), unit="s", desc=desc, disable=not progress, leave=False
     ) as bar:
-        for k, seg, est in _separated(separator, source, plan, sample_rate, out_rate, batch):
-            a = emitted - seg.start
-            if pending is not None:
-                n = pending.shape[-1]
-                ramp = crossfade_ramp(n, est.dtype)
-                est[..., a : a + n] = pending * (1 - ramp) + est[..., a : a + n] * ramp
-            if k + 1 == len(plan):
-                chunk = est[..., a:]
-            else:
-                half = min(seg.end - seg.core_end, seg.core_end - plan[k + 1].start) // 2
-                cut = seg.core_end - half - seg.start
-                chunk, pending = est[..., a:cut], est[..., cut : cut + 2 * half].clone()
-                emitted = seg.core_end - half
+        for chunk in _stitch(plan, _separated(separator, source, plan, sample_rate, out_rate, batch)):
             done += chunk.shape[-1]
             bar.update(seconds(done) - bar.n)
-            if k + 1 == len(plan):
+            if done >= total:
                 bar.refresh()  # show the total, even within tqdm's minimum interval of the last update
+            yield chunk
+
+
+def _stitch(plan: List[Segment], estimates: Iterable[Tuple[int, Segment, Tensor]]) -> Iterator[Tensor]:
+    """Cross-fade the estimates of ``plan``'s segments, given in order, into consecutive finished chunks."""
+    emitted, pending = 0, None
+    for k, seg, est in estimates:
+        a = emitted - seg.start
+        if pending is not None:
+            n = pending.shape[-1]
+            ramp = crossfade_ramp(n, est.dtype)
+            est[..., a : a + n] = pending * (1 - ramp) + est[..., a : a + n] * ramp
+        if k + 1 == len(plan):
+            yield est[..., a:]
+        else:
+            half = min(seg.end - seg.core_end, seg.core_end - plan[k + 1].start) // 2
+            cut = seg.core_end - half - seg.start
+            chunk, pending = est[..., a:cut], est[..., cut : cut + 2 * half].clone()
+            emitted = seg.core_end - half
             yield chunk
 
 
@@ -267,6 +274,62 @@ def separate_tensor(
     chunks = list(iter_separate(separator, audio, sample_rate, segment, overlap, progress,
                                 batch_segments=batch_segments))
     return torch.cat(chunks, dim=-1)
+
+
+def separate_tracks(
+    separator: Separator,
+    tracks: Sequence[Tensor],
+    sample_rates: Sequence[float],
+    segment: Optional[float] = DEFAULT_SEGMENT,
+    overlap: float = DEFAULT_OVERLAP,
+    out_rates: Optional[Sequence[float]] = None,
+    batch_segments: Optional[int] = None,
+) -> List[Tensor]:
+    """Separate several tracks held in memory, batching segments across tracks.
+
+    Each track is cut into the same segments as :func:`iter_separate` would cut
+    it; segments of equal length from any of the tracks (the first segments of
+    tracks at one rate, the full-length middle ones) go through the models
+    ``batch_segments`` at a time. Short tracks, which have few segments each,
+    thus fill batches that one track alone could not. Each result equals that
+    of :func:`separate_tensor` on its track beyond float rounding.
+
+    Args:
+        tracks: ``(nb_channels, nb_timesteps)`` tensors (lengths and rates may differ).
+        sample_rates: each track's rate.
+        out_rates: each result's rate (default: its track's).
+        batch_segments: segments separated at once; ``None``: :func:`auto_batch_segments`.
+
+    Returns:
+        per track, ``(nb_targets, nb_channels, n)`` at its output rate.
+    """
+    if len(sample_rates) != len(tracks) or (out_rates is not None and len(out_rates) != len(tracks)):
+        raise ValueError("separate_tracks: give one sample rate (and output rate) per track")
+    if batch_segments is not None and batch_segments < 1:
+        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
+    out_rates = list(sample_rates) if out_rates is None else list(out_rates)
+    batch = batch_segments or auto_batch_segments(separator, segment)
+    plans = [plan_segments(track.shape[-1], rate, separator.sample_rate, separator.n_hop, separator.wiener_win_len,
+                           segment, overlap, out_rate)
+             for track, rate, out_rate in zip(tracks, sample_rates, out_rates)]
+    # Segments that can share a batch: same input rate, length and channels, same output rate.
+    groups: Dict[tuple, List[Tuple[int, int]]] = {}
+    for t, plan in enumerate(plans):
+        for k, seg in enumerate(plan):
+            key = (sample_rates[t], out_rates[t], tracks[t].shape[0], seg.in_end - seg.in_start)
+            groups.setdefault(key, []).append((t, k))
+    estimates: List[List[Optional[Tensor]]] = [[None] * len(plan) for plan in plans]
+    with torch.inference_mode():
+        for (rate, out_rate, _, _), jobs in groups.items():
+            for first in range(0, len(jobs), batch):
+                members = jobs[first : first + batch]
+                segments = [plans[t][k] for t, k in members]
+                pieces = [tracks[t][..., seg.in_start : seg.in_end] for (t, _), seg in zip(members, segments)]
+                for (t, k), est in zip(members, _separate_segments(separator, pieces, segments, rate, out_rate)):
+                    estimates[t][k] = est
+        return [torch.cat(list(_stitch(plan, ((k, seg, est) for k, (seg, est) in enumerate(zip(plan, found))))),
+                          dim=-1)
+                for plan, found in zip(plans, estimates)]
 
 
 def separate(

@@ -1,4 +1,6 @@
 """Batched segment inference: several segments through each model at once, same results as one at a time."""
+import collections
+
 import pytest
 import torch
 
@@ -134,3 +136,32 @@ def test_bf16_models_stay_close_to_fp32_and_the_filter_stays_float32(arch):
     assert 0 < float((a - b).abs().max() / a.abs().max()) < 0.05  # bfloat16 keeps 8 bits of mantissa
     with pytest.raises(ValueError, match="precision 'fp16'"):
         Separator(models, n_fft=512, n_hop=128, precision="fp16")
+
+
+@pytest.mark.slow
+def test_segments_of_several_tracks_share_batches_and_each_track_equals_its_own_run(monkeypatch):
+    from openunmix_like.inference import separate_tracks
+
+    sep = separator(niter=1, wiener_win_len=50)
+    # Lengths and rates differ; the middle segments of the two 44.1 kHz tracks have the same length.
+    tracks = [(torch.from_numpy(music_like(seconds, rate, seed=seed)), rate)
+              for seconds, rate, seed in ((9.0, 44100, 7), (7.0, 44100, 8), (6.0, 32000, 9), (1.5, 44100, 10))]
+    alone = [separate_tensor(sep, audio, rate, segment=2, batch_segments=1) for audio, rate in tracks]
+    seen = batch_sizes(monkeypatch)
+    together = separate_tracks(sep, [a for a, _ in tracks], [r for _, r in tracks], segment=2, batch_segments=6)
+    plans = [plan_segments(a.shape[-1], r, 44100, 128, 50, 2, 2.0) for a, r in tracks]
+    assert sum(seen) == sum(len(p) for p in plans)
+    alone_batches = sum(len({s.in_end - s.in_start for s in p}) for p in plans)
+    assert len(seen) < alone_batches  # tracks share batches
+    most_alike = max(collections.Counter(s.in_end - s.in_start for s in p).most_common(1)[0][1] for p in plans[:2])
+    assert max(seen) > most_alike  # a batch larger than any one track fills
+    for one, both, (audio, _) in zip(alone, together, tracks):
+        assert both.shape == one.shape == (len(sep.target_names), 2, audio.shape[-1])
+        assert float((both - one).abs().max() / one.abs().max()) < 1e-5
+    # Output rates of their own, as for the model's rate (--keep-model-rate).
+    resampled = separate_tracks(sep, [tracks[2][0]], [32000], segment=2, out_rates=[44100], batch_segments=2)[0]
+    expected = torch.cat(list(iter_separate(sep, tracks[2][0], 32000, segment=2, out_rate=44100, batch_segments=1)), -1)
+    assert resampled.shape == expected.shape
+    assert float((resampled - expected).abs().max() / expected.abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="one sample rate"):
+        separate_tracks(sep, [tracks[0][0]], [44100, 44100])

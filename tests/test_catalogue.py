@@ -168,6 +168,34 @@ def test_stage_error_survives_pickling():
     assert str(error) == "a.wav: decode failed: not audio at all"
 
 
+def test_a_separation_call_of_several_tracks_keeps_each_tracks_result_and_failure(tmp_path, model_dir):
+    from openunmix_like import Separator
+
+    inputs = make_inputs(tmp_path / "in", 3, seconds=5.0, corrupt=True)
+    write(inputs / "t3.wav", 4.0, seed=3, rate=32000)
+    options = stages.Options(0.0, None, 2.0, 1.0, 4, False, None, "wav", 32, "auto", "m", "abc", {})
+    paths = [inputs / name for name in ("t0.wav", "bad.wav", "t1.wav", "t3.wav", "t2.wav")]
+    tracks = [stages.Track(str(p), p.stem, p.stat().st_size, {}, "") for p in paths]
+    decoded = [stages.decode_or_error(track, options) for track in tracks]
+    assert isinstance(decoded[1], stages.StageError) and decoded[1].stage == "decode"
+    separator = Separator.from_pretrained(model_dir(), niter=1)
+    worker = stages.SeparationWorker()
+    results = worker.separate_group(tracks, options, separator, *decoded)
+    assert results[1] is decoded[1]
+    alone = stages.SeparationWorker()
+    for track, item, result in zip(tracks, decoded, results):
+        if track is tracks[1]:
+            continue
+        one = alone.separate(track, item, options, separator)
+        assert result.sample_rate == one.sample_rate == item.sample_rate
+        assert result.stems.shape == one.stems.shape
+        assert np.abs(result.stems - one.stems).max() <= 1e-5 * np.abs(one.stems).max()
+    # A single track comes back alone (one Ray return); the write stage raises a returned failure.
+    assert isinstance(worker.separate_group(tracks[:1], options, separator, decoded[0]), stages.Separated)
+    with pytest.raises(stages.StageError, match="bad.wav: decode failed"):
+        stages.write(tracks[1], results[1], separator.target_names, options)
+
+
 # ---------------------------------------------------------------- on a local Ray
 
 
@@ -179,11 +207,17 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
     assert main(common + ["--outdir", str(tmp_path / "local")]) == 1
     assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 1
     assert "1 track failed; listed in" in capsys.readouterr().err
+    # Tracks separated together, their segments in shared batches: equal to batching's rounding.
+    assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "grouped"), "--tracks-per-call", "4",
+                          "--batch-segments", "4"]) == 1
+    assert "1 track failed; listed in" in capsys.readouterr().err
     for k in range(3):
-        ours, theirs = read_stems(tmp_path / "ray", f"t{k}"), read_stems(tmp_path / "local", f"t{k}")
+        theirs = read_stems(tmp_path / "local", f"t{k}")
         peak = max(np.abs(s).max() for s in theirs.values())
-        for name in NAMES:
-            assert np.abs(ours[name] - theirs[name]).max() <= 1e-6 * peak, (k, name)
+        for out, tolerance in (("ray", 1e-6), ("grouped", 1e-5)):
+            ours = read_stems(tmp_path / out, f"t{k}")
+            for name in NAMES:
+                assert np.abs(ours[name] - theirs[name]).max() <= tolerance * peak, (out, k, name)
         record = json.loads((tmp_path / "ray" / f"t{k}" / records.DONE_NAME).read_text())
         source = inputs / f"t{k}.wav"
         assert (record["input"], record["input_size"]) == (str(source), source.stat().st_size)
@@ -193,6 +227,8 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
     assert [(Path(f["path"]).name, f["stage"]) for f in failures] == [("bad.wav", "decode")]
     assert "\n" not in failures[0]["reason"] and "bad.wav" in failures[0]["reason"]
     assert not (tmp_path / "ray" / "bad").exists()
+    grouped = records.read_failures((tmp_path / "grouped" / records.FAILURES_NAME).read_bytes())
+    assert [(Path(f["path"]).name, f["stage"]) for f in grouped] == [("bad.wav", "decode")]
     # A second run skips what is finished; a changed setting redoes it.
     before = mtimes(tmp_path / "ray", ["t0", "t1", "t2"])
     assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 1

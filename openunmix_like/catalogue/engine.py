@@ -1,8 +1,9 @@
 """``umx-separate --engine ray``: a catalogue separated by Ray tasks and actors.
 
 Each track flows through three stages, chained by Ray object references so the
-driver never holds audio: ``decode`` (a CPU task) -> ``SeparationWorker.separate``
-(an actor holding the model, on a GPU or CPUs) -> ``write`` (a CPU task that
+driver never holds audio: ``decode`` (a CPU task) -> ``SeparationWorker.separate_group``
+(an actor holding the model, on a GPU or CPUs, taking ``--tracks-per-call`` tracks at
+once so that their segments share batches) -> ``write`` (a CPU task that
 encodes, stores the stems and then the track's ``_done.json``; tracks over
 ``--stream-over`` seconds are read and stored by their actor instead). The driver keeps
 at most ``--max-in-flight`` tracks in the pipeline, so memory stays bounded
@@ -25,7 +26,7 @@ from .. import storage
 from ..errors import OpenUnmixLikeError
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
-from .stages import Options, SeparationWorker, StageError, Track, decode, write
+from .stages import Options, SeparationWorker, StageError, Track, decode_or_error, write
 
 NAMESPACE = "openunmix-like"
 # A lost worker (node gone, process killed, out of memory) is retried this many times.
@@ -100,7 +101,8 @@ def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple
 
 
 def check_options(args: argparse.Namespace) -> None:
-    for name, value, low in (("--actors", args.actors, 1), ("--max-in-flight", args.max_in_flight, 1)):
+    for name, value, low in (("--actors", args.actors, 1), ("--max-in-flight", args.max_in_flight, 1),
+                             ("--tracks-per-call", args.tracks_per_call, 1)):
         if value is not None and value < low:
             raise OpenUnmixLikeError(f"{name} must be at least {low}")
     if args.stream_over < 0:
@@ -161,7 +163,7 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
     ray = import_ray()
     count, actor_resources = actor_layout(args, ray.cluster_resources())
     io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES}
-    decode_task = ray.remote(decode).options(**io)
+    decode_task = ray.remote(decode_or_error).options(**io)
     write_task = ray.remote(write).options(**io)
     worker = ray.remote(SeparationWorker)
     # The model goes into the object store once; each actor (and a restarted one) fetches it from there.
@@ -172,20 +174,23 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
     actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
                              max_task_retries=ACTOR_TASK_RETRIES, **actor_resources).remote(args.device, threads)
               for k in range(min(count, max(1, len(plan.todo))))]
+    group = tracks_per_call(args)
     load = [0] * len(actors)
-    window = args.max_in_flight or 2 * len(actors) + 2
+    window = args.max_in_flight or (2 * len(actors) + 1) * group + 1
     queue = list(reversed(plan.todo))
     pending: Dict[object, Tuple[Track, int]] = {}
     finished, failures = 0, []
     try:
         while queue or pending:
             while queue and len(pending) < window:
-                track = queue.pop()
+                tracks = [queue.pop() for _ in range(min(group, len(queue), window - len(pending)))]
                 k = load.index(min(load))  # the least busy actor
-                decoded = decode_task.remote(track, options)
-                separated = actors[k].separate.remote(track, decoded, options, model)
-                pending[write_task.remote(track, separated, targets, options)] = (track, k)
-                load[k] += 1
+                decoded = [decode_task.remote(track, options) for track in tracks]
+                separated = actors[k].separate_group.options(num_returns=len(tracks)).remote(
+                    tracks, options, model, *decoded)
+                for track, result in zip(tracks, separated if len(tracks) > 1 else [separated]):
+                    pending[write_task.remote(track, result, targets, options)] = (track, k)
+                load[k] += len(tracks)
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 track, k = pending.pop(ref)
@@ -203,6 +208,14 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
         for actor in actors:
             ray.kill(actor)
     return finished, failures
+
+
+def tracks_per_call(args: argparse.Namespace) -> int:
+    """``--tracks-per-call``, or its default: 8 on GPUs, where short tracks alone leave batches half empty;
+    1 on CPUs, whose models gain nothing from batches (docs/benchmarks.md)."""
+    if args.tracks_per_call is not None:
+        return args.tracks_per_call
+    return 8 if args.device == "cuda" else 1
 
 
 def _fetch(refs: list):

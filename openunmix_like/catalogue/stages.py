@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -110,6 +110,15 @@ def decode(track: Track, options: Options) -> Decoded:
         raise StageError("decode", track.source, _reason(exc)) from None
 
 
+def decode_or_error(track: Track, options: Options) -> Union[Decoded, StageError]:
+    """:func:`decode`, returning its failure instead of raising it: a track that shares a
+    separation call with others must not fail them (:meth:`SeparationWorker.separate_group`)."""
+    try:
+        return decode(track, options)
+    except StageError as exc:
+        return exc
+
+
 class SeparationWorker:
     """Holds one separator (loaded once) and separates decoded tracks with it.
 
@@ -157,6 +166,53 @@ class SeparationWorker:
         except Exception as exc:
             raise StageError("separate", track.source, _reason(exc)) from None
 
+    def separate_group(self, tracks: Sequence[Track], options: Options, model,
+                       *decoded: Union[Decoded, StageError]) -> Union[Separated, StageError, tuple]:
+        """Several tracks in one call: their segments of equal length share batches.
+
+        Each track's result (:class:`Separated`, or the :class:`StageError` of its
+        decode or separation, returned rather than raised so that one bad track
+        does not fail the others) comes in the order of ``tracks``; a single track's
+        alone, for a Ray call with one return. Long tracks are streamed one by one.
+        When separating them together fails, each track is separated on its own,
+        so the failure lands on the track that causes it.
+        """
+        results: List[Union[Separated, StageError, None]] = [None] * len(tracks)
+        together = []
+        for i, (track, item) in enumerate(zip(tracks, decoded)):
+            if isinstance(item, StageError):
+                results[i] = item
+            elif item.audio is None or len(tracks) == 1:
+                results[i] = self._separate_or_error(track, item, options, model)
+            else:
+                together.append(i)
+        if together:
+            try:
+                for i, separated in zip(together, self._separate_together([decoded[i] for i in together], options,
+                                                                          model)):
+                    results[i] = separated
+            except Exception:
+                for i in together:
+                    results[i] = self._separate_or_error(tracks[i], decoded[i], options, model)
+        return results[0] if len(tracks) == 1 else tuple(results)
+
+    def _separate_or_error(self, track: Track, decoded: Decoded, options: Options, model):
+        try:
+            return self.separate(track, decoded, options, model)
+        except StageError as exc:
+            return exc
+
+    def _separate_together(self, decoded: Sequence[Decoded], options: Options, model) -> List[Separated]:
+        from ..inference import separate_tracks
+
+        if self.separator is None:
+            self._load(model)
+        rates = [item.sample_rate for item in decoded]
+        out_rates = [int(self.separator.sample_rate) if options.keep_model_rate else rate for rate in rates]
+        stems = separate_tracks(self.separator, [torch.from_numpy(item.audio) for item in decoded], rates,
+                                options.segment or None, options.overlap, out_rates, options.batch_segments)
+        return [Separated(s.cpu().numpy(), int(rate)) for s, rate in zip(stems, out_rates)]
+
     def _stream(self, track: Track, out_rate: int, options: Options) -> dict:
         """Decode, separate and store a long track piece by piece, as ``--engine local`` does (bounded memory)."""
         from ..audio import AudioSource
@@ -181,6 +237,8 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
     ``target_names``: the separator's targets, in the order of ``separated.stems``
     (``--aggregate`` sums them into the stems of ``track.stems``).
     """
+    if isinstance(separated, StageError):  # its decode or separation failed (separate_group returns failures)
+        raise separated
     if separated.record is not None:  # a long track, stored by its actor
         return separated.record
     try:
