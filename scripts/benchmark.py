@@ -385,7 +385,9 @@ def main(argv=None) -> int:
         training = bench_training(Path(tmp), args.training_tracks, musdb_root)
     plotted = plot(memory, Path(args.plot))
     text = report(args, speed, stages, wiener, memory, plotted, training)
-    if torch.cuda.is_available():  # the GPU section: scripts/gpu_benchmark.py's separation and command-line runs
+    # The GPU section: scripts/gpu_benchmark.py's separation and command-line runs (its training runs and the
+    # catalogue's GPU figures come from scripts/device_session.py, which runs them all on a lent GPU machine).
+    if torch.cuda.is_available():
         import gpu_benchmark
 
         print("gpu ...", file=sys.stderr)
@@ -395,7 +397,7 @@ def main(argv=None) -> int:
             folder = gpu_benchmark.write_umxhq_shaped(Path(tmp) / "model")
             gpu_benchmark.separation(folder, device, clock, [60, 600], 3600)
             gpu_benchmark.command_line(folder, device, Path(tmp), 600)
-        text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS) + "\n"
+        text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS, "python scripts/benchmark.py") + "\n"
     print(text)
     output = Path(args.output)
     # Sections written by other scripts (the catalogue's, the CPU side-by-side) follow the marker: keep them.
