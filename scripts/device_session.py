@@ -4,9 +4,9 @@ Prepare here first (builds .gpu/, prints what travels against the 64 MiB limit):
 
     scripts/prepare_device.sh
 
-then call the device tool's ``run`` exactly so (56 MiB travelled on 2026-12-05: the
-working tree 36.4 MiB, .gpu 19.5 MiB; the parts take at most 505 s in all, the rest of
-the limit is margin)::
+then call the device tool's ``run`` exactly so (39 MiB travel as of 2026-12-05: the
+working tree 19.6 MiB with the fp16 bundled weights, 36.4 MiB with the fp32 ones, and
+.gpu 19.5 MiB; the parts take at most 505 s in all, the rest of the limit is margin)::
 
     command:   PYTHONUNBUFFERED=1 python3 scripts/device_session.py
     carry:     [".gpu"]
