@@ -31,8 +31,9 @@ cli          50 s  gpu_benchmark.py: umx-separate --device cuda on a 10-minute w
 training    175 s  gpu_benchmark.py: samples per second of ours (batch 16 fp32, 64, 256
                    bf16, files with 8 workers) and the reference recipe; loss curves of
                    ours and the reference, 16 epochs of 16 steps (goal 2)
-catalogue   160 s  gpu_catalogue.py: umx-separate --engine ray (one actor; three sharing the
-                   GPU) and --engine local --jobs 4 on 3-minute tracks, 40 s each, hours of
+catalogue   160 s  gpu_catalogue.py: umx-separate --engine ray (one actor, 8 and 1 tracks a
+                   call; three actors sharing the GPU) and --engine local --jobs 4 on
+                   3-minute tracks, 30 s each, hours of
                    audio per hour, GPU and CPU busy shares; the separator alone (issue 20).
                    Without a working Ray: the local engine with 4 and 8 jobs
 ==========  =====  ==========================================================================
@@ -214,7 +215,7 @@ def part_command(name: str, work: Path, smoke: bool, cap: float) -> list:
         ["--runs", "local_jobs_4=--engine local --jobs 4", "local_jobs_8=--engine local --jobs 8"]
     if smoke and runs:
         runs = ["--runs", "local_jobs_2=--engine local --jobs 2"]
-    per_run = (35.0 if smoke else 40.0) if not runs else (50.0 if smoke else 55.0)
+    per_run = (35.0 if smoke else 30.0) if not runs else (50.0 if smoke else 55.0)
     return ([sys.executable, str(ROOT / "scripts" / "gpu_catalogue.py"), "--workdir", str(work),
              "--cap", str(per_run)] + runs + toy)
 

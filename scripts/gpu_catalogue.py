@@ -46,11 +46,13 @@ from benchmark_catalogue import RATE, song  # noqa: E402
 from processes import run_bounded  # noqa: E402
 
 STEMS = ("vocals", "drums", "bass", "other")
-# name -> umx-separate options; the device's runs: Ray's default (one actor on the GPU),
-# three actors sharing it (decode, transfer and write of one track overlap another's
-# separation), and the local engine with four files at a time.
+# name -> umx-separate options; the device's runs: Ray's default (one actor on the GPU,
+# 8 tracks a call whose segments share batches), the same one track a call (what sharing
+# batches across tracks gives), three actors sharing the GPU (decode, transfer and write
+# of one track overlap another's separation), and the local engine with four files at a time.
 RUNS = {
     "ray": "--engine ray",
+    "ray_1_track_per_call": "--engine ray --tracks-per-call 1",
     "ray_3_actors": "--engine ray --actors 3 --actor-gpus 0.33",
     "local_jobs_4": "--engine local --jobs 4",
 }
