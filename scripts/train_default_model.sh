@@ -62,7 +62,9 @@
 #    (stage9d). Bass is not trained again.
 # 14. The bundled model: per target, the best-validation weights of stage 9,
 #    stage9d or the stage-8 bundle (vocals, drums and other from stage 9, bass
-#    from stage 8), written into openunmix_like/models/default/.
+#    from stage 8), written into openunmix_like/models/default/ as float16
+#    (--half; first bundled in float32, whose scores the float16 files match:
+#    docs/models.md).
 # The lengths and schedules are those the bundled model was trained with:
 # where a run ended early or was resumed with another --epochs, the lines
 # below use --stop-after to end at the same epoch on the same schedule.
@@ -161,5 +163,5 @@ only=vocals finetune stage9d "$work/combined-synthx2" "$work/stage8-best" --lstm
   --epochs 36 --lr-scheduler cosine --patience 1000 --seed 49 --ema 0.99 &
 wait
 
-python scripts/bundle_model.py "$work/stage9" --best-of "$work/stage9d" --best-of "$work/stage8-best" \
+python scripts/bundle_model.py --half "$work/stage9" --best-of "$work/stage9d" --best-of "$work/stage8-best" \
   openunmix_like/models/default

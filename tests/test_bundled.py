@@ -29,6 +29,7 @@ def test_bundled_model_is_small_and_complete():
 def test_from_pretrained_without_a_name_is_offline(offline):
     sep = Separator.from_pretrained()
     assert sep.target_names == ["vocals", "drums", "bass", "other"] and sep.sample_rate == 44100
+    assert {p.dtype for p in sep.parameters()} == {torch.float32}  # whatever the files store (float16 now)
     audio = torch.randn(2, 44100) * 0.1
     stems = separate(audio, 44100, model=sep)
     assert all(s.shape == audio.shape and torch.isfinite(s).all() for s in stems.values())
