@@ -347,12 +347,16 @@ class FixedSourcesTrackFolderDataset(_Base):
     target files (a list for ``target_file``) give stacked targets
     ``(nb_targets, nb_channels, nb_timesteps)``; with ``random_track_mix`` the
     first comes from the item's track and the others, like the interferers, from
-    random tracks.
+    random tracks. ``samples_per_track`` items per track make one epoch (each
+    its own draw), so that an epoch can be long where the tracks are few.
     """
 
     def __init__(self, root, split: str, target_file: Union[str, Sequence[str]], interferer_files: Sequence[str],
-                 random_track_mix: bool = False, **kw):
+                 random_track_mix: bool = False, samples_per_track: int = 1, **kw):
         super().__init__(**kw)
+        if samples_per_track < 1:
+            raise DatasetError(f"samples_per_track {samples_per_track}: give at least 1 item per track and epoch")
+        self.samples_per_track = samples_per_track
         folder = _split_dir(root, split)
         problems: List[str] = []
         self.tracks: List[List[AudioFile]] = []
@@ -377,11 +381,14 @@ class FixedSourcesTrackFolderDataset(_Base):
         self.random_track_mix = random_track_mix
 
     def __len__(self) -> int:
-        return len(self.tracks)
+        return len(self.tracks) * self.samples_per_track
+
+    def stats_indices(self) -> List[int]:
+        return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
 
     def _item(self, index: int) -> Pair:
         rng = self.rng(index)
-        files = self.tracks[index]
+        files = self.tracks[index // self.samples_per_track]
         start = self.start_in(min(f.duration() for f in files), rng)
         augment = rng if self.seq_duration is not None else None
         target = self.load_source(files[0], start, augment)

@@ -71,9 +71,45 @@ def test_the_mixture_stft_is_taken_once_per_batch_for_all_targets(tmp_path, monk
     assert all(len(h.train_loss) == 1 for h in histories.values())
 
 
+def test_max_minutes_ends_every_target_at_the_same_batch_and_saves_it(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=8, seconds=1.0)  # 4 batches of 2 per epoch
+    out = tmp_path / "model"
+    assert train("--dataset", "trackfolder_fix", "--root", root, "--targets", "vocals", "drums",
+                 "--epochs", "50", "--max-minutes", "1e-6", "--output", out) == 0
+    for target in ("vocals", "drums"):
+        record = json.loads((out / f"{target}.json").read_text())
+        # One step, then the budget is spent: the partial epoch is validated and saved.
+        assert record["epochs_trained"] == 1 and record["steps_trained"] == 1
+        assert (out / f"{target}.safetensors").is_file()
+
+
+def test_samples_per_track_makes_an_epoch_that_many_passes_over_the_tracks(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    out = tmp_path / "model"
+    assert train("--dataset", "trackfolder_fix", "--root", root, "--targets", "vocals", "drums",
+                 "--samples-per-track", "3", "--epochs", "1", "--output", out) == 0
+    assert json.loads((out / "vocals.json").read_text())["steps_trained"] == 3  # 2 tracks x 3 / batch 2
+    assert json.loads((out / "vocals.json").read_text())["args"]["samples_per_track"] == 3
+
+
+def test_samples_per_track_draws_each_item_anew_and_is_refused_where_unused(tmp_path, capsys):
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    kw = dict(seq_duration=0.5, sample_rate=RATE, nb_channels=2, seed=1, random_track_mix=True)
+    names = ["vocals.wav", "drums.wav"], ["bass.wav", "other.wav"]
+    once = FixedSourcesTrackFolderDataset(root, "train", *names, **kw)
+    thrice = FixedSourcesTrackFolderDataset(root, "train", *names, samples_per_track=3, **kw)
+    assert len(thrice) == 3 * len(once) == 6 and thrice.stats_indices() == [0, 3]
+    items = [thrice[i][0] for i in range(len(thrice))]
+    assert all(not torch.equal(items[i], items[j]) for i in range(6) for j in range(i))
+    assert train("--dataset", "aligned", "--root", root, "--input-file", "bass.wav", "--output-file", "vocals.wav",
+                 "--samples-per-track", "2", "--epochs", "1", "--output", tmp_path / "o") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--samples-per-track works with --dataset musdb or trackfolder_fix" in err
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--dataset", "sourcefolder"], "train one --target per run"),
-    (["--dataset", "trackfolder_fix", "--ckpt-every", "2"], "--ckpt-every and --max-minutes"),
+    (["--dataset", "trackfolder_fix", "--ckpt-every", "2"], "--ckpt-every works with one --target"),
     (["--dataset", "trackfolder_fix", "--target-file", "vocals.wav"], "drop --target-file"),
 ])
 def test_what_several_targets_do_not_support_is_one_line(tmp_path, capsys, extra, message):

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default=None, metavar="DIR", help="data folder (musdb root, or with train/ and valid/)")
     g.add_argument("--is-wav", action="store_true", help="musdb: MUSDB18-HQ wav files instead of .stem.mp4")
     g.add_argument("--samples-per-track", type=int, default=DEFAULTS.samples_per_track, metavar="N",
-                   help=f"musdb: excerpts per track and epoch (default {DEFAULTS.samples_per_track})")
+                   help="musdb, trackfolder_fix: training excerpts per track and epoch (default 64 for musdb, "
+                        "1 for trackfolder_fix)")
     g.add_argument("--input-file", "--input_file", dest="input_file", default=None, metavar="NAME",
                    help="aligned: input file (or folder) name")
     g.add_argument("--output-file", "--output_file", dest="output_file", default=None, metavar="NAME",

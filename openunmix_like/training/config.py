@@ -36,7 +36,8 @@ class TrainConfig:
     root: Optional[str] = None
     # musdb
     is_wav: bool = False
-    samples_per_track: int = 64
+    # musdb and trackfolder_fix: training items per track and epoch (None: 64 for musdb, 1 for trackfolder_fix)
+    samples_per_track: Optional[int] = None
     # folder datasets (None: the defaults of the layout, see factory.resolve_sources)
     input_file: Optional[str] = None
     output_file: Optional[str] = None
@@ -119,8 +120,9 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     """Fail on bad architecture, loss, schedule or augmentation options before reading any data.
 
     Returns:
-        ``cfg`` with ``eval_every`` resolved: ``--select-by sdr`` scores every
-        epoch unless ``--eval-every`` says otherwise.
+        ``cfg`` with ``eval_every`` resolved (``--select-by sdr`` scores every
+        epoch unless ``--eval-every`` says otherwise) and ``samples_per_track``
+        resolved for the layout.
     """
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
@@ -154,4 +156,21 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     if cfg.loss:
         parse_loss(cfg.loss)
     split_names(cfg.augmentation_names())
-    return dataclasses.replace(cfg, eval_every=eval_every)
+    return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg))
+
+
+SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1}  # the layouts that take --samples-per-track, and defaults
+
+
+def resolve_samples_per_track(cfg: TrainConfig) -> Optional[int]:
+    """``--samples-per-track``, or the layout's default; ``None`` for the layouts that do not use it."""
+    if cfg.dataset not in SAMPLES_PER_TRACK:
+        if cfg.samples_per_track is not None:
+            raise OpenUnmixLikeError(f"--samples-per-track works with --dataset {' or '.join(SAMPLES_PER_TRACK)}; "
+                                     f"drop it for --dataset {cfg.dataset}")
+        return None
+    if cfg.samples_per_track is None:
+        return SAMPLES_PER_TRACK[cfg.dataset]
+    if cfg.samples_per_track < 1:
+        raise OpenUnmixLikeError(f"--samples-per-track {cfg.samples_per_track}: give at least 1")
+    return cfg.samples_per_track

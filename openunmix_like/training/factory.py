@@ -20,7 +20,7 @@ from ..errors import ModelError, OpenUnmixLikeError
 from ..losses import Objective, parse_loss
 from ..modeldir import AudioSettings
 from ..transforms import STFT, ComplexNorm
-from .config import DATASETS, TrainConfig, check_options
+from .config import DATASETS, TrainConfig, check_options, resolve_samples_per_track
 from .context import Context, WeightAverage
 from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
 from .history import History, tensorboard_writer
@@ -52,7 +52,7 @@ def resolve_sources(cfg: TrainConfig) -> TrainConfig:
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Training and validation datasets for ``cfg.dataset`` (names resolved by :func:`resolve_sources`)."""
-    cfg = resolve_sources(cfg)
+    cfg = dataclasses.replace(resolve_sources(cfg), samples_per_track=resolve_samples_per_track(cfg))
     common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
     train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
@@ -75,7 +75,7 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     if cfg.dataset == "trackfolder_fix":
         args = dict(root=cfg.root, target_file=cfg.target_file, interferer_files=cfg.interferer_files)
         return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix,
-                                                    **args, **train_kw),
+                                                    samples_per_track=cfg.samples_per_track, **args, **train_kw),
                 data.FixedSourcesTrackFolderDataset(split="valid", **args, **valid_kw))
     if cfg.dataset == "trackfolder_var":
         args = dict(root=cfg.root, target_file=cfg.target_file, ext=cfg.ext,

@@ -20,12 +20,12 @@ import torch
 
 from .. import data
 from ..errors import OpenUnmixLikeError
-from .config import TrainConfig, check_options
+from .config import TrainConfig, check_options, resolve_samples_per_track
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .factory import build_model, make_context, preload_datasets
 from .history import History
-from .loop import augment_seed, finish_epoch, loader, resume, should_stop, train_batch
+from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix")
@@ -42,9 +42,9 @@ def check_targets(cfg: TrainConfig) -> None:
     if cfg.target_file:
         raise OpenUnmixLikeError("--targets reads each target from <target>.<ext> in the track folders; "
                                  "drop --target-file")
-    if cfg.ckpt_every or cfg.max_minutes:
-        raise OpenUnmixLikeError("--ckpt-every and --max-minutes work with one --target per run; drop them "
-                                 "with --targets (every epoch still writes each target's checkpoint)")
+    if cfg.ckpt_every:
+        raise OpenUnmixLikeError("--ckpt-every works with one --target per run; drop it with --targets (every "
+                                 "epoch still writes each target's checkpoint)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise OpenUnmixLikeError("--targets runs in one process; under torchrun, train one --target per run")
 
@@ -52,6 +52,7 @@ def check_targets(cfg: TrainConfig) -> None:
 def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConfig, list]:
     """Training and validation sets whose items hold every target stacked, ``cfg`` with the
     interferer files resolved, and each target's file name (trackfolder_fix), for the records."""
+    cfg = dataclasses.replace(cfg, samples_per_track=resolve_samples_per_track(cfg))
     common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
     train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
@@ -66,8 +67,8 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
     files, others = [file for file, _ in found], found[0][1]
     interferers = cfg.interferer_files if cfg.interferer_files is not None else [f for f in others if f not in files]
     args = dict(root=cfg.root, target_file=files, interferer_files=interferers)
-    return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix, **args,
-                                                **train_kw),
+    return (data.FixedSourcesTrackFolderDataset(split="train", random_track_mix=cfg.random_track_mix,
+                                                samples_per_track=cfg.samples_per_track, **args, **train_kw),
             data.FixedSourcesTrackFolderDataset(split="valid", **args, **valid_kw),
             dataclasses.replace(cfg, interferer_files=interferers), files)
 
@@ -106,6 +107,10 @@ def run_targets(cfg: TrainConfig) -> Dict[str, History]:
             break
         for (k, ctx), result in zip(active, train_epoch_shared(active, train_set, epoch)):
             finish_epoch(ctx, epoch, *result)
+        if active[0][1].out_of_time:
+            if not cfg.quiet:
+                log.info("--max-minutes %g spent in epoch %d: stopping", cfg.max_minutes, epoch)
+            break
     return {ctx.cfg.target: ctx.history for ctx in contexts}
 
 
@@ -113,7 +118,9 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     """One pass over the shared training set, every active target stepping on each batch.
 
     Returns, per target, what :func:`~openunmix_like.training.loop.train_epoch` returns:
-    mean loss, seconds (the shared epoch's), data-loading share, samples.
+    mean loss, seconds (the shared epoch's), data-loading share, samples. With ``--max-minutes``
+    the epoch ends at the batch that spends the budget (the first target's training time so far
+    plus this epoch's), and every active target is marked out of time.
     """
     from tqdm import tqdm
 
@@ -139,6 +146,10 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
                     mix_stft = lead.objective.stft(x)
             for k, ctx in active:
                 train_batch(ctx, x, targets[:, k], epoch, batch, progress[id(ctx)], mix_stft=mix_stft)
+            if lead.cfg.max_minutes and budget_spent(lead, time.perf_counter() - start):
+                for _, ctx in active:
+                    ctx.out_of_time = True
+                break
             last = time.perf_counter()
     elapsed = time.perf_counter() - start
     share = data_time / max(elapsed, 1e-9)
