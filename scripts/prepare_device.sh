@@ -33,7 +33,7 @@ WHEELS="soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 norbert==0.2.1 openunmix==1
 # Parts of Ray that umx-separate --engine ray (core tasks and actors, no dashboard) never imports.
 RAY_CUT="ray/jars ray/rllib ray/serve ray/llm ray/tune ray/train ray/data ray/dashboard/client"
 RAY_BINARIES="ray/_raylet.so ray/core/src/ray/gcs/gcs_server ray/core/src/ray/raylet/raylet"
-KINDS=/work/.library/device/KINDS.md
+KINDS=${KINDS:-/work/.library/device/KINDS.md}  # the device tool's package list
 
 say() { printf 'prepare_device: %s\n' "$*" >&2; }
 

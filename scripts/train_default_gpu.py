@@ -11,13 +11,13 @@ below; nothing needs deciding on the device. Why these settings, and the
 measurements behind the corpus pack: docs/history/gpu-retraining-prep.md.
 
 Here, once (the corpus: scripts/train_default_model.sh's umx-synth line, seed
-2026, into /work/gpu-state/corpus/synth; Opus at 64 kbit/s, the lowest rate
+2026, into $GPU_STATE/corpus/synth, GPU_STATE defaulting to /work/gpu-state; Opus at 64 kbit/s, the lowest rate
 tried whose cost in the paired experiment was nil in SDR and at most small in
 the validation loss)::
 
-    python scripts/pack_corpus.py pack /work/gpu-state/corpus/synth ../shared/data/musdb18-7s \
-        /work/gpu-state/corpus-pack-64k --bitrate 64 --parts 16 --no-synth-valid
-    ln -sfn corpus-pack-64k /work/gpu-state/corpus-pack
+    python scripts/pack_corpus.py pack $GPU_STATE/corpus/synth ../shared/data/musdb18-7s \
+        $GPU_STATE/corpus-pack-64k --bitrate 64 --parts 16 --no-synth-valid
+    ln -sfn corpus-pack-64k $GPU_STATE/corpus-pack
 
 Here, before the lent session: ``python scripts/train_default_gpu.py stage``.
 It fills ``.gpu22/`` (ignored through ``.git/info/exclude``) with the soundfile
@@ -58,7 +58,7 @@ the weights once as ``init/``; ``python scripts/train_default_gpu.py restore``
 puts the files back afterwards (before any commit).
 
 Back here: ``python scripts/train_default_gpu.py receive FILES_AT`` stores the
-files under /work/gpu-state/sessions/<UTC time>/ (``model/`` loads with
+files under $GPU_STATE/sessions/<UTC time>/ (``model/`` loads with
 ``--model``; ``sessions/latest`` points to it), scores them and the bundled
 model with ``umx-evaluate`` on the 14 MUSDB18 validation excerpts and the 10
 generated test songs (the model card's commands), compares them track by track
@@ -497,7 +497,7 @@ def receive(args: argparse.Namespace) -> None:
 
 def smoke(args: argparse.Namespace) -> None:
     """pack, stage, the device calls one after another (each seeing only what it carries) and receive,
-    at toy size on the CPU, in /tmp/gpu22-smoke; the real /work/gpu-state and .gpu22 are not touched."""
+    at toy size on the CPU, in /tmp/gpu22-smoke; the real $GPU_STATE and .gpu22 are not touched."""
     tmp = Path("/tmp/gpu22-smoke")
     shutil.rmtree(tmp, ignore_errors=True)
     state, stage = tmp / "state", ".gpu22-smoke"
