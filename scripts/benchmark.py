@@ -393,8 +393,7 @@ def main(argv=None) -> int:
         print("gpu ...", file=sys.stderr)
         device, clock = torch.device("cuda"), gpu_benchmark.Clock(torch.device("cuda"))
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "model").mkdir()
-            folder = gpu_benchmark.write_umxhq_shaped(Path(tmp) / "model")
+            folder = gpu_benchmark.model_folder(Path(tmp))
             gpu_benchmark.separation(folder, device, clock, [60, 600], 3600)
             gpu_benchmark.command_line(folder, device, Path(tmp), 600)
         text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS, "python scripts/benchmark.py") + "\n"

@@ -13,22 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from side_by_side import write_umxhq_shaped
+from side_by_side import best_of, write_umxhq_shaped
 
 
 def best(fn, calls: int) -> float:
+    """Seconds of the best of ``calls`` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(min(times), 3)
+    return round(best_of(fn, calls)[0], 3)
 
 
 def model_macs(frames: int, nb_bins: int = 2049, max_bin: int = 1487, hidden: int = 512, channels: int = 2,

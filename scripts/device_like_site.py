@@ -52,6 +52,11 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def distribution(wheel: Path) -> str:
+    """The normalised distribution name of a wheel file."""
+    return normalise(wheel.name.split("-")[0])
+
+
 def device_packages(kinds: Path) -> set:
     """Distribution names of the device image, from the 'Packages:' line of KINDS.md."""
     text = kinds.read_text()
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("kinds", type=Path, help="KINDS.md of the device tool")
     p.add_argument("wheels", type=Path, help="folder of the wheels carried to the device")
     args = p.parse_args(argv)
-    carried = {normalise(w.name.split("-")[0]) for w in args.wheels.glob("*.whl")}
+    carried = {distribution(w) for w in args.wheels.glob("*.whl")}
     names = hidden_modules(device_packages(args.kinds) | carried | ALWAYS)
     print(sitecustomize(names), end="")
     return 0

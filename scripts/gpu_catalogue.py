@@ -240,23 +240,16 @@ def separator_alone(folder: Path, track: Path, device: str, calls: int) -> dict:
     import soundfile as sf
     import torch
 
+    from gpu_benchmark import Clock
     from openunmix_like import Separator
     from openunmix_like.inference import separate_tensor
 
     separator = Separator.from_pretrained(folder, niter=1, device=device)
     audio = torch.from_numpy(sf.read(track, dtype="float32")[0].T.copy())
     seconds = audio.shape[-1] / RATE
-    best = float("inf")
     with torch.inference_mode():
-        for _ in range(calls + 1):  # the first call warms up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            separate_tensor(separator, audio, RATE).cpu()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return {"s_per_track": round(best, 3), "h_per_h": round(seconds / best, 1), "track_s": seconds}
+        best, _ = Clock(torch.device(device)).best(lambda: separate_tensor(separator, audio, RATE).cpu(), n=calls)
+    return {"s_per_track": best, "h_per_h": round(seconds / best, 1), "track_s": seconds}
 
 
 def io_alone(track: Path, work: Path, calls: int) -> dict:
@@ -386,7 +379,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace, work: Path, out: Path) -> None:
     import torch
 
-    from gpu_benchmark import model_folder
+    from gpu_benchmark import cli, model_folder
 
     device = "cpu" if args.smoke else "cuda"
     runs = run_options(args.runs, SMOKE_RUNS if args.smoke else RUNS)
@@ -398,9 +391,8 @@ def run(args: argparse.Namespace, work: Path, out: Path) -> None:
         "device": gpu_name() if device == "cuda" else "cpu (smoke)", "torch": torch.__version__,
         "distinct": args.distinct, "names": args.names, "track_s": args.seconds, "cap_s": args.cap}})
     save(out)
-    common = [sys.executable, "-c", "import sys; sys.argv[0] = 'umx-separate'; "
-              "from openunmix_like.cli.separate import main; sys.exit(main())",
-              str(work / "in"), "--model", str(folder), "--device", device, "--niter", "1", "--quiet"]
+    common = cli("separate") + [str(work / "in"), "--model", str(folder), "--device", device, "--niter", "1",
+                                "--quiet"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for name in names:
         try:

@@ -127,11 +127,12 @@ missing_on_device() {  # Requires-Dist names of the carried wheels that neither 
 import re, sys, zipfile
 from pathlib import Path
 
-norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
-text = Path(sys.argv[1]).read_text()
-device = {norm(n) for n in text.split("Packages: ", 1)[1].split(".\n", 1)[0].split(", ")}
+sys.path.insert(0, "scripts")
+from device_like_site import device_packages, distribution, normalise as norm
+
+device = device_packages(Path(sys.argv[1]))
 wheels = sorted(Path(sys.argv[2]).glob("*.whl")) + [Path(sys.argv[3])]
-carried = {norm(w.name.split("-")[0]) for w in wheels}
+carried = {distribution(w) for w in wheels}
 missing = set()
 for wheel in wheels:
     with zipfile.ZipFile(wheel) as z:

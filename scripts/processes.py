@@ -11,8 +11,9 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 
 def session_members(sid: int) -> List[int]:
@@ -42,12 +43,16 @@ def kill_session(sid: int) -> int:
     return count
 
 
+@dataclass
 class Bounded:
     """The outcome of :func:`run_bounded`."""
 
-    def __init__(self, pid: int, rc, seconds: float, timed_out: bool, tail: str, started: float):
-        self.pid, self.rc, self.seconds, self.timed_out, self.tail, self.started = (pid, rc, seconds, timed_out,
-                                                                                    tail, started)
+    pid: int
+    rc: Union[int, str]
+    seconds: float
+    timed_out: bool
+    tail: str
+    started: float
 
 
 def run_bounded(command: List[str], timeout: float, env: Optional[dict] = None,
