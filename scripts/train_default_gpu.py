@@ -301,14 +301,19 @@ def path_bytes(path: Path) -> int:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    digest = lambda folder: [hashlib.sha256((folder / f"{t}.safetensors").read_bytes()).hexdigest() for t in TARGETS]  # noqa: E731
-    return all((f / f"{t}.safetensors").is_file() for f in (a, b) for t in TARGETS) and digest(a) == digest(b)
+    from openunmix_like.pretrained import sha256_of
+
+    if not all((f / f"{t}.safetensors").is_file() for f in (a, b) for t in TARGETS):
+        return False
+    return all(sha256_of(a / f"{t}.safetensors") == sha256_of(b / f"{t}.safetensors") for t in TARGETS)
 
 
 def link_bundled_weights(stage: Path) -> None:
     """The bundled weight files replaced by links to copies under the state folder (the package works as
     before here; a device call sends only the links), and the weights themselves into ``stage/init``
     unless a newer session's are there. :func:`restore` puts the files back."""
+    from openunmix_like.pretrained import sha256_of
+
     keep = STATE / "tree-weights"
     keep.mkdir(parents=True, exist_ok=True)
     if not (stage / "init").is_dir():
@@ -317,7 +322,7 @@ def link_bundled_weights(stage: Path) -> None:
         path = BUNDLED / f"{target}.safetensors"
         if path.is_symlink():
             continue
-        copy = keep / f"{target}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}.safetensors"
+        copy = keep / f"{target}-{sha256_of(path)[:12]}.safetensors"
         shutil.copyfile(path, copy)
         tmp = path.with_name(f".{path.name}.link")
         tmp.symlink_to(copy)
@@ -407,7 +412,7 @@ def average_sdr(evaldir: Path) -> dict:
     """Per target the median SDR of an umx-evaluate results.csv (the model card's numbers), and their mean."""
     import csv
 
-    rows = [r for r in csv.DictReader(open(evaldir / "results.csv")) if r["metric"] == "SDR"]
+    rows = [r for r in csv.DictReader((evaldir / "results.csv").read_text().splitlines()) if r["metric"] == "SDR"]
     scores = {r["target"]: float(r["median"]) for r in rows if r["target"] in TARGETS}
     return {**scores, "average": sum(scores.values()) / len(scores)}
 

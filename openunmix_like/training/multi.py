@@ -20,7 +20,7 @@ import torch
 
 from .. import data
 from ..errors import OpenUnmixLikeError
-from .config import TrainConfig, check_options, resolve_samples_per_track
+from .config import TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .factory import build_model, make_context, preload_datasets
@@ -51,8 +51,8 @@ def check_targets(cfg: TrainConfig) -> None:
 
 def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConfig, list]:
     """Training and validation sets whose items hold every target stacked, ``cfg`` with the
-    interferer files resolved, and each target's file name (trackfolder_fix), for the records."""
-    cfg = dataclasses.replace(cfg, samples_per_track=resolve_samples_per_track(cfg))
+    interferer files resolved, and each target's file name (trackfolder_fix), for the records.
+    ``cfg`` is as :func:`~openunmix_like.training.config.check_options` returns it (``samples_per_track`` resolved)."""
     common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
     train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
