@@ -153,6 +153,12 @@ def auto_batch_segments(separator: Separator, segment: Optional[float]) -> int:
     return int(max(1, min(32, 0.25 * free // per_segment)))
 
 
+def _batch_size(separator: Separator, batch_segments: Optional[int], segment: Optional[float]) -> int:
+    if batch_segments is not None and batch_segments < 1:
+        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
+    return batch_segments or auto_batch_segments(separator, segment)
+
+
 def iter_separate(
     separator: Separator,
     audio,
@@ -195,9 +201,7 @@ def iter_separate(
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
-    if batch_segments is not None and batch_segments < 1:
-        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
-    batch = batch_segments or auto_batch_segments(separator, segment)
+    batch = _batch_size(separator, batch_segments, segment)
     total, done = plan[-1].end, 0
 
     def seconds(frames: int) -> int:
@@ -215,10 +219,10 @@ def iter_separate(
             yield chunk
 
 
-def _stitch(plan: List[Segment], estimates: Iterable[Tuple[int, Segment, Tensor]]) -> Iterator[Tensor]:
+def _stitch(plan: List[Segment], estimates: Iterable[Tensor]) -> Iterator[Tensor]:
     """Cross-fade the estimates of ``plan``'s segments, given in order, into consecutive finished chunks."""
     emitted, pending = 0, None
-    for k, seg, est in estimates:
+    for k, (seg, est) in enumerate(zip(plan, estimates)):
         a = emitted - seg.start
         if pending is not None:
             n = pending.shape[-1]
@@ -235,8 +239,8 @@ def _stitch(plan: List[Segment], estimates: Iterable[Tuple[int, Segment, Tensor]
 
 
 def _separated(separator: Separator, source, plan: List[Segment], rate: float, out_rate: float,
-               batch: int) -> Iterator[tuple]:
-    """``(index, segment, estimate)`` for each segment of ``plan`` in order, ``batch`` at a time.
+               batch: int) -> Iterator[Tensor]:
+    """The estimate of each segment of ``plan`` in order, separated ``batch`` at a time.
 
     A reader thread decodes the next batch's input while this one is separated (decoding
     releases the GIL), so the separator does not wait for the disk or the decoder.
@@ -250,14 +254,11 @@ def _separated(separator: Separator, source, plan: List[Segment], rate: float, o
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-read") as reader:
         upcoming = reader.submit(read, groups[0])
-        first = 0
         for g, group in enumerate(groups):
             pieces = upcoming.result()
             if g + 1 < len(groups):
                 upcoming = reader.submit(read, groups[g + 1])
-            for k, (seg, est) in enumerate(zip(group, _separate_segments(separator, pieces, group, rate, out_rate))):
-                yield first + k, seg, est
-            first += len(group)
+            yield from _separate_segments(separator, pieces, group, rate, out_rate)
 
 
 def separate_tensor(
@@ -305,10 +306,8 @@ def separate_tracks(
     """
     if len(sample_rates) != len(tracks) or (out_rates is not None and len(out_rates) != len(tracks)):
         raise ValueError("separate_tracks: give one sample rate (and output rate) per track")
-    if batch_segments is not None and batch_segments < 1:
-        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
     out_rates = list(sample_rates) if out_rates is None else list(out_rates)
-    batch = batch_segments or auto_batch_segments(separator, segment)
+    batch = _batch_size(separator, batch_segments, segment)
     plans = [plan_segments(track.shape[-1], rate, separator.sample_rate, separator.n_hop, separator.wiener_win_len,
                            segment, overlap, out_rate)
              for track, rate, out_rate in zip(tracks, sample_rates, out_rates)]
@@ -327,9 +326,7 @@ def separate_tracks(
                 pieces = [tracks[t][..., seg.in_start : seg.in_end] for (t, _), seg in zip(members, segments)]
                 for (t, k), est in zip(members, _separate_segments(separator, pieces, segments, rate, out_rate)):
                     estimates[t][k] = est
-        return [torch.cat(list(_stitch(plan, ((k, seg, est) for k, (seg, est) in enumerate(zip(plan, found))))),
-                          dim=-1)
-                for plan, found in zip(plans, estimates)]
+        return [torch.cat(list(_stitch(plan, found)), dim=-1) for plan, found in zip(plans, estimates)]
 
 
 def separate(

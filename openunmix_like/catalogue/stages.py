@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ class SeparationWorker:
         try:
             if self.separator is None:
                 self._load(model)
-            out_rate = int(self.separator.sample_rate) if options.keep_model_rate else decoded.sample_rate
+            out_rate = self._out_rate(decoded.sample_rate, options)
             if decoded.audio is None:
                 return Separated(None, out_rate, self._stream(track, out_rate, options))
             audio = torch.from_numpy(decoded.audio)
@@ -196,6 +196,10 @@ class SeparationWorker:
                     results[i] = self._separate_or_error(tracks[i], decoded[i], options, model)
         return results[0] if len(tracks) == 1 else tuple(results)
 
+    def _out_rate(self, rate: int, options: Options) -> int:
+        """The stems' rate: the input's, or the model's with ``keep_model_rate``."""
+        return int(self.separator.sample_rate) if options.keep_model_rate else rate
+
     def _separate_or_error(self, track: Track, decoded: Decoded, options: Options, model):
         try:
             return self.separate(track, decoded, options, model)
@@ -208,7 +212,7 @@ class SeparationWorker:
         if self.separator is None:
             self._load(model)
         rates = [item.sample_rate for item in decoded]
-        out_rates = [int(self.separator.sample_rate) if options.keep_model_rate else rate for rate in rates]
+        out_rates = [self._out_rate(rate, options) for rate in rates]
         stems = separate_tracks(self.separator, [torch.from_numpy(item.audio) for item in decoded], rates,
                                 options.segment or None, options.overlap, out_rates, options.batch_segments)
         return [Separated(s.cpu().numpy(), int(rate)) for s, rate in zip(stems, out_rates)]
