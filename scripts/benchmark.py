@@ -392,6 +392,8 @@ def main(argv=None) -> int:
 
         print("gpu ...", file=sys.stderr)
         device, clock = torch.device("cuda"), gpu_benchmark.Clock(torch.device("cuda"))
+        gpu_benchmark.RESULTS.update(device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                                     cuda=torch.version.cuda)  # the table's Device line
         with tempfile.TemporaryDirectory() as tmp:
             folder = gpu_benchmark.model_folder(Path(tmp))
             gpu_benchmark.separation(folder, device, clock, [60, 600], 3600)
