@@ -341,6 +341,7 @@ def separate(
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
     batch_segments: Optional[int] = None,
+    precision: str = "auto",
     **wiener_options,
 ) -> Dict[str, Tensor]:
     """Separate audio in one call.
@@ -357,6 +358,8 @@ def separate(
         aggregate: sum groups of targets, see :meth:`Separator.to_dict`.
         segment, overlap, batch_segments: segmented processing (see :func:`iter_separate`).
         device: where to run a model loaded here.
+        precision: the target models' arithmetic for a model loaded here (see
+            :meth:`Separator.from_pretrained`).
 
     Returns:
         target name -> tensor shaped like ``audio``.
@@ -369,7 +372,7 @@ def separate(
     audio = check_audio(audio, sample_rate)
     if not isinstance(model, Separator):
         model = Separator.from_pretrained(model, targets=targets, device=device, wiener=wiener, progress=progress,
-                                          **wiener_options)
+                                          precision=precision, **wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress, batch_segments)

@@ -1,7 +1,10 @@
 """The end-to-end separator: STFT, per-target models, Wiener filter, inverse STFT."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -12,7 +15,40 @@ from . import filtering
 from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .transforms import ISTFT, STFT, ComplexNorm
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+# What ``auto`` means on the CPU, overriding the processor check (``fp32`` or ``bf16``).
+AUTO_PRECISION_ENV = "UMX_AUTO_PRECISION"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this processor multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16,
+    read from ``/proc/cpuinfo``). Elsewhere oneDNN emulates bfloat16, slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device] = "cpu") -> str:
+    """``precision`` with ``auto`` resolved for ``device``: ``bf16`` on a CPU with native
+    bfloat16 arithmetic, where it separates faster for no measurable SDR (see
+    docs/benchmarks.md), ``fp32`` elsewhere (GPUs included). The environment variable
+    ``UMX_AUTO_PRECISION`` (``fp32`` or ``bf16``) overrides the processor check on CPUs."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    chosen = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+    if chosen:
+        if chosen not in ("fp32", "bf16"):
+            raise ValueError(f"{AUTO_PRECISION_ENV}={chosen!r}: set it to fp32 or bf16, or unset it")
+        return chosen
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +108,14 @@ class Separator(nn.Module):
         n_fft: STFT length.
         n_hop: STFT hop.
         nb_channels: channels the models take (1 or 2).
-        precision: ``fp32``, or ``bf16`` to run the target models under bfloat16
-            autocast (faster where bfloat16 units exist: recent CPUs and GPUs; the
-            STFT, the Wiener filter and the output stay float32).
+        precision: ``fp32``, or ``bf16`` for the target models' matrix products
+            (faster where bfloat16 units exist: recent CPUs and GPUs). Open-Unmix
+            models are kept as converted copies (:meth:`OpenUnmix.cast_products`:
+            dense and LSTM weights in bfloat16, normalisation and the mask float32);
+            other architectures run under bfloat16 autocast. The STFT, the Wiener
+            filter and the output stay float32. ``auto``: see
+            :func:`resolve_precision`, for the device the models are on. Fixed at
+            construction.
         **wiener_options: ``niter``, ``softmask``, ``residual`` or
             ``wiener_win_len``, overriding those of ``wiener`` (the reference
             package's keyword names).
@@ -105,8 +146,10 @@ class Separator(nn.Module):
         **wiener_options,
     ):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if precision == "auto":
+            devices = [p.device for m in target_models.values() for p in m.parameters()]
+            precision = resolve_precision(precision, devices[0] if devices else "cpu")
+        precision = resolve_precision(precision)
         if wiener is not None and not isinstance(wiener, WienerSettings):
             raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
                             "and wiener_win_len as keywords")
@@ -126,10 +169,20 @@ class Separator(nn.Module):
         self.n_fft = n_fft
         self.n_hop = n_hop
         self.nb_channels = nb_channels
-        self.precision = precision
+        self._precision = precision
+        if precision == "bf16":
+            for name, model in list(self.target_models.items()):
+                if hasattr(model, "cast_products") and model.product_dtype != torch.bfloat16:
+                    # A converted copy: the caller's model stays as it was.
+                    self.target_models[name] = copy.deepcopy(model).cast_products(torch.bfloat16)
         self.stft = STFT(n_fft, n_hop)
         self.istft = ISTFT(n_fft, n_hop)
         self.complexnorm = ComplexNorm(mono=nb_channels == 1)
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the target models' arithmetic, chosen at construction."""
+        return self._precision
 
     @property
     def niter(self) -> int:
@@ -205,15 +258,10 @@ class Separator(nn.Module):
         mono_in_stereo_model = self.nb_channels == 2 and audio.shape[1] == 1
         if mono_in_stereo_model:
             mag = mag.expand(-1, 2, -1, -1)
-        # Stacked frame-major (as the models compute them), viewed as
-        # (nb_samples, nb_targets, nb_channels, nb_bins, nb_frames).
+        # Frame-major (nb_frames, nb_samples, nb_channels, nb_bins), as the models compute them.
         frame_major = [out.permute(3, 0, 1, 2) for out in self._model_outputs(mag, mix_stft, audio)]
-        spectrograms = torch.stack(frame_major, dim=2).permute(1, 2, 3, 4, 0)
-        if mono_in_stereo_model:
-            # Filter the mono mixture with one spectrogram per target: a duplicated
-            # stereo pair would make the mixture covariance singular.
-            spectrograms = spectrograms.mean(dim=2, keepdim=True)
-        estimates = [self._filter_and_invert(spectrograms[i], mix_stft[i], offsets[i], audio.shape[-1])
+        estimates = [self._filter_and_invert([out[:, i] for out in frame_major], mix_stft[i], offsets[i],
+                                             audio.shape[-1], downmix=mono_in_stereo_model)
                      for i in range(audio.shape[0])]
         return estimates[0][None] if len(estimates) == 1 else torch.stack(estimates)
 
@@ -239,7 +287,7 @@ class Separator(nn.Module):
     def _magnitude(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> Tensor:
         """A target model's magnitude estimate ``(nb_samples, nb_channels, nb_bins, nb_frames)``,
         float32 whatever :attr:`precision` the model ran in."""
-        if self.precision == "fp32":
+        if self.precision == "fp32" or getattr(model, "product_dtype", None) == torch.bfloat16:
             return self._model_magnitude(model, mag, mix_stft, audio)
         with torch.autocast(device_type=mag.device.type, dtype=torch.bfloat16):
             return self._model_magnitude(model, mag, mix_stft, audio).float()
@@ -266,32 +314,43 @@ class Separator(nn.Module):
             return est.abs()
         return self.stft(model(signal).float()).abs()
 
-    def _filter_and_invert(self, spectrograms: Tensor, mix_stft: Tensor, frame_offset: int, length: int) -> Tensor:
+    def _filter_and_invert(self, spectrograms: Sequence[Tensor], mix_stft: Tensor, frame_offset: int, length: int,
+                           downmix: bool = False) -> Tensor:
         """Wiener filter and inverse STFT of one sample, one filter window at a time.
 
         Args:
-            spectrograms: ``(nb_targets, {1, nb_channels}, nb_bins, nb_frames)`` magnitudes.
+            spectrograms: per target, frame-major magnitudes ``(nb_frames, {1, nb_channels}, nb_bins)``;
+                the targets are stacked one window at a time, which copies a window rather than
+                the whole signal.
             mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
+            downmix: filter with the mean of each target's channels (a stereo model's estimate
+                of a mono mixture: a duplicated stereo pair would make the mixture covariance
+                singular).
 
         Returns:
             ``(nb_targets [+ residual], nb_channels, length)``.
         """
-        nb_targets = spectrograms.shape[0]
+        nb_targets = len(spectrograms)
         nb_channels, nb_bins, nb_frames = mix_stft.shape
         # EM needs two sources: with one target and no residual, use a hidden residual.
         residual = self.residual is not None or (self.niter > 0 and nb_targets == 1)
         keep = nb_targets + (self.residual is not None)
         win = self.wiener_win_len or nb_frames
         windows = filtering.window_bounds(nb_frames, win, frame_offset)
-        audio = self.istft.allocate((keep, nb_channels), nb_frames, spectrograms.dtype, mix_stft.device, length)
+        dtype = spectrograms[0].dtype
+        audio = self.istft.allocate((keep, nb_channels), nb_frames, dtype, mix_stft.device, length)
         scratch = None
         if nb_channels == 2:
             # One buffer for every window's estimates instead of fresh memory each time.
             longest = max(b - a for a, b in windows)
-            scratch = torch.empty((nb_targets + residual, 2, longest, nb_bins, 2),
-                                  dtype=spectrograms.dtype, device=mix_stft.device)
+            scratch = torch.empty((nb_targets + residual, 2, longest, nb_bins, 2), dtype=dtype,
+                                  device=mix_stft.device)
         for a, b in windows:
-            y = filtering.wiener_fast(spectrograms[..., a:b], mix_stft[..., a:b], iterations=self.niter,
+            # (frames, targets, channels, bins), viewed as (targets, channels, bins, frames).
+            spec = torch.stack([s[a:b] for s in spectrograms], dim=1)
+            if downmix:
+                spec = spec.mean(dim=2, keepdim=True)
+            y = filtering.wiener_fast(spec.permute(1, 2, 3, 0), mix_stft[..., a:b], iterations=self.niter,
                                       softmask=self.softmask, residual=residual, out=scratch)
             self.istft.accumulate(y[:keep], audio, a)
         return self.istft.finish(audio, nb_frames, length)
@@ -319,7 +378,7 @@ class Separator(nn.Module):
         device: Union[str, torch.device] = "cpu",
         wiener: Optional[WienerSettings] = None,
         progress: bool = True,
-        precision: str = "fp32",
+        precision: str = "auto",
         **wiener_options,
     ) -> "Separator":
         """Load a separator by name, from a model folder, or the bundled default.
@@ -333,7 +392,10 @@ class Separator(nn.Module):
             device: torch device.
             wiener, **wiener_options: the Wiener filter's settings, see :class:`Separator`.
             progress: show download progress bars.
-            precision: ``fp32`` or ``bf16`` for the target models, see :class:`Separator`.
+            precision: ``fp32`` or ``bf16`` for the target models, see :class:`Separator`;
+                ``auto`` (the default) resolves for ``device`` (:func:`resolve_precision`):
+                bfloat16 on CPUs with bfloat16 units, float32 elsewhere. Use ``fp32`` for
+                results equal to the reference package's to float rounding.
 
         Example:
             >>> separator = Separator.from_pretrained()                      # bundled, offline
@@ -343,6 +405,10 @@ class Separator(nn.Module):
 
         wiener = (wiener or WienerSettings()).replace(**wiener_options)
         models, settings = load_models(name_or_path, targets=targets, progress=progress)
+        precision = resolve_precision(precision, device)
+        if precision == "bf16":  # these models are ours: convert them rather than copies
+            models = {name: m.cast_products(torch.bfloat16) if hasattr(m, "cast_products") else m
+                      for name, m in models.items()}
         separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
                         n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision)
         return separator.freeze().to(device)

@@ -19,6 +19,11 @@ def _window_like(window: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.hann_window(window.shape[0], periodic=True, dtype=dtype, device=window.device)
 
 
+# Size of the temporaries the CPU transforms work in: well below glibc's largest reused
+# block (32 MiB), above which every allocation is a fresh mapping whose pages fault in.
+CPU_CHUNK_BYTES = 8 << 20
+
+
 class STFT(nn.Module):
     """Short-time Fourier transform of multichannel audio.
 
@@ -123,13 +128,25 @@ class ISTFT(nn.Module):
     def accumulate(self, spec: Tensor, buffer: Tensor, frame_start: int) -> None:
         """Add the windowed inverse FFT of frames ``frame_start ...`` into ``buffer``.
 
+        On the CPU the frames are inverted a few megabytes at a time: temporaries of
+        that size are reused by the allocator, where larger ones would be fresh,
+        page-faulting memory on every call.
+
         Args:
             spec: complex ``(..., nb_bins, n)``, frames ``frame_start`` to ``frame_start + n``.
             buffer: from :meth:`allocate`, same leading shape.
         """
         window = _window_like(self.window, buffer.dtype).to(buffer.device)
-        frames = torch.fft.irfft(spec.transpose(-1, -2), n=self.n_fft)  # (..., n, n_fft)
-        frames.mul_(window)
+        n = spec.shape[-1]
+        step = n
+        if not spec.is_cuda:
+            frame_bytes = buffer[..., :1].numel() * self.n_fft * buffer.element_size()
+            step = max(1, CPU_CHUNK_BYTES // frame_bytes)
+        for t in range(0, n, step):
+            frames = torch.fft.irfft(spec[..., t : t + step].transpose(-1, -2), n=self.n_fft)  # (..., step, n_fft)
+            self._overlap_add(frames.mul_(window), buffer, frame_start + t)
+
+    def _overlap_add(self, frames: Tensor, buffer: Tensor, frame_start: int) -> None:
         n = frames.shape[-2]
         hop = self.n_hop
         if self.n_fft % hop:

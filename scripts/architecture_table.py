@@ -68,7 +68,7 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for folder in sorted(p for p in (work / "models").iterdir() if (p / "separator.json").is_file()):
-        separator = Separator.from_pretrained(folder, niter=1)
+        separator = Separator.from_pretrained(folder, niter=1, precision="fp32")
         params = {sum(v.numel() for v in m.parameters()) for m in separator.target_models.values()}
         records = target_records(folder)
         sdr = sdr_medians(work / "eval" / folder.name)

@@ -85,7 +85,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in work.glob("*.safetensors"))
         if size > LIMIT:
             raise SystemExit(f"{src}: {size / 2 ** 20:.1f} MB of weights, over the 40 MB limit; {dest} left as it was")
-        separator = Separator.from_pretrained(str(work))
+        separator = Separator.from_pretrained(str(work), precision="fp32")
         if args.half:
             check_half(separator, full_states, work)
     except ModelError as exc:

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""How far apart two model folders separate the same songs (e.g. float32 and float16 weights).
+"""How far apart two model folders, or two precisions, separate the same songs.
 
     python scripts/compare_model_outputs.py MODEL_A MODEL_B SONG [SONG ...] [--threads N]
+    python scripts/compare_model_outputs.py MODEL MODEL SONG ... --precision-b bf16
 
 Both folders are loaded with ``Separator.from_pretrained`` (which builds the
-models in float32 whatever the files store) and separate each song with the
-default settings of ``umx-separate``. Per song and target it prints the largest
+models in float32 whatever the files store; ``--precision-a/-b`` choose the
+target models' arithmetic, fp32 by default) and separate each song with the
+other default settings of ``umx-separate``. ``default`` names the bundled model. Per song and target it prints the largest
 absolute difference of B's stem from A's over the peak of A's stem, and the
 energy of the difference against that of A's stem in dB.
 """
@@ -42,9 +44,12 @@ def main() -> None:
     p.add_argument("model_b")
     p.add_argument("songs", nargs="+")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision-a", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision-b", choices=["fp32", "bf16"], default="fp32")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    a, b = Separator.from_pretrained(args.model_a), Separator.from_pretrained(args.model_b)
+    a, b = (Separator.from_pretrained(None if folder == "default" else folder, precision=precision)
+            for folder, precision in ((args.model_a, args.precision_a), (args.model_b, args.precision_b)))
     print(f"parameter dtypes after loading: A {sorted(map(str, parameter_dtypes(a)))}, "
           f"B {sorted(map(str, parameter_dtypes(b)))}")
     print("| song | target | max diff / peak | difference energy (dB) |\n|---|---|---|---|")

@@ -4,14 +4,22 @@ With random umxhq-shaped weights (the folder of ``side_by_side.py``), niter 1, i
 the arithmetic of one target model on 60 s (multiply-adds of its dense layers and
 LSTM), the processor's matrix-multiply rate in float32 and bfloat16 on a GEMM of the
 first layer's shape, and the time of each stage of ``Separator.forward``, best of
-``--calls``, in float32 and with the models in bfloat16.
+``--calls``, in float32 and with the models' products in bfloat16 (and, for
+comparison, one model under bfloat16 autocast), with the page faults of one
+forward call.
 
     python scripts/cpu_limits.py --threads 2
+
+glibc's allocator can be told to keep freed memory rather than map it afresh,
+which shows what those faults cost on this machine:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 python scripts/cpu_limits.py --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 from pathlib import Path
 
@@ -24,6 +32,13 @@ def best(fn, calls: int) -> float:
     """Seconds of the best of ``calls`` calls after one warm-up call."""
     fn()
     return round(best_of(fn, calls)[0], 3)
+
+
+def page_faults(fn) -> int:
+    """Minor page faults of one call: first touches of fresh memory."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def model_macs(frames: int, nb_bins: int = 2049, max_bin: int = 1487, hidden: int = 512, channels: int = 2,
@@ -54,7 +69,9 @@ def main(argv=None) -> int:
         a, w = torch.randn(frames, 2974).to(dtype), torch.randn(2974, 2048).to(dtype)
         report[f"gemm_gflops_{name}"] = round(2 * frames * 2974 * 2048 / best(lambda: a @ w, args.calls) / 1e9, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        separator = Separator.from_pretrained(write_umxhq_shaped(Path(tmp)), niter=1)
+        folder = write_umxhq_shaped(Path(tmp))
+        separator = Separator.from_pretrained(folder, niter=1, precision="fp32")
+        separator_bf16 = Separator.from_pretrained(folder, niter=1, precision="bf16")
     torch.manual_seed(0)
     audio = 0.1 * torch.randn(1, 2, int(args.seconds * 44100))
     with torch.inference_mode():
@@ -65,14 +82,19 @@ def main(argv=None) -> int:
         report["one_model_s"] = best(lambda: models[0](mag), args.calls)
         report["one_lstm_s"] = best(lambda: models[0].lstm(torch.zeros(frames, 1, 512)), args.calls)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            report["one_model_bf16_s"] = best(lambda: models[0](mag), args.calls)
+            report["one_model_bf16_autocast_s"] = best(lambda: models[0](mag), args.calls)
+        model_bf16 = next(iter(separator_bf16.target_models.values()))
+        report["one_model_bf16_s"] = best(lambda: model_bf16(mag), args.calls)
+        report["one_lstm_bf16_s"] = best(lambda: model_bf16.lstm(torch.zeros(frames, 1, 512, dtype=torch.bfloat16)),
+                                         args.calls)
         outs = [m(mag) for m in models]
-        spectrograms = torch.stack([o.permute(3, 0, 1, 2) for o in outs], dim=2).permute(1, 2, 3, 4, 0)
+        frame_major = [o.permute(3, 0, 1, 2)[:, 0] for o in outs]  # per target (frames, channels, bins)
         report["wiener_istft_s"] = best(
-            lambda: separator._filter_and_invert(spectrograms[0], spec[0], 0, audio.shape[-1]), args.calls)
+            lambda: separator._filter_and_invert(frame_major, spec[0], 0, audio.shape[-1]), args.calls)
         report["forward_s"] = best(lambda: separator(audio), args.calls)
-        separator.precision = "bf16"
-        report["forward_bf16_s"] = best(lambda: separator(audio), args.calls)
+        report["forward_faults"] = page_faults(lambda: separator(audio))
+        report["forward_bf16_s"] = best(lambda: separator_bf16(audio), args.calls)
+        report["forward_bf16_faults"] = page_faults(lambda: separator_bf16(audio))
     report["models_at_gemm_rate_s"] = round(4 * 2 * macs / (report["gemm_gflops_fp32"] * 1e9), 2)
     print(json.dumps(report))
     return 0

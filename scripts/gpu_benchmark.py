@@ -164,7 +164,7 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
     from openunmix_like import Separator
     from openunmix_like.inference import auto_batch_segments, separate_tensor
 
-    ours = Separator.from_pretrained(folder, niter=1, device=device)
+    ours = Separator.from_pretrained(folder, niter=1, device=device, precision="fp32")
     try:
         from openunmix import utils
         reference = utils.load_separator(str(folder), targets=list(TARGETS), niter=1, device=device)

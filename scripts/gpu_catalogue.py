@@ -244,7 +244,7 @@ def separator_alone(folder: Path, track: Path, device: str, calls: int) -> dict:
     from openunmix_like import Separator
     from openunmix_like.inference import separate_tensor
 
-    separator = Separator.from_pretrained(folder, niter=1, device=device)
+    separator = Separator.from_pretrained(folder, niter=1, device=device, precision="fp32")
     audio = torch.from_numpy(sf.read(track, dtype="float32")[0].T.copy())
     seconds = audio.shape[-1] / RATE
     with torch.inference_mode():

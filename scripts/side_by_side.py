@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=2)
     p.add_argument("--niter", type=int, default=1)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="ours only")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="ours only; auto (our default) is bf16 on CPUs with bfloat16 units, else fp32")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from openunmix_like import Separator
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
             rows["max_diff_over_peak"] = float((ours_out - ref_out).abs().max() / ref_out.abs().max())
             rows["speedup"] = rows["reference"] / rows["ours"]
     print(json.dumps({"seconds": args.seconds, "threads": args.threads, "niter": args.niter,
-                      "precision": args.precision, **rows}))
+                      "precision": args.precision, "resolved": ours.precision, **rows}))
     return 0
 
 

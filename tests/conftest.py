@@ -10,6 +10,7 @@ import soundfile as sf
 from helpers import SHARED, SHARED_ENV, make_models, music_like
 from openunmix_like.modeldir import AudioSettings, save_target
 from openunmix_like.pretrained import CACHE_ENV
+from openunmix_like.separator import AUTO_PRECISION_ENV
 
 
 @pytest.fixture
@@ -49,6 +50,9 @@ def session_cache(tmp_path_factory):
         # Libraries' own caches too (matplotlib's font list, onnxruntime's device id).
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        # precision="auto" means float32 here whatever the processor, so results compared
+        # to the reference or across runs do not depend on the machine (tests of bf16 say so).
+        mp.setenv(AUTO_PRECISION_ENV, "fp32")
         yield path
 
 

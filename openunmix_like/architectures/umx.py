@@ -130,6 +130,23 @@ class OpenUnmix(nn.Module):
             p.requires_grad = False
         return self.eval()
 
+    @property
+    def product_dtype(self) -> torch.dtype:
+        """The dtype of the dense layers' and the LSTM's weights (see :meth:`cast_products`)."""
+        return self.fc1.weight.dtype
+
+    def cast_products(self, dtype: torch.dtype) -> "OpenUnmix":
+        """Store the dense layers' and the LSTM's weights in ``dtype``, in place.
+
+        With ``torch.bfloat16`` the matrix products, nearly all of the model's
+        arithmetic, run in bfloat16, while the input scaling, batch norm, the
+        activations and the mask stay float32: the input and output are float32
+        whatever ``dtype`` is. For inference; training uses autocast instead.
+        """
+        for layer in (self.fc1, self.lstm, self.fc2, self.fc3):
+            layer.to(dtype)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         """
         Args:
@@ -151,23 +168,50 @@ class OpenUnmix(nn.Module):
         x = x[..., : self.max_bin] + self.input_mean
         x = x.mul_(self.input_scale) if inplace else x * self.input_scale
 
-        x = self.fc1(x.reshape(-1, nb_channels * self.max_bin))
-        x = torch.tanh(self.bn1(x))
-        x = x.reshape(nb_frames, nb_samples, self.hidden_size)
+        # After cast_products: matrix products in its dtype, everything between them in the
+        # dtype of the other parameters. Otherwise no cast at all, which leaves autocast alone.
+        low, wide = self.product_dtype, self.input_scale.dtype
+        if low == wide:
+            low = wide = None
+        x = self.fc1(_cast(x.reshape(-1, nb_channels * self.max_bin), low))
+        x = torch.tanh(self.bn1(_cast(x, wide)))
+        x = _cast(x.reshape(nb_frames, nb_samples, self.hidden_size), low)
 
         lstm_out, _ = self.lstm(x)
         x = torch.cat([x, lstm_out], -1)
 
         x = self.fc2(x.reshape(-1, x.shape[-1]))
-        x = torch.relu(self.bn2(x))
-        x = self.bn3(self.fc3(x))
+        x = torch.relu(self.bn2(_cast(x, wide)))
+        x = _cast(self.fc3(_cast(x, low)), wide)
 
-        x = x.reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
-        if inplace:
-            x = x.mul_(self.output_scale).add_(self.output_mean).relu_().mul_(mix)
+        if inplace and not self.training:
+            # Batch norm with running statistics and the output scaling are one affine map:
+            # one pass over the largest tensor of the model, in place.
+            scale, shift = self._output_affine()
+            x = x.mul_(scale).add_(shift).reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
+            x = x.relu_().mul_(mix)
         else:
+            x = self.bn3(x).reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
             x = torch.relu(x * self.output_scale + self.output_mean) * mix
         return x.permute(1, 2, 3, 0)
+
+    def _output_affine(self):
+        """``(scale, shift)`` per output feature such that ``fc3_out * scale + shift`` equals
+        ``bn3`` in eval mode followed by the output scale and mean."""
+        bn = self.bn3
+        inv_std = torch.rsqrt(bn.running_var + bn.eps)
+        bn_scale = inv_std if bn.weight is None else bn.weight * inv_std
+        bn_shift = -bn.running_mean * bn_scale
+        if bn.bias is not None:
+            bn_shift = bn_shift + bn.bias
+        out_scale = self.output_scale.repeat(self.nb_channels)
+        out_mean = self.output_mean.repeat(self.nb_channels)
+        return bn_scale * out_scale, bn_shift * out_scale + out_mean
+
+
+def _cast(x: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
+    """``x`` in ``dtype``; ``x`` itself for ``None``."""
+    return x if dtype is None else x.to(dtype)
 
 
 def widen(model: OpenUnmix, hidden_size: int, generator: Optional[torch.Generator] = None) -> OpenUnmix:

@@ -289,7 +289,11 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
 
 
 def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` loading on the CPU, with the precision the actors' device resolves to."""
+    from ..separator import resolve_precision
+
     cpu = copy.copy(args)
+    cpu.precision = resolve_precision(args.precision, args.device)
     cpu.device = "cpu"
     return cpu
 

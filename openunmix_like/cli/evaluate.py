@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixture-from-sources", action="store_true",
                    help="musdb: separate the sum of the four sources instead of the stored mixture")
     g.add_argument("--tracks", nargs="+", default=None, help="only these track names")
-    add_separator_args(p)
+    add_separator_args(p, precision="fp32")  # scores that do not depend on the machine that computed them
     g = p.add_argument_group("oracles")
     g.add_argument("--oracle", choices=ORACLES, default=None, help="score an oracle instead of a model")
     g.add_argument("--with-oracles", nargs="*", choices=ORACLES, default=[],

@@ -25,8 +25,9 @@ DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 WIENER = WienerSettings()  # the defaults
 
 
-def add_separator_args(parser: argparse.ArgumentParser) -> None:
-    """Options that choose and configure the separator (shared by CLI tools)."""
+def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
+    """Options that choose and configure the separator (shared by CLI tools); ``precision``
+    is the default of ``--precision``."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help="model folder, or a published model name (umxhq, umx, umxl, umxse); "
@@ -47,9 +48,10 @@ def add_separator_args(parser: argparse.ArgumentParser) -> None:
                    help="segments separated at once, as one batch through each model (default: 1 on the CPU, "
                         "on a GPU as many as a quarter of its free memory holds)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to run (default cpu)")
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: the target models in bfloat16, faster on CPUs and GPUs with bfloat16 units; its SDR "
-                        "cost is in docs/benchmarks.md (default fp32)")
+    g.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help="the target models' matrix products: bf16 is faster on CPUs and GPUs with bfloat16 units, "
+                        "its SDR cost is in docs/benchmarks.md; fp32 equals the reference package to float "
+                        f"rounding; auto: bf16 on CPUs with bfloat16 units, fp32 elsewhere (default {precision})")
 
 
 def build_parser() -> argparse.ArgumentParser:
