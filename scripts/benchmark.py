@@ -68,12 +68,12 @@ def umxhq_states(seed: int = 0) -> dict:
     return states
 
 
-def our_separator(states, niter) -> Separator:
+def our_separator(states, niter, precision: str = "fp32") -> Separator:
     models = {}
     for target, state in states.items():
         models[target] = OpenUnmix(2049, 2, 512, max_bin=1487)
         models[target].load_state_dict(state)
-    return Separator(models, niter=niter).freeze()
+    return Separator(models, niter=niter, precision=precision).freeze()
 
 
 def reference_separator(states, niter):
@@ -107,13 +107,14 @@ def bench_speed(states, seconds: float, repeats: int) -> list:
     torch.manual_seed(1)
     audio = torch.randn(1, 2, int(seconds * RATE)) * 0.1
     rows = []
-    for niter in (0, 1):
-        ours = our_separator(states, niter)
+    for niter, precision in ((0, "fp32"), (1, "fp32"), (1, "bf16")):
+        ours = our_separator(states, niter, precision)
         with torch.inference_mode():
             t_ours, est = timed(lambda: ours(audio), repeats)
             t_seg, _ = timed(lambda: separate_tensor(ours, audio[0], RATE), repeats)
-            naive = separate_naive(ours, audio)
-        row = {"niter": niter, "ours": t_ours, "ours_segmented": t_seg, "vs_naive": rel_diff(est, naive)}
+            naive = separate_naive(our_separator(states, niter), audio)  # float32 products
+        row = {"niter": niter, "precision": precision, "ours": t_ours, "ours_segmented": t_seg,
+               "vs_naive": rel_diff(est, naive)}
         ref = reference_separator(states, niter)
         if ref is not None:
             with torch.no_grad():
@@ -312,9 +313,9 @@ def report(args, speed, stages, wiener, memory, plotted, training) -> str:
         "44.1 kHz). Times are the median of "
         f"{args.repeats} runs after one warm-up run, in one process.", "",
         f"## Separation speed ({args.seconds:.0f} s of audio)", "",
-        "| niter | ours: forward (s) | x real time | ours: segmented `separate` (s) | reference forward (s) "
-        "| speed-up | max diff to reference / peak | max diff to straightforward / peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| niter | precision | ours: forward (s) | x real time | ours: segmented `separate` (s) "
+        "| reference forward (s) | speed-up | max diff to reference / peak | max diff to straightforward / peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in speed:
         ref = r.get("reference")
@@ -322,11 +323,15 @@ def report(args, speed, stages, wiener, memory, plotted, training) -> str:
         speedup = f"{ref / r['ours']:.1f}x" if ref else "n/a"
         ref_diff = f"{r['vs_reference']:.1e}" if ref else "n/a"
         lines.append(
-            f"| {r['niter']} | {r['ours']:.2f} | {args.seconds / r['ours']:.1f} | {r['ours_segmented']:.2f} | "
+            f"| {r['niter']} | {r['precision']} | {r['ours']:.2f} | {args.seconds / r['ours']:.1f} | "
+            f"{r['ours_segmented']:.2f} | "
             f"{ref_s} | {speedup} | {ref_diff} | {r['vs_naive']:.1e} |")
     lines += ["", "## Where the time goes (ours, niter 1)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in stages.items()]
+    from openunmix_like.separator import resolve_precision
+
     lines += ["", "## Peak memory (`umx-separate`, niter 1, each run in its own process)", "",
+              f"`umx-separate`'s default `--precision auto` is `{resolve_precision('auto')}` on this machine.", "",
               "| input | ours: peak RSS (MB) | ours: wall time (s) | reference forward: peak RSS (MB) |",
               "|---|---|---|---|"]
     for r in memory:

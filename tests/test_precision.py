@@ -108,3 +108,19 @@ def test_inverse_stft_in_chunks_equals_one_pass_and_torch(monkeypatch, n_fft, n_
     assert spec.shape[-1] % 7  # the last chunk is a partial one
     assert float((chunked - whole).abs().max()) <= 1e-6 * float(whole.abs().max())
     assert torch.allclose(chunked, audio, atol=1e-5)
+
+
+def test_command_line_defaults(monkeypatch):
+    from openunmix_like.catalogue.engine import _on_cpu
+    from openunmix_like.cli.evaluate import build_parser as evaluate_parser
+    from openunmix_like.cli.separate import build_parser as separate_parser
+
+    args = separate_parser().parse_args(["song.wav"])
+    assert args.precision == "auto"
+    assert evaluate_parser().parse_args(["--root", "x"]).precision == "fp32"  # scores independent of the machine
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(separator_module, "cpu_has_native_bf16", lambda: True)
+    # The catalogue's driver loads on its CPU for actors on the device asked for.
+    assert _on_cpu(args).precision == "bf16" and _on_cpu(args).device == "cpu"
+    args.device = "cuda"
+    assert _on_cpu(args).precision == "fp32" and _on_cpu(args).device == "cpu"
