@@ -155,7 +155,7 @@ def repeats(name: str, seconds: float):
     (reference and batched), so the shorter inputs before have already loaded the kernels."""
     if seconds <= 100:
         return 3, True
-    if name == "ours_batched":
+    if name.startswith("ours_batched"):
         return 2, True
     return 1, name == "reference"
 
@@ -165,6 +165,8 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
     from openunmix_like.inference import auto_batch_segments, separate_tensor
 
     ours = Separator.from_pretrained(folder, niter=1, device=device, precision="fp32")
+    # bfloat16 products (dense and LSTM weights): CPUs with bfloat16 units use them by default.
+    ours_bf16 = Separator.from_pretrained(folder, niter=1, device=device, precision="bf16")
     try:
         from openunmix import utils
         reference = utils.load_separator(str(folder), targets=list(TARGETS), niter=1, device=device)
@@ -180,6 +182,7 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
         with torch.inference_mode():
             runs = [("ours_whole", lambda: ours(on_device)),
                     ("ours_batched", lambda: separate_tensor(ours, audio[0], RATE)),
+                    ("ours_batched_bf16", lambda: separate_tensor(ours_bf16, audio[0], RATE)),
                     ("ours_one_segment_at_a_time", lambda: separate_tensor(ours, audio[0], RATE, batch_segments=1))]
             if reference is not None:
                 runs.append(("reference", lambda: reference(on_device)))
@@ -198,6 +201,9 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
             if "ours_batched" in outputs and "ours_one_segment_at_a_time" in outputs:
                 a, b = outputs["ours_batched"], outputs["ours_one_segment_at_a_time"]
                 row["batched_vs_one_at_a_time_over_peak"] = float((a - b).abs().max() / b.abs().max())
+            if "ours_batched" in outputs and "ours_batched_bf16" in outputs:
+                a, b = outputs["ours_batched_bf16"], outputs["ours_batched"]
+                row["bf16_vs_fp32_over_peak"] = float((a - b).abs().max() / b.abs().max())
             if "reference" in outputs and "ours_whole" in outputs:
                 a, b = outputs["ours_whole"], outputs["reference"]
                 row["ours_whole_vs_reference_over_peak"] = float((a - b).abs().max() / b.abs().max())
@@ -363,18 +369,23 @@ def separation_lines(results: dict) -> list:
     """Goal 1: the forward table (ours batched against the reference), memory in length, the command line."""
     lines = ["| input | ours: whole forward (s) | ours: batched segments (s) | ours: one segment at a time (s) "
              "| reference forward (s) | reference / batched | peak GB: batched / reference | batched vs one "
-             "at a time / peak | ours whole vs reference / peak |", "|---|---|---|---|---|---|---|---|---|"]
+             "at a time / peak | ours whole vs reference / peak | ours: batched, bf16 products (s) "
+             "| reference / batched bf16 | bf16 vs fp32 / peak |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in results.items():
         if not (key.startswith("separate_") and key.endswith("s") and "ours_whole" in row):
             continue
         ratio, reference, batched = "n/a", _value(row, "reference"), _value(row, "ours_batched")
         if isinstance(reference, float) and isinstance(batched, float):
             ratio = f"{reference / batched:.1f}x"
+        batched_bf16, ratio_bf16 = _value(row, "ours_batched_bf16"), "n/a"
+        if isinstance(reference, float) and isinstance(batched_bf16, float):
+            ratio_bf16 = f"{reference / batched_bf16:.1f}x"
         lines.append(f"| {key[len('separate_'):]} | {_value(row, 'ours_whole')} | {batched} | "
                      f"{_value(row, 'ours_one_segment_at_a_time')} | {reference} | {ratio} | "
                      f"{_value(row, 'ours_batched', 'peak_gb')} / {_value(row, 'reference', 'peak_gb')} | "
                      f"{_float(row.get('batched_vs_one_at_a_time_over_peak'))} | "
-                     f"{_float(row.get('ours_whole_vs_reference_over_peak'))} |")
+                     f"{_float(row.get('ours_whole_vs_reference_over_peak'))} | {batched_bf16} | {ratio_bf16} | "
+                     f"{_float(row.get('bf16_vs_fp32_over_peak'))} |")
     peaks = [(key[len("separate_"):-len("s_batched")], row["peak_gb"]) for key, row in results.items()
              if key.startswith("separate_") and key.endswith("s_batched") and "peak_gb" in row]
     peaks += [(key[len("separate_"):-1], row["ours_batched"]["peak_gb"]) for key, row in results.items()

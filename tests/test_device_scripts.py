@@ -94,7 +94,8 @@ def test_the_gpu_section_shows_both_goals():
         "device": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0",
         "separate_60s": {"ours_whole": {"s": 0.9}, "ours_batched": {"s": 0.2, "peak_gb": 1.5},
                          "ours_one_segment_at_a_time": {"s": 0.5}, "reference": {"s": 1.0, "peak_gb": 2.0},
-                         "batched_vs_one_at_a_time_over_peak": 2e-7, "ours_whole_vs_reference_over_peak": 3e-7},
+                         "batched_vs_one_at_a_time_over_peak": 2e-7, "ours_whole_vs_reference_over_peak": 3e-7,
+                         "ours_batched_bf16": {"s": 0.125}, "bf16_vs_fp32_over_peak": 4e-3},
         "separate_3600s_batched": {"s": 9.0, "peak_gb": 1.6},
         "cli_start": {"audio_s": 1.0, "s": 4.0},
         "cli_600s": {"audio_s": 600, "s": 6.0, "x_real_time": 100.0, "gpu_busy_share": 0.5,
@@ -111,7 +112,7 @@ def test_the_gpu_section_shows_both_goals():
     }
     text = gpu_benchmark.markdown(results, "python3 scripts/device_session.py")
     assert "`python3 scripts/device_session.py`" in text
-    assert "| 60s | 0.9 | 0.2 | 0.5 | 1.0 | 5.0x | 1.5 / 2.0 | 2.0e-07 | 3.0e-07 |" in text
+    assert "| 60s | 0.9 | 0.2 | 0.5 | 1.0 | 5.0x | 1.5 / 2.0 | 2.0e-07 | 3.0e-07 | 0.125 | 8.0x | 4.0e-03 |" in text
     assert "60 s: 1.5 GB, 3600 s: 1.6 GB" in text
     assert "after that fixed cost: 300.0x real time" in text
     assert "| ours_preload_b256_bf16 | `--batch-size 256` | 1500.0 | 10.0x | 2 % | 2 |" in text
