@@ -23,7 +23,7 @@ AUTO_PRECISION_ENV = "UMX_AUTO_PRECISION"
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """Whether this processor multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16,
-    read from ``/proc/cpuinfo``). Elsewhere oneDNN emulates bfloat16, slower than float32."""
+    read from ``/proc/cpuinfo``); elsewhere bfloat16 arithmetic would be emulated."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -146,10 +146,8 @@ class Separator(nn.Module):
         **wiener_options,
     ):
         super().__init__()
-        if precision == "auto":
-            devices = [p.device for m in target_models.values() for p in m.parameters()]
-            precision = resolve_precision(precision, devices[0] if devices else "cpu")
-        precision = resolve_precision(precision)
+        device = next((p.device for m in target_models.values() for p in m.parameters()), "cpu")
+        precision = resolve_precision(precision, device)
         if wiener is not None and not isinstance(wiener, WienerSettings):
             raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
                             "and wiener_win_len as keywords")

@@ -124,3 +124,15 @@ def test_command_line_defaults(monkeypatch):
     assert _on_cpu(args).precision == "bf16" and _on_cpu(args).device == "cpu"
     args.device = "cuda"
     assert _on_cpu(args).precision == "fp32" and _on_cpu(args).device == "cpu"
+
+
+def test_a_bad_auto_precision_setting_is_a_one_line_error(monkeypatch, capsys, model_dir, wav_file, tmp_path):
+    from openunmix_like.cli.separate import main as separate_main
+
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    song = wav_file(seconds=1.0)
+    assert separate_main([str(song), "--model", str(model_dir()), "--outdir", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"umx-separate: error: --precision auto: {AUTO_PRECISION_ENV}='fp16': set it to fp32 or bf16, "
+                   "or unset it")
+    assert not (tmp_path / "out").exists()

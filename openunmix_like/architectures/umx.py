@@ -199,11 +199,8 @@ class OpenUnmix(nn.Module):
         """``(scale, shift)`` per output feature such that ``fc3_out * scale + shift`` equals
         ``bn3`` in eval mode followed by the output scale and mean."""
         bn = self.bn3
-        inv_std = torch.rsqrt(bn.running_var + bn.eps)
-        bn_scale = inv_std if bn.weight is None else bn.weight * inv_std
-        bn_shift = -bn.running_mean * bn_scale
-        if bn.bias is not None:
-            bn_shift = bn_shift + bn.bias
+        bn_scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bn_shift = bn.bias - bn.running_mean * bn_scale
         out_scale = self.output_scale.repeat(self.nb_channels)
         out_mean = self.output_mean.repeat(self.nb_channels)
         return bn_scale * out_scale, bn_shift * out_scale + out_mean

@@ -290,10 +290,10 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
 
 def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` loading on the CPU, with the precision the actors' device resolves to."""
-    from ..separator import resolve_precision
+    from ..cli.separate import precision_of
 
     cpu = copy.copy(args)
-    cpu.precision = resolve_precision(args.precision, args.device)
+    cpu.precision = precision_of(args)
     cpu.device = "cpu"
     return cpu
 

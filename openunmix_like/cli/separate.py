@@ -17,7 +17,7 @@ import torch
 from .. import __version__, catalogue
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
-from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates
+from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, resolve_precision
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
@@ -197,7 +197,15 @@ def load_separator(args: argparse.Namespace) -> Separator:
     except ValueError as exc:
         raise OpenUnmixLikeError(f"--niter, --residual or --wiener-win-len: {exc}") from None
     return Separator.from_pretrained(args.model, targets=args.targets, device=args.device, wiener=wiener,
-                                     progress=not args.quiet, precision=args.precision)
+                                     progress=not args.quiet, precision=precision_of(args))
+
+
+def precision_of(args: argparse.Namespace) -> str:
+    """``--precision`` resolved for ``--device`` (``auto`` may read ``UMX_AUTO_PRECISION``)."""
+    try:
+        return resolve_precision(args.precision, args.device)
+    except ValueError as exc:
+        raise OpenUnmixLikeError(f"--precision {args.precision}: {exc}") from None
 
 
 def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]:
