@@ -112,9 +112,14 @@ class Preloaded:
     def __init__(self, files: Sequence[AudioFile], sample_rate: int, nb_channels: int,
                  device: Union[str, torch.device] = "cpu"):
         self.sample_rate = int(sample_rate)
-        self.audio: Dict[Path, Tensor] = {
-            f.path: read_excerpt(f, 0.0, None, self.sample_rate, nb_channels).to(device) for f in files
-        }
+        # Paths that lead to one file (a track folder linked several times) share its decoded audio.
+        decoded: Dict[Path, Tensor] = {}
+        self.audio: Dict[Path, Tensor] = {}
+        for f in files:
+            real = f.path.resolve()
+            if real not in decoded:
+                decoded[real] = read_excerpt(f, 0.0, None, self.sample_rate, nb_channels).to(device)
+            self.audio[f.path] = decoded[real]
 
     @staticmethod
     def size(file: AudioFile, sample_rate: int, nb_channels: int) -> int:
@@ -217,7 +222,8 @@ class _Base(torch.utils.data.Dataset):
 
     def preload_bytes(self) -> int:
         """Memory the decoded audio takes once preloaded (float32 at the data set's rate and channels)."""
-        return sum(Preloaded.size(f, self.sample_rate, self.nb_channels) for f in self.audio_files())
+        unique = {f.path.resolve(): f for f in self.audio_files()}  # linked copies are held once
+        return sum(Preloaded.size(f, self.sample_rate, self.nb_channels) for f in unique.values())
 
     def preload(self, device: Union[str, torch.device] = "cpu") -> None:
         """Decode every file once and keep it on ``device``: excerpts are then slices of memory
@@ -339,7 +345,24 @@ class SourceFolderDataset(_Base):
         return torch.stack(sources).sum(0), sources[0]
 
 
-class FixedSourcesTrackFolderDataset(_Base):
+class _DrawsPerTrack:
+    """Datasets whose epoch is ``samples_per_track`` draws from each of ``tracks``: item ``i`` draws
+    from track ``i // samples_per_track``."""
+
+    tracks: list
+    samples_per_track: int
+
+    def __len__(self) -> int:
+        return len(self.tracks) * self.samples_per_track
+
+    def stats_indices(self) -> List[int]:
+        return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
+
+    def track_of(self, index: int):
+        return self.tracks[index // self.samples_per_track]
+
+
+class FixedSourcesTrackFolderDataset(_DrawsPerTrack, _Base):
     """Track folders that all hold the same source files; the mixture is their sum.
 
     With ``random_track_mix`` each interferer comes from a random track (with
@@ -380,15 +403,9 @@ class FixedSourcesTrackFolderDataset(_Base):
             raise DatasetError(f"{folder}: no track folder holds all of {', '.join(names)}")
         self.random_track_mix = random_track_mix
 
-    def __len__(self) -> int:
-        return len(self.tracks) * self.samples_per_track
-
-    def stats_indices(self) -> List[int]:
-        return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
-
     def _item(self, index: int) -> Pair:
         rng = self.rng(index)
-        files = self.tracks[index // self.samples_per_track]
+        files = self.track_of(index)
         start = self.start_in(min(f.duration() for f in files), rng)
         augment = rng if self.seq_duration is not None else None
         target = self.load_source(files[0], start, augment)
@@ -473,7 +490,7 @@ def default_musdb_cache(root: Path) -> Path:
     return cache_dir() / "musdb" / f"{root.resolve().name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
-class MUSDBDataset(_Base):
+class MUSDBDataset(_DrawsPerTrack, _Base):
     """MUSDB18 (``.stem.mp4``) or MUSDB18-HQ (``is_wav``) through the ``musdb`` package.
 
     Balanced sampling: ``samples_per_track`` items per track per epoch, each a
@@ -554,15 +571,9 @@ class MUSDBDataset(_Base):
                 sf.write(str(tmp), stems[track.sources[name].stem_id], int(track.rate), subtype="PCM_16")
         return paths
 
-    def __len__(self) -> int:
-        return len(self.tracks) * self.samples_per_track
-
-    def stats_indices(self) -> List[int]:
-        return list(range(0, len(self), self.samples_per_track))  # one excerpt per track
-
     def _item(self, index: int) -> Pair:
         rng = self.rng(index)
-        track = self.tracks[index // self.samples_per_track]
+        track = self.track_of(index)
         augment = rng if self.split == "train" else None
         start = self.start_in(track["vocals"].duration(), rng)
         sources = {}

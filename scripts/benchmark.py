@@ -41,6 +41,7 @@ import torch
 from openunmix_like import OpenUnmix, Separator, filtering
 from openunmix_like.inference import separate_tensor
 from openunmix_like.modeldir import AudioSettings, save_target
+from openunmix_like.separator import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- end of scripts/benchmark.py's report; what follows is kept when it is run again -->"
@@ -107,19 +108,25 @@ def bench_speed(states, seconds: float, repeats: int) -> list:
     torch.manual_seed(1)
     audio = torch.randn(1, 2, int(seconds * RATE)) * 0.1
     rows = []
+    baselines = {}  # niter -> (straightforward float32 output, reference time and output or None)
     for niter, precision in ((0, "fp32"), (1, "fp32"), (1, "bf16")):
         ours = our_separator(states, niter, precision)
         with torch.inference_mode():
             t_ours, est = timed(lambda: ours(audio), repeats)
             t_seg, _ = timed(lambda: separate_tensor(ours, audio[0], RATE), repeats)
-            naive = separate_naive(our_separator(states, niter), audio)  # float32 products
+        if niter not in baselines:
+            with torch.inference_mode():
+                naive = separate_naive(our_separator(states, niter), audio)  # float32 products
+            reference, measured = reference_separator(states, niter), None
+            if reference is not None:
+                with torch.no_grad():
+                    measured = timed(lambda: reference(audio), repeats)
+            baselines[niter] = naive, measured
+        naive, ref = baselines[niter]
         row = {"niter": niter, "precision": precision, "ours": t_ours, "ours_segmented": t_seg,
                "vs_naive": rel_diff(est, naive)}
-        ref = reference_separator(states, niter)
         if ref is not None:
-            with torch.no_grad():
-                row["reference"], ref_est = timed(lambda: ref(audio), repeats)
-            row["vs_reference"] = rel_diff(est, ref_est)
+            row["reference"], row["vs_reference"] = ref[0], rel_diff(est, ref[1])
         rows.append(row)
     return rows
 
@@ -328,8 +335,6 @@ def report(args, speed, stages, wiener, memory, plotted, training) -> str:
             f"{ref_s} | {speedup} | {ref_diff} | {r['vs_naive']:.1e} |")
     lines += ["", "## Where the time goes (ours, niter 1)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in stages.items()]
-    from openunmix_like.separator import resolve_precision
-
     lines += ["", "## Peak memory (`umx-separate`, niter 1, each run in its own process)", "",
               f"`umx-separate`'s default `--precision auto` is `{resolve_precision('auto')}` on this machine.", "",
               "| input | ours: peak RSS (MB) | ours: wall time (s) | reference forward: peak RSS (MB) |",
@@ -396,13 +401,10 @@ def main(argv=None) -> int:
         import gpu_benchmark
 
         print("gpu ...", file=sys.stderr)
-        device, clock = torch.device("cuda"), gpu_benchmark.Clock(torch.device("cuda"))
-        gpu_benchmark.RESULTS.update(device=torch.cuda.get_device_name(0), torch=torch.__version__,
-                                     cuda=torch.version.cuda)  # the table's Device line
+        parts, device = ["separation", "cli"], torch.device("cuda")
+        gpu_benchmark.describe_device(device, parts)  # the table's Device line
         with tempfile.TemporaryDirectory() as tmp:
-            folder = gpu_benchmark.model_folder(Path(tmp))
-            gpu_benchmark.separation(folder, device, clock, [60, 600], 3600)
-            gpu_benchmark.command_line(folder, device, Path(tmp), 600)
+            gpu_benchmark.run_parts(parts, Path(tmp), device, False, float("inf"), Path(tmp))
         text += "\n" + gpu_benchmark.markdown(gpu_benchmark.RESULTS, "python scripts/benchmark.py") + "\n"
     print(text)
     output = Path(args.output)

@@ -151,8 +151,9 @@ class GpuBusy:
 
 def repeats(name: str, seconds: float):
     """``(calls, warm-up call first)`` for one forward: the best of three on short inputs; on long ones
-    (about 10 s a call for the whole-track paths) one call each, warmed up where the ratio is read
-    (reference and batched), so the shorter inputs before have already loaded the kernels."""
+    (about 10 s a call for the whole-track paths) one call each, warmed up for the reference, and
+    the best of two after a warm-up for the batched runs, whose ratio to the reference is the goal;
+    the shorter inputs before have already loaded the kernels."""
     if seconds <= 100:
         return 3, True
     if name.startswith("ours_batched"):
@@ -470,12 +471,7 @@ def main(argv=None) -> int:
         RESULTS.update(json.loads((out / "gpu_results.json").read_text()))
     device = torch.device("cpu" if args.smoke else "cuda")
     parts = [part for part in (args.only or PARTS) if part not in args.skip]
-    RESULTS["torch"] = torch.__version__
-    RESULTS["cuda"] = torch.version.cuda
-    if device.type != "cuda":
-        RESULTS["device"] = "cpu (smoke)"
-    elif "separation" in parts or "device" not in RESULTS:  # only separation starts CUDA in this process
-        RESULTS["device"] = torch.cuda.get_device_name(0)
+    describe_device(device, parts)
     deadline = time.monotonic() + (args.seconds or float("inf"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -484,6 +480,16 @@ def main(argv=None) -> int:
     log(markdown(RESULTS))
     log("results:", out / "gpu_results.json")
     return 0
+
+
+def describe_device(device: torch.device, parts) -> None:
+    """The device, torch and CUDA versions into RESULTS (the GPU table's first line)."""
+    RESULTS["torch"] = torch.__version__
+    RESULTS["cuda"] = torch.version.cuda
+    if device.type != "cuda":
+        RESULTS["device"] = "cpu (smoke)"
+    elif "separation" in parts or "device" not in RESULTS:  # only separation starts CUDA in this process
+        RESULTS["device"] = torch.cuda.get_device_name(0)
 
 
 def model_folder(work: Path) -> Path:

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -222,17 +221,11 @@ def measure(name: str, options: str, common: List[str], work: Path, cap: float, 
 
 def stem_difference(work: Path, names: List[str]) -> Optional[float]:
     """Largest difference of the kept track's stems between the first run and the others, over the peak."""
-    import soundfile as sf
+    from benchmark_catalogue import max_difference
 
     folders = [work / f"out-{name}" / "track0000" for name in names]
     folders = [f for f in folders if (f / "vocals.wav").is_file()]
-    worst = None
-    for other in folders[1:]:
-        for stem in STEMS:
-            a, _ = sf.read(folders[0] / f"{stem}.wav", dtype="float32")
-            b, _ = sf.read(other / f"{stem}.wav", dtype="float32")
-            worst = max(worst or 0.0, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
-    return worst
+    return max((max_difference(other, folders[0]) for other in folders[1:]), default=None)
 
 
 def separator_alone(folder: Path, track: Path, device: str, calls: int) -> dict:
@@ -259,21 +252,25 @@ def io_alone(track: Path, work: Path, calls: int) -> dict:
     from openunmix_like.audio import AudioSource
     from openunmix_like.writer import StemWriter
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     decode, write = float("inf"), float("inf")
-    for k in range(calls):
-        start = time.perf_counter()
-        with AudioSource(track) as source:
-            audio = source.read(0, source.nb_frames)
-        decode = min(decode, time.perf_counter() - start)
-        stems = {stem: 0.25 * audio for stem in STEMS}
-        paths = {stem: work / f"io-{k}" / f"{stem}.wav" for stem in STEMS}
-        start = time.perf_counter()
-        with StemWriter(paths, RATE, audio.shape[0]) as writer:
-            writer.write(stems)
-            writer.finish()
-        write = min(write, time.perf_counter() - start)
-        shutil.rmtree(work / f"io-{k}")
+    try:
+        for k in range(calls):
+            start = time.perf_counter()
+            with AudioSource(track) as source:
+                audio = source.read(0, source.nb_frames)
+            decode = min(decode, time.perf_counter() - start)
+            stems = {stem: 0.25 * audio for stem in STEMS}
+            paths = {stem: work / f"io-{k}" / f"{stem}.wav" for stem in STEMS}
+            start = time.perf_counter()
+            with StemWriter(paths, RATE, audio.shape[0]) as writer:
+                writer.write(stems)
+                writer.finish()
+            write = min(write, time.perf_counter() - start)
+            shutil.rmtree(work / f"io-{k}")
+    finally:
+        torch.set_num_threads(threads)  # the separator measured next uses them all
     return {"decode_s": round(decode, 3), "write_s": round(write, 3)}
 
 

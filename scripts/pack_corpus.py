@@ -86,12 +86,14 @@ def tracks_to_pack(synth_root: Path, musdb_root: str, synth_valid: bool, limit: 
 def encode(wav: Path, out: Path, bitrate: int) -> bytes:
     """One stem as Ogg Opus (ffmpeg, libopus VBR), kept at ``out`` so that a later pack with the same
     bitrate (other part sizes) reuses it; returns its bytes."""
+    from openunmix_like.fileio import atomic_path
+
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial")
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-map_metadata", "-1",
-                        "-c:a", "libopus", "-b:a", f"{bitrate}k", "-vbr", "on", "-f", "ogg", str(tmp)], check=True)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-map_metadata", "-1",
+                            "-c:a", "libopus", "-b:a", f"{bitrate}k", "-vbr", "on", "-f", "ogg", str(tmp)],
+                           check=True)
     return out.read_bytes()
 
 
@@ -148,15 +150,15 @@ def split_evenly(tracks: list, count: int) -> list:
 
 
 def write_part(path: Path, tracks: list, part: int, parts: int) -> None:
+    from openunmix_like.fileio import atomic_path
+
     entries = [entry for track in tracks for entry, _ in track]
-    tmp = path.with_name(f".{path.name}.partial")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         manifest = {"part": part, "parts": parts, "files": entries}
         add_member(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
         for track in tracks:
             for entry, data in track:
                 add_member(tar, entry["path"], data)
-    tmp.replace(path)
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -197,6 +199,7 @@ def decode(entry: dict, data: bytes, dest: str) -> float:
     import torch
 
     from openunmix_like.audio import resample
+    from openunmix_like.fileio import atomic_path
 
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise RuntimeError(f"{entry['path']}: sha256 mismatch; the part was damaged on the way, send it again")
@@ -206,9 +209,8 @@ def decode(entry: dict, data: bytes, dest: str) -> float:
     audio = np.pad(audio, ((0, 0), (0, max(0, frames - audio.shape[1]))))[:, :frames]
     path = Path(dest) / entry["split"] / entry["track"] / f"{entry['stem']}.wav"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    sf.write(str(tmp), audio.T, entry["sample_rate"], subtype="FLOAT", format="WAV")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), audio.T, entry["sample_rate"], subtype="FLOAT", format="WAV")
     return frames / entry["sample_rate"]
 
 

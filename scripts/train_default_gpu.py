@@ -82,11 +82,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -94,9 +92,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.get("GPU_STATE", "/work/gpu-state"))
+STATE = Path(os.environ.get("GPU_STATE", ROOT.parent / "gpu-state"))  # beside the checkout unless given
 TARGETS = ("vocals", "drums", "bass", "other")
-SIZE_LIMIT = 40 * 2 ** 20  # the package's budget for bundled weights (scripts/bundle_model.py, tests/test_bundled.py)
+SIZE_LIMIT = 40 * 2 ** 20  # bundle_model.LIMIT, the package's budget for bundled weights (not imported: it needs
+                           # the package's dependencies, which the device has only after ensure_soundfile)
 JSON_ROOM = 64 * 1024  # what the JSON files of a model folder take beside the weights, generously
 CALL_LIMIT = 64 * 2 ** 20  # working tree plus carried paths, per device call
 BUNDLED = ROOT / "openunmix_like" / "models" / "default"
@@ -189,35 +188,24 @@ def train_command(args: argparse.Namespace, corpus: Path, output: Path, init: st
             "--seed", str(args.seed), "--device", args.device]
 
 
-def run_watched(cmd: list, log_path: Path, stop_at: float) -> int:
+def run_watched(cmd: list, log_path: Path, stop_at: float):
     """Run ``cmd`` (output to ``log_path`` and, for the epoch lines, to ours) until it ends or the
-    monotonic clock reaches ``stop_at``; returns its exit status (``-SIGTERM`` if stopped)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    monotonic clock reaches ``stop_at``, then end it with everything it started (loader workers);
+    returns its exit status, ``"timeout"`` if stopped (the best weights so far are on disk)."""
+    from processes import run_bounded
+
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        shown = 0
-        while proc.poll() is None and time.monotonic() < stop_at:
-            time.sleep(2)
-            shown = show_new_lines(log_path, shown)
-        if proc.poll() is None:
-            log("watchdog: stopping training at the time budget (best weights so far are on disk)")
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        show_new_lines(log_path, shown)
-    return proc.returncode
 
+        def on_line(line: str) -> None:
+            out.write(line)  # progress-bar updates come as lines of their own
+            if line.startswith("umx-train") or "Error" in line or "Traceback" in line:
+                log(line.rstrip("\n"))
 
-def show_new_lines(path: Path, shown: int) -> int:
-    # Universal newlines: each progress-bar update ends a line too; the last line may be unfinished.
-    lines = path.read_text(errors="replace").split("\n")[:-1]
-    for line in lines[shown:]:
-        if line.startswith("umx-train") or "Error" in line or "Traceback" in line:
-            log(line)
-    return len(lines)
+        done = run_bounded(cmd, stop_at - time.monotonic(), env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                           on_line=on_line)
+    if done.timed_out:
+        log("watchdog: stopped training at the time budget (best weights so far are on disk)")
+    return done.rc
 
 
 def export(run_dir: Path, work: Path, out: Path, settings: dict) -> None:
@@ -248,6 +236,8 @@ def device(args: argparse.Namespace) -> None:
         log(f"unpacking done after {time.monotonic() - start:.0f} s; make the next call now")
         return
     corpus_complete(corpus)
+    if args.hidden_size is None:
+        args.hidden_size = widest_hidden_size()
     out = Path(args.out or os.environ.get("OUT") or work / "out")
     out.mkdir(parents=True, exist_ok=True)
     init = str(stage / "init") if (stage / "init").is_dir() else str(BUNDLED)
@@ -447,7 +437,7 @@ def store_session(files: Path, session: Path) -> Path:
         tar.extractall(session, filter="data")
     from openunmix_like import Separator
 
-    Separator.from_pretrained(str(model))  # refuses a folder that does not load
+    Separator.from_pretrained(str(model), precision="fp32")  # refuses a folder that does not load
     size = sum(p.stat().st_size for p in model.iterdir())
     if size > SIZE_LIMIT:
         raise SystemExit(f"{model}: {size / 2 ** 20:.1f} MiB, over the package's 40 MiB")
@@ -474,8 +464,10 @@ def receive(args: argparse.Namespace) -> None:
     sets = eval_sets(args)
     tracks = {"musdb-valid": args.valid_tracks, "synth-test": args.test_tracks}
     new = evaluate(model, session / "eval", sets, tracks)
-    weights = hashlib.sha256(b"".join((BUNDLED / f"{t}.safetensors").read_bytes() for t in TARGETS)).hexdigest()
-    old = evaluate(BUNDLED, STATE / "eval" / f"bundled-{weights[:12]}", sets, tracks)  # cached: scored tracks are kept
+    from openunmix_like.pretrained import sha256_of
+
+    weights = "".join(sha256_of(BUNDLED / f"{t}.safetensors")[:3] for t in TARGETS)  # 12 hex digits, one name
+    old = evaluate(BUNDLED, STATE / "eval" / f"bundled-{weights}", sets, tracks)  # cached: scored tracks are kept
     report = {"session": str(session), "new": new, "bundled": old}
     for name in sets:
         compared = subprocess.run(["umx-compare", new[name]["records"], old[name]["records"]], check=True,
@@ -611,8 +603,6 @@ def main() -> None:
     a.add_argument("--musdb", default=str(MUSDB_ROOT))
     a.add_argument("--synth", default=str(STATE / "corpus" / "synth"))
     args = p.parse_args()
-    if getattr(args, "hidden_size", 0) is None:
-        args.hidden_size = widest_hidden_size()
     commands = {"device": device, "stage": stage_session, "restore": restore, "receive": receive, "smoke": smoke}
     commands[args.command](args)
 

@@ -59,6 +59,23 @@ def test_preloaded_items_equal_items_read_from_the_files(tmp_path, layout):
     same_items(files, memory)
 
 
+def test_a_track_folder_linked_twice_is_decoded_and_held_once(tmp_path, monkeypatch):
+    make = layouts(tmp_path)["trackfolder_fix"]
+    train = tmp_path / "fix" / "train"
+    first = sorted(train.iterdir())[0]
+    (train / f"{first.name}-2").symlink_to(first.name, target_is_directory=True)
+    files, memory = make(), make()
+    decoded = []
+    read = data.read_excerpt
+    monkeypatch.setattr(data, "read_excerpt", lambda f, *a: decoded.append(f.path) or read(f, *a))
+    memory.preload("cpu")
+    assert len(memory.preloaded.audio) == len(files.audio_files()) == 16  # every path drawn from: 4 folders
+    assert len(decoded) == len({p.resolve() for p in decoded}) == 12  # 3 tracks x 4 stems, the link not again
+    held = {id(t): t for t in memory.preloaded.audio.values()}.values()
+    assert memory.preload_bytes() == sum(t.numel() * 4 for t in held)
+    same_items(files, memory)
+
+
 @pytest.mark.slow
 @pytest.mark.musdb
 def test_preloaded_musdb_equals_the_decoded_cache(tmp_path):

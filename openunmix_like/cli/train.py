@@ -17,6 +17,7 @@ from ..errors import OpenUnmixLikeError
 from ..losses import LOSSES
 from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
                         run, run_targets)
+from ..training.config import SAMPLES_PER_TRACK
 
 DEFAULTS = TrainConfig()
 
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default=None, metavar="DIR", help="data folder (musdb root, or with train/ and valid/)")
     g.add_argument("--is-wav", action="store_true", help="musdb: MUSDB18-HQ wav files instead of .stem.mp4")
     g.add_argument("--samples-per-track", type=int, default=DEFAULTS.samples_per_track, metavar="N",
-                   help="musdb, trackfolder_fix: training excerpts per track and epoch (default 64 for musdb, "
-                        "1 for trackfolder_fix)")
+                   help="musdb, trackfolder_fix: training excerpts per track and epoch (default "
+                        + ", ".join(f"{n} for {layout}" for layout, n in SAMPLES_PER_TRACK.items()) + ")")
     g.add_argument("--input-file", "--input_file", dest="input_file", default=None, metavar="NAME",
                    help="aligned: input file (or folder) name")
     g.add_argument("--output-file", "--output_file", dest="output_file", default=None, metavar="NAME",
