@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from . import filtering
 from .architectures import COMPLEX, MAGNITUDE, domain_of
+from .architectures.umx import OpenUnmix
 from .transforms import ISTFT, STFT, ComplexNorm
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -256,20 +257,27 @@ class Separator(nn.Module):
         mono_in_stereo_model = self.nb_channels == 2 and audio.shape[1] == 1
         if mono_in_stereo_model:
             mag = mag.expand(-1, 2, -1, -1)
-        # Frame-major (nb_frames, nb_samples, nb_channels, nb_bins), as the models compute them.
-        frame_major = [out.permute(3, 0, 1, 2) for out in self._model_outputs(mag, mix_stft, audio)]
+        # Per target, frame-major (nb_frames, nb_samples, nb_channels, nb_bins), as the models
+        # compute them, or the means to decode any run of those frames.
+        frame_major = self._model_outputs(mag, mix_stft, audio)
         estimates = [self._filter_and_invert([out[:, i] for out in frame_major], mix_stft[i], offsets[i],
                                              audio.shape[-1], downmix=mono_in_stereo_model)
                      for i in range(audio.shape[0])]
         return estimates[0][None] if len(estimates) == 1 else torch.stack(estimates)
 
-    def _model_outputs(self, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> List[Tensor]:
-        """Every target model's magnitude estimate. On CUDA each model runs on a stream of its
-        own: a model's LSTM walks its frames one after the other, leaving most of the GPU idle,
-        so the targets' models overlap instead of queueing. Same arithmetic either way."""
+    def _model_outputs(self, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> list:
+        """Every target model's magnitude estimate, frame-major ``(nb_frames, nb_samples,
+        nb_channels, nb_bins)``.
+
+        On the CPU, Open-Unmix models run the whole signal only through the part that needs
+        it (:meth:`OpenUnmix.encode`) and their frame-by-frame rest is decoded one Wiener window
+        at a time (:class:`_DecodedOnDemand`): no spectrogram-sized output per target, which
+        would be fresh, page-faulting memory on every call. On CUDA each model runs on a stream
+        of its own: a model's LSTM walks its frames one after the other, leaving most of the GPU
+        idle, so the targets' models overlap instead of queueing. Same arithmetic either way."""
         models = list(self.target_models.values())
         if not mag.is_cuda or len(models) == 1:
-            return [self._magnitude(model, mag, mix_stft, audio) for model in models]
+            return [self._frame_major(model, mag, mix_stft, audio) for model in models]
         main = torch.cuda.current_stream(mag.device)
         streams = [torch.cuda.Stream(mag.device) for _ in models]
         outputs = []
@@ -280,7 +288,16 @@ class Separator(nn.Module):
         for stream, out in zip(streams, outputs):
             main.wait_stream(stream)
             out.record_stream(main)  # made on a side stream, read on the main one: not reused before that
-        return outputs
+        return [out.permute(3, 0, 1, 2) for out in outputs]
+
+    def _frame_major(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor):
+        """A target model's estimate, frame-major, or the means to decode it (see :meth:`_model_outputs`)."""
+        decodes_windows = (isinstance(model, OpenUnmix) and mag.device.type == "cpu" and not torch.is_grad_enabled()
+                           and (self.precision == "fp32" or model.product_dtype == torch.bfloat16))
+        if not decodes_windows:
+            return self._magnitude(model, mag, mix_stft, audio).permute(3, 0, 1, 2)
+        mix = mag.permute(3, 0, 1, 2)
+        return _DecodedOnDemand(model, model.encode(mix), mix)
 
     def _magnitude(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> Tensor:
         """A target model's magnitude estimate ``(nb_samples, nb_channels, nb_bins, nb_frames)``,
@@ -410,6 +427,35 @@ class Separator(nn.Module):
         separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
                         n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision)
         return separator.freeze().to(device)
+
+
+class _DecodedOnDemand:
+    """An Open-Unmix model's frame-major estimate ``(nb_frames, nb_samples, nb_channels, nb_bins)``,
+    held as the model's features. ``[:, i]`` selects sample ``i``, still held so; indexing that
+    with a run of frames, ``[a:b]``, decodes just those frames: ``(b - a, nb_channels, nb_bins)``.
+
+    Args:
+        model: the model that encoded ``features``.
+        features: from :meth:`OpenUnmix.encode`, ``(nb_frames, nb_samples, 2 * hidden_size)``.
+        mix: the frame-major mixture magnitude the model saw.
+        sample: the sample selected, if any.
+    """
+
+    def __init__(self, model: OpenUnmix, features: Tensor, mix: Tensor, sample: Optional[int] = None):
+        self.model, self.features, self.mix, self.sample = model, features, mix, sample
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mix.dtype  # what decoding gives, whatever the products' dtype
+
+    def __getitem__(self, index) -> Union["_DecodedOnDemand", Tensor]:
+        if self.sample is None:
+            frames, sample = index
+            if frames != slice(None) or not isinstance(sample, int):
+                raise IndexError("select one sample first: [:, i]")
+            return _DecodedOnDemand(self.model, self.features, self.mix, sample)
+        i = self.sample
+        return self.model.decode(self.features[index, i : i + 1], self.mix[index, i : i + 1])[:, 0]
 
 
 def aggregate_estimates(

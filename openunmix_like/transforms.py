@@ -24,6 +24,14 @@ def _window_like(window: Tensor, dtype: torch.dtype) -> Tensor:
 CPU_CHUNK_BYTES = 8 << 20
 
 
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _chunk_on_cpu(x: Tensor) -> bool:
+    """Whether a transform of ``x`` may work chunk by chunk: on the CPU, outside autograd."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 class STFT(nn.Module):
     """Short-time Fourier transform of multichannel audio.
 
@@ -54,6 +62,10 @@ class STFT(nn.Module):
         """
         shape = audio.shape
         flat = audio.reshape(-1, shape[-1])
+        if _chunk_on_cpu(flat) and flat.dtype in _COMPLEX_OF:
+            spec = self._chunked(flat)
+            if spec is not None:
+                return spec.reshape(shape[:-1] + spec.shape[-2:])
         spec = torch.stft(
             flat,
             n_fft=self.n_fft,
@@ -66,6 +78,26 @@ class STFT(nn.Module):
             return_complex=True,
         )
         return spec.reshape(shape[:-1] + spec.shape[-2:])
+
+    def _chunked(self, flat: Tensor) -> Optional[Tensor]:
+        """``torch.stft``'s result, computed a few megabytes of frames at a time into one output
+        (frame-major, like ``torch.stft``'s): for long inputs ``torch.stft`` builds every
+        windowed frame at once, a fresh, page-faulting block on every call. ``None`` when the
+        input is too short for more than one chunk (``torch.stft`` then does it, errors included)."""
+        n_fft, hop = self.n_fft, self.n_hop
+        step = max(1, CPU_CHUNK_BYTES // (flat.shape[0] * n_fft * flat.element_size()))
+        nb_frames = nb_frames_for(flat.shape[-1], hop, self.center, n_fft)
+        if nb_frames <= step or (self.center and flat.shape[-1] <= n_fft // 2):
+            return None
+        if self.center:
+            flat = nn.functional.pad(flat[:, None], (n_fft // 2, n_fft // 2), mode=self.pad_mode)[:, 0]
+        frames = flat.unfold(-1, n_fft, hop)  # (signals, frames, n_fft), a view
+        window = _window_like(self.window, flat.dtype)
+        out = torch.empty((flat.shape[0], nb_frames, n_fft // 2 + 1), dtype=_COMPLEX_OF[flat.dtype])
+        for t in range(0, nb_frames, step):
+            for i in range(flat.shape[0]):  # contiguous output rows: no temporary for out=
+                torch.fft.rfft(frames[i, t : t + step] * window, out=out[i, t : t + step])
+        return out.transpose(1, 2)
 
     def inverse(self, spec: Tensor, length: int) -> Tensor:
         """The inverse of :meth:`forward` through ``torch.istft``, for training, where gradients
@@ -199,7 +231,15 @@ class ComplexNorm(nn.Module):
         Returns:
             real ``(nb_samples, nb_channels or 1, nb_bins, nb_frames)``.
         """
-        mag = spec.abs()
+        if _chunk_on_cpu(spec) and spec.dim() and spec.shape[-1] > 1:
+            # One output, filled a few megabytes at a time (no spectrogram-sized temporaries).
+            mag = torch.empty_like(spec, dtype=spec.real.dtype)
+            per_frame = max(1, spec[..., :1].numel() * spec.element_size())
+            step = max(1, CPU_CHUNK_BYTES // per_frame)
+            for t in range(0, spec.shape[-1], step):
+                torch.abs(spec[..., t : t + step], out=mag[..., t : t + step])
+        else:
+            mag = spec.abs()
         if self.mono:
             mag = mag.mean(dim=1, keepdim=True)
         return mag

@@ -1,15 +1,13 @@
-"""bfloat16 products for Open-Unmix models, ``precision="auto"``, and the chunked inverse STFT."""
+"""bfloat16 products for Open-Unmix models and ``precision="auto"``."""
 import copy
 
 import pytest
 import torch
 
-from helpers import make_models, music_like
+from helpers import make_models
 from openunmix_like import Separator
 from openunmix_like import separator as separator_module
-from openunmix_like import transforms
 from openunmix_like.separator import AUTO_PRECISION_ENV, cpu_has_native_bf16, resolve_precision
-from openunmix_like.transforms import ISTFT, STFT
 
 
 def model_with_statistics():
@@ -94,20 +92,6 @@ def test_bf16_separator_converts_copies_not_the_callers_models():
     for name, model in models.items():
         assert model.product_dtype == torch.float32
         assert all(torch.equal(v, before[name][k]) for k, v in model.state_dict().items())
-
-
-@pytest.mark.parametrize("n_fft,n_hop", [(512, 128), (400, 160)])
-def test_inverse_stft_in_chunks_equals_one_pass_and_torch(monkeypatch, n_fft, n_hop):
-    audio = torch.from_numpy(music_like(1.5, 16000, seed=2))[None].repeat(3, 1, 1)
-    spec = STFT(n_fft, n_hop)(audio)
-    monkeypatch.setattr(transforms, "CPU_CHUNK_BYTES", 1 << 40)
-    whole = ISTFT(n_fft, n_hop)(spec, length=audio.shape[-1])
-    # 6 signals of n_fft float32 samples a frame: a few frames per chunk, the last one shorter.
-    monkeypatch.setattr(transforms, "CPU_CHUNK_BYTES", 6 * n_fft * 4 * 7)
-    chunked = ISTFT(n_fft, n_hop)(spec, length=audio.shape[-1])
-    assert spec.shape[-1] % 7  # the last chunk is a partial one
-    assert float((chunked - whole).abs().max()) <= 1e-6 * float(whole.abs().max())
-    assert torch.allclose(chunked, audio, atol=1e-5)
 
 
 def test_command_line_defaults(monkeypatch):

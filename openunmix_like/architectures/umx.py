@@ -16,6 +16,8 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ..transforms import CPU_CHUNK_BYTES
+
 # Entries found in weights published with Open-Unmix 1.0 that hold no parameter.
 LEGACY_KEYS = ("stft.window", "transform.0.window", "sample_rate")
 
@@ -156,44 +158,80 @@ class OpenUnmix(nn.Module):
             target magnitude, same shape as ``x``.
         """
         # (nb_frames, nb_samples, nb_channels, nb_bins)
-        x = x.permute(3, 0, 1, 2)
+        mix = x.permute(3, 0, 1, 2)
         # The mask multiplies a detached mixture, as in the reference: gradients reach the
         # input through the network only.
-        mix = x.detach()
-        nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
-        # Without autograd, update intermediate tensors in place: same values, far fewer
-        # fresh allocations (each a multi-megabyte page-faulting one for long inputs).
-        inplace = not torch.is_grad_enabled()
+        return self.decode(self.encode(mix), mix.detach()).permute(1, 2, 3, 0)
 
-        x = x[..., : self.max_bin] + self.input_mean
-        x = x.mul_(self.input_scale) if inplace else x * self.input_scale
+    def encode(self, mix: Tensor) -> Tensor:
+        """The part of the model that needs the whole signal: input scaling, the first dense
+        layer and the LSTM.
 
-        # After cast_products: matrix products in its dtype, everything between them in the
-        # dtype of the other parameters. Otherwise no cast at all, which leaves autocast alone.
-        low, wide = self.product_dtype, self.input_scale.dtype
-        if low == wide:
-            low = wide = None
+        Args:
+            mix: mixture magnitude, frame-major ``(nb_frames, nb_samples, nb_channels, nb_bins)``.
+
+        Returns:
+            features ``(nb_frames, nb_samples, 2 * hidden_size)`` (the bottleneck beside the LSTM's
+            output) for :meth:`decode`, in the dtype of the products (see :meth:`cast_products`).
+        """
+        nb_frames, nb_samples, nb_channels, _ = mix.shape
+        low, wide = self._dtypes()
+        # Without autograd on the CPU, the input layer runs a few megabytes of frames at a time
+        # into one output: spectrogram-sized temporaries would be fresh, page-faulting memory
+        # on every call. Frames are independent here, so the values are the same.
+        step = nb_frames
+        if mix.device.type == "cpu" and not torch.is_grad_enabled():
+            step = max(1, CPU_CHUNK_BYTES // (nb_samples * nb_channels * self.max_bin * mix.element_size()))
+        if step >= nb_frames:
+            x = self._input_layer(mix, low, wide)
+        else:
+            x = torch.empty((nb_frames, nb_samples, self.hidden_size), dtype=low or mix.dtype, device=mix.device)
+            for t in range(0, nb_frames, step):
+                x[t : t + step] = self._input_layer(mix[t : t + step], low, wide)
+        lstm_out, _ = self.lstm(x)
+        return torch.cat([x, lstm_out], -1)
+
+    def _input_layer(self, mix: Tensor, low, wide) -> Tensor:
+        nb_frames, nb_samples, nb_channels, _ = mix.shape
+        x = mix[..., : self.max_bin] + self.input_mean
+        x = x.mul_(self.input_scale) if not torch.is_grad_enabled() else x * self.input_scale
         x = self.fc1(_cast(x.reshape(-1, nb_channels * self.max_bin), low))
         x = torch.tanh(self.bn1(_cast(x, wide)))
-        x = _cast(x.reshape(nb_frames, nb_samples, self.hidden_size), low)
+        return _cast(x.reshape(nb_frames, nb_samples, self.hidden_size), low)
 
-        lstm_out, _ = self.lstm(x)
-        x = torch.cat([x, lstm_out], -1)
+    def decode(self, features: Tensor, mix: Tensor) -> Tensor:
+        """The frame-by-frame rest of the model: dense layers and the mask. Any run of frames
+        can be decoded on its own (with the features :meth:`encode` gave for those frames).
 
-        x = self.fc2(x.reshape(-1, x.shape[-1]))
+        Args:
+            features: ``(nb_frames, nb_samples, 2 * hidden_size)`` from :meth:`encode`.
+            mix: the mixture magnitude of the same frames ``(nb_frames, nb_samples, nb_channels, nb_bins)``,
+                which the mask multiplies (detach it for training, as :meth:`forward` does).
+
+        Returns:
+            target magnitude ``(nb_frames, nb_samples, nb_channels, nb_bins)``, float32 (the
+            dtype of the normalisation parameters) whatever the products' dtype.
+        """
+        nb_frames, nb_samples, nb_channels, _ = mix.shape
+        low, wide = self._dtypes()
+        x = self.fc2(features.reshape(-1, features.shape[-1]))
         x = torch.relu(self.bn2(_cast(x, wide)))
         x = _cast(self.fc3(_cast(x, low)), wide)
-
-        if inplace and not self.training:
-            # Batch norm with running statistics and the output scaling are one affine map:
-            # one pass over the largest tensor of the model, in place.
+        if not torch.is_grad_enabled() and not self.training:
+            # Without autograd, batch norm with running statistics and the output scaling are
+            # one affine map: one pass over the largest tensor of the model, in place.
             scale, shift = self._output_affine()
             x = x.mul_(scale).add_(shift).reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
-            x = x.relu_().mul_(mix)
-        else:
-            x = self.bn3(x).reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
-            x = torch.relu(x * self.output_scale + self.output_mean) * mix
-        return x.permute(1, 2, 3, 0)
+            return x.relu_().mul_(mix)
+        x = self.bn3(x).reshape(nb_frames, nb_samples, nb_channels, self.nb_bins)
+        return torch.relu(x * self.output_scale + self.output_mean) * mix
+
+    def _dtypes(self):
+        """``(products, the rest)`` after :meth:`cast_products`: matrix products in its dtype,
+        everything between them in the dtype of the other parameters. ``(None, None)`` without
+        it: no cast at all, which leaves autocast alone."""
+        low, wide = self.product_dtype, self.input_scale.dtype
+        return (None, None) if low == wide else (low, wide)
 
     def _output_affine(self):
         """``(scale, shift)`` per output feature such that ``fc3_out * scale + shift`` equals
