@@ -172,7 +172,7 @@ def window_bounds(nb_frames: int, win_len: int, win_offset: int = 0) -> List[Tup
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-CPU_BLOCK_BINS = 128  # frequency bins per block on the CPU, where small blocks stay in cache
+CPU_BLOCK_BINS = 128  # at most this many frequency bins per block on the CPU, where small blocks stay in cache
 
 
 def wiener_fast(
@@ -192,16 +192,17 @@ def wiener_fast(
 
     The result equals :func:`wiener`'s (up to float rounding). For two channels
     the EM runs on real and imaginary planes with the closed-form inverse of
-    the Hermitian 2x2 mixture covariance, one block of ``block_bins`` frequency
-    bins at a time (bins are independent given a window, and small blocks stay
-    in cache); other channel counts use :func:`wiener`.
+    the Hermitian 2x2 mixture covariance, one block of at most ``block_bins``
+    frequency bins at a time (bins are independent given a window, and small
+    blocks stay in cache); other channel counts use :func:`wiener`.
 
     Args:
         spectrograms: magnitudes ``(nb_sources, {1, nb_channels}, nb_bins, nb_frames)``.
         mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
         iterations, softmask, residual, scale_factor, eps, win_len, win_offset: see :func:`wiener`.
-        block_bins: frequency bins processed together; ``None``: 128 on the CPU (a block's
-            planes stay in cache), all of them on a GPU (fewer, larger kernels).
+        block_bins: at most this many frequency bins processed together (blocks of nearly
+            equal size); ``None``: 128 on the CPU (a block's planes stay in cache), all of
+            them on a GPU (fewer, larger kernels).
         out: optional real buffer ``(nb_sources [+1], 2, >= nb_frames, nb_bins, 2)``
             to write stereo results into (reused across calls to avoid allocations).
 
@@ -224,26 +225,41 @@ def wiener_fast(
     windows = window_bounds(nb_frames, win_len, win_offset) if win_len else [(0, nb_frames)]
     if block_bins is None:
         block_bins = nb_bins if mix_stft.is_cuda else CPU_BLOCK_BINS
-    blocks = [slice(f, f + block_bins) for f in range(0, nb_bins, block_bins)]
+    # Blocks of nearly equal size (2049 bins: 17 of 120-121, not 16 of 128 and one of 1).
+    nb_blocks = -(-nb_bins // block_bins)
+    edges = [round(k * nb_bins / nb_blocks) for k in range(nb_blocks + 1)]
+    blocks = [slice(f0, f1) for f0, f1 in zip(edges[:-1], edges[1:])]
+    if iterations:
+        # Every block goes from its initial estimates through EM in four contiguous planes
+        # (J, T, F), small enough to stay in cache, and is written out once: the planes of
+        # ``out`` interleave real and imaginary parts, a stride that slows every operation.
+        longest = max(b - a for a, b in windows) * max(f.stop - f.start for f in blocks)
+        scratch = torch.empty((2, 2, nb_sources * longest), dtype=out.dtype, device=out.device)
     for a, b in windows:
-        # Pass 1: initial estimates of every bin block, and the window's mixture peak.
-        peak_power = 0.0
-        for fs in blocks:
-            x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
-            spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
-            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
-            peak_power = max(peak_power, _initial_block(spec, x, softmask, residual, eps, views))
         if not iterations:
+            for fs in blocks:
+                x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
+                spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
+                views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
+                _initial_block(spec, x, softmask, residual, eps, views)
             continue
-        # Pass 2: EM in place. EM on (y, x) / m, times m, equals EM on (y, x) with the
-        # regulariser and weight epsilon scaled by m^2: no array needs rescaling.
+        # EM on (y, x) / m, times m, equals EM on (y, x) with the regulariser and weight
+        # epsilon scaled by m^2: no array needs rescaling. m comes from the window's peak.
+        peak_power = float(torch.view_as_real(mix_stft[..., a:b]).square().sum(dim=-1).max())
         m2 = max(1.0, peak_power ** 0.5 / scale_factor) ** 2
         for fs in blocks:
-            x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
-            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
-            y = views
+            shape = (nb_sources, b - a, fs.stop - fs.start)
+            n = shape[0] * shape[1] * shape[2]
+            planes = [(scratch[c, 0, :n].view(shape), scratch[c, 1, :n].view(shape)) for c in range(2)]
+            x = [(mix_re[c][..., a:b, fs].contiguous(), mix_im[c][..., a:b, fs].contiguous()) for c in range(2)]
+            spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
+            _initial_block(spec, x, softmask, residual, eps, planes)
+            y = planes
             for it in range(iterations):
-                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
+                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=planes if it + 1 == iterations else None)
+            for c in range(2):
+                out[:, c, a:b, fs, 0].copy_(planes[c][0])
+                out[:, c, a:b, fs, 1].copy_(planes[c][1])
     return torch.view_as_complex(out).transpose(2, 3)
 
 
