@@ -7,9 +7,10 @@
 Both folders are loaded with ``Separator.from_pretrained`` (which builds the
 models in float32 whatever the files store; ``--precision-a/-b`` choose the
 target models' arithmetic, fp32 by default) and separate each song with the
-other default settings of ``umx-separate``. ``default`` names the bundled model. Per song and target it prints the largest
-absolute difference of B's stem from A's over the peak of A's stem, and the
-energy of the difference against that of A's stem in dB.
+other default settings of ``umx-separate``. ``default`` names the bundled model.
+Per song and target it prints the largest absolute difference of B's stem from
+A's over the peak of A's stem, and the energy of the difference against that of
+A's stem in dB.
 """
 import argparse
 
