@@ -334,9 +334,10 @@ class Separator(nn.Module):
         """Wiener filter and inverse STFT of one sample, one filter window at a time.
 
         Args:
-            spectrograms: per target, frame-major magnitudes ``(nb_frames, {1, nb_channels}, nb_bins)``;
-                the targets are stacked one window at a time, which copies a window rather than
-                the whole signal.
+            spectrograms: per target, frame-major magnitudes ``(nb_frames, {1, nb_channels}, nb_bins)``,
+                or a :class:`_DecodedOnDemand` that decodes the frames asked for; the targets are
+                stacked one window at a time, which copies (or decodes) a window rather than the
+                whole signal.
             mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
             downmix: filter with the mean of each target's channels (a stereo model's estimate
                 of a mono mixture: a duplicated stereo pair would make the mixture covariance
