@@ -253,13 +253,17 @@ def wiener_fast(
             planes = [(scratch[c, 0, :n].view(shape), scratch[c, 1, :n].view(shape)) for c in range(2)]
             x = [(mix_re[c][..., a:b, fs].contiguous(), mix_im[c][..., a:b, fs].contiguous()) for c in range(2)]
             spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
-            _initial_block(spec, x, softmask, residual, eps, planes)
-            y = planes
-            for it in range(iterations):
-                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=planes if it + 1 == iterations else None)
-            for c in range(2):
-                out[:, c, a:b, fs, 0].copy_(planes[c][0])
-                out[:, c, a:b, fs, 1].copy_(planes[c][1])
+            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
+            if softmask or residual:
+                _initial_block(spec, x, softmask, residual, eps, planes)
+                y, done = planes, 0
+            else:
+                # Magnitudes with the mixture's phase: the first iteration's statistics follow
+                # from the magnitudes and the phase alone, without writing the estimates.
+                stats = _statistics_from_magnitudes(spec, _unit_phasors(x), m2 * eps)
+                y, done = _stereo_filter(stats, x, m2 * eps ** 0.5, into=views if iterations == 1 else planes), 1
+            for it in range(done, iterations):
+                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
     return torch.view_as_complex(out).transpose(2, 3)
 
 
@@ -274,22 +278,36 @@ def _initial_block(spec, x, softmask, residual, eps, into) -> float:
     power = [x_re.square().addcmul_(x_im, x_im) for x_re, x_im in x]
     peak = max(float(p.max()) for p in power)
     nb_targets = spec[0].shape[0]
+    phase = None if softmask else _unit_phasors(x, power)
     for c, ((x_re, x_im), (o_re, o_im)) in enumerate(zip(x, into)):
         if softmask:
             mask = spec[c] / (eps + spec[c].sum(dim=0))
             torch.mul(mask, x_re, out=o_re[:nb_targets])
             torch.mul(mask, x_im, out=o_im[:nb_targets])
         else:
-            mag = power[c].sqrt_()
-            silent = (mag == 0).to(mag.dtype)
-            # angle(0) is 0: a silent bin gets phase 1, as with the mixture-phase definition.
-            inv = (mag + silent).reciprocal_()
-            torch.mul(spec[c], (x_re * inv).add_(silent), out=o_re[:nb_targets])
-            torch.mul(spec[c], x_im * inv, out=o_im[:nb_targets])
+            torch.mul(spec[c], phase[c][0], out=o_re[:nb_targets])
+            torch.mul(spec[c], phase[c][1], out=o_im[:nb_targets])
         if residual:
             torch.sub(x_re, o_re[:nb_targets].sum(dim=0), out=o_re[nb_targets])
             torch.sub(x_im, o_im[:nb_targets].sum(dim=0), out=o_im[nb_targets])
     return peak
+
+
+def _unit_phasors(x, power=None):
+    """Per channel, the mixture's phase as ``(real, imag)`` planes ``(T, F)`` of modulus 1.
+
+    ``angle(0)`` is 0: a silent bin gets phase 1, as with :func:`mixture_phase`.
+    ``power``: per channel ``|x|^2``, if already computed (it is overwritten).
+    """
+    if power is None:
+        power = [x_re.square().addcmul_(x_im, x_im) for x_re, x_im in x]
+    phase = []
+    for (x_re, x_im), p in zip(x, power):
+        mag = p.sqrt_()
+        silent = (mag == 0).to(mag.dtype)
+        inv = (mag + silent).reciprocal_()
+        phase.append(((x_re * inv).add_(silent), x_im * inv))
+    return phase
 
 
 def _stereo_em_step(y, x, weight_eps, reg, into=None):
@@ -300,7 +318,6 @@ def _stereo_em_step(y, x, weight_eps, reg, into=None):
     new estimates are written there.
     """
     (y0_re, y0_im), (y1_re, y1_im) = y
-    (x0_re, x0_im), (x1_re, x1_im) = x
     p0 = (y0_re * y0_re).addcmul_(y0_im, y0_im)
     p1 = (y1_re * y1_re).addcmul_(y1_im, y1_im)
     v = (p0 + p1).mul_(0.5)  # (J, T, F)
@@ -310,6 +327,39 @@ def _stereo_em_step(y, x, weight_eps, reg, into=None):
     r11 = p1.sum(dim=-2, keepdim=True).mul_(inv_weight)
     r01_re = (y0_re * y1_re).addcmul_(y0_im, y1_im).sum(dim=-2, keepdim=True).mul_(inv_weight)
     r01_im = (y0_im * y1_re).addcmul_(y0_re, y1_im, value=-1).sum(dim=-2, keepdim=True).mul_(inv_weight)
+    return _stereo_filter((v, r00, r11, r01_re, r01_im), x, reg, into)
+
+
+def _statistics_from_magnitudes(spec, phase, weight_eps):
+    """What :func:`_stereo_em_step` computes from estimates ``y_jc = s_jc u_c`` (magnitudes
+    ``s`` with the mixture's unit phasors ``u``), from ``s`` and ``u`` alone: ``|y_jc|^2 =
+    s_jc^2`` and ``y_j0 conj(y_j1) = s_j0 s_j1 u_0 conj(u_1)``, the phase term shared by
+    all sources. Equal up to float rounding, in half the passes over ``(J, T, F)`` planes.
+
+    Args:
+        spec: per channel, magnitudes ``(J, T, F)``.
+        phase: from :func:`_unit_phasors`.
+    """
+    (u0_re, u0_im), (u1_re, u1_im) = phase
+    p0, p1 = spec[0] * spec[0], spec[1] * spec[1]
+    v = (p0 + p1).mul_(0.5)
+    inv_weight = 1.0 / (weight_eps + v.sum(dim=-2, keepdim=True))
+    r00 = p0.sum(dim=-2, keepdim=True).mul_(inv_weight)
+    r11 = p1.sum(dim=-2, keepdim=True).mul_(inv_weight)
+    both = spec[0] * spec[1]
+    cross_re = (u0_re * u1_re).addcmul_(u0_im, u1_im)
+    cross_im = (u0_im * u1_re).addcmul_(u0_re, u1_im, value=-1)
+    r01_re = (both * cross_re).sum(dim=-2, keepdim=True).mul_(inv_weight)
+    r01_im = both.mul_(cross_im).sum(dim=-2, keepdim=True).mul_(inv_weight)
+    return v, r00, r11, r01_re, r01_im
+
+
+def _stereo_filter(stats, x, reg, into=None):
+    """The filtering half of an EM iteration: from the sources' statistics ``(v, r00, r11,
+    r01_re, r01_im)``, the estimates ``v_j R_j Cxx^-1 x`` as per-channel ``(real, imag)``
+    planes, written into ``into`` if given."""
+    v, r00, r11, r01_re, r01_im = stats
+    (x0_re, x0_im), (x1_re, x1_im) = x
     # Mixture covariance Cxx = sum_j v_j R_j + reg I (Hermitian: real diagonal).
     c00 = (r00 * v).sum(dim=0).add_(reg)
     c11 = (r11 * v).sum(dim=0).add_(reg)
