@@ -236,24 +236,22 @@ def wiener_fast(
         longest = max(b - a for a, b in windows) * max(f.stop - f.start for f in blocks)
         scratch = torch.empty((2, 2, nb_sources * longest), dtype=out.dtype, device=out.device)
     for a, b in windows:
-        if not iterations:
-            for fs in blocks:
-                x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
-                spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
-                views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
-                _initial_block(spec, x, softmask, residual, eps, views)
-            continue
-        # EM on (y, x) / m, times m, equals EM on (y, x) with the regulariser and weight
-        # epsilon scaled by m^2: no array needs rescaling. m comes from the window's peak.
-        peak_power = float(torch.view_as_real(mix_stft[..., a:b]).square().sum(dim=-1).max())
-        m2 = max(1.0, peak_power ** 0.5 / scale_factor) ** 2
+        if iterations:
+            # EM on (y, x) / m, times m, equals EM on (y, x) with the regulariser and weight
+            # epsilon scaled by m^2: no array needs rescaling. m comes from the window's peak.
+            peak_power = float(torch.view_as_real(mix_stft[..., a:b]).square().sum(dim=-1).max())
+            m2 = max(1.0, peak_power ** 0.5 / scale_factor) ** 2
         for fs in blocks:
+            x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
+            spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
+            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
+            if not iterations:
+                _initial_block(spec, x, softmask, residual, eps, views)
+                continue
+            x = [(x_re.contiguous(), x_im.contiguous()) for x_re, x_im in x]
             shape = (nb_sources, b - a, fs.stop - fs.start)
             n = shape[0] * shape[1] * shape[2]
             planes = [(scratch[c, 0, :n].view(shape), scratch[c, 1, :n].view(shape)) for c in range(2)]
-            x = [(mix_re[c][..., a:b, fs].contiguous(), mix_im[c][..., a:b, fs].contiguous()) for c in range(2)]
-            spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
-            views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
             if softmask or residual:
                 _initial_block(spec, x, softmask, residual, eps, planes)
                 y, done = planes, 0
@@ -267,18 +265,16 @@ def wiener_fast(
     return torch.view_as_complex(out).transpose(2, 3)
 
 
-def _initial_block(spec, x, softmask, residual, eps, into) -> float:
-    """Write the initial estimates of one block into ``into``; return its largest mixture power.
+def _initial_block(spec, x, softmask, residual, eps, into) -> None:
+    """Write the initial estimates of one block into ``into``.
 
     Args:
         spec: per channel, magnitudes ``(J, T, F)``.
         x: per channel, mixture ``(real, imag)`` planes ``(T, F)``.
         into: per channel, ``(real, imag)`` output planes ``(J [+1], T, F)``.
     """
-    power = [x_re.square().addcmul_(x_im, x_im) for x_re, x_im in x]
-    peak = max(float(p.max()) for p in power)
     nb_targets = spec[0].shape[0]
-    phase = None if softmask else _unit_phasors(x, power)
+    phase = None if softmask else _unit_phasors(x)
     for c, ((x_re, x_im), (o_re, o_im)) in enumerate(zip(x, into)):
         if softmask:
             mask = spec[c] / (eps + spec[c].sum(dim=0))
@@ -290,20 +286,16 @@ def _initial_block(spec, x, softmask, residual, eps, into) -> float:
         if residual:
             torch.sub(x_re, o_re[:nb_targets].sum(dim=0), out=o_re[nb_targets])
             torch.sub(x_im, o_im[:nb_targets].sum(dim=0), out=o_im[nb_targets])
-    return peak
 
 
-def _unit_phasors(x, power=None):
+def _unit_phasors(x):
     """Per channel, the mixture's phase as ``(real, imag)`` planes ``(T, F)`` of modulus 1.
 
     ``angle(0)`` is 0: a silent bin gets phase 1, as with :func:`mixture_phase`.
-    ``power``: per channel ``|x|^2``, if already computed (it is overwritten).
     """
-    if power is None:
-        power = [x_re.square().addcmul_(x_im, x_im) for x_re, x_im in x]
     phase = []
-    for (x_re, x_im), p in zip(x, power):
-        mag = p.sqrt_()
+    for x_re, x_im in x:
+        mag = x_re.square().addcmul_(x_im, x_im).sqrt_()
         silent = (mag == 0).to(mag.dtype)
         inv = (mag + silent).reciprocal_()
         phase.append(((x_re * inv).add_(silent), x_im * inv))

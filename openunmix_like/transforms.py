@@ -24,6 +24,11 @@ def _window_like(window: Tensor, dtype: torch.dtype) -> Tensor:
 CPU_CHUNK_BYTES = 8 << 20
 
 
+def frames_per_chunk(bytes_per_frame: int) -> int:
+    """How many frames of ``bytes_per_frame`` bytes make one chunk of ``CPU_CHUNK_BYTES`` (at least one)."""
+    return max(1, CPU_CHUNK_BYTES // max(1, bytes_per_frame))
+
+
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -85,7 +90,7 @@ class STFT(nn.Module):
         windowed frame at once, a fresh, page-faulting block on every call. ``None`` when the
         input is too short for more than one chunk (``torch.stft`` then does it, errors included)."""
         n_fft, hop = self.n_fft, self.n_hop
-        step = max(1, CPU_CHUNK_BYTES // (flat.shape[0] * n_fft * flat.element_size()))
+        step = frames_per_chunk(flat.shape[0] * n_fft * flat.element_size())
         nb_frames = nb_frames_for(flat.shape[-1], hop, self.center, n_fft)
         if nb_frames <= step or (self.center and flat.shape[-1] <= n_fft // 2):
             return None
@@ -172,8 +177,7 @@ class ISTFT(nn.Module):
         n = spec.shape[-1]
         step = n
         if not spec.is_cuda:
-            frame_bytes = buffer[..., :1].numel() * self.n_fft * buffer.element_size()
-            step = max(1, CPU_CHUNK_BYTES // frame_bytes)
+            step = frames_per_chunk(buffer[..., :1].numel() * self.n_fft * buffer.element_size())
         for t in range(0, n, step):
             frames = torch.fft.irfft(spec[..., t : t + step].transpose(-1, -2), n=self.n_fft)  # (..., step, n_fft)
             self._overlap_add(frames.mul_(window), buffer, frame_start + t)
@@ -234,8 +238,7 @@ class ComplexNorm(nn.Module):
         if _chunk_on_cpu(spec) and spec.dim() and spec.shape[-1] > 1:
             # One output, filled a few megabytes at a time (no spectrogram-sized temporaries).
             mag = torch.empty_like(spec, dtype=spec.real.dtype)
-            per_frame = max(1, spec[..., :1].numel() * spec.element_size())
-            step = max(1, CPU_CHUNK_BYTES // per_frame)
+            step = frames_per_chunk(spec[..., :1].numel() * spec.element_size())
             for t in range(0, spec.shape[-1], step):
                 torch.abs(spec[..., t : t + step], out=mag[..., t : t + step])
         else:

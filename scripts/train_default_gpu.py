@@ -38,8 +38,8 @@ tree at 19.6 MiB (the fp16 bundled model) they were::
         carry=[".gpu22/corpus-part13.tar", ..., ".gpu22/corpus-part16.tar"])             # 59.3 MiB
 
 Use the lines ``stage`` prints, not these. Make each call as soon as the one
-before returns: a machine stays warm (and keeps /tmp, where the calls unpack
-their parts into /tmp/gpu22/corpus and the first installs the wheels) for 30 s
+before returns: a machine stays warm (and keeps its temporary folder, where the calls
+unpack their parts into gpu22/corpus and the first installs the wheels) for 30 s
 after a call. A training call that finds a part missing (the machine went back)
 stops at once, saying which: then start again from the first call. Before the
 last call, read ``status``: give ``--budget-s`` at most ``budget_left_s`` minus
@@ -88,6 +88,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -494,8 +495,9 @@ def receive(args: argparse.Namespace) -> None:
 
 def smoke(args: argparse.Namespace) -> None:
     """pack, stage, the device calls one after another (each seeing only what it carries) and receive,
-    at toy size on the CPU, in /tmp/gpu22-smoke; the real $GPU_STATE and .gpu22 are not touched."""
-    tmp = Path("/tmp/gpu22-smoke")
+    at toy size on the CPU, in gpu22-smoke in the temporary folder; the real $GPU_STATE and .gpu22 are
+    not touched."""
+    tmp = Path(tempfile.gettempdir()) / "gpu22-smoke"
     shutil.rmtree(tmp, ignore_errors=True)
     state, stage = tmp / "state", ".gpu22-smoke"
     shutil.copytree(STATE / "wheels", state / "wheels")
@@ -574,7 +576,8 @@ def main() -> None:
     a = sub.add_parser("device", help="on the GPU machine: unpack the carried parts, train, export into $OUT")
     a.add_argument("--unpack-only", action="store_true", help="unpack the carried parts and stop")
     a.add_argument("--stage", default=".gpu22", help="carried folder in the checkout (default .gpu22)")
-    a.add_argument("--work", default="/tmp/gpu22", help="corpus and run folder on the machine (default /tmp/gpu22)")
+    a.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gpu22"),
+                   help="corpus and run folder on the machine (default: gpu22 in its temporary folder)")
     a.add_argument("--out", default=None, help="where the returned files go (default $OUT)")
     a.add_argument("--jobs", type=int, default=os.cpu_count())
     a.add_argument("--budget-s", type=float, default=575.0, help="seconds this call may take (timeout_s 600)")

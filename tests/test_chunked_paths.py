@@ -67,7 +67,7 @@ def test_model_encoded_in_chunks_and_decoded_in_windows_equals_forward(monkeypat
     with torch.inference_mode():
         whole = model(mag)
         # 2 samples x 2 channels x 128 bins of float32 a frame: 3 frames a chunk.
-        monkeypatch.setattr(umx, "CPU_CHUNK_BYTES", 2 * 2 * 128 * 4 * 3)
+        monkeypatch.setattr(transforms, "CPU_CHUNK_BYTES", 2 * 2 * 128 * 4 * 3)
         mix = mag.permute(3, 0, 1, 2)
         features = model.encode(mix)
         windows = torch.cat([model.decode(features[a : a + 11], mix[a : a + 11]) for a in range(0, 40, 11)])

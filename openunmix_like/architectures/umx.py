@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..transforms import CPU_CHUNK_BYTES
+from ..transforms import frames_per_chunk
 
 # Entries found in weights published with Open-Unmix 1.0 that hold no parameter.
 LEGACY_KEYS = ("stft.window", "transform.0.window", "sample_rate")
@@ -181,7 +181,7 @@ class OpenUnmix(nn.Module):
         # on every call. Frames are independent here, so the values are the same.
         step = nb_frames
         if mix.device.type == "cpu" and not torch.is_grad_enabled():
-            step = max(1, CPU_CHUNK_BYTES // (nb_samples * nb_channels * self.max_bin * mix.element_size()))
+            step = frames_per_chunk(nb_samples * nb_channels * self.max_bin * mix.element_size())
         if step >= nb_frames:
             x = self._input_layer(mix, low, wide)
         else:
