@@ -22,6 +22,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .lanes import nb_lanes, run_in_lanes
+
 
 def softmask(spectrograms: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor:
     """Ratio-mask the mixture with each source's share of the summed spectrograms.
@@ -229,29 +231,35 @@ def wiener_fast(
     nb_blocks = -(-nb_bins // block_bins)
     edges = [round(k * nb_bins / nb_blocks) for k in range(nb_blocks + 1)]
     blocks = [slice(f0, f1) for f0, f1 in zip(edges[:-1], edges[1:])]
+    lanes = nb_lanes(len(blocks)) if not mix_stft.is_cuda else 1
     if iterations:
         # Every block goes from its initial estimates through EM in four contiguous planes
         # (J, T, F), small enough to stay in cache, and is written out once: the planes of
         # ``out`` interleave real and imaginary parts, a stride that slows every operation.
+        # One set of planes per lane: block k runs in lane k % lanes.
         longest = max(b - a for a, b in windows) * max(f.stop - f.start for f in blocks)
-        scratch = torch.empty((2, 2, nb_sources * longest), dtype=out.dtype, device=out.device)
+        scratch = torch.empty((lanes, 2, 2, nb_sources * longest), dtype=out.dtype, device=out.device)
     for a, b in windows:
+        m2 = 1.0
         if iterations:
             # EM on (y, x) / m, times m, equals EM on (y, x) with the regulariser and weight
             # epsilon scaled by m^2: no array needs rescaling. m comes from the window's peak.
             peak_power = float(torch.view_as_real(mix_stft[..., a:b]).square().sum(dim=-1).max())
             m2 = max(1.0, peak_power ** 0.5 / scale_factor) ** 2
-        for fs in blocks:
+
+        def block(k: int) -> None:
+            fs = blocks[k]
             x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
             spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
             views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
             if not iterations:
                 _initial_block(spec, x, softmask, residual, eps, views)
-                continue
+                return
             x = [(x_re.contiguous(), x_im.contiguous()) for x_re, x_im in x]
             shape = (nb_sources, b - a, fs.stop - fs.start)
             n = shape[0] * shape[1] * shape[2]
-            planes = [(scratch[c, 0, :n].view(shape), scratch[c, 1, :n].view(shape)) for c in range(2)]
+            own = scratch[k % lanes]
+            planes = [(own[c, 0, :n].view(shape), own[c, 1, :n].view(shape)) for c in range(2)]
             if softmask or residual:
                 _initial_block(spec, x, softmask, residual, eps, planes)
                 y, done = planes, 0
@@ -262,6 +270,10 @@ def wiener_fast(
                 y, done = _stereo_filter(stats, x, m2 * eps ** 0.5, into=views if iterations == 1 else planes), 1
             for it in range(done, iterations):
                 y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
+
+        # Blocks are independent and each is many small passes that a second intra-op thread
+        # barely speeds up: on the CPU they run in lanes of one thread each (same values).
+        run_in_lanes(block, range(len(blocks)), lanes)
     return torch.view_as_complex(out).transpose(2, 3)
 
 

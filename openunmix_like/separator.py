@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from . import filtering
 from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .architectures.umx import OpenUnmix
+from .lanes import run_in_lanes
 from .transforms import ISTFT, STFT, ComplexNorm
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -277,6 +278,10 @@ class Separator(nn.Module):
         idle, so the targets' models overlap instead of queueing. Same arithmetic either way."""
         models = list(self.target_models.values())
         if not mag.is_cuda or len(models) == 1:
+            if all(self._decodes_windows(model, mag) for model in models):
+                # Encoding is mostly an LSTM walking its frames, which a second intra-op thread
+                # barely speeds up: the targets' models run side by side instead (same values).
+                return run_in_lanes(lambda model: self._frame_major(model, mag, mix_stft, audio), models)
             return [self._frame_major(model, mag, mix_stft, audio) for model in models]
         main = torch.cuda.current_stream(mag.device)
         streams = [torch.cuda.Stream(mag.device) for _ in models]
@@ -292,12 +297,14 @@ class Separator(nn.Module):
 
     def _frame_major(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor):
         """A target model's estimate, frame-major, or the means to decode it (see :meth:`_model_outputs`)."""
-        decodes_windows = (isinstance(model, OpenUnmix) and mag.device.type == "cpu" and not torch.is_grad_enabled()
-                           and (self.precision == "fp32" or model.product_dtype == torch.bfloat16))
-        if not decodes_windows:
+        if not self._decodes_windows(model, mag):
             return self._magnitude(model, mag, mix_stft, audio).permute(3, 0, 1, 2)
         mix = mag.permute(3, 0, 1, 2)
         return _DecodedOnDemand(model, model.encode(mix), mix)
+
+    def _decodes_windows(self, model: nn.Module, mag: Tensor) -> bool:
+        return (isinstance(model, OpenUnmix) and mag.device.type == "cpu" and not torch.is_grad_enabled()
+                and (self.precision == "fp32" or model.product_dtype == torch.bfloat16))
 
     def _magnitude(self, model: nn.Module, mag: Tensor, mix_stft: Tensor, audio: Tensor) -> Tensor:
         """A target model's magnitude estimate ``(nb_samples, nb_channels, nb_bins, nb_frames)``,
