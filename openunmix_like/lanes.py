@@ -1,16 +1,19 @@
 """Independent pieces of CPU inference run side by side, one intra-op thread each.
 
-Some of the separator's work is made of many small operations that torch's
-intra-op threads barely speed up: the Wiener filter's passes over one block of
-bins (a few hundred kilobytes each) and an LSTM's step-by-step recurrence. On
-two cores such work gains about 20 % from a second intra-op thread; two
-independent pieces (two bin blocks, two targets' models) run in two threads of
-one intra-op thread each gain nearly 2x. :func:`run_in_lanes` does that when the
-caller allows several intra-op threads, computes without autograd and is on the
-CPU; the values are the same as one after the other.
+Much of the separator's work is small operations: an LSTM's step-by-step
+recurrence and the Wiener filter's passes over blocks of a few hundred kilobytes.
+Each is a parallel region whose intra-op threads must meet at its end, so a
+second thread helps little (on two cores: an LSTM 1.6x, the filter 1.2x) and the
+time depends on how quickly the threads meet, which another busy thread (a
+decoder, a writer) slows down. Independent pieces (the targets' models, the
+filter's bin blocks) run instead in lanes: threads of one intra-op thread each,
+with no parallel region at all (four umxhq LSTMs: 0.43 s in two lanes, 0.51 s one
+after the other with two intra-op threads, 0.84 s with one). :func:`run_in_lanes`
+does that when the caller has several intra-op threads and no autograd; the
+values are the same as one after the other. Callers use it for CPU work only.
 
-    blocks = [slice(0, 120), slice(120, 241)]
-    run_in_lanes(lambda fs: filter_block(fs), blocks)   # None or the results, in order
+    with torch.inference_mode():
+        features = run_in_lanes(lambda model: model.encode(mix), models)  # in the order of models
 """
 from __future__ import annotations
 

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     runs = [("local", ["--engine", "local", "--jobs", "2"]),
             ("ray", ["--engine", "ray"]),
             ("ray", ["--engine", "ray", "--actors", "2", "--io-cpus", "0"]),
-            ("ray", ["--engine", "ray", "--actors", "1", "--actor-cpus", "2", "--io-cpus", "0"])]
+            ("ray", ["--engine", "ray", "--actors", "1", "--actor-cpus", "2", "--io-cpus", "0"]),
+            ("local", ["--engine", "local", "--jobs", "1"])]
     rows = []
     for k, (engine, options) in enumerate(runs):
         out = work / f"out{k}"
