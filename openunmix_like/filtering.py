@@ -231,7 +231,7 @@ def wiener_fast(
     nb_blocks = -(-nb_bins // block_bins)
     edges = [round(k * nb_bins / nb_blocks) for k in range(nb_blocks + 1)]
     blocks = [slice(f0, f1) for f0, f1 in zip(edges[:-1], edges[1:])]
-    lanes = nb_lanes(len(blocks)) if not mix_stft.is_cuda else 1
+    lanes = nb_lanes(len(blocks)) if mix_stft.device.type == "cpu" else 1
     if iterations:
         # Every block goes from its initial estimates through EM in four contiguous planes
         # (J, T, F), small enough to stay in cache, and is written out once: the planes of

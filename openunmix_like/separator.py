@@ -273,7 +273,8 @@ class Separator(nn.Module):
         On the CPU, Open-Unmix models run the whole signal only through the part that needs
         it (:meth:`OpenUnmix.encode`) and their frame-by-frame rest is decoded one Wiener window
         at a time (:class:`_DecodedOnDemand`): no spectrogram-sized output per target, which
-        would be fresh, page-faulting memory on every call. On CUDA each model runs on a stream
+        would be fresh, page-faulting memory on every call; the targets' encoders run side by
+        side in lanes of one intra-op thread (:mod:`openunmix_like.lanes`). On CUDA each model runs on a stream
         of its own: a model's LSTM walks its frames one after the other, leaving most of the GPU
         idle, so the targets' models overlap instead of queueing. Same arithmetic either way."""
         models = list(self.target_models.values())
