@@ -227,10 +227,7 @@ def wiener_fast(
     windows = window_bounds(nb_frames, win_len, win_offset) if win_len else [(0, nb_frames)]
     if block_bins is None:
         block_bins = nb_bins if mix_stft.is_cuda else CPU_BLOCK_BINS
-    # Blocks of nearly equal size (2049 bins: 17 of 120-121, not 16 of 128 and one of 1).
-    nb_blocks = -(-nb_bins // block_bins)
-    edges = [round(k * nb_bins / nb_blocks) for k in range(nb_blocks + 1)]
-    blocks = [slice(f0, f1) for f0, f1 in zip(edges[:-1], edges[1:])]
+    blocks = _bin_blocks(nb_bins, block_bins)
     lanes = nb_lanes(len(blocks)) if mix_stft.device.type == "cpu" else 1
     if iterations:
         # Every block goes from its initial estimates through EM in four contiguous planes
@@ -252,29 +249,52 @@ def wiener_fast(
             x = [(mix_re[c][..., a:b, fs], mix_im[c][..., a:b, fs]) for c in range(2)]
             spec = [spec_tf[:, min(c, spec_tf.shape[1] - 1)][..., a:b, fs] for c in range(2)]
             views = [(out[:, c, a:b, fs, 0], out[:, c, a:b, fs, 1]) for c in range(2)]
-            if not iterations:
-                _initial_block(spec, x, softmask, residual, eps, views)
-                return
-            x = [(x_re.contiguous(), x_im.contiguous()) for x_re, x_im in x]
-            shape = (nb_sources, b - a, fs.stop - fs.start)
-            n = shape[0] * shape[1] * shape[2]
-            own = scratch[k % lanes]
-            planes = [(own[c, 0, :n].view(shape), own[c, 1, :n].view(shape)) for c in range(2)]
-            if softmask or residual:
-                _initial_block(spec, x, softmask, residual, eps, planes)
-                y, done = planes, 0
-            else:
-                # Magnitudes with the mixture's phase: the first iteration's statistics follow
-                # from the magnitudes and the phase alone, without writing the estimates.
-                stats = _statistics_from_magnitudes(spec, _unit_phasors(x), m2 * eps)
-                y, done = _stereo_filter(stats, x, m2 * eps ** 0.5, into=views if iterations == 1 else planes), 1
-            for it in range(done, iterations):
-                y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
+            planes = None
+            if iterations:
+                shape = (nb_sources, b - a, fs.stop - fs.start)
+                n = shape[0] * shape[1] * shape[2]
+                own = scratch[k % lanes]
+                planes = [(own[c, 0, :n].view(shape), own[c, 1, :n].view(shape)) for c in range(2)]
+            _stereo_block(spec, x, views, planes, iterations, softmask, residual, eps, m2)
 
         # Blocks are independent and each is many small passes that a second intra-op thread
         # barely speeds up: on the CPU they run in lanes of one thread each (same values).
         run_in_lanes(block, range(len(blocks)), lanes)
     return torch.view_as_complex(out).transpose(2, 3)
+
+
+def _bin_blocks(nb_bins: int, block_bins: int) -> List[slice]:
+    """At most ``block_bins`` bins a block, blocks of nearly equal size (2049 bins: 17 of
+    120-121, not 16 of 128 and one of 1)."""
+    nb_blocks = -(-nb_bins // block_bins)
+    edges = [round(k * nb_bins / nb_blocks) for k in range(nb_blocks + 1)]
+    return [slice(f0, f1) for f0, f1 in zip(edges[:-1], edges[1:])]
+
+
+def _stereo_block(spec, x, views, planes, iterations, softmask, residual, eps, m2) -> None:
+    """Initial estimates and EM of one block of bins of one window, written into ``views``.
+
+    Args:
+        spec: per channel, magnitudes ``(J, T, F)``.
+        x: per channel, mixture ``(real, imag)`` planes ``(T, F)``.
+        views: per channel, ``(real, imag)`` output planes ``(J [+1], T, F)``.
+        planes: the same in contiguous scratch, for the iterations before the last.
+        m2: the squared scale of the window (see :func:`wiener_fast`).
+    """
+    if not iterations:
+        _initial_block(spec, x, softmask, residual, eps, views)
+        return
+    x = [(x_re.contiguous(), x_im.contiguous()) for x_re, x_im in x]
+    if softmask or residual:
+        _initial_block(spec, x, softmask, residual, eps, planes)
+        y, done = planes, 0
+    else:
+        # Magnitudes with the mixture's phase: the first iteration's statistics follow
+        # from the magnitudes and the phase alone, without writing the estimates.
+        stats = _statistics_from_magnitudes(spec, _unit_phasors(x), m2 * eps)
+        y, done = _stereo_filter(stats, x, m2 * eps ** 0.5, into=views if iterations == 1 else planes), 1
+    for it in range(done, iterations):
+        y = _stereo_em_step(y, x, m2 * eps, m2 * eps ** 0.5, into=views if it + 1 == iterations else None)
 
 
 def _initial_block(spec, x, softmask, residual, eps, into) -> None:
