@@ -59,7 +59,8 @@ def run_in_lanes(fn: Callable[[T], R], items: Sequence[T], lanes: int = 0) -> Li
     Returns:
         the results in the order of ``items``.
     """
-    lanes = min(lanes or nb_lanes(len(items)), nb_lanes(len(items)))
+    allowed = nb_lanes(len(items))
+    lanes = min(lanes, allowed) if lanes else allowed
     if lanes <= 1:
         return [fn(item) for item in items]
     threads = max(1, torch.get_num_threads() // lanes)

@@ -64,7 +64,7 @@ def test_an_error_in_a_lane_reaches_the_caller_after_every_lane_finished(two_thr
     assert torch.get_num_threads() == 2
 
 
-def test_lanes_keep_inference_mode():
+def test_lanes_keep_inference_mode(two_threads):
     with torch.inference_mode():
         out = torch.zeros(4)
 
@@ -72,11 +72,7 @@ def test_lanes_keep_inference_mode():
             out[k] += k  # an in-place write to an inference tensor needs inference mode
             return torch.is_inference_mode_enabled()
 
-        torch.set_num_threads(2)
-        try:
-            assert lanes.run_in_lanes(work, range(4)) == [True] * 4
-        finally:
-            torch.set_num_threads(1)
+        assert lanes.run_in_lanes(work, range(4)) == [True] * 4
     assert out.tolist() == [0, 1, 2, 3]
 
 
