@@ -4,8 +4,8 @@ Much of the separator's work is small operations: an LSTM's step-by-step
 recurrence and the Wiener filter's passes over blocks of a few hundred kilobytes.
 Each is a parallel region whose intra-op threads must meet at its end, so a
 second thread helps little (on two cores: an LSTM 1.6x, the filter 1.2x) and the
-time depends on how quickly the threads meet, which another busy thread (a
-decoder, a writer) slows down. Independent pieces (the targets' models, the
+time depends on how quickly the threads meet (with OpenMP threads that sleep
+between regions, a separator's forward took 4.6-5.0 s instead of 1.3). Independent pieces (the targets' models, the
 filter's bin blocks) run instead in lanes: threads of one intra-op thread each,
 with no parallel region at all (four umxhq LSTMs: 0.43 s in two lanes, 0.51 s one
 after the other with two intra-op threads, 0.84 s with one). :func:`run_in_lanes`
