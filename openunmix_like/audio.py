@@ -55,6 +55,13 @@ def info(path: PathLike) -> AudioInfo:
 FFMPEG_FIRST = {".mp3"}
 # Shortfall (samples) tolerated between a header's length and the decoded audio.
 LENGTH_TOLERANCE = 2048
+# The same for what ffmpeg decodes: ffprobe's duration of an mp3 counts the encoder's delay
+# and padding (up to about two frames of 1,152 samples) that the decoder trims.
+FFMPEG_LENGTH_TOLERANCE = 4 * 1152
+# Sample rates accepted, and the largest sample magnitude (audio is expected roughly in [-1, 1];
+# far beyond, the spectrograms' powers overflow float32 and the stems come out NaN).
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_PEAK = 1e8
 
 
 class AudioSource:
@@ -87,12 +94,12 @@ class AudioSource:
         opened = None
         if self.path.suffix.lower() not in FFMPEG_FIRST or not shutil.which("ffmpeg"):
             try:
-                opened = sf.SoundFile(str(self.path))
+                opened = sf.SoundFile(sf_path(self.path))
             except (RuntimeError, sf.LibsndfileError):
                 opened = None
         if opened is not None:
             try:
-                _check_wav_length(self.path)
+                _check_header_length(self.path)
             except AudioError:
                 opened.close()
                 raise
@@ -100,10 +107,14 @@ class AudioSource:
             offset_s = start
         else:
             self._tmp = _decode_with_ffmpeg(self.path, start, duration)
-            self._file = sf.SoundFile(str(self._tmp))
+            self._file = sf.SoundFile(sf_path(self._tmp))
             offset_s = 0.0
         self.sample_rate = int(self._file.samplerate)
         self.nb_channels = int(self._file.channels)
+        if not MIN_RATE <= self.sample_rate <= MAX_RATE:
+            self.close()
+            raise AudioError(f"{self.path}: sample rate {self.sample_rate} Hz is outside {MIN_RATE} to {MAX_RATE} Hz; "
+                             "resample it (e.g. ffmpeg -i IN -ar 44100 OUT.wav)")
         self._offset = int(round(offset_s * self.sample_rate))
         available = max(0, self._file.frames - self._offset)
         wanted = available if duration is None else int(round(duration * self.sample_rate))
@@ -129,8 +140,12 @@ class AudioSource:
                              "re-export or re-download it")
         if missing > 0:  # compressed formats may announce a few samples more than they decode
             data = np.pad(data, ((0, missing), (0, 0)))
-        if not np.isfinite(data).all():
+        peak = float(np.abs(data).max(initial=0.0))
+        if not np.isfinite(peak):
             raise AudioError(f"{self.path}: holds NaN or infinite samples; repair or re-export the file")
+        if peak > MAX_PEAK:
+            raise AudioError(f"{self.path}: samples reach {peak:.3g}, audio is expected roughly in [-1, 1]; "
+                             "normalise or re-export the file")
         return torch.from_numpy(np.ascontiguousarray(data.T))
 
     def close(self) -> None:
@@ -185,7 +200,7 @@ def _ffmpeg_binary(name: str) -> str:
 def _ffprobe(path: Path) -> AudioInfo:
     cmd = [_ffmpeg_binary("ffprobe"), "-v", "error", "-select_streams", "a:0",
            "-show_entries", "stream=sample_rate,channels,duration", "-of", "json", str(path)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
     if not streams:
         raise AudioError(f"{path}: not a readable audio file; convert it to wav/flac/mp3")
@@ -207,7 +222,9 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
     fd, tmp = tempfile.mkstemp(prefix="openunmix-like-", suffix=".wav")
     os.close(fd)
     cmd += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-rf64", "auto", "-f", "wav", tmp]
-    result = subprocess.run(cmd, capture_output=True)
+    # In a session of its own, so that Ctrl+C in a terminal stops the program reading the file
+    # (which then removes the file) rather than failing the decode.
+    result = subprocess.run(cmd, capture_output=True, start_new_session=True)
     if result.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
         message = result.stderr.decode(errors="replace").strip().splitlines()
@@ -217,7 +234,7 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
     expected = probe.nb_frames - int(round(start * probe.sample_rate))
     if duration is not None:
         expected = min(expected, int(round(duration * probe.sample_rate)))
-    if expected - decoded > max(LENGTH_TOLERANCE, 0.01 * expected):
+    if expected - decoded > max(FFMPEG_LENGTH_TOLERANCE, 0.01 * expected):
         Path(tmp).unlink(missing_ok=True)
         raise AudioError(f"{path}: truncated (its header announces {expected / probe.sample_rate:.2f} s, "
                          f"{decoded / probe.sample_rate:.2f} s decode); re-export or re-download it")
@@ -227,29 +244,88 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
 def _frames_of(path: Path) -> int:
     import soundfile as sf
 
-    return int(sf.info(str(path)).frames)
+    return int(sf.info(sf_path(path)).frames)
 
 
-def _check_wav_length(path: Path) -> None:
-    """Refuse a RIFF/WAVE file whose data chunk is announced longer than the file is."""
-    if path.suffix.lower() not in (".wav", ".wave"):
-        return
+def sf_path(path: PathLike) -> Union[str, bytes]:
+    """``path`` as soundfile should be given it: bytes on POSIX, so that names which are not
+    valid UTF-8 (kept by Python as surrogates) open too."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
+def _check_header_length(path: Path) -> None:
+    """Refuse a file whose header announces more audio than the file holds.
+
+    libsndfile reads such a file up to its end without a word; formats whose header
+    states the audio's size are checked (by their first bytes, whatever the name):
+    RIFF and RF64 wav, Sony Wave64, AIFF/AIFC and Sun/NeXT au.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        header = f.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        head = f.read(12)
+        if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+            announced, available = _riff_data(f, size, rf64=head[:4] == b"RF64")
+        elif head[:4] == b"riff" and len(head) == 12:
+            f.seek(0)
+            announced, available = _w64_data(f, size)
+        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            announced, available = _iff_chunk(f, size, b"SSND", "big")
+        elif head[:4] == b".snd" and len(head) == 12:
+            offset = int.from_bytes(head[4:8], "big")
+            announced = int.from_bytes(head[8:12], "big")
+            available = size - offset
+            if announced == 0xFFFFFFFF:  # "unknown": the audio runs to the end of the file
+                return
+        else:
             return
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return
-            size = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                available = path.stat().st_size - f.tell()
-                if size not in (0, 0xFFFFFFFF) and size > available:
-                    raise AudioError(f"{path}: truncated ({size - available} bytes of audio announced by its "
-                                     "header are missing); re-export or re-download it")
-                return
-            f.seek(size + (size & 1), 1)
+    if announced is not None and announced > available:
+        raise AudioError(f"{path}: truncated ({announced - available} bytes of audio announced by its header are "
+                         "missing); re-export or re-download it")
+
+
+def _iff_chunk(f, size: int, wanted: bytes, order: str) -> Tuple[Optional[int], int]:
+    """The announced size of chunk ``wanted`` after the current position, and the bytes after its
+    header; ``(None, 0)`` when it is not found."""
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None, 0
+        length = int.from_bytes(chunk[4:], order)
+        if chunk[:4] == wanted:
+            return length, size - f.tell()
+        f.seek(length + (length & 1), 1)
+
+
+def _riff_data(f, size: int, rf64: bool) -> Tuple[Optional[int], int]:
+    if not rf64:
+        announced, available = _iff_chunk(f, size, b"data", "little")
+        return (None, 0) if announced in (0, 0xFFFFFFFF) else (announced, available)
+    ds64 = f.read(36)  # the ds64 chunk comes first: id, size, RIFF size, data size, sample count
+    if len(ds64) < 28 or ds64[:4] != b"ds64":
+        return None, 0
+    data_size = int.from_bytes(ds64[16:24], "little")
+    f.seek(12 + 8 + int.from_bytes(ds64[4:8], "little"))
+    announced, available = _iff_chunk(f, size, b"data", "little")
+    if announced is None:
+        return None, 0
+    return (data_size if announced == 0xFFFFFFFF else announced), available
+
+
+_W64_DATA = b"data\xf3\xac\xd3\x11\x8c\xd1\x00\xc0\x4f\x8e\xdb\x8a"
+
+
+def _w64_data(f, size: int) -> Tuple[Optional[int], int]:
+    f.seek(40)  # the riff GUID, the file's size and the wave GUID
+    while True:
+        header = f.read(24)
+        if len(header) < 24:
+            return None, 0
+        length = int.from_bytes(header[16:], "little")  # includes this 24-byte header
+        if header[:16] == _W64_DATA:
+            return length - 24, size - f.tell()
+        if length < 24:
+            return None, 0
+        f.seek(((length + 7) & ~7) - 24, 1)
 
 
 def conform_channels(audio: Tensor, nb_channels: int) -> Tensor:

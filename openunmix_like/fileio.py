@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 A file is written under a hidden name beside its final path,
-``.<name>.<pid>-<host>-<random>.partial<suffix>``, and renamed into place when
+``.<name>.<pid>-<host>-<random>.partial<suffix>`` (a name too long to leave room for
+the rest is cut and given a hash of the whole), and renamed into place when
 complete. The writer's process id and a tag of its host in the name let a
 later writer of the same path remove what a killed process left behind
 (:func:`remove_stale_partials`) without touching files that a process still
@@ -31,6 +32,9 @@ FILE_MODE = _file_mode()
 # Process ids mean something only on their own host (output folders may be shared).
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 # What follows ".<name>." in a partial file's name (tempfile's random part is [a-z0-9_]).
+# Bytes of the final name kept in a partial file's name: the rest takes at most about 45
+# bytes, and file systems allow 255.
+NAME_KEPT = 180
 _PARTIAL_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+\.partial(\.[A-Za-z0-9]+)?")
 
 
@@ -46,6 +50,14 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _partial_name(path: Path) -> str:
+    """The part of ``path``'s name that its partial files carry."""
+    encoded = os.fsencode(path.name)
+    if len(encoded) <= NAME_KEPT:
+        return path.name
+    return f"{os.fsdecode(encoded[:NAME_KEPT - 9])}~{hashlib.sha1(encoded).hexdigest()[:8]}"
+
+
 def remove_stale_partials(path: Union[str, Path]) -> List[Path]:
     """Remove the partial files of ``path`` left by writers on this host that are no longer running.
 
@@ -53,7 +65,7 @@ def remove_stale_partials(path: Union[str, Path]) -> List[Path]:
     id (older versions) are left alone. Returns the removed paths.
     """
     path = Path(path)
-    start = f".{path.name}."
+    start = f".{_partial_name(path)}."
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(start)]
     except OSError:
@@ -75,7 +87,7 @@ def new_partial(path: Union[str, Path], suffix: str = "") -> Path:
     """
     path = Path(path)
     remove_stale_partials(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{HOST_TAG}-", suffix=f".partial{suffix}",
+    fd, tmp = tempfile.mkstemp(prefix=f".{_partial_name(path)}.{os.getpid()}-{HOST_TAG}-", suffix=f".partial{suffix}",
                                dir=path.parent)
     os.close(fd)
     os.chmod(tmp, FILE_MODE)

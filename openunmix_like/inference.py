@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
 from .separator import Separator, WienerSettings, aggregate_estimates
 
 DEFAULT_SEGMENT = 30.0
@@ -383,11 +384,6 @@ def separate(
         for j, name in enumerate(model.target_names)
     }
     return aggregate_estimates(named, aggregate)
-
-
-MIN_RATE, MAX_RATE = 1000, 768000
-# Far above any real signal; beyond it, squared magnitudes would overflow float32.
-MAX_PEAK = 1e8
 
 
 def check_audio(audio, sample_rate) -> Tensor:

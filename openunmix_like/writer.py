@@ -2,26 +2,29 @@
 
 Chunks are appended to hidden float32 files beside the final outputs; when the
 track is done, a second pass applies the clipping policy (which needs the
-track's peak) and encodes each stem to its final format, then renames it into
-place. Until then no output path exists, and on any failure the hidden files
-are removed; hidden files that a killed run left are removed by the next run
+track's peak) and encodes each stem to its final format beside its output path;
+only when every stem is encoded are they renamed into place. Until then no
+output path is touched (files of an earlier run stay as they were), and on any
+failure the hidden files are removed; hidden files that a killed run left are removed by the next run
 writing the same outputs (see :mod:`openunmix_like.fileio`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Dict, Mapping
 
 import numpy as np
 from torch import Tensor
 
-from .audio import subtype_for
+from .audio import sf_path, subtype_for
 from .errors import AudioError
-from .fileio import atomic_path, new_partial
+from .fileio import new_partial
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
+FLAC_MAX_CHANNELS = 8
 
 
 class StemWriter:
@@ -46,12 +49,16 @@ class StemWriter:
         self.subtype = subtype_for(ext, bits)
         self.format = ext.upper()
         self.paths = dict(paths)
+        if self.format == "FLAC" and nb_channels > FLAC_MAX_CHANNELS:
+            raise AudioError(f"{next(iter(self.paths.values()), 'output')}: FLAC holds at most "
+                             f"{FLAC_MAX_CHANNELS} channels, this track has {nb_channels}; write wav instead")
         self.sample_rate = int(sample_rate)
         self.nb_channels = nb_channels
         self.clip = clip
         self.peak = 0.0
         self._files: Dict[str, object] = {}
-        self._tmp: Dict[str, Path] = {}
+        self._tmp: Dict[str, Path] = {}  # float32 chunks as they come
+        self._encoded: Dict[str, Path] = {}  # the final format, until renamed into place
         self._done: list = []
         self._created_dirs: list = []
 
@@ -63,10 +70,11 @@ class StemWriter:
                 self._make_parents(path.parent)
                 # Also removes what a killed run left here (their names carry a dead process id).
                 tmp = self._tmp[name] = new_partial(path, ".wav")
-                self._files[name] = sf.SoundFile(str(tmp), "w", self.sample_rate, self.nb_channels,
+                self._files[name] = sf.SoundFile(sf_path(tmp), "w", self.sample_rate, self.nb_channels,
                                                  subtype="FLOAT", format="RF64")
         except Exception as exc:
             self._cleanup()
+            self._remove_created_dirs()
             raise _as_audio_error(exc, next(iter(self.paths.values()))) from exc
         return self
 
@@ -79,14 +87,18 @@ class StemWriter:
         """Append ``(nb_channels, n)`` chunks, one per stem."""
         for name, chunk in chunks.items():
             data = chunk.detach().cpu().numpy().T
-            self.peak = max(self.peak, float(np.abs(data).max(initial=0.0)))
+            peak = float(np.abs(data).max(initial=0.0))
+            if not np.isfinite(peak):
+                raise AudioError(f"{self.paths[name]}: the separation gave NaN or infinite samples (is the input "
+                                 "far beyond full scale?); nothing was written, normalise the input")
+            self.peak = max(self.peak, peak)
             try:
                 self._files[name].write(data)
             except Exception as exc:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
     def finish(self) -> None:
-        """Encode every stem to its final path (each rename is atomic)."""
+        """Encode every stem beside its final path, then rename them all into place (each rename is atomic)."""
         import soundfile as sf
 
         for f in self._files.values():
@@ -94,26 +106,38 @@ class StemWriter:
         gain = 1.0 / self.peak if self.clip == "rescale" and self.peak > 1.0 else 1.0
         for name, path in self.paths.items():
             try:
-                with atomic_path(path, suffix=f".{self.format.lower()}") as tmp:
-                    with sf.SoundFile(self._tmp[name]) as src, sf.SoundFile(
-                        tmp, "w", self.sample_rate, self.nb_channels, subtype=self.subtype, format=self.format
-                    ) as dst:
-                        for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
-                            block = block * gain if gain != 1.0 else block
-                            if self.clip != "none" or self.subtype != "FLOAT":
-                                np.clip(block, -1.0, 1.0, out=block)
-                            dst.write(block)
+                tmp = self._encoded[name] = new_partial(path, f".{self.format.lower()}")
+                with sf.SoundFile(sf_path(self._tmp[name])) as src, sf.SoundFile(
+                    sf_path(tmp), "w", self.sample_rate, self.nb_channels, subtype=self.subtype, format=self.format
+                ) as dst:
+                    for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
+                        block = block * gain if gain != 1.0 else block
+                        if self.clip != "none" or self.subtype != "FLOAT":
+                            np.clip(block, -1.0, 1.0, out=block)
+                        dst.write(block)
             except Exception as exc:
                 raise _as_audio_error(exc, path) from exc
+        # Every stem is encoded: only now are the outputs (and what an earlier run left there) replaced.
+        for name, path in self.paths.items():
+            try:
+                os.replace(self._encoded[name], path)
+            except OSError as exc:
+                raise _as_audio_error(exc, path) from exc
+            del self._encoded[name]
             self._done.append(path)
 
     def _cleanup(self) -> None:
         for f in self._files.values():
             with contextlib.suppress(Exception):
                 f.close()
-        for tmp in self._tmp.values():
+        for tmp in [*self._tmp.values(), *self._encoded.values()]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def _remove_created_dirs(self) -> None:
+        for folder in self._created_dirs:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._cleanup()
@@ -122,9 +146,7 @@ class StemWriter:
             for path in self._done:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            for folder in self._created_dirs:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only if empty
+            self._remove_created_dirs()
 
 
 def _as_audio_error(exc: Exception, path: Path) -> AudioError:

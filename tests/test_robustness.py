@@ -1,5 +1,6 @@
 """Bad input, untrusted files and faults: every case of docs/robustness.md."""
 import errno
+import os
 import json
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_disk_full_while_writing_leaves_nothing_and_batch_goes_on(model, tmp_pat
 
     def failing_write(self, data):
         # The first file's encoding fails half way, as when the disk fills up.
-        if "/first/" in self.name and state["calls"] == 0:
+        if "/first/" in os.fsdecode(self.name) and state["calls"] == 0:
             state["calls"] += 1
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)

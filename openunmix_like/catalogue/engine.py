@@ -255,7 +255,7 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         names = list(aggregate) if aggregate else separator.target_names
         model_sha256 = records.model_fingerprint(separator)
         settings = records.settings_of(args)
-        sources, failures = gather_sources(args.inputs, args.manifest, storage_options)
+        sources, failures = gather_sources(args.inputs, args.manifest, storage_options, args.outdir)
         for _, _, message in failures:
             _report(message)
         plan = make_plan(sources, names, args, model_sha256, settings, storage_options)

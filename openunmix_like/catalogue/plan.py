@@ -26,8 +26,10 @@ class Plan:
 
 
 def gather_sources(specs: Sequence[str], manifest: Optional[str],
-                   storage_options=None) -> Tuple[List[str], List[Failure]]:
+                   storage_options=None, outdir: Optional[str] = None) -> Tuple[List[str], List[Failure]]:
     """Files named by ``specs`` (files, folders, globs, URLs of any of these) and the manifest's entries.
+
+    Local folders are searched without the output folder ``outdir``, if it is inside them.
 
     A manifest's entries are taken as files without a check here: one missing
     file is one failure when it is read, not a stop of the listing.
@@ -37,7 +39,7 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
     sources: List[str] = []
     failures: List[Failure] = []
     local = [s for s in specs if not storage.is_url(s)]
-    files, errors = collect_inputs(local)
+    files, errors = collect_inputs(local, exclude=Path(outdir) if outdir and not storage.is_url(outdir) else None)
     # Absolute, so that records match from any working directory and tasks on other nodes find the files.
     sources.extend(os.path.abspath(p) for p in files)
     failures.extend((message.split(": ", 1)[0], "input", message) for message in errors)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
+import math
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -89,16 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def collect_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str]]:
-    """Expand files, folders and globs into audio files; return them and the errors."""
+def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tuple[List[Path], List[str]]:
+    """Expand files, folders and globs into audio files; return them and the errors.
+
+    Folders are searched without their hidden files (``.name``: partial outputs, macOS
+    resource forks) and without the folder ``exclude`` (the output folder), if it is inside.
+    """
     files: List[Path] = []
     errors: List[str] = []
+    skip = exclude.resolve() if exclude is not None else None
     for spec in specs:
         path = Path(spec)
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                           and not p.name.startswith(".") and not _inside(p, skip, path))
             if not found:
                 errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             files.extend(found)
@@ -111,6 +120,16 @@ def collect_inputs(specs: Sequence[str]) -> Tuple[List[Path], List[str]]:
             errors.append(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(files))
     return unique, errors
+
+
+def _inside(path: Path, folder: Optional[Path], searched: Path) -> bool:
+    """Whether ``path`` is under ``folder``, a folder strictly inside ``searched``."""
+    if folder is None:
+        return False
+    top = searched.resolve()
+    if folder == top or top not in folder.parents:
+        return False
+    return folder in path.resolve().parents
 
 
 def track_name(path: Path) -> str:
@@ -128,7 +147,7 @@ def relative_outputs(track: str, names: Sequence[str], args: argparse.Namespace)
     for name in names:
         try:
             out[name] = args.filename.format(track=track, target=name, ext=args.ext, model=model)
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
                                      "use {track}, {target}, {ext}, {model}") from None
     if len(set(out.values())) < len(out):
@@ -147,16 +166,24 @@ def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
     for out in outputs.values():
         if out.resolve() == source:
             raise AudioError(f"{path}: output would overwrite the input; change --outdir or --filename")
+        if out.is_dir():
+            raise AudioError(f"{out}: is a folder, where a stem would be written; move it or choose another --outdir")
         if out.exists() and not force:
             raise AudioError(f"{out}: exists; pass --force to overwrite it or choose another --outdir")
 
 
+class Cancelled(Exception):
+    """A track stopped because the run was interrupted; it wrote nothing."""
+
+
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
                   aggregate: Optional[dict], outputs: Dict[str, Path],
-                  on_progress: Optional[Callable[[float], None]] = None) -> None:
+                  on_progress: Optional[Callable[[float], None]] = None,
+                  cancel: Optional[threading.Event] = None) -> None:
     """Separate one file into its output paths (all written, or none).
 
     ``on_progress`` (used by ``umx-web``) is called with the fraction done after each chunk.
+    When ``cancel`` is set, the track stops after the chunk in hand, raising :class:`Cancelled`.
     """
     from ..audio import AudioSource
     from ..writer import StemWriter
@@ -165,15 +192,20 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
     with AudioSource(path, start=args.start, duration=args.duration) as source:
         out_rate = int(separator.sample_rate) if args.keep_model_rate else source.sample_rate
         names = separator.target_names
+        if args.ext == "flac" and source.nb_channels > 8:
+            raise AudioError(f"{path}: {source.nb_channels} channels, and FLAC holds at most 8; use --ext wav")
         with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
                                    progress=not args.quiet, desc=path.name, out_rate=out_rate,
                                    batch_segments=args.batch_segments)
             # A writer thread encodes each chunk while the next one is separated; one chunk in
             # flight at most, so memory stays bounded and a write error surfaces at the next chunk.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-write") as encoder:
+            with contextlib.closing(chunks), ThreadPoolExecutor(max_workers=1,
+                                                                thread_name_prefix="umx-write") as encoder:
                 writing, done = None, 0
                 for chunk in chunks:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(str(path))
                     stems = aggregate_estimates(dict(zip(names, chunk)), aggregate)
                     if writing is not None:
                         writing.result()
@@ -196,8 +228,32 @@ def load_separator(args: argparse.Namespace) -> Separator:
                                 wiener_win_len=args.wiener_win_len)
     except ValueError as exc:
         raise OpenUnmixLikeError(f"--niter, --residual or --wiener-win-len: {exc}") from None
-    return Separator.from_pretrained(args.model, targets=args.targets, device=args.device, wiener=wiener,
-                                     progress=not args.quiet, precision=precision_of(args))
+    precision = precision_of(args)
+    try:
+        return Separator.from_pretrained(args.model, targets=args.targets, device=args.device, wiener=wiener,
+                                         progress=not args.quiet, precision=precision)
+    except ValueError as exc:  # e.g. a --residual named like one of the model's targets
+        raise OpenUnmixLikeError(f"--targets or --residual: {exc}") from None
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, once and before any work, option values that no track could use."""
+    from ..audio import subtype_for
+
+    for name, value in (("--segment", args.segment), ("--overlap", args.overlap), ("--start", args.start)):
+        if not math.isfinite(value) or value < 0:
+            raise OpenUnmixLikeError(f"{name} {value:g}: give a number of seconds, 0 or more")
+    if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
+        raise OpenUnmixLikeError(f"--duration {args.duration:g}: give a number of seconds above 0, "
+                                 "or leave it out to separate to the end")
+    if args.jobs < 1:
+        raise OpenUnmixLikeError("--jobs must be at least 1")
+    if args.batch_segments is not None and args.batch_segments < 1:
+        raise OpenUnmixLikeError("--batch-segments must be at least 1")
+    try:
+        subtype_for(args.ext, args.bits)
+    except AudioError as exc:
+        raise OpenUnmixLikeError(f"--ext {args.ext} --bits {args.bits}: {exc}") from None
 
 
 def precision_of(args: argparse.Namespace) -> str:
@@ -243,11 +299,49 @@ def _report(message: str) -> None:
     print(f"umx-separate: error: {message}", file=sys.stderr)
 
 
+def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[str],
+                args: argparse.Namespace) -> Tuple[List[Tuple[Path, Dict[str, Path]]], List[str]]:
+    """Each file's output paths, without the files this run writes and refusing clashes.
+
+    A file found in a folder or by a pattern that is one of this run's outputs (the stems
+    of an earlier run, with ``--outdir`` inside the folder) is left out; a track whose
+    outputs would overwrite a named input, or another track's outputs, is refused.
+    Returns the runnable ``(file, outputs)`` and one message per refused track.
+    """
+    plans = [(path, output_paths(path, names, args)) for path in files]
+    produced = {out.resolve(): path for path, outputs in plans for out in outputs.values()}
+    explicit = {p.resolve() for p in named}
+    plans = [(path, outputs) for path, outputs in plans
+             if path.resolve() in explicit or path.resolve() not in produced]
+    inputs = {path.resolve(): path for path, _ in plans}
+    claimed: Dict[Path, Path] = {}
+    runnable, errors = [], []
+    for path, outputs in plans:
+        overwritten = next((o for o in outputs.values() if o.resolve() in inputs), None)
+        clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
+        if overwritten is not None:
+            which = "itself" if inputs[overwritten.resolve()] == path else inputs[overwritten.resolve()]
+            errors.append(f"{path}: its output {overwritten} would overwrite the input {which}; "
+                          "change --outdir or --filename")
+        elif clash is not None:
+            errors.append(f"{path}: would write the same files as {clash}; "
+                          "use a --filename template whose {track} part differs")
+        else:
+            claimed.update({o: path for o in outputs.values()})
+            runnable.append((path, outputs))
+    return runnable, errors
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.inputs and not args.manifest:
         parser.error("give at least one INPUT or a --manifest")
+    try:
+        check_options(args)
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
     if args.engine == "ray":
         from ..catalogue.engine import run as run_catalogue
 
@@ -257,42 +351,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OpenUnmixLikeError as exc:
         _report(str(exc))
         return 1
-    files, errors = collect_inputs(args.inputs)
+    files, errors = collect_inputs(args.inputs, exclude=Path(args.outdir))
     for message in errors:
         _report(message)
     try:
-        if args.jobs < 1:
-            raise OpenUnmixLikeError("--jobs must be at least 1")
-        if args.batch_segments is not None and args.batch_segments < 1:
-            raise OpenUnmixLikeError("--batch-segments must be at least 1")
         separator = load_separator(args)
         aggregate = parse_aggregate(args.aggregate, separator.target_names)
         names = list(aggregate) if aggregate else separator.target_names
-        plans = [(path, output_paths(path, names, args)) for path in files]
+        runnable, refused = plan_tracks(files, [Path(s) for s in args.inputs if Path(s).is_file()], names, args)
     except OpenUnmixLikeError as exc:
         _report(str(exc))
         return 1
-    failed = len(errors)
-    claimed: Dict[Path, Path] = {}
-    runnable = []
-    for path, outputs in plans:
-        clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
-        if clash is not None:
-            _report(f"{path}: would write the same files as {clash}; "
-                    "use a --filename template whose {track} part differs")
-            failed += 1
-            continue
-        claimed.update({o: path for o in outputs.values()})
-        runnable.append((path, outputs))
+    for message in refused:
+        _report(message)
+    failed = len(errors) + len(refused)
     if args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     lock = threading.Lock()
+    cancel = threading.Event()
 
-    def run(item) -> bool:
+    def run(item) -> Optional[bool]:
         path, outputs = item
+        if cancel.is_set():
+            return None
         try:
-            separate_file(path, separator, args, aggregate, outputs)
+            separate_file(path, separator, args, aggregate, outputs, cancel=cancel)
+        except Cancelled:
+            return None
         except OpenUnmixLikeError as exc:
+            if cancel.is_set():  # Ctrl+C also reaches ffmpeg, which then fails: not the file's fault
+                return None
             with lock:
                 _report(str(exc))
             return False
@@ -307,10 +395,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{path} -> {', '.join(str(o) for o in outputs.values())}")
         return True
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(run, runnable))
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    futures = [pool.submit(run, item) for item in runnable]
+    try:
+        with _sigterm_as_interrupt():
+            results = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        # Stop at the next chunk; the tracks in hand remove their partial files. A second
+        # Ctrl+C would leave them, so it is ignored for the moment that takes.
+        cancel.set()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _report("interrupted: stopping after the segment in hand; nothing unfinished is kept")
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        finished = sum(1 for f in futures if not f.cancelled() and f.result() is True)
+        _report(f"interrupted: {finished} of {len(runnable)} tracks finished and written; the others wrote nothing")
+        return 130
+    pool.shutdown()
     failed += results.count(False)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """In the main thread, SIGTERM (a ``kill``, a job scheduler's stop) stops the run as Ctrl+C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""umx-separate on inputs and options that must fail cleanly, and on runs that must lose nothing.
+
+Every case here was once a defect: an option value that wrote empty stems, a file
+taken for truncated or not, an input overwritten, stems of stems, earlier stems
+lost, a traceback instead of a line, Ctrl+C that did not stop.
+"""
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import music_like
+from openunmix_like import AudioError
+from openunmix_like.audio import load
+from openunmix_like.cli.separate import main as separate_main
+from openunmix_like.fileio import new_partial, remove_stale_partials
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+STEMS = ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
+
+def run_cli(*args):
+    return separate_main([str(a) for a in args])
+
+
+@pytest.fixture
+def model(model_dir):
+    return model_dir()
+
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stems(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------- option values
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--overlap", "-1"], "--overlap -1: give a number of seconds, 0 or more"),
+    (["--overlap", "inf"], "--overlap inf"),
+    (["--segment", "nan"], "--segment nan"),
+    (["--segment", "-2"], "--segment -2"),
+    (["--start", "-0.5"], "--start -0.5"),
+    (["--duration", "inf"], "--duration inf: give a number of seconds above 0"),
+    (["--duration", "0"], "--duration 0"),
+    (["--ext", "flac", "--bits", "32"], "cannot write flac with 32 bits"),
+    (["--residual", "vocals"], "residual name 'vocals' is already a model target"),
+    (["--filename", "{track.x}/{target}.{ext}"], "bad template"),
+    (["--filename", "{track[x]}/{target}.{ext}"], "bad template"),
+])
+def test_an_option_no_track_could_use_is_one_line_before_any_work(model, tmp_path, wav_file, capsys, options,
+                                                                   message):
+    songs = [wav_file("a.wav", seconds=0.5), wav_file("b.wav", seconds=0.5, seed=1)]
+    out = tmp_path / "out"
+    assert run_cli(*songs, "--model", model, "--outdir", out, "--quiet", *options) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1, lines  # once, not once per file
+    assert lines[0].startswith("umx-separate: error: ") and message in lines[0]
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- audio files
+
+
+def test_samples_far_beyond_full_scale_are_refused_not_written_as_nan(model, tmp_path, capsys):
+    data = music_like(1.0).T.copy()
+    data[1000, 0] = 1e25
+    spike = tmp_path / "spike.wav"
+    sf.write(spike, data, 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert run_cli(spike, "--model", model, "--outdir", out, "--quiet", "--bits", "32", "--clip", "none") == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "spike.wav: samples reach 1e+25" in lines[0] and "normalise" in lines[0]
+    assert not out.exists()
+    with pytest.raises(AudioError, match="samples reach"):
+        load(spike)
+
+
+# Lengths whose ffprobe duration (which counts the mp3 encoder's delay and padding) exceeds
+# the decoded length by more than 2,048 samples: once refused as truncated.
+@pytest.mark.parametrize("seconds,rate", [(0.5, 44100), (2.9, 44100), (0.05, 48000), (0.7, 48000)])
+def test_short_mp3s_are_not_taken_for_truncated(tmp_path, seconds, rate):
+    path = tmp_path / "clip.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=duration={seconds}:sample_rate={rate}",
+                    "-ac", "2", str(path)], check=True)
+    audio, found = load(path)
+    assert found == rate and abs(audio.shape[-1] - seconds * rate) <= 1152
+
+
+@pytest.mark.parametrize("fmt,name", [("WAV", "t.wav"), ("RF64", "t-rf64.wav"), ("W64", "t.w64"),
+                                      ("AIFF", "t.aiff"), ("AU", "t.au")])
+def test_truncated_files_whose_header_states_their_length_are_refused(tmp_path, fmt, name):
+    whole = tmp_path / f"whole-{name}"
+    sf.write(whole, music_like(1.0).T, 44100, format=fmt, subtype="PCM_16")
+    assert load(whole)[0].shape == (2, 44100)
+    data = whole.read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=f"{name}: truncated .* re-export or re-download it"):
+        load(cut)
+
+
+@pytest.mark.parametrize("rate", [1, 999, 800000])
+def test_a_sample_rate_outside_what_is_separated_is_one_line(model, tmp_path, capsys, rate):
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.zeros((2000, 1), np.float32), rate)
+    assert run_cli(path, "--model", model, "--outdir", tmp_path / "out", "--quiet") == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and f"odd.wav: sample rate {rate} Hz is outside 1000 to 768000 Hz" in lines[0]
+
+
+def test_more_channels_than_flac_holds_is_refused_before_separating(model, tmp_path, capsys, monkeypatch):
+    import openunmix_like.cli.separate as cli
+
+    path = tmp_path / "ten.wav"
+    sf.write(path, music_like(0.5, channels=10).T, 44100)
+    monkeypatch.setattr(cli, "iter_separate", lambda *a, **k: pytest.fail("separated before refusing"))
+    assert run_cli(path, "--model", model, "--outdir", tmp_path / "out", "--quiet", "--ext", "flac") == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "ten.wav: 10 channels, and FLAC holds at most 8; use --ext wav" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_names_that_are_not_utf8_are_read_and_written(model, tmp_path, wav_file):
+    song = wav_file("song.wav", seconds=0.5)
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav")
+    try:
+        os.link(os.fsencode(song), odd)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    assert run_cli(os.fsdecode(odd), "--model", model, "--outdir", out, "--quiet") == 0
+    assert stems(out / os.fsdecode(b"caf\xe9")) == STEMS
+
+
+def test_a_long_output_name_leaves_room_for_its_partial_files(model, tmp_path, wav_file):
+    track = "x" * 235
+    song = wav_file(f"{track}.wav", seconds=0.5)
+    out = tmp_path / "out"
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet", "--filename", "{track}-{target}.{ext}") == 0
+    assert stems(out) == sorted(f"{track}-{name}" for name in STEMS)
+
+
+def test_partial_files_of_long_names_are_found_again(tmp_path):
+    target = tmp_path / ("y" * 250 + ".wav")
+    mine = new_partial(target, ".wav")
+    assert len(os.fsencode(mine.name)) <= 255
+    dead = mine.with_name(mine.name.replace(f".{os.getpid()}-", ".999999999-"))
+    dead.write_bytes(b"")
+    assert remove_stale_partials(target) == [dead]
+    assert mine.exists()
+
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+def test_an_input_is_never_overwritten_by_another_inputs_stems(model, tmp_path, wav_file, capsys):
+    out = tmp_path / "out"
+    song = wav_file("x.wav", seconds=0.5)
+    earlier = wav_file("out/x/vocals.wav", seconds=0.5, seed=3)  # an input where x's vocals would go
+    before = digest(earlier)
+    assert run_cli(song, earlier, "--model", model, "--outdir", out, "--quiet", "--force") == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "x.wav: its output" in lines[0] and "would overwrite the input" in lines[0]
+    assert digest(earlier) == before
+    assert stems(out / "vocals") == STEMS  # the other input is separated
+
+
+@pytest.mark.parametrize("outdir", ["inside", "same"])
+def test_a_rerun_on_a_folder_holding_the_output_takes_no_stems_for_songs(model, tmp_path, wav_file, outdir):
+    folder = tmp_path / "music"
+    wav_file("music/song.wav", seconds=0.5)
+    (folder / ".song.wav.1234-abcdef01-xyz.partial.wav").write_bytes(b"")  # hidden: never an input
+    out = folder / "separated" if outdir == "inside" else folder
+    for _ in range(2):
+        assert run_cli(folder, "--model", model, "--outdir", out, "--quiet", "--force") == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.wav") if p.parent != folder)
+    assert written == [f"song/{name}" for name in STEMS]
+
+
+def test_a_failed_rerun_with_force_keeps_the_earlier_stems(model, tmp_path, wav_file, monkeypatch, capsys):
+    song = wav_file("song.wav", seconds=0.5)
+    out = tmp_path / "out"
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet") == 0
+    before = {name: digest(out / "song" / name) for name in STEMS}
+    real_write = sf.SoundFile.write
+
+    def disk_full_on_the_last_stem(self, data):
+        # The last stem's encoding (a WAV; the chunks go to RF64 files) fails as on a full disk.
+        if b"/.other.wav." in os.fsencode(self.name) and self.format == "WAV":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(sf.SoundFile, "write", disk_full_on_the_last_stem)
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet", "--force", "--niter", "0") == 1
+    assert "disk full while writing" in capsys.readouterr().err
+    assert {name: digest(out / "song" / name) for name in STEMS} == before
+    assert stems(out / "song") == STEMS  # and no partial files
+
+
+def test_a_folder_where_a_stem_goes_is_refused_before_anything_is_replaced(model, tmp_path, wav_file, capsys):
+    song = wav_file("song.wav", seconds=0.5)
+    out = tmp_path / "out"
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet") == 0
+    before = {name: digest(out / "song" / name) for name in STEMS if name != "other.wav"}
+    (out / "song" / "other.wav").unlink()
+    (out / "song" / "other.wav").mkdir()
+    assert run_cli(song, "--model", model, "--outdir", out, "--quiet", "--force", "--niter", "0") == 1
+    assert "other.wav: is a folder" in capsys.readouterr().err
+    assert {name: digest(out / "song" / name) for name in before} == before
+
+
+# ---------------------------------------------------------------- interruption
+
+SLOW_CHILD = ("import sys, time\n"
+              "from openunmix_like import writer\n"
+              "from openunmix_like.cli.separate import main\n"
+              "write = writer.StemWriter.write\n"
+              "def slow(self, chunks):\n"
+              "    write(self, chunks)\n"
+              "    print('chunk', flush=True)\n"
+              "    time.sleep(0.5)\n"
+              "writer.StemWriter.write = slow\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_stops_at_the_next_segment_and_keeps_nothing_unfinished(model, tmp_path, wav_file,
+                                                                                    signum):
+    song = wav_file("song.wav", seconds=8.0)
+    later = wav_file("later.wav", seconds=0.5, seed=1)
+    mp3 = tmp_path / "song.mp3"  # decoded by ffmpeg into a temporary file, which must go too
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(song), str(mp3)], check=True)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "out"
+    # 8 s cut into segments of 0.5 s, each chunk written followed by half a second: over 8 s unless stopped.
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, str(mp3), str(later), "--model", str(model),
+                              "--outdir", str(out), "--quiet", "--segment", "0.5", "--overlap", "0.1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        assert child.stdout.readline().strip() == "chunk"
+        assert list(temp.iterdir())  # the decoded mp3 is there while it is separated
+        sent = time.monotonic()
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=60)
+        stopped_after = time.monotonic() - sent
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, err
+    assert stopped_after < 4.0, stopped_after  # the rest of the song would take over 7 s
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("umx-separate: error: interrupted: 0 of 2 tracks finished and written; "
+                                            "the others wrote nothing")
+    assert list(out.rglob("*")) == [] or all(p.is_dir() for p in out.rglob("*"))
+    assert list(temp.iterdir()) == []
