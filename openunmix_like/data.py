@@ -73,6 +73,16 @@ def report(problems: List[str], what: str) -> None:
         log.warning("%s: %d file(s) or track(s) left out:\n  %s%s", what, len(problems), shown, more)
 
 
+def none_usable(where: Path, what: str, problems: List[str]) -> DatasetError:
+    """The error for a data set left with nothing: the first reason, and what to do."""
+    if not problems:
+        return DatasetError(f"{where}: no {what}")
+    more = f" (and {len(problems) - 1} more, listed above)" if len(problems) > 1 else ""
+    hint = ("; lower --seq-dur or give longer files" if any("shorter than --seq-dur" in p for p in problems)
+            else "; fix or replace the files")
+    return DatasetError(f"{where}: no usable {what}: {problems[0]}{more}{hint}")
+
+
 def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sample_rate: int,
                  nb_channels: int) -> Tensor:
     """Read ``duration`` seconds from ``start`` (whole file if ``None``) at ``sample_rate``.
@@ -118,7 +128,11 @@ class Preloaded:
         for f in files:
             real = f.path.resolve()
             if real not in decoded:
-                decoded[real] = read_excerpt(f, 0.0, None, self.sample_rate, nb_channels).to(device)
+                try:
+                    decoded[real] = read_excerpt(f, 0.0, None, self.sample_rate, nb_channels).to(device)
+                except RuntimeError as exc:  # read_excerpt's errors name the file
+                    raise DatasetError(f"{exc}; preloading needs every file readable: fix or remove it, or "
+                                       "train with --preload off (which skips such samples)") from None
             self.audio[f.path] = decoded[real]
 
     @staticmethod
@@ -291,7 +305,7 @@ class AlignedDataset(_Base):
             self.pairs.append((a, b))
         report(problems, f"aligned dataset {folder}")
         if not self.pairs:
-            raise DatasetError(f"{folder}: no usable {input_file} / {output_file} pairs")
+            raise none_usable(folder, f"{input_file} / {output_file} pairs", problems)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -328,7 +342,8 @@ class SourceFolderDataset(_Base):
                 elif f is not None:
                     usable.append(f)
             if not usable:
-                raise DatasetError(f"{folder / name}: no usable *{ext} files")
+                report(problems, f"sourcefolder dataset {folder}")
+                raise none_usable(folder / name, f"*{ext} files", [q for q in problems if str(folder / name) in q])
             self.files[name] = usable
         report(problems, f"sourcefolder dataset {folder}")
         self.target_dir, self.interferer_dirs, self.nb_samples = target_dir, list(interferer_dirs), nb_samples
@@ -400,7 +415,7 @@ class FixedSourcesTrackFolderDataset(_DrawsPerTrack, _Base):
             self.tracks.append(files)
         report(problems, f"trackfolder_fix dataset {folder}")
         if not self.tracks:
-            raise DatasetError(f"{folder}: no track folder holds all of {', '.join(names)}")
+            raise none_usable(folder, f"track folder holding all of {', '.join(names)}", problems)
         self.random_track_mix = random_track_mix
 
     def _item(self, index: int) -> Pair:
@@ -454,7 +469,7 @@ class VariableSourcesTrackFolderDataset(_Base):
             self.tracks.append((target, files))
         report(problems, f"trackfolder_var dataset {folder}")
         if not self.tracks:
-            raise DatasetError(f"{folder}: no usable track folders with {target_file}")
+            raise none_usable(folder, f"track folders with {target_file}", problems)
         self.random_interferer_mix = random_interferer_mix
 
     def __len__(self) -> int:
@@ -520,10 +535,15 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
                 raise DatasetError(f"target {name!r} is not a MUSDB source; choose from "
                                    f"{', '.join(MUSDB_SOURCES + tuple(MUSDB_GROUPS))}")
         self.target_sources = MUSDB_GROUPS.get(target, (target,)) if self.targets is None else None
-        db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split)
+        try:
+            db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split)
+        except Exception as exc:  # noqa: BLE001 - musdb probes every file with ffprobe while listing them
+            raise unreadable_musdb(Path(root), subsets, exc) from None
         if not len(db.tracks):
+            hq = not is_wav and any(Path(root).glob(f"{subsets}/*/mixture.wav"))
             raise DatasetError(f"{root}: no MUSDB tracks for subset {subsets!r}, split {split!r}"
-                               f"{' (is this MUSDB18-HQ? drop --is-wav)' if is_wav else ''}")
+                               f"{' (is this MUSDB18-HQ? drop --is-wav)' if is_wav else ''}"
+                               f"{' (this looks like MUSDB18-HQ: add --is-wav)' if hq else ''}")
         self.cache_dir = Path(cache_dir) if cache_dir else default_musdb_cache(Path(root))
         problems: List[str] = []
         self.tracks: List[Dict[str, AudioFile]] = []
@@ -536,13 +556,19 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
                 continue
             self.tracks.append(files)
         report(problems, f"musdb {split} split of {root}")
+        if not self.tracks:
+            raise none_usable(Path(root), f"MUSDB tracks in the {split} split", problems)
         self.samples_per_track = samples_per_track if split == "train" else 1
         self.random_track_mix = random_track_mix
         self.split = split
 
     def _source_files(self, track, is_wav: bool, problems: List[str]) -> Optional[Dict[str, AudioFile]]:
         if is_wav:
-            paths = {name: Path(track.sources[name].path) for name in MUSDB_SOURCES}
+            paths = {name: Path(track.sources[name].path) for name in MUSDB_SOURCES if name in track.sources}
+            missing = [f"{name}.wav" for name in MUSDB_SOURCES if name not in paths or not paths[name].is_file()]
+            if missing:
+                problems.append(f"{Path(track.path).parent}: missing {', '.join(missing)}")  # path: its mixture
+                return None
         else:
             paths = self._decoded(track, problems)
             if paths is None:
@@ -556,9 +582,15 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
 
         from .fileio import atomic_path
 
+        from .fileio import write_json_atomic
+
         folder = self.cache_dir / track.name
         paths = {name: folder / f"{name}.wav" for name in MUSDB_SOURCES}
-        if all(p.exists() for p in paths.values()):
+        # What the cache was decoded from: a .stem.mp4 replaced under the same name is decoded again.
+        stat = Path(track.path).stat()
+        source = {"path": str(Path(track.path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        stamp = folder / "source.json"
+        if all(p.exists() for p in paths.values()) and _read_json(stamp) == source:
             return paths
         try:
             stems = track.stems  # (5, nb_timesteps, 2): mixture, drums, bass, other, vocals
@@ -566,9 +598,11 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
             problems.append(f"{track.path}: cannot decode ({exc})")
             return None
         folder.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)
         for name, path in paths.items():
             with atomic_path(path, suffix=".wav") as tmp:
                 sf.write(str(tmp), stems[track.sources[name].stem_id], int(track.rate), subtype="PCM_16")
+        write_json_atomic(stamp, source)
         return paths
 
     def _item(self, index: int) -> Pair:
@@ -588,6 +622,33 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
             return x, torch.stack([torch.stack([sources[s][:, :n] for s in g]).sum(0) for g in groups])
         y = torch.stack([sources[name][:, :n] for name in self.target_sources]).sum(0)
         return x, y
+
+
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def unreadable_musdb(root: Path, subsets: str, exc: Exception) -> DatasetError:
+    """The error for a MUSDB root that ``musdb`` cannot list: the files ffprobe cannot read, by name."""
+    from .audio import _ffprobe
+    from .errors import AudioError
+
+    bad = []
+    for path in sorted(root.glob(f"{subsets}/*.stem.mp4")):
+        try:
+            _ffprobe(path)
+        except AudioError:
+            bad.append(path)
+    if not bad:
+        return DatasetError(f"{root}: the musdb package cannot read this data set ({str(exc).strip() or exc!r}); "
+                            "check that it is MUSDB18 (.stem.mp4) or MUSDB18-HQ (wav, with --is-wav)")
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return DatasetError(f"{bad[0]}{more}: not a readable .stem.mp4; re-download it, or move it out of {root}")
 
 
 class TargetView(torch.utils.data.Dataset):
@@ -628,9 +689,12 @@ def default_track_files(root, target: str, target_file: Optional[str] = None,
                         interferer_files: Optional[Sequence[str]] = None) -> Tuple[str, List[str]]:
     """The ``trackfolder_fix`` file names a track folder implies, where they are not given.
 
-    The target file is ``<target>.<ext>`` (any audio extension), the
-    interferers every other audio file of the track except a ``mixture.*``.
-    The first training track folder holding the target decides the names.
+    The target file is ``<target>.<ext>`` (any audio extension; the first
+    training track folder holding the target decides which), the interferers
+    the other audio files, except a ``mixture.*``, that at least half of the
+    track folders holding the target have: a track folder lacking one of them is
+    then reported and left out by the data set, rather than the file being
+    dropped from every mixture; files only a few folders have are reported.
 
     Raises:
         DatasetError: no track folder holds the target, or one holds it twice.
@@ -640,25 +704,42 @@ def default_track_files(root, target: str, target_file: Optional[str] = None,
         raise DatasetError(f"{folder}: missing; trackfolder_fix needs {Path(root)}/train and {Path(root)}/valid "
                            f"holding track folders with {target}.<ext> and the other sources (or name the files "
                            "with --target-file and --interferer-files)")
+    chosen: Optional[str] = None
+    counts: Dict[str, int] = {}
+    holding = 0
     for track in sorted(d for d in folder.iterdir() if d.is_dir()):
         files = _audio_files(track)
-        if target_file is None:
-            matches = [p.name for p in files if p.stem == target]
-            if len(matches) > 1:
-                raise DatasetError(f"{track}: {', '.join(matches)} all could be the {target!r} target; "
-                                   "name one with --target-file")
-            if not matches:
+        if chosen is None:
+            if target_file is None:
+                matches = [p.name for p in files if p.stem == target]
+                if len(matches) > 1:
+                    raise DatasetError(f"{track}: {', '.join(matches)} all could be the {target!r} target; "
+                                       "name one with --target-file")
+                if not matches:
+                    continue
+                chosen = matches[0]
+            elif (track / target_file).is_file():
+                chosen = target_file
+            else:
                 continue
-            chosen = matches[0]
-        elif (track / target_file).is_file():
-            chosen = target_file
-        else:
+        if not (track / chosen).is_file():
             continue
-        others = [p.name for p in files if p.name != chosen and p.stem.lower() != "mixture"]
-        return chosen, list(interferer_files) if interferer_files is not None else others
-    wanted = target_file or f"{target}.<ext> ({', '.join(s[1:] for s in AUDIO_SUFFIXES)})"
-    raise DatasetError(f"{folder}: no track folder holds {wanted}; name the target file with --target-file "
-                       "and the others with --interferer-files")
+        holding += 1
+        for p in files:
+            if p.name != chosen and p.stem.lower() != "mixture":
+                counts[p.name] = counts.get(p.name, 0) + 1
+    if chosen is None:
+        wanted = target_file or f"{target}.<ext> ({', '.join(s[1:] for s in AUDIO_SUFFIXES)})"
+        raise DatasetError(f"{folder}: no track folder holds {wanted}; name the target file with --target-file "
+                           "and the others with --interferer-files")
+    if interferer_files is not None:
+        return chosen, list(interferer_files)
+    common = sorted(name for name, n in counts.items() if 2 * n >= holding)
+    rare = sorted(name for name, n in counts.items() if 2 * n < holding)
+    if rare:
+        log.warning("%s: %s in fewer than half of the %d track folders, left out of the mixtures (name the "
+                    "sources with --interferer-files to choose)", folder, ", ".join(rare), holding)
+    return chosen, common
 
 
 def default_source_dirs(root, target: str, target_dir: Optional[str] = None,

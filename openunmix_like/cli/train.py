@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, choices=["auto"],
                    help="continue from the newest checkpoint in --output, if any")
     g.add_argument("--checkpoint", default=None, metavar="PATH", help="continue from this <target>.chkpnt")
+    g.add_argument("--force", action="store_true",
+                   help="start over in an --output that already holds the target's model (replaced; its "
+                        "checkpoints are removed); without it such a run is refused")
     g.add_argument("--model", default=None, metavar="NAME|DIR", help="fine-tune this trained or published model")
 
     g = p.add_argument_group("data (layouts: docs/training.md)")
@@ -46,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(DATASETS)} (default {DEFAULTS.dataset})")
     g.add_argument("--root", default=None, metavar="DIR", help="data folder (musdb root, or with train/ and valid/)")
     g.add_argument("--is-wav", action="store_true", help="musdb: MUSDB18-HQ wav files instead of .stem.mp4")
+    g.add_argument("--audio-backend", "--audio_backend", dest="audio_backend", default=None,
+                   choices=["soundfile", "sox_io", "stempeg"],
+                   help="accepted for the reference's command lines and ignored: audio is read with soundfile, "
+                        "and with ffmpeg where soundfile cannot")
     g.add_argument("--samples-per-track", type=int, default=DEFAULTS.samples_per_track, metavar="N",
                    help="musdb, trackfolder_fix: training excerpts per track and epoch (default "
                         + ", ".join(f"{n} for {layout}" for layout, n in SAMPLES_PER_TRACK.items()) + ")")

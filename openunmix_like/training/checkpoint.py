@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -21,7 +22,7 @@ import torch
 from .. import architectures
 from ..errors import OpenUnmixLikeError
 from ..fileio import write_bytes_atomic
-from ..modeldir import save_metadata, save_target
+from ..modeldir import AudioSettings, read_target_json, save_metadata, save_target
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, is_main, unwrap, world
@@ -36,6 +37,49 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
 
 def step_checkpoint_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output) / "checkpoints"
+
+
+def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
+    """Before anything is trained or written: ``--output`` can be written, its other models share
+    ``settings``, and a run that starts afresh does not silently replace this target's model.
+
+    With ``--force`` a fresh run removes this target's checkpoints (so that ``--resume auto``
+    can never continue the replaced run); its model files are replaced by the first epoch.
+
+    Raises:
+        OpenUnmixLikeError: one line naming the folder and what to do.
+    """
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise OpenUnmixLikeError(f"--output {out}: is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"--output {out}: cannot write there ({exc.strerror or exc}); "
+                                 "choose another folder or fix its permissions") from None
+    held = read_target_json(out / "separator.json")
+    others = [t for t in held.get("targets", []) if t != cfg.target]
+    if others and AudioSettings.from_json(held, out / "separator.json") != settings:
+        raise OpenUnmixLikeError(f"--output {out}: holds {', '.join(others)} with "
+                                 f"{AudioSettings.from_json(held, out / 'separator.json')}, and a separator's "
+                                 f"targets share their settings; this {cfg.target!r} model has {settings}: "
+                                 "use another --output")
+    if cfg.resume or cfg.checkpoint:
+        return
+    earlier = [p for p in (checkpoint_path(cfg), out / f"{cfg.target}.safetensors", out / f"{cfg.target}.pth",
+                           *step_checkpoints(cfg)) if p.is_file()]
+    if not earlier:
+        return
+    if not cfg.force:
+        raise OpenUnmixLikeError(f"--output {out}: already holds a {cfg.target!r} model ({earlier[0].name}); "
+                                 "continue it with --resume auto, start over with --force (which replaces it), "
+                                 "or give another --output")
+    if is_main():
+        for path in (checkpoint_path(cfg), *step_checkpoints(cfg)):
+            path.unlink(missing_ok=True)
+        log.info("--force: starting %s in %s afresh (its checkpoints removed)", cfg.target, out)
 
 
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import List, Optional
 
 from .. import architectures
@@ -31,6 +32,7 @@ class TrainConfig:
     output: str = "open-unmix"
     checkpoint: Optional[str] = None
     resume: Optional[str] = None
+    force: bool = False  # start over in an --output that holds this target's model
     model: Optional[str] = None
     dataset: str = "musdb"
     root: Optional[str] = None
@@ -124,6 +126,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         epoch unless ``--eval-every`` says otherwise) and ``samples_per_track``
         resolved for the layout.
     """
+    check_numbers(cfg)
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0 or cfg.stop_after < 0:
@@ -157,6 +160,34 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         parse_loss(cfg.loss)
     split_names(cfg.augmentation_names())
     return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg))
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Refuse numeric options no model or data set could use."""
+    from ..audio import MAX_RATE, MIN_RATE
+
+    if cfg.nb_channels not in (1, 2):
+        raise OpenUnmixLikeError(f"--nb-channels {cfg.nb_channels}: give 1 (mono) or 2 (stereo)")
+    if not MIN_RATE <= cfg.sample_rate <= MAX_RATE:
+        raise OpenUnmixLikeError(f"--sample-rate {cfg.sample_rate}: give a rate in Hz from {MIN_RATE} to {MAX_RATE}")
+    if cfg.nfft < 16 or not 1 <= cfg.nhop <= cfg.nfft:
+        raise OpenUnmixLikeError(f"--nfft {cfg.nfft} --nhop {cfg.nhop}: give an STFT length of at least 16 and a "
+                                 "hop from 1 to that length")
+    if cfg.hidden_size is not None and cfg.hidden_size < 1:
+        raise OpenUnmixLikeError(f"--hidden-size {cfg.hidden_size}: give a width of at least 1")
+    if cfg.bandwidth <= 0:
+        raise OpenUnmixLikeError(f"--bandwidth {cfg.bandwidth:g}: give a frequency in Hz above 0")
+    if cfg.batch_size < 1 or cfg.epochs < 1:
+        raise OpenUnmixLikeError("--batch-size and --epochs must be at least 1")
+    if not cfg.lr > 0:
+        raise OpenUnmixLikeError(f"--lr {cfg.lr:g}: give a learning rate above 0")
+    if not math.isfinite(cfg.seq_dur):
+        raise OpenUnmixLikeError(f"--seq-dur {cfg.seq_dur:g}: give seconds (0 or less: whole tracks)")
+    if cfg.seq_dur <= 0 and cfg.batch_size > 1:
+        raise OpenUnmixLikeError(f"--seq-dur {cfg.seq_dur:g} trains on whole tracks, which differ in length and "
+                                 f"cannot share a batch: add --batch-size 1 (now {cfg.batch_size})")
+    if cfg.nb_workers < 0:
+        raise OpenUnmixLikeError(f"--nb-workers {cfg.nb_workers}: give 0 (load in this process) or more")
 
 
 SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1}  # the layouts that take --samples-per-track, and defaults

@@ -155,7 +155,7 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
         model, settings, cfg = load_pretrained(cfg, device)
     else:
         arch = cfg.architecture()
-        settings = AudioSettings(float(cfg.sample_rate), cfg.nfft, cfg.nhop, cfg.nb_channels)
+        settings = settings_of(cfg)
         torch.manual_seed(cfg.seed)
         model = arch.build(**model_args(cfg, arch))
         cfg = dataclasses.replace(cfg, arch=arch.name, hidden_size=model.config.hidden_size)
@@ -275,11 +275,22 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.
 def prepare(cfg: TrainConfig) -> Context:
     """Everything a run needs, from its options: checked and resolved options, device (and
     process group under torchrun), data sets, model and optimiser."""
+    from .checkpoint import check_output
+
     cfg = check_options(cfg)
+    if not cfg.model:  # the settings are the options': check the folder before reading any data
+        check_output(cfg, settings_of(cfg))
     device = pick_device(cfg.device, cfg.no_cuda)
     setup_distributed(device)
     cfg = resolve_sources(cfg)
     train_set, valid_set = build_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
     model, settings, cfg = build_model(cfg, train_set, device)
+    if cfg.model:
+        check_output(cfg, settings)
     return make_context(cfg, model, settings, device, train_set, valid_set)
+
+
+def settings_of(cfg: TrainConfig) -> AudioSettings:
+    """The STFT and audio settings of a new model built from ``cfg``."""
+    return AudioSettings(float(cfg.sample_rate), cfg.nfft, cfg.nhop, cfg.nb_channels)

@@ -99,7 +99,7 @@ def score_epoch(ctx: Context, epoch: int) -> Optional[float]:
 def loader(ctx: Context, dataset, epoch: int, train: bool, skip: int = 0) -> torch.utils.data.DataLoader:
     """Batches of one epoch; ``skip`` leaves out the first samples of the epoch's order (resuming mid-epoch)."""
     rank, size = world()
-    dataset.set_epoch(epoch)
+    dataset.set_epoch(epoch if train else 0)  # validation: the same items every epoch
     if size > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, size, rank, shuffle=train, seed=ctx.cfg.seed)
         sampler.set_epoch(epoch)

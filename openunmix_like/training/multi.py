@@ -23,7 +23,8 @@ from ..errors import OpenUnmixLikeError
 from .config import TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
-from .factory import build_model, make_context, preload_datasets
+from .checkpoint import check_output
+from .factory import build_model, make_context, preload_datasets, settings_of
 from .history import History
 from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
 
@@ -45,6 +46,9 @@ def check_targets(cfg: TrainConfig) -> None:
     if cfg.ckpt_every:
         raise OpenUnmixLikeError("--ckpt-every works with one --target per run; drop it with --targets (every "
                                  "epoch still writes each target's checkpoint)")
+    if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
+        raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: with --targets, give the folder holding each "
+                                 "target's <target>.chkpnt (one file would resume every target from it)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise OpenUnmixLikeError("--targets runs in one process; under torchrun, train one --target per run")
 
@@ -77,6 +81,9 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
     """One context per target around the shared training set (each validates on its own target)."""
     cfg = check_options(cfg)
     check_targets(cfg)
+    if not cfg.model:
+        for target in cfg.targets:
+            check_output(dataclasses.replace(cfg, target=target), settings_of(cfg))
     device = pick_device(cfg.device, cfg.no_cuda)
     train_set, valid_set, cfg, files = shared_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
@@ -85,6 +92,8 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
         own = dataclasses.replace(cfg, target=target, target_file=file)
         view = data.TargetView(train_set, k)
         model, settings, own = build_model(own, view, device)
+        if cfg.model:
+            check_output(own, settings)
         contexts.append(make_context(own, model, settings, device, view, data.TargetView(valid_set, k)))
     return contexts, train_set
 
