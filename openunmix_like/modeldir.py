@@ -300,6 +300,10 @@ def load_model_dir(
 
     Returns:
         target -> model, and the shared :class:`AudioSettings`.
+
+    Raises:
+        ModelError: no weights, no target to load (``targets=[]``, or none of those ``separator.json``
+            lists has weights), a target without weights, or weights that do not load.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -307,14 +311,21 @@ def load_model_dir(
     files = find_weight_files(folder)
     if not files:
         raise ModelError(f"{folder}: no weight files (<target>.safetensors or <target>.pth) in this folder")
+    available = ", ".join(sorted(files))
     if targets is None:
-        order = read_target_json(folder / "separator.json").get("targets") or default_target_order(files, known)
-        targets = [t for t in order if t in files]
+        listed = read_target_json(folder / "separator.json").get("targets")
+        targets = [t for t in listed or default_target_order(files, known) if t in files]
+        if not targets:
+            raise ModelError(f"{folder / 'separator.json'}: none of its targets ({', '.join(listed)}) has weights "
+                             f"in this folder (available: {available}); fix its targets list or name the targets")
+    if not targets:
+        raise ModelError(f"{folder}: targets=[] asks for no target; name at least one of {available}, "
+                         "or pass None for all")
     missing = [t for t in targets if t not in files]
     if missing:
         raise ModelError(
             f"{folder}: no weights for target(s) {', '.join(missing)} "
-            f"(expected {missing[0]}.safetensors or {missing[0]}.pth); available: {', '.join(sorted(files))}"
+            f"(expected {missing[0]}.safetensors or {missing[0]}.pth); available: {available}"
         )
     models = {t: load_target(files[t], t) for t in targets}
     settings = read_settings(folder, targets[0], models[targets[0]], known)

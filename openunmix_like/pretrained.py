@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -83,26 +84,56 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
     """Download ``url`` to ``dest`` atomically; refuse it if its hash does not match the name.
 
     Raises:
-        DownloadError: the hash differs (the file is deleted), or the transfer failed.
+        DownloadError: the hash differs (the file is deleted), or ``url`` is not a URL urllib can fetch.
+        OSError, urllib.error.URLError, http.client.HTTPException: the transfer failed, was cut off
+            or got no HTTP reply (:func:`failure_reason` says why in one line); nothing is left at ``dest``.
     """
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     want = expected_hash(dest.name)
     digest = hashlib.sha256()
-    with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+    try:
+        response = urllib.request.urlopen(url, timeout=30)
+    except ValueError as exc:  # no scheme, a bad IPv6 address, ...
+        raise DownloadError(f"{url}: not a URL that can be downloaded ({exc}); check {BASE_URL_ENV}") from None
+    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        total, received = announced_size(response), 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            try:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     digest.update(block)
+                    received += len(block)
                     bar.update(len(block))
+            except http.client.IncompleteRead as exc:  # a chunked reply that stopped early
+                raise ConnectionError(f"the transfer was cut off after {received} bytes") from exc
+        if total is not None and received < total:
+            raise ConnectionError(f"the transfer was cut off after {received} of {total} bytes")
         if not digest.hexdigest().startswith(want):
             raise DownloadError(
                 f"{url}: downloaded file has sha256 {digest.hexdigest()[:len(want)]}..., "
                 f"expected {want}...; it was deleted. Check the mirror or retry"
             )
+
+
+def announced_size(response) -> Optional[int]:
+    """The size in bytes a reply announces, or ``None`` (chunked, or no usable ``Content-Length``)."""
+    if isinstance(response, http.client.HTTPResponse):
+        return response.length  # parsed by http.client, which ignores a malformed Content-Length
+    try:
+        size = int(response.headers.get("Content-Length") or "")
+    except ValueError:
+        return None
+    return size if size >= 0 else None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a transfer failed, in one line."""
+    if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+        return f"the reply is not HTTP: {str(exc.line).strip()[:40]!r}"
+    reason = getattr(exc, "reason", exc)  # a URLError wraps the socket error
+    return " ".join(str(reason).split()) or type(reason).__name__
 
 
 def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = True) -> Path:
@@ -119,8 +150,9 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
         failed = download_missing(name, folder, files, progress)
         if failed:
             urls = " ".join(url for url, _ in failed)
+            reasons = "; ".join(dict.fromkeys(reason for _, reason in failed))  # each once, in order
             raise DownloadError(
-                f"cannot download the {name!r} weights ({failed[0][1]}): fetch {urls} "
+                f"cannot download the {name!r} weights ({reasons}): fetch {urls} "
                 f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror)"
             )
     except BaseException:
@@ -135,19 +167,27 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
 def download_missing(name: str, folder: Path, files: Sequence[str], progress: bool) -> List[Tuple[str, str]]:
     """Download the ``files`` of ``name`` that ``folder`` lacks (or holds with a wrong hash).
 
+    A file already there with a wrong hash stays until a good copy replaces it.
+
     Returns:
-        ``(url, reason)`` of each download that failed for lack of network or disk.
+        ``(url, reason)`` of each download that failed for lack of network or disk, or that the
+        server cut off; the reason says whether a file in ``folder`` failed its sha256 check.
     """
     failed: List[Tuple[str, str]] = []
     for file in files:
         dest = folder / file
-        if dest.is_file() and sha256_of(dest).startswith(expected_hash(file)):
-            continue
+        damaged = ""
+        if dest.is_file():
+            have, want = sha256_of(dest), expected_hash(file)
+            if have.startswith(want):
+                continue
+            damaged = (f"{dest} in the cache failed its sha256 check (sha256 {have[:len(want)]}..., expected "
+                       f"{want}...) and was left there; downloading a good copy failed: ")
         url = file_url(name, file)
         try:
             download(url, dest, progress)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            failed.append((url, str(getattr(exc, "reason", exc))))
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            failed.append((url, damaged + failure_reason(exc)))
     return failed
 
 
@@ -180,6 +220,9 @@ def load_models(
             f"(known: {', '.join(table)})"
         )
     available = list(table[name]["files"])
+    if targets is not None and not targets:
+        raise ModelError(f"model {name!r}: targets=[] asks for no target; name at least one of "
+                         f"{', '.join(available)}, or pass None for all")
     unknown = [t for t in targets or [] if t not in available]
     if unknown:
         raise ModelError(f"model {name!r} has no target(s) {', '.join(unknown)}; available: {', '.join(available)}")

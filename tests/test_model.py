@@ -1,5 +1,7 @@
 import dataclasses
 import io
+import json
+import re
 
 import pytest
 import torch
@@ -146,6 +148,32 @@ def test_missing_target_is_named(model_dir):
     folder = model_dir()
     with pytest.raises(ModelError, match="piano"):
         load_model_dir(folder, targets=["vocals", "piano"])
+
+
+def test_no_targets_asked_for_is_refused(model_dir):
+    folder = model_dir()
+    with pytest.raises(ModelError, match=f"^{re.escape(str(folder))}: targets=\\[\\] asks for no target; name at least "
+                                         "one of bass, drums, other, vocals, or pass None for all$"):
+        load_model_dir(folder, targets=[])
+
+
+def test_the_bundled_model_refuses_no_targets():
+    from openunmix_like import Separator
+
+    with pytest.raises(ModelError, match="targets=\\[\\] asks for no target; name at least one of bass, drums"):
+        Separator.from_pretrained(targets=[])
+
+
+def test_separator_json_listing_no_target_with_weights_is_refused(model_dir):
+    folder = model_dir()
+    meta = json.loads((folder / "separator.json").read_text())
+    (folder / "separator.json").write_text(json.dumps({**meta, "targets": ["piano", "organ"]}))
+    with pytest.raises(ModelError, match=f"^{re.escape(str(folder / 'separator.json'))}: none of its targets "
+                                         r"\(piano, organ\) has weights in this folder \(available: bass, drums, "
+                                         r"other, vocals\); fix its targets list or name the targets$"):
+        load_model_dir(folder)
+    # Targets named by the caller are still loaded.
+    assert list(load_model_dir(folder, targets=["drums"])[0]) == ["drums"]
 
 
 def test_inference_forward_leaves_input_untouched_and_equals_training_path():
