@@ -273,3 +273,42 @@ def test_musdb18_hq_without_is_wav_is_told_to_add_it(tmp_path, capsys):
     assert train("--dataset", "musdb", "--root", hq_root(tmp_path), "--target", "vocals", "--output",
                  tmp_path / "m") == 1
     assert "this looks like MUSDB18-HQ: add --is-wav" in error_line(capsys)
+
+
+# ---------------------------------------------------------------- interruption
+
+SLOW_TRAINING = ("import sys, time\n"
+                 "from openunmix_like.training import loop\n"
+                 "from openunmix_like.cli.train import main\n"
+                 "save, step = loop.save_epoch, loop.train_batch\n"
+                 "def saved(*a, **k):\n"
+                 "    save(*a, **k)\n"
+                 "    print('saved', flush=True)\n"
+                 "def slow(*a, **k):\n"
+                 "    time.sleep(0.3)\n"
+                 "    return step(*a, **k)\n"
+                 "loop.save_epoch, loop.train_batch = saved, slow\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root, out = track_folders(tmp_path / "data"), tmp_path / "model"
+    run = ["--dataset", "trackfolder_fix", "--root", root, "--target", "vocals", "--output", out,
+           "--samples-per-track", "8"]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_TRAINING, *map(str, run), "--epochs", "3", *TINY],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "saved"  # epoch 1 is on disk; epoch 2 takes over 3 s
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert f"umx-train: interrupted; the checkpoints in {out} are complete" in err
+    assert train(*run, "--epochs", "2", "--resume", "auto") == 0
+    assert json_of(out / "vocals.json")["epochs_trained"] == 2

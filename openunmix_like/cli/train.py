@@ -193,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OpenUnmixLikeError as exc:
         print(f"umx-train: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"umx-train: interrupted; the checkpoints in {cfg.output} are complete (every file is written "
+              "whole): continue with --resume auto", file=sys.stderr)
+        return 130
     except ValueError as exc:  # dataset and configuration problems raised by the data layer
         print(f"umx-train: error: {exc}", file=sys.stderr)
         if args.verbose:
