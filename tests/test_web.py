@@ -1,11 +1,17 @@
 """``umx-web``'s HTTP API against the app (FastAPI's TestClient), with a tiny random-weight model."""
+import http.client
 import io
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,13 +21,15 @@ from helpers import make_models, music_like
 from openunmix_like.audio import AudioSource
 from openunmix_like.errors import AudioError
 from openunmix_like.modeldir import AudioSettings, save_target
+from openunmix_like.pretrained import CACHE_ENV, pretrained_table
 
 pytest.importorskip("fastapi")
+import anyio  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from openunmix_like.web.app import create_app  # noqa: E402
-from openunmix_like.web.jobs import Job, JobManager  # noqa: E402
-from openunmix_like.web.models import discover_models, model_args  # noqa: E402
+from openunmix_like.web.app import MULTIPART_SLACK, create_app  # noqa: E402
+from openunmix_like.web.jobs import Job, JobManager, folder_size  # noqa: E402
+from openunmix_like.web.models import discover_models  # noqa: E402
 
 RATE = 22050
 MAX_MINUTES = 2.5 / 60  # 2.5 s: a 3 s clip is "too long"
@@ -40,10 +48,23 @@ def wav_bytes(seconds=1.0, channels=2, seed=0, subtype="PCM_16"):
     return buf.getvalue()
 
 
-def make_client(jobs_dir, model, max_minutes=MAX_MINUTES, max_upload_mb=MAX_UPLOAD_MB):
+def make_client(jobs_dir, model, max_minutes=MAX_MINUTES, max_upload_mb=MAX_UPLOAD_MB, keep_mb=5000.0):
     models = discover_models([str(model)])
-    manager = JobManager(jobs_dir, model_args(models), max_minutes=max_minutes, max_upload_mb=max_upload_mb)
+    manager = JobManager(jobs_dir, models, max_minutes=max_minutes, max_upload_mb=max_upload_mb, keep_mb=keep_mb)
     return TestClient(create_app(manager, models))
+
+
+def manual_manager(jobs_dir, model, **options):
+    """A manager with one worker and no dispatcher thread: the test runs the dispatcher's steps itself."""
+    manager = JobManager(jobs_dir, discover_models([str(model)]), **options)
+    manager._workers = [manager._new_worker()]
+    return manager
+
+
+def next_answer(worker, timeout=120):
+    """The worker's next message ``(kind, job_id, value)``."""
+    assert worker.conn.poll(timeout), f"no answer from the worker in {timeout} s"
+    return worker.conn.recv()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +276,7 @@ def test_a_restart_keeps_finished_jobs_and_queues_unfinished_ones_again(setup, t
 
 
 def test_size_limit_removes_the_oldest_finished_jobs_first(tmp_path):
-    manager = JobManager(tmp_path, {"default": None}, keep_mb=2.5)
+    manager = JobManager(tmp_path, discover_models(), keep_mb=2.5)
     for k, status in enumerate(("done", "failed", "queued", "done", "done")):
         job = Job(id=f"{k:032x}", filename=f"{k}.wav", created=1000.0 + k, status=status)
         (tmp_path / job.id).mkdir()
@@ -315,3 +336,215 @@ def test_other_addresses_than_loopback_print_a_warning(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_job_cancelled_as_its_worker_finishes_keeps_no_stems(setup, tmp_path):
+    jobs_dir = tmp_path / "jobs"
+    manager = manual_manager(jobs_dir, setup[1])
+    try:
+        job = manager.submit("late.wav", io.BytesIO(wav_bytes(1.0, seed=20)), ext="flac")
+        manager._dispatch()
+        worker = manager._workers[0]
+        assert next_answer(worker)[0] == "progress"
+        # Cancelled while the worker goes on: it writes the stems and says "done" before it is stopped.
+        assert manager.cancel_or_delete(job.id) == "cancelled"
+        answer = next_answer(worker)
+        while answer[0] == "progress":
+            answer = next_answer(worker)
+        stems = jobs_dir / job.id / "stems"
+        assert answer[0] == "done" and len(list(stems.glob("*.flac"))) == 4
+        manager._handle(worker, *answer)
+        manager._step()
+        state = manager.get(job.id)
+        assert state.status == "cancelled" and state.stems == []
+        assert not stems.exists()
+    finally:
+        manager.stop()
+    assert sorted(p.name for p in (jobs_dir / job.id).iterdir()) == ["input.wav", "job.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/install-system-deps.sh)")
+def test_a_killed_worker_leaves_no_decoded_copy_of_an_mp3_behind(setup, tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"  # the temporary folder the worker would use without one of its own
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    sf.write(tmp_path / "long.wav", music_like(60.0, RATE, 2, 21).T, RATE)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(tmp_path / "long.wav"), str(tmp_path / "long.mp3")],
+                   check=True)
+    jobs_dir = tmp_path / "jobs"
+    manager = manual_manager(jobs_dir, setup[1], max_minutes=5, max_upload_mb=50)
+    try:
+        with open(tmp_path / "long.mp3", "rb") as data:
+            job = manager.submit("long.mp3", data)
+        manager._dispatch()
+        assert next_answer(manager._workers[0])[0] == "progress"  # decoded: separating
+        os.kill(manager._workers[0].process.pid, signal.SIGSTOP)  # held mid-job, however fast this machine is
+        decoded = list(jobs_dir.rglob("openunmix-like-*.wav"))
+        assert len(decoded) == 1 and decoded[0].stat().st_size > 60 * RATE * 2 * 4  # float32 stereo
+        assert manager.cancel_or_delete(job.id) == "cancelled"
+        manager._step()  # kills the worker
+        assert not list(jobs_dir.rglob("openunmix-like-*")) and not list(system_tmp.iterdir())
+    finally:
+        manager.stop()
+    assert not list((jobs_dir / ".tmp").iterdir())
+
+
+def test_simultaneous_first_zip_requests_all_get_the_same_zip(client, setup):
+    manager = client.app.state.manager
+    job = Job(id="c" * 32, filename="Many.wav", created=time.time(), status="done", ext="wav",
+              stems=["vocals", "drums", "bass", "other"], input="input.wav")
+    (setup[0] / job.id / "stems").mkdir(parents=True)
+    rng = np.random.default_rng(22)
+    for stem in job.stems:  # large enough that building the zip takes a while
+        (setup[0] / job.id / "stems" / f"{stem}.wav").write_bytes(rng.bytes(4 << 20))
+    (setup[0] / job.id / "job.json").write_text(json.dumps(job.__dict__))
+    with manager._lock:
+        manager._jobs[job.id] = job
+    for _ in range(3):
+        start = threading.Barrier(8)
+
+        def fetch(_):
+            start.wait()
+            return client.get(f"/api/jobs/{job.id}/zip")
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(fetch, range(8)))
+        assert [r.status_code for r in responses] == [200] * 8
+        assert len({r.content for r in responses}) == 1
+        with zipfile.ZipFile(io.BytesIO(responses[0].content)) as archive:
+            assert archive.testzip() is None
+            assert archive.namelist() == [f"Many/{stem}.wav" for stem in job.stems]
+        (setup[0] / job.id / "stems.zip").unlink()  # the next round builds it again
+    assert client.delete(f"/api/jobs/{job.id}").json()["result"] == "deleted"
+
+
+def test_keep_mb_applies_when_jobs_fail_or_are_cancelled(setup, tmp_path):
+    junk = np.random.default_rng(23).bytes(400 * 1024)  # not audio: each job fails
+    jobs_dir = tmp_path / "jobs"
+    with make_client(jobs_dir, setup[1], keep_mb=1.0) as client:
+        ids = [upload(client, f"junk{k}.wav", junk) for k in range(4)]
+        deadline = time.monotonic() + 120
+        while any(j["status"] in ("queued", "running") for j in client.get("/api/jobs").json()):
+            assert time.monotonic() < deadline, "jobs not finished after 120 s"
+            time.sleep(0.1)
+        listed = client.get("/api/jobs").json()
+        # 1.6 MB of failed jobs: the oldest go until 1 MB is kept; the one that failed last stays.
+        assert [j["id"] for j in listed] == ids[2:] and {j["status"] for j in listed} == {"failed"}
+        assert sum(folder_size(jobs_dir / job_id) for job_id in ids[2:]) <= 1 << 20
+        assert not any((jobs_dir / job_id).exists() for job_id in ids[:2])
+    # Cancelled jobs count too (no worker here: the jobs stay queued until cancelled).
+    manager = JobManager(tmp_path / "cancelled", discover_models([str(setup[1])]), keep_mb=1.0)
+    ids = [manager.submit(f"junk{k}.wav", io.BytesIO(junk)).id for k in range(4)]
+    for job_id in ids:
+        assert manager.cancel_or_delete(job_id) == "cancelled"
+    assert [job.id for job in manager.list()] == ids[2:]
+    assert sorted(p.name for p in (tmp_path / "cancelled").iterdir()) == sorted(ids[2:])
+
+
+def test_an_upload_of_unannounced_length_is_cut_off_once_past_the_limit(setup, tmp_path):
+    models = discover_models([str(setup[1])])
+    jobs_dir = tmp_path / "jobs"
+    app = create_app(JobManager(jobs_dir, models, max_upload_mb=MAX_UPLOAD_MB), models)
+    block = 64 * 1024
+    body = [b'--XBOUND\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n',
+            *[b"\0" * block] * 128, b"\r\n--XBOUND--\r\n"]  # 8 MB, sent in chunks without a Content-Length
+    pulled, sent = [], []
+
+    async def receive():
+        if len(pulled) < len(body):
+            pulled.append(body[len(pulled)])
+            return {"type": "http.request", "body": pulled[-1], "more_body": len(pulled) < len(body)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/jobs", "raw_path": b"/api/jobs", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1"), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"multipart/form-data; boundary=XBOUND")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    anyio.run(app, scope, receive, send)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
+    detail = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))["detail"]
+    assert detail.startswith("upload is larger than this server's limit of 0.5 MB (umx-web --max-upload-mb); ")
+    assert sum(map(len, pulled)) <= MAX_UPLOAD_MB * 2**20 + MULTIPART_SLACK + block
+    assert not jobs_dir.exists() or not list(jobs_dir.iterdir())
+
+
+def test_unknown_targets_and_a_residual_named_like_a_target_are_refused(client, setup):
+    before = set(setup[0].iterdir())
+    cases = [({"targets": "piano"}, "model 'tiny' has no target 'piano'; choose from vocals, drums, bass, other"),
+             ({"targets": "vocals,piano"}, "model 'tiny' has no target 'piano'"),
+             ({"model": "default", "targets": "piano"}, "model 'default' has no target 'piano'"),
+             ({"targets": "vocals", "residual": "vocals"}, "residual 'vocals' is already a target"),
+             ({"targets": "vocals,drums", "residual": "drums"}, "residual 'drums' is already a target"),
+             ({"residual": "bass"}, "residual 'bass' is already a target; give the residual another name")]
+    for fields, reason in cases:
+        response = client.post("/api/jobs", files={"file": ("a.wav", wav_bytes(0.2))}, data=fields)
+        assert response.status_code == 400, fields
+        detail = response.json()["detail"]
+        assert detail.startswith(reason) and str(setup[1]) not in detail
+    assert set(setup[0].iterdir()) == before
+
+
+@pytest.mark.slow
+def test_a_bad_port_or_jobs_folder_is_a_one_line_error(tmp_path):
+    result = run_web("--port", "70000")
+    assert result.returncode == 1 and result.stderr == "umx-web: error: --port must be 0 to 65535\n"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = run_web("--port", "0", "--jobs-dir", str(afile))
+    assert result.returncode == 1
+    assert result.stderr == f"umx-web: error: --jobs-dir {afile}: is a file, not a folder; give a folder " \
+                            "(created if missing)\n"
+    result = run_web("--port", "0", "--jobs-dir", str(afile / "jobs"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"umx-web: error: --jobs-dir {afile / 'jobs'}: cannot create it (")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_while_a_page_listens_to_events(setup, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(setup[1]),
+                                "--jobs-dir", str(tmp_path / "jobs")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    connection = None
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "serving on" not in line:
+            line = process.stdout.readline()
+        port = int(re.search(r"serving on http://127\.0\.0\.1:(\d+)/", line).group(1))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/api/events")
+        events = connection.getresponse()
+        assert events.status == 200 and events.readline() == b"retry: 1000\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130  # not stopped: TimeoutExpired
+        assert "Traceback" not in process.stdout.read()
+    finally:
+        if connection is not None:
+            connection.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+def test_model_folders_named_like_other_models_get_names_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    for file in pretrained_table()["umxhq"]["files"].values():  # umxhq counts as downloaded
+        (tmp_path / "cache" / "umxhq").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cache" / "umxhq" / file).write_bytes(b"")
+    folders = [tiny_model(tmp_path / "a" / "default"), tiny_model(tmp_path / "b" / "umxhq"),
+               tiny_model(tmp_path / "c" / "default")]
+    models = discover_models([str(f) for f in folders])
+    assert {name: (m["label"], m["arg"]) for name, m in models.items()} == {
+        "default+": ("model folder", str(folders[0].resolve())),
+        "umxhq+": ("model folder", str(folders[1].resolve())),
+        "default++": ("model folder", str(folders[2].resolve())),
+        "default": ("bundled model", None),
+        "umxhq": ("published, downloaded", "umxhq"),
+    }
+    assert list(models)[0] == "default+"  # the first folder given stays the default choice

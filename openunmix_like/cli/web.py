@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 import threading
 import webbrowser
@@ -14,6 +15,7 @@ from ..errors import OpenUnmixLikeError
 from ..pretrained import cache_dir
 
 INSTALL_HINT = "umx-web needs the web extra: pip install 'openunmix-like[web]'"
+GRACE_S = 5.0  # after Ctrl+C, responses still open (a download) are cut off after this long
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,23 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("workers", "max_minutes", "max_upload_mb", "keep_mb"):
         if getattr(args, name) <= 0:
             raise OpenUnmixLikeError(f"--{name.replace('_', '-')} must be above 0")
+    if not 0 <= args.port <= 65535:
+        raise OpenUnmixLikeError("--port must be 0 to 65535")
+
+
+def _jobs_dir(args: argparse.Namespace) -> Path:
+    """The jobs folder, created; raises OpenUnmixLikeError when it cannot be used."""
+    path = Path(args.jobs_dir).expanduser() if args.jobs_dir else cache_dir() / "web-jobs"
+    if path.exists() and not path.is_dir():
+        raise OpenUnmixLikeError(f"--jobs-dir {path}: is a file, not a folder; give a folder (created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"--jobs-dir {path}: cannot create it ({exc.strerror}); "
+                                 "give a folder you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OpenUnmixLikeError(f"--jobs-dir {path}: not writable; give a folder you can write to")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -65,26 +84,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _report(INSTALL_HINT)
         return 1
     from ..web.jobs import JobManager
-    from ..web.models import discover_models, model_args
+    from ..web.models import discover_models
 
     try:
         _check_args(args)
         models = discover_models(args.model)
+        jobs_dir = _jobs_dir(args)
     except OpenUnmixLikeError as exc:
         _report(str(exc))
         return 1
-    jobs_dir = Path(args.jobs_dir).expanduser() if args.jobs_dir else cache_dir() / "web-jobs"
-    manager = JobManager(jobs_dir, model_args(models), workers=args.workers, max_minutes=args.max_minutes,
+    manager = JobManager(jobs_dir, models, workers=args.workers, max_minutes=args.max_minutes,
                          max_upload_mb=args.max_upload_mb, keep_mb=args.keep_mb)
     app = create_app(manager, models)
     if not is_loopback(args.host):
         print(f"umx-web: warning: listening on {args.host}: anyone who can reach this machine on the network "
               "can upload files and use its CPU; use --host 127.0.0.1 to keep it private", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=GRACE_S))
+    _close_streams_on_exit(server, app.state.closing)
     announce = threading.Thread(target=_announce, args=(server, args), daemon=True)
     announce.start()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn stops, then raises the Ctrl+C again for the caller: no traceback
+        return 130
     return 0
+
+
+def _close_streams_on_exit(server, closing: threading.Event) -> None:
+    """Make Ctrl+C (or SIGTERM) also end the pages' event streams, which uvicorn would wait for forever."""
+    handle_exit = server.handle_exit
+
+    def handle(sig, frame) -> None:
+        closing.set()
+        handle_exit(sig, frame)
+
+    server.handle_exit = handle
 
 
 def _announce(server, args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -27,25 +28,57 @@ MULTIPART_SLACK = 64 * 1024  # the form's other fields and part headers
 
 
 class UploadLimit:
-    """Refuse an upload whose announced size is over the limit before any of it is stored (413).
+    """Refuse an upload over the limit (413), storing no more of it than the limit.
 
-    Without this, the multipart parser would spool the whole body to a temporary file first; an
-    upload of unannounced length is counted while it is copied and becomes a failed job instead.
+    An upload whose announced size (Content-Length) is over the limit is refused before any of it is
+    read; one of unannounced length (chunked) is counted as it arrives and cut off once past the
+    limit: the app is told the client went away, and its answer is replaced by the 413. Without
+    this, the multipart parser would spool the whole body to a temporary file first.
     """
 
     def __init__(self, app, max_bytes: int, limit_mb: float):
         self.app, self.max_bytes, self.limit_mb = app, max_bytes, limit_mb
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/jobs":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes:
-                detail = (f"upload of {int(length) / 2**20:.1f} MB is larger than this server's limit of "
-                          f"{self.limit_mb:g} MB (umx-web --max-upload-mb); compress or cut the file, "
-                          "or raise the limit")
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/jobs"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, receive, send, f"upload of {int(length) / 2**20:.1f} MB")
+            return
+        received, over, started = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                over = received > self.max_bytes
+                if over:
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def held_send(message):
+            nonlocal started
+            if not over:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, held_send)
+        except Exception:  # the app's trouble with a body cut short
+            if not over or started:
+                raise
+        if over and not started:
+            await self._refuse(scope, receive, send, "upload")
+
+    async def _refuse(self, scope, receive, send, what: str) -> None:
+        detail = (f"{what} is larger than this server's limit of {self.limit_mb:g} MB (umx-web --max-upload-mb); "
+                  "compress or cut the file, or raise the limit")
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
 def _not_found(what: str = "no such job") -> HTTPException:
@@ -60,6 +93,9 @@ def split_targets(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def create_app(manager: JobManager, models: dict) -> FastAPI:
     """The web app over a (not yet started) :class:`JobManager`; starting the app starts it.
+
+    ``app.state.closing`` is a :class:`threading.Event`: the server sets it when asked to stop, which
+    ends the open event streams (a server waits for open responses before it stops).
 
     Args:
         manager: the jobs.
@@ -76,6 +112,7 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
 
     app = FastAPI(title="umx-web", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.manager = manager
+    app.state.closing = threading.Event()
     app.add_middleware(UploadLimit, max_bytes=int(manager.max_upload_mb * 1024 * 1024) + MULTIPART_SLACK,
                        limit_mb=manager.max_upload_mb)
     _add_job_routes(app, manager)
@@ -92,7 +129,7 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
 
     @app.get("/api/events")
     async def events(request: Request) -> StreamingResponse:
-        return StreamingResponse(_event_stream(request, manager), media_type="text/event-stream",
+        return StreamingResponse(_event_stream(request, manager, app.state.closing), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
@@ -160,12 +197,15 @@ def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
         return FileResponse(path, media_type="application/octet-stream")
 
 
-async def _event_stream(request: Request, manager: JobManager):
-    """``job`` events (a job's public fields) when a job changes, ``removed`` when one is gone."""
+async def _event_stream(request: Request, manager: JobManager, closing: threading.Event):
+    """``job`` events (a job's public fields) when a job changes, ``removed`` when one is gone.
+
+    Ends when the client goes or ``closing`` is set.
+    """
     sent: dict = {}
     idle = 0.0
     yield "retry: 1000\n\n"
-    while not await request.is_disconnected():
+    while not closing.is_set() and not await request.is_disconnected():
         current = {job.id: job.public() for job in manager.list()}
         changes = []
         for job_id, state in current.items():

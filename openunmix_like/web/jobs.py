@@ -3,8 +3,10 @@
 A job folder ``JOBS_DIR/<id>/`` holds ``job.json`` (its state), ``input<.ext>`` (the upload) and
 ``stems/<name>.<ext>`` (written by :func:`openunmix_like.cli.separate.separate_file`, so all of a
 track's stems appear at once or none do). Separation runs in worker processes so the server's
-event loop never waits on torch; a cancelled job's worker is killed and replaced. This module
-imports no web framework: :mod:`openunmix_like.web.app` puts HTTP on top of :class:`JobManager`.
+event loop never waits on torch; a cancelled job's worker is killed and replaced. Each worker keeps
+its temporary files (ffmpeg's decoded copy of an mp3) in its own folder under ``JOBS_DIR/.tmp/``,
+removed with the worker. This module imports no web framework: :mod:`openunmix_like.web.app` puts
+HTTP on top of :class:`JobManager`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +36,7 @@ STEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # never an option
 SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
 COPY_BLOCK = 1 << 20
+TMP_DIR = ".tmp"  # the workers' temporary folders, inside the jobs folder (never a job id)
 
 
 class JobError(OpenUnmixLikeError):
@@ -89,8 +93,14 @@ def folder_size(folder: Path) -> int:
 
 # ---------------------------------------------------------------- worker process
 
-def _worker_main(conn, max_minutes: float, threads: int) -> None:
-    """Run jobs sent over ``conn`` one at a time; answer progress, done or failed messages."""
+def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str) -> None:
+    """Run jobs sent over ``conn`` one at a time; answer progress, done or failed messages.
+
+    Temporary files go to ``tmp_dir``, which the server removes when it stops or kills this process
+    (a killed process cannot remove them itself).
+    """
+    tempfile.tempdir = tmp_dir
+    os.environ["TMPDIR"] = tmp_dir  # for the programs it runs too
     import torch
 
     torch.set_num_threads(threads)  # the workers share the cores
@@ -154,12 +164,13 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
 
 
 class _Worker:
-    """One separation process and the job it runs (if any)."""
+    """One separation process, its temporary folder ``tmp_dir`` and the job it runs (if any)."""
 
-    def __init__(self, context, max_minutes: float, threads: int):
+    def __init__(self, context, max_minutes: float, threads: int, tmp_dir: Path):
+        self.tmp_dir = tmp_dir
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, max_minutes, threads), daemon=True,
-                                       name="umx-web-worker")
+        self.process = context.Process(target=_worker_main, args=(child, max_minutes, threads, str(tmp_dir)),
+                                       daemon=True, name="umx-web-worker")
         self.process.start()
         child.close()
         self.job: Optional[str] = None
@@ -177,6 +188,7 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- manager
@@ -186,17 +198,18 @@ class JobManager:
 
     Args:
         jobs_dir: folder of the job folders (created).
-        models: model name shown to users -> argument of ``Separator.from_pretrained`` (``None``: bundled).
+        models: :func:`openunmix_like.web.models.discover_models` output: model name shown to users ->
+            ``{"arg": argument of Separator.from_pretrained (None: bundled), "targets": [...]}``.
         workers: jobs separated at once, each in its own process.
         max_minutes: longest input accepted.
         max_upload_mb: largest upload accepted.
         keep_mb: total size of kept jobs; the oldest finished jobs are removed beyond it.
     """
 
-    def __init__(self, jobs_dir: Path, models: Dict[str, Optional[str]], workers: int = 1,
+    def __init__(self, jobs_dir: Path, models: Dict[str, dict], workers: int = 1,
                  max_minutes: float = 30.0, max_upload_mb: float = 500.0, keep_mb: float = 5000.0):
         self.jobs_dir = Path(jobs_dir)
-        self.models = dict(models)
+        self.models = {name: {"arg": m["arg"], "targets": list(m["targets"])} for name, m in models.items()}
         self.nb_workers = workers
         self.max_minutes = max_minutes
         self.max_upload_mb = max_upload_mb
@@ -204,6 +217,7 @@ class JobManager:
         self._lock = threading.RLock()
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = deque()
+        self._zip_locks: Dict[str, threading.Lock] = {}
         self._workers: List[_Worker] = []
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -212,14 +226,20 @@ class JobManager:
     # ------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Load saved jobs (unfinished ones are queued again), start the workers and the dispatcher."""
+        """Load saved jobs (unfinished ones are queued again), start the workers and the dispatcher.
+
+        What a server stopped mid-job left behind (stems of unfinished, failed or cancelled jobs, the
+        workers' temporary files) is removed first.
+        """
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.jobs_dir / TMP_DIR, ignore_errors=True)
         for path in sorted(self.jobs_dir.glob("*/job.json")):
             job = self._read(path)
             if job is None:
                 continue
             if job.status not in FINISHED:
                 job.status, job.progress = "queued", 0.0
+            if job.status != "done":
                 shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
             self._jobs[job.id] = job
         for job in sorted(self._jobs.values(), key=lambda j: j.created):
@@ -238,7 +258,10 @@ class JobManager:
             worker.stop(kill=worker.job is not None)
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._context, self.max_minutes, max(1, (os.cpu_count() or 1) // self.nb_workers))
+        root = self.jobs_dir / TMP_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix="worker-", dir=root))
+        return _Worker(self._context, self.max_minutes, max(1, (os.cpu_count() or 1) // self.nb_workers), tmp_dir)
 
     def _read(self, path: Path) -> Optional[Job]:
         try:
@@ -267,6 +290,13 @@ class JobManager:
         for name in [*(targets or []), *([residual] if residual else [])]:
             if not STEM_NAME.match(name):
                 raise JobError(f"bad stem name {name!r}: use letters, digits, '-' and '_'")
+        offered = self.models[model]["targets"]
+        for name in targets or []:
+            if name not in offered:
+                raise JobError(f"model {model!r} has no target {name!r}; choose from {', '.join(offered)}")
+        if residual and residual in (targets or offered):
+            raise JobError(f"residual {residual!r} is already a target; give the residual another name, "
+                           "e.g. accompaniment")
         if (ext, bits) not in FORMATS:
             raise JobError(f"format {ext} {bits} bit not offered; choose wav or flac, 16 or 24 bit")
         return model
@@ -299,6 +329,8 @@ class JobManager:
             self._save(job)
             if job.status == "queued":
                 self._queue.append(job.id)
+            else:
+                self._enforce_size_limit(keep=job.id)
         return job
 
     @staticmethod
@@ -331,15 +363,21 @@ class JobManager:
             if job is None:
                 return None
             if job.status in FINISHED:
-                del self._jobs[job_id]
-                shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+                self._remove(job_id)
                 return "deleted"
             if job_id in self._queue:
                 self._queue.remove(job_id)
             job.status = "cancelled"
             self._save(job)
-            # A running job's worker is killed by the dispatcher thread, which owns the workers.
+            self._enforce_size_limit(keep=job_id)
+            # A running job's worker is killed by the dispatcher thread, which owns the workers; what
+            # it wrote is removed once it stops writing (_replace, _handle).
             return "cancelled"
+
+    def _remove(self, job_id: str) -> None:
+        del self._jobs[job_id]
+        self._zip_locks.pop(job_id, None)
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
     def stem_path(self, job_id: str, name: str) -> Optional[Path]:
         """The file of a finished job's stem ``name`` (``vocals`` or ``vocals.wav``), else None."""
@@ -360,19 +398,32 @@ class JobManager:
         return path if path.is_file() else None
 
     def zip_path(self, job_id: str) -> Optional[Path]:
-        """A zip of a finished job's stems (stored, not compressed: audio barely compresses), built once."""
+        """A zip of a finished job's stems (stored, not compressed: audio barely compresses), built once.
+
+        Requests for the same zip wait for the one that builds it; None once the job is gone.
+        """
         job = self.get(job_id)
         if job is None or job.status != "done":
             return None
         folder = self.jobs_dir / job.id
         path = folder / "stems.zip"
-        if not path.is_file():
+        with self._lock:
+            lock = self._zip_locks.setdefault(job.id, threading.Lock())
+        with lock:
+            if path.is_file():
+                return path
             tmp = folder / ".stems.zip.tmp"
             track = Path(job.filename).stem or "track"
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-                for stem in job.stems:
-                    archive.write(folder / "stems" / f"{stem}.{job.ext}", f"{track}/{stem}.{job.ext}")
-            os.replace(tmp, path)
+            try:
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+                    for stem in job.stems:
+                        archive.write(folder / "stems" / f"{stem}.{job.ext}", f"{track}/{stem}.{job.ext}")
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                if self.get(job.id) is None:
+                    return None  # deleted meanwhile
+                raise
         return path
 
     # ------------------------------------------------------------ dispatcher thread
@@ -401,13 +452,13 @@ class JobManager:
                 if worker.job is None and self._queue:
                     job = self._jobs[self._queue.popleft()]
                     folder = self.jobs_dir / job.id
-                    spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
-                            "bits": job.bits, "model_arg": self.models.get(job.model), "targets": job.targets,
-                            "residual": job.residual}
                     if job.model not in self.models:
                         self._finish(job, "failed", error=f"{job.filename}: model {job.model!r} is not "
                                                           "offered by this server any more")
                         continue
+                    spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
+                            "bits": job.bits, "model_arg": self.models[job.model]["arg"], "targets": job.targets,
+                            "residual": job.residual}
                     try:
                         worker.conn.send((job.id, spec))
                     except OSError:  # the worker died meanwhile: the job waits for its replacement
@@ -431,22 +482,33 @@ class JobManager:
             if kind != "progress":
                 worker.job = None
             if job is None or job.status != "running":
-                return  # cancelled or deleted meanwhile
+                if kind != "progress":  # the worker finished a job cancelled or deleted meanwhile
+                    self._discard_output(job_id)
+                return
             if kind == "progress":
                 job.progress = float(value)
             elif kind == "done":
                 self._finish(job, "done", stems=list(value))
             else:
                 self._finish(job, "failed", error=str(value))
-        if kind == "done":
-            self._enforce_size_limit(keep=job_id)
 
     def _finish(self, job: Job, status: str, stems: Optional[List[str]] = None, error: Optional[str] = None):
+        """Give ``job`` its final status (lock held); only a done job keeps stems. Applies ``keep_mb``."""
         job.status, job.stems, job.error = status, stems or [], error
         job.progress = 1.0 if status == "done" else job.progress
         if status != "done":
             shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
         self._save(job)
+        self._enforce_size_limit(keep=job.id)
+
+    def _discard_output(self, job_id: str) -> None:
+        """Remove what a worker wrote for a job no longer running: its stems, or all of a deleted job's folder."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)  # written again after the delete
+            elif job.status != "done":
+                shutil.rmtree(self.jobs_dir / job_id / "stems", ignore_errors=True)
 
     def _replace(self, index: int, worker: _Worker, error: Optional[str]) -> None:
         job_id = worker.job
@@ -454,11 +516,10 @@ class JobManager:
         self._workers[index] = self._new_worker()
         with self._lock:
             job = self._jobs.get(job_id) if job_id else None
-            if job is not None:
-                if job.status == "running" and error:
-                    self._finish(job, "failed", error=f"{job.filename}: {error}")
-                else:
-                    shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+            if job is not None and job.status == "running" and error:
+                self._finish(job, "failed", error=f"{job.filename}: {error}")
+            elif job_id:
+                self._discard_output(job_id)
 
     def _kill_cancelled(self) -> None:
         for index, worker in enumerate(list(self._workers)):
@@ -481,5 +542,4 @@ class JobManager:
                 if job.id == keep:
                     continue
                 total -= sizes[job.id]
-                del self._jobs[job.id]
-                shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
+                self._remove(job.id)

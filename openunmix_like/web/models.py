@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from ..errors import ModelError
 from ..modeldir import default_target_order, find_weight_files
 from ..pretrained import bundled_model_dir, cache_dir, pretrained_table
+
+BUNDLED = "default"  # the bundled model's name in the list
 
 
 def folder_targets(folder: Path) -> List[str]:
@@ -24,32 +26,33 @@ def folder_targets(folder: Path) -> List[str]:
 def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
     """Name -> ``{"arg": argument of Separator.from_pretrained, "targets": [...], "label": ...}``.
 
-    The first entry is the default: the first folder given, else the bundled model.
+    The first entry is the default: the first folder given, else the bundled model (``default``).
+    A folder whose name is taken (by another folder, the bundled model or a published model offered)
+    gets ``+`` appended until it is free, so every model stays selectable.
 
     Raises:
         ModelError: a given folder is missing or holds no model.
     """
+    published = pretrained_table()
+    given = [text for text in folders if text in published and not Path(text).expanduser().exists()]
+    cached = [name for name, entry in published.items()
+              if all((cache_dir() / name / f).is_file() for f in entry["files"].values())]
+    taken = {BUNDLED, *given, *cached}
     models: Dict[str, dict] = {}
     for text in folders:
-        folder = Path(text).expanduser()
-        if text in pretrained_table() and not folder.exists():
-            models[text] = {"arg": text, "targets": list(pretrained_table()[text]["files"]), "label": "published"}
+        if text in given:
+            models[text] = {"arg": text, "targets": list(published[text]["files"]), "label": "published"}
             continue
+        folder = Path(text).expanduser()
         if not folder.is_dir() or not find_weight_files(folder):
             raise ModelError(f"--model {text}: not a model folder (no weight files found); give a folder "
                              "written by umx-train or a published model name")
-        name = folder.name
-        while name in models:
+        name = folder.resolve().name or "model"
+        while name in models or name in taken:
             name += "+"
         models[name] = {"arg": str(folder.resolve()), "targets": folder_targets(folder), "label": "model folder"}
-    models.setdefault("default", {"arg": None, "targets": folder_targets(bundled_model_dir()),
-                                  "label": "bundled model"})
-    for name, entry in pretrained_table().items():
-        cached = cache_dir() / name
-        if name not in models and all((cached / f).is_file() for f in entry["files"].values()):
-            models[name] = {"arg": name, "targets": list(entry["files"]), "label": "published, downloaded"}
+    models[BUNDLED] = {"arg": None, "targets": folder_targets(bundled_model_dir()), "label": "bundled model"}
+    for name in cached:
+        models.setdefault(name, {"arg": name, "targets": list(published[name]["files"]),
+                                 "label": "published, downloaded"})
     return models
-
-
-def model_args(models: Dict[str, dict]) -> Dict[str, Optional[str]]:
-    return {name: entry["arg"] for name, entry in models.items()}
