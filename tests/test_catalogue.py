@@ -239,6 +239,42 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
     assert not (tmp_path / "ray" / records.FAILURES_NAME).exists()  # this run's failures: none
 
 
+def test_bad_engine_options_and_an_outdir_that_is_a_file_are_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    make_inputs(tmp_path / "in", 1, seconds=0.5)
+    (tmp_path / "afile").write_text("")
+    for options, message in ((["--actor-cpus", "nan"], "--actor-cpus must be above 0"),
+                             (["--io-cpus", "nan"], "--io-cpus must be at least 0"),
+                             (["--stream-over", "nan"], "--stream-over must be at least 0"),
+                             (["--outdir", str(tmp_path / "afile")], "is a file; give a folder")):
+        args = [str(tmp_path / "in"), "--engine", "ray", "--outdir", str(tmp_path / "out"), *options]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reruns_skip_what_is_finished_whatever_the_template_and_folder(tmp_path, model_dir, ray_cluster, capsys):
+    inputs = make_inputs(tmp_path / "in", 2, seconds=1.0)
+    first, second = str(model_dir("first")), str(model_dir("second", seed=1))
+    # Two models into one folder, kept apart by the template: each run's records are its own.
+    common = [str(inputs), "--quiet", "--niter", "0", "--engine", "ray", "--outdir", str(tmp_path / "out"),
+              "--filename", "{model}/{track}/{target}.{ext}"]
+    for model in (first, second):
+        assert main(common + ["--model", model]) == 0
+    before = mtimes(tmp_path / "out" / "first", ["t0", "t1"])
+    assert main(common[:1] + common[2:] + ["--model", first]) == 0
+    assert "0 done, 2 skipped (finished before), 0 failed" in capsys.readouterr().err
+    assert mtimes(tmp_path / "out" / "first", ["t0", "t1"]) == before
+    assert (tmp_path / "out" / "second" / "t0" / records.DONE_NAME).is_file()
+    # The output folder is the input folder: the earlier stems are not taken for songs.
+    again = [str(inputs), "--model", first, "--niter", "0", "--engine", "ray", "--outdir", str(inputs)]
+    assert main(again + ["--quiet"]) == 0
+    assert main(again) == 0
+    assert "0 done, 2 skipped (finished before), 0 failed" in capsys.readouterr().err
+    assert sorted(p.name for p in inputs.iterdir()) == ["t0", "t0.wav", "t1", "t1.wav"]
+
+
 @pytest.mark.slow
 def test_ray_takes_the_output_options_of_the_local_engine(tmp_path, model_dir, ray_cluster):
     inputs = make_inputs(tmp_path / "in", 2, seconds=3.0)

@@ -105,11 +105,11 @@ def check_options(args: argparse.Namespace) -> None:
                              ("--tracks-per-call", args.tracks_per_call, 1)):
         if value is not None and value < low:
             raise OpenUnmixLikeError(f"{name} must be at least {low}")
-    if args.stream_over < 0:
+    if not math.isfinite(args.stream_over) or args.stream_over < 0:
         raise OpenUnmixLikeError("--stream-over must be at least 0")
     for name, value in (("--actor-cpus", args.actor_cpus), ("--actor-gpus", args.actor_gpus),
                         ("--io-cpus", args.io_cpus)):
-        if value < 0 or (name != "--io-cpus" and value == 0):
+        if not math.isfinite(value) or value < 0 or (name != "--io-cpus" and value == 0):
             raise OpenUnmixLikeError(f"{name} must be {'at least 0' if name == '--io-cpus' else 'above 0'}")
 
 
@@ -248,6 +248,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
             args.outdir = args.outdir[len("file://"):]
         if not storage.is_url(args.outdir):
             args.outdir = os.path.abspath(args.outdir)
+            if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
+                raise OpenUnmixLikeError(f"--outdir {args.outdir}: is a file; give a folder (created if missing)")
         storage_options = parse_storage_options(args.storage_options)
         # The driver loads the model on its CPU and ships it to the actors: worker nodes need no model files.
         separator = load_separator(_on_cpu(args))
@@ -258,7 +260,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         sources, failures = gather_sources(args.inputs, args.manifest, storage_options, args.outdir)
         for _, _, message in failures:
             _report(message)
-        plan = make_plan(sources, names, args, model_sha256, settings, storage_options)
+        named = [os.path.abspath(s) for s in args.inputs if not storage.is_url(s) and os.path.isfile(s)]
+        plan = make_plan(sources, names, args, model_sha256, settings, storage_options, named)
         for _, _, message in plan.failures:
             _report(message)
         failures.extend(plan.failures)
@@ -305,8 +308,9 @@ def summarize(args, plan: Plan, finished: int, failures: List[Failure], seconds:
 
     try:
         listed = write_failures(args.outdir, failures, storage_options)
-    except OpenUnmixLikeError as exc:
-        _report(str(exc))
+    except (OpenUnmixLikeError, OSError) as exc:
+        _report(f"{storage.join(args.outdir, records.FAILURES_NAME)}: cannot write the list of failures "
+                f"({records.one_line(exc)}); check --outdir")
         listed = None
     if not args.quiet:
         speed = f", {seconds / wall:.1f}x real time" if wall > 0 and seconds else ""

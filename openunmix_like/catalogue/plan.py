@@ -68,14 +68,38 @@ def stem_outputs(source: str, names: Sequence[str], args: argparse.Namespace) ->
             for name, rel in relative_outputs(track_name(source), names, args).items()}
 
 
+def record_path(track: str, names: Sequence[str], args: argparse.Namespace) -> str:
+    """Where a track's ``_done.json`` goes, relative to ``--outdir``: in the folder that holds its
+    stems when that folder is the track's own (``<track>/_done.json`` for the default template,
+    ``<model>/<track>/_done.json`` for ``{model}/{track}/{target}.{ext}``), else in ``<track>/``
+    under the folder the stems share (``<track>/_done.json`` for ``{target}/{track}.{ext}``);
+    so that runs whose templates keep their stems apart keep their records apart too."""
+    from ..cli.separate import relative_outputs
+
+    folders = [PurePosixPath(rel).parent for rel in relative_outputs(track, names, args).values()]
+    common = PurePosixPath(os.path.commonpath([str(f) for f in folders])) if folders else PurePosixPath(".")
+    if track in common.parts:
+        return str(common / records.DONE_NAME)
+    return str(common / track / records.DONE_NAME)
+
+
 def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
-              settings: dict, storage_options=None) -> Plan:
-    """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run."""
+              settings: dict, storage_options=None, named: Sequence[str] = ()) -> Plan:
+    """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run.
+
+    A local source found in a folder (not in ``named``) that is one of this run's outputs (the
+    stems of an earlier run, with ``--outdir`` the searched folder) is left out.
+    """
     plan = Plan([], [], [])
     claimed: Dict[str, str] = {}
     candidates = []
+    outputs = {source: stem_outputs(source, names, args) for source in sources}
+    produced = {os.path.realpath(o) for stems in outputs.values() for o in stems.values() if not storage.is_url(o)}
+    explicit = {os.path.realpath(s) for s in named}
     for source in sources:
-        stems = stem_outputs(source, names, args)
+        if not storage.is_url(source) and os.path.realpath(source) in produced - explicit:
+            continue
+        stems = outputs[source]
         clash = next((claimed[o] for o in stems.values() if o in claimed), None)
         if clash is not None:
             plan.failures.append((source, "plan", f"{source}: would write the same files as {clash}; "
@@ -87,7 +111,7 @@ def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Names
                                                   "change --outdir or --filename"))
             continue
         claimed.update({o: source for o in stems.values()})
-        done = storage.join(args.outdir, f"{track_name(source)}/{records.DONE_NAME}")
+        done = storage.join(args.outdir, record_path(track_name(source), names, args))
         candidates.append((source, stems, done))
 
     def check(item):
