@@ -9,6 +9,7 @@ resumes where it stopped.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -17,7 +18,7 @@ import logging
 import math
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 METRICS = ("SDR", "SIR", "SAR", "ISR")
 ORACLES = ("irm1", "irm2", "ibm1", "ibm2", "mwf", "mix")
 MUSDB_TARGETS = ("vocals", "drums", "bass", "other")
+MAX_RESAMPLES = 1_000_000
+BOOTSTRAP_BLOCK = 4_000_000  # track indices drawn at once (32 MB)
 
 
 @dataclasses.dataclass
@@ -43,6 +46,7 @@ class Track:
     rate: int
     mixture: Tensor
     references: Dict[str, Tensor]
+    path: str = ""  # the track folder or file, for messages
 
 
 # ---------------------------------------------------------------- data
@@ -50,10 +54,13 @@ class Track:
 
 def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: Optional[str] = None,
                  names: Optional[Sequence[str]] = None, mixture_from_sources: bool = False,
-                 skip: Optional[Callable[[str], bool]] = None) -> Iterator[Track]:
+                 skip: Optional[Callable[[str], bool]] = None,
+                 on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
     """MUSDB18 tracks through the ``musdb`` package, with all its targets (incl. accompaniment).
 
     Only the ``names`` given (default all), and none for which ``skip(name)`` is true: those are not decoded.
+    A track that cannot be read raises :class:`OpenUnmixLikeError`, or with ``on_error`` is passed to
+    ``on_error(name, error)`` and left out, so that a batch goes on with the next track.
 
     The input is the data set's mixture, or with ``mixture_from_sources`` the
     sum of its sources (the stem files' own mixture of MUSDB18 is encoded
@@ -63,6 +70,8 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
         import musdb
     except ImportError as exc:
         raise OpenUnmixLikeError("MUSDB18 evaluation needs the musdb package: pip install musdb") from exc
+    if split and subset != "train":
+        raise OpenUnmixLikeError(f"--split {split}: splits exist only in the train subset; add --subset train")
     db = musdb.DB(root=root, subsets=subset, is_wav=is_wav, split=split)
     if not db.tracks:
         raise OpenUnmixLikeError(f"{root}: no MUSDB18 tracks in subset {subset!r}"
@@ -70,41 +79,101 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
     for track in db.tracks:
         if (names and track.name not in names) or (skip and skip(track.name)):
             continue
-        # One decode of every stream (musdb decodes again on each ``.audio``); targets are
-        # summed from these as musdb sums them (gain times source, in its order).
+        try:
+            yield _musdb_track(track, mixture_from_sources)
+        except OpenUnmixLikeError as exc:
+            _failed(track.name, exc, on_error)
+
+
+def _musdb_track(track, mixture_from_sources: bool) -> Track:
+    # One decode of every stream (musdb decodes again on each ``.audio``); targets are
+    # summed from these as musdb sums them (gain times source, in its order).
+    try:
         stems = track.stems
-        sources = {name: stems[source.stem_id] for name, source in track.sources.items()}
-        refs = {name: _tensor(np.sum(np.array([s.gain * sources[s.name] for s in target.sources]), axis=0))
-                for name, target in track.targets.items() if name != "linear_mixture"}
-        mixture = sum(sources.values()) if mixture_from_sources else stems[0]
-        yield Track(track.name, int(track.rate), _tensor(mixture), refs)
+    except Exception as exc:  # musdb and stempeg raise untyped errors for a file ffmpeg cannot read
+        raise OpenUnmixLikeError(f"{track.path}: cannot decode it ({type(exc).__name__}: {_one_line(exc)}); "
+                                 "re-download or re-encode the track") from exc
+    sources = {name: stems[source.stem_id] for name, source in track.sources.items()}
+    refs = {name: _tensor(np.sum(np.array([s.gain * sources[s.name] for s in target.sources]), axis=0))
+            for name, target in track.targets.items() if name != "linear_mixture"}
+    mixture = sum(sources.values()) if mixture_from_sources else stems[0]
+    return Track(track.name, int(track.rate), _tensor(mixture), refs, str(track.path))
 
 
 def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
-                  skip: Optional[Callable[[str], bool]] = None) -> Iterator[Track]:
+                  skip: Optional[Callable[[str], bool]] = None,
+                  on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
     """``<root>/<track>/{mixture?, <source>...}.wav``; without a mixture file, the sum of the sources.
-    ``names`` and ``skip`` choose tracks as in :func:`musdb_tracks`."""
-    from .audio import load
-
+    ``names``, ``skip`` and ``on_error`` choose tracks and report bad ones as in :func:`musdb_tracks`;
+    see :func:`folder_track` for what makes a track bad."""
     folders = sorted(d for d in Path(root).iterdir() if d.is_dir()) if Path(root).is_dir() else []
     if not folders:
         raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
     for folder in folders:
         if (names and folder.name not in names) or (skip and skip(folder.name)):
             continue
-        refs, rate, mixture = {}, None, None
-        for path in sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac")):
-            audio, rate = load(path)
-            if path.stem == "mixture":
-                mixture = audio
-            else:
-                refs[path.stem] = audio
-        if not refs:
+        try:
+            track = folder_track(folder)
+        except OpenUnmixLikeError as exc:
+            _failed(folder.name, exc, on_error)
             continue
-        n = min(a.shape[-1] for a in refs.values())
-        refs = {k: v[:, :n] for k, v in refs.items()}
-        mixture = mixture[:, :n] if mixture is not None else torch.stack(list(refs.values())).sum(0)
-        yield Track(folder.name, int(rate), mixture, refs)
+        if track is not None:
+            yield track
+
+
+def folder_track(folder: Path) -> Optional[Track]:
+    """The track in ``folder`` (``None`` when it holds no source file).
+
+    Raises:
+        AudioError: a file that cannot be read.
+        OpenUnmixLikeError: files of different sample rates, channel counts or lengths (the
+            scores would compare unrelated samples), naming the file that differs from the others.
+    """
+    from .audio import load
+
+    audio = {path: load(path) for path in sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))}
+    if not any(path.stem != "mixture" for path in audio):
+        return None
+    _check_same(folder, {p: rate for p, (_, rate) in audio.items()}, "{} Hz", "resample it to {} Hz")
+    _check_same(folder, {p: a.shape[0] for p, (a, _) in audio.items()}, "{} channel(s)", "convert it to {} channel(s)")
+    _check_same(folder, {p: a.shape[-1] for p, (a, _) in audio.items()}, "{} samples",
+                "re-export it with {} samples, as long as the others", tolerance=LENGTH_SLACK)
+    # Lengths within the slack (exports that round differently): all cut to the shortest.
+    shortest = min(a.shape[-1] for a, _ in audio.values())
+    audio = {p: (a[..., :shortest], rate) for p, (a, rate) in audio.items()}
+    refs = {p.stem: a for p, (a, _) in audio.items() if p.stem != "mixture"}
+    mixture = next((a for p, (a, _) in audio.items() if p.stem == "mixture"), None)
+    if mixture is None:
+        mixture = torch.stack(list(refs.values())).sum(0)
+    return Track(folder.name, int(next(iter(audio.values()))[1]), mixture, refs, str(folder))
+
+
+# Length differences within a track folder taken for rounding: 1 % or 4,608 samples, whichever is more.
+LENGTH_SLACK = (0.01, 4608)
+
+
+def _check_same(folder: Path, values: Dict[Path, int], unit: str, fix: str,
+                tolerance: Tuple[float, int] = (0.0, 0)) -> None:
+    """Raise naming the first file whose value differs from the most common one (on a tie, the first
+    file's) by more than ``tolerance`` (a share of the usual value, or an amount, whichever is more)."""
+    listed = list(values.values())
+    counts = collections.Counter(listed)
+    usual = max(counts, key=lambda v: (counts[v], -listed.index(v)))
+    slack = max(tolerance[0] * usual, tolerance[1])
+    for path, value in values.items():
+        if abs(value - usual) > slack:
+            raise OpenUnmixLikeError(f"{path}: {unit.format(value)}, the other files of track {folder.name} have "
+                                     f"{unit.format(usual)}; {fix.format(usual)}")
+
+
+def _failed(name: str, exc: OpenUnmixLikeError, on_error) -> None:
+    if on_error is None:
+        raise exc
+    on_error(name, exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _tensor(audio: np.ndarray) -> Tensor:
@@ -166,32 +235,96 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     scale instead. It then scores about 0 dB SDR, as silence does under the MDX
     definition (the error is the whole reference), and the record lists it
     under ``silent_estimates``.
+
+    museval also refuses an all-zero reference: a track without that source,
+    e.g. a song without vocals. Its target has no score: NaN in every window
+    and in the fast metrics, which the aggregation skips, and the record lists
+    it under ``silent_references``. The other targets are evaluated together
+    without it; a silent source adds nothing to the references the estimates
+    are projected on, so their scores are BSSEval's for the sources present.
     """
     import museval
 
     targets = list(estimates)
     refs = np.stack([np.asarray(references[t], dtype=np.float64) for t in targets])
     ests = np.stack([np.asarray(estimates[t], dtype=np.float64) for t in targets])
+    absent = [t for j, t in enumerate(targets) if _museval_silent(refs[j])]
+    if absent:
+        log.info("%s: no %s in the track (silent reference); its scores are NaN", name, ", ".join(absent))
+    kept = [j for j, t in enumerate(targets) if t not in absent]
     silent = []
-    for j, t in enumerate(targets):
-        if not np.any(ests[j]):
-            log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, t)
+    for j in kept:
+        if _museval_silent(ests[j]):
+            log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, targets[j])
             ests[j] = 1e-10 * np.random.default_rng(0).standard_normal(ests.shape[1:])
-            silent.append(t)
-    sdr, isr, sir, sar = museval.evaluate(refs, ests, win=rate, hop=rate, mode="v4")
+            silent.append(targets[j])
+    frames = museval.metrics.Framing(rate, rate, refs.shape[1]).nwin
+    scores = {metric: np.full((len(targets), frames), np.nan) for metric in METRICS}
+    if kept:
+        sdr, isr, sir, sar = museval.evaluate(refs[kept], ests[kept], win=rate, hop=rate, mode="v4")
+        for metric, values in zip(("SDR", "ISR", "SIR", "SAR"), (sdr, isr, sir, sar)):
+            scores[metric][kept] = values
     store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
     for j, target in enumerate(targets):
-        store.add_target(target, {"SDR": sdr[j].tolist(), "SIR": sir[j].tolist(), "SAR": sar[j].tolist(),
-                                  "ISR": isr[j].tolist()})
+        store.add_target(target, {metric: scores[metric][j].tolist() for metric in METRICS})
     record = json.loads(store.json)
     if silent:
         record["silent_estimates"] = silent
+    if absent:
+        record["silent_references"] = absent
     record["fast_metrics"] = {
         t: {"SDR_mdx": sdr_mdx(torch.from_numpy(refs[j]), torch.from_numpy(ests[j])),
             "SI-SDR": si_sdr(torch.from_numpy(refs[j]), torch.from_numpy(ests[j]))}
+        if t not in absent else {"SDR_mdx": math.nan, "SI-SDR": math.nan}
         for j, t in enumerate(targets)
     }
     return record
+
+
+def _museval_silent(audio: np.ndarray) -> bool:
+    """Whether museval takes ``(nb_timesteps, nb_channels)`` audio for silent: its channels sum to 0 everywhere."""
+    return not np.any(audio.sum(axis=-1))
+
+
+def read_record(path: Path) -> dict:
+    """One track's record as :func:`score_track` made it (``<evaldir>/<method>/<track>.json``).
+
+    Raises:
+        OpenUnmixLikeError: unreadable, not JSON, or JSON of another kind, naming the file.
+    """
+    try:
+        record = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        raise OpenUnmixLikeError(f"{path}: not valid JSON ({_one_line(exc)}); score that track again "
+                                 "with umx-evaluate") from None
+    problem = record_problem(record)
+    if problem:
+        raise OpenUnmixLikeError(f"{path}: not a umx-evaluate track result ({problem}); give a folder of "
+                                 "the per-track results umx-evaluate writes (<evaldir>/<method>)")
+    return record
+
+
+def record_problem(record) -> Optional[str]:
+    """What keeps ``record`` from being a track's scores (None if nothing): the parts :func:`track_medians` reads."""
+    if not isinstance(record, dict) or not isinstance(record.get("targets"), list):
+        return "no 'targets' list"
+    for target in record["targets"]:
+        if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+            return "a target without a 'name'"
+        if not isinstance(target.get("frames"), list):
+            return f"target {target['name']!r} has no 'frames' list"
+        for frame in target["frames"]:
+            metrics = frame.get("metrics") if isinstance(frame, dict) else None
+            if not isinstance(metrics, dict) or not all(m in metrics and _is_score(metrics[m]) for m in METRICS):
+                return f"a frame of {target['name']!r} without the numbers {', '.join(METRICS)}"
+    return None
+
+
+def _is_score(value) -> bool:
+    """A window's score in a record: a number, or None/NaN where museval gave none."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def track_medians(record: dict) -> Dict[str, Dict[str, float]]:
@@ -236,8 +369,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     the scores over tracks."""
     if metric not in METRICS:
         raise OpenUnmixLikeError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
-    if resamples < 1:
-        raise OpenUnmixLikeError(f"--resamples {resamples}: give at least 1")
+    check_bootstrap(resamples, seed)
     common = sorted(set(new) & set(old))
     if not common:
         raise OpenUnmixLikeError("the two result folders have no track in common; compare results of the same tracks")
@@ -255,8 +387,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     kept = track_diff[~np.isnan(track_diff)]
     if kept.size == 0:
         raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent?)")
-    draws = np.random.default_rng(seed).integers(0, kept.size, size=(resamples, kept.size))
-    low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
+    low, high = np.percentile(_bootstrap_means(kept, resamples, seed), [2.5, 97.5])
     return {
         "metric": metric,
         "targets": {name: _mean_or_nan(diffs[:, j]) for j, name in enumerate(targets)},
@@ -268,6 +399,24 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         "only_new": sorted(set(new) - set(old)),
         "only_old": sorted(set(old) - set(new)),
     }
+
+
+def check_bootstrap(resamples: int, seed: int) -> None:
+    """Refuse bootstrap settings numpy cannot use (a seed below 0) or that would not fit in memory in one go."""
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise OpenUnmixLikeError(f"--resamples {resamples}: give 1 to {MAX_RESAMPLES:,} (default 10,000; more draws "
+                                 "do not make the interval more exact than the tracks allow)")
+    if seed < 0:
+        raise OpenUnmixLikeError(f"--seed {seed}: give a seed of 0 or more")
+
+
+def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of ``resamples`` draws of ``values`` with replacement, drawn in blocks of bounded memory."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, min(resamples, BOOTSTRAP_BLOCK // values.size))  # one block for the default draws
+    means = [values[rng.integers(0, values.size, size=(min(rows, resamples - start), values.size))].mean(axis=1)
+             for start in range(0, resamples, rows)]
+    return np.concatenate(means)
 
 
 def _mean_or_nan(values: np.ndarray) -> float:

@@ -93,19 +93,38 @@ def test_cli_compares_umx_evaluate_folders(tmp_path, capsys):
     assert "SIR of" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "broken", "resamples"])
+@pytest.mark.parametrize("case", ["missing", "empty", "broken", "resamples", "model folder", "list", "no frames",
+                                  "seed", "huge resamples"])
 def test_cli_errors_are_one_line_naming_the_folder(tmp_path, capsys, case):
     good = write(tmp_path / "good", pair([0.1])[0])
     bad = tmp_path / "bad"
     args = [str(good), str(bad)]
-    if case == "empty":
+    named = str(bad)
+    contents = {"broken": "{not json", "model folder": json.dumps({"nb_bins": 2049, "hidden_size": 512}),
+                "list": "[1, 2]", "no frames": json.dumps({"targets": [{"name": "vocals"}]})}
+    if case != "missing":
         bad.mkdir()
-    elif case == "broken":
-        bad.mkdir()
-        (bad / "t0.json").write_text("{not json")
-    elif case == "resamples":
-        args = [str(good), str(good), "--resamples", "0"]
+    if case in contents:  # a umx-evaluate result cut off, a model folder (umx-compare model model2), other JSON
+        (bad / "t0.json").write_text(contents[case])
+        named = str(bad / "t0.json")
+    elif case in ("resamples", "seed", "huge resamples"):
+        option, value = {"resamples": ("--resamples", "0"), "seed": ("--seed", "-1"),
+                         "huge resamples": ("--resamples", "10000000000000")}[case]
+        args = [str(good), str(good), option, value]
+        named = f"{option} {value}: "
     assert compare.main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("umx-compare: error: ")
-    assert ("--resamples" if case == "resamples" else str(bad)) in err
+    assert named in err
+
+
+def test_bootstrap_draws_in_blocks_give_the_same_interval_as_one_draw(monkeypatch):
+    new, old = pair([1.0, -1.2, 0.8, -0.9, 0.5, -0.4])
+    whole = ev.paired_difference(new, old, resamples=1000, seed=4)
+    kept = np.array([np.mean([ev.track_medians(new[k])[t]["SDR"] - ev.track_medians(old[k])[t]["SDR"]
+                              for t in ("vocals", "drums")]) for k in sorted(new)])
+    draws = np.random.default_rng(4).integers(0, kept.size, size=(1000, kept.size))  # the draws as documented
+    assert whole["interval"] == pytest.approx(tuple(np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])))
+    monkeypatch.setattr(ev, "BOOTSTRAP_BLOCK", 6 * 64)  # blocks of 64 draws: memory bounded, same statistics
+    blocks = ev.paired_difference(new, old, resamples=1000, seed=4)
+    assert blocks["interval"] == pytest.approx(whole["interval"], abs=0.15) and blocks["mean"] == whole["mean"]

@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from helpers import MUSDB_7S, make_models, make_tracks, music_like, require, track_folders
 from openunmix_like import evaluate as ev
 from openunmix_like.cli import evaluate as cli
+from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.metrics import sdr_mdx, si_sdr
 from openunmix_like.modeldir import AudioSettings, save_target
 
@@ -144,3 +146,238 @@ def test_musdb_mixture_from_sources():
     sources = sum(summed.references[k] for k in ("vocals", "drums", "bass", "other"))
     assert torch.allclose(summed.mixture, sources, atol=1e-6)
     assert not torch.allclose(stored.mixture, sources, atol=1e-4)  # the stored mixture is encoded on its own
+
+
+# ---------------------------------------------------------------- defects found by the audit
+
+
+def _cli(root, evaldir, *extra):
+    return cli.main(["--root", str(root), "--layout", "folder", "--nfft", "512", "--nhop", "128",
+                     "--evaldir", str(evaldir), "--quiet", *extra])
+
+
+def _error_lines(text):
+    return [line for line in text.splitlines() if line.startswith("umx-evaluate: error: ")]
+
+
+@pytest.mark.slow
+def test_a_silent_reference_is_scored_nan_and_the_others_as_museval_scores_them(tmp_path, capsys):
+    import museval
+
+    root = make_tracks(tmp_path / "data", n=1, seconds=1.0)
+    sf.write(root / "song0" / "bass.wav", np.zeros((RATE, 2), dtype=np.float32), RATE)  # a song without bass
+    track = next(ev.folder_tracks(root))
+    refs = {t: r.numpy().T for t, r in track.references.items()}
+    irm2 = {t: e.numpy().T for t, e in ev.oracle("irm2", track, list(refs), 512, 128).items()}
+    record = ev.score_track(track.name, refs, irm2, track.rate)  # museval alone refuses a silent reference
+    scores = {t["name"]: t["frames"] for t in record["targets"]}
+    assert record["silent_references"] == ["bass"]
+    assert all(math.isnan(f["metrics"][m]) for f in scores["bass"] for m in ev.METRICS) and len(scores["bass"]) == 1
+    assert math.isnan(record["fast_metrics"]["bass"]["SDR_mdx"])
+    # The others are what museval gives when the silent source is left out (to its 5 decimals).
+    present = [t for t in refs if t != "bass"]
+    sdr, isr, sir, sar = museval.evaluate(np.stack([refs[t] for t in present]), np.stack([irm2[t] for t in present]),
+                                          win=RATE, hop=RATE)
+    for j, target in enumerate(present):
+        assert [f["metrics"]["SDR"] for f in scores[target]] == pytest.approx(sdr[j], abs=1e-5)
+        assert [f["metrics"]["SIR"] for f in scores[target]] == pytest.approx(sir[j], abs=1e-5)
+    # The command scores the track and its table skips the silent target.
+    assert _cli(root, tmp_path / "eval", "--oracle", "irm2") == 0
+    table = ev.aggregate(cli.load_records(tmp_path / "eval" / "IRM2"))
+    assert table["bass"]["SDR"]["tracks"] == 0 and table["vocals"]["SDR"]["tracks"] == 1
+    assert "| vocals |" in capsys.readouterr().out
+
+
+def _fake_scoring(monkeypatch):
+    """Replace BSSEval in the command by a record of one 1 dB window per target; returns the tracks scored."""
+    scored = []
+
+    def score(name, refs, ests, rate):
+        scored.append(name)
+        return {"targets": [{"name": t, "frames": [{"time": 0.0, "duration": 1.0, "metrics": dict.fromkeys(
+            ev.METRICS, 1.0)}]} for t in ests]}
+
+    monkeypatch.setattr(cli, "score_track", score)
+    monkeypatch.setattr(cli, "boxplot", lambda *args: False)
+    return scored
+
+
+def test_a_rerun_with_another_model_or_settings_scores_the_tracks_again(tmp_path, capsys, monkeypatch):
+    root = make_tracks(tmp_path / "data", n=1, seconds=1.0)
+    for folder, seed in ((tmp_path / "model", 0), (tmp_path / "other" / "model", 1)):  # the same folder name
+        for target, m in make_models(("vocals", "drums"), n_fft=512, hidden_size=4, seed=seed).items():
+            save_target(folder, target, m, AudioSettings(RATE, 512, 128, 2))
+    scored = _fake_scoring(monkeypatch)
+    evaldir = tmp_path / "eval"
+    path = evaldir / "model" / "song0.json"
+
+    def run(model, *extra):
+        scored.clear()
+        assert _cli(root, evaldir, "--model", str(model), "--niter", "0", *extra) == 0
+        return len(scored), json.loads(path.read_text())
+
+    n, first = run(tmp_path / "model")
+    assert n == 1 and len(first["model_sha256"]) == 64 and first["settings"]["niter"] == 0
+    assert run(tmp_path / "model")[0] == 0  # the same model and settings: kept
+    n, record = run(tmp_path / "model", "--targets", "vocals")
+    assert n == 1 and [t["name"] for t in record["targets"]] == ["vocals"]
+    n, record = run(tmp_path / "other" / "model", "--targets", "vocals")
+    assert n == 1 and record["model_sha256"] != first["model_sha256"]
+    assert "another model or other settings" in capsys.readouterr().err
+    # A record of an older version, which says nothing of what made it, is not trusted either.
+    path.write_text(json.dumps({k: v for k, v in record.items() if k not in ("model_sha256", "settings")}))
+    assert run(tmp_path / "other" / "model", "--targets", "vocals")[0] == 1
+    # The oracles' settings count as well (the mixture's STFT settings do not: it has none).
+    for oracle, nfft, expected in (("irm2", "512", 1), ("irm2", "512", 0), ("irm2", "256", 1), ("mix", "512", 1),
+                                   ("mix", "256", 0)):
+        scored.clear()
+        assert cli.main(["--root", str(root), "--layout", "folder", "--oracle", oracle, "--nfft", nfft, "--nhop",
+                         "64", "--evaldir", str(evaldir), "--quiet"]) == 0
+        assert len(scored) == expected, (oracle, nfft)
+
+
+def _with_bad_track(tmp_path, change):
+    """song0, and a track "bad" (scored first) like it but for ``change(folder)``."""
+    root = make_tracks(tmp_path / "data", n=1, seconds=1.0)
+    bad = root / "bad"
+    bad.mkdir()
+    for path in (root / "song0").iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    change(bad)
+    return root
+
+
+def _resave(path, rate=RATE, channels=None, seconds=None):
+    audio, old_rate = sf.read(path, dtype="float32")
+    if seconds is not None:
+        audio = audio[:int(seconds * old_rate)]
+    if channels == 1:
+        audio = audio[:, 0]
+    sf.write(path, audio, rate)
+
+
+@pytest.mark.parametrize("case, named, says", [
+    ("rate", "bass.wav", "8000 Hz, the other files of track bad have 16000 Hz; resample it to 16000 Hz"),
+    ("mono", "bass.wav", "1 channel(s), the other files of track bad have 2 channel(s)"),
+    ("short mixture", "mixture.wav", "8000 samples, the other files of track bad have 16000 samples"),
+    ("corrupt", "drums.wav", "not a readable audio file"),
+])
+def test_a_bad_track_is_one_line_naming_its_file_and_the_batch_goes_on(tmp_path, capsys, monkeypatch, case, named,
+                                                                       says):
+    def change(folder):
+        if case == "rate":
+            _resave(folder / "bass.wav", rate=8000)  # the same samples, said to be at another rate
+        elif case == "mono":
+            _resave(folder / "bass.wav", channels=1)
+        elif case == "short mixture":
+            (folder / "mixture.wav").write_bytes((folder / "vocals.wav").read_bytes())
+            _resave(folder / "mixture.wav", seconds=0.5)
+        else:
+            (folder / "drums.wav").write_bytes(b"RIFF garbage")
+
+    root = _with_bad_track(tmp_path, change)
+    scored = _fake_scoring(monkeypatch)
+    evaldir = tmp_path / "eval"
+    assert _cli(root, evaldir, "--oracle", "irm2") == 1
+    assert scored == ["song0"] and (evaldir / "IRM2" / "song0.json").exists() and (evaldir / "results.md").exists()
+    [line] = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"umx-evaluate: error: {root / 'bad' / named}: ") and says in line
+    with pytest.raises(OpenUnmixLikeError, match=named):  # the Python API raises
+        list(ev.folder_tracks(root))
+
+
+def test_a_damaged_result_file_is_scored_again_and_an_unexpected_error_stops_one_track(tmp_path, capsys,
+                                                                                       monkeypatch):
+    root = make_tracks(tmp_path / "data", n=2, seconds=1.0)
+    scored = _fake_scoring(monkeypatch)
+    evaldir = tmp_path / "eval"
+    assert _cli(root, evaldir, "--oracle", "irm2") == 0
+    (evaldir / "IRM2" / "song0.json").write_text('{"targets": [')  # cut off
+    (evaldir / "IRM2" / "song1.json").write_text('[1, 2]')  # not a record
+    scored.clear()
+    capsys.readouterr()
+    assert _cli(root, evaldir, "--oracle", "irm2") == 0
+    assert scored == ["song0", "song1"] and len(cli.load_records(evaldir / "IRM2")) == 2
+    err = capsys.readouterr().err
+    assert "IRM2/song0.json: unreadable or not a track result; the track is scored again" in err
+    assert not _error_lines(err)
+    # A failure that is nobody's fault in particular (here one made up) is one line too; the batch goes on.
+    real = cli.score_track
+    monkeypatch.setattr(cli, "score_track", lambda name, *a: 1 / 0 if name == "song0" else real(name, *a))
+    assert _cli(root, tmp_path / "eval2", "--oracle", "irm2") == 1
+    [line] = _error_lines(capsys.readouterr().err)
+    assert line == (f"umx-evaluate: error: {root / 'song0'} (IRM2): unexpected ZeroDivisionError: division by zero "
+                    "(run with --verbose for details)")
+    assert sorted(cli.load_records(tmp_path / "eval2" / "IRM2")) == ["song1"]
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--evaldir", "{file}"], "--evaldir {file}: is a file, not a folder"),
+    (["--outdir", "{file}/estimates"], "--outdir {file}/estimates: cannot create the folder"),
+    (["--nfft", "0"], "--nfft 0 --nhop 1024: give an STFT length of 2 or more"),
+    (["--nhop", "-1"], "--nfft 4096 --nhop -1: give"),
+    (["--nfft", "256", "--nhop", "512"], "--nfft 256 --nhop 512: give"),
+    (["--cores", "0"], "--cores 0: give 1 or more"),
+    (["--layout", "musdb", "--split", "valid"], "--split valid: splits exist only in the train subset; add --subset "
+                                                "train"),
+])
+def test_bad_options_are_one_line_before_any_track_is_read(tmp_path, capsys, monkeypatch, options, says):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for reader in ("folder_tracks", "musdb_tracks"):
+        monkeypatch.setattr(cli, reader, lambda *a, **k: pytest.fail("a track was read"))
+    options = [o.replace("{file}", str(afile)) for o in options]
+    code = cli.main(["--root", str(tmp_path), "--layout", "folder", "--oracle", "irm2",
+                     "--evaldir", str(tmp_path / "eval"), *options])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("umx-evaluate: error: " + says.replace("{file}", str(afile)))
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "inside museval"])
+def test_ctrl_c_keeps_the_results_written_and_exits_130(tmp_path, capsys, monkeypatch, how):
+    root = make_tracks(tmp_path / "data", n=3, seconds=1.0)
+    scored = _fake_scoring(monkeypatch)
+    fake = cli.score_track
+
+    def interrupted(name, *args):
+        if name != "song1":
+            return fake(name, *args)
+        if how == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        try:  # museval's except clause names np.linalg.linalg, gone in numpy 2: Ctrl+C becomes an AttributeError
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("module 'numpy.linalg' has no attribute 'linalg'")
+
+    monkeypatch.setattr(cli, "score_track", interrupted)
+    evaldir = tmp_path / "eval"
+    assert _cli(root, evaldir, "--oracle", "irm2") == 130
+    assert scored == ["song0"]  # song2 not started
+    assert [p.name for p in (evaldir / "IRM2").iterdir()] == ["song0.json"]  # no partial file
+    assert json.loads((evaldir / "IRM2" / "song0.json").read_text())["settings"]["oracle"] == "irm2"
+    err = capsys.readouterr().err
+    assert err == (f"umx-evaluate: error: interrupted: 1 track results written to {evaldir} in this run are kept; "
+                   "run the same command again to score the other tracks\n")
+
+
+def test_a_musdb_track_that_cannot_be_decoded_is_named():
+    class Undecodable:  # what musdb gives for a .stem.mp4 that ffmpeg cannot read
+        name, path = "A - B", "/data/musdb18/test/A - B.stem.mp4"
+
+        @property
+        def stems(self):
+            raise RuntimeError("ffmpeg error:\n invalid data found")
+
+    expected = r"^/data/musdb18/test/A - B.stem.mp4: cannot decode it \(RuntimeError: ffmpeg error: invalid data"
+    with pytest.raises(OpenUnmixLikeError, match=expected):
+        ev._musdb_track(Undecodable(), mixture_from_sources=False)
+
+
+def test_sources_a_few_samples_apart_are_cut_to_the_shortest(tmp_path):
+    root = make_tracks(tmp_path / "data", n=1, seconds=1.0)
+    folder = next(p for p in root.iterdir() if p.is_dir())
+    audio, rate = sf.read(folder / "bass.wav", dtype="float32")
+    sf.write(folder / "bass.wav", audio[:-100], rate)  # an export that rounded its length differently
+    [track] = list(ev.folder_tracks(root))
+    assert {a.shape[-1] for a in [track.mixture, *track.references.values()]} == {audio.shape[0] - 100}

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 
 from .. import __version__
 from ..errors import OpenUnmixLikeError
-from ..evaluate import METRICS, paired_difference, paired_markdown
+from ..evaluate import MAX_RESAMPLES, METRICS, check_bootstrap, paired_difference, paired_markdown
 from .evaluate import load_records
 
 
@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method folder used when a folder given is an evaldir (default: default, the name "
                         "umx-evaluate gives the bundled model)")
     p.add_argument("--metric", choices=METRICS, default="SDR", help="BSSEval metric (default SDR)")
-    p.add_argument("--resamples", type=int, default=10000, help="bootstrap draws (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
+    p.add_argument("--resamples", type=int, default=10000,
+                   help=f"bootstrap draws, 1 to {MAX_RESAMPLES:,} (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws, 0 or more (default 0)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -38,11 +39,7 @@ def results_folder(path: str, method: str) -> Dict[str, dict]:
         raise OpenUnmixLikeError(f"{folder}: no such folder; give a folder umx-evaluate wrote "
                                  f"(<evaldir>/<method>)")
     for candidate in (folder, folder / method):
-        try:
-            records = load_records(candidate)
-        except ValueError as exc:  # json.JSONDecodeError
-            raise OpenUnmixLikeError(f"{candidate}: a result file is not valid JSON ({exc}); "
-                                     f"score that track again with umx-evaluate") from exc
+        records = load_records(candidate)  # a file that is not a track's result is named
         if records:
             return records
     raise OpenUnmixLikeError(f"{folder}: no per-track results (*.json) here or in {folder / method}; give "
@@ -52,6 +49,7 @@ def results_folder(path: str, method: str) -> Dict[str, dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_bootstrap(args.resamples, args.seed)
         new, old = results_folder(args.new, args.method), results_folder(args.old, args.method)
         result = paired_difference(new, old, metric=args.metric, resamples=args.resamples, seed=args.seed)
     except OpenUnmixLikeError as exc:

@@ -2,19 +2,30 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import math
 import multiprocessing
+import os
+import signal
 import sys
+import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+from torch import Tensor
 
 from .. import __version__
 from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
-                        folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, score_track, write_csv)
+                        folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, read_record, score_track,
+                        write_csv)
 from ..fileio import write_bytes_atomic, write_json_atomic
-from .separate import add_separator_args, load_separator
+from .separate import _sigterm_as_interrupt, add_separator_args, load_separator, precision_of
+
+# Options a model's scores depend on (the others, such as --device, only change the speed), and an oracle's.
+MODEL_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len", "segment", "overlap")
+ORACLE_SETTINGS = ("targets", "nfft", "nhop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,19 +51,64 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--evaldir", default="evaluation",
                    help="scores: <evaldir>/<method>/<track>.json (tracks already there are not scored again), "
-                        "results.md, results.csv, sdr-boxplot.png (default ./evaluation)")
+                        "results.md, results.csv, sdr-boxplot.png (default ./evaluation); a track scored there "
+                        "with another model or other settings is scored again")
     g.add_argument("--outdir", default=None, help="keep the estimates: <outdir>/<method>/<track>/<target>.wav")
     g.add_argument("--cores", type=int, default=1, help="tracks scored in parallel (default 1)")
     g.add_argument("--quiet", action="store_true",
                    help="no per-track lines or download progress bars (the results table is still printed)")
+    g.add_argument("--verbose", action="store_true", help="show the traceback of an unexpected error")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+@dataclasses.dataclass
+class Method:
+    """A method to score: how it estimates a track's targets, and what its records say made them."""
+
+    estimate: Callable[[Track], Dict[str, Tensor]]
+    identity: dict  # model_sha256 and settings, stored in each track's record and compared on a rerun
 
 
 def method_name(args: argparse.Namespace) -> str:
     if args.oracle:
         return args.oracle.upper()
     return Path(args.model).name if args.model else "default"
+
+
+def build_methods(args: argparse.Namespace) -> Dict[str, Method]:
+    """The main method (model or ``--oracle``) and the ``--with-oracles``, by the folder names of their scores."""
+    methods = {}
+    if args.oracle:
+        methods[method_name(args)] = oracle_method(args, args.oracle)
+    else:
+        from ..catalogue.records import model_fingerprint
+
+        separator = load_separator(args)
+        settings = {name: getattr(args, name) for name in MODEL_SETTINGS}
+        settings.update(precision=precision_of(args), mixture_from_sources=_mixture_from_sources(args))
+        identity = {"model": args.model, "model_sha256": model_fingerprint(separator), "settings": settings}
+        methods[method_name(args)] = Method(estimates_fn_for(separator, args.segment or None, args.overlap), identity)
+    for name in args.with_oracles:
+        methods.setdefault(name.upper(), oracle_method(args, name))
+    return methods
+
+
+def oracle_method(args: argparse.Namespace, name: str) -> Method:
+    keys = ("targets",) if name == "mix" else ORACLE_SETTINGS  # the mixture takes no STFT
+    settings = {"oracle": name, **{key: getattr(args, key) for key in keys},
+                "mixture_from_sources": _mixture_from_sources(args)}
+    return Method(lambda track: oracle(name, track, oracle_targets(args, track), args.nfft, args.nhop),
+                  {"model_sha256": None, "settings": settings})
+
+
+def _mixture_from_sources(args: argparse.Namespace) -> bool:
+    return bool(args.mixture_from_sources and args.layout == "musdb")  # a track folder has one input only
+
+
+def same_identity(record: dict, identity: dict) -> bool:
+    """Whether a track's record was made by the same model and settings (a record without them was not)."""
+    return all(key in record and record[key] == identity[key] for key in ("model_sha256", "settings"))
 
 
 def oracle_targets(args: argparse.Namespace, track: Track) -> List[str]:
@@ -62,8 +118,41 @@ def oracle_targets(args: argparse.Namespace, track: Track) -> List[str]:
     return musdb or sorted(t for t in track.references if t != "accompaniment")
 
 
-def load_records(folder: Path) -> Dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+def load_records(folder: Path, on_error: Optional[Callable[[Path, OpenUnmixLikeError], None]] = None
+                 ) -> Dict[str, dict]:
+    """Track name -> record of the per-track results in ``folder`` (none when it does not exist).
+
+    A file that is not such a record raises :class:`OpenUnmixLikeError` naming it, or with
+    ``on_error`` is passed to ``on_error(path, error)`` and left out.
+    """
+    records = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records[path.stem] = read_record(path)
+        except OpenUnmixLikeError as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
+    return records
+
+
+def load_done(evaldir: Path, methods: Dict[str, Method]) -> Dict[str, Dict[str, dict]]:
+    """Per method, the records in ``evaldir`` this run can keep: readable, and made by the same model and settings.
+
+    The others are reported; their tracks are scored again (and their files replaced) when this run reaches them.
+    """
+    done = {}
+    for name, method in methods.items():
+        folder = evaldir / name
+        records = load_records(folder, on_error=lambda path, exc: _warn(f"{path}: unreadable or not a track result; "
+                                                                        "the track is scored again"))
+        stale = sorted(t for t, r in records.items() if not same_identity(r, method.identity))
+        if stale:
+            _warn(f"{folder}: {len(stale)} of its {len(records)} track results were made with another model or other "
+                  f"settings (or an older umx-evaluate) and are not used; their tracks are scored again. To keep "
+                  f"them, give another --evaldir")
+        done[name] = {t: r for t, r in records.items() if t not in stale}
+    return done
 
 
 def keep_estimates(outdir: Optional[str], method: str, track: Track, estimates) -> None:
@@ -80,86 +169,210 @@ def keep_estimates(outdir: Optional[str], method: str, track: Track, estimates) 
             sf.write(str(tmp), audio.numpy().T, track.rate, subtype="FLOAT")
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, option values no track could use, and output folders that cannot be written."""
+    if args.nfft < 2 or args.nhop < 1 or args.nhop > args.nfft:
+        raise OpenUnmixLikeError(f"--nfft {args.nfft} --nhop {args.nhop}: give an STFT length of 2 or more and a "
+                                 "hop of 1 up to that length (default 4096 and 1024)")
+    if args.cores < 1:
+        raise OpenUnmixLikeError(f"--cores {args.cores}: give 1 or more")
+    for name, value in (("--segment", args.segment), ("--overlap", args.overlap)):
+        if not math.isfinite(value) or value < 0:
+            raise OpenUnmixLikeError(f"{name} {value:g}: give a number of seconds, 0 or more")
+    if args.layout == "musdb" and args.split and args.subset != "train":
+        raise OpenUnmixLikeError(f"--split {args.split}: splits exist only in the train subset; add --subset train "
+                                 f"(--subset is {args.subset})")
+    for option, folder in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
+        if folder is not None:
+            _writable_folder(option, Path(folder))
+
+
+def _writable_folder(option: str, folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OpenUnmixLikeError(f"{option} {folder}: is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc}); "
+                                 "give another one") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OpenUnmixLikeError(f"{option} {folder}: cannot write in this folder; give another one")
+
+
+def _report(message: str) -> None:
+    print(f"umx-evaluate: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"umx-evaluate: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return evaluate(args)
     except OpenUnmixLikeError as exc:
-        print(f"umx-evaluate: error: {exc}", file=sys.stderr)
+        _report(str(exc))
         return 1
+    except KeyboardInterrupt:  # before or after the scoring, which reports its own
+        _report(f"interrupted; the track results written to {args.evaldir} are kept")
+        return 130
+
+
+@dataclasses.dataclass
+class Batch:
+    """One run's progress: records per method, results written, and tracks that failed."""
+
+    args: argparse.Namespace
+    evaldir: Path
+    done: Dict[str, Dict[str, dict]]
+    written: int = 0
+    failed: List[str] = dataclasses.field(default_factory=list)
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """Report a track that could not be scored; the batch goes on."""
+        if _interrupted(exc):
+            raise KeyboardInterrupt from exc
+        if isinstance(exc, OpenUnmixLikeError):
+            _report(str(exc))
+        else:
+            _report(f"{where}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+                    "(run with --verbose for details)")
+            if self.args.verbose:
+                traceback.print_exception(exc)
+        self.failed.append(where)
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    check_options(args)
     main_method = method_name(args)
-    methods = {main_method: None}
-    if not args.oracle:
-        separator = load_separator(args)
-        methods[main_method] = estimates_fn_for(separator, args.segment or None, args.overlap)
-    else:
-        methods[main_method] = _oracle_fn(args, args.oracle)
-    for name in args.with_oracles:
-        methods.setdefault(name.upper(), _oracle_fn(args, name))
-    evaldir = Path(args.evaldir)
-    done = {m: load_records(evaldir / m) for m in methods}
+    methods = build_methods(args)
+    batch = Batch(args, Path(args.evaldir), load_done(Path(args.evaldir), methods))
 
     def scored(name: str) -> bool:  # by every method already: not even decoded
-        return all(name in done[m] for m in methods)
+        return all(name in batch.done[m] for m in methods)
 
     if args.layout == "musdb":
         tracks = musdb_tracks(args.root, args.subset, args.is_wav, args.split, args.tracks,
-                              mixture_from_sources=args.mixture_from_sources, skip=scored)
+                              mixture_from_sources=args.mixture_from_sources, skip=scored, on_error=batch.fail)
     else:
-        tracks = folder_tracks(args.root, args.tracks, skip=scored)
-    # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang.
-    pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn")) if args.cores > 1 else None
-    pending: List[tuple] = []
+        tracks = folder_tracks(args.root, args.tracks, skip=scored, on_error=batch.fail)
+    # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang. The workers
+    # ignore Ctrl+C (which reaches the whole process group): this process stops them and reports once.
+    pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_interrupts) if args.cores > 1 else None
     try:
-        for track in tracks:
-            for method, fn in methods.items():
-                if track.name in done[method]:
-                    continue
-                estimates = {t: e for t, e in fn(track).items() if t in track.references}
-                if not estimates:
-                    raise OpenUnmixLikeError(f"{track.name}: none of the estimated targets has a reference")
-                keep_estimates(args.outdir, method, track, estimates)
-                refs = {t: track.references[t].numpy().T for t in estimates}
-                ests = {t: e.numpy().T for t, e in estimates.items()}
-                job = (track.name, refs, ests, track.rate)
-                result = pool.submit(score_track, *job) if pool else score_track(*job)
-                pending.append((method, track.name, result))
-                if not args.quiet:
-                    print(f"{method}: {track.name}", file=sys.stderr)
-                _collect(pending, done, evaldir, wait=pool is None)
-        _collect(pending, done, evaldir, wait=True)
+        with _sigterm_as_interrupt():
+            score_tracks(tracks, methods, batch, pool)
+    except KeyboardInterrupt:
+        _stop_workers(pool)
+        _report(f"interrupted: {batch.written} track results written to {batch.evaldir} in this run are kept; "
+                "run the same command again to score the other tracks")
+        return 130
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    report(args, main_method, done, evaldir)
-    return 0
+    if any(batch.done.values()) or not batch.failed:
+        report(args, main_method, batch.done, batch.evaldir)
+    return 1 if batch.failed else 0
 
 
-def _oracle_fn(args, name):
-    return lambda track: oracle(name, track, oracle_targets(args, track), args.nfft, args.nhop)
+def score_tracks(tracks, methods: Dict[str, Method], batch: Batch, pool: Optional[ProcessPoolExecutor]) -> None:
+    """Estimate and score each track by each method that has no record of it; write each record when ready."""
+    pending: List[tuple] = []
+    for track in tracks:
+        for method, spec in methods.items():
+            if track.name in batch.done[method]:
+                continue
+            where = f"{track.path or track.name} ({method})"
+            try:
+                job = scoring_job(batch.args, method, spec, track)
+                result = pool.submit(score_track, *job) if pool else score_track(*job)
+            except Exception as exc:  # one track's failure does not stop the others
+                batch.fail(where, exc)
+                continue
+            pending.append((method, track.name, where, result))
+            if not batch.args.quiet:
+                print(f"{method}: {track.name}", file=sys.stderr)
+            _collect(pending, methods, batch, wait=pool is None)
+    _collect(pending, methods, batch, wait=True)
 
 
-def _collect(pending: list, done: dict, evaldir: Path, wait: bool) -> None:
-    """Write finished scores (each track's JSON as soon as it is ready)."""
+def scoring_job(args: argparse.Namespace, method: str, spec: Method, track: Track) -> tuple:
+    """The arguments of :func:`score_track` for one track and method (the estimates are made here)."""
+    estimates = {t: e for t, e in spec.estimate(track).items() if t in track.references}
+    if not estimates:
+        raise OpenUnmixLikeError(f"{track.path or track.name}: none of the estimated targets has a reference "
+                                 f"(the track has {', '.join(sorted(track.references))})")
+    keep_estimates(args.outdir, method, track, estimates)
+    refs = {t: track.references[t].numpy().T for t in estimates}
+    ests = {t: e.numpy().T for t, e in estimates.items()}
+    return track.name, refs, ests, track.rate
+
+
+def _interrupted(exc: Optional[BaseException]) -> bool:
+    """Whether ``exc`` arose from Ctrl+C: museval's ``except np.linalg.linalg.LinAlgError`` (gone in numpy 2)
+    turns a KeyboardInterrupt during its solve into an AttributeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool: Optional[ProcessPoolExecutor]) -> None:
+    """Stop the scoring processes now, not after the tracks they hold (which would be lost anyway)."""
+    if pool is None:
+        return
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
+def _collect(pending: list, methods: Dict[str, Method], batch: Batch, wait: bool) -> None:
+    """Write finished scores (each track's JSON, with what made it, as soon as it is ready)."""
     for item in list(pending):
-        method, name, result = item
+        method, name, where, result = item
         if isinstance(result, Future):
             if not wait and not result.done():
                 continue
-            result = result.result()
-        (evaldir / method).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(evaldir / method / f"{name.replace('/', '_')}.json", result)
-        done[method][name] = result
-        pending.remove(item)
+            pending.remove(item)
+            try:
+                result = result.result()
+            except Exception as exc:
+                batch.fail(where, exc)
+                continue
+        else:
+            pending.remove(item)
+        result.update(methods[method].identity)
+        path = batch.evaldir / method / f"{name.replace('/', '_')}.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, result)
+        except OSError as exc:
+            batch.fail(where, OpenUnmixLikeError(f"{path}: cannot write it ({exc.strerror or exc}); free space "
+                                                 "or give another --evaldir"))
+            continue
+        batch.done[method][name] = result
+        batch.written += 1
 
 
 def report(args, main_method: str, done: Dict[str, Dict[str, dict]], evaldir: Path) -> None:
     tables = {m: aggregate(records) for m, records in done.items() if records}
     if not tables:
         raise OpenUnmixLikeError("no track was scored")
+    if main_method not in tables:  # every track failed for the main method, not for the oracles beside it
+        main_method = next(iter(tables))
     parts = [full_markdown(main_method, tables[main_method])]
     if len(tables) > 1:
         parts.append("SDR, median over tracks:\n\n" + markdown_table(tables))
