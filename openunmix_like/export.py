@@ -15,17 +15,20 @@ filter and inverse STFT of your runtime.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
 from .errors import OpenUnmixLikeError
-from .fileio import atomic_path, write_json_atomic
+from .fileio import new_partial
 from .modeldir import AudioSettings
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -40,6 +43,67 @@ class Exported:
     target: str
     path: Path
     max_error: Optional[float]  # relative to the output's peak; None when it could not be checked
+
+
+def onnx_opsets() -> Tuple[int, int]:
+    """The ONNX opsets the installed torch's TorchScript-based exporter supports (7 to 20 in torch 2.13).
+
+    Above its maximum that exporter only warns and labels the file with the
+    opset asked for; below its minimum it fails.
+    """
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # a torch that moved them
+        return 7, 20
+    return (getattr(_constants, "ONNX_MIN_OPSET", 7),
+            getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20)))
+
+
+def check_request(outdir: Path, fmt: str, opset: int = 17) -> None:
+    """:class:`OpenUnmixLikeError` when the format, opset or output folder cannot be used; nothing is written."""
+    if fmt not in FORMATS:
+        raise OpenUnmixLikeError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    low, high = onnx_opsets()
+    if fmt == "onnx" and not low <= opset <= high:
+        raise OpenUnmixLikeError(f"--opset {opset}: the ONNX exporter of torch {torch.__version__} writes opsets "
+                                 f"{low} to {high}; give one of those (default 17)")
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise OpenUnmixLikeError(f"--outdir {outdir}: is a file; give a folder (it is created if missing)")
+    existing = next((p for p in [outdir, *outdir.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OpenUnmixLikeError(f"--outdir {outdir}: {existing} is a file, so the folder cannot be created; give "
+                                 "another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OpenUnmixLikeError(f"--outdir {outdir}: cannot write in {existing}; give another folder or fix its "
+                                 "permissions")
+
+
+@contextlib.contextmanager
+def _staged(outdir: Path) -> Iterator[Dict[Path, Path]]:
+    """Create ``outdir`` and yield a dict to fill with final path -> partial file; rename them all at the end.
+
+    A failure before then leaves ``outdir`` as it was: the partial files are
+    removed, and so are the folders this created.
+    """
+    new = [p for p in [outdir, *outdir.parents] if not p.exists()]  # deepest first
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"--outdir {outdir}: cannot create the folder ({exc.strerror or exc}); give "
+                                 "another folder or fix its permissions") from exc
+    staged: Dict[Path, Path] = {}
+    try:
+        yield staged
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        for folder in new:
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there too
+                folder.rmdir()
+        raise
 
 
 def example_input(model: nn.Module, nb_frames: int, n_hop: int) -> Tensor:
@@ -97,8 +161,11 @@ def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> No
                           dynamic_axes={"mix": {axis: name}, "estimate": {axis: name}})
 
 
-def run_exported(path: Path, fmt: str, x: Tensor) -> Optional[Tensor]:
-    """Output of an exported file on ``x``; ``None`` for ONNX without onnxruntime."""
+def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -> Optional[Tensor]:
+    """Output of an exported file on ``x``; ``None`` for ONNX without onnxruntime.
+
+    ``name`` is the path errors give (the final one, when ``path`` is a partial file).
+    """
     if fmt == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -107,26 +174,52 @@ def run_exported(path: Path, fmt: str, x: Tensor) -> Optional[Tensor]:
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"mix": x.numpy()})[0])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"mix": x.numpy()})[0])
+    except Exception as exc:  # onnxruntime's own types (Fail, InvalidGraph, ...) derive from Exception only
+        raise OpenUnmixLikeError(f"{name or path}: onnxruntime cannot run the exported file ({_first_line(exc)}); "
+                                 "export with another --opset (default 17), or pass --no-check if another runtime "
+                                 "will run it") from exc
 
 
-def relative_error(model: nn.Module, path: Path, fmt: str, n_hop: int) -> Optional[float]:
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def relative_error(model: nn.Module, path: Path, fmt: str, n_hop: int, name: Optional[Path] = None) -> Optional[float]:
     """Largest difference between the exported file and the model on an unseen size, over the output's peak."""
     x = example_input(model, CHECK_FRAMES, n_hop)
-    got = run_exported(path, fmt, x)
+    got = run_exported(path, fmt, x, name)
     if got is None:
         return None
     with torch.no_grad():
         want = model(x)
     if got.shape != want.shape:
-        raise OpenUnmixLikeError(f"{path}: exported model gives shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        raise OpenUnmixLikeError(f"{name or path}: exported model gives shape {tuple(got.shape)}, "
+                                 f"expected {tuple(want.shape)}")
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def _export_one(model: nn.Module, tmp: Path, path: Path, fmt: str, n_hop: int, opset: int) -> None:
+    """Write one target's file to ``tmp``; exporter failures as one :class:`OpenUnmixLikeError` naming ``path``."""
+    try:
+        if fmt == "torchscript":
+            export_torchscript(model, tmp, n_hop)
+        else:
+            export_onnx(model, tmp, n_hop, opset)
+    except (RuntimeError, ValueError, TypeError) as exc:  # torch's tracer and exporter raise these
+        other = "another --opset (default 17) or --format torchscript" if fmt == "onnx" else "--format onnx"
+        raise OpenUnmixLikeError(f"{path}: the {fmt} export failed ({_first_line(exc)}); try {other}") from exc
 
 
 def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir: Path, fmt: str,
                   opset: int = 17, check: bool = True) -> Dict[str, Exported]:
     """Export every target to ``outdir/<target>.pt`` (TorchScript) or ``.onnx``, and write ``export.json``.
+
+    Nothing in ``outdir`` changes unless every target exports (and passes
+    its check): the files are renamed into place together at the end.
 
     Args:
         models: target -> model (any registered architecture).
@@ -134,31 +227,28 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
         fmt: ``torchscript`` or ``onnx``.
         check: run each file on an input of another size and compare with the model.
     """
-    if fmt not in FORMATS:
-        raise OpenUnmixLikeError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_request(outdir, fmt, opset)
     results, record = {}, {}
-    for target, model in models.items():
-        model = model.cpu().eval()  # tracing, export and checks all run under no_grad
-        path = outdir / f"{target}{FORMATS[fmt]}"
-        with atomic_path(path, suffix=FORMATS[fmt]) as tmp:
-            if fmt == "torchscript":
-                export_torchscript(model, tmp, settings.n_hop)
-            else:
-                export_onnx(model, tmp, settings.n_hop, opset)
-        error = relative_error(model, path, fmt, settings.n_hop) if check else None
-        results[target] = Exported(target, path, error)
-        record[target] = {"file": path.name, "architecture": architecture_of(model).name,
-                          "domain": domain_of(model), "model_args": model.config.to_dict(), **io_description(model),
-                          "max_relative_error": error}
-    write_json_atomic(outdir / "export.json", {
-        "format": fmt, **({"opset": opset} if fmt == "onnx" else {}),
-        "sample_rate": settings.sample_rate, "n_fft": settings.n_fft, "n_hop": settings.n_hop,
-        "nb_channels": settings.nb_channels,
-        "stft": "periodic Hann window of n_fft, centred frames with reflect padding, not normalised, one-sided",
-        "targets": record,
-    })
+    with _staged(outdir) as staged:
+        for target, model in models.items():
+            model = model.cpu().eval()  # tracing, export and checks all run under no_grad
+            path = outdir / f"{target}{FORMATS[fmt]}"
+            staged[path] = tmp = new_partial(path, suffix=FORMATS[fmt])
+            _export_one(model, tmp, path, fmt, settings.n_hop, opset)
+            error = relative_error(model, tmp, fmt, settings.n_hop, name=path) if check else None
+            results[target] = Exported(target, path, error)
+            record[target] = {"file": path.name, "architecture": architecture_of(model).name,
+                              "domain": domain_of(model), "model_args": model.config.to_dict(),
+                              **io_description(model), "max_relative_error": error}
+        staged[outdir / "export.json"] = tmp = new_partial(outdir / "export.json", suffix=".json")
+        tmp.write_text(json.dumps({
+            "format": fmt, **({"opset": opset} if fmt == "onnx" else {}),
+            "sample_rate": settings.sample_rate, "n_fft": settings.n_fft, "n_hop": settings.n_hop,
+            "nb_channels": settings.nb_channels,
+            "stft": "periodic Hann window of n_fft, centred frames with reflect padding, not normalised, one-sided",
+            "targets": record,
+        }, indent=2) + "\n")
     return results
 
 
@@ -167,5 +257,6 @@ def export(model: Optional[str], outdir: Path, fmt: str, targets: Optional[Seque
     """Export a model folder, a published model name, or (``None``) the bundled model."""
     from .pretrained import load_models
 
+    check_request(Path(outdir), fmt, opset)  # before the models are loaded or downloaded
     models, settings = load_models(model, targets=targets, progress=False)
     return export_models(models, settings, outdir, fmt, opset, check)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from helpers import tiny_folder
+from openunmix_like import export as export_module
 from openunmix_like.architectures import ARCHITECTURES
 from openunmix_like.cli.export import main as export_main
-from openunmix_like.export import example_input
+from openunmix_like.export import example_input, onnx_opsets
 from openunmix_like.modeldir import AudioSettings, load_model_dir
 
 SETTINGS = AudioSettings(22050, 512, 128, 2)
@@ -59,3 +60,64 @@ def test_torchscript_equals_torch(tmp_path, name):
 def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_main([str(tmp_path / "nowhere"), "--format", "onnx", "--outdir", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.startswith("umx-export: error:")
+
+
+@pytest.mark.parametrize("opset", ["0", "-1", "99", str(onnx_opsets()[0] - 1), str(onnx_opsets()[1] + 1)])
+def test_an_opset_the_exporter_lacks_is_one_line_before_any_work(tmp_path, capsys, opset):
+    low, high = onnx_opsets()
+    out = tmp_path / "o"
+    # The model does not exist either: the opset is checked before anything is loaded.
+    assert export_main([str(tmp_path / "nowhere"), "--format", "onnx", "--opset", opset, "--outdir", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"umx-export: error: --opset {opset}: the ONNX exporter of torch {torch.__version__} writes "
+                   f"opsets {low} to {high}; give one of those (default 17)"]
+    assert not out.exists()
+
+
+def test_an_outdir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for outdir, says in ((afile, f"--outdir {afile}: is a file"),
+                         (afile / "a" / "b", f"--outdir {afile / 'a' / 'b'}: {afile} is a file")):
+        assert export_main([str(tmp_path / "nowhere"), "--format", "torchscript", "--outdir", str(outdir)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"umx-export: error: {says}"), err
+    assert afile.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_a_failed_export_leaves_no_folder_or_file_behind(tmp_path, capsys, monkeypatch):
+    folder = tiny_folder(tmp_path, "umx", SETTINGS, targets=("vocals", "bass"))
+    calls = []
+
+    def fails_on_the_second_target(model, path, n_hop):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("unsupported operator\nmore detail")
+        path.write_bytes(b"exported")
+
+    monkeypatch.setattr(export_module, "export_torchscript", fails_on_the_second_target)
+    new = tmp_path / "new" / "deeper"
+    assert export_main([str(folder), "--format", "torchscript", "--outdir", str(new), "--no-check"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the torchscript export failed (unsupported operator)" in err[0], err
+    assert not (tmp_path / "new").exists()  # the first target's file and both new folders are gone
+    # A folder that was there is left as it was: the first target's file is not renamed into it.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    calls.clear()
+    assert export_main([str(folder), "--format", "torchscript", "--outdir", str(kept), "--no-check"]) == 1
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_an_onnx_file_onnxruntime_cannot_load_is_one_line_and_not_kept(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    folder = tiny_folder(tmp_path, "umx", SETTINGS, targets=("vocals",))
+    out = tmp_path / "onnx"
+    # At opset 8 torch's exporter writes LSTMs with ConstantFill, an experimental op onnxruntime lacks.
+    assert export_main([str(folder), "--format", "onnx", "--opset", "8", "--outdir", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vocals.onnx: onnxruntime cannot run the exported file" in err[0], err
+    assert "Traceback" not in "".join(err) and not out.exists()

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import OpenUnmixLikeError
-from ..export import FORMATS
+from ..export import FORMATS, onnx_opsets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=list(FORMATS), required=True, help="torchscript (.pt) or onnx (.onnx)")
     p.add_argument("--outdir", default="exported", help="output folder (default ./exported)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset, %d to %d with the installed torch (default 17)" % onnx_opsets())
     p.add_argument("--no-check", action="store_true",
                    help="do not run the exported files against the models (ONNX checks need onnxruntime)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

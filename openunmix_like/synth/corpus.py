@@ -4,15 +4,19 @@ Each track is ``<root>/<split>/<name>/{mixture,vocals,drums,bass,other}.wav``
 (44.1 kHz, stereo, 16-bit) plus ``plan.json`` describing what was composed and
 when each stem plays. The stems are quantised first and the mixture is their
 integer sum, so ``mixture == vocals + drums + bass + other`` holds exactly.
-A track is written into a hidden folder and renamed into place when complete,
-so an interrupted run leaves no half-written track and resumes where it stopped.
+A track is written into a hidden folder and renamed into place when complete;
+an interrupted track removes that folder, so an interrupted run leaves no
+half-written track and resumes where it stopped. A corpus folder holds songs of
+one seed, duration and rate: a run asking for others is refused, not mixed in.
 """
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -33,6 +37,9 @@ STEMS = ("vocals", "drums", "bass", "other")
 SPLITS = ("train", "valid", "test")
 PREROLL = 2.0  # seconds rendered before the excerpt so held notes and reverbs are under way
 REFERENCE_DB = -20.0
+FADE = 0.01  # seconds of fade-in and fade-out at the cuts
+MIN_DURATION = 2 * FADE  # room for the whole fade-in and fade-out
+MAX_DURATION = 600.0  # a song is rendered in memory: 600 s peaked at 4.7 GB
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ def render_track(plan: SongPlan, duration: float, offset: float, sample_rate: in
         if stem != "other":  # the accompaniment parts had their own chains
             stems[stem] = random_chain(rng, stem).apply(stems[stem], sample_rate, rng)
         stems[stem] = _normalise(stems[stem], sample_rate, float(gains[stem]))[:, total - n:]
-    fade = int(0.01 * sample_rate)
+    fade = int(FADE * sample_rate)
     ramp = np.linspace(0, 1, fade, dtype=np.float32)
     for stem in STEMS:
         stems[stem][:, :fade] *= ramp
@@ -200,11 +207,46 @@ def _excerpt_times(summary: Dict, offset: float, duration: float) -> Dict:
     return summary
 
 
+def _settings(job: TrackJob) -> Dict:
+    """What, besides the split and index, decides a track's audio, under its ``plan.json`` names."""
+    return {"corpus_seed": job.seed, "duration": job.duration, "sample_rate": job.sample_rate}
+
+
+def _seconds(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _describe(settings: Dict) -> str:
+    return (f"seed {settings['corpus_seed']}, duration {_seconds(settings['duration'])} s, "
+            f"rate {settings['sample_rate']} Hz")
+
+
+def _check_plan(job: TrackJob, plan_file: Path) -> Dict:
+    """The complete track's plan; :class:`SynthError` when it was made with other settings than ``job``'s."""
+    try:
+        meta = json.loads(plan_file.read_text())
+        made = {key: meta[key] for key in _settings(job)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SynthError(f"{plan_file}: not a plan.json of umx-synth ({exc}); remove {plan_file.parent} "
+                         "to make that song again") from exc
+    if made != _settings(job):
+        raise SynthError(f"{plan_file}: the songs in {job.root} were made with {_describe(made)}, not "
+                         f"{_describe(_settings(job))}; give another folder, or remove {job.root} to make them "
+                         f"again (rerun with --seed {made['corpus_seed']} --duration "
+                         f"{_seconds(made['duration'])} to complete that corpus)")
+    return meta
+
+
 def make_track(job: TrackJob) -> Dict:
-    """Compose, render and write one track (skipped when already complete)."""
+    """Compose, render and write one track (skipped when already complete).
+
+    Raises :class:`SynthError` when a complete track is there that was made
+    with another seed, duration or rate.
+    """
     final = job.path
     if (final / "plan.json").is_file():
-        return json.loads((final / "plan.json").read_text())
+        return _check_plan(job, final / "plan.json")
     began = time.perf_counter()
     seq = _seed_sequence(job.seed, job.split, job.index)
     compose_rng, voice_rng, mix_rng = (np.random.default_rng(s) for s in seq.spawn(3))
@@ -215,31 +257,103 @@ def make_track(job: TrackJob) -> Dict:
     stems, info = render_track(plan, job.duration, offset, job.sample_rate, mix_rng, job.cache_dir)
     stems = master(stems, job.sample_rate, mix_rng)
     ints, mixture = quantise_mix(stems, float(mix_rng.uniform(0.6, 0.95)))
-    tmp = final.parent / f".{final.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    sf.write(tmp / "mixture.wav", mixture.T, job.sample_rate, subtype="PCM_16")
-    for stem in STEMS:
-        sf.write(tmp / f"{stem}.wav", ints[stem].T, job.sample_rate, subtype="PCM_16")
     meta = {"name": job.name, "split": job.split, "index": job.index, "corpus_seed": job.seed,
             "duration": job.duration, "sample_rate": job.sample_rate, "offset": round(offset, 3),
             **_excerpt_times(plan.summary(), offset, job.duration), **info,
             "render_seconds": round(time.perf_counter() - began, 2)}
-    write_json_atomic(tmp / "plan.json", meta)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    _write_track(final, ints, mixture, meta, job.sample_rate)
     return meta
+
+
+def _write_track(final: Path, ints: Dict[str, np.ndarray], mixture: np.ndarray, meta: Dict,
+                 sample_rate: int) -> None:
+    """Write the track into a hidden folder and rename it to ``final`` when complete."""
+    tmp = final.parent / f".{final.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed outright
+    try:
+        tmp.mkdir(parents=True)
+        sf.write(tmp / "mixture.wav", mixture.T, sample_rate, subtype="PCM_16")
+        for stem in STEMS:
+            sf.write(tmp / f"{stem}.wav", ints[stem].T, sample_rate, subtype="PCM_16")
+        write_json_atomic(tmp / "plan.json", meta)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # Ctrl+C, a stopped worker or a failed write: no half-written track stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_request(counts: Dict[str, int], seed: int, duration: float) -> None:
+    """:class:`SynthError` naming the option when no corpus could be made with these numbers."""
+    for split in SPLITS:
+        if counts.get(split, 0) < 0:
+            raise SynthError(f"--{split} {counts[split]}: give a number of songs of 0 or more")
+    if seed < 0:
+        raise SynthError(f"--seed {seed}: give a seed of 0 or more")
+    if not math.isfinite(duration):
+        raise SynthError(f"--duration {duration}: give a finite number of seconds per song, "
+                         f"{_seconds(MIN_DURATION)} to {_seconds(MAX_DURATION)}")
+    if duration < MIN_DURATION:
+        raise SynthError(f"--duration {_seconds(duration)}: a song lasts at least {_seconds(MIN_DURATION)} s "
+                         f"(its {_seconds(FADE * 1000)} ms fade-in and fade-out); give a longer --duration")
+    if duration > MAX_DURATION:
+        raise SynthError(f"--duration {_seconds(duration)}: a song lasts at most {_seconds(MAX_DURATION)} s "
+                         "(songs are rendered in memory: 600 s take about 5 GB); give a shorter --duration")
+
+
+def check_root(jobs: Sequence[TrackJob]) -> None:
+    """:class:`SynthError` when the corpus folder cannot take ``jobs``: a file in the way, or songs made otherwise.
+
+    Every complete song already in the folder, requested or not, must have
+    the jobs' seed, duration and rate: a folder is one corpus.
+    """
+    if not jobs:
+        return
+    root = Path(jobs[0].root)
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root}: is a file, not a folder; give a folder for the corpus")
+    for split in SPLITS:
+        folder = root / split
+        if folder.exists() and not folder.is_dir():
+            raise SynthError(f"{folder}: is a file, where the {split} songs' folder goes; move it away or give "
+                             "another folder")
+        for plan_file in sorted(folder.glob(f"synth-{split}-*/plan.json")) if folder.is_dir() else []:
+            _check_plan(jobs[0], plan_file)
 
 
 def plan_jobs(root: str, counts: Dict[str, int], seed: int, duration: float,
               sample_rate: int = 44100, cache_dir: Optional[str] = None) -> List[TrackJob]:
-    return [TrackJob(str(root), split, index, seed, duration, sample_rate, cache_dir)
+    """One job per song; :class:`SynthError` for numbers no corpus could be made with (see :func:`check_request`)."""
+    check_request(counts, seed, duration)
+    return [TrackJob(str(root), split, index, seed, float(duration), sample_rate, cache_dir)
             for split in SPLITS for index in range(counts.get(split, 0))]
 
 
+def _init_worker() -> None:
+    """Workers leave Ctrl+C to the main process, which stops them with SIGTERM (see :func:`generate`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+
+
+def _stop_worker(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the song in hand, which removes its partial folder
+
+
+def _make_track_in_worker(job: TrackJob) -> Dict:
+    try:
+        return make_track(job)
+    except SystemExit as exc:  # stopped: leave now instead of reporting back and taking the next song
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+
+
 def generate(jobs: Sequence[TrackJob], workers: int = 1) -> Iterator[Tuple[TrackJob, Optional[Dict], Optional[str]]]:
-    """Make every job, yielding ``(job, plan, error)`` as tracks finish."""
+    """Make every job, yielding ``(job, plan, error)`` as tracks finish.
+
+    With several workers, Ctrl+C (a ``KeyboardInterrupt`` here) or closing the
+    generator stops them at once; the songs in hand are abandoned and leave
+    nothing behind, the finished ones stay.
+    """
     if workers <= 1:
         for job in jobs:
             try:
@@ -248,11 +362,22 @@ def generate(jobs: Sequence[TrackJob], workers: int = 1) -> Iterator[Tuple[Track
                 yield job, None, str(exc)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = {pool.submit(make_track, job): job for job in jobs}
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+    futures = {}
+    try:
+        futures = {pool.submit(_make_track_in_worker, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
             try:
                 yield job, future.result(), None
             except (SynthError, OSError, ValueError, RuntimeError) as exc:
                 yield job, None, str(exc)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        for process in set(multiprocessing.active_children()) - before:
+            process.terminate()  # SIGTERM: the worker removes its partial folder and exits
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()

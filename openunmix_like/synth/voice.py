@@ -211,8 +211,12 @@ def _speak(engine: str, name: str, word: str, cache_dir: Optional[Path]) -> Tupl
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-            shutil.copyfile(out, partial)
-            os.replace(partial, target)  # atomic: concurrent workers may share the cache
+            try:
+                shutil.copyfile(out, partial)
+                os.replace(partial, target)  # atomic: concurrent workers may share the cache
+            except BaseException:  # Ctrl+C or a full disk: leave no partial file in the cache
+                partial.unlink(missing_ok=True)
+                raise
     return x.mean(axis=1), int(fs)
 
 
