@@ -580,9 +580,7 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
         """Decode a ``.stem.mp4`` once into wav files in the cache."""
         import soundfile as sf
 
-        from .fileio import atomic_path
-
-        from .fileio import write_json_atomic
+        from .fileio import atomic_path, write_json_atomic
 
         folder = self.cache_dir / track.name
         paths = {name: folder / f"{name}.wav" for name in MUSDB_SOURCES}

@@ -31,10 +31,10 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 # Process ids mean something only on their own host (output folders may be shared).
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-# What follows ".<name>." in a partial file's name (tempfile's random part is [a-z0-9_]).
 # Bytes of the final name kept in a partial file's name: the rest takes at most about 45
 # bytes, and file systems allow 255.
 NAME_KEPT = 180
+# What follows ".<name>." in a partial file's name (tempfile's random part is [a-z0-9_]).
 _PARTIAL_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+\.partial(\.[A-Za-z0-9]+)?")
 
 

@@ -5,8 +5,8 @@ track is done, a second pass applies the clipping policy (which needs the
 track's peak) and encodes each stem to its final format beside its output path;
 only when every stem is encoded are they renamed into place. Until then no
 output path is touched (files of an earlier run stay as they were), and on any
-failure the hidden files are removed; hidden files that a killed run left are removed by the next run
-writing the same outputs (see :mod:`openunmix_like.fileio`).
+failure the hidden files are removed; hidden files that a killed run left are
+removed by the next run writing the same outputs (see :mod:`openunmix_like.fileio`).
 """
 from __future__ import annotations
 

@@ -95,9 +95,9 @@ def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Names
     candidates = []
     outputs = {source: stem_outputs(source, names, args) for source in sources}
     produced = {os.path.realpath(o) for stems in outputs.values() for o in stems.values() if not storage.is_url(o)}
-    explicit = {os.path.realpath(s) for s in named}
+    earlier_outputs = produced - {os.path.realpath(s) for s in named}
     for source in sources:
-        if not storage.is_url(source) and os.path.realpath(source) in produced - explicit:
+        if not storage.is_url(source) and os.path.realpath(source) in earlier_outputs:
             continue
         stems = outputs[source]
         clash = next((claimed[o] for o in stems.values() if o in claimed), None)

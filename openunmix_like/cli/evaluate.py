@@ -21,7 +21,8 @@ from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, close
                         folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, read_record, score_track,
                         write_csv)
 from ..fileio import write_bytes_atomic, write_json_atomic
-from .separate import _sigterm_as_interrupt, add_separator_args, load_separator, precision_of
+from . import sigterm_as_interrupt
+from .separate import add_separator_args, load_separator, precision_of
 
 # Options a model's scores depend on (the others, such as --device, only change the speed), and an oracle's.
 MODEL_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len", "segment", "overlap")
@@ -262,7 +263,7 @@ def evaluate(args: argparse.Namespace) -> int:
     pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_ignore_interrupts) if args.cores > 1 else None
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             score_tracks(tracks, methods, batch, pool)
     except KeyboardInterrupt:
         _stop_workers(pool)

@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import __version__, catalogue
+from . import sigterm_as_interrupt
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, resolve_precision
@@ -186,14 +187,15 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
     When ``cancel`` is set, the track stops after the chunk in hand, raising :class:`Cancelled`.
     """
     from ..audio import AudioSource
-    from ..writer import StemWriter
+    from ..writer import FLAC_MAX_CHANNELS, StemWriter
 
     check_outputs(path, outputs, args.force)
     with AudioSource(path, start=args.start, duration=args.duration) as source:
         out_rate = int(separator.sample_rate) if args.keep_model_rate else source.sample_rate
         names = separator.target_names
-        if args.ext == "flac" and source.nb_channels > 8:
-            raise AudioError(f"{path}: {source.nb_channels} channels, and FLAC holds at most 8; use --ext wav")
+        if args.ext == "flac" and source.nb_channels > FLAC_MAX_CHANNELS:  # named by its input, not its output
+            raise AudioError(f"{path}: {source.nb_channels} channels, and FLAC holds at most {FLAC_MAX_CHANNELS}; "
+                             "use --ext wav")
         with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
                                    progress=not args.quiet, desc=path.name, out_rate=out_rate,
@@ -309,20 +311,21 @@ def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[st
     Returns the runnable ``(file, outputs)`` and one message per refused track.
     """
     plans = [(path, output_paths(path, names, args)) for path in files]
-    produced = {out.resolve(): path for path, outputs in plans for out in outputs.values()}
+    resolved = {p: p.resolve() for path, outputs in plans for p in (path, *outputs.values())}
+    produced = {resolved[out] for _, outputs in plans for out in outputs.values()}
     explicit = {p.resolve() for p in named}
     plans = [(path, outputs) for path, outputs in plans
-             if path.resolve() in explicit or path.resolve() not in produced]
-    inputs = {path.resolve(): path for path, _ in plans}
+             if resolved[path] in explicit or resolved[path] not in produced]
+    inputs = {resolved[path]: path for path, _ in plans}
     claimed: Dict[Path, Path] = {}
     runnable, errors = [], []
     for path, outputs in plans:
-        overwritten = next((o for o in outputs.values() if o.resolve() in inputs), None)
+        overwritten = next((o for o in outputs.values() if resolved[o] in inputs), None)
         clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
         if overwritten is not None:
-            which = "itself" if inputs[overwritten.resolve()] == path else inputs[overwritten.resolve()]
-            errors.append(f"{path}: its output {overwritten} would overwrite the input {which}; "
-                          "change --outdir or --filename")
+            which = inputs[resolved[overwritten]]
+            errors.append(f"{path}: its output {overwritten} would overwrite the input "
+                          f"{'itself' if which == path else which}; change --outdir or --filename")
         elif clash is not None:
             errors.append(f"{path}: would write the same files as {clash}; "
                           "use a --filename template whose {track} part differs")
@@ -398,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pool = ThreadPoolExecutor(max_workers=args.jobs)
     futures = [pool.submit(run, item) for item in runnable]
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             results = [f.result() for f in futures]
     except KeyboardInterrupt:
         # Stop at the next chunk; the tracks in hand remove their partial files. A second
@@ -416,23 +419,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pool.shutdown()
     failed += results.count(False)
     return 1 if failed else 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """In the main thread, SIGTERM (a ``kill``, a job scheduler's stop) stops the run as Ctrl+C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

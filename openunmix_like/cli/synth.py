@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from .. import __version__
+from . import sigterm_as_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +71,7 @@ def run(jobs: list, workers: int) -> int:
     began = time.perf_counter()
     finished = failed = 0
     try:
-        with _sigterm_as_interrupt(), contextlib.closing(generate(jobs, workers)) as results:
+        with sigterm_as_interrupt(), contextlib.closing(generate(jobs, workers)) as results:
             for job, made, error in results:
                 if error:
                     failed += 1
@@ -87,23 +86,6 @@ def run(jobs: list, workers: int) -> int:
         return 130
     print(f"{len(jobs) - failed} songs in {time.perf_counter() - began:.0f} s", flush=True)
     return 1 if failed else 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """In the main thread, SIGTERM (a ``kill``, a job scheduler's stop) stops the run as Ctrl+C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -61,9 +61,9 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
                                  "choose another folder or fix its permissions") from None
     held = read_target_json(out / "separator.json")
     others = [t for t in held.get("targets", []) if t != cfg.target]
-    if others and AudioSettings.from_json(held, out / "separator.json") != settings:
-        raise OpenUnmixLikeError(f"--output {out}: holds {', '.join(others)} with "
-                                 f"{AudioSettings.from_json(held, out / 'separator.json')}, and a separator's "
+    theirs = AudioSettings.from_json(held, out / "separator.json") if others else settings
+    if theirs != settings:
+        raise OpenUnmixLikeError(f"--output {out}: holds {', '.join(others)} with {theirs}, and a separator's "
                                  f"targets share their settings; this {cfg.target!r} model has {settings}: "
                                  "use another --output")
     if cfg.resume or cfg.checkpoint:
