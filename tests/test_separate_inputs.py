@@ -225,6 +225,37 @@ def test_a_folder_where_a_stem_goes_is_refused_before_anything_is_replaced(model
     assert {name: digest(out / "song" / name) for name in before} == before
 
 
+def test_skip_existing_leaves_finished_tracks_alone_and_does_the_rest(model, tmp_path, wav_file, capsys):
+    songs = [wav_file(f"s{i}.wav", seconds=0.5, seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    assert run_cli(songs[0], "--model", model, "--outdir", out, "--quiet") == 0
+    before = {name: (out / "s0" / name).stat().st_mtime_ns for name in STEMS}
+    (out / "s1").mkdir()
+    (out / "s1" / "vocals.wav").write_bytes(b"not a whole set")  # e.g. an earlier --targets vocals run
+    assert run_cli(*songs, "--model", model, "--outdir", out, "--skip-existing") == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 tracks skipped: their stems exist (--skip-existing)" in captured.out
+    assert {name: (out / "s0" / name).stat().st_mtime_ns for name in STEMS} == before
+    errors = [line for line in captured.err.splitlines() if line.startswith("umx-separate: error:")]
+    assert errors == [f"umx-separate: error: {out / 's1' / 'vocals.wav'}: exists; "
+                      "pass --force to overwrite it or choose another --outdir"]  # a partial set is not skipped
+    assert stems(out / "s2") == STEMS
+    assert run_cli(*songs[::2], "--model", model, "--outdir", out, "--skip-existing", "--quiet") == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--force"], "--skip-existing and --force contradict each other"),
+    (["--engine", "ray"], "--skip-existing is what --engine ray does already"),
+])
+def test_skip_existing_with_an_option_it_contradicts_is_one_line(model, tmp_path, wav_file, capsys, options, message):
+    out = tmp_path / "out"
+    assert run_cli(wav_file(), "--model", model, "--outdir", out, "--skip-existing", *options) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("umx-separate: error: " + message)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- interruption
 
 SLOW_CHILD = ("import sys, time\n"
@@ -268,6 +299,7 @@ def test_an_interrupted_run_stops_at_the_next_segment_and_keeps_nothing_unfinish
     assert stopped_after < 4.0, stopped_after  # the rest of the song would take over 7 s
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("umx-separate: error: interrupted: 0 of 2 tracks finished and written; "
-                                            "the others wrote nothing")
+                                            "the others wrote nothing (run the same command with --skip-existing "
+                                            "to do only those)")
     assert list(out.rglob("*")) == [] or all(p.is_dir() for p in out.rglob("*"))
     assert list(temp.iterdir()) == []

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-model-rate", action="store_true",
                    help="write at the model's sample rate instead of the input's")
     g.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g.add_argument("--skip-existing", action="store_true",
+                   help="leave out inputs whose stems all exist already (an earlier run's; its settings are not "
+                        "compared), so a stopped batch is finished by running it again")
     g.add_argument("--jobs", type=int, default=1, help="files separated in parallel (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     g.add_argument("--verbose", action="store_true", help="show tracebacks of unexpected errors")
@@ -250,6 +253,12 @@ def check_options(args: argparse.Namespace) -> None:
                                  "or leave it out to separate to the end")
     if args.jobs < 1:
         raise OpenUnmixLikeError("--jobs must be at least 1")
+    if args.skip_existing and args.force:
+        raise OpenUnmixLikeError("--skip-existing and --force contradict each other: keep the stems that exist, "
+                                 "or write them again; give one")
+    if args.skip_existing and args.engine == "ray":
+        raise OpenUnmixLikeError("--skip-existing is what --engine ray does already, with each track's _done.json "
+                                 "(which also notices changed settings); leave it out")
     if args.batch_segments is not None and args.batch_segments < 1:
         raise OpenUnmixLikeError("--batch-segments must be at least 1")
     try:
@@ -335,6 +344,17 @@ def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[st
     return runnable, errors
 
 
+def finished_before(plans: Sequence[Tuple[Path, Dict[str, Path]]]) -> Tuple[List[Tuple[Path, Dict[str, Path]]], int]:
+    """The plans still to run, and how many were left out because every one of their stems is a file already.
+
+    Stems are renamed into place only once all are encoded, so a complete set is a finished run's;
+    a partial set (say, an earlier run with fewer ``--targets``) is not skipped, and is refused
+    without ``--force`` as usual.
+    """
+    todo = [(path, outputs) for path, outputs in plans if not all(out.is_file() for out in outputs.values())]
+    return todo, len(plans) - len(todo)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -368,6 +388,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for message in refused:
         _report(message)
     failed = len(errors) + len(refused)
+    if args.skip_existing:
+        runnable, skipped = finished_before(runnable)
+        if skipped and not args.quiet:
+            print(f"{skipped} of {skipped + len(runnable)} tracks skipped: their stems exist (--skip-existing)")
     if args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     lock = threading.Lock()
@@ -414,7 +438,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             signal.signal(signal.SIGINT, previous)
         finished = sum(1 for f in futures if not f.cancelled() and f.result() is True)
-        _report(f"interrupted: {finished} of {len(runnable)} tracks finished and written; the others wrote nothing")
+        _report(f"interrupted: {finished} of {len(runnable)} tracks finished and written; the others wrote nothing "
+                "(run the same command with --skip-existing to do only those)")
         return 130
     pool.shutdown()
     failed += results.count(False)
