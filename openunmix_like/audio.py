@@ -27,6 +27,9 @@ from .errors import AudioError
 PathLike = Union[str, Path]
 SUBTYPES = {("wav", 16): "PCM_16", ("wav", 24): "PCM_24", ("wav", 32): "FLOAT",
             ("flac", 16): "PCM_16", ("flac", 24): "PCM_24"}
+# mp3 (MPEG-1, 2 and 2.5 layer III) holds these rates and at most two channels; encoded by ffmpeg's libmp3lame.
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)  # kbit/s, MPEG-1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Chunks are appended to hidden float32 files beside the final outputs; when the
 track is done, a second pass applies the clipping policy (which needs the
-track's peak) and encodes each stem to its final format beside its output path;
+track's peak) and encodes each stem to its final format beside its output path
+(wav and flac by libsndfile, mp3 by ffmpeg's libmp3lame, fed through a pipe);
 only when every stem is encoded are they renamed into place. Until then no
 output path is touched (files of an earlier run stay as they were), and on any
 failure the hidden files are removed; hidden files that a killed run left are
@@ -12,19 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import tempfile
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 from torch import Tensor
 
-from .audio import sf_path, subtype_for
+from .audio import MP3_RATES, _ffmpeg_binary, sf_path, subtype_for
 from .errors import AudioError
 from .fileio import new_partial
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
 FLAC_MAX_CHANNELS = 8
+MP3_MAX_CHANNELS = 2
+
+
+def format_problem(ext: str, sample_rate: int, nb_channels: int) -> Optional[str]:
+    """Why stems of this rate and channel count cannot be written as ``ext``, or None when they can."""
+    if ext == "flac" and nb_channels > FLAC_MAX_CHANNELS:
+        return f"{nb_channels} channels, and FLAC holds at most {FLAC_MAX_CHANNELS}; use --ext wav"
+    if ext == "mp3" and nb_channels > MP3_MAX_CHANNELS:
+        return f"{nb_channels} channels, and mp3 holds at most {MP3_MAX_CHANNELS}; use --ext wav or flac"
+    if ext == "mp3" and sample_rate not in MP3_RATES:
+        return (f"stems at {sample_rate} Hz, and mp3 holds only {', '.join(map(str, MP3_RATES))} Hz; "
+                "use --keep-model-rate (the model's rate) or --ext flac")
+    return None
 
 
 class StemWriter:
@@ -34,24 +50,28 @@ class StemWriter:
         paths: stem name -> final output path.
         sample_rate: rate of the written files.
         nb_channels: channels of every stem.
-        ext: ``wav`` or ``flac``.
-        bits: 16, 24 or 32 (32 is float, wav only).
+        ext: ``wav``, ``flac`` or ``mp3`` (needs the ffmpeg program).
+        bits: 16, 24 or 32 (32 is float, wav only); ignored for mp3.
+        bitrate: kbit/s of mp3 stems, constant, 320 if not given (libmp3lame lowers it to what the rate allows:
+            at most 160 below 32 kHz, 64 below 16 kHz).
         clip: ``rescale`` (one gain for all stems of the track so the loudest
             peak is at most 1 and the stems still sum to the mixture), ``clamp``
             (cut samples to [-1, 1]) or ``none`` (as computed; integer formats
-            still cannot hold values beyond [-1, 1] and clip them).
+            still cannot hold values beyond [-1, 1] and clip them; neither can mp3).
     """
 
     def __init__(self, paths: Mapping[str, Path], sample_rate: int, nb_channels: int,
-                 ext: str = "wav", bits: int = 16, clip: str = "rescale"):
+                 ext: str = "wav", bits: int = 16, clip: str = "rescale",
+                 bitrate: Optional[int] = None):
         if clip not in CLIP_MODES:
             raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
-        self.subtype = subtype_for(ext, bits)
+        self.subtype = None if ext == "mp3" else subtype_for(ext, bits)
         self.format = ext.upper()
+        self.bitrate = int(bitrate or 320)
         self.paths = dict(paths)
-        if self.format == "FLAC" and nb_channels > FLAC_MAX_CHANNELS:
-            raise AudioError(f"{next(iter(self.paths.values()), 'output')}: FLAC holds at most "
-                             f"{FLAC_MAX_CHANNELS} channels, this track has {nb_channels}; write wav instead")
+        problem = format_problem(ext, int(sample_rate), nb_channels)
+        if problem:
+            raise AudioError(f"{next(iter(self.paths.values()), 'output')}: {problem}")
         self.sample_rate = int(sample_rate)
         self.nb_channels = nb_channels
         self.clip = clip
@@ -107,14 +127,12 @@ class StemWriter:
         for name, path in self.paths.items():
             try:
                 tmp = self._encoded[name] = new_partial(path, f".{self.format.lower()}")
-                with sf.SoundFile(sf_path(self._tmp[name])) as src, sf.SoundFile(
-                    sf_path(tmp), "w", self.sample_rate, self.nb_channels, subtype=self.subtype, format=self.format
-                ) as dst:
+                with sf.SoundFile(sf_path(self._tmp[name])) as src, self._open_encoded(tmp, path) as write:
                     for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
                         block = block * gain if gain != 1.0 else block
                         if self.clip != "none" or self.subtype != "FLOAT":
                             np.clip(block, -1.0, 1.0, out=block)
-                        dst.write(block)
+                        write(block)
             except Exception as exc:
                 raise _as_audio_error(exc, path) from exc
         # Every stem is encoded: only now are the outputs (and what an earlier run left there) replaced.
@@ -125,6 +143,45 @@ class StemWriter:
                 raise _as_audio_error(exc, path) from exc
             del self._encoded[name]
             self._done.append(path)
+
+    @contextlib.contextmanager
+    def _open_encoded(self, path: Path, named: Path):
+        """A function writing ``(n, nb_channels)`` float32 blocks to ``path`` in the output format.
+
+        ``named`` is the output the errors name (``path`` is its hidden partial file).
+        """
+        import soundfile as sf
+
+        if self.format != "MP3":
+            with sf.SoundFile(sf_path(path), "w", self.sample_rate, self.nb_channels, subtype=self.subtype,
+                              format=self.format) as dst:
+                yield dst.write
+            return
+        # "file:" keeps a name that starts with "-" or holds ":" a file name; bytes keep names that are not UTF-8.
+        cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar",
+               str(self.sample_rate), "-ac", str(self.nb_channels), "-i", "pipe:0", "-c:a", "libmp3lame",
+               "-b:a", f"{self.bitrate}k", "-f", "mp3", b"file:" + os.fsencode(path)]
+        with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on what it says
+            encoder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            stopped = False
+            try:
+                try:
+                    yield lambda block: encoder.stdin.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+                    encoder.stdin.close()
+                except BrokenPipeError:  # ffmpeg stopped reading; its own message says why
+                    stopped = True
+                code = encoder.wait()
+            finally:
+                if encoder.poll() is None:
+                    encoder.kill()
+                    encoder.wait()
+            if code != 0 or stopped:
+                errors.seek(0)
+                said = [line for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
+                reason = said[-1].strip() if said else f"ffmpeg stopped with status {code}"
+                if "No space left" in reason:
+                    raise OSError(28, reason)
+                raise AudioError(f"{named}: cannot encode mp3 ({reason})")
 
     def _cleanup(self) -> None:
         for f in self._files.values():

@@ -160,6 +160,20 @@ def test_done_record_matches_only_the_same_input_model_and_settings(tmp_path):
     assert not records.is_finished(record, "in.wav", 10, "abc", settings, stems)  # a stem went missing
 
 
+def test_the_mp3_bitrate_is_a_setting_of_mp3_runs_only():
+    from openunmix_like.cli.separate import build_parser, check_options
+
+    def settings(*options):
+        args = build_parser().parse_args(["in.wav", "--engine", "ray", *options])
+        check_options(args)
+        return records.settings_of(args)
+
+    wav = settings()
+    assert "mp3_bitrate" not in wav and wav["bits"] == 16 and wav["ext"] == "wav"  # records of earlier runs match
+    assert settings("--ext", "mp3")["mp3_bitrate"] == 320
+    assert settings("--ext", "mp3") != settings("--ext", "mp3", "--mp3-bitrate", "128")  # a change redoes tracks
+
+
 def test_stage_error_survives_pickling():
     import pickle
 
@@ -295,6 +309,16 @@ def test_ray_takes_the_output_options_of_the_local_engine(tmp_path, model_dir, r
             record = json.loads((tmp_path / out / f"t{k}" / records.DONE_NAME).read_text())
             assert sorted(record["stems"]) == ["band", "vocals"] and record["settings"]["start"] == 0.5
             assert record["duration"] == 2.0
+    if shutil.which("ffmpeg"):
+        mp3 = [str(inputs), "--model", str(model_dir()), "--quiet", "--niter", "0", "--ext", "mp3", "--mp3-bitrate",
+               "128"]
+        assert main(mp3 + ["--outdir", str(tmp_path / "local-mp3")]) == 0
+        assert main(mp3 + ["--engine", "ray", "--outdir", str(tmp_path / "ray-mp3")]) == 0
+        for k in range(2):
+            ours, _ = sf.read(tmp_path / "ray-mp3" / f"t{k}" / "vocals.mp3")
+            theirs, _ = sf.read(tmp_path / "local-mp3" / f"t{k}" / "vocals.mp3")
+            assert ours.shape == theirs.shape == (sf.info(str(inputs / f"t{k}.wav")).frames, 2)
+            assert 10 * np.log10(np.sum(theirs ** 2) / max(np.sum((ours - theirs) ** 2), 1e-30)) > 30
 
 
 def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:

@@ -92,6 +92,72 @@ def test_mono_in_mono_out_and_float_flac(model_dir, wav_file, tmp_path):
     assert sf.info(str(files[0])).subtype == "PCM_24"
 
 
+@needs_ffmpeg
+@pytest.mark.parametrize("rate,channels,kbps,written", [(44100, 2, 192, 192), (16000, 1, 320, 160)])
+def test_mp3_stems_keep_length_rate_and_bitrate(model_dir, wav_file, tmp_path, rate, channels, kbps, written):
+    wav = wav_file("m.wav", seconds=1.5, rate=rate, channels=channels)
+    model = model_dir()
+    assert run(wav, "--model", model, "--outdir", tmp_path / "mp3", "--ext", "mp3", "--mp3-bitrate", kbps,
+               "--quiet") == 0
+    assert run(wav, "--model", model, "--outdir", tmp_path / "wav", "--bits", "32", "--quiet") == 0
+    for name in TARGETS:
+        mp3 = tmp_path / "mp3" / "m" / f"{name}.mp3"
+        probed = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,bit_rate",
+                                 "-of", "csv=p=0", str(mp3)], capture_output=True, text=True, check=True).stdout
+        assert probed.strip() == f"mp3,{written * 1000}"  # libmp3lame's ceiling below 32 kHz is 160
+        decoded, got_rate = sf.read(mp3, always_2d=True)
+        exact, _ = sf.read(tmp_path / "wav" / "m" / f"{name}.wav", always_2d=True)
+        assert got_rate == rate and decoded.shape == exact.shape == (int(1.5 * rate), channels)  # gapless
+        snr = 10 * np.log10(np.sum(exact ** 2) / np.sum((decoded - exact) ** 2))
+        assert snr > 12, (name, snr)
+    assert sorted(p.name for p in (tmp_path / "mp3" / "m").iterdir()) == [f"{n}.mp3" for n in sorted(TARGETS)]
+
+
+@needs_ffmpeg
+def test_mp3_refuses_what_it_cannot_hold_and_goes_on(model_dir, wav_file, tmp_path, capsys):
+    many = wav_file("many.wav", seconds=0.5, channels=3)
+    high = wav_file("high.wav", seconds=0.5, rate=96000, seed=1)
+    fine = wav_file("fine.wav", seconds=0.5, seed=2)
+    out = tmp_path / "out"
+    assert run(many, high, fine, "--model", model_dir(), "--outdir", out, "--ext", "mp3", "--quiet") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(err) == sorted([
+        f"umx-separate: error: {many}: 3 channels, and mp3 holds at most 2; use --ext wav or flac",
+        f"umx-separate: error: {high}: stems at 96000 Hz, and mp3 holds only 8000, 11025, 12000, 16000, 22050, "
+        "24000, 32000, 44100, 48000 Hz; use --keep-model-rate (the model's rate) or --ext flac"])
+    assert sorted(p.name for p in out.iterdir()) == ["fine"]
+    assert run(high, "--model", model_dir(), "--outdir", out, "--ext", "mp3", "--keep-model-rate", "--quiet") == 0
+    assert sf.info(str(out / "high" / "vocals.mp3")).samplerate == 44100
+
+
+def test_a_failing_mp3_encoder_is_one_line_and_keeps_the_earlier_stems(model_dir, wav_file, tmp_path, capsys,
+                                                                       monkeypatch):
+    song = wav_file("song.wav", seconds=0.5)
+    out = tmp_path / "out"
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'Unknown encoder libmp3lame' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    (out / "song").mkdir(parents=True)
+    (out / "song" / "vocals.mp3").write_bytes(b"an earlier run's")
+    assert run(song, "--model", model_dir(), "--outdir", out, "--ext", "mp3", "--quiet", "--force") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"umx-separate: error: {out / 'song' / 'vocals.mp3'}: cannot encode mp3 (Unknown encoder "
+                   "libmp3lame)"]
+    assert sorted(p.name for p in (out / "song").iterdir()) == ["vocals.mp3"]  # no partial files either
+    assert (out / "song" / "vocals.mp3").read_bytes() == b"an earlier run's"
+
+
+def test_mp3_without_ffmpeg_is_one_line_before_any_work(model_dir, wav_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    out = tmp_path / "out"
+    assert run(wav_file(), "--model", model_dir(), "--outdir", out, "--ext", "mp3") == 1
+    assert capsys.readouterr().err == ("umx-separate: error: --ext mp3 needs the ffmpeg program to encode; install "
+                                       "it (e.g. apt-get install ffmpeg) or write wav or flac\n")
+    assert not out.exists()
+
+
 def test_many_channels_keep_their_count(model_dir, wav_file, tmp_path):
     wav = wav_file("six.wav", seconds=1.0, channels=6)
     out = tmp_path / "out"

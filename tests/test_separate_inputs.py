@@ -59,6 +59,8 @@ def stems(folder):
     (["--duration", "inf"], "--duration inf: give a number of seconds above 0"),
     (["--duration", "0"], "--duration 0"),
     (["--ext", "flac", "--bits", "32"], "cannot write flac with 32 bits"),
+    (["--ext", "mp3", "--bits", "24"], "--bits 24 is for wav and flac; mp3 stems take --mp3-bitrate"),
+    (["--mp3-bitrate", "128"], "--mp3-bitrate is for --ext mp3, and the stems are wav; leave it out"),
     (["--residual", "vocals"], "residual name 'vocals' is already a model target"),
     (["--filename", "{track.x}/{target}.{ext}"], "bad template"),
     (["--filename", "{track[x]}/{target}.{ext}"], "bad template"),

@@ -129,6 +129,22 @@ def test_upload_separates_into_stems_of_the_inputs_length_that_sum_to_it(client)
     assert set(ids) <= set(listed)
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_mp3_stems_at_the_asked_bitrate(client):
+    data = wav_bytes(1.0, seed=5)
+    frames = sf.info(io.BytesIO(data)).frames
+    job_id = upload(client, "song.wav", data, ext="mp3", bitrate="192")
+    job = wait_done(client, job_id)
+    assert job["status"] == "done" and job["ext"] == "mp3" and job["bitrate"] == 192, job
+    response = client.get(f"/api/jobs/{job_id}/stems/vocals")
+    assert response.headers["content-type"] == "audio/mpeg"
+    assert response.headers["content-disposition"].endswith('"song-vocals.mp3"')
+    audio, rate = sf.read(io.BytesIO(response.content), always_2d=True)
+    assert rate == RATE and audio.shape == (frames, 2)  # gapless: the input's length
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/api/jobs/{job_id}/zip").content)) as archive:
+        assert sorted(archive.namelist()) == [f"song/{n}.mp3" for n in ("bass", "drums", "other", "vocals")]
+
+
 def test_zip_holds_every_stem_and_delete_removes_the_job(client, setup):
     job_id = upload(client, "Zip Me.wav", wav_bytes(1.0, seed=1), ext="flac")
     assert wait_done(client, job_id)["status"] == "done"
@@ -190,7 +206,8 @@ def test_an_upload_announced_over_the_limit_is_refused_before_it_is_stored(clien
 
 
 def test_bad_options_are_refused(client):
-    for fields in ({"model": "../../etc"}, {"residual": "../x"}, {"ext": "mp3"}, {"bits": "32"}):
+    for fields in ({"model": "../../etc"}, {"residual": "../x"}, {"ext": "ogg"}, {"bits": "32"},
+                   {"ext": "mp3", "bitrate": "100"}, {"bitrate": "128"}):
         response = client.post("/api/jobs", files={"file": ("a.wav", wav_bytes(0.2))}, data=fields)
         assert response.status_code == 400, fields
     assert client.post("/api/jobs", data={"model": "tiny"}).status_code == 422  # no file

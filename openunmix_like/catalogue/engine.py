@@ -267,7 +267,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         failures.extend(plan.failures)
         options = Options(args.start, args.duration, args.segment, args.overlap, args.batch_segments,
                           args.keep_model_rate, aggregate, args.ext, args.bits, args.clip,
-                          args.model or "default", model_sha256, settings, storage_options, args.stream_over)
+                          args.model or "default", model_sha256, settings, storage_options, args.stream_over,
+                          args.mp3_bitrate)
         started = connect(args.address, args.verbose) if plan.todo else False
     except OpenUnmixLikeError as exc:
         _report(str(exc))

@@ -31,7 +31,10 @@ OUTPUT_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len",
 
 def settings_of(args: argparse.Namespace) -> Dict[str, object]:
     """The options a finished track's outputs depend on, as JSON values."""
-    return {name: getattr(args, name) for name in OUTPUT_SETTINGS}
+    settings = {name: getattr(args, name) for name in OUTPUT_SETTINGS}
+    if args.ext == "mp3":  # only then: records of wav and flac runs stay as they were
+        settings["mp3_bitrate"] = args.mp3_bitrate
+    return settings
 
 
 def model_fingerprint(separator: torch.nn.Module) -> str:

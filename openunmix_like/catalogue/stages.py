@@ -87,6 +87,7 @@ class Options:
     settings: dict
     storage_options: Optional[dict] = None
     stream_over: Optional[float] = None  # seconds; longer tracks are streamed inside the actor
+    mp3_bitrate: Optional[int] = None  # kbit/s, with ext "mp3"
 
 
 def _reason(exc: BaseException) -> str:
@@ -263,7 +264,8 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
     try:
         local = ({name: folder / f"{name}.{options.ext}" for name in track.stems} if remote
                  else {name: Path(url) for name, url in track.stems.items()})
-        with StemWriter(local, rate, nb_channels, options.ext, options.bits, options.clip) as writer:
+        with StemWriter(local, rate, nb_channels, options.ext, options.bits, options.clip,
+                        options.mp3_bitrate) as writer:
             for chunk in chunks:
                 writer.write(aggregate_estimates(dict(zip(names, chunk)), options.aggregate))
                 frames += chunk.shape[-1]

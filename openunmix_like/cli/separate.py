@@ -7,6 +7,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ import torch
 
 from .. import __version__, catalogue
 from . import sigterm_as_interrupt
+from ..audio import MP3_BITRATES
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, resolve_precision
@@ -77,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--filename", default=DEFAULT_TEMPLATE,
                    help="output path template under --outdir with {track}, {target}, {ext}, {model} "
                         f"(default {DEFAULT_TEMPLATE})")
-    g.add_argument("--ext", default="wav", choices=["wav", "flac"], help="output format (default wav)")
-    g.add_argument("--bits", type=int, default=16, choices=[16, 24, 32],
-                   help="bits per sample; 32 is float, wav only (default 16)")
+    g.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
+                   help="output format (default wav); mp3 is encoded by the ffmpeg program")
+    g.add_argument("--bits", type=int, default=None, choices=[16, 24, 32],
+                   help="bits per sample of wav and flac; 32 is float, wav only (default 16)")
+    g.add_argument("--mp3-bitrate", type=int, default=None, choices=MP3_BITRATES, metavar="KBPS",
+                   help="kbit/s of mp3 stems, constant (default 320; rates below 32 kHz allow at most 160)")
     g.add_argument("--clip", default="rescale", choices=["rescale", "clamp", "none"],
                    help="peaks above full scale: rescale the whole track, clamp samples, or none (default rescale)")
     g.add_argument("--keep-model-rate", action="store_true",
@@ -190,16 +195,17 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
     When ``cancel`` is set, the track stops after the chunk in hand, raising :class:`Cancelled`.
     """
     from ..audio import AudioSource
-    from ..writer import FLAC_MAX_CHANNELS, StemWriter
+    from ..writer import StemWriter, format_problem
 
     check_outputs(path, outputs, args.force)
     with AudioSource(path, start=args.start, duration=args.duration) as source:
         out_rate = int(separator.sample_rate) if args.keep_model_rate else source.sample_rate
         names = separator.target_names
-        if args.ext == "flac" and source.nb_channels > FLAC_MAX_CHANNELS:  # named by its input, not its output
-            raise AudioError(f"{path}: {source.nb_channels} channels, and FLAC holds at most {FLAC_MAX_CHANNELS}; "
-                             "use --ext wav")
-        with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip) as writer:
+        problem = format_problem(args.ext, out_rate, source.nb_channels)
+        if problem:  # before separating, and named by its input rather than its output
+            raise AudioError(f"{path}: {problem}")
+        with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip,
+                        args.mp3_bitrate) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
                                    progress=not args.quiet, desc=path.name, out_rate=out_rate,
                                    batch_segments=args.batch_segments)
@@ -242,7 +248,7 @@ def load_separator(args: argparse.Namespace) -> Separator:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse, once and before any work, option values that no track could use."""
+    """Refuse, once and before any work, option values that no track could use; fill in the format's defaults."""
     from ..audio import subtype_for
 
     for name, value in (("--segment", args.segment), ("--overlap", args.overlap), ("--start", args.start)):
@@ -261,6 +267,17 @@ def check_options(args: argparse.Namespace) -> None:
                                  "(which also notices changed settings); leave it out")
     if args.batch_segments is not None and args.batch_segments < 1:
         raise OpenUnmixLikeError("--batch-segments must be at least 1")
+    if args.ext == "mp3":
+        if args.bits is not None:
+            raise OpenUnmixLikeError(f"--bits {args.bits} is for wav and flac; mp3 stems take --mp3-bitrate")
+        if not shutil.which("ffmpeg"):
+            raise OpenUnmixLikeError("--ext mp3 needs the ffmpeg program to encode; install it "
+                                     "(e.g. apt-get install ffmpeg) or write wav or flac")
+        args.mp3_bitrate = args.mp3_bitrate or 320
+        return
+    if args.mp3_bitrate is not None:
+        raise OpenUnmixLikeError(f"--mp3-bitrate is for --ext mp3, and the stems are {args.ext}; leave it out")
+    args.bits = args.bits or 16
     try:
         subtype_for(args.ext, args.bits)
     except AudioError as exc:

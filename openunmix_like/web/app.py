@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from .jobs import JobError, JobManager
 
 STATIC = Path(__file__).parent / "static"
-MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 EVENT_POLL_S = 0.25
 KEEPALIVE_S = 15.0
 MULTIPART_SLACK = 64 * 1024  # the form's other fields and part headers
@@ -140,11 +140,12 @@ def _add_job_routes(app: FastAPI, manager: JobManager) -> None:
     @app.post("/api/jobs")
     async def create_job(file: UploadFile = File(...), model: Optional[str] = Form(None),
                          targets: Optional[List[str]] = Form(None), residual: Optional[str] = Form(None),
-                         ext: str = Form("wav"), bits: int = Form(16)) -> JSONResponse:
+                         ext: str = Form("wav"), bits: int = Form(16),
+                         bitrate: Optional[int] = Form(None)) -> JSONResponse:
         try:
             # The upload is already spooled to a temporary file; copying it blocks, so off the loop.
             job = await asyncio.to_thread(manager.submit, file.filename, file.file, model, split_targets(targets),
-                                          residual or None, ext, bits)
+                                          residual or None, ext, bits, bitrate)
         except JobError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         finally:

@@ -35,6 +35,7 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 STEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # never an option
 SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
+MP3_BITRATES = (128, 192, 256, 320)  # kbit/s offered; 320 unless asked
 COPY_BLOCK = 1 << 20
 TMP_DIR = ".tmp"  # the workers' temporary folders, inside the jobs folder (never a job id)
 
@@ -55,6 +56,7 @@ class Job:
     residual: Optional[str] = None
     ext: str = "wav"
     bits: int = 16
+    bitrate: Optional[int] = None  # kbit/s, for mp3
     input: str = "input"
     status: str = "queued"
     progress: float = 0.0
@@ -65,7 +67,7 @@ class Job:
         """The fields the HTTP API returns."""
         return {"id": self.id, "status": self.status, "progress": round(self.progress, 4), "stems": self.stems,
                 "error": self.error, "filename": self.filename, "created": self.created, "model": self.model,
-                "ext": self.ext}
+                "ext": self.ext, "bitrate": self.bitrate}
 
 
 def new_job_id() -> str:
@@ -138,7 +140,8 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
     from ..cli.separate import build_parser, load_separator, separate_file
     from ..errors import AudioError
 
-    argv = ["-", "--quiet", "--force", "--ext", spec["ext"], "--bits", str(spec["bits"])]
+    argv = ["-", "--quiet", "--force", "--ext", spec["ext"]]
+    argv += (["--mp3-bitrate", str(spec["bitrate"])] if spec["ext"] == "mp3" else ["--bits", str(spec["bits"])])
     if spec["model_arg"] is not None:
         argv += ["--model", spec["model_arg"]]
     if spec["targets"]:
@@ -282,7 +285,7 @@ class JobManager:
     # ------------------------------------------------------------ requests
 
     def check_options(self, model: Optional[str], targets: Optional[List[str]], residual: Optional[str],
-                      ext: str, bits: int) -> str:
+                      ext: str, bits: int, bitrate: Optional[int] = None) -> str:
         """Validate a request's options; return the model's name. Raises :class:`JobError`."""
         model = model or next(iter(self.models))
         if model not in self.models:
@@ -297,19 +300,29 @@ class JobManager:
         if residual and residual in (targets or offered):
             raise JobError(f"residual {residual!r} is already a target; give the residual another name, "
                            "e.g. accompaniment")
-        if (ext, bits) not in FORMATS:
-            raise JobError(f"format {ext} {bits} bit not offered; choose wav or flac, 16 or 24 bit")
+        if ext == "mp3":
+            if bitrate not in (None, *MP3_BITRATES):
+                raise JobError(f"mp3 at {bitrate} kbit/s not offered; choose {', '.join(map(str, MP3_BITRATES))}")
+        elif bitrate is not None:
+            raise JobError(f"bitrate is for mp3, and the format asked is {ext}; leave it out")
+        elif (ext, bits) not in FORMATS:
+            raise JobError(f"format {ext} {bits} bit not offered; choose wav or flac, 16 or 24 bit, or mp3")
         return model
 
     def submit(self, filename: Optional[str], data: BinaryIO, model: Optional[str] = None,
                targets: Optional[List[str]] = None, residual: Optional[str] = None, ext: str = "wav",
-               bits: int = 16) -> Job:
-        """Store an upload as a new job and queue it; an upload over the size limit is a failed job."""
-        model = self.check_options(model, targets, residual, ext, bits)
+               bits: int = 16, bitrate: Optional[int] = None) -> Job:
+        """Store an upload as a new job and queue it; an upload over the size limit is a failed job.
+
+        ``bits`` is for wav and flac; mp3 takes ``bitrate`` (kbit/s, 320 unless given).
+        """
+        model = self.check_options(model, targets, residual, ext, bits, bitrate)
+        if ext == "mp3":
+            bitrate = bitrate or 320
         name = clean_filename(filename)
         suffix = Path(name).suffix.lower()
         job = Job(id=new_job_id(), filename=name, created=time.time(), model=model, targets=targets or None,
-                  residual=residual or None, ext=ext, bits=bits,
+                  residual=residual or None, ext=ext, bits=bits, bitrate=bitrate,
                   input="input" + (suffix if SUFFIX.match(suffix) else ""))
         folder = self.jobs_dir / job.id
         folder.mkdir(parents=True)
@@ -457,8 +470,8 @@ class JobManager:
                                                           "offered by this server any more")
                         continue
                     spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
-                            "bits": job.bits, "model_arg": self.models[job.model]["arg"], "targets": job.targets,
-                            "residual": job.residual}
+                            "bits": job.bits, "bitrate": job.bitrate, "model_arg": self.models[job.model]["arg"],
+                            "targets": job.targets, "residual": job.residual}
                     try:
                         worker.conn.send((job.id, spec))
                     except OSError:  # the worker died meanwhile: the job waits for its replacement

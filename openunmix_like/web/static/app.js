@@ -55,9 +55,9 @@ function formFor(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   form.append("model", $("#model").value);
-  const [ext, bits] = $("#format").value.split(":");
+  const [ext, size] = $("#format").value.split(":");  // bits per sample, or kbit/s for mp3
   form.append("ext", ext);
-  form.append("bits", bits);
+  form.append(ext === "mp3" ? "bitrate" : "bits", size);
   if ($("#two-stems").checked) {
     form.append("targets", "vocals");
     form.append("residual", "accompaniment");
