@@ -15,6 +15,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -118,23 +119,26 @@ class StemWriter:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
     def finish(self) -> None:
-        """Encode every stem beside its final path, then rename them all into place (each rename is atomic)."""
-        import soundfile as sf
+        """Encode every stem beside its final path, then rename them all into place (each rename is atomic).
 
+        The stems are encoded side by side, one thread each (libsndfile and the pipes to ffmpeg
+        release the GIL), since encoding mp3 or flac takes seconds per stem of a song.
+        """
         for f in self._files.values():
             f.close()
-        gain = 1.0 / self.peak if self.clip == "rescale" and self.peak > 1.0 else 1.0
         for name, path in self.paths.items():
             try:
-                tmp = self._encoded[name] = new_partial(path, f".{self.format.lower()}")
-                with sf.SoundFile(sf_path(self._tmp[name])) as src, self._open_encoded(tmp, path) as write:
-                    for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
-                        block = block * gain if gain != 1.0 else block
-                        if self.clip != "none" or self.subtype != "FLOAT":
-                            np.clip(block, -1.0, 1.0, out=block)
-                        write(block)
+                self._encoded[name] = new_partial(path, f".{self.format.lower()}")
             except Exception as exc:
                 raise _as_audio_error(exc, path) from exc
+        workers = max(1, min(len(self.paths), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="umx-encode") as pool:
+            encoding = [(path, pool.submit(self._encode, name, path)) for name, path in self.paths.items()]
+            for path, future in encoding:  # the first stem's error, whatever finished first
+                try:
+                    future.result()
+                except Exception as exc:
+                    raise _as_audio_error(exc, path) from exc
         # Every stem is encoded: only now are the outputs (and what an earlier run left there) replaced.
         for name, path in self.paths.items():
             try:
@@ -143,6 +147,18 @@ class StemWriter:
                 raise _as_audio_error(exc, path) from exc
             del self._encoded[name]
             self._done.append(path)
+
+    def _encode(self, name: str, path: Path) -> None:
+        """Apply the clipping policy to one stem's float32 chunks and encode them into its partial file."""
+        import soundfile as sf
+
+        gain = 1.0 / self.peak if self.clip == "rescale" and self.peak > 1.0 else 1.0
+        with sf.SoundFile(sf_path(self._tmp[name])) as src, self._open_encoded(self._encoded[name], path) as write:
+            for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
+                block = block * gain if gain != 1.0 else block
+                if self.clip != "none" or self.subtype != "FLOAT":
+                    np.clip(block, -1.0, 1.0, out=block)
+                write(block)
 
     @contextlib.contextmanager
     def _open_encoded(self, path: Path, named: Path):
