@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="CPUs each decode or write task holds (default 0.5)")
     g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
                    help="tracks decoded, separated or written at once, bounding memory "
-                        "(default 2 per actor plus 2)")
+                        "(default (2 x actors + 1) x --tracks-per-call + 1)")
     g.add_argument("--stream-over", type=float, default=1200.0, metavar="SECONDS",
                    help="tracks longer than this are decoded, separated and written piece by piece inside their "
                         "separation actor, in bounded memory, instead of passing whole between the stages "
