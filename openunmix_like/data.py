@@ -248,13 +248,26 @@ class _Base(torch.utils.data.Dataset):
     def too_short(self, file: AudioFile) -> bool:
         return self.seq_duration is not None and file.duration() < self.seq_duration
 
-    def iter_mixtures(self, limit: int = 1000) -> Iterator[Tensor]:
-        """Mixtures for input statistics: no augmentation, no random mixing, fixed draws."""
+    # Whether the input statistics may read whole tracks (every layout whose sources of an item
+    # share one length; not sourcefolder, whose items are excerpts of unrelated files).
+    whole_tracks_for_stats = True
+
+    def iter_mixtures(self, limit: int = 1000, whole_tracks: bool = False) -> Iterator[Tensor]:
+        """Mixtures for input statistics: no augmentation, no random mixing, fixed draws.
+
+        Args:
+            limit: at most this many mixtures (see :meth:`stats_indices`).
+            whole_tracks: whole tracks instead of ``seq_duration`` excerpts, as the reference
+                recipe's statistics read them (where the layout has tracks).
+        """
         saved = {k: getattr(self, k) for k in ("source_augmentations", "random_track_mix", "random_interferer_mix")
                  if hasattr(self, k)}
+        if whole_tracks and self.whole_tracks_for_stats:
+            saved["seq_duration"] = self.seq_duration
+            self.seq_duration = None
         self.source_augmentations = Compose()
         for k in saved:
-            if k != "source_augmentations":
+            if k not in ("source_augmentations", "seq_duration"):
                 setattr(self, k, False)
         try:
             for index in self.stats_indices()[:limit]:
@@ -323,6 +336,8 @@ class AlignedDataset(_Base):
 
 class SourceFolderDataset(_Base):
     """One folder per source; each item mixes a random target file with one random file per interferer folder."""
+
+    whole_tracks_for_stats = False  # files of different lengths: the statistics read excerpts
 
     def __init__(self, root, split: str, target_dir: str, interferer_dirs: Sequence[str], ext: str = ".wav",
                  nb_samples: int = 1000, **kw):
@@ -422,15 +437,15 @@ class FixedSourcesTrackFolderDataset(_DrawsPerTrack, _Base):
         rng = self.rng(index)
         files = self.track_of(index)
         start = self.start_in(min(f.duration() for f in files), rng)
-        augment = rng if self.seq_duration is not None else None
-        target = self.load_source(files[0], start, augment)
+        # Whole tracks (--seq-dur <= 0) are augmented too; validation sets have no augmentations.
+        target = self.load_source(files[0], start, rng)
         sources = [target]
         for k in range(1, len(files)):
             if self.random_track_mix:
                 other = rng.choice(self.tracks)[k]
                 sources.append(self.load_source(other, self.start_in(other.duration(), rng), rng))
             else:
-                sources.append(self.load_source(files[k], start, augment))
+                sources.append(self.load_source(files[k], start, rng))
         n = min(s.shape[-1] for s in sources)
         x = torch.stack([s[:, :n] for s in sources]).sum(0)
         if self.nb_targets is not None:
@@ -482,12 +497,14 @@ class VariableSourcesTrackFolderDataset(_Base):
         rng = self.rng(index)
         target, files = self.tracks[index]
         start = self.start_in(self._length(target, files), rng)
-        augment = rng if self.seq_duration is not None else None
-        y = self.load_source(target, start, augment) if target else None
+        # Whole tracks (--seq-dur <= 0) are augmented too; validation sets have no augmentations.
+        y = self.load_source(target, start, rng) if target else None
         if self.random_interferer_mix:
-            _, files = rng.choice(self.tracks)
+            own, (_, files) = files, rng.choice(self.tracks)
+            if target is None and not files:  # a silent target and no interferer: the track's own
+                files = own
             start = self.start_in(min(f.duration() for f in files), rng) if files else 0.0
-        sources = [self.load_source(f, start, augment) for f in files]
+        sources = [self.load_source(f, start, rng) for f in files]
         if y is None:
             y = torch.zeros_like(sources[0])
         n = min(s.shape[-1] for s in sources + [y])
@@ -669,8 +686,8 @@ class TargetView(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    def iter_mixtures(self, limit: int = 1000) -> Iterator[Tensor]:
-        return self.dataset.iter_mixtures(limit)
+    def iter_mixtures(self, limit: int = 1000, whole_tracks: bool = False) -> Iterator[Tensor]:
+        return self.dataset.iter_mixtures(limit, whole_tracks)
 
 
 # ---------------------------------------------------------------- default file and folder names

@@ -164,12 +164,15 @@ class Objective(nn.Module):
         loss: what to compute.
         domain: the model's domain (``magnitude``, ``complex``, ``waveform``).
         n_fft, n_hop: the training STFT (also the magnitudes of the magnitude losses).
-        mono: the model sees the mean magnitude of the channels (a mono ``umx`` model).
+        mono: a mono model, trained on what the separator gives it from stereo audio:
+            magnitude models the mean magnitude of the channels (the spectral downmix; their
+            estimate filters every channel, as in separation), complex and waveform models the
+            mean of the channels (the mixture and the target are downmixed before the loss).
     """
 
     def __init__(self, loss: Loss, domain: str, n_fft: int, n_hop: int, mono: bool = False):
         super().__init__()
-        self.loss, self.domain = loss, domain
+        self.loss, self.domain, self.mono = loss, domain, mono
         self.stft = STFT(n_fft, n_hop)
         self.norm = ComplexNorm(mono=mono)
 
@@ -182,6 +185,9 @@ class Objective(nn.Module):
                 trained on the same mixtures share it).
         """
         needs = self.loss.domains
+        if self.mono and self.domain != MAGNITUDE and x.shape[1] > 1:
+            x, y = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)
+            mix_stft = None if mix_stft is None else mix_stft.mean(dim=1, keepdim=True)
         estimates = self.estimates(model, x, needs, mix_stft)
         references = {}
         if MAGNITUDE in needs:

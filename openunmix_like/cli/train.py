@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="umx-train", usage=USAGE,
         description="Train one target model (Open-Unmix by default) on a data set; docs/training.md has details.")
     g = p.add_argument_group("target and output")
-    g.add_argument("--target", default=DEFAULTS.target, metavar="NAME", help="source to learn (default vocals)")
+    g.add_argument("--target", default=DEFAULTS.target, metavar="NAME",
+                   help="source to learn (default: the --target-file or --output-file name without its extension, "
+                        "the --target-dir folder, else vocals)")
     g.add_argument("--targets", nargs="+", default=None, metavar="NAME",
                    help="several sources learnt together from one stream of mixtures (musdb, trackfolder_fix), "
                         "each into its own files of --output, e.g. --targets vocals drums bass other")

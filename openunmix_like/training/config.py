@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import PurePath
 from typing import List, Optional
 
 from .. import architectures
@@ -26,8 +27,9 @@ class TrainConfig:
     ``<target>.json``: see :func:`openunmix_like.training.factory.build_model`.
     """
 
-    # what and where
-    target: str = "vocals"
+    # what and where; None: named after --target-file, --output-file or --target-dir, as the
+    # reference names it, else vocals (see resolve_target)
+    target: Optional[str] = None
     targets: Optional[List[str]] = None  # several targets trained together from one stream of mixtures
     output: str = "open-unmix"
     checkpoint: Optional[str] = None
@@ -122,10 +124,12 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     """Fail on bad architecture, loss, schedule or augmentation options before reading any data.
 
     Returns:
-        ``cfg`` with ``eval_every`` resolved (``--select-by sdr`` scores every
-        epoch unless ``--eval-every`` says otherwise) and ``samples_per_track``
-        resolved for the layout.
+        ``cfg`` with ``target`` named (:func:`resolve_target`), ``eval_every`` resolved
+        (``--select-by sdr`` scores every epoch unless ``--eval-every`` says otherwise),
+        ``samples_per_track`` resolved for the layout and ``source_augmentations`` to the
+        names used (the layout's default when none were given), so the saved ``args`` say them.
     """
+    cfg = resolve_target(cfg)
     check_numbers(cfg)
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
@@ -159,7 +163,28 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     if cfg.loss:
         parse_loss(cfg.loss)
     split_names(cfg.augmentation_names())
-    return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg))
+    return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg),
+                               source_augmentations=cfg.augmentation_names())
+
+
+DEFAULT_TARGET = "vocals"
+
+
+def resolve_target(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``target`` named when ``--target`` was not given, as the reference recipe names
+    it: the stem of ``--target-file`` (``trackfolder_fix``, ``trackfolder_var``) or of
+    ``--output-file`` (``aligned``), the ``--target-dir`` folder (``sourcefolder``), else vocals.
+    A model trained from ``drums.wav`` is then saved as ``drums``, not as ``vocals``."""
+    if cfg.target is not None:
+        return cfg
+    target = DEFAULT_TARGET
+    named = {"trackfolder_fix": cfg.target_file, "trackfolder_var": cfg.target_file,
+             "aligned": cfg.output_file}.get(cfg.dataset)
+    if named:
+        target = PurePath(named).stem
+    elif cfg.dataset == "sourcefolder" and cfg.target_dir:
+        target = PurePath(cfg.target_dir).name
+    return dataclasses.replace(cfg, target=target)
 
 
 def check_numbers(cfg: TrainConfig) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from ..errors import ModelError, OpenUnmixLikeError
 from ..losses import Objective, parse_loss
 from ..modeldir import AudioSettings
 from ..transforms import STFT, ComplexNorm
-from .config import DATASETS, TrainConfig, check_options, resolve_samples_per_track
+from .config import DATASETS, TrainConfig, check_options, resolve_samples_per_track, resolve_target
 from .context import Context, WeightAverage
 from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
 from .history import History, tensorboard_writer
@@ -35,7 +35,9 @@ Datasets = Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]
 def resolve_sources(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the file and folder names the data layout implies where none are given:
     ``trackfolder_fix``: ``<target>.<ext>`` and every other audio file except ``mixture.*``;
-    ``trackfolder_var``: ``<target><--ext>``; ``sourcefolder``: ``<target>/`` and every other folder."""
+    ``trackfolder_var``: ``<target><--ext>``; ``sourcefolder``: ``<target>/`` and every other folder.
+    A ``target`` not given is named first (:func:`~openunmix_like.training.config.resolve_target`)."""
+    cfg = resolve_target(cfg)
     if cfg.root is None:
         raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
     if cfg.dataset == "trackfolder_fix" and not (cfg.target_file and cfg.interferer_files):
@@ -50,10 +52,17 @@ def resolve_sources(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+# Training data is read in stereo whatever --nb-channels is: a mono model learns from the downmix
+# the separator will give it, which for magnitude models (umx, unet2d) is the mean of the channels'
+# magnitudes (a spectral downmix, as in the reference recipe), not the magnitude of the mean of the
+# samples; the objective downmixes (see openunmix_like.losses.Objective).
+DATA_CHANNELS = 2
+
+
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Training and validation datasets for ``cfg.dataset`` (names resolved by :func:`resolve_sources`)."""
     cfg = dataclasses.replace(resolve_sources(cfg), samples_per_track=resolve_samples_per_track(cfg))
-    common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
+    common = dict(sample_rate=cfg.sample_rate, nb_channels=DATA_CHANNELS, seed=cfg.seed)
     train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
     if cfg.dataset == "musdb":
@@ -117,28 +126,61 @@ def _require(cfg: TrainConfig, *names: str) -> None:
         raise OpenUnmixLikeError(f"--dataset {cfg.dataset} needs {flags}")
 
 
-def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000) -> Tuple[Tensor, Tensor]:
+def input_statistics(dataset, n_fft: int, n_hop: int, limit: int = 1000, whole_tracks: bool = False,
+                     downmix: str = "spectral") -> Tuple[Tensor, Tensor]:
     """Per-bin mean and standard deviation of the mono training magnitudes (no augmentation).
+
+    Args:
+        dataset: the training set (see :meth:`openunmix_like.data._Base.iter_mixtures`).
+        limit: at most this many mixtures (one per track for the track layouts).
+        whole_tracks: whole tracks rather than excerpts, as the reference recipe and
+            :func:`build_model` compute them (``sourcefolder`` reads excerpts either way).
+        downmix: ``spectral``, the mean of the channels' magnitudes (what magnitude models,
+            mono or stereo, are given, and the reference's statistics), or ``waveform``, the
+            magnitude of the mean of the channels (what mono complex-domain models are given).
 
     The standard deviation is floored at 1e-4 of its largest value so silent
     bins do not blow the input scale up.
     """
-    stft, norm = STFT(n_fft, n_hop), ComplexNorm(mono=True)
+    norm = ComplexNorm(mono=True)
     total = torch.zeros(n_fft // 2 + 1, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     count = 0
     with torch.inference_mode():
-        for mixture in dataset.iter_mixtures(limit):
-            mag = norm(stft(mixture[None].cpu()))[0, 0].double()  # (nb_bins, nb_frames)
-            total += mag.sum(dim=1)
-            total_sq += mag.square().sum(dim=1)
-            count += mag.shape[1]
+        for mixture in dataset.iter_mixtures(limit, whole_tracks=whole_tracks):
+            mixture = mixture.cpu()
+            if downmix == "waveform":
+                mixture = mixture.mean(dim=0, keepdim=True)
+            for spec in stft_segments(mixture, n_fft, n_hop):
+                mag = norm(spec)[0, 0].double()  # (nb_bins, nb_frames)
+                total += mag.sum(dim=1)
+                total_sq += mag.square().sum(dim=1)
+                count += mag.shape[1]
     if count == 0:
         raise OpenUnmixLikeError("the training set yielded no audio for the input statistics")
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     std = torch.maximum(std, 1e-4 * std.max())
     return mean.float(), std.float()
+
+
+def stft_segments(audio: Tensor, n_fft: int, n_hop: int, max_frames: int = 2048) -> Iterator[Tensor]:
+    """The frames of the (centred, reflect-padded) training STFT of ``audio`` ``(nb_channels, nb_timesteps)``,
+    ``max_frames`` at a time, as ``(1, nb_channels, nb_bins, frames)``: a whole track's spectrogram
+    is never held at once."""
+    length = audio.shape[-1]
+    nb_frames = length // n_hop + 1
+    if length <= n_fft // 2:  # too short to reflect: zero-padded
+        yield STFT(n_fft, n_hop, pad_mode="constant")(audio[None])
+        return
+    if nb_frames <= max_frames:
+        yield STFT(n_fft, n_hop)(audio[None])
+        return
+    padded = nn.functional.pad(audio[None], (n_fft // 2, n_fft // 2), mode="reflect")
+    framewise = STFT(n_fft, n_hop, center=False)
+    for first in range(0, nb_frames, max_frames):
+        last = min(first + max_frames, nb_frames)
+        yield framewise(padded[..., first * n_hop : (last - 1) * n_hop + n_fft])
 
 
 # ---------------------------------------------------------------- model
@@ -149,8 +191,9 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
 
     Returns:
         the model on ``device``, its STFT settings, and ``cfg`` resolved to the
-        model: its architecture, width, loss (and, fine-tuning, its STFT and direction).
+        model: its target's name, architecture, width, loss (and, fine-tuning, its STFT and direction).
     """
+    cfg = resolve_target(cfg)
     if cfg.model:
         model, settings, cfg = load_pretrained(cfg, device)
     else:
@@ -160,8 +203,11 @@ def build_model(cfg: TrainConfig, train_set, device: torch.device) -> Tuple[nn.M
         model = arch.build(**model_args(cfg, arch))
         cfg = dataclasses.replace(cfg, arch=arch.name, hidden_size=model.config.hidden_size)
         if arch.input_stats:
-            mean, std = broadcast_from_rank0(lambda: input_statistics(train_set, cfg.nfft, cfg.nhop),
-                                             cfg.nfft // 2 + 1)
+            # What the model is given: mono complex-domain models the downmixed signal's magnitudes.
+            downmix = "waveform" if cfg.nb_channels == 1 and arch.domain != architectures.MAGNITUDE else "spectral"
+            mean, std = broadcast_from_rank0(
+                lambda: input_statistics(train_set, cfg.nfft, cfg.nhop, whole_tracks=True, downmix=downmix),
+                cfg.nfft // 2 + 1)
             model.set_input_stats(mean, std)
     cfg = dataclasses.replace(cfg, loss=cfg.loss or architectures.get(cfg.arch).default_loss)
     return set_lstm_dropout(cfg, model).to(device), settings, cfg
@@ -249,7 +295,7 @@ def make_context(cfg: TrainConfig, model: nn.Module, settings: AudioSettings, de
                  train_set, valid_set) -> Context:
     """Objective, optimiser, schedule, autocast (and fp16 loss scaler) and weight average around a built model."""
     arch = architectures.architecture_of(model)
-    cfg = resolve_precision(cfg, device)
+    cfg = resolve_precision(resolve_target(cfg), device)
     objective = Objective(parse_loss(cfg.loss or arch.default_loss), arch.domain, settings.n_fft, settings.n_hop,
                           mono=settings.nb_channels == 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

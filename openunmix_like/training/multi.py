@@ -24,7 +24,7 @@ from .config import TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .checkpoint import check_output
-from .factory import build_model, make_context, preload_datasets, settings_of
+from .factory import DATA_CHANNELS, build_model, make_context, preload_datasets, settings_of
 from .history import History
 from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
 
@@ -57,7 +57,7 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
     """Training and validation sets whose items hold every target stacked, ``cfg`` with the
     interferer files resolved, and each target's file name (trackfolder_fix), for the records.
     ``cfg`` is as :func:`~openunmix_like.training.config.check_options` returns it (``samples_per_track`` resolved)."""
-    common = dict(sample_rate=cfg.sample_rate, nb_channels=cfg.nb_channels, seed=cfg.seed)
+    common = dict(sample_rate=cfg.sample_rate, nb_channels=DATA_CHANNELS, seed=cfg.seed)
     train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
     if cfg.root is None:
