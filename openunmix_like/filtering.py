@@ -97,17 +97,32 @@ def expectation_maximization(
     nb_frames, _, nb_channels = mix_stft.shape
     eye = torch.eye(nb_channels, dtype=mix_stft.dtype, device=mix_stft.device)
     regularization = eps ** 0.5 * eye
-    y = y.clone()
+    # Autograd cannot go back through estimates overwritten in place: collect new ones instead.
+    in_place = not _tracks_grad(y, mix_stft)
+    y = y.clone() if in_place else y
     for _ in range(iterations):
         v, r = _source_model(y, eps)
+        parts = []
         for start in range(0, nb_frames, batch_size):
             t = slice(start, start + batch_size)
             v_t = v[t].to(mix_stft.dtype)
             cxx = torch.einsum("tfj,fcdj->tfcd", v_t, r) + regularization
             # Every source's filter is v_j R_j Cxx^-1 applied to x: share Cxx^-1 x.
             z = torch.einsum("tfcd,tfd->tfc", invert_hermitian(cxx, eps), mix_stft[t])
-            y[t] = v_t[:, :, None, :] * torch.einsum("fcej,tfe->tfcj", r, z)
+            part = v_t[:, :, None, :] * torch.einsum("fcej,tfe->tfcj", r, z)
+            if in_place:
+                y[t] = part
+            else:
+                parts.append(part)
+        if not in_place:
+            y = torch.cat(parts, dim=0)
     return y
+
+
+def _tracks_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors``: then the filters avoid writing
+    into buffers and overwriting in place, which it cannot differentiate."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def wiener(
@@ -140,8 +155,10 @@ def wiener(
             a long signal are filtered in the same windows as the whole signal.
 
     Returns:
-        complex ``(nb_frames, nb_bins, nb_channels, nb_sources [+1])``.
+        complex ``(nb_frames, nb_bins, nb_channels, nb_sources [+1])``, in the higher
+        precision of the two inputs (single at least).
     """
+    targets_spectrograms, mix_stft = _same_precision(targets_spectrograms, mix_stft)
     if win_len:
         bounds = window_bounds(mix_stft.shape[0], win_len, win_offset)
         if len(bounds) > 1:
@@ -162,9 +179,28 @@ def wiener(
     # One source runs the EM too, as in the reference and norbert: its filter
     # v R (v R + eps^0.5 I)^-1 is close to the identity where the estimate is
     # well above the regulariser, so the result is close to the mixture there.
-    max_abs = max(1.0, float(mix_stft.abs().max()) / scale_factor)
+    max_abs = max(1.0, float(mix_stft.detach().abs().max()) / scale_factor)
     y = expectation_maximization(y / max_abs, mix_stft / max_abs, iterations, eps=eps)
     return y * max_abs
+
+
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _same_precision(spectrograms: Tensor, mix_stft: Tensor) -> Tuple[Tensor, Tensor]:
+    """Both inputs in the higher of their precisions, at least single (no copy when they agree).
+
+    Raises:
+        TypeError: ``mix_stft`` is not complex (the reference's ``(..., 2)`` real layout included) or
+            ``spectrograms`` is not real.
+    """
+    if not mix_stft.is_complex():
+        raise TypeError(f"mix_stft must be a complex STFT, got {mix_stft.dtype} {tuple(mix_stft.shape)}; from the "
+                        "reference package's (..., 2) real layout use torch.view_as_complex")
+    if spectrograms.is_complex() or not spectrograms.is_floating_point():
+        raise TypeError(f"spectrograms must be real magnitudes, got {spectrograms.dtype}; pass their abs()")
+    real = torch.promote_types(torch.promote_types(spectrograms.dtype, mix_stft.real.dtype), torch.float32)
+    return spectrograms.to(real), mix_stft.to(_COMPLEX_OF[real])
 
 
 def window_bounds(nb_frames: int, win_len: int, win_offset: int = 0) -> List[Tuple[int, int]]:
@@ -196,7 +232,8 @@ def wiener_fast(
     the EM runs on real and imaginary planes with the closed-form inverse of
     the Hermitian 2x2 mixture covariance, one block of at most ``block_bins``
     frequency bins at a time (bins are independent given a window, and small
-    blocks stay in cache); other channel counts use :func:`wiener`.
+    blocks stay in cache); other channel counts, and inputs autograd tracks
+    (whose gradients the buffers written here would not carry), use :func:`wiener`.
 
     Args:
         spectrograms: magnitudes ``(nb_sources, {1, nb_channels}, nb_bins, nb_frames)``.
@@ -209,10 +246,12 @@ def wiener_fast(
             to write stereo results into (reused across calls to avoid allocations).
 
     Returns:
-        complex ``(nb_sources [+1], nb_channels, nb_bins, nb_frames)``, frame-major in memory.
+        complex ``(nb_sources [+1], nb_channels, nb_bins, nb_frames)``, frame-major in memory, in
+        the higher precision of the two inputs (single at least).
     """
+    spectrograms, mix_stft = _same_precision(spectrograms, mix_stft)
     nb_channels, nb_bins, nb_frames = mix_stft.shape
-    if nb_channels != 2:
+    if nb_channels != 2 or _tracks_grad(spectrograms, mix_stft):
         y = wiener(spectrograms.permute(3, 2, 1, 0), mix_stft.permute(2, 1, 0), iterations, softmask,
                    residual, scale_factor, eps, win_len, win_offset)
         return y.permute(3, 2, 1, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -60,6 +61,7 @@ def plan_segments(
     its core on both sides. Output positions are at ``out_rate`` (default: the
     input's rate).
     """
+    check_segmenting(segment, overlap)
     out_rate = sample_rate if out_rate is None else out_rate
     nb_out = int(round(nb_timesteps * out_rate / sample_rate))
     if not segment or nb_timesteps <= segment * sample_rate:
@@ -87,6 +89,16 @@ def plan_segments(
         plan[-2:] = [Segment(prev.in_start, last.in_end, prev.start, last.end,
                              prev.core_start, last.core_end, prev.frame_offset)]
     return plan
+
+
+def check_segmenting(segment: Optional[float], overlap: float) -> None:
+    """Raise a one-line ``ValueError`` for a ``segment`` or ``overlap`` no track can be cut with
+    (an infinite ``segment`` is the whole track, like ``None`` and 0)."""
+    for name, value in (("segment", 0.0 if segment is None else segment), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0 \
+                or (name == "overlap" and math.isinf(value)):
+            whole = " (None or 0: the whole track at once)" if name == "segment" else ""
+            raise ValueError(f"{name} must be a number of seconds, 0 or more{whole}; got {value!r}")
 
 
 def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:
@@ -155,8 +167,10 @@ def auto_batch_segments(separator: Separator, segment: Optional[float]) -> int:
 
 
 def _batch_size(separator: Separator, batch_segments: Optional[int], segment: Optional[float]) -> int:
-    if batch_segments is not None and batch_segments < 1:
-        raise ValueError(f"batch_segments must be at least 1 (or None: automatic), got {batch_segments}")
+    if batch_segments is not None and (isinstance(batch_segments, bool) or
+                                       not isinstance(batch_segments, numbers.Integral) or batch_segments < 1):
+        raise ValueError(f"batch_segments must be at least 1, a whole number of segments (or None: automatic), "
+                         f"got {batch_segments!r}")
     return batch_segments or auto_batch_segments(separator, segment)
 
 
@@ -353,9 +367,11 @@ def separate(
         sample_rate: the audio's rate in Hz; estimates come back at this rate.
         model: a :class:`Separator`, a model name or folder, or ``None`` for
             the bundled model (``targets`` and the Wiener settings then apply).
-        targets: subset of the model's targets (default: all).
+        targets: subset of the model's targets (default: all); only with a model
+            loaded here (a ``ValueError`` with a :class:`Separator`, which has its own).
         wiener, **wiener_options: the Wiener filter's settings (``niter``,
-            ``softmask``, ``residual``, ``wiener_win_len``), see :class:`Separator`.
+            ``softmask``, ``residual``, ``wiener_win_len``), see :class:`Separator`;
+            like ``targets``, only with a model loaded here.
         aggregate: sum groups of targets, see :meth:`Separator.to_dict`.
         segment, overlap, batch_segments: segmented processing (see :func:`iter_separate`).
         device: where to run a model loaded here.
@@ -371,7 +387,15 @@ def separate(
         torch.Size([2, 220500])
     """
     audio = check_audio(audio, sample_rate)
-    if not isinstance(model, Separator):
+    sample_rate = check_rate(sample_rate)
+    if isinstance(model, Separator):
+        given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
+        if given or wiener_options:
+            # They would be ignored: the separator's own targets and settings are what it runs.
+            raise ValueError(f"{', '.join(given + list(wiener_options))} would not change a Separator passed as "
+                             "model; give them when building it (Separator.from_pretrained(name, ...)), or pass "
+                             "the model's name or folder as model")
+    else:
         model = Separator.from_pretrained(model, targets=targets, device=device, wiener=wiener, progress=progress,
                                           precision=precision, **wiener_options)
     shape = audio.shape
@@ -386,6 +410,20 @@ def separate(
     return aggregate_estimates(named, aggregate)
 
 
+def check_rate(sample_rate) -> Union[int, float]:
+    """``sample_rate`` as a Python number (NumPy scalars included).
+
+    Raises:
+        AudioError: not a number of Hz from ``MIN_RATE`` to ``MAX_RATE``.
+    """
+    from .errors import AudioError
+
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or \
+            not math.isfinite(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioError(f"sample_rate {sample_rate!r}: pass the audio's rate in Hz ({MIN_RATE} to {MAX_RATE})")
+    return int(sample_rate) if isinstance(sample_rate, numbers.Integral) else float(sample_rate)
+
+
 def check_audio(audio, sample_rate) -> Tensor:
     """Validate audio given to :func:`separate` and return it as a float tensor.
 
@@ -398,9 +436,7 @@ def check_audio(audio, sample_rate) -> Tensor:
     """
     from .errors import AudioError
 
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or \
-            not math.isfinite(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
-        raise AudioError(f"sample_rate {sample_rate!r}: pass the audio's rate in Hz ({MIN_RATE} to {MAX_RATE})")
+    check_rate(sample_rate)
     if not isinstance(audio, Tensor):
         try:
             audio = torch.as_tensor(np.asarray(audio))

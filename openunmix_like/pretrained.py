@@ -200,7 +200,19 @@ def load_models(
     targets: Optional[Sequence[str]] = None,
     progress: bool = True,
 ) -> Tuple[Dict[str, nn.Module], AudioSettings]:
-    """Resolve a model name, folder or the bundled default to target models and settings."""
+    """Resolve a model name, folder or the bundled default to target models and settings.
+
+    ``targets`` may also be one target's name (``"vocals"``).
+
+    Raises:
+        TypeError: ``name_or_path`` is not a name, a path or ``None``.
+        ModelError: the model or a target cannot be found or loaded.
+    """
+    if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"a model is a name ({', '.join(pretrained_table())}), a model folder or None (the bundled "
+                        f"model), got {type(name_or_path).__name__}; wrap models of your own in Separator(...)")
+    if isinstance(targets, str):
+        targets = [targets]
     if name_or_path is None:
         folder = bundled_model_dir()
         if not folder.is_dir():

@@ -4,6 +4,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
+import numbers
+import operator
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
@@ -53,6 +56,24 @@ def resolve_precision(precision: str, device: Union[str, torch.device] = "cpu") 
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a :class:`torch.device` this machine has.
+
+    Raises:
+        ValueError: not a device name, or a CUDA/MPS device the machine lacks; one line saying what to use.
+    """
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r}: not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+        raise ValueError(f"device {device!r}: this machine has {found}; use 'cpu' or an existing GPU")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use 'cpu'")
+    return chosen
+
+
 @dataclasses.dataclass(frozen=True)
 class WienerSettings:
     """How the multichannel Wiener filter combines the targets' estimates.
@@ -91,6 +112,18 @@ class WienerSettings:
     def replace(self, **changes) -> "WienerSettings":
         """A copy with some settings changed (unknown names raise ``TypeError``)."""
         return dataclasses.replace(self, **changes) if changes else self
+
+
+def wiener_settings(wiener: Optional[WienerSettings], options: Mapping) -> WienerSettings:
+    """``wiener`` (default :class:`WienerSettings()`) with the keyword ``options`` applied over it.
+
+    Raises:
+        TypeError: ``wiener`` is not a :class:`WienerSettings`, or an option is not one of its fields.
+    """
+    if wiener is not None and not isinstance(wiener, WienerSettings):
+        raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
+                        "and wiener_win_len as keywords")
+    return (wiener or WienerSettings()).replace(**options)
 
 
 class Separator(nn.Module):
@@ -148,20 +181,25 @@ class Separator(nn.Module):
         **wiener_options,
     ):
         super().__init__()
+        if not isinstance(target_models, Mapping):
+            raise TypeError(f"target_models must map target names to models, e.g. {{'vocals': model}}, "
+                            f"got {type(target_models).__name__}")
         device = next((p.device for m in target_models.values() for p in m.parameters()), "cpu")
         precision = resolve_precision(precision, device)
-        if wiener is not None and not isinstance(wiener, WienerSettings):
-            raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
-                            "and wiener_win_len as keywords")
-        wiener = (wiener or WienerSettings()).replace(**wiener_options)
+        wiener = wiener_settings(wiener, wiener_options)
         if not target_models:
             raise ValueError("a Separator needs at least one target model")
         if wiener.residual is not None and wiener.residual in target_models:
             raise ValueError(f"residual name {wiener.residual!r} is already a model target")
+        _check_stft_settings(sample_rate, n_fft, n_hop, nb_channels)
         for name, model in target_models.items():
             bins = getattr(model, "nb_bins", n_fft // 2 + 1)
             if bins != n_fft // 2 + 1:
                 raise ValueError(f"target {name!r} has {bins} bins but n_fft={n_fft} gives {n_fft // 2 + 1}")
+            channels = getattr(model, "nb_channels", nb_channels)
+            if channels != nb_channels:
+                raise ValueError(f"target {name!r} takes {channels} channel(s) but nb_channels={nb_channels}; "
+                                 f"pass nb_channels={channels}")
         self.target_models = nn.ModuleDict(dict(target_models))
         self.wiener = wiener
         # An int where the rate is a whole number of Hz (44100, not 44100.0).
@@ -216,22 +254,29 @@ class Separator(nn.Module):
         """Separate a batch of signals at ``self.sample_rate``.
 
         Args:
-            audio: ``(nb_samples, nb_channels, nb_timesteps)``; any channel count.
+            audio: ``(nb_samples, nb_channels, nb_timesteps)`` float tensor on the models'
+                device; any channel count and length. Another float dtype is converted to the
+                separator's (float32 unless it was converted with ``.to(dtype)``).
             frame_offset: when ``audio`` is a segment of a longer signal starting
                 at sample ``frame_offset * n_hop``, its Wiener windows line up with
                 those of the whole signal; one offset for all samples, or one per
                 sample (a batch of segments from different places).
 
         Returns:
-            ``(nb_samples, nb_targets, nb_channels, nb_timesteps)``, targets in
-            the order of :attr:`target_names`.
+            ``(nb_samples, nb_targets, nb_channels, nb_timesteps)`` in the separator's
+            dtype, targets in the order of :attr:`target_names`. Gradients flow back
+            to ``audio`` and the models' parameters where autograd is on.
+
+        Raises:
+            TypeError: ``audio`` is not a float tensor.
+            ValueError: a wrong shape, no channels, another device than the models',
+                NaN or infinite samples, or frame offsets that do not fit the batch.
         """
-        if audio.dim() != 3:
-            raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
+        audio = self._checked_input(audio)
         nb_samples, nb_channels, nb_timesteps = audio.shape
-        offsets = [int(frame_offset)] * nb_samples if isinstance(frame_offset, int) else [int(f) for f in frame_offset]
-        if len(offsets) != nb_samples:
-            raise ValueError(f"{len(offsets)} frame offsets for {nb_samples} samples; give one, or one per sample")
+        offsets = _frame_offsets(frame_offset, nb_samples)
+        if nb_samples == 0:
+            return audio.new_zeros((0, len(self.target_names), nb_channels, nb_timesteps))
         if self.nb_channels == 1 or nb_channels <= 2:
             return self._separate_padded(audio, offsets)
         # More than two channels: independent stereo pairs batched together, a last odd one as mono.
@@ -243,6 +288,35 @@ class Separator(nn.Module):
         if even < nb_channels:
             est = torch.cat([est, self._separate_padded(audio[:, even:], offsets)], dim=2)
         return est
+
+    def _checked_input(self, audio) -> Tensor:
+        """``audio`` in the dtype the separator computes in (:attr:`stft`'s window), or a one-line
+        ``TypeError``/``ValueError`` saying what cannot be separated and what to pass instead."""
+        if not isinstance(audio, Tensor):
+            raise TypeError(f"audio must be a torch.Tensor (nb_samples, nb_channels, nb_timesteps), got "
+                            f"{type(audio).__name__}; convert it with torch.as_tensor, or use "
+                            "openunmix_like.separate, which takes arrays at any rate")
+        if audio.dim() != 3:
+            raise ValueError(f"audio must be (nb_samples, nb_channels, nb_timesteps), got {tuple(audio.shape)}")
+        if not audio.is_floating_point():
+            raise TypeError(f"audio has dtype {audio.dtype}; pass float samples in [-1, 1] (integer PCM divided "
+                            "by its full scale, e.g. audio.float() / 32768 for int16)")
+        if audio.shape[1] == 0:
+            raise ValueError(f"audio has shape {tuple(audio.shape)}: no channels to separate")
+        # The models' device (the window buffer may stay behind: training validates models on a GPU
+        # through a Separator built around them); models without parameters take any device.
+        device = next((p.device for p in self.target_models.parameters()), audio.device)
+        if audio.device != device:
+            raise ValueError(f"audio is on {audio.device} but the separator's models are on {device}; "
+                             f"move the audio with audio.to({str(device)!r})")
+        dtype = self.stft.window.dtype
+        if dtype not in (torch.float32, torch.float64) and device.type == "cpu":
+            raise TypeError(f"this separator computes in {dtype}, which the CPU's FFT lacks; convert it back with "
+                            "separator.float() (precision='bf16' runs the models' products in bfloat16)")
+        if not bool(torch.isfinite(audio.detach().sum())) and not bool(torch.isfinite(audio).all()):
+            raise ValueError("audio holds NaN or infinite samples, which would make every estimate NaN; replace "
+                             "them first (e.g. torch.nan_to_num)")
+        return audio.to(dtype)
 
     def _separate_padded(self, audio: Tensor, offsets: List[int]) -> Tensor:
         """Separate, zero-padding inputs too short for the reflect-padded STFT."""
@@ -391,7 +465,12 @@ class Separator(nn.Module):
         Returns:
             name -> ``(nb_samples, nb_channels, nb_timesteps)``.
         """
-        named = {name: estimates[:, j] for j, name in enumerate(self.target_names)}
+        names = self.target_names
+        if not isinstance(estimates, Tensor) or estimates.dim() != 4 or estimates.shape[1] != len(names):
+            shape = tuple(estimates.shape) if isinstance(estimates, Tensor) else type(estimates).__name__
+            raise ValueError(f"estimates must be (nb_samples, {len(names)} targets, nb_channels, nb_timesteps) as "
+                             f"forward returns them ({', '.join(names)}), got {shape}")
+        named = {name: estimates[:, j] for j, name in enumerate(names)}
         return aggregate_estimates(named, aggregate)
 
     @classmethod
@@ -412,8 +491,8 @@ class Separator(nn.Module):
                 ``umx``, ``umxl`` or ``umxse`` for published weights (downloaded
                 once into the cache, see :mod:`openunmix_like.pretrained`); or a
                 folder with ``separator.json`` and per-target weights.
-            targets: subset of the model's targets (default: all).
-            device: torch device.
+            targets: subset of the model's targets (default: all), or one target's name.
+            device: torch device; one the machine lacks is a ``ValueError``.
             wiener, **wiener_options: the Wiener filter's settings, see :class:`Separator`.
             progress: show download progress bars.
             precision: ``fp32`` or ``bf16`` for the target models, see :class:`Separator`;
@@ -427,15 +506,51 @@ class Separator(nn.Module):
         """
         from .pretrained import load_models
 
-        wiener = (wiener or WienerSettings()).replace(**wiener_options)
-        models, settings = load_models(name_or_path, targets=targets, progress=progress)
+        wiener = wiener_settings(wiener, wiener_options)
+        device = check_device(device)  # these before loading, which may download
         precision = resolve_precision(precision, device)
+        models, settings = load_models(name_or_path, targets=targets, progress=progress)
         if precision == "bf16":  # these models are ours: convert them rather than copies
             models = {name: m.cast_products(torch.bfloat16) if hasattr(m, "cast_products") else m
                       for name, m in models.items()}
         separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
                         n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision)
         return separator.freeze().to(device)
+
+
+def _check_stft_settings(sample_rate: float, n_fft: int, n_hop: int, nb_channels: int) -> None:
+    """Raise a one-line ``ValueError`` for settings no separator can work with."""
+    def whole(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    try:
+        rate = None if isinstance(sample_rate, bool) else float(sample_rate)
+    except (TypeError, ValueError):
+        rate = None
+    if rate is None or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"sample_rate must be the models' rate in Hz, got {sample_rate!r}")
+    if not whole(n_fft) or n_fft < 2:
+        raise ValueError(f"n_fft must be a whole number of samples, at least 2, got {n_fft!r}")
+    if not whole(n_hop) or not 0 < n_hop < n_fft:
+        # A hop of n_fft or more leaves samples no window covers: the inverse STFT could not restore them.
+        raise ValueError(f"n_hop must be a whole number of samples from 1 to n_fft - 1 ({n_fft - 1}), got {n_hop!r}")
+    if nb_channels not in (1, 2) or isinstance(nb_channels, bool):
+        raise ValueError(f"nb_channels must be 1 (mono models) or 2 (stereo models), got {nb_channels!r}")
+
+
+def _frame_offsets(frame_offset, nb_samples: int) -> List[int]:
+    """One frame offset per sample, from one offset or one per sample (see :meth:`Separator.forward`)."""
+    try:
+        offsets = [operator.index(frame_offset)] * nb_samples
+    except TypeError:
+        try:
+            offsets = [operator.index(f) for f in frame_offset]
+        except TypeError:
+            raise TypeError(f"frame_offset must be a whole number of frames, or one per sample; got "
+                            f"{frame_offset!r}") from None
+    if len(offsets) != nb_samples:
+        raise ValueError(f"{len(offsets)} frame offsets for {nb_samples} samples; give one, or one per sample")
+    return offsets
 
 
 class _DecodedOnDemand:
@@ -473,6 +588,9 @@ def aggregate_estimates(
     """Sum named estimates into groups (see :meth:`Separator.to_dict`)."""
     if aggregate is None:
         return dict(named)
+    if not isinstance(aggregate, Mapping):
+        raise TypeError(f"aggregate must map new names to lists of targets, e.g. {{'accompaniment': ['drums', "
+                        f"'bass']}}, got {type(aggregate).__name__}")
     out = {}
     for name, members in aggregate.items():
         if isinstance(members, str):
