@@ -1,5 +1,6 @@
 """umx-train's schedules, gradient clipping, step checkpoints, batch augmentations, weight averaging and
 best-model tracking."""
+import csv
 import json
 import math
 import shutil
@@ -175,6 +176,10 @@ def test_select_by_sdr_never_keeps_an_epoch_without_a_validation_sdr(tmp_path, m
     history = run(config(tmp_path, root, "e", epochs=5, lr=0.01, eval_every=2, select_by="sdr"))
     assert history.valid_sdr == [None, 1.0, None, 0.5, None]
     assert history.best_epoch == 2 and history.best_loss == history.valid_loss[1]
+    rows = list(csv.DictReader((tmp_path / "e" / "vocals.csv").open()))
+    assert [row["valid_sdr_mdx"] for row in rows] == ["", "1.0", "", "0.5", ""]
+    assert [row["valid_si_sdr"] for row in rows] == ["", "0.0", "", "0.0", ""]
+    assert [float(row["valid_loss"]) for row in rows] == history.valid_loss
 
 
 def test_validation_sdr_leaves_out_tracks_where_the_target_is_silent(tmp_path):

@@ -73,13 +73,18 @@ def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, d
 
 
 def write_csv(path: Path, history: History) -> None:
-    """``<target>.csv``: one row per epoch (losses, learning rate, time, data-loading share)."""
-    rows = zip(range(1, len(history.train_loss) + 1), history.train_loss, history.valid_loss, history.lr,
-               history.epoch_time, history.data_share)
+    """``<target>.csv``: one row per epoch (losses, learning rate, time, data-loading share, and the
+    validation SDR and SI-SDR of the epochs ``--eval-every`` scored, empty in the others)."""
+    def scored(values: List[Optional[float]], epoch: int) -> object:
+        return "" if epoch >= len(values) or values[epoch] is None else values[epoch]
+
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["epoch", "train_loss", "valid_loss", "lr", "epoch_seconds", "data_loading_share"])
-    writer.writerows(rows)
+    writer.writerow(["epoch", "train_loss", "valid_loss", "lr", "epoch_seconds", "data_loading_share",
+                     "valid_sdr_mdx", "valid_si_sdr"])
+    for k, row in enumerate(zip(history.train_loss, history.valid_loss, history.lr, history.epoch_time,
+                                history.data_share)):
+        writer.writerow([k + 1, *row, scored(history.valid_sdr, k), scored(history.valid_si_sdr, k)])
     write_bytes_atomic(path, text.getvalue().encode())
 
 
