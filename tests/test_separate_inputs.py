@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from helpers import music_like
 from openunmix_like import AudioError
@@ -73,6 +74,15 @@ def test_an_option_no_track_could_use_is_one_line_before_any_work(model, tmp_pat
     lines = error_lines(capsys)
     assert len(lines) == 1, lines  # once, not once per file
     assert lines[0].startswith("umx-separate: error: ") and message in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_is_one_line_before_any_work(model, tmp_path, wav_file, capsys):
+    out = tmp_path / "out"
+    assert run_cli(wav_file(), "--model", model, "--outdir", out, "--device", "cuda") == 1
+    assert error_lines(capsys) == ["umx-separate: error: --device cuda: device 'cuda': this machine has no CUDA; "
+                                   "use 'cpu' or an existing GPU"]
     assert not out.exists()
 
 

@@ -23,7 +23,8 @@ from . import sigterm_as_interrupt
 from ..audio import MP3_BITRATES
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
-from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, resolve_precision
+from ..separator import (PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device,
+                         resolve_precision)
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
@@ -230,10 +231,10 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
 
 
 def load_separator(args: argparse.Namespace) -> Separator:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise OpenUnmixLikeError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    if args.device == "mps" and not torch.backends.mps.is_available():
-        raise OpenUnmixLikeError("--device mps: MPS is not available on this machine; use --device cpu")
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise OpenUnmixLikeError(f"--device {args.device}: {exc}") from None
     try:
         wiener = WienerSettings(niter=args.niter, softmask=args.softmask, residual=args.residual,
                                 wiener_win_len=args.wiener_win_len)
