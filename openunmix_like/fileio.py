@@ -121,3 +121,26 @@ def write_bytes_atomic(path: Union[str, Path], data: bytes) -> None:
 
 def write_json_atomic(path: Union[str, Path], obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def writable_folder(option: str, folder: Union[str, Path]) -> Path:
+    """``folder`` created if missing, after checking a file can be made in it; for output options.
+
+    Raises:
+        OpenUnmixLikeError: ``<option> <folder>: ...`` in one line: a file is there, or the folder
+            cannot be created or written (a probe file is made and removed, which also catches
+            read-only file systems and root's permissions, that ``os.access`` would not).
+    """
+    from .errors import OpenUnmixLikeError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OpenUnmixLikeError(f"{option} {folder}: is a file, not a folder; give a folder (created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"{option} {folder}: cannot write there ({exc.strerror or exc}); give another folder "
+                                 "or fix its permissions") from None
+    return folder

@@ -313,7 +313,7 @@ def test_a_damaged_result_file_is_scored_again_and_an_unexpected_error_stops_one
 
 @pytest.mark.parametrize("options, says", [
     (["--evaldir", "{file}"], "--evaldir {file}: is a file, not a folder"),
-    (["--outdir", "{file}/estimates"], "--outdir {file}/estimates: cannot create the folder"),
+    (["--outdir", "{file}/estimates"], "--outdir {file}/estimates: cannot write there"),
     (["--nfft", "0"], "--nfft 0 --nhop 1024: give an STFT length of 2 or more"),
     (["--nhop", "-1"], "--nfft 4096 --nhop -1: give"),
     (["--nfft", "256", "--nhop", "512"], "--nfft 256 --nhop 512: give"),

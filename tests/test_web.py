@@ -518,7 +518,7 @@ def test_a_bad_port_or_jobs_folder_is_a_one_line_error(tmp_path):
                             "(created if missing)\n"
     result = run_web("--port", "0", "--jobs-dir", str(afile / "jobs"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"umx-web: error: --jobs-dir {afile / 'jobs'}: cannot create it (")
+    assert result.stderr.startswith(f"umx-web: error: --jobs-dir {afile / 'jobs'}: cannot write there (")
 
 
 @pytest.mark.slow

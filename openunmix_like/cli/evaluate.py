@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import math
 import multiprocessing
-import os
 import signal
 import sys
 import traceback
@@ -20,7 +19,7 @@ from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
                         folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, read_record, score_track,
                         write_csv)
-from ..fileio import write_bytes_atomic, write_json_atomic
+from ..fileio import writable_folder, write_bytes_atomic, write_json_atomic
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
 
@@ -185,19 +184,7 @@ def check_options(args: argparse.Namespace) -> None:
                                  f"(--subset is {args.subset})")
     for option, folder in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
         if folder is not None:
-            _writable_folder(option, Path(folder))
-
-
-def _writable_folder(option: str, folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OpenUnmixLikeError(f"{option} {folder}: is a file, not a folder; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OpenUnmixLikeError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc}); "
-                                 "give another one") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OpenUnmixLikeError(f"{option} {folder}: cannot write in this folder; give another one")
+            writable_folder(option, folder)
 
 
 def _report(message: str) -> None:

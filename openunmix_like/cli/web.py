@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 import threading
 import webbrowser
@@ -12,6 +11,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import OpenUnmixLikeError
+from ..fileio import writable_folder
 from ..pretrained import cache_dir
 
 INSTALL_HINT = "umx-web needs the web extra: pip install 'openunmix-like[web]'"
@@ -62,16 +62,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _jobs_dir(args: argparse.Namespace) -> Path:
     """The jobs folder, created; raises OpenUnmixLikeError when it cannot be used."""
     path = Path(args.jobs_dir).expanduser() if args.jobs_dir else cache_dir() / "web-jobs"
-    if path.exists() and not path.is_dir():
-        raise OpenUnmixLikeError(f"--jobs-dir {path}: is a file, not a folder; give a folder (created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OpenUnmixLikeError(f"--jobs-dir {path}: cannot create it ({exc.strerror}); "
-                                 "give a folder you can write to") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OpenUnmixLikeError(f"--jobs-dir {path}: not writable; give a folder you can write to")
-    return path
+    return writable_folder("--jobs-dir", path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,6 @@ import dataclasses
 import glob
 import io
 import logging
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -21,7 +20,7 @@ import torch
 
 from .. import architectures
 from ..errors import OpenUnmixLikeError
-from ..fileio import write_bytes_atomic
+from ..fileio import writable_folder, write_bytes_atomic
 from ..modeldir import AudioSettings, read_target_json, save_metadata, save_target
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
@@ -49,16 +48,7 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
     Raises:
         OpenUnmixLikeError: one line naming the folder and what to do.
     """
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise OpenUnmixLikeError(f"--output {out}: is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise OpenUnmixLikeError(f"--output {out}: cannot write there ({exc.strerror or exc}); "
-                                 "choose another folder or fix its permissions") from None
+    out = writable_folder("--output", cfg.output)
     held = read_target_json(out / "separator.json")
     others = [t for t in held.get("targets", []) if t != cfg.target]
     theirs = AudioSettings.from_json(held, out / "separator.json") if others else settings
