@@ -30,6 +30,7 @@ SUBTYPES = {("wav", 16): "PCM_16", ("wav", 24): "PCM_24", ("wav", 32): "FLOAT",
 # mp3 (MPEG-1, 2 and 2.5 layer III) holds these rates and at most two channels; encoded by ffmpeg's libmp3lame.
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)  # kbit/s, MPEG-1
+MP3_DEFAULT_BITRATE = 320
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +194,10 @@ def _existing(path: PathLike) -> Path:
     return path
 
 
-def _ffmpeg_binary(name: str) -> str:
+def _ffmpeg_binary(name: str, needed_to: str = "decode this format") -> str:
     found = shutil.which(name)
     if not found:
-        raise AudioError(f"{name} is needed to decode this format; install it (e.g. apt-get install ffmpeg)")
+        raise AudioError(f"{name} is needed to {needed_to}; install it (e.g. apt-get install ffmpeg)")
     return found
 
 

@@ -128,8 +128,7 @@ def writable_folder(option: str, folder: Union[str, Path]) -> Path:
 
     Raises:
         OpenUnmixLikeError: ``<option> <folder>: ...`` in one line: a file is there, or the folder
-            cannot be created or written (a probe file is made and removed, which also catches
-            read-only file systems and root's permissions, that ``os.access`` would not).
+            cannot be created or written (tried by making and removing a probe file).
     """
     from .errors import OpenUnmixLikeError
 

@@ -386,8 +386,8 @@ def separate(
         >>> stems["vocals"].shape
         torch.Size([2, 220500])
     """
-    audio = check_audio(audio, sample_rate)
     sample_rate = check_rate(sample_rate)
+    audio = check_audio(audio)
     if isinstance(model, Separator):
         given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
         if given or wiener_options:
@@ -424,7 +424,7 @@ def check_rate(sample_rate) -> Union[int, float]:
     return int(sample_rate) if isinstance(sample_rate, numbers.Integral) else float(sample_rate)
 
 
-def check_audio(audio, sample_rate) -> Tensor:
+def check_audio(audio) -> Tensor:
     """Validate audio given to :func:`separate` and return it as a float tensor.
 
     Accepts tensors or arrays shaped ``(nb_timesteps,)``, ``(nb_channels,
@@ -436,7 +436,6 @@ def check_audio(audio, sample_rate) -> Tensor:
     """
     from .errors import AudioError
 
-    check_rate(sample_rate)
     if not isinstance(audio, Tensor):
         try:
             audio = torch.as_tensor(np.asarray(audio))

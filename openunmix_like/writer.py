@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 from torch import Tensor
 
-from .audio import MP3_RATES, _ffmpeg_binary, sf_path, subtype_for
+from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, sf_path, subtype_for
 from .errors import AudioError
 from .fileio import new_partial
 
@@ -68,7 +68,7 @@ class StemWriter:
             raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
         self.subtype = None if ext == "mp3" else subtype_for(ext, bits)
         self.format = ext.upper()
-        self.bitrate = int(bitrate or 320)
+        self.bitrate = int(bitrate or MP3_DEFAULT_BITRATE)
         self.paths = dict(paths)
         problem = format_problem(ext, int(sample_rate), nb_channels)
         if problem:
@@ -174,8 +174,8 @@ class StemWriter:
                 yield dst.write
             return
         # "file:" keeps a name that starts with "-" or holds ":" a file name; bytes keep names that are not UTF-8.
-        cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar",
-               str(self.sample_rate), "-ac", str(self.nb_channels), "-i", "pipe:0", "-c:a", "libmp3lame",
+        cmd = [_ffmpeg_binary("ffmpeg", "encode mp3"), "-nostdin", "-v", "error", "-y", "-f", "f32le",
+               "-ar", str(self.sample_rate), "-ac", str(self.nb_channels), "-i", "pipe:0", "-c:a", "libmp3lame",
                "-b:a", f"{self.bitrate}k", "-f", "mp3", b"file:" + os.fsencode(path)]
         with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on what it says
             encoder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)

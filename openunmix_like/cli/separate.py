@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__, catalogue
 from . import sigterm_as_interrupt
-from ..audio import MP3_BITRATES
+from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
 from ..separator import (PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device,
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bits", type=int, default=None, choices=[16, 24, 32],
                    help="bits per sample of wav and flac; 32 is float, wav only (default 16)")
     g.add_argument("--mp3-bitrate", type=int, default=None, choices=MP3_BITRATES, metavar="KBPS",
-                   help="kbit/s of mp3 stems, constant (default 320; rates below 32 kHz allow at most 160)")
+                   help=f"kbit/s of mp3 stems, constant (default {MP3_DEFAULT_BITRATE}; rates below 32 kHz allow "
+                        "at most 160)")
     g.add_argument("--clip", default="rescale", choices=["rescale", "clamp", "none"],
                    help="peaks above full scale: rescale the whole track, clamp samples, or none (default rescale)")
     g.add_argument("--keep-model-rate", action="store_true",
@@ -274,7 +275,7 @@ def check_options(args: argparse.Namespace) -> None:
         if not shutil.which("ffmpeg"):
             raise OpenUnmixLikeError("--ext mp3 needs the ffmpeg program to encode; install it "
                                      "(e.g. apt-get install ffmpeg) or write wav or flac")
-        args.mp3_bitrate = args.mp3_bitrate or 320
+        args.mp3_bitrate = args.mp3_bitrate or MP3_DEFAULT_BITRATE
         return
     if args.mp3_bitrate is not None:
         raise OpenUnmixLikeError(f"--mp3-bitrate is for --ext mp3, and the stems are {args.ext}; leave it out")

@@ -173,9 +173,6 @@ def stft_segments(audio: Tensor, n_fft: int, n_hop: int, max_frames: int = 2048)
     if length <= n_fft // 2:  # too short to reflect: zero-padded
         yield STFT(n_fft, n_hop, pad_mode="constant")(audio[None])
         return
-    if nb_frames <= max_frames:
-        yield STFT(n_fft, n_hop)(audio[None])
-        return
     padded = nn.functional.pad(audio[None], (n_fft // 2, n_fft // 2), mode="reflect")
     framewise = STFT(n_fft, n_hop, center=False)
     for first in range(0, nb_frames, max_frames):

@@ -27,6 +27,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import BinaryIO, Callable, Deque, Dict, List, Optional
 
+from ..audio import MP3_DEFAULT_BITRATE
 from ..errors import OpenUnmixLikeError
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -35,7 +36,7 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 STEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # never an option
 SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
-MP3_BITRATES = (128, 192, 256, 320)  # kbit/s offered; 320 unless asked
+MP3_BITRATES = (128, 192, 256, 320)  # kbit/s offered; MP3_DEFAULT_BITRATE unless asked
 COPY_BLOCK = 1 << 20
 TMP_DIR = ".tmp"  # the workers' temporary folders, inside the jobs folder (never a job id)
 
@@ -314,11 +315,11 @@ class JobManager:
                bits: int = 16, bitrate: Optional[int] = None) -> Job:
         """Store an upload as a new job and queue it; an upload over the size limit is a failed job.
 
-        ``bits`` is for wav and flac; mp3 takes ``bitrate`` (kbit/s, 320 unless given).
+        ``bits`` is for wav and flac; mp3 takes ``bitrate`` (kbit/s, ``MP3_DEFAULT_BITRATE`` unless given).
         """
         model = self.check_options(model, targets, residual, ext, bits, bitrate)
         if ext == "mp3":
-            bitrate = bitrate or 320
+            bitrate = bitrate or MP3_DEFAULT_BITRATE
         name = clean_filename(filename)
         suffix = Path(name).suffix.lower()
         job = Job(id=new_job_id(), filename=name, created=time.time(), model=model, targets=targets or None,
