@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
-from .separator import Separator, WienerSettings, aggregate_estimates
+from .separator import Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
 
 DEFAULT_SEGMENT = 30.0
 DEFAULT_OVERLAP = 2.0
@@ -353,10 +353,10 @@ def separate(
     aggregate: Optional[Mapping[str, Sequence[str]]] = None,
     segment: Optional[float] = DEFAULT_SEGMENT,
     overlap: float = DEFAULT_OVERLAP,
-    device: Union[str, torch.device] = "cpu",
+    device: Union[str, torch.device, None] = None,
     progress: bool = False,
     batch_segments: Optional[int] = None,
-    precision: str = "auto",
+    precision: Optional[str] = None,
     **wiener_options,
 ) -> Dict[str, Tensor]:
     """Separate audio in one call.
@@ -374,9 +374,11 @@ def separate(
             like ``targets``, only with a model loaded here.
         aggregate: sum groups of targets, see :meth:`Separator.to_dict`.
         segment, overlap, batch_segments: segmented processing (see :func:`iter_separate`).
-        device: where to run a model loaded here.
-        precision: the target models' arithmetic for a model loaded here (see
-            :meth:`Separator.from_pretrained`).
+        device: where to run a model loaded here (default ``cpu``); with a :class:`Separator`,
+            only its own device (``separator.to(device)`` moves it). The audio may be on any device;
+            the estimates come back on the CPU.
+        precision: the target models' arithmetic for a model loaded here (default ``auto``, see
+            :meth:`Separator.from_pretrained`); with a :class:`Separator`, only its own.
 
     Returns:
         target name -> tensor shaped like ``audio``.
@@ -390,14 +392,19 @@ def separate(
     audio = check_audio(audio)
     if isinstance(model, Separator):
         given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
+        if device is not None and _same_index(check_device(device)) != _device_of(model):
+            given.append(f"device={str(device)!r} (it is on {_device_of(model)}; move it with .to())")
+        if precision is not None and resolve_precision(precision, _device_of(model)) != model.precision:
+            given.append(f"precision={precision!r} (it runs {model.precision})")
         if given or wiener_options:
             # They would be ignored: the separator's own targets and settings are what it runs.
             raise ValueError(f"{', '.join(given + list(wiener_options))} would not change a Separator passed as "
                              "model; give them when building it (Separator.from_pretrained(name, ...)), or pass "
                              "the model's name or folder as model")
     else:
-        model = Separator.from_pretrained(model, targets=targets, device=device, wiener=wiener, progress=progress,
-                                          precision=precision, **wiener_options)
+        model = Separator.from_pretrained(model, targets=targets, device="cpu" if device is None else device,
+                                          wiener=wiener, progress=progress,
+                                          precision="auto" if precision is None else precision, **wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress, batch_segments)
@@ -408,6 +415,17 @@ def separate(
         for j, name in enumerate(model.target_names)
     }
     return aggregate_estimates(named, aggregate)
+
+
+def _device_of(separator: Separator) -> torch.device:
+    return _same_index(next(iter(separator.parameters()), torch.empty(0)).device)
+
+
+def _same_index(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:<current>``, so that two names of one device compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def check_rate(sample_rate) -> Union[int, float]:

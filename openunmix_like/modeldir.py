@@ -303,7 +303,7 @@ def load_model_dir(
 
     Raises:
         ModelError: no weights, no target to load (``targets=[]``, or none of those ``separator.json``
-            lists has weights), a target without weights, or weights that do not load.
+            lists has weights), a target named twice, a target without weights, or weights that do not load.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -321,6 +321,9 @@ def load_model_dir(
     if not targets:
         raise ModelError(f"{folder}: targets=[] asks for no target; name at least one of {available}, "
                          "or pass None for all")
+    twice = sorted({t for t in targets if list(targets).count(t) > 1})
+    if twice:
+        raise ModelError(f"{folder}: target(s) {', '.join(twice)} asked for more than once; name each target once")
     missing = [t for t in targets if t not in files]
     if missing:
         raise ModelError(

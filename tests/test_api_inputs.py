@@ -6,7 +6,7 @@ import torch
 
 import openunmix_like.pretrained as pretrained
 from helpers import make_models, music_like
-from openunmix_like import AudioError, Separator, separate
+from openunmix_like import AudioError, ModelError, Separator, separate
 from openunmix_like.filtering import wiener, wiener_fast
 
 
@@ -178,6 +178,11 @@ def test_targets_may_be_one_name(model_dir):
     assert Separator.from_pretrained(model_dir(), targets="vocals").target_names == ["vocals"]
 
 
+def test_a_target_asked_for_twice_is_refused_not_reduced_to_one(model_dir):
+    with pytest.raises(ModelError, match="target.s. vocals asked for more than once; name each target once"):
+        Separator.from_pretrained(model_dir(), targets=["vocals", "drums", "vocals"])
+
+
 # ---------------------------------------------------------------- separate()
 
 
@@ -191,10 +196,19 @@ def test_separate_takes_numpy_sample_rates():
         separate(x, np.float64("nan"), model=sep)
 
 
-@pytest.mark.parametrize("options", [dict(targets=["vocals"]), dict(residual="rest"), dict(niter=0)])
+@pytest.mark.parametrize("options", [dict(targets=["vocals"]), dict(residual="rest"), dict(niter=0),
+                                     dict(device="meta"), dict(precision="bf16")])
 def test_separate_refuses_options_a_given_separator_would_ignore(options):
     with pytest.raises(ValueError, match="would not change a Separator passed as model"):
         separate(audio()[0], 44100, model=tiny().freeze(), **options)
+
+
+def test_separate_takes_a_given_separators_own_device_and_precision():
+    sep, x = tiny().freeze(), audio()[0]
+    expected = separate(x, 44100, model=sep)
+    for options in (dict(device="cpu"), dict(device=torch.device("cpu")), dict(precision="fp32")):
+        got = separate(x, 44100, model=sep, **options)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_separate_says_what_a_model_is_when_given_something_else():

@@ -63,6 +63,7 @@ def stems(folder):
     (["--ext", "mp3", "--bits", "24"], "--bits 24 is for wav and flac; mp3 stems take --mp3-bitrate"),
     (["--mp3-bitrate", "128"], "--mp3-bitrate is for --ext mp3, and the stems are wav; leave it out"),
     (["--residual", "vocals"], "residual name 'vocals' is already a model target"),
+    (["--targets", "vocals", "bass", "vocals"], "target(s) vocals asked for more than once"),
     (["--filename", "{track.x}/{target}.{ext}"], "bad template"),
     (["--filename", "{track[x]}/{target}.{ext}"], "bad template"),
 ])

@@ -185,7 +185,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_pa
     assert synth_cli.main([str(afile), *common]) == 1
     assert f"{afile}: is a file, not a folder" in _one_error(capsys)
     assert synth_cli.main([str(afile / "corpus"), *common]) == 1
-    assert f"{afile / 'corpus'}: cannot create the folder" in _one_error(capsys)
+    assert f"ROOT {afile / 'corpus'}: cannot write there (" in _one_error(capsys)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "valid").write_text("a file where a split folder goes")
     assert synth_cli.main([str(tmp_path / "c"), *common]) == 1

@@ -490,14 +490,15 @@ def test_an_upload_of_unannounced_length_is_cut_off_once_past_the_limit(setup, t
     assert not jobs_dir.exists() or not list(jobs_dir.iterdir())
 
 
-def test_unknown_targets_and_a_residual_named_like_a_target_are_refused(client, setup):
+def test_unknown_or_repeated_targets_and_a_residual_named_like_a_target_are_refused(client, setup):
     before = set(setup[0].iterdir())
     cases = [({"targets": "piano"}, "model 'tiny' has no target 'piano'; choose from vocals, drums, bass, other"),
              ({"targets": "vocals,piano"}, "model 'tiny' has no target 'piano'"),
              ({"model": "default", "targets": "piano"}, "model 'default' has no target 'piano'"),
              ({"targets": "vocals", "residual": "vocals"}, "residual 'vocals' is already a target"),
              ({"targets": "vocals,drums", "residual": "drums"}, "residual 'drums' is already a target"),
-             ({"residual": "bass"}, "residual 'bass' is already a target; give the residual another name")]
+             ({"residual": "bass"}, "residual 'bass' is already a target; give the residual another name"),
+             ({"targets": "vocals,drums,vocals"}, "target(s) vocals asked for more than once; name each target once")]
     for fields, reason in cases:
         response = client.post("/api/jobs", files={"file": ("a.wav", wav_bytes(0.2))}, data=fields)
         assert response.status_code == 400, fields

@@ -43,6 +43,8 @@ def plan(args: argparse.Namespace) -> list:
 
     Raises :class:`~openunmix_like.synth.voice.SynthError` naming the option or path and what to do.
     """
+    from ..errors import OpenUnmixLikeError
+    from ..fileio import writable_folder
     from ..synth.corpus import check_root, plan_jobs
     from ..synth.voice import SynthError
 
@@ -57,10 +59,9 @@ def plan(args: argparse.Namespace) -> list:
     jobs = plan_jobs(args.root, counts, args.seed, args.duration, cache_dir=args.cache_dir)
     check_root(jobs)
     try:
-        Path(args.root).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SynthError(f"{args.root}: cannot create the folder ({exc.strerror or exc}); choose another folder "
-                         "or fix its permissions") from exc
+        writable_folder("ROOT", args.root)
+    except OpenUnmixLikeError as exc:
+        raise SynthError(str(exc)) from None
     return jobs
 
 

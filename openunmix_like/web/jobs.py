@@ -295,6 +295,9 @@ class JobManager:
             if not STEM_NAME.match(name):
                 raise JobError(f"bad stem name {name!r}: use letters, digits, '-' and '_'")
         offered = self.models[model]["targets"]
+        twice = sorted({name for name in targets or [] if targets.count(name) > 1})
+        if twice:
+            raise JobError(f"target(s) {', '.join(twice)} asked for more than once; name each target once")
         for name in targets or []:
             if name not in offered:
                 raise JobError(f"model {model!r} has no target {name!r}; choose from {', '.join(offered)}")
