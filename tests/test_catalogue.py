@@ -260,7 +260,8 @@ def test_bad_engine_options_and_an_outdir_that_is_a_file_are_one_line(tmp_path, 
     for options, message in ((["--actor-cpus", "nan"], "--actor-cpus must be above 0"),
                              (["--io-cpus", "nan"], "--io-cpus must be at least 0"),
                              (["--stream-over", "nan"], "--stream-over must be at least 0"),
-                             (["--outdir", str(tmp_path / "afile")], "is a file; give a folder")):
+                             (["--outdir", str(tmp_path / "afile")], "is a file, not a folder; give a folder"),
+                             (["--outdir", str(tmp_path / "afile" / "out")], "cannot write there (")):
         args = [str(tmp_path / "in"), "--engine", "ray", "--outdir", str(tmp_path / "out"), *options]
         assert main(args) == 1
         err = capsys.readouterr().err.strip().splitlines()

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
+from ..fileio import writable_folder
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import Options, SeparationWorker, StageError, Track, decode_or_error, write
@@ -249,7 +250,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         if not storage.is_url(args.outdir):
             args.outdir = os.path.abspath(args.outdir)
             if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
-                raise OpenUnmixLikeError(f"--outdir {args.outdir}: is a file; give a folder (created if missing)")
+                raise OpenUnmixLikeError(f"--outdir {args.outdir}: is a file, not a folder; give a folder "
+                                         "(created if missing)")
         storage_options = parse_storage_options(args.storage_options)
         # The driver loads the model on its CPU and ships it to the actors: worker nodes need no model files.
         separator = load_separator(_on_cpu(args))
@@ -257,6 +259,8 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         names = list(aggregate) if aggregate else separator.target_names
         model_sha256 = records.model_fingerprint(separator)
         settings = records.settings_of(args)
+        if not storage.is_url(args.outdir):  # checked once the model loaded, so a bad model leaves no folder
+            writable_folder("--outdir", args.outdir)
         sources, failures = gather_sources(args.inputs, args.manifest, storage_options, args.outdir)
         for _, _, message in failures:
             _report(message)
