@@ -145,6 +145,83 @@ def test_mp3_stems_at_the_asked_bitrate(client):
         assert sorted(archive.namelist()) == [f"song/{n}.mp3" for n in ("bass", "drums", "other", "vocals")]
 
 
+def expected_peaks(path, buckets):
+    """The waveform peaks of a file, computed the slow, obvious way."""
+    mono = sf.read(path, dtype="int16", always_2d=True)[0].astype(np.int64).sum(axis=1) / (32768 * 2)
+    bucket = np.arange(len(mono)) * buckets // len(mono)
+    out = np.zeros((buckets, 2))
+    for b in range(buckets):
+        values = mono[bucket == b]
+        if len(values):
+            out[b] = min(0.0, values.min()), max(0.0, values.max())
+    return out
+
+
+def read_track(client, job_id, track, frames, pieces):
+    """A preview track fetched in pieces of the given sizes, then what is left, as (frames, 2) int16."""
+    got, start = [], 0
+    for size in [*pieces, frames]:
+        response = client.get(f"/api/jobs/{job_id}/preview/{track}?start={start}&frames={size}")
+        assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+        got.append(np.frombuffer(response.content, "<i2").reshape(-1, 2))
+        start += len(got[-1])
+    return np.concatenate(got)
+
+
+@pytest.mark.parametrize("ext, upload_name", [("wav", "song.wav"), ("mp3", "song.ogg"), ("flac", "song.m4a")])
+def test_the_player_preview_gives_every_track_in_pieces_and_its_peaks(client, setup, tmp_path, ext, upload_name):
+    if (ext == "mp3" or upload_name.endswith(".m4a")) and shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    source = tmp_path / upload_name
+    sf.write(tmp_path / "song.wav", music_like(1.3, RATE, 2, 7).T, RATE)
+    if upload_name.endswith(".m4a"):  # libsndfile cannot read it: the preview decodes it once
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "song.wav"), "-c:a", "aac", str(source)],
+                       check=True)
+    elif upload_name.endswith(".ogg"):
+        sf.write(source, music_like(1.3, RATE, 2, 7).T, RATE, format="OGG", subtype="VORBIS")
+    job_id = upload(client, upload_name, source.read_bytes(), ext=ext)
+    job = wait_done(client, job_id)
+    assert job["status"] == "done", job
+    folder = setup[0] / job_id
+    assert (folder / "preview" / "info.json").is_file()  # made by the worker: opening the job waits for nothing
+    info = client.get(f"/api/jobs/{job_id}/preview").json()
+    assert (info["rate"], info["channels"], info["chunk_frames"]) == (RATE, 2, 10 * RATE)
+    assert [t["name"] for t in info["tracks"]] == [*job["stems"], "mixture"]
+    assert [t["mixture"] for t in info["tracks"]] == [False] * 4 + [True]
+    for track in info["tracks"]:
+        path = folder / "stems" / f"{track['name']}.{ext}" if not track["mixture"] else source
+        # What the separation decoded (ffmpeg for m4a), as 16-bit samples.
+        with AudioSource(path) as audio:
+            expected = np.round(audio.read(0, audio.nb_frames).numpy().T * 32768).clip(-32768, 32767)
+        assert track["frames"] == len(expected) and abs(len(expected) - int(1.3 * RATE)) <= 2048
+        got = read_track(client, job_id, track["name"], track["frames"], [1, 999, 4096])
+        assert np.abs(got - expected).max() <= 1, track["name"]
+        if not track["mixture"]:
+            stem = folder / "stems" / f"{track['name']}.{ext}"
+            assert np.abs(np.array(track["peaks"]).reshape(-1, 2) - expected_peaks(stem, 2000)).max() <= 1e-4
+    assert (folder / "preview" / "mixture.flac").is_file() == upload_name.endswith(".m4a")
+
+
+def test_the_player_preview_refuses_what_it_cannot_give(client, setup):
+    job_id = upload(client, "song.wav", wav_bytes(0.5, seed=8))
+    assert wait_done(client, job_id)["status"] == "done"
+    url = f"/api/jobs/{job_id}/preview"
+    assert client.get(f"{url}/vocals?start={RATE}&frames=10").content == b""  # past the end: nothing
+    for query in ("start=-1&frames=10", "start=0&frames=0", f"start=0&frames={2**22 + 1}"):
+        response = client.get(f"{url}/vocals?{query}")
+        assert response.status_code == 400 and response.json()["detail"].startswith("ask for 1 to "), query
+    assert client.get(f"{url}/vocals?start=x").status_code == 422
+    nobody = f"/api/jobs/{'0' * 32}/preview"
+    for path in (f"{url}/piano", f"{url}/..%2Fjob.json", nobody, f"{nobody}/vocals"):
+        assert client.get(path).status_code == 404, path
+    # A job's preview, made again if lost, is removed with the job.
+    shutil.rmtree(setup[0] / job_id / "preview")
+    client.app.state.manager._previews.clear()
+    assert client.get(url).json()["tracks"][0]["name"] == "vocals"
+    assert client.delete(f"/api/jobs/{job_id}").json()["result"] == "deleted"
+    assert client.get(url).status_code == 404 and not (setup[0] / job_id).exists()
+
+
 def test_zip_holds_every_stem_and_delete_removes_the_job(client, setup):
     job_id = upload(client, "Zip Me.wav", wav_bytes(1.0, seed=1), ext="flac")
     assert wait_done(client, job_id)["status"] == "done"

@@ -1,7 +1,7 @@
 """The HTTP side of ``umx-web``: the JSON API, server-sent events and the static page (FastAPI).
 
 Every path parameter is matched against a strict pattern before any file is touched: a job id is
-32 hex digits, a stem one of the job's own names; anything else is a 404, so no request reads
+32 hex digits, a stem or player track one of the job's own names; anything else is a 404, so no request reads
 outside the jobs folder.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..errors import AudioError
 from .jobs import JobError, JobManager
 
 STATIC = Path(__file__).parent / "static"
@@ -189,6 +190,26 @@ def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
         job = manager.get(job_id)
         return FileResponse(path, media_type="application/zip",
                             filename=f"{Path(job.filename).stem or 'track'}-stems.zip")
+
+    @app.get("/api/jobs/{job_id}/preview")
+    async def get_preview(job_id: str) -> JSONResponse:
+        try:
+            info = await asyncio.to_thread(manager.preview_info, job_id)
+        except AudioError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        if info is None:
+            raise _not_found("no finished job with this id")
+        return JSONResponse(info)
+
+    @app.get("/api/jobs/{job_id}/preview/{track}")
+    async def get_preview_pcm(job_id: str, track: str, start: int = 0, frames: int = 441000) -> Response:
+        try:
+            data = await asyncio.to_thread(manager.preview_pcm, job_id, track, start, frames)
+        except JobError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        if data is None:
+            raise _not_found("no such track")
+        return Response(data, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/jobs/{job_id}/mixture")
     def get_mixture(job_id: str) -> FileResponse:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Deque, Dict, List, Optional
 
 from ..audio import MP3_DEFAULT_BITRATE
-from ..errors import OpenUnmixLikeError
+from ..errors import AudioError, OpenUnmixLikeError
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -139,7 +139,7 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
     """
     from ..audio import info
     from ..cli.separate import build_parser, load_separator, separate_file
-    from ..errors import AudioError
+    from .preview import PREVIEW_DIR, build_preview
 
     argv = ["-", "--quiet", "--force", "--ext", spec["ext"]]
     argv += (["--mp3-bitrate", str(spec["bitrate"])] if spec["ext"] == "mp3" else ["--bits", str(spec["bits"])])
@@ -164,6 +164,10 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
     names = list(separator.target_names)
     outputs = {name: stems_dir / f"{name}.{spec['ext']}" for name in names}
     separate_file(path, separator, args, None, outputs, on_progress=progress)
+    try:  # the player's peaks (and decoded copies) now, so that opening the job does not wait for them
+        build_preview(path.parent, outputs, path)
+    except Exception:  # built again when the page asks, which then says what went wrong
+        shutil.rmtree(path.parent / PREVIEW_DIR, ignore_errors=True)
     return names
 
 
@@ -221,7 +225,8 @@ class JobManager:
         self._lock = threading.RLock()
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = deque()
-        self._zip_locks: Dict[str, threading.Lock] = {}
+        self._zip_locks: Dict[str, threading.Lock] = {}  # also guards the job's player preview
+        self._previews: Dict[str, dict] = {}
         self._workers: List[_Worker] = []
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -244,7 +249,7 @@ class JobManager:
             if job.status not in FINISHED:
                 job.status, job.progress = "queued", 0.0
             if job.status != "done":
-                shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+                self._remove_outputs(job.id)
             self._jobs[job.id] = job
         for job in sorted(self._jobs.values(), key=lambda j: j.created):
             if job.status == "queued":
@@ -394,7 +399,15 @@ class JobManager:
     def _remove(self, job_id: str) -> None:
         del self._jobs[job_id]
         self._zip_locks.pop(job_id, None)
+        self._previews.pop(job_id, None)
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    def _remove_outputs(self, job_id: str) -> None:
+        """What a job's separation wrote: its stems and the player's preview of them."""
+        from .preview import PREVIEW_DIR
+
+        for name in ("stems", PREVIEW_DIR):
+            shutil.rmtree(self.jobs_dir / job_id / name, ignore_errors=True)
 
     def stem_path(self, job_id: str, name: str) -> Optional[Path]:
         """The file of a finished job's stem ``name`` (``vocals`` or ``vocals.wav``), else None."""
@@ -442,6 +455,71 @@ class JobManager:
                     return None  # deleted meanwhile
                 raise
         return path
+
+    def _preview(self, job_id: str) -> Optional[tuple]:
+        """``(job folder, preview info)`` of a finished job, the info made at the first request
+        (requests made meanwhile wait for it) and then kept in memory; None once the job is gone."""
+        from .preview import build_preview
+
+        job = self.get(job_id)
+        if job is None or job.status != "done":
+            return None
+        folder = self.jobs_dir / job.id
+        with self._lock:
+            lock = self._zip_locks.setdefault(job.id, threading.Lock())
+        with lock:
+            info = self._previews.get(job.id)
+            if info is None:
+                try:
+                    info = build_preview(folder, {s: folder / "stems" / f"{s}.{job.ext}" for s in job.stems},
+                                         self.input_path(job.id))
+                except (OSError, AudioError):
+                    if self.get(job.id) is None:
+                        return None  # deleted meanwhile
+                    raise
+                with self._lock:
+                    if job.id in self._jobs:
+                        self._previews[job.id] = info
+        return folder, info
+
+    def preview_info(self, job_id: str) -> Optional[dict]:
+        """What the page's player needs of a finished job (see :func:`~openunmix_like.web.preview.build_preview`),
+        without the files behind it; None for an unknown or unfinished job.
+
+        Raises:
+            AudioError: a stem cannot be read.
+        """
+        found = self._preview(job_id)
+        if found is None:
+            return None
+        info = dict(found[1])
+        info["tracks"] = [{k: v for k, v in track.items() if k != "file"} for track in info["tracks"]]
+        return info
+
+    def preview_pcm(self, job_id: str, track: str, start: int, frames: int) -> Optional[bytes]:
+        """Frames ``start`` to ``start + frames`` of one track of a finished job's preview as interleaved
+        16-bit PCM (fewer at its end, none past it); None for an unknown job or track.
+
+        Raises:
+            JobError: a negative start, or frames not from 1 to ``preview.MAX_FRAMES``.
+        """
+        from .preview import MAX_FRAMES, read_pcm
+
+        if start < 0 or not 0 < frames <= MAX_FRAMES:
+            raise JobError(f"ask for 1 to {MAX_FRAMES} frames from frame 0 or later")
+        found = self._preview(job_id)
+        if found is None:
+            return None
+        folder, info = found
+        files = {t["name"]: t["file"] for t in info["tracks"]}
+        if track not in files:
+            return None
+        try:
+            return read_pcm(folder / files[track], start, frames)
+        except Exception:
+            if self.get(job_id) is None:
+                return None  # deleted while reading
+            raise
 
     # ------------------------------------------------------------ dispatcher thread
 
@@ -514,7 +592,7 @@ class JobManager:
         job.status, job.stems, job.error = status, stems or [], error
         job.progress = 1.0 if status == "done" else job.progress
         if status != "done":
-            shutil.rmtree(self.jobs_dir / job.id / "stems", ignore_errors=True)
+            self._remove_outputs(job.id)
         self._save(job)
         self._enforce_size_limit(keep=job.id)
 
@@ -525,7 +603,7 @@ class JobManager:
             if job is None:
                 shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)  # written again after the delete
             elif job.status != "done":
-                shutil.rmtree(self.jobs_dir / job_id / "stems", ignore_errors=True)
+                self._remove_outputs(job_id)
 
     def _replace(self, index: int, worker: _Worker, error: Optional[str]) -> None:
         job_id = worker.job

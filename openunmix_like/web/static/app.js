@@ -138,14 +138,24 @@ function listen() {
 }
 
 // ------------------------------------------------------------------ player
+//
+// The player streams: it holds the few seconds of each track around the play head (CHUNK_SECONDS
+// at a time, fetched as 16-bit PCM from /api/jobs/{id}/preview/{track}), whatever the song's length,
+// and draws the waveforms from the peaks the server computed. Every track is at the rate of the
+// AudioContext, so chunks follow one another sample for sample on the context's clock.
+
+const CHUNK_SECONDS = 10;
+const LOOKAHEAD_S = 4;      // chunks are scheduled this far ahead of the play head
+const KEEP_BEHIND = 1;      // chunks kept behind the play head's (for a short seek back)
 
 const player = {
-  context: null, tracks: [], duration: 0, playing: false, startedAt: 0, offset: 0, compare: false,
-  sources: [], frame: 0,
+  context: null, job: null, rate: 0, channels: 0, chunkFrames: 0, frames: 0, tracks: [], duration: 0,
+  playing: false, waiting: false, startedAt: 0, startFrame: 0, offset: 0, compare: false,
+  sources: [], nextChunk: 0, timer: 0, frame: 0, chunks: new Map(), generation: 0,
 
   time() {
     if (!this.playing) return this.offset;
-    return Math.min(this.duration, this.offset + this.context.currentTime - this.startedAt);
+    return Math.min(this.duration, Math.max(0, this.offset + this.context.currentTime - this.startedAt));
   },
 
   // Gain of a track: its volume, unless muted, or another track is soloed, or the A/B switch excludes it.
@@ -160,24 +170,98 @@ const player = {
     this.drawAll();
   },
 
-  play() {
-    if (this.playing || !this.tracks.length) return;
+  // Chunk k of every track, fetched once: a promise of [AudioBuffer or null (past a track's end)].
+  chunk(k) {
+    if (!this.chunks.has(k)) {
+      const job = this.job, start = k * this.chunkFrames;
+      const loading = Promise.all(this.tracks.map((t) => fetchPcm(job, t, start, this.chunkFrames)));
+      const entry = { promise: loading, buffers: null };
+      loading.then((buffers) => { entry.buffers = buffers; }, () => { this.chunks.delete(k); });
+      this.chunks.set(k, entry);
+    }
+    return this.chunks.get(k);
+  },
+
+  // Forget chunks far from the play head: memory stays that of a few chunks.
+  evict(current) {
+    for (const k of [...this.chunks.keys()]) {
+      if (k < current - KEEP_BEHIND || k > current + Math.ceil(LOOKAHEAD_S / CHUNK_SECONDS) + 1) this.chunks.delete(k);
+    }
+  },
+
+  async play() {
+    if (this.playing || this.waiting || !this.tracks.length) return;
     if (this.offset >= this.duration) this.offset = 0;
-    const when = this.context.currentTime + 0.05;  // one start time for every source: they stay in sync
-    this.sources = this.tracks.map((t) => {
-      const source = this.context.createBufferSource();
-      source.buffer = t.buffer;
-      source.connect(t.gain);
-      source.start(when, Math.min(this.offset, t.buffer.duration));
-      return source;
-    });
-    this.startedAt = when;
-    this.playing = true;
+    const generation = ++this.generation;
+    const startFrame = Math.min(this.frames, Math.round(this.offset * this.rate));
+    const first = Math.floor(startFrame / this.chunkFrames);
+    this.waiting = true;
     $("#play").textContent = "Pause";
+    try {
+      await this.chunk(first).promise;
+      if (first + 1 < this.chunkCount()) this.chunk(first + 1);
+    } catch (e) {
+      this.waiting = false;
+      $("#play").textContent = "Play";
+      $("#player-status").textContent = `Cannot load the audio: ${e.message}`;
+      return;
+    }
+    if (generation !== this.generation) return;  // paused or seeked meanwhile
+    this.waiting = false;
+    this.startFrame = startFrame;
+    this.offset = startFrame / this.rate;
+    // One start time for every source, so they stay in sync, on a frame of the context's clock: a start
+    // between two frames would be interpolated, and the stems would no longer be the files' samples.
+    this.startedAt = Math.round((this.context.currentTime + 0.05) * this.rate) / this.rate;
+    this.nextChunk = first;
+    this.playing = true;
+    this.schedule();
+    this.timer = setInterval(() => this.schedule(), 100);
     this.tick();
   },
 
+  chunkCount() { return Math.ceil(this.frames / this.chunkFrames); },
+
+  // When chunk k starts on the context's clock (from the start frame, so no rounding adds up).
+  chunkTime(k) { return this.startedAt + (k * this.chunkFrames - this.startFrame) / this.rate; },
+
+  // Start the sources of every loaded chunk due within LOOKAHEAD_S; ask for the ones after.
+  schedule() {
+    if (!this.playing) return;
+    const now = this.context.currentTime;
+    while (this.nextChunk < this.chunkCount() && this.chunkTime(this.nextChunk) < now + LOOKAHEAD_S) {
+      const k = this.nextChunk, entry = this.chunk(k);
+      if (!entry.buffers) {
+        if (this.chunkTime(k) < now + 0.02) this.stall();  // due now and still not here: wait for it
+        return;
+      }
+      const skip = Math.max(0, this.startFrame - k * this.chunkFrames);  // into the first chunk
+      entry.buffers.forEach((buffer, i) => {
+        if (!buffer || skip >= buffer.length) return;
+        const source = this.context.createBufferSource();
+        source.buffer = buffer;
+        source.connect(this.tracks[i].gain);
+        source.start(Math.max(this.startedAt, this.chunkTime(k)), skip / this.rate);
+        source.onended = () => { this.sources = this.sources.filter((s) => s !== source); };
+        this.sources.push(source);
+      });
+      this.nextChunk = k + 1;
+      if (k + 1 < this.chunkCount()) this.chunk(k + 1);
+    }
+    this.evict(Math.floor((this.time() * this.rate) / this.chunkFrames));
+  },
+
+  // The network fell behind: stop where the audio ends and carry on once the next chunk is here.
+  stall() {
+    const at = (this.nextChunk * this.chunkFrames) / this.rate;
+    this.stopSources();
+    this.offset = at;
+    $("#player-status").textContent = "Loading...";
+    this.play().then(() => { $("#player-status").textContent = this.summary; });
+  },
+
   pause() {
+    if (this.waiting) { this.generation++; this.waiting = false; $("#play").textContent = "Play"; return; }
     if (!this.playing) return;
     this.offset = this.time();
     this.stopSources();
@@ -188,12 +272,15 @@ const player = {
     for (const s of this.sources) { try { s.stop(); } catch (e) { /* already stopped */ } s.disconnect(); }
     this.sources = [];
     this.playing = false;
+    clearInterval(this.timer);
     cancelAnimationFrame(this.frame);
   },
 
   seek(seconds) {
-    const wasPlaying = this.playing;
-    if (wasPlaying) this.stopSources();
+    const wasPlaying = this.playing || this.waiting;
+    this.generation++;
+    this.waiting = false;
+    if (this.playing) this.stopSources();
     this.offset = Math.max(0, Math.min(this.duration, seconds));
     if (wasPlaying) this.play(); else this.showTime();
   },
@@ -222,9 +309,12 @@ const player = {
   },
 
   reset() {
+    this.generation++;
+    this.waiting = false;
     this.stopSources();
     for (const t of this.tracks) t.gain.disconnect();
     this.tracks = [];
+    this.chunks = new Map();
     this.offset = 0;
     this.duration = 0;
     this.compare = false;
@@ -233,51 +323,56 @@ const player = {
 let seeking = false;
 window.umxPlayer = player;  // for scripts and the browser test: tracks[i].gain is each stem's GainNode
 
-function peaks(buffer, width) {
-  const out = new Float32Array(width * 2);
-  const channels = [...Array(buffer.numberOfChannels).keys()].map((c) => buffer.getChannelData(c));
-  const step = Math.max(1, Math.floor(buffer.length / width));
-  for (let x = 0; x < width; x++) {
-    let lo = 0, hi = 0;
-    const end = Math.min(buffer.length, (x + 1) * step);
-    for (let i = x * step; i < end; i++) {
-      let v = 0;
-      for (const data of channels) v += data[i];
-      v /= channels.length;
-      if (v < lo) lo = v; else if (v > hi) hi = v;
-    }
-    out[2 * x] = lo; out[2 * x + 1] = hi;
+// Frames [start, start + frames) of a track as an AudioBuffer at the context's rate; null past its end.
+async function fetchPcm(job, track, start, frames) {
+  const url = `/api/jobs/${job}/preview/${encodeURIComponent(track.name)}?start=${start}&frames=${frames}`;
+  const pcm = new Int16Array(await (await api(url)).arrayBuffer());
+  const channels = player.channels, length = pcm.length / channels;
+  if (!length) return null;
+  const buffer = player.context.createBuffer(channels, length, player.rate);
+  for (let c = 0; c < channels; c++) {
+    const data = new Float32Array(length);
+    for (let i = 0; i < length; i++) data[i] = pcm[i * channels + c] / 32768;
+    buffer.copyToChannel(data, c);
   }
-  return out;
+  return buffer;
 }
 
 function drawWave(track, position) {
   const canvas = track.canvas;
   const width = canvas.clientWidth || 600;
-  if (canvas.width !== width) { canvas.width = width; track.peaks = null; }
-  if (!track.peaks) track.peaks = peaks(track.buffer, width);
+  if (canvas.width !== width) canvas.width = width;
   const g = canvas.getContext("2d"), h = canvas.height, mid = h / 2;
   const css = getComputedStyle(document.documentElement);
   g.clearRect(0, 0, width, h);
   g.fillStyle = css.getPropertyValue("--played");
   g.fillRect(0, 0, position * width, h);
   g.fillStyle = track.gain.gain.value > 0 ? css.getPropertyValue("--wave") : css.getPropertyValue("--wave-off");
-  for (let x = 0; x < width; x++) {
-    const lo = track.peaks[2 * x], hi = track.peaks[2 * x + 1];
+  // The server's peaks span the track's length; a track shorter than the longest is drawn shorter.
+  const buckets = track.peaks.length / 2, span = (width * track.frames) / Math.max(1, player.frames);
+  for (let x = 0; x < Math.ceil(span); x++) {
+    const from = Math.floor((x * buckets) / span), to = Math.max(from + 1, Math.floor(((x + 1) * buckets) / span));
+    let lo = 0, hi = 0;
+    for (let b = from; b < Math.min(to, buckets); b++) {
+      lo = Math.min(lo, track.peaks[2 * b]);
+      hi = Math.max(hi, track.peaks[2 * b + 1]);
+    }
     g.fillRect(x, mid - hi * mid, 1, Math.max(1, (hi - lo) * mid));
   }
   g.fillStyle = "#1d2430";
   g.fillRect(Math.round(position * width), 0, 1, h);
 }
 
-function addTrack(name, buffer, { mixture = false, href = null } = {}) {
+function addTrack(info, href) {
   const row = $("#track-template").content.firstElementChild.cloneNode(true);
-  row.dataset.stem = name;
+  const mixture = info.mixture;
+  row.dataset.stem = info.name;
   row.classList.toggle("mixture", mixture);
-  $(".name", row).textContent = name;
+  $(".name", row).textContent = info.name;
   const gain = player.context.createGain();
   gain.connect(player.context.destination);
-  const track = { name, buffer, gain, row, canvas: $(".wave", row), mute: false, solo: false, volume: 1, mixture };
+  const track = { name: info.name, frames: info.frames, peaks: info.peaks, gain, row, canvas: $(".wave", row),
+                  mute: false, solo: false, volume: 1, mixture };
   const download = $(".download", row);
   if (href) download.href = href; else download.remove();
   if (mixture) $(".solo", row).remove();
@@ -302,11 +397,6 @@ function addTrack(name, buffer, { mixture = false, href = null } = {}) {
   return track;
 }
 
-async function fetchBuffer(url) {
-  const data = await (await api(url)).arrayBuffer();
-  return player.context.decodeAudioData(data);
-}
-
 async function openJob(id) {
   const job = state.jobs.get(id);
   if (!job || job.status !== "done") return;
@@ -315,37 +405,44 @@ async function openJob(id) {
   document.querySelectorAll(".job.selected").forEach((r) => r.classList.remove("selected"));
   const row = document.getElementById(`job-${id}`);
   if (row) row.classList.add("selected");
-  if (!player.context) player.context = new AudioContext();
   $("#player").hidden = false;
+  delete $("#player").dataset.ready;
   $("#player-title").textContent = job.filename;
   $("#tracks").innerHTML = "";
   $("#play").disabled = $("#seek").disabled = $("#compare").disabled = true;
+  $("#compare").title = "Hear the original mixture instead of the stems";
   $("#zip").href = `/api/jobs/${id}/zip`;
   $("#player-status").textContent = "Loading stems...";
+  let info;
   try {
-    const urls = job.stems.map((s) => `/api/jobs/${id}/stems/${encodeURIComponent(s)}`);
-    const buffers = await Promise.all(urls.map(fetchBuffer));
-    if (state.selected !== id) return;
-    job.stems.forEach((name, k) => addTrack(name, buffers[k], { href: urls[k] }));
-    player.duration = Math.max(...buffers.map((b) => b.duration));
-    $("#player-status").textContent = `${job.stems.length} stems, ${clock(player.duration)}`;
+    info = await (await api(`/api/jobs/${id}/preview`)).json();
   } catch (e) {
-    $("#player-status").textContent = `Cannot load the stems: ${e.message}`;
+    if (state.selected === id) $("#player-status").textContent = `Cannot load the stems: ${e.message}`;
     return;
   }
+  if (state.selected !== id) return;
+  // One context at the tracks' rate: chunks then follow one another sample for sample.
+  if (!player.context || player.context.sampleRate !== info.rate) {
+    if (player.context) player.context.close();
+    player.context = new AudioContext({ sampleRate: info.rate });
+  }
+  Object.assign(player, { job: id, rate: info.rate, channels: info.channels,
+                          chunkFrames: Math.round(CHUNK_SECONDS * info.rate) });
+  for (const track of info.tracks) {
+    addTrack(track, track.mixture ? null : `/api/jobs/${id}/stems/${encodeURIComponent(track.name)}`);
+  }
+  const stems = info.tracks.filter((t) => !t.mixture);
+  player.frames = Math.max(...stems.map((t) => t.frames));  // the upload may end a few frames later
+  player.duration = player.frames / info.rate;
+  player.summary = `${stems.length} stems, ${clock(player.duration)}`;
+  $("#player-status").textContent = player.summary;
+  if (info.tracks.some((t) => t.mixture)) $("#compare").disabled = false;
+  else $("#compare").title = `No original mixture to compare with: ${info.mixture_error}`;
   $("#play").disabled = $("#seek").disabled = false;
   player.applyGains();
   player.showTime();
   $("#player").dataset.ready = "true";
-  try {  // the upload itself: the browser may not decode every format the server does
-    const mixture = await fetchBuffer(`/api/jobs/${id}/mixture`);
-    if (state.selected !== id) return;
-    addTrack("mixture", mixture, { mixture: true });
-    $("#compare").disabled = false;
-    player.applyGains();
-  } catch (e) {
-    $("#compare").title = "This browser cannot decode the original file";
-  }
+  player.chunk(0);  // the start, ready before Play
 }
 
 function closePlayer() {
@@ -370,7 +467,7 @@ function wire() {
   $("#two-stems").addEventListener("change", () => { $("#targets").disabled = $("#two-stems").checked; });
   $("#play").addEventListener("click", async () => {
     await player.context.resume();
-    if (player.playing) player.pause(); else player.play();
+    if (player.playing || player.waiting) player.pause(); else player.play();
   });
   const seek = $("#seek");
   seek.addEventListener("input", () => { seeking = true; $("#time").textContent =
