@@ -179,3 +179,16 @@ def test_the_player_streams_chunks_that_follow_one_another_sample_for_sample(ser
     assert len(played) > 3 * RATE
     window = played[: 3 * RATE]  # 8.5 s to 11.5 s: through the boundary at 10 s
     assert np.abs(window - stem[start : start + len(window)]).max() < 1e-6
+    # The keyboard, with nothing focused: Home, Space to play and pause, the arrows move 5 s.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Home")
+    assert page.evaluate("window.umxPlayer.time()") == 0
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("window.umxPlayer.time()") == 10
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate("window.umxPlayer.time()") == 5
+    page.keyboard.press(" ")
+    page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 5.2", timeout=10_000)
+    page.keyboard.press(" ")
+    assert not page.evaluate("window.umxPlayer.playing || window.umxPlayer.waiting")

@@ -479,6 +479,19 @@ function wire() {
     player.applyGains();
   });
   window.addEventListener("resize", () => player.drawAll());
+  // Space plays or pauses, the arrow keys move 5 s, Home goes to the start: unless a control has the
+  // keyboard (typing in a field, a focused button or slider keeps its own keys).
+  document.addEventListener("keydown", (e) => {
+    if ($("#player").hidden || $("#play").disabled || e.ctrlKey || e.metaKey || e.altKey) return;
+    const focus = document.activeElement;
+    if (focus && focus !== document.body && focus.matches("input, select, textarea, button, a, [tabindex]")) return;
+    if (e.key === " ") $("#play").click();
+    else if (e.key === "ArrowLeft") player.seek(player.time() - 5);
+    else if (e.key === "ArrowRight") player.seek(player.time() + 5);
+    else if (e.key === "Home") player.seek(0);
+    else return;
+    e.preventDefault();
+  });
 }
 
 wire();
