@@ -29,11 +29,14 @@ setup(
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5",
-                  "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40"],
+                  "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
+                  "pyyaml>=5"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # umx-web: the local web app (FastAPI on uvicorn; python-multipart reads uploads).
         "web": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
+        # --dataset slakh: Slakh2100's metadata.yaml files.
+        "slakh": ["pyyaml>=5"],
         # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
         # s3:// and other URLs, pyarrow for Parquet manifests.
         "ray": ["ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12"],

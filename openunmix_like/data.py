@@ -1,4 +1,4 @@
-"""Training datasets: the five layouts of the training guide.
+"""Training datasets: the seven layouts of the training guide.
 
 Every dataset yields ``(mixture, target)`` pairs of float32 tensors
 ``(nb_channels, nb_timesteps)`` at ``sample_rate``. Folder datasets read
@@ -15,11 +15,13 @@ number of data-loader workers, and :meth:`set_epoch` gives new draws per epoch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import operator
 import random
+import re
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -510,6 +512,353 @@ class VariableSourcesTrackFolderDataset(_Base):
         n = min(s.shape[-1] for s in sources + [y])
         x = y[:, :n] + sum(s[:, :n] for s in sources) if sources else y[:, :n].clone()
         return x, y[:, :n]
+
+
+# ---------------------------------------------------------------- targets summed from files chosen by metadata
+
+
+def stem_key(name: str) -> str:
+    """A stem or instrument-class name as targets spell it: lower case, words joined by ``_``.
+
+    ``"Synth Pad"`` -> ``synth_pad``, ``"Strings (continued)"`` -> ``strings_continued``,
+    ``"other keys"`` -> ``other_keys``: a target matches whatever case and separators the metadata uses.
+    """
+    return "_".join(re.findall(r"[a-z0-9]+", str(name).lower()))
+
+
+class StemTrack(NamedTuple):
+    """A track of a metadata layout: the files of each target (summed; none: a silent target)
+    and of each other source (each a sum of files too)."""
+
+    path: Path
+    targets: Tuple[Tuple[AudioFile, ...], ...]
+    interferers: Tuple[Tuple[AudioFile, ...], ...]
+
+    def files(self) -> List[AudioFile]:
+        return [f for group in self.targets + self.interferers for f in group]
+
+    def duration(self) -> float:
+        return min(f.duration() for f in self.files())
+
+
+# A track's sources as a layout reads them: (stem key, files summed into that source).
+Sources = List[Tuple[str, Tuple[AudioFile, ...]]]
+
+
+class _StemsDataset(_DrawsPerTrack, _Base):
+    """Tracks whose target is the sum of several files chosen by metadata (``slakh``, ``moisesdb``).
+
+    Each item mixes, at one random position, the target (the sum of the files of
+    every stem that belongs to it, augmented as one source) with every other
+    source of the track (each augmented on its own); the mixture is their sum.
+    With ``random_track_mix`` the other sources come, together, from a random
+    track at their own position, and each further target of a list from a random
+    track that holds it. Several targets (a list for ``target``) give stacked
+    targets ``(nb_targets, nb_channels, nb_timesteps)``. Tracks missing a target
+    are left out, or kept with a silent one with ``silence_missing_targets``.
+    """
+
+    layout = ""
+
+    def __init__(self, target: Union[str, Sequence[str]], random_track_mix: bool = False, samples_per_track: int = 1,
+                 silence_missing_targets: bool = False, **kw):
+        super().__init__(**kw)
+        if samples_per_track < 1:
+            raise DatasetError(f"samples_per_track {samples_per_track}: give at least 1 item per track and epoch")
+        self.targets = [stem_key(t) for t in ([target] if isinstance(target, str) else target)]
+        self.nb_targets = None if isinstance(target, str) else len(self.targets)
+        self.samples_per_track = samples_per_track
+        self.random_track_mix = random_track_mix
+        self.silence_missing_targets = silence_missing_targets
+        self.tracks: List[StemTrack] = []
+        self.holders: List[List[int]] = []
+
+    def in_target(self, key: str, target: str) -> bool:
+        """Whether the stem ``key`` is part of ``target``."""
+        return key == target
+
+    def _add_tracks(self, found: Iterable[Tuple[Path, Optional[Sources]]], where: Path, problems: List[str],
+                    notes: List[str]) -> None:
+        """Keep the usable tracks of ``found`` (``None``: already reported), then report what was left out.
+
+        Raises:
+            DatasetError: no track holds a target, or none is usable.
+        """
+        seen, missing = set(), 0
+        for path, sources in found:
+            if sources is None:
+                continue
+            files = [f for _, group in sources for f in group]
+            if not files:
+                problems.append(f"{path}: no audio stems")
+                continue
+            seen.update(key for key, _ in sources)
+            if any(self.too_short(f) for f in files):
+                problems.append(f"{path}: shorter than --seq-dur {self.seq_duration} s")
+                continue
+            targets = tuple(tuple(f for key, group in sources if self.in_target(key, t) for f in group)
+                            for t in self.targets)
+            if not all(targets) and not self.silence_missing_targets:
+                missing += 1
+                continue
+            interferers = tuple(group for key, group in sources
+                                if not any(self.in_target(key, t) for t in self.targets))
+            self.tracks.append(StemTrack(path, targets, interferers))
+        what = f"{self.layout} dataset {where}"
+        report(problems, what)
+        if missing:
+            notes.append(f"{missing} track(s) without {' or '.join(self.targets)} left out "
+                         "(--silence-missing-targets keeps them with a silent target)")
+        if notes:
+            log.info("%s: %s", what, "; ".join(notes))
+        unknown = [t for t in self.targets if seen and not any(self.in_target(key, t) for key in seen)]
+        if unknown:
+            raise DatasetError(f"{where}: no track holds a {unknown[0]!r} stem; the stems found are "
+                               f"{', '.join(sorted(seen))}")
+        if not self.tracks:
+            raise none_usable(where, f"{self.layout} tracks holding {' and '.join(self.targets)}", problems)
+        everyone = list(range(len(self.tracks)))
+        self.holders = [[i for i, t in enumerate(self.tracks) if t.targets[k]] or everyone
+                        for k in range(len(self.targets))]
+
+    def _source(self, files: Tuple[AudioFile, ...], start: float, rng: random.Random) -> Optional[Tensor]:
+        """The sum of ``files`` from ``start``, augmented as one source (``None`` for no files: silent)."""
+        if not files:
+            return None
+        parts = [self.excerpt(f, start) for f in files]
+        n = min(p.shape[-1] for p in parts)  # whole files may differ by a few samples
+        audio = parts[0] if len(parts) == 1 else torch.stack([p[:, :n] for p in parts]).sum(0)
+        return self.source_augmentations(audio, rng)
+
+    def _item(self, index: int) -> Pair:
+        rng = self.rng(index)
+        track = self.track_of(index)
+        start = self.start_in(track.duration(), rng)
+        # Whole tracks (--seq-dur <= 0) are augmented too; validation sets have no augmentations.
+        targets = [self._source(track.targets[0], start, rng)]
+        for k in range(1, len(self.targets)):
+            other, at = track, start
+            if self.random_track_mix:
+                other = self.tracks[rng.choice(self.holders[k])]
+                at = self.start_in(other.duration(), rng)
+            targets.append(self._source(other.targets[k], at, rng))
+        other, at = track, start
+        if self.random_track_mix:
+            other = rng.choice(self.tracks)
+            at = self.start_in(other.duration(), rng)
+            if not other.interferers and all(t is None for t in targets):  # nothing to mix: the track's own
+                other, at = track, start
+        sources = [s for s in targets if s is not None] + [self._source(g, at, rng) for g in other.interferers]
+        n = min(s.shape[-1] for s in sources)
+        x = torch.stack([s[:, :n] for s in sources]).sum(0)
+        ys = [torch.zeros_like(x) if y is None else y[:, :n] for y in targets]
+        return (x, torch.stack(ys)) if self.nb_targets is not None else (x, ys[0])
+
+
+def _load_yaml(path: Path):
+    import yaml
+
+    with open(path, "rb") as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+SLAKH_SPLITS = {"train": "train", "valid": "validation"}  # the package's splits -> Slakh2100's folders
+
+
+def slakh_split_dir(root, split: str) -> Path:
+    """``<root>/train`` or ``<root>/validation``, checked to hold Slakh2100 track folders.
+
+    Raises:
+        DatasetError: ``root`` is not a Slakh2100 folder (one line naming what was expected).
+    """
+    root = Path(root)
+    folder = root / SLAKH_SPLITS[split]
+    expected = (f"expected {root}/train and {root}/validation holding TrackNNNNN/ folders with metadata.yaml and "
+                "stems/SNN.flac (Slakh2100 or slakh2100_flac_redux)")
+    if not folder.is_dir():
+        raise DatasetError(f"{root}: not a Slakh2100 folder: {folder.name}/ is missing; {expected}")
+    if not any((d / "metadata.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
+        raise DatasetError(f"{folder}: no track folder holds a metadata.yaml; {expected}")
+    return folder
+
+
+class SlakhDataset(_StemsDataset):
+    """Slakh2100 (``slakh2100_flac_redux`` or the original): ``<root>/{train,validation}/TrackNNNNN/``
+    with ``metadata.yaml`` and ``stems/SNN.flac``.
+
+    A target is an instrument class of the metadata (``inst_class``, matched as
+    :func:`stem_key` spells it: ``bass``, ``guitar``, ``synth_pad``, ...) or
+    ``drums`` (the stems with ``is_drum: true``); the other rendered stems of the
+    track are the interferers and the mixture is the sum of them all (``mix.flac``
+    is not read). Stems with ``audio_rendered: false`` have no audio and are skipped.
+    ``split="valid"`` reads ``validation/``.
+    """
+
+    layout = "slakh"
+
+    def __init__(self, root, split: str, target: Union[str, Sequence[str]], **kw):
+        super().__init__(target, **kw)
+        try:
+            import yaml  # noqa: F401 - checked once here, used for every track
+        except ImportError as exc:
+            raise DatasetError("the slakh dataset reads metadata.yaml with PyYAML: "
+                               "pip install 'openunmix-like[slakh]'") from exc
+        folder = slakh_split_dir(root, split)
+        problems: List[str] = []
+        skipped = [0]
+        found = [(t, self._sources(t, problems, skipped)) for t in sorted(d for d in folder.iterdir() if d.is_dir())]
+        self._add_tracks(found, folder, problems,
+                         [f"{skipped[0]} stem(s) with audio_rendered: false skipped"] if skipped[0] else [])
+
+    def _sources(self, track: Path, problems: List[str], skipped: List[int]) -> Optional[Sources]:
+        """Each rendered stem of ``track`` as ``(class key, (file,))``; ``None`` (reported) if one is unusable."""
+        meta = track / "metadata.yaml"
+        if not meta.is_file():
+            problems.append(f"{track}: no metadata.yaml")
+            return None
+        try:
+            doc = _load_yaml(meta)
+        except Exception as exc:  # noqa: BLE001 - any YAML or read failure makes the metadata unusable
+            problems.append(f"{meta}: unreadable ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+            return None
+        stems = doc.get("stems") if isinstance(doc, dict) else None
+        if not isinstance(stems, dict):
+            problems.append(f"{meta}: no 'stems:' mapping")
+            return None
+        audio_dir = track / str(doc.get("audio_dir") or "stems")
+        sources: Sources = []
+        for sid, info in sorted(stems.items(), key=lambda item: str(item[0])):
+            named = isinstance(info, dict) and (info.get("is_drum") is True or isinstance(info.get("inst_class"), str))
+            if not named:
+                problems.append(f"{meta}: stem {sid} has no inst_class")
+                return None
+            if info.get("audio_rendered", True) is False:
+                skipped[0] += 1
+                continue
+            path = next((p for p in (audio_dir / f"{sid}{s}" for s in AUDIO_SUFFIXES) if p.is_file()), None)
+            if path is None:
+                problems.append(f"{audio_dir / sid}.flac: missing (audio_rendered is true in metadata.yaml)")
+                return None
+            file = scan(path, problems)
+            if file is None:
+                return None
+            sources.append(("drums" if info.get("is_drum") is True else stem_key(info["inst_class"]), (file,)))
+        return sources
+
+
+MOISESDB_STEMS = ("vocals", "bass", "drums", "other", "guitar", "other_plucked", "percussion", "piano",
+                  "other_keys", "bowed_strings", "wind")  # the top-level stems of the moisesdb package's taxonomy
+MOISESDB_FOUR = ("vocals", "bass", "drums", "other")  # its mix_4_stems: other is every stem but the first three
+STEM_GROUPINGS = ("four", "all")
+
+
+def moisesdb_track_dirs(root) -> List[Path]:
+    """The track folders of a MoisesDB root: ``<root>/<provider>/<track_id>/data.json`` (the package's
+    layout) or ``<root>/<track_id>/data.json``.
+
+    Raises:
+        DatasetError: no track folder is found (one line naming what was expected).
+    """
+    root = Path(root)
+    found = sorted({p.parent for pattern in ("*/data.json", "*/*/data.json") for p in root.glob(pattern)}
+                   if root.is_dir() else [])
+    if not found:
+        raise DatasetError(f"{root}: not a MoisesDB folder: expected <root>/<provider>/<track_id>/data.json (or "
+                           "<root>/<track_id>/data.json) with a folder of audio files per stem (vocals/, bass/, ...)")
+    return found
+
+
+def moisesdb_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None) -> Tuple[List[Path], List[Path]]:
+    """MoisesDB's training and validation tracks: the ``valid_tracks`` track folders (default 10 %, at
+    least 1) whose ids (folder names) have the smallest SHA-1, the others for training.
+
+    The split depends on the track ids only, so every target, seed and machine gets the same one.
+
+    Raises:
+        DatasetError: ``valid_tracks`` leaves no training or no validation track.
+    """
+    n = max(1, round(0.1 * len(tracks))) if valid_tracks is None else valid_tracks
+    if not 1 <= n < len(tracks):
+        raise DatasetError(f"--valid-tracks {n}: give from 1 to {len(tracks) - 1} (the data set has "
+                           f"{len(tracks)} track(s), and training needs at least one)")
+    order = sorted(tracks, key=lambda p: (hashlib.sha1(p.name.encode()).hexdigest(), str(p)))
+    valid = set(order[:n])
+    return [t for t in tracks if t not in valid], [t for t in tracks if t in valid]
+
+
+class MoisesDBDataset(_StemsDataset):
+    """MoisesDB as the ``moisesdb`` package lays it out: ``<root>/<provider>/<track_id>/data.json`` (or
+    ``<root>/<track_id>/data.json``) and ``<track>/<stemName>/<id>.<extension>`` for every file that
+    data.json lists under a stem.
+
+    A stem is the sum of its files. ``stem_grouping="four"``: the targets are
+    ``vocals``, ``bass``, ``drums`` and ``other`` (the sum of every other stem), as
+    the package's ``mix_4_stems``; ``"all"``: a target is one top-level stem
+    (``guitar``, ``piano``, ``other_keys``, ...). The other stems are the
+    interferers. There is no official validation split: :func:`moisesdb_split`
+    makes one from the track ids.
+    """
+
+    layout = "moisesdb"
+
+    def __init__(self, root, split: str, target: Union[str, Sequence[str]], stem_grouping: str = "four",
+                 valid_tracks: Optional[int] = None, **kw):
+        super().__init__(target, **kw)
+        if stem_grouping not in STEM_GROUPINGS:
+            raise DatasetError(f"stem grouping {stem_grouping!r}: choose one of {', '.join(STEM_GROUPINGS)}")
+        self.stem_grouping = stem_grouping
+        if stem_grouping == "four":
+            for t in self.targets:
+                if t not in MOISESDB_FOUR:
+                    raise DatasetError(f"target {t!r}: with --stem-grouping four the targets are "
+                                       f"{', '.join(MOISESDB_FOUR)} (other: every stem but the first three); "
+                                       f"train {t} with --stem-grouping all")
+        train, valid = moisesdb_split(moisesdb_track_dirs(root), valid_tracks)
+        problems: List[str] = []
+        tracks = train if split == "train" else valid
+        self._add_tracks(((t, self._sources(t, problems)) for t in tracks), Path(root), problems,
+                         [f"{split} split: {len(tracks)} of {len(train) + len(valid)} track folders"])
+
+    def in_target(self, key: str, target: str) -> bool:
+        if self.stem_grouping == "four" and target == "other":
+            return key not in MOISESDB_FOUR[:3]
+        return key == target
+
+    def _sources(self, track: Path, problems: List[str]) -> Optional[Sources]:
+        """Each stem data.json lists as ``(stem key, its files)``; ``None`` (reported) if one is unusable."""
+        meta = track / "data.json"
+        try:
+            import json
+
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{meta}: unreadable ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+            return None
+        stems = doc.get("stems") if isinstance(doc, dict) else None
+        if not isinstance(stems, list):
+            problems.append(f"{meta}: no 'stems' list")
+            return None
+        paths: Dict[str, List[Path]] = {}
+        for stem in stems:
+            name = stem.get("stemName") if isinstance(stem, dict) else None
+            entries = stem.get("tracks") if isinstance(stem, dict) else None
+            if not isinstance(name, str) or not isinstance(entries, list) or not all(
+                    isinstance(e, dict) and "id" in e for e in entries):
+                problems.append(f"{meta}: a stem without stemName or tracks (each with an id)")
+                return None
+            paths.setdefault(name, []).extend(track / name / f"{e['id']}.{e.get('extension') or 'wav'}"
+                                              for e in entries)
+        sources: Sources = []
+        for name, group in paths.items():
+            missing = [p for p in group if not p.is_file()]
+            if missing:
+                problems.append(f"{missing[0]}: missing (listed in data.json)")
+                return None
+            files = [scan(p, problems) for p in group]
+            if any(f is None for f in files):
+                return None
+            sources.append((stem_key(name), tuple(files)))
+        return sources
 
 
 def default_musdb_cache(root: Path) -> Path:

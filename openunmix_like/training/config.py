@@ -11,7 +11,8 @@ from ..augment import BatchCompose, Compose, split_names
 from ..errors import OpenUnmixLikeError
 from ..losses import parse_loss
 
-DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb")
+STEM_LAYOUTS = ("slakh", "moisesdb")  # targets summed from files chosen by the data set's metadata
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
 PRELOAD = ("auto", "on", "off")
@@ -40,7 +41,7 @@ class TrainConfig:
     root: Optional[str] = None
     # musdb
     is_wav: bool = False
-    # musdb and trackfolder_fix: training items per track and epoch (None: 64 for musdb, 1 for trackfolder_fix)
+    # musdb, trackfolder_fix, slakh, moisesdb: training items per track and epoch (None: 64 for musdb, else 1)
     samples_per_track: Optional[int] = None
     # folder datasets (None: the defaults of the layout, see factory.resolve_sources)
     input_file: Optional[str] = None
@@ -55,6 +56,9 @@ class TrainConfig:
     random_track_mix: bool = False
     silence_missing_targets: bool = False
     random_interferer_mix: bool = False
+    # moisesdb: targets vocals, bass, drums, other ("four") or one top-level stem each ("all"); None: four
+    stem_grouping: Optional[str] = None
+    valid_tracks: Optional[int] = None  # moisesdb: validation tracks (None: 10 %, chosen by a hash of the track id)
     source_augmentations: Optional[List[str]] = None
     sample_rate: int = 44100
     # optimisation
@@ -126,10 +130,11 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     Returns:
         ``cfg`` with ``target`` named (:func:`resolve_target`), ``eval_every`` resolved
         (``--select-by sdr`` scores every epoch unless ``--eval-every`` says otherwise),
-        ``samples_per_track`` resolved for the layout and ``source_augmentations`` to the
-        names used (the layout's default when none were given), so the saved ``args`` say them.
+        ``samples_per_track`` resolved for the layout, ``source_augmentations`` to the
+        names used (the layout's default when none were given), so the saved ``args`` say them,
+        and the options of the ``slakh`` and ``moisesdb`` layouts resolved (:func:`resolve_stem_options`).
     """
-    cfg = resolve_target(cfg)
+    cfg = resolve_stem_options(resolve_target(cfg))
     check_numbers(cfg)
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
@@ -215,7 +220,8 @@ def check_numbers(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError(f"--nb-workers {cfg.nb_workers}: give 0 (load in this process) or more")
 
 
-SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1}  # the layouts that take --samples-per-track, and defaults
+# The layouts that take --samples-per-track, and their defaults.
+SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1, "slakh": 1, "moisesdb": 1}
 
 
 def resolve_samples_per_track(cfg: TrainConfig) -> Optional[int]:
@@ -230,3 +236,43 @@ def resolve_samples_per_track(cfg: TrainConfig) -> Optional[int]:
     if cfg.samples_per_track < 1:
         raise OpenUnmixLikeError(f"--samples-per-track {cfg.samples_per_track}: give at least 1")
     return cfg.samples_per_track
+
+
+def resolve_stem_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the targets of ``slakh`` and ``moisesdb`` spelt as their metadata is matched
+    (``"Synth Pad"`` -> ``synth_pad``, which also names the model files) and ``stem_grouping``
+    resolved (``four`` for moisesdb); ``--stem-grouping`` and ``--valid-tracks`` refused elsewhere.
+
+    Raises:
+        OpenUnmixLikeError: an option the layout does not take, or a value no data set could use.
+    """
+    from ..data import MOISESDB_FOUR, STEM_GROUPINGS, stem_key
+
+    if cfg.dataset != "moisesdb":
+        given = [flag for flag, value in (("--stem-grouping", cfg.stem_grouping), ("--valid-tracks", cfg.valid_tracks))
+                 if value is not None]
+        if given:
+            verb, them = ("works", "it") if len(given) == 1 else ("work", "them")
+            raise OpenUnmixLikeError(f"{' and '.join(given)} {verb} with --dataset moisesdb; drop {them} for "
+                                     f"--dataset {cfg.dataset}")
+    if cfg.dataset not in STEM_LAYOUTS:
+        return cfg
+    targets = [stem_key(t) for t in cfg.targets] if cfg.targets else None
+    target = stem_key(cfg.target) if cfg.target is not None else None
+    for name in targets or [target]:
+        if not name:
+            raise OpenUnmixLikeError(f"--dataset {cfg.dataset}: give a target with letters or digits")
+    if cfg.dataset == "slakh":
+        return dataclasses.replace(cfg, target=target, targets=targets)
+    grouping = cfg.stem_grouping or "four"
+    if grouping not in STEM_GROUPINGS:
+        raise OpenUnmixLikeError(f"--stem-grouping {grouping!r}: choose one of {', '.join(STEM_GROUPINGS)}")
+    if grouping == "four":
+        for name in targets or [target]:
+            if name not in MOISESDB_FOUR:
+                raise OpenUnmixLikeError(f"--target {name}: with --stem-grouping four (the default) the targets are "
+                                         f"{', '.join(MOISESDB_FOUR)}; add --stem-grouping all to train one stem "
+                                         "such as guitar or piano")
+    if cfg.valid_tracks is not None and cfg.valid_tracks < 1:
+        raise OpenUnmixLikeError(f"--valid-tracks {cfg.valid_tracks}: give at least 1")
+    return dataclasses.replace(cfg, target=target, targets=targets, stem_grouping=grouping)

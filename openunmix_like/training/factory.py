@@ -20,7 +20,8 @@ from ..errors import ModelError, OpenUnmixLikeError
 from ..losses import Objective, parse_loss
 from ..modeldir import AudioSettings
 from ..transforms import STFT, ComplexNorm
-from .config import DATASETS, TrainConfig, check_options, resolve_samples_per_track, resolve_target
+from .config import (DATASETS, STEM_LAYOUTS, TrainConfig, check_options, resolve_samples_per_track,
+                     resolve_target)
 from .context import Context, WeightAverage
 from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
 from .history import History, tensorboard_writer
@@ -62,9 +63,9 @@ DATA_CHANNELS = 2
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Training and validation datasets for ``cfg.dataset`` (names resolved by :func:`resolve_sources`)."""
     cfg = dataclasses.replace(resolve_sources(cfg), samples_per_track=resolve_samples_per_track(cfg))
-    common = dict(sample_rate=cfg.sample_rate, nb_channels=DATA_CHANNELS, seed=cfg.seed)
-    train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
-    valid_kw = dict(common, seq_duration=None, random_chunks=False)
+    train_kw, valid_kw = dataset_kwargs(cfg)
+    if cfg.dataset in STEM_LAYOUTS:
+        return stem_datasets(cfg, cfg.target)
     if cfg.dataset == "musdb":
         args = dict(root=cfg.root, target=cfg.target, is_wav=cfg.is_wav)
         return (data.MUSDBDataset(split="train", samples_per_track=cfg.samples_per_track,
@@ -93,6 +94,30 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
                                                        **args, **train_kw),
                 data.VariableSourcesTrackFolderDataset(split="valid", **args, **valid_kw))
     raise OpenUnmixLikeError(f"--dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+def dataset_kwargs(cfg: TrainConfig) -> Tuple[dict, dict]:
+    """The settings every training set and every validation set takes (validation: whole tracks, no augmentation)."""
+    common = dict(sample_rate=cfg.sample_rate, nb_channels=DATA_CHANNELS, seed=cfg.seed)
+    train_kw = dict(common, seq_duration=cfg.seq_dur, source_augmentations=cfg.augmentations())
+    valid_kw = dict(common, seq_duration=None, random_chunks=False)
+    return train_kw, valid_kw
+
+
+def stem_datasets(cfg: TrainConfig, target) -> Datasets:
+    """``slakh`` or ``moisesdb`` training and validation sets for ``target``, a name or a list of names
+    (then the items hold the targets stacked, as ``--targets`` trains them)."""
+    if cfg.root is None:
+        raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
+    train_kw, valid_kw = dataset_kwargs(cfg)
+    args = dict(root=cfg.root, target=target, silence_missing_targets=cfg.silence_missing_targets)
+    kind = data.SlakhDataset
+    if cfg.dataset == "moisesdb":
+        kind = data.MoisesDBDataset
+        args.update(stem_grouping=cfg.stem_grouping or "four", valid_tracks=cfg.valid_tracks)
+    samples = resolve_samples_per_track(cfg)
+    return (kind(split="train", random_track_mix=cfg.random_track_mix, samples_per_track=samples, **args, **train_kw),
+            kind(split="valid", **args, **valid_kw))
 
 
 def preload_datasets(cfg: TrainConfig, device: torch.device, train_set, valid_set) -> TrainConfig:

@@ -24,12 +24,12 @@ from .config import TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .checkpoint import check_output
-from .factory import DATA_CHANNELS, build_model, make_context, preload_datasets, settings_of
+from .factory import DATA_CHANNELS, build_model, make_context, preload_datasets, settings_of, stem_datasets
 from .history import History
 from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
 
 log = logging.getLogger(__name__)
-LAYOUTS = ("musdb", "trackfolder_fix")
+LAYOUTS = ("musdb", "trackfolder_fix", "slakh", "moisesdb")
 
 
 def check_targets(cfg: TrainConfig) -> None:
@@ -62,6 +62,8 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
     if cfg.root is None:
         raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
+    if cfg.dataset in ("slakh", "moisesdb"):
+        return (*stem_datasets(cfg, list(cfg.targets)), cfg, [None] * len(cfg.targets))
     if cfg.dataset == "musdb":
         args = dict(root=cfg.root, target=list(cfg.targets), is_wav=cfg.is_wav)
         return (data.MUSDBDataset(split="train", samples_per_track=cfg.samples_per_track, random_track_mix=True,
