@@ -662,7 +662,7 @@ def _load_yaml(path: Path):
         return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-SLAKH_SPLITS = {"train": "train", "valid": "validation"}  # the package's splits -> Slakh2100's folders
+SLAKH_SPLITS = {"train": "train", "valid": "validation", "test": "test"}  # the package's splits -> Slakh2100's folders
 
 
 def slakh_split_dir(root, split: str) -> Path:
@@ -710,7 +710,8 @@ class SlakhDataset(_StemsDataset):
         self._add_tracks(found, folder, problems,
                          [f"{skipped[0]} stem(s) with audio_rendered: false skipped"] if skipped[0] else [])
 
-    def _sources(self, track: Path, problems: List[str], skipped: List[int]) -> Optional[Sources]:
+    @staticmethod  # no state of the data set: stem_track_sources reads one track with it too
+    def _sources(track: Path, problems: List[str], skipped: List[int]) -> Optional[Sources]:
         """Each rendered stem of ``track`` as ``(class key, (file,))``; ``None`` (reported) if one is unusable."""
         meta = track / "metadata.yaml"
         if not meta.is_file():
@@ -824,7 +825,8 @@ class MoisesDBDataset(_StemsDataset):
             return key not in MOISESDB_FOUR[:3]
         return key == target
 
-    def _sources(self, track: Path, problems: List[str]) -> Optional[Sources]:
+    @staticmethod  # no state of the data set: stem_track_sources reads one track with it too
+    def _sources(track: Path, problems: List[str]) -> Optional[Sources]:
         """Each stem data.json lists as ``(stem key, its files)``; ``None`` (reported) if one is unusable."""
         meta = track / "data.json"
         try:
@@ -859,6 +861,79 @@ class MoisesDBDataset(_StemsDataset):
                 return None
             sources.append((stem_key(name), tuple(files)))
         return sources
+
+
+# ---------------------------------------------------------------- whole tracks of the metadata layouts (evaluation)
+
+
+def stem_track_sources(layout: str, track) -> Sources:
+    """The stems of one ``slakh`` or ``moisesdb`` track folder as its data set reads them.
+
+    Returns:
+        ``(stem key, files)`` per stem: Slakh, each rendered stem's file, keyed by its class (``drums`` for
+        ``is_drum``); MoisesDB, the files data.json lists under each ``stemName``.
+
+    Raises:
+        DatasetError: the metadata is missing or unreadable, a file it lists is missing or unreadable, or the
+            track has no audio stem (the first such problem, naming the path).
+    """
+    track = Path(track)
+    problems: List[str] = []
+    if layout == "slakh":
+        sources = SlakhDataset._sources(track, problems, [0])
+    elif layout == "moisesdb":
+        sources = MoisesDBDataset._sources(track, problems)
+    else:
+        raise DatasetError(f"layout {layout!r}: choose slakh or moisesdb")
+    if sources is None:
+        raise DatasetError(problems[0])
+    if not any(files for _, files in sources):
+        raise DatasetError(f"{track}: no audio stems")
+    return sources
+
+
+def stem_group(key: str, stem_grouping: str = "all") -> str:
+    """The target a stem belongs to, as :class:`MoisesDBDataset` groups stems: the stem itself, or with
+    ``stem_grouping="four"`` ``other`` for every stem but vocals, bass and drums (``stem_group("piano", "four")``
+    is ``other``). Slakh's stem keys are their own groups."""
+    return "other" if stem_grouping == "four" and key not in MOISESDB_FOUR[:3] else key
+
+
+def read_stem_track(sources: Sources, sample_rate: int, nb_channels: int = 2,
+                    group: Optional[Callable[[str], str]] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """A whole track of a metadata layout, summed as training sums it: the mixture and each group of stems.
+
+    Every file is read whole, converted as :func:`read_excerpt` converts it, and cut to the track's
+    shortest file (as whole-track validation items are). One file is decoded at a time.
+
+    Args:
+        sources: the track's stems, as :func:`stem_track_sources` gives them.
+        sample_rate, nb_channels: what every file is converted to.
+        group: the name of the sum a stem key goes into (default: the key itself; see :func:`stem_group`).
+
+    Returns:
+        The mixture ``(nb_channels, nb_timesteps)``, the sum of every file, and group name -> the sum of its
+        files, same shape, in the order the groups first appear; the groups add up to the mixture.
+
+    Raises:
+        DatasetError: a file that cannot be decoded, or holds NaN or infinite samples, naming it.
+    """
+    mixture: Optional[Tensor] = None
+    groups: Dict[str, Tensor] = {}
+    for key, files in sources:
+        name = group(key) if group else key
+        for file in files:
+            try:
+                audio = read_excerpt(file, 0.0, None, sample_rate, nb_channels)
+            except RuntimeError as exc:  # read_excerpt's errors name the file
+                raise DatasetError(str(exc)) from None
+            n = audio.shape[-1] if mixture is None else min(audio.shape[-1], mixture.shape[-1])
+            groups = {k: v[:, :n] for k, v in groups.items()}
+            groups[name] = groups[name] + audio[:, :n] if name in groups else audio[:, :n]
+            mixture = audio[:, :n].clone() if mixture is None else mixture[:, :n] + audio[:, :n]
+    if mixture is None:
+        raise DatasetError("the track has no audio stems")
+    return mixture, groups
 
 
 def default_musdb_cache(root: Path) -> Path:

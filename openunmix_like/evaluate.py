@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data import (MOISESDB_FOUR, DatasetError, moisesdb_split, moisesdb_track_dirs, read_stem_track,
+                   slakh_split_dir, stem_group, stem_track_sources)
 from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import sdr_mdx, si_sdr
@@ -47,6 +49,12 @@ class Track:
     mixture: Tensor
     references: Dict[str, Tensor]
     path: str = ""  # the track folder or file, for messages
+    # The parts the mixture is the sum of, where the layout knows them (MUSDB's four sources, a folder's
+    # files, slakh's and moisesdb's stems): an oracle's masks share the mixture among all of them, not only
+    # among the targets it estimates.
+    sources: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    # The sources a reference is the sum of, where it is not the source of its name (MUSDB's accompaniment).
+    components: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- data
@@ -97,7 +105,14 @@ def _musdb_track(track, mixture_from_sources: bool) -> Track:
     refs = {name: _tensor(np.sum(np.array([s.gain * sources[s.name] for s in target.sources]), axis=0))
             for name, target in track.targets.items() if name != "linear_mixture"}
     mixture = sum(sources.values()) if mixture_from_sources else stems[0]
-    return Track(track.name, int(track.rate), _tensor(mixture), refs, str(track.path))
+    components = {name: tuple(s.name for s in target.sources) for name, target in track.targets.items()
+                  if name != "linear_mixture"}
+    # A source that is also a reference (vocals, ...) shares its tensor: a long track is held once.
+    plain = {name for name, target in track.targets.items()
+             if [(s.name, s.gain) for s in target.sources] == [(name, 1)]}
+    held = {name: refs[name] if name in plain else _tensor(a) for name, a in sources.items()}
+    return Track(track.name, int(track.rate), _tensor(mixture), refs, str(track.path), sources=held,
+                 components=components)
 
 
 def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
@@ -145,7 +160,7 @@ def folder_track(folder: Path) -> Optional[Track]:
     mixture = next((a for p, (a, _) in audio.items() if p.stem == "mixture"), None)
     if mixture is None:
         mixture = torch.stack(list(refs.values())).sum(0)
-    return Track(folder.name, int(next(iter(audio.values()))[1]), mixture, refs, str(folder))
+    return Track(folder.name, int(next(iter(audio.values()))[1]), mixture, refs, str(folder), sources=dict(refs))
 
 
 # Length differences within a track folder taken for rounding: 1 % or 4,608 samples, whichever is more.
@@ -164,6 +179,138 @@ def _check_same(folder: Path, values: Dict[Path, int], unit: str, fix: str,
         if abs(value - usual) > slack:
             raise OpenUnmixLikeError(f"{path}: {unit.format(value)}, the other files of track {folder.name} have "
                                      f"{unit.format(usual)}; {fix.format(usual)}")
+
+
+def slakh_tracks(root: str, split: str = "valid", targets: Sequence[str] = (), residual: Optional[str] = None,
+                 names: Optional[Sequence[str]] = None, skip: Optional[Callable[[str], bool]] = None,
+                 on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
+    """The Slakh2100 tracks of one folder, ``split`` ``valid`` (``validation/``), ``test`` or ``train``.
+
+    Each track's stems are summed per instrument class as training sums them (``drums``: the
+    ``is_drum`` stems; unrendered stems skipped); the mixture is the sum of every rendered stem
+    (``mix.flac`` is not read). See :func:`stem_tracks` for ``targets``, ``residual``, ``names``,
+    ``skip`` and ``on_error``.
+    """
+    try:
+        import yaml  # noqa: F401 - checked once here, used for every track
+    except ImportError as exc:
+        raise OpenUnmixLikeError("Slakh2100 evaluation reads metadata.yaml with PyYAML: "
+                                 "pip install 'openunmix-like[slakh]'") from exc
+    folder = _dataset(slakh_split_dir, root, split)
+    return stem_tracks("slakh", sorted(d for d in folder.iterdir() if d.is_dir()), str(folder), targets, residual,
+                       names=names, skip=skip, on_error=on_error)
+
+
+def moisesdb_tracks(root: str, split: Optional[str] = "valid", valid_tracks: Optional[int] = None,
+                    stem_grouping: str = "four", targets: Sequence[str] = (), residual: Optional[str] = None,
+                    names: Optional[Sequence[str]] = None, skip: Optional[Callable[[str], bool]] = None,
+                    on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
+    """MoisesDB tracks: ``split`` ``valid``, the validation tracks of the split training makes
+    (:func:`~openunmix_like.data.moisesdb_split` with the same ``valid_tracks``), ``train`` the others,
+    ``None`` every track.
+
+    Each stem is the sum of its files; ``stem_grouping`` groups stems as training does
+    (``four``: vocals, bass, drums and other, the rest). See :func:`stem_tracks` for the other arguments.
+    """
+    folders = _dataset(moisesdb_track_dirs, root)
+    where = f"{root} ({len(folders)} track(s))"
+    if split is not None:
+        train, valid = _dataset(moisesdb_split, folders, valid_tracks)
+        folders = valid if split == "valid" else train
+        where = f"{root} (the {len(folders)} {'validation' if split == 'valid' else 'training'} track(s) of its split)"
+    return stem_tracks("moisesdb", folders, where, targets, residual, stem_grouping, names, skip, on_error)
+
+
+def stem_tracks(layout: str, folders: Sequence[Path], where: str, targets: Sequence[str] = (),
+                residual: Optional[str] = None, stem_grouping: str = "all", names: Optional[Sequence[str]] = None,
+                skip: Optional[Callable[[str], bool]] = None,
+                on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
+    """Tracks of a metadata layout (``slakh``, ``moisesdb``) from their track folders.
+
+    The references are the sums of each group of stems (every group of the track, so that an oracle
+    shares the mixture among them all); a target the track lacks is a silent reference. With a
+    ``residual`` name, the stems of no target are summed into that one reference instead. The mixture
+    is the sum of every stem. ``names``, ``skip`` and ``on_error`` choose tracks and report bad ones as in
+    :func:`musdb_tracks`; a name not among ``folders`` raises.
+
+    Every chosen track's metadata is read before any audio: a target that none of them holds raises
+    :class:`OpenUnmixLikeError` (naming ``where``) before anything is scored.
+    """
+    unknown = sorted(set(names or ()) - {f.name for f in folders})
+    if unknown:
+        raise OpenUnmixLikeError(f"--tracks {unknown[0]}: no such track in {where}; give track folder names "
+                                 "from there")
+    parsed = []
+    for folder in folders:
+        if names and folder.name not in names:
+            continue
+        try:
+            parsed.append((folder, _stem_sources(layout, folder)))
+        except OpenUnmixLikeError as exc:
+            if not (skip and skip(folder.name)):  # a track scored before is not reported
+                _failed(folder.name, exc, on_error)
+    _check_targets(targets, {stem_group(k, stem_grouping) for _, sources in parsed for k, _ in sources}, where,
+                   stem_grouping if layout == "moisesdb" else None, bool(names))
+    for folder, sources in parsed:
+        if skip and skip(folder.name):
+            continue
+        try:
+            yield _stem_track(folder, sources, targets, residual, stem_grouping)
+        except OpenUnmixLikeError as exc:
+            _failed(folder.name, exc, on_error)
+
+
+def _stem_sources(layout: str, folder: Path):
+    try:
+        return stem_track_sources(layout, folder)
+    except DatasetError as exc:
+        raise OpenUnmixLikeError(f"{exc}; repair or re-download that track") from None
+
+
+def _check_targets(targets: Sequence[str], found: set, where: str, stem_grouping: Optional[str],
+                   chosen: bool) -> None:
+    """Refuse a target no track holds (every score of it would be NaN), saying what the tracks hold."""
+    missing = [t for t in targets if t not in found]
+    if not missing or not found:  # nothing found: every track failed, and was reported
+        return
+    if stem_grouping == "four" and missing[0] not in MOISESDB_FOUR:
+        hint = (f"with --stem-grouping four the stems are {', '.join(MOISESDB_FOUR)} (other: all but the first "
+                "three); add --stem-grouping all to score other stems")
+    else:
+        kept = [t for t in targets if t not in missing]
+        hint = (f"score the others alone with --targets {' '.join(kept)}" if kept
+                else "score a model trained on these stems, or an oracle with --targets")
+    raise OpenUnmixLikeError(f"{where}: no{' chosen' if chosen else ''} track holds a {missing[0]!r} stem; the "
+                             f"stems found are {', '.join(sorted(found))}; {hint}")
+
+
+def _stem_track(folder: Path, sources, targets: Sequence[str], residual: Optional[str], stem_grouping: str) -> Track:
+    def group(key: str) -> str:
+        name = stem_group(key, stem_grouping)
+        return name if not residual or name in targets else residual
+
+    rate = next(f for _, files in sources for f in files).sample_rate  # others are resampled to it, as in training
+    try:
+        mixture, parts = read_stem_track(sources, rate, STEM_CHANNELS, group)
+    except DatasetError as exc:
+        raise OpenUnmixLikeError(f"{exc}; repair or re-download that track") from None
+    parts = {name: parts[name] for name in sorted(parts, key=_target_order)}
+    references = dict(parts)
+    for target in [*targets, *([residual] if residual else [])]:
+        references.setdefault(target, torch.zeros_like(mixture))
+    return Track(folder.name, int(rate), mixture, references, str(folder), sources=parts)
+
+
+# Channels the stems are read with, as training reads them (Slakh's mono stems as two equal channels).
+STEM_CHANNELS = 2
+
+
+def _dataset(function, *args):
+    """``function(*args)``, its :class:`~openunmix_like.data.DatasetError` as an :class:`OpenUnmixLikeError`."""
+    try:
+        return function(*args)
+    except DatasetError as exc:
+        raise OpenUnmixLikeError(str(exc)) from None
 
 
 def _failed(name: str, exc: OpenUnmixLikeError, on_error) -> None:
@@ -192,6 +339,10 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
     ``mwf``: the multichannel Wiener filter with each target's power spectral
     density and spatial covariance (over the whole track) taken from the truth;
     ``mix``: the mixture as every estimate. Masks apply to the mixture STFT.
+
+    The sources ``S_k`` are the targets and the other parts of the track's mixture (``track.sources``
+    that no target is made of): a target's mask shares the mixture with everything else in it, not only
+    with the other targets estimated (``irm2`` of vocals alone is not the mixture).
     """
     if method not in ORACLES:
         raise OpenUnmixLikeError(f"--oracle {method!r}: choose from {', '.join(ORACLES)}")
@@ -199,7 +350,9 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
         return {t: track.mixture.clone() for t in targets}
     stft, istft = STFT(n_fft, n_hop), ISTFT(n_fft, n_hop)
     x = stft(track.mixture.double())  # (C, F, T)
-    sources = torch.stack([stft(track.references[t].double()) for t in targets])  # (J, C, F, T)
+    covered = {k for t in targets for k in track.components.get(t, (t,))}
+    parts = [track.references[t] for t in targets] + [a for k, a in track.sources.items() if k not in covered]
+    sources = torch.stack([stft(a.double()) for a in parts])  # (J, C, F, T), the targets first
     n = track.mixture.shape[-1]
     if method == "mwf":
         from .filtering import expectation_maximization

@@ -148,6 +148,30 @@ def test_musdb_mixture_from_sources():
     assert not torch.allclose(stored.mixture, sources, atol=1e-4)  # the stored mixture is encoded on its own
 
 
+@pytest.mark.parametrize("method", ["irm1", "irm2", "mwf"])
+def test_an_oracle_of_some_targets_shares_the_mixture_with_every_source(tmp_path, method):
+    """irm2 of vocals alone is the vocals' share of a mixture of four sources, not the whole mixture."""
+    track = next(ev.folder_tracks(make_tracks(tmp_path, n=1)))
+    every = ev.oracle(method, track, list(track.references), 512, 128)
+    alone = ev.oracle(method, track, ["vocals"], 512, 128)
+    assert torch.allclose(alone["vocals"], every["vocals"], atol=1e-6)
+    assert (alone["vocals"] - track.mixture).abs().max() > 0.1 * track.mixture.abs().max()
+
+
+def test_a_musdb_oracle_of_some_targets_shares_the_mixture_with_every_source():
+    root = require(MUSDB_7S).parent
+    [track] = ev.musdb_tracks(str(root), "train", split="valid", names=["Actions - One Minute Smile"])
+    every = ev.oracle("irm2", track, ["vocals", "drums", "bass", "other"])
+    alone = ev.oracle("irm2", track, ["vocals"])
+    assert torch.allclose(alone["vocals"], every["vocals"], atol=1e-6)
+    # accompaniment is drums + bass + other: beside vocals it covers them, so nothing is counted twice.
+    pair = ev.oracle("irm2", track, ["vocals", "accompaniment"])
+    power = {k: ev.STFT(4096, 1024)(track.references[k].double()).abs() ** 2 for k in ("vocals", "accompaniment")}
+    mask = power["vocals"] / (1e-10 + power["vocals"] + power["accompaniment"])
+    expected = ev.ISTFT(4096, 1024)(mask * ev.STFT(4096, 1024)(track.mixture.double()), length=track.mixture.shape[-1])
+    assert torch.allclose(pair["vocals"], expected.float(), atol=1e-5)
+
+
 # ---------------------------------------------------------------- defects found by the audit
 
 

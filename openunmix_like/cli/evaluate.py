@@ -1,4 +1,4 @@
-"""``umx-evaluate``: BSSEval v4 scores of a separator or an oracle on MUSDB18 or a track folder."""
+"""``umx-evaluate``: BSSEval v4 scores of a separator or an oracle on MUSDB18, a track folder, Slakh2100 or MoisesDB."""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +15,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 from torch import Tensor
 
 from .. import __version__
+from ..data import STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
-                        folder_tracks, full_markdown, markdown_table, musdb_tracks, oracle, read_record, score_track,
-                        write_csv)
+                        folder_tracks, full_markdown, markdown_table, moisesdb_tracks, musdb_tracks, oracle,
+                        read_record, score_track, slakh_tracks, write_csv)
 from ..fileio import writable_folder, write_bytes_atomic, write_json_atomic
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
@@ -26,19 +27,36 @@ from .separate import add_separator_args, load_separator, precision_of
 # Options a model's scores depend on (the others, such as --device, only change the speed), and an oracle's.
 MODEL_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len", "segment", "overlap")
 ORACLE_SETTINGS = ("targets", "nfft", "nhop")
+LAYOUTS = ("musdb", "folder", "slakh", "moisesdb")
+STEM_LAYOUTS = ("slakh", "moisesdb")  # references summed from files chosen by the data set's metadata
+# --subset of a Slakh2100 root: the folder, by its name (valid too, as --split spells it) -> the split it is.
+SLAKH_SUBSETS = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umx-evaluate", description="Score a separator (or oracle) with BSSEval v4.")
     g = p.add_argument_group("data")
-    g.add_argument("--root", required=True, help="MUSDB18 folder, or a folder of track folders (--layout folder)")
-    g.add_argument("--layout", choices=["musdb", "folder"], default="musdb",
-                   help="musdb: through the musdb package; folder: <root>/<track>/{mixture?,<source>...}.wav")
-    g.add_argument("--subset", default="test", help="musdb subset (default test)")
-    g.add_argument("--split", default=None, choices=["train", "valid"], help="musdb split of the train subset")
+    g.add_argument("--root", required=True,
+                   help="MUSDB18 folder, a folder of track folders (--layout folder), or a Slakh2100 or MoisesDB root")
+    g.add_argument("--layout", choices=LAYOUTS, default="musdb",
+                   help="musdb: through the musdb package; folder: <root>/<track>/{mixture?,<source>...}.wav; "
+                        "slakh: <root>/{train,validation,test}/TrackNNNNN/{metadata.yaml,stems/}; moisesdb: "
+                        "<root>[/<provider>]/<track_id>/data.json (default musdb)")
+    g.add_argument("--subset", default=None,
+                   help="musdb subset (default test); slakh: the folder, train, validation or test")
+    g.add_argument("--split", default=None, choices=["train", "valid", "test"],
+                   help="musdb: split of the train subset; slakh: the folder (valid: validation/, the default); "
+                        "moisesdb: the training or validation (default) tracks of the split umx-train makes")
     g.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ wav layout")
     g.add_argument("--mixture-from-sources", action="store_true",
                    help="musdb: separate the sum of the four sources instead of the stored mixture")
+    g.add_argument("--stem-grouping", choices=STEM_GROUPINGS, default=None,
+                   help="moisesdb: targets vocals, bass, drums, other (four: other is every other stem) or any "
+                        "top-level stem (all), as umx-train groups them (default four)")
+    g.add_argument("--valid-tracks", type=int, default=None, metavar="N",
+                   help="moisesdb: the N validation tracks of the split, as given to umx-train (default 10%% of "
+                        "the tracks)")
+    g.add_argument("--all-tracks", action="store_true", help="moisesdb: every track, not only the validation ones")
     g.add_argument("--tracks", nargs="+", default=None, help="only these track names")
     add_separator_args(p, precision="fp32")  # scores that do not depend on the machine that computed them
     g = p.add_argument_group("oracles")
@@ -68,6 +86,7 @@ class Method:
 
     estimate: Callable[[Track], Dict[str, Tensor]]
     identity: dict  # model_sha256 and settings, stored in each track's record and compared on a rerun
+    targets: List[str] = dataclasses.field(default_factory=list)  # the targets tracks need references of
 
 
 def method_name(args: argparse.Namespace) -> str:
@@ -79,27 +98,42 @@ def method_name(args: argparse.Namespace) -> str:
 def build_methods(args: argparse.Namespace) -> Dict[str, Method]:
     """The main method (model or ``--oracle``) and the ``--with-oracles``, by the folder names of their scores."""
     methods = {}
+    targets = list(args.targets or [])
     if args.oracle:
-        methods[method_name(args)] = oracle_method(args, args.oracle)
+        methods[method_name(args)] = oracle_method(args, args.oracle, targets)
     else:
         from ..catalogue.records import model_fingerprint
 
         separator = load_separator(args)
+        targets = [t for t in separator.target_names if t != args.residual]
         settings = {name: getattr(args, name) for name in MODEL_SETTINGS}
-        settings.update(precision=precision_of(args), mixture_from_sources=_mixture_from_sources(args))
+        settings.update(precision=precision_of(args), mixture_from_sources=_mixture_from_sources(args),
+                        **data_settings(args))
         identity = {"model": args.model, "model_sha256": model_fingerprint(separator), "settings": settings}
-        methods[method_name(args)] = Method(estimates_fn_for(separator, args.segment or None, args.overlap), identity)
+        methods[method_name(args)] = Method(estimates_fn_for(separator, args.segment or None, args.overlap), identity,
+                                            targets)
     for name in args.with_oracles:
-        methods.setdefault(name.upper(), oracle_method(args, name))
+        methods.setdefault(name.upper(), oracle_method(args, name, targets))
     return methods
 
 
-def oracle_method(args: argparse.Namespace, name: str) -> Method:
+def oracle_method(args: argparse.Namespace, name: str, targets: Sequence[str] = ()) -> Method:
+    """An oracle; ``targets`` are those the tracks hold references of (the model's, beside a model)."""
     keys = ("targets",) if name == "mix" else ORACLE_SETTINGS  # the mixture takes no STFT
     settings = {"oracle": name, **{key: getattr(args, key) for key in keys},
-                "mixture_from_sources": _mixture_from_sources(args)}
-    return Method(lambda track: oracle(name, track, oracle_targets(args, track), args.nfft, args.nhop),
-                  {"model_sha256": None, "settings": settings})
+                # Masks over every source of the mixture, not the targets alone: records made before are
+                # scored again (their irm/ibm/mwf of a subset of targets was wrong).
+                **({"shared_with": "all sources"} if name != "mix" else {}),
+                "mixture_from_sources": _mixture_from_sources(args), **data_settings(args)}
+    if args.layout in STEM_LAYOUTS:  # what it estimates and shares the mixture among follow the references
+        settings["references"] = [*targets, *([args.residual] if args.residual and targets else [])]
+    return Method(lambda track: oracle(name, track, oracle_targets(args, track, targets), args.nfft, args.nhop),
+                  {"model_sha256": None, "settings": settings}, list(targets))
+
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """What the references depend on beyond the track, by layout (nothing for musdb and folder)."""
+    return {"stem_grouping": args.stem_grouping or "four"} if args.layout == "moisesdb" else {}
 
 
 def _mixture_from_sources(args: argparse.Namespace) -> bool:
@@ -111,7 +145,12 @@ def same_identity(record: dict, identity: dict) -> bool:
     return all(key in record and record[key] == identity[key] for key in ("model_sha256", "settings"))
 
 
-def oracle_targets(args: argparse.Namespace, track: Track) -> List[str]:
+def oracle_targets(args: argparse.Namespace, track: Track, targets: Sequence[str] = ()) -> List[str]:
+    """What an oracle estimates: ``--targets``; on slakh and moisesdb ``targets`` (the model's beside a
+    model) and the residual, or with neither every part of the track's mixture; else the MUSDB targets."""
+    if args.layout in STEM_LAYOUTS:
+        named = [*targets, *([args.residual] if args.residual and targets else [])]
+        return [t for t in named if t in track.references] or list(track.sources)
     if args.targets:
         return [t for t in args.targets if t in track.references]
     musdb = [t for t in MUSDB_TARGETS if t in track.references]
@@ -179,12 +218,84 @@ def check_options(args: argparse.Namespace) -> None:
     for name, value in (("--segment", args.segment), ("--overlap", args.overlap)):
         if not math.isfinite(value) or value < 0:
             raise OpenUnmixLikeError(f"{name} {value:g}: give a number of seconds, 0 or more")
-    if args.layout == "musdb" and args.split and args.subset != "train":
-        raise OpenUnmixLikeError(f"--split {args.split}: splits exist only in the train subset; add --subset train "
-                                 f"(--subset is {args.subset})")
+    check_layout(args)
     for option, folder in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
         if folder is not None:
             writable_folder(option, folder)
+
+
+def check_layout(args: argparse.Namespace) -> None:
+    """Refuse data options that do not belong to ``--layout``, or contradict each other."""
+    given = (("--stem-grouping", args.stem_grouping), ("--all-tracks", args.all_tracks),
+             ("--valid-tracks", args.valid_tracks is not None))
+    moisesdb_only = [flag for flag, value in given if value]
+    if moisesdb_only and args.layout != "moisesdb":
+        raise OpenUnmixLikeError(f"{moisesdb_only[0]} works with --layout moisesdb; drop it")
+    if args.layout == "musdb":
+        subset = args.subset or "test"
+        if args.split == "test":
+            raise OpenUnmixLikeError("--split test: MUSDB18's test tracks are a subset; give --subset test")
+        if args.split and subset != "train":
+            raise OpenUnmixLikeError(f"--split {args.split}: splits exist only in the train subset; add --subset "
+                                     f"train (--subset is {subset})")
+    if args.layout not in STEM_LAYOUTS:
+        return
+    for flag, given in (("--is-wav", args.is_wav), ("--mixture-from-sources", args.mixture_from_sources)):
+        if given:
+            raise OpenUnmixLikeError(f"{flag} is for --layout musdb; the mixture of --layout {args.layout} is always "
+                                     "the sum of its stems: drop it")
+    if args.oracle and args.residual and not args.targets:
+        raise OpenUnmixLikeError(f"--residual {args.residual}: with an oracle, name the targets it is the rest of "
+                                 "(--targets)")
+    if args.layout == "slakh":
+        slakh_split(args)
+    else:
+        moisesdb_split_of(args)
+
+
+def slakh_split(args: argparse.Namespace) -> str:
+    """The Slakh2100 folder ``--subset`` and ``--split`` name, as its split: ``valid`` (the default), ``test``
+    or ``train``. MUSDB's spelling works too: ``--subset train --split valid`` is ``validation/``."""
+    if args.subset is not None and args.subset not in SLAKH_SUBSETS:
+        raise OpenUnmixLikeError(f"--subset {args.subset}: Slakh2100's folders are train, validation and test; give "
+                                 "one of them (or --split train, valid or test)")
+    subset = SLAKH_SUBSETS.get(args.subset)
+    if args.split and subset and subset != args.split and not (subset == "train" and args.split == "valid"):
+        raise OpenUnmixLikeError(f"--subset {args.subset} --split {args.split}: they name different Slakh2100 "
+                                 f"folders; give one (--split {args.split} alone)")
+    return args.split or subset or "valid"
+
+
+def moisesdb_split_of(args: argparse.Namespace) -> Optional[str]:
+    """The MoisesDB tracks scored: ``valid`` (the default) or ``train``, of the split umx-train makes with
+    ``--valid-tracks``; ``None`` with ``--all-tracks``."""
+    if args.subset is not None:
+        raise OpenUnmixLikeError(f"--subset {args.subset}: MoisesDB has no subsets; its validation tracks are "
+                                 "scored (the split umx-train makes), or --split train, or --all-tracks")
+    if args.split == "test":
+        raise OpenUnmixLikeError("--split test: MoisesDB has no test split; score the validation tracks (the "
+                                 "default), --split train, or --all-tracks")
+    if args.all_tracks and (args.split or args.valid_tracks is not None):
+        given = "--split" if args.split else "--valid-tracks"
+        raise OpenUnmixLikeError(f"--all-tracks scores every track, whatever the split: drop {given}")
+    if args.valid_tracks is not None and args.valid_tracks < 1:
+        raise OpenUnmixLikeError(f"--valid-tracks {args.valid_tracks}: give at least 1")
+    return None if args.all_tracks else args.split or "valid"
+
+
+def layout_tracks(args: argparse.Namespace, targets: Sequence[str], skip: Callable[[str], bool],
+                  on_error: Callable[[str, OpenUnmixLikeError], None]):
+    """The tracks of ``--root`` to score, with references for ``targets`` (the model's, or ``--targets``)."""
+    if args.layout == "musdb":
+        return musdb_tracks(args.root, args.subset or "test", args.is_wav, args.split, args.tracks,
+                            mixture_from_sources=args.mixture_from_sources, skip=skip, on_error=on_error)
+    if args.layout == "folder":
+        return folder_tracks(args.root, args.tracks, skip=skip, on_error=on_error)
+    residual = args.residual if targets else None  # the rest of no target is the whole mixture
+    if args.layout == "slakh":
+        return slakh_tracks(args.root, slakh_split(args), targets, residual, args.tracks, skip, on_error)
+    return moisesdb_tracks(args.root, moisesdb_split_of(args), args.valid_tracks, args.stem_grouping or "four",
+                           targets, residual, args.tracks, skip, on_error)
 
 
 def _report(message: str) -> None:
@@ -240,11 +351,7 @@ def evaluate(args: argparse.Namespace) -> int:
     def scored(name: str) -> bool:  # by every method already: not even decoded
         return all(name in batch.done[m] for m in methods)
 
-    if args.layout == "musdb":
-        tracks = musdb_tracks(args.root, args.subset, args.is_wav, args.split, args.tracks,
-                              mixture_from_sources=args.mixture_from_sources, skip=scored, on_error=batch.fail)
-    else:
-        tracks = folder_tracks(args.root, args.tracks, skip=scored, on_error=batch.fail)
+    tracks = layout_tracks(args, next(iter(methods.values())).targets, skip=scored, on_error=batch.fail)
     # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang. The workers
     # ignore Ctrl+C (which reaches the whole process group): this process stops them and reports once.
     pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn"),
