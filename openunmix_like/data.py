@@ -666,15 +666,15 @@ SLAKH_SPLITS = {"train": "train", "valid": "validation", "test": "test"}  # the 
 
 
 def slakh_split_dir(root, split: str) -> Path:
-    """``<root>/train`` or ``<root>/validation``, checked to hold Slakh2100 track folders.
+    """``<root>/train``, ``<root>/validation`` or ``<root>/test``, checked to hold Slakh2100 track folders.
 
     Raises:
         DatasetError: ``root`` is not a Slakh2100 folder (one line naming what was expected).
     """
     root = Path(root)
     folder = root / SLAKH_SPLITS[split]
-    expected = (f"expected {root}/train and {root}/validation holding TrackNNNNN/ folders with metadata.yaml and "
-                "stems/SNN.flac (Slakh2100 or slakh2100_flac_redux)")
+    expected = (f"expected {folder} holding TrackNNNNN/ folders with metadata.yaml and stems/SNN.flac "
+                "(Slakh2100 or slakh2100_flac_redux)")
     if not folder.is_dir():
         raise DatasetError(f"{root}: not a Slakh2100 folder: {folder.name}/ is missing; {expected}")
     if not any((d / "metadata.yaml").is_file() for d in folder.iterdir() if d.is_dir()):
