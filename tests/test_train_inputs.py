@@ -111,6 +111,18 @@ def test_an_unwritable_output_is_refused_before_any_data_is_read(tmp_path, monke
     assert line.startswith(f"umx-train: error: --output {out}: {said}"), line
 
 
+def test_a_run_that_stops_before_writing_leaves_no_new_output_folder(tmp_path, capsys):
+    out = tmp_path / "models" / "new"
+    assert train("--dataset", "trackfolder_fix", "--root", tmp_path / "nothing", "--target", "vocals",
+                 "--output", out) == 1
+    assert "trackfolder_fix needs" in error_line(capsys)
+    assert not (tmp_path / "models").exists()  # made for the run, removed with it
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    assert train("--dataset", "trackfolder_fix", "--root", tmp_path / "nothing", "--target", "vocals",
+                 "--output", tmp_path / "kept") == 1
+    assert (tmp_path / "kept").is_dir()
+
+
 # ---------------------------------------------------------------- options
 
 

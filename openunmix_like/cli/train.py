@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -195,6 +196,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="umx-train: %(message)s")
     cfg = config_from_args(args)
+    fresh = [p for p in [Path(cfg.output), *Path(cfg.output).parents] if not p.exists()]  # deepest first
+    try:
+        status = _main(cfg, args)
+    finally:
+        for folder in fresh:  # a run that stopped before writing leaves no empty --output behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+    return status
+
+
+def _main(cfg, args: argparse.Namespace) -> int:
     try:
         with distributed_session():
             if cfg.targets:
