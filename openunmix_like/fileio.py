@@ -143,3 +143,19 @@ def writable_folder(option: str, folder: Union[str, Path]) -> Path:
         raise OpenUnmixLikeError(f"{option} {folder}: cannot write there ({exc.strerror or exc}); give another folder "
                                  "or fix its permissions") from None
     return folder
+
+
+@contextlib.contextmanager
+def made_folders_removed_if_empty(*folders: Union[str, Path, None]):
+    """Remove again, on leaving, those of ``folders`` (and their parents) that did not exist on entering
+    and are empty then: a command that stops before writing leaves no empty output folder behind."""
+    fresh = []
+    for folder in filter(None, folders):
+        fresh += [p for p in [Path(folder), *Path(folder).parents] if not p.exists() and p not in fresh]
+    try:
+        yield
+    finally:
+        for folder in sorted(fresh, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+

@@ -385,6 +385,14 @@ def test_ctrl_c_keeps_the_results_written_and_exits_130(tmp_path, capsys, monkey
                    "run the same command again to score the other tracks\n")
 
 
+def test_a_run_that_scores_nothing_leaves_no_new_folder(tmp_path, capsys):
+    evaldir, outdir = tmp_path / "results" / "eval", tmp_path / "estimates"
+    assert cli.main(["--root", str(tmp_path / "nothing"), "--layout", "folder", "--oracle", "mix",
+                     "--evaldir", str(evaldir), "--outdir", str(outdir), "--quiet"]) == 1
+    assert "no track folders" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # both made for the run, removed with it
+
+
 def test_a_musdb_track_that_cannot_be_decoded_is_named():
     class Undecodable:  # what musdb gives for a .stem.mp4 that ffmpeg cannot read
         name, path = "A - B", "/data/musdb18/test/A - B.stem.mp4"

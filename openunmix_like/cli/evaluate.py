@@ -20,7 +20,7 @@ from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
                         folder_tracks, full_markdown, markdown_table, moisesdb_tracks, musdb_tracks, oracle,
                         read_record, score_track, slakh_tracks, write_csv)
-from ..fileio import writable_folder, write_bytes_atomic, write_json_atomic
+from ..fileio import made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
 
@@ -308,6 +308,11 @@ def _warn(message: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with made_folders_removed_if_empty(args.evaldir, args.outdir):  # a run that scores nothing leaves none
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return evaluate(args)
     except OpenUnmixLikeError as exc:

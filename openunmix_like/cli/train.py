@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -16,6 +15,7 @@ from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..data import STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
+from ..fileio import made_folders_removed_if_empty
 from ..losses import LOSSES
 from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
                         run, run_targets)
@@ -196,14 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="umx-train: %(message)s")
     cfg = config_from_args(args)
-    fresh = [p for p in [Path(cfg.output), *Path(cfg.output).parents] if not p.exists()]  # deepest first
-    try:
-        status = _main(cfg, args)
-    finally:
-        for folder in fresh:  # a run that stopped before writing leaves no empty --output behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
-    return status
+    with made_folders_removed_if_empty(cfg.output):  # a run that stops before writing leaves none behind
+        return _main(cfg, args)
 
 
 def _main(cfg, args: argparse.Namespace) -> int:
