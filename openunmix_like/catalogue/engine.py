@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
-from ..fileio import writable_folder
+from ..fileio import made_folders_removed_if_empty, writable_folder
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import Options, SeparationWorker, StageError, Track, decode_or_error, write
@@ -237,18 +237,29 @@ def write_failures(outdir: str, failures: List[Failure], storage_options) -> Opt
     return None
 
 
+def local_outdir(outdir: str) -> Optional[str]:
+    """``--outdir`` as an absolute local path (a ``file://`` URL is one: written by rename, which is atomic),
+    or None for another URL."""
+    if outdir.startswith("file://"):
+        outdir = outdir[len("file://"):]
+    return None if storage.is_url(outdir) else os.path.abspath(outdir)
+
+
 def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) -> int:
     """Run ``umx-separate --engine ray``; return the exit status."""
+    with made_folders_removed_if_empty(local_outdir(args.outdir)):  # a run that writes nothing leaves none
+        return _run(args, sources_from_cli)
+
+
+def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) -> int:
     from ..cli.separate import _report, load_separator, parse_aggregate
 
     args = copy.copy(args)  # the output folder is made absolute below
     try:
         check_options(args)
         import_ray()
-        if args.outdir.startswith("file://"):  # a local folder: written by rename, which is atomic
-            args.outdir = args.outdir[len("file://"):]
+        args.outdir = local_outdir(args.outdir) or args.outdir
         if not storage.is_url(args.outdir):
-            args.outdir = os.path.abspath(args.outdir)
             if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
                 raise OpenUnmixLikeError(f"--outdir {args.outdir}: is a file, not a folder; give a folder "
                                          "(created if missing)")
@@ -259,7 +270,7 @@ def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) 
         names = list(aggregate) if aggregate else separator.target_names
         model_sha256 = records.model_fingerprint(separator)
         settings = records.settings_of(args)
-        if not storage.is_url(args.outdir):  # checked once the model loaded, so a bad model leaves no folder
+        if not storage.is_url(args.outdir):
             writable_folder("--outdir", args.outdir)
         sources, failures = gather_sources(args.inputs, args.manifest, storage_options, args.outdir)
         for _, _, message in failures:
