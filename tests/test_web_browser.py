@@ -192,3 +192,47 @@ def test_the_player_streams_chunks_that_follow_one_another_sample_for_sample(ser
     page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 5.2", timeout=10_000)
     page.keyboard.press(" ")
     assert not page.evaluate("window.umxPlayer.playing || window.umxPlayer.waiting")
+
+
+def test_a_loop_marked_on_a_waveform_repeats_sample_for_sample(server, page, tmp_path):
+    """Drag across a waveform marks a loop; played, its end is followed by its start, exactly, also
+    across a chunk boundary; L or a seek outside the loop turns looping off."""
+    clip = tmp_path / "loop.wav"
+    sf.write(clip, music_like(14.0, RATE, 2, seed=6).T, RATE)
+    page.goto(server)
+    page.wait_for_selector("#targets input", state="attached")
+    page.set_input_files("#files", [str(clip)])
+    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    assert page.is_disabled("#loop")
+    box = page.locator(".track[data-stem='vocals'] .wave").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.2 * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.4 * box["width"], y, steps=5)
+    page.mouse.up()
+    a, b = page.evaluate("[window.umxPlayer.loop.a, window.umxPlayer.loop.b]")
+    assert abs(a / RATE - 0.2 * 14) < 0.1 and abs(b / RATE - 0.4 * 14) < 0.1
+    assert page.get_attribute("#loop", "aria-pressed") == "true"
+    assert page.evaluate("window.umxPlayer.time()") == a / RATE  # the play head at the loop's start
+    page.evaluate(RECORDER)
+    page.evaluate("window.umxPlayer.setLoop(9.0, 10.5)")  # through the chunk boundary at 10 s
+    page.click("#play")
+    page.wait_for_timeout(4500)  # three passes of 1.5 s
+    assert 9.0 <= page.evaluate("window.umxPlayer.time()") < 10.5
+    page.click("#play")  # pause
+    recorded = np.array(page.evaluate("window.recorded"), dtype=np.float32)
+    job = page.evaluate("window.umxPlayer.job")
+    stem = sf.read(tmp_path / "jobs" / job / "stems" / "vocals.wav", dtype="int16")[0][:, 0] / 32768
+    played = recorded[np.flatnonzero(recorded)[0]:]
+    loop = stem[int(9.0 * RATE) : int(10.5 * RATE)]
+    expected = np.concatenate([loop, loop, loop])[: int(3.6 * RATE)]
+    assert len(played) >= len(expected)
+    assert np.abs(played[: len(expected)] - expected).max() < 1e-6
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("l")
+    assert page.get_attribute("#loop", "aria-pressed") == "false" and not page.evaluate("window.umxPlayer.looping")
+    page.evaluate("window.umxPlayer.seek(2)")
+    page.click("#loop")  # on again, from outside the loop: the play head goes to its start
+    assert page.evaluate("window.umxPlayer.looping && window.umxPlayer.time() === 9")
+    page.evaluate("window.umxPlayer.seek(12)")  # a seek outside the loop turns looping off, the loop stays
+    assert not page.evaluate("window.umxPlayer.looping") and page.evaluate("window.umxPlayer.loop") is not None

@@ -147,15 +147,21 @@ function listen() {
 const CHUNK_SECONDS = 10;
 const LOOKAHEAD_S = 4;      // chunks are scheduled this far ahead of the play head
 const KEEP_BEHIND = 1;      // chunks kept behind the play head's (for a short seek back)
+const MIN_LOOP_S = 0.25;    // a shorter drag on a waveform is a click (a seek)
 
 const player = {
   context: null, job: null, rate: 0, channels: 0, chunkFrames: 0, frames: 0, tracks: [], duration: 0,
-  playing: false, waiting: false, startedAt: 0, startFrame: 0, offset: 0, compare: false,
-  sources: [], nextChunk: 0, timer: 0, frame: 0, chunks: new Map(), generation: 0,
+  playing: false, waiting: false, offset: 0, compare: false, loop: null, looping: false, marking: null,
+  sources: [], passes: [], nextChunk: 0, timer: 0, frame: 0, chunks: new Map(), generation: 0,
 
+  // Playback is a series of passes, each frames [from, to) of the song starting at context time `when`:
+  // one pass to the end, or with a loop, the rest of the loop and then the loop again and again.
   time() {
     if (!this.playing) return this.offset;
-    return Math.min(this.duration, Math.max(0, this.offset + this.context.currentTime - this.startedAt));
+    const now = this.context.currentTime;
+    const pass = [...this.passes].reverse().find((p) => p.when <= now) || this.passes[0];
+    const frame = Math.min(pass.to, pass.from + Math.max(0, now - pass.when) * this.rate);
+    return Math.min(this.duration, frame / this.rate);
   },
 
   // Gain of a track: its volume, unless muted, or another track is soloed, or the A/B switch excludes it.
@@ -182,24 +188,34 @@ const player = {
     return this.chunks.get(k);
   },
 
-  // Forget chunks far from the play head: memory stays that of a few chunks.
+  // Forget chunks far from the play head (a short loop's are kept): memory stays that of a few chunks.
   evict(current) {
+    const ahead = Math.ceil(LOOKAHEAD_S / CHUNK_SECONDS) + 1;
+    const loop = this.looping && this.loop ? [Math.floor(this.loop.a / this.chunkFrames),
+                                               Math.floor((this.loop.b - 1) / this.chunkFrames)] : null;
     for (const k of [...this.chunks.keys()]) {
-      if (k < current - KEEP_BEHIND || k > current + Math.ceil(LOOKAHEAD_S / CHUNK_SECONDS) + 1) this.chunks.delete(k);
+      const near = k >= current - KEEP_BEHIND && k <= current + ahead;
+      const looped = loop && loop[1] - loop[0] <= ahead && k >= loop[0] && k <= loop[1];
+      if (!near && !looped) this.chunks.delete(k);
     }
+  },
+
+  // The loop, as frames [a, b), when it is on and holds the frame `at`.
+  activeLoop(at) {
+    return this.looping && this.loop && at >= this.loop.a && at < this.loop.b ? this.loop : null;
   },
 
   async play() {
     if (this.playing || this.waiting || !this.tracks.length) return;
     if (this.offset >= this.duration) this.offset = 0;
+    let startFrame = Math.min(this.frames, Math.round(this.offset * this.rate));
+    if (this.looping && this.loop && !this.activeLoop(startFrame)) startFrame = this.loop.a;  // into the loop
     const generation = ++this.generation;
-    const startFrame = Math.min(this.frames, Math.round(this.offset * this.rate));
     const first = Math.floor(startFrame / this.chunkFrames);
     this.waiting = true;
     $("#play").textContent = "Pause";
     try {
       await this.chunk(first).promise;
-      if (first + 1 < this.chunkCount()) this.chunk(first + 1);
     } catch (e) {
       this.waiting = false;
       $("#play").textContent = "Play";
@@ -208,11 +224,12 @@ const player = {
     }
     if (generation !== this.generation) return;  // paused or seeked meanwhile
     this.waiting = false;
-    this.startFrame = startFrame;
     this.offset = startFrame / this.rate;
     // One start time for every source, so they stay in sync, on a frame of the context's clock: a start
     // between two frames would be interpolated, and the stems would no longer be the files' samples.
-    this.startedAt = Math.round((this.context.currentTime + 0.05) * this.rate) / this.rate;
+    const when = Math.round((this.context.currentTime + 0.05) * this.rate) / this.rate;
+    const loop = this.activeLoop(startFrame);
+    this.passes = [{ from: startFrame, to: loop ? loop.b : this.frames, when }];
     this.nextChunk = first;
     this.playing = true;
     this.schedule();
@@ -222,42 +239,73 @@ const player = {
 
   chunkCount() { return Math.ceil(this.frames / this.chunkFrames); },
 
-  // When chunk k starts on the context's clock (from the start frame, so no rounding adds up).
-  chunkTime(k) { return this.startedAt + (k * this.chunkFrames - this.startFrame) / this.rate; },
+  // When frame f of the last pass sounds on the context's clock (from the pass's start: no rounding adds up).
+  frameTime(pass, f) { return pass.when + (f - pass.from) / this.rate; },
 
   // Start the sources of every loaded chunk due within LOOKAHEAD_S; ask for the ones after.
   schedule() {
     if (!this.playing) return;
-    const now = this.context.currentTime;
-    while (this.nextChunk < this.chunkCount() && this.chunkTime(this.nextChunk) < now + LOOKAHEAD_S) {
-      const k = this.nextChunk, entry = this.chunk(k);
+    const now = this.context.currentTime, C = this.chunkFrames;
+    for (;;) {
+      let pass = this.passes[this.passes.length - 1];
+      if (this.nextChunk * C >= pass.to) {  // this pass is scheduled to its end
+        const loop = this.activeLoop(pass.from);
+        if (!loop || pass.to !== loop.b) break;  // the song's end
+        pass = { from: loop.a, to: loop.b, when: this.frameTime(pass, pass.to) };
+        this.passes.push(pass);
+        this.nextChunk = Math.floor(loop.a / C);
+      }
+      const k = this.nextChunk, begin = Math.max(pass.from, k * C), end = Math.min(pass.to, (k + 1) * C);
+      if (this.frameTime(pass, begin) >= now + LOOKAHEAD_S) break;
+      const entry = this.chunk(k);
       if (!entry.buffers) {
-        if (this.chunkTime(k) < now + 0.02) this.stall();  // due now and still not here: wait for it
+        if (this.frameTime(pass, begin) < now + 0.02) this.stall(begin);  // due now and still not here
         return;
       }
-      const skip = Math.max(0, this.startFrame - k * this.chunkFrames);  // into the first chunk
       entry.buffers.forEach((buffer, i) => {
-        if (!buffer || skip >= buffer.length) return;
+        const skip = begin - k * C, length = Math.min(end, k * C + (buffer ? buffer.length : 0)) - begin;
+        if (length <= 0) return;  // past this track's end
         const source = this.context.createBufferSource();
         source.buffer = buffer;
         source.connect(this.tracks[i].gain);
-        source.start(Math.max(this.startedAt, this.chunkTime(k)), skip / this.rate);
+        source.start(this.frameTime(pass, begin), skip / this.rate, length / this.rate);
         source.onended = () => { this.sources = this.sources.filter((s) => s !== source); };
         this.sources.push(source);
       });
       this.nextChunk = k + 1;
-      if (k + 1 < this.chunkCount()) this.chunk(k + 1);
+      if (end === (k + 1) * C && k + 1 < this.chunkCount()) this.chunk(k + 1);
     }
-    this.evict(Math.floor((this.time() * this.rate) / this.chunkFrames));
+    this.passes = this.passes.filter((p, i) => i === this.passes.length - 1 || this.frameTime(p, p.to) > now);
+    this.evict(Math.floor((this.time() * this.rate) / C));
   },
 
   // The network fell behind: stop where the audio ends and carry on once the next chunk is here.
-  stall() {
-    const at = (this.nextChunk * this.chunkFrames) / this.rate;
+  stall(frame) {
     this.stopSources();
-    this.offset = at;
+    this.offset = frame / this.rate;
     $("#player-status").textContent = "Loading...";
     this.play().then(() => { $("#player-status").textContent = this.summary; });
+  },
+
+  // Loop seconds a to b (either order; a span under MIN_LOOP_S clears the loop) and start looping: the
+  // play head goes to the loop's start. The loop repeats sample for sample, its end followed by its start.
+  setLoop(a, b) {
+    const from = Math.max(0, Math.round(Math.min(a, b) * this.rate));
+    const to = Math.min(this.frames, Math.round(Math.max(a, b) * this.rate));
+    this.loop = to - from >= MIN_LOOP_S * this.rate ? { a: from, b: to } : null;
+    this.looping = Boolean(this.loop);
+    $("#loop").disabled = !this.loop;
+    $("#loop").setAttribute("aria-pressed", String(this.looping));
+    this.seek(this.loop ? this.loop.a / this.rate : this.time());
+  },
+
+  // Looping on (from the loop's start, unless the play head is in it) or off (playing goes on).
+  toggleLoop() {
+    if (!this.loop) return;
+    const at = this.time();
+    this.looping = !this.looping;
+    $("#loop").setAttribute("aria-pressed", String(this.looping));
+    this.seek(this.looping && !this.activeLoop(Math.round(at * this.rate)) ? this.loop.a / this.rate : at);
   },
 
   pause() {
@@ -271,23 +319,29 @@ const player = {
   stopSources() {
     for (const s of this.sources) { try { s.stop(); } catch (e) { /* already stopped */ } s.disconnect(); }
     this.sources = [];
+    this.passes = [];
     this.playing = false;
     clearInterval(this.timer);
     cancelAnimationFrame(this.frame);
   },
 
+  // A seek outside the loop turns looping off (the loop stays, for the Loop button to turn on again).
   seek(seconds) {
     const wasPlaying = this.playing || this.waiting;
     this.generation++;
     this.waiting = false;
     if (this.playing) this.stopSources();
     this.offset = Math.max(0, Math.min(this.duration, seconds));
+    if (this.looping && !this.activeLoop(Math.round(this.offset * this.rate))) {
+      this.looping = false;
+      $("#loop").setAttribute("aria-pressed", "false");
+    }
     if (wasPlaying) this.play(); else this.showTime();
   },
 
   tick() {
     this.showTime();
-    if (this.playing && this.time() >= this.duration) {
+    if (this.playing && !this.looping && this.time() >= this.duration) {
       this.stopSources();
       this.offset = this.duration;
       $("#play").textContent = "Play";
@@ -318,6 +372,10 @@ const player = {
     this.offset = 0;
     this.duration = 0;
     this.compare = false;
+    this.loop = null;
+    this.looping = false;
+    $("#loop").disabled = true;
+    $("#loop").setAttribute("aria-pressed", "false");
   },
 };
 let seeking = false;
@@ -347,6 +405,12 @@ function drawWave(track, position) {
   g.clearRect(0, 0, width, h);
   g.fillStyle = css.getPropertyValue("--played");
   g.fillRect(0, 0, position * width, h);
+  const marked = player.marking || (player.loop && [player.loop.a / player.rate, player.loop.b / player.rate]);
+  if (marked && player.duration) {  // the loop (or the one being marked)
+    const [x0, x1] = [Math.min(...marked), Math.max(...marked)].map((t) => (t / player.duration) * width);
+    g.fillStyle = css.getPropertyValue(player.looping || player.marking ? "--loop" : "--loop-off");
+    g.fillRect(x0, 0, Math.max(1, x1 - x0), h);
+  }
   g.fillStyle = track.gain.gain.value > 0 ? css.getPropertyValue("--wave") : css.getPropertyValue("--wave-off");
   // The server's peaks span the track's length; a track shorter than the longest is drawn shorter.
   const buckets = track.peaks.length / 2, span = (width * track.frames) / Math.max(1, player.frames);
@@ -388,9 +452,33 @@ function addTrack(info, href) {
     player.applyGains();
   });
   $(".volume", row).addEventListener("input", (e) => { track.volume = Number(e.target.value); player.applyGains(); });
-  track.canvas.addEventListener("click", (e) => {
-    const box = track.canvas.getBoundingClientRect();
-    player.seek(((e.clientX - box.left) / box.width) * player.duration);
+  // A click seeks; a drag across the waveform marks a loop and starts looping it.
+  const canvas = track.canvas;
+  const at = (e) => {
+    const box = canvas.getBoundingClientRect();
+    return Math.max(0, Math.min(1, (e.clientX - box.left) / box.width)) * player.duration;
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    const x0 = e.clientX, t0 = at(e);
+    canvas.setPointerCapture(e.pointerId);
+    const move = (m) => {
+      player.marking = Math.abs(m.clientX - x0) > 4 ? [t0, at(m)] : null;
+      player.drawAll();
+    };
+    const up = (u) => {
+      canvas.removeEventListener("pointermove", move);
+      player.marking = null;
+      if (Math.abs(u.clientX - x0) > 4) player.setLoop(t0, at(u)); else player.seek(t0);
+    };
+    const cancel = () => {
+      canvas.removeEventListener("pointermove", move);
+      canvas.removeEventListener("pointerup", up);
+      player.marking = null;
+      player.drawAll();
+    };
+    canvas.addEventListener("pointermove", move);
+    canvas.addEventListener("pointerup", up, { once: true });
+    canvas.addEventListener("pointercancel", cancel, { once: true });
   });
   $("#tracks").append(row);
   player.tracks.push(track);
@@ -473,6 +561,7 @@ function wire() {
   seek.addEventListener("input", () => { seeking = true; $("#time").textContent =
     `${clock((seek.value / 1000) * player.duration)} / ${clock(player.duration)}`; });
   seek.addEventListener("change", () => { seeking = false; player.seek((seek.value / 1000) * player.duration); });
+  $("#loop").addEventListener("click", () => player.toggleLoop());
   $("#compare").addEventListener("click", (e) => {
     player.compare = !player.compare;
     e.currentTarget.setAttribute("aria-pressed", String(player.compare));
@@ -489,6 +578,7 @@ function wire() {
     else if (e.key === "ArrowLeft") player.seek(player.time() - 5);
     else if (e.key === "ArrowRight") player.seek(player.time() + 5);
     else if (e.key === "Home") player.seek(0);
+    else if (e.key === "l" || e.key === "L") player.toggleLoop();
     else return;
     e.preventDefault();
   });
