@@ -513,6 +513,34 @@ def test_simultaneous_first_zip_requests_all_get_the_same_zip(client, setup):
     assert client.delete(f"/api/jobs/{job.id}").json()["result"] == "deleted"
 
 
+def test_simultaneous_first_preview_requests_build_it_once(client, setup, monkeypatch):
+    """A job finished before previews existed (or whose preview was removed) gets one, built once."""
+    import openunmix_like.web.preview as preview
+
+    job_id = upload(client, "song.wav", wav_bytes(1.0, seed=9))
+    assert wait_done(client, job_id)["status"] == "done"
+    shutil.rmtree(setup[0] / job_id / "preview")
+    client.app.state.manager._previews.clear()
+    built, build = [], preview.build_preview
+
+    def counted(*args, **kw):
+        built.append(1)
+        time.sleep(0.2)  # long enough for every request to arrive meanwhile
+        return build(*args, **kw)
+
+    monkeypatch.setattr(preview, "build_preview", counted)
+    start = threading.Barrier(6)
+
+    def fetch(_):
+        start.wait()
+        return client.get(f"/api/jobs/{job_id}/preview")
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(fetch, range(6)))
+    assert [r.status_code for r in responses] == [200] * 6 and len({r.content for r in responses}) == 1
+    assert len(built) == 1 and (setup[0] / job_id / "preview" / "info.json").is_file()
+
+
 def test_keep_mb_applies_when_jobs_fail_or_are_cancelled(setup, tmp_path):
     junk = np.random.default_rng(23).bytes(400 * 1024)  # not audio: each job fails
     jobs_dir = tmp_path / "jobs"
