@@ -236,3 +236,22 @@ def test_a_loop_marked_on_a_waveform_repeats_sample_for_sample(server, page, tmp
     assert page.evaluate("window.umxPlayer.looping && window.umxPlayer.time() === 9")
     page.evaluate("window.umxPlayer.seek(12)")  # a seek outside the loop turns looping off, the loop stays
     assert not page.evaluate("window.umxPlayer.looping") and page.evaluate("window.umxPlayer.loop") is not None
+
+
+def test_a_browser_that_cannot_run_the_stems_rate_still_plays_them(server, page, tmp_path):
+    page.add_init_script("""(() => {
+        const Native = window.AudioContext;  // as a browser limited to its own rates would refuse ours
+        window.AudioContext = function (options) {
+            if (options && options.sampleRate) throw new DOMException("rate not supported", "NotSupportedError");
+            return new Native();
+        };
+    })()""")
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, music_like(2.0, RATE, 2, seed=8).T, RATE)
+    page.goto(server)
+    page.wait_for_selector("#targets input", state="attached")
+    page.set_input_files("#files", [str(clip)])
+    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    assert page.evaluate("window.umxPlayer.context.sampleRate") != RATE
+    page.click("#play")
+    page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 0.5", timeout=10_000)

@@ -512,7 +512,11 @@ async function openJob(id) {
   // One context at the tracks' rate: chunks then follow one another sample for sample.
   if (!player.context || player.context.sampleRate !== info.rate) {
     if (player.context) player.context.close();
-    player.context = new AudioContext({ sampleRate: info.rate });
+    try {
+      player.context = new AudioContext({ sampleRate: info.rate });
+    } catch (e) {  // a rate this browser's audio cannot run at: it resamples each chunk instead
+      player.context = new AudioContext();
+    }
   }
   Object.assign(player, { job: id, rate: info.rate, channels: info.channels,
                           chunkFrames: Math.round(CHUNK_SECONDS * info.rate) });
