@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import operator
 import random
@@ -655,6 +656,23 @@ class _StemsDataset(_DrawsPerTrack, _Base):
         return (x, torch.stack(ys)) if self.nb_targets is not None else (x, ys[0])
 
 
+def _metadata_stems(meta: Path, load: Callable[[Path], object], kind: type, missing: str,
+                    problems: List[str]) -> Optional[tuple]:
+    """``(document, its "stems" entry)`` of the metadata file ``meta`` read by ``load``; ``None``, with the
+    reason in ``problems``, when it cannot be read or its ``stems`` is not a ``kind`` (saying ``missing``)."""
+    try:
+        doc = load(meta)
+    except Exception as exc:  # noqa: BLE001 - any read or parse failure makes the metadata unusable
+        said = str(exc).strip().splitlines()
+        problems.append(f"{meta}: unreadable ({said[0] if said else type(exc).__name__})")
+        return None
+    stems = doc.get("stems") if isinstance(doc, dict) else None
+    if not isinstance(stems, kind):
+        problems.append(f"{meta}: {missing}")
+        return None
+    return doc, stems
+
+
 def _load_yaml(path: Path):
     import yaml
 
@@ -717,15 +735,10 @@ class SlakhDataset(_StemsDataset):
         if not meta.is_file():
             problems.append(f"{track}: no metadata.yaml")
             return None
-        try:
-            doc = _load_yaml(meta)
-        except Exception as exc:  # noqa: BLE001 - any YAML or read failure makes the metadata unusable
-            problems.append(f"{meta}: unreadable ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+        found = _metadata_stems(meta, _load_yaml, dict, "no 'stems:' mapping", problems)
+        if found is None:
             return None
-        stems = doc.get("stems") if isinstance(doc, dict) else None
-        if not isinstance(stems, dict):
-            problems.append(f"{meta}: no 'stems:' mapping")
-            return None
+        doc, stems = found
         audio_dir = track / str(doc.get("audio_dir") or "stems")
         sources: Sources = []
         for sid, info in sorted(stems.items(), key=lambda item: str(item[0])):
@@ -829,17 +842,10 @@ class MoisesDBDataset(_StemsDataset):
     def _sources(track: Path, problems: List[str]) -> Optional[Sources]:
         """Each stem data.json lists as ``(stem key, its files)``; ``None`` (reported) if one is unusable."""
         meta = track / "data.json"
-        try:
-            import json
-
-            doc = json.loads(meta.read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"{meta}: unreadable ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+        found = _metadata_stems(meta, lambda path: json.loads(path.read_text()), list, "no 'stems' list", problems)
+        if found is None:
             return None
-        stems = doc.get("stems") if isinstance(doc, dict) else None
-        if not isinstance(stems, list):
-            problems.append(f"{meta}: no 'stems' list")
-            return None
+        stems = found[1]
         paths: Dict[str, List[Path]] = {}
         for stem in stems:
             name = stem.get("stemName") if isinstance(stem, dict) else None
@@ -1064,8 +1070,6 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
 
 
 def _read_json(path: Path):
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

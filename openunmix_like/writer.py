@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, sf_path, subtype_for
 from .errors import AudioError
-from .fileio import new_partial
+from .fileio import made_folders_removed_if_empty, new_partial
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
@@ -81,28 +81,24 @@ class StemWriter:
         self._tmp: Dict[str, Path] = {}  # float32 chunks as they come
         self._encoded: Dict[str, Path] = {}  # the final format, until renamed into place
         self._done: list = []
-        self._created_dirs: list = []
+        self._folders = contextlib.ExitStack()  # removes the output folders this writer made, if left empty
 
     def __enter__(self) -> "StemWriter":
         import soundfile as sf
 
+        self._folders.enter_context(made_folders_removed_if_empty(*(p.parent for p in self.paths.values())))
         try:
             for name, path in self.paths.items():
-                self._make_parents(path.parent)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 # Also removes what a killed run left here (their names carry a dead process id).
                 tmp = self._tmp[name] = new_partial(path, ".wav")
                 self._files[name] = sf.SoundFile(sf_path(tmp), "w", self.sample_rate, self.nb_channels,
                                                  subtype="FLOAT", format="RF64")
         except Exception as exc:
             self._cleanup()
-            self._remove_created_dirs()
+            self._folders.close()
             raise _as_audio_error(exc, next(iter(self.paths.values()))) from exc
         return self
-
-    def _make_parents(self, folder: Path) -> None:
-        missing = [p for p in [folder, *folder.parents] if not p.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
-        self._created_dirs.extend(missing)  # deepest first
 
     def write(self, chunks: Mapping[str, Tensor]) -> None:
         """Append ``(nb_channels, n)`` chunks, one per stem."""
@@ -207,11 +203,6 @@ class StemWriter:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def _remove_created_dirs(self) -> None:
-        for folder in self._created_dirs:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
-
     def __exit__(self, exc_type, exc, tb) -> None:
         self._cleanup()
         if exc_type is not None:
@@ -219,7 +210,7 @@ class StemWriter:
             for path in self._done:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            self._remove_created_dirs()
+        self._folders.close()  # after success they hold the stems, and stay
 
 
 def _as_audio_error(exc: Exception, path: Path) -> AudioError:

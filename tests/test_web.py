@@ -484,6 +484,18 @@ def test_a_killed_worker_leaves_no_decoded_copy_of_an_mp3_behind(setup, tmp_path
     assert not list((jobs_dir / ".tmp").iterdir())
 
 
+def simultaneous_gets(client, url, n):
+    """``n`` GET requests of ``url`` released together from ``n`` threads; their responses."""
+    start = threading.Barrier(n)
+
+    def fetch(_):
+        start.wait()
+        return client.get(url)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fetch, range(n)))
+
+
 def test_simultaneous_first_zip_requests_all_get_the_same_zip(client, setup):
     manager = client.app.state.manager
     job = Job(id="c" * 32, filename="Many.wav", created=time.time(), status="done", ext="wav",
@@ -496,14 +508,7 @@ def test_simultaneous_first_zip_requests_all_get_the_same_zip(client, setup):
     with manager._lock:
         manager._jobs[job.id] = job
     for _ in range(3):
-        start = threading.Barrier(8)
-
-        def fetch(_):
-            start.wait()
-            return client.get(f"/api/jobs/{job.id}/zip")
-
-        with ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(fetch, range(8)))
+        responses = simultaneous_gets(client, f"/api/jobs/{job.id}/zip", 8)
         assert [r.status_code for r in responses] == [200] * 8
         assert len({r.content for r in responses}) == 1
         with zipfile.ZipFile(io.BytesIO(responses[0].content)) as archive:
@@ -529,14 +534,7 @@ def test_simultaneous_first_preview_requests_build_it_once(client, setup, monkey
         return build(*args, **kw)
 
     monkeypatch.setattr(preview, "build_preview", counted)
-    start = threading.Barrier(6)
-
-    def fetch(_):
-        start.wait()
-        return client.get(f"/api/jobs/{job_id}/preview")
-
-    with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(fetch, range(6)))
+    responses = simultaneous_gets(client, f"/api/jobs/{job_id}/preview", 6)
     assert [r.status_code for r in responses] == [200] * 6 and len({r.content for r in responses}) == 1
     assert len(built) == 1 and (setup[0] / job_id / "preview" / "info.json").is_file()
 

@@ -137,6 +137,16 @@ def test_choose_files_in_two_stems_mode_and_a_bad_one_fails_with_its_reason(serv
     assert [(j["filename"], j["stems"]) for j in jobs] == [("good.wav", ["vocals", "accompaniment"])]
 
 
+def open_separated(page, server, clip, seconds, seed):
+    """Write ``seconds`` of generated stereo music to ``clip``, choose it on the page, and wait until its
+    stems are in the player (the first job to finish opens by itself)."""
+    sf.write(clip, music_like(seconds, RATE, 2, seed=seed).T, RATE)
+    page.goto(server)
+    page.wait_for_selector("#targets input", state="attached")
+    page.set_input_files("#files", [str(clip)])
+    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+
+
 RECORDER = """async () => {
     // Every sample the vocals track sends to the speakers, from now on (its left channel).
     const player = window.umxPlayer, context = player.context;
@@ -156,13 +166,7 @@ RECORDER = """async () => {
 def test_the_player_streams_chunks_that_follow_one_another_sample_for_sample(server, page, tmp_path):
     """Played across a chunk boundary, a stem reaches the speakers as the file holds it, nothing missing or
     repeated; and the page holds a few chunks, not the song."""
-    clip = tmp_path / "long.wav"
-    seconds = 14.0
-    sf.write(clip, music_like(seconds, RATE, 2, seed=5).T, RATE)
-    page.goto(server)
-    page.wait_for_selector("#targets input", state="attached")
-    page.set_input_files("#files", [str(clip)])
-    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    open_separated(page, server, tmp_path / "long.wav", 14.0, seed=5)
     info = page.evaluate("fetch(`/api/jobs/${window.umxPlayer.job}/preview`).then((r) => r.json())")
     assert info["rate"] == RATE and info["chunk_frames"] == 10 * RATE
     page.evaluate(RECORDER)
@@ -197,12 +201,7 @@ def test_the_player_streams_chunks_that_follow_one_another_sample_for_sample(ser
 def test_a_loop_marked_on_a_waveform_repeats_sample_for_sample(server, page, tmp_path):
     """Drag across a waveform marks a loop; played, its end is followed by its start, exactly, also
     across a chunk boundary; L or a seek outside the loop turns looping off."""
-    clip = tmp_path / "loop.wav"
-    sf.write(clip, music_like(14.0, RATE, 2, seed=6).T, RATE)
-    page.goto(server)
-    page.wait_for_selector("#targets input", state="attached")
-    page.set_input_files("#files", [str(clip)])
-    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    open_separated(page, server, tmp_path / "loop.wav", 14.0, seed=6)
     assert page.is_disabled("#loop")
     box = page.locator(".track[data-stem='vocals'] .wave").bounding_box()
     y = box["y"] + box["height"] / 2
@@ -246,12 +245,7 @@ def test_a_browser_that_cannot_run_the_stems_rate_still_plays_them(server, page,
             return new Native();
         };
     })()""")
-    clip = tmp_path / "clip.wav"
-    sf.write(clip, music_like(2.0, RATE, 2, seed=8).T, RATE)
-    page.goto(server)
-    page.wait_for_selector("#targets input", state="attached")
-    page.set_input_files("#files", [str(clip)])
-    page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
+    open_separated(page, server, tmp_path / "clip.wav", 2.0, seed=8)
     assert page.evaluate("window.umxPlayer.context.sampleRate") != RATE
     page.click("#play")
     page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 0.5", timeout=10_000)

@@ -225,7 +225,7 @@ class JobManager:
         self._lock = threading.RLock()
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = deque()
-        self._zip_locks: Dict[str, threading.Lock] = {}  # also guards the job's player preview
+        self._file_locks: Dict[str, threading.Lock] = {}  # per job: building its zip or player preview
         self._previews: Dict[str, dict] = {}
         self._workers: List[_Worker] = []
         self._stopping = threading.Event()
@@ -398,7 +398,7 @@ class JobManager:
 
     def _remove(self, job_id: str) -> None:
         del self._jobs[job_id]
-        self._zip_locks.pop(job_id, None)
+        self._file_locks.pop(job_id, None)
         self._previews.pop(job_id, None)
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
@@ -438,7 +438,7 @@ class JobManager:
         folder = self.jobs_dir / job.id
         path = folder / "stems.zip"
         with self._lock:
-            lock = self._zip_locks.setdefault(job.id, threading.Lock())
+            lock = self._file_locks.setdefault(job.id, threading.Lock())
         with lock:
             if path.is_file():
                 return path
@@ -466,7 +466,7 @@ class JobManager:
             return None
         folder = self.jobs_dir / job.id
         with self._lock:
-            lock = self._zip_locks.setdefault(job.id, threading.Lock())
+            lock = self._file_locks.setdefault(job.id, threading.Lock())
         with lock:
             info = self._previews.get(job.id)
             if info is None:

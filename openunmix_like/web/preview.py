@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..audio import _ffmpeg_binary, sf_path
+from ..audio import _ffmpeg_binary, _ffprobe, sf_path
 from ..errors import AudioError
 from ..fileio import new_partial
 
@@ -158,17 +158,11 @@ def _playable(path: Path, decoded: Path, rate: Optional[int], channels: Optional
     if readable(path, rate, channels):
         return path
     if not decoded.is_file():
-        if rate is None:  # the first stem sets the rate: keep its own
-            rate, channels = _probe(path)
+        if rate is None:  # the first stem sets the rate: keep its own (ffprobe reads it without decoding)
+            found = _ffprobe(path)
+            rate, channels = int(found.sample_rate), int(found.nb_channels)
         decode_to_flac(path, decoded, rate, channels)
     return decoded
-
-
-def _probe(path: Path):
-    from ..audio import info as audio_info
-
-    found = audio_info(path)
-    return int(found.sample_rate), int(found.nb_channels)
 
 
 def read_pcm(path: Path, start: int, frames: int) -> bytes:

@@ -239,7 +239,7 @@ const player = {
 
   chunkCount() { return Math.ceil(this.frames / this.chunkFrames); },
 
-  // When frame f of the last pass sounds on the context's clock (from the pass's start: no rounding adds up).
+  // When frame f of `pass` sounds on the context's clock (from the pass's start: no rounding adds up).
   frameTime(pass, f) { return pass.when + (f - pass.from) / this.rate; },
 
   // Start the sources of every loaded chunk due within LOOKAHEAD_S; ask for the ones after.
