@@ -390,21 +390,7 @@ def separate(
     """
     sample_rate = check_rate(sample_rate)
     audio = check_audio(audio)
-    if isinstance(model, Separator):
-        given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
-        if device is not None and _same_index(check_device(device)) != _device_of(model):
-            given.append(f"device={str(device)!r} (it is on {_device_of(model)}; move it with .to())")
-        if precision is not None and resolve_precision(precision, _device_of(model)) != model.precision:
-            given.append(f"precision={precision!r} (it runs {model.precision})")
-        if given or wiener_options:
-            # They would be ignored: the separator's own targets and settings are what it runs.
-            raise ValueError(f"{', '.join(given + list(wiener_options))} would not change a Separator passed as "
-                             "model; give them when building it (Separator.from_pretrained(name, ...)), or pass "
-                             "the model's name or folder as model")
-    else:
-        model = Separator.from_pretrained(model, targets=targets, device="cpu" if device is None else device,
-                                          wiener=wiener, progress=progress,
-                                          precision="auto" if precision is None else precision, **wiener_options)
+    model = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress, batch_segments)
@@ -415,6 +401,28 @@ def separate(
         for j, name in enumerate(model.target_names)
     }
     return aggregate_estimates(named, aggregate)
+
+
+def separator_for(model: Union[str, Path, Separator, None], targets: Optional[Sequence[str]],
+                  wiener: Optional[WienerSettings], device: Union[str, torch.device, None], precision: Optional[str],
+                  progress: bool, wiener_options: Mapping) -> Separator:
+    """The separator ``model`` names, loaded with these settings; or ``model`` itself when it is a
+    :class:`Separator` and none of them is given (a ``ValueError`` otherwise: they would be ignored)."""
+    if not isinstance(model, Separator):
+        return Separator.from_pretrained(model, targets=targets, device="cpu" if device is None else device,
+                                         wiener=wiener, progress=progress,
+                                         precision="auto" if precision is None else precision, **wiener_options)
+    given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
+    if device is not None and _same_index(check_device(device)) != _device_of(model):
+        given.append(f"device={str(device)!r} (it is on {_device_of(model)}; move it with .to())")
+    if precision is not None and resolve_precision(precision, _device_of(model)) != model.precision:
+        given.append(f"precision={precision!r} (it runs {model.precision})")
+    if given or wiener_options:
+        # They would be ignored: the separator's own targets and settings are what it runs.
+        raise ValueError(f"{', '.join(given + list(wiener_options))} would not change a Separator passed as "
+                         "model; give them when building it (Separator.from_pretrained(name, ...)), or pass "
+                         "the model's name or folder as model")
+    return model
 
 
 def _device_of(separator: Separator) -> torch.device:

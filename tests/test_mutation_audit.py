@@ -228,14 +228,16 @@ def test_tracks_of_one_name_from_two_folders_are_refused_after_the_first(model, 
 
 
 def test_an_unexpected_error_fails_its_track_only_and_the_run(model, tmp_path, wav_file, capsys, monkeypatch):
-    real = cli.iter_separate
+    import openunmix_like.stems as stems
+
+    real = stems.iter_separate
 
     def fails_on_bad(*args, **kwargs):
         if kwargs["desc"] == "bad.wav":
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "iter_separate", fails_on_bad)
+    monkeypatch.setattr(stems, "iter_separate", fails_on_bad)
     bad, good = wav_file("bad.wav", seconds=0.2), wav_file("good.wav", seconds=0.2, seed=1)
     out = tmp_path / "out"
     assert run_cli(bad, good, "--model", model, "--outdir", out, "--quiet") == 1

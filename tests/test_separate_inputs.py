@@ -138,11 +138,11 @@ def test_a_sample_rate_outside_what_is_separated_is_one_line(model, tmp_path, ca
 
 
 def test_more_channels_than_flac_holds_is_refused_before_separating(model, tmp_path, capsys, monkeypatch):
-    import openunmix_like.cli.separate as cli
+    import openunmix_like.stems as stems
 
     path = tmp_path / "ten.wav"
     sf.write(path, music_like(0.5, channels=10).T, 44100)
-    monkeypatch.setattr(cli, "iter_separate", lambda *a, **k: pytest.fail("separated before refusing"))
+    monkeypatch.setattr(stems, "iter_separate", lambda *a, **k: pytest.fail("separated before refusing"))
     assert run_cli(path, "--model", model, "--outdir", tmp_path / "out", "--quiet", "--ext", "flac") == 1
     lines = error_lines(capsys)
     assert len(lines) == 1 and "ten.wav: 10 channels, and FLAC holds at most 8; use --ext wav" in lines[0]

@@ -54,7 +54,7 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
 
 
 def track_name(source: str) -> str:
-    from ..cli.separate import track_name as name_of
+    from ..stems import track_name as name_of
 
     inner = source.split("://", 1)[1] if storage.is_url(source) else source
     return name_of(Path(PurePosixPath(inner).name))

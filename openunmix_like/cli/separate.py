@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import math
@@ -18,17 +17,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import __version__, catalogue
+from .. import __version__, catalogue, stems
 from . import sigterm_as_interrupt
 from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
-from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, iter_separate
-from ..separator import (PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device,
-                         resolve_precision)
+from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
+from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
+from ..stems import DEFAULT_TEMPLATE, Cancelled, stem_names, track_name
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
-DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 WIENER = WienerSettings()  # the defaults
 
 
@@ -143,29 +141,13 @@ def _inside(path: Path, folder: Optional[Path], searched: Path) -> bool:
     return folder in path.resolve().parents
 
 
-def track_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".stem.mp4", ".stem.m4a"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def relative_outputs(track: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
     """Stem name -> output path relative to ``--outdir``, from the ``--filename`` template."""
     model = Path(args.model).name if args.model else "default"
-    out = {}
-    for name in names:
-        try:
-            out[name] = args.filename.format(track=track, target=name, ext=args.ext, model=model)
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-            raise OpenUnmixLikeError(f"--filename {args.filename!r}: bad template ({exc}); "
-                                     "use {track}, {target}, {ext}, {model}") from None
-    if len(set(out.values())) < len(out):
-        raise OpenUnmixLikeError(
-            f"--filename {args.filename!r} gives the same file for several targets; include {{target}}"
-        )
-    return out
+    try:
+        return stem_names(args.filename, track, names, args.ext, model)
+    except ValueError as exc:
+        raise OpenUnmixLikeError(f"--filename {exc}") from None
 
 
 def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> Dict[str, Path]:
@@ -173,62 +155,23 @@ def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> 
 
 
 def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
-    source = path.resolve()
-    for out in outputs.values():
-        if out.resolve() == source:
-            raise AudioError(f"{path}: output would overwrite the input; change --outdir or --filename")
-        if out.is_dir():
-            raise AudioError(f"{out}: is a folder, where a stem would be written; move it or choose another --outdir")
-        if out.exists() and not force:
-            raise AudioError(f"{out}: exists; pass --force to overwrite it or choose another --outdir")
-
-
-class Cancelled(Exception):
-    """A track stopped because the run was interrupted; it wrote nothing."""
+    stems.check_outputs(path, outputs, force, stems.CLI_NAMES)
 
 
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
                   aggregate: Optional[dict], outputs: Dict[str, Path],
                   on_progress: Optional[Callable[[float], None]] = None,
                   cancel: Optional[threading.Event] = None) -> None:
-    """Separate one file into its output paths (all written, or none).
+    """Separate one file into its output paths (all written, or none), with the options in ``args``.
 
-    ``on_progress`` (used by ``umx-web``) is called with the fraction done after each chunk.
-    When ``cancel`` is set, the track stops after the chunk in hand, raising :class:`Cancelled`.
+    ``on_progress`` is called with the fraction done after each chunk. When ``cancel`` is set,
+    the track stops after the chunk in hand, raising :class:`Cancelled`.
     """
-    from ..audio import AudioSource
-    from ..writer import StemWriter, format_problem
-
-    check_outputs(path, outputs, args.force)
-    with AudioSource(path, start=args.start, duration=args.duration) as source:
-        out_rate = int(separator.sample_rate) if args.keep_model_rate else source.sample_rate
-        names = separator.target_names
-        problem = format_problem(args.ext, out_rate, source.nb_channels)
-        if problem:  # before separating, and named by its input rather than its output
-            raise AudioError(f"{path}: {problem}")
-        with StemWriter(outputs, out_rate, source.nb_channels, args.ext, args.bits, args.clip,
-                        args.mp3_bitrate) as writer:
-            chunks = iter_separate(separator, source, source.sample_rate, args.segment or None, args.overlap,
-                                   progress=not args.quiet, desc=path.name, out_rate=out_rate,
-                                   batch_segments=args.batch_segments)
-            # A writer thread encodes each chunk while the next one is separated; one chunk in
-            # flight at most, so memory stays bounded and a write error surfaces at the next chunk.
-            with contextlib.closing(chunks), ThreadPoolExecutor(max_workers=1,
-                                                                thread_name_prefix="umx-write") as encoder:
-                writing, done = None, 0
-                for chunk in chunks:
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled(str(path))
-                    stems = aggregate_estimates(dict(zip(names, chunk)), aggregate)
-                    if writing is not None:
-                        writing.result()
-                    writing = encoder.submit(writer.write, stems)
-                    if on_progress is not None:
-                        done += chunk.shape[-1]
-                        on_progress(min(1.0, done / max(1, source.nb_frames * out_rate / source.sample_rate)))
-                if writing is not None:
-                    writing.result()
-            writer.finish()
+    stems.write_stems(path, separator, outputs, ext=args.ext, bits=args.bits, mp3_bitrate=args.mp3_bitrate,
+                      clip=args.clip, keep_model_rate=args.keep_model_rate, start=args.start,
+                      duration=args.duration, aggregate=aggregate, segment=args.segment, overlap=args.overlap,
+                      batch_segments=args.batch_segments, overwrite=args.force, progress=not args.quiet,
+                      on_progress=on_progress, cancel=cancel, names=stems.CLI_NAMES)
 
 
 def load_separator(args: argparse.Namespace) -> Separator:

@@ -1,0 +1,246 @@
+"""Separating audio files into stem files: what ``umx-separate`` does for one file, from Python.
+
+The file is decoded, separated and written chunk by chunk (memory does not grow with its length),
+and its stems appear all together or not at all: until every stem is encoded no output path is
+touched, and a failure or a cancellation leaves none of this call's files behind
+(:class:`openunmix_like.writer.StemWriter`).
+
+>>> from openunmix_like.stems import separate_file
+>>> separate_file("song.mp3", "separated")              # the bundled model
+{'vocals': PosixPath('separated/song/vocals.wav'), 'drums': ..., 'bass': ..., 'other': ...}
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .audio import MP3_BITRATES, MP3_DEFAULT_BITRATE, subtype_for
+from .errors import AudioError
+from .inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, check_segmenting, iter_separate, separator_for
+from .separator import Separator, WienerSettings, aggregate_estimates
+
+DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
+EXTENSIONS = ("wav", "flac", "mp3")
+PathLike = Union[str, Path]
+
+
+class Cancelled(Exception):
+    """A track stopped because its ``cancel`` event was set; it wrote nothing."""
+
+
+def track_name(path: PathLike) -> str:
+    """The name a file's stems are filed under: its name without the extension (or ``.stem.mp4``)."""
+    name = Path(path).name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def stem_names(template: str, track: str, names: Sequence[str], ext: str, model: str) -> Dict[str, str]:
+    """Stem name -> path relative to the output folder, from a template with ``{track}``, ``{target}``,
+    ``{ext}`` and ``{model}``; a ``ValueError`` for a bad template or one that gives two stems one file."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = template.format(track=track, target=name, ext=ext, model=model)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{template!r}: bad template ({exc}); use {{track}}, {{target}}, {{ext}}, "
+                             "{model}") from None
+    if len(set(out.values())) < len(out):
+        raise ValueError(f"{template!r} gives the same file for several targets; include {{target}}")
+    return out
+
+
+PYTHON_NAMES = {"overwrite": "overwrite=True", "outdir": "outdir", "filename": "filename"}
+CLI_NAMES = {"overwrite": "--force", "outdir": "--outdir", "filename": "--filename"}
+
+
+def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
+                  names: Mapping[str, str] = PYTHON_NAMES) -> None:
+    """Refuse outputs that would replace the input, sit where a folder is, or exist (without ``overwrite``);
+    ``names`` spells the options in the messages (:data:`CLI_NAMES` for ``umx-separate``)."""
+    source = path.resolve()
+    for out in outputs.values():
+        if out.resolve() == source:
+            raise AudioError(f"{path}: output would overwrite the input; change {names['outdir']} or "
+                             f"{names['filename']}")
+        if out.is_dir():
+            raise AudioError(f"{out}: is a folder, where a stem would be written; move it or choose another "
+                             f"{names['outdir']}")
+        if out.exists() and not overwrite:
+            raise AudioError(f"{out}: exists; pass {names['overwrite']} to overwrite it or choose another "
+                             f"{names['outdir']}")
+
+
+def output_format(ext: str, bits: Optional[int], mp3_bitrate: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
+    """``(bits, mp3_bitrate)`` with their defaults filled in, or a one-line ``ValueError`` naming the keyword."""
+    if ext not in EXTENSIONS:
+        raise ValueError(f"ext={ext!r}: choose from {', '.join(EXTENSIONS)}")
+    if ext == "mp3":
+        if bits is not None:
+            raise ValueError(f"bits={bits} is for wav and flac; mp3 stems take mp3_bitrate")
+        if mp3_bitrate is not None and mp3_bitrate not in MP3_BITRATES:
+            raise ValueError(f"mp3_bitrate={mp3_bitrate}: choose from {', '.join(map(str, MP3_BITRATES))} (kbit/s)")
+        return None, mp3_bitrate or MP3_DEFAULT_BITRATE
+    if mp3_bitrate is not None:
+        raise ValueError(f"mp3_bitrate is for ext='mp3', and the stems are {ext}; leave it out")
+    bits = 16 if bits is None else bits
+    try:
+        subtype_for(ext, bits)
+    except AudioError as exc:
+        raise ValueError(f"ext={ext!r}, bits={bits}: {exc}") from None
+    return bits, None
+
+
+def _check_span(start: float, duration: Optional[float]) -> None:
+    if isinstance(start, bool) or not isinstance(start, numbers.Real) or not math.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a number of seconds, 0 or more; got {start!r}")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, numbers.Real)
+                                 or not math.isfinite(duration) or duration <= 0):
+        raise ValueError(f"duration must be a number of seconds above 0, or None for the rest; got {duration!r}")
+
+
+def separate_file(
+    path: PathLike,
+    outdir: PathLike = "separated",
+    model: Union[str, Path, Separator, None] = None,
+    *,
+    filename: str = DEFAULT_TEMPLATE,
+    ext: str = "wav",
+    bits: Optional[int] = None,
+    mp3_bitrate: Optional[int] = None,
+    clip: str = "rescale",
+    keep_model_rate: bool = False,
+    start: float = 0.0,
+    duration: Optional[float] = None,
+    aggregate: Optional[Mapping[str, Sequence[str]]] = None,
+    segment: Optional[float] = DEFAULT_SEGMENT,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_segments: Optional[int] = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_progress: Optional[Callable[[float], None]] = None,
+    cancel: Optional[threading.Event] = None,
+    targets: Optional[Sequence[str]] = None,
+    device: Union[str, torch.device, None] = None,
+    precision: Optional[str] = None,
+    wiener: Optional[WienerSettings] = None,
+    **wiener_options,
+) -> Dict[str, Path]:
+    """Separate one audio file into stem files, as ``umx-separate`` does (the same files, to the bit).
+
+    Args:
+        path: any file :func:`openunmix_like.audio.load` reads (wav, flac, ogg, mp3, and what ffmpeg decodes).
+        outdir: the output folder; the stems go to ``outdir / filename`` (made as needed).
+        model: a :class:`Separator` (load it once for many files), a model name or folder, or ``None``
+            for the bundled model; ``targets``, ``device``, ``precision`` and the Wiener settings
+            (``wiener`` or its fields as keywords) apply to a model loaded here, as in :func:`separate`.
+        filename: template under ``outdir`` with ``{track}`` (the file's name without extension),
+            ``{target}``, ``{ext}`` and ``{model}`` (the model's name or folder name; ``default`` for
+            the bundled one; not available with a :class:`Separator`).
+        ext, bits, mp3_bitrate: ``wav`` or ``flac`` at 16, 24 or 32 bits (32 is float, wav only;
+            default 16), or ``mp3`` at a constant bitrate in kbit/s (default 320; needs ffmpeg).
+        clip: peaks above full scale: ``rescale`` the whole track (the stems still sum to the
+            mixture), ``clamp`` samples, or ``none``.
+        keep_model_rate: write at the model's rate instead of the input's.
+        start, duration: the part of the file to separate, in seconds (default: all of it).
+        aggregate: sum targets into new stems (only these are written), see :meth:`Separator.to_dict`.
+        segment, overlap, batch_segments: segmented processing, see :func:`openunmix_like.inference.iter_separate`.
+        overwrite: replace stems that exist (refused by default); they stay as they were until every
+            new stem is encoded.
+        progress: a progress bar on stderr.
+        on_progress: called with the fraction done after each chunk.
+        cancel: when set (from another thread), the file stops after the chunk in hand, raising
+            :class:`Cancelled`, and nothing of it is kept.
+
+    Returns:
+        stem name -> the path written.
+
+    Raises:
+        AudioError: the file cannot be read, a stem cannot be written or exists (names the path).
+        ModelError: the model cannot be found or loaded.
+        ValueError: an argument no file could use.
+
+    Example:
+        >>> separator = Separator.from_pretrained("umxhq")
+        >>> for song in Path("album").glob("*.flac"):
+        ...     separate_file(song, "stems", separator, ext="mp3", targets=None)
+    """
+    bits, mp3_bitrate = output_format(ext, bits, mp3_bitrate)
+    _check_span(start, duration)
+    check_segmenting(segment, overlap)
+    path = Path(path)
+    named = None if isinstance(model, Separator) else ("default" if model is None else Path(str(model)).name)
+    if named is None and "{model}" in filename:
+        raise ValueError(f"filename {filename!r}: {{model}} needs the model's name; pass the name or folder as "
+                         "model, or write the name into the template")
+    separator = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
+    if aggregate is not None and not aggregate:
+        raise ValueError("aggregate={}: name at least one stem, e.g. {'accompaniment': ['drums', 'bass', 'other']}")
+    aggregate_estimates({name: torch.zeros(1) for name in separator.target_names}, aggregate)  # checks it
+    stems = list(aggregate) if aggregate is not None else separator.target_names
+    try:
+        relative = stem_names(filename, track_name(path), stems, ext, named or "")
+    except ValueError as exc:
+        raise ValueError(f"filename {exc}") from None
+    outputs = {name: Path(outdir) / rel for name, rel in relative.items()}
+    write_stems(path, separator, outputs, ext=ext, bits=bits, mp3_bitrate=mp3_bitrate, clip=clip,
+                keep_model_rate=keep_model_rate, start=start, duration=duration, aggregate=aggregate,
+                segment=segment, overlap=overlap, batch_segments=batch_segments, overwrite=overwrite,
+                progress=progress, on_progress=on_progress, cancel=cancel)
+    return outputs
+
+
+def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *, ext: str = "wav",
+                bits: Optional[int] = 16, mp3_bitrate: Optional[int] = None, clip: str = "rescale",
+                keep_model_rate: bool = False, start: float = 0.0, duration: Optional[float] = None,
+                aggregate: Optional[Mapping[str, Sequence[str]]] = None, segment: Optional[float] = DEFAULT_SEGMENT,
+                overlap: float = DEFAULT_OVERLAP, batch_segments: Optional[int] = None, overwrite: bool = False,
+                progress: bool = False, on_progress: Optional[Callable[[float], None]] = None,
+                cancel: Optional[threading.Event] = None, names: Mapping[str, str] = PYTHON_NAMES) -> None:
+    """Separate one file into the given output paths (all written, or none): :func:`separate_file`
+    with the paths chosen and the options checked by the caller (``umx-separate``, ``umx-web``)."""
+    from .audio import AudioSource
+    from .writer import StemWriter, format_problem
+
+    check_outputs(path, outputs, overwrite, names)
+    if ext == "mp3" and not shutil.which("ffmpeg"):
+        raise AudioError(f"{path}: mp3 stems need the ffmpeg program to encode; install it "
+                         "(e.g. apt-get install ffmpeg) or write wav or flac")
+    with AudioSource(path, start=start, duration=duration) as source:
+        out_rate = int(separator.sample_rate) if keep_model_rate else source.sample_rate
+        problem = format_problem(ext, out_rate, source.nb_channels)
+        if problem:  # before separating, and named by its input rather than its output
+            raise AudioError(f"{path}: {problem}")
+        total = max(1.0, source.nb_frames * out_rate / source.sample_rate)
+        with StemWriter(outputs, out_rate, source.nb_channels, ext, bits, clip, mp3_bitrate) as writer:
+            chunks = iter_separate(separator, source, source.sample_rate, segment or None, overlap,
+                                   progress=progress, desc=path.name, out_rate=out_rate,
+                                   batch_segments=batch_segments)
+            # A writer thread encodes each chunk while the next one is separated; one chunk in
+            # flight at most, so memory stays bounded and a write error surfaces at the next chunk.
+            with contextlib.closing(chunks), ThreadPoolExecutor(max_workers=1,
+                                                                thread_name_prefix="umx-write") as encoder:
+                writing, done = None, 0
+                for chunk in chunks:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(str(path))
+                    stems = aggregate_estimates(dict(zip(separator.target_names, chunk)), aggregate)
+                    if writing is not None:
+                        writing.result()
+                    writing = encoder.submit(writer.write, stems)
+                    if on_progress is not None:
+                        done += chunk.shape[-1]
+                        on_progress(min(1.0, done / total))
+                if writing is not None:
+                    writing.result()
+            writer.finish()
