@@ -5,8 +5,9 @@ track is done, a second pass applies the clipping policy (which needs the
 track's peak) and encodes each stem to its final format beside its output path
 (wav and flac by libsndfile, mp3 by ffmpeg's libmp3lame, fed through a pipe);
 only when every stem is encoded are they renamed into place. Until then no
-output path is touched (files of an earlier run stay as they were), and on any
-failure the hidden files are removed; hidden files that a killed run left are
+output path is touched (files of an earlier run stay as they were; if a rename
+fails, the stems renamed before it are removed and the earlier files put back),
+and on any failure the hidden files are removed; hidden files that a killed run left are
 removed by the next run writing the same outputs (see :mod:`openunmix_like.fileio`).
 """
 from __future__ import annotations
@@ -115,7 +116,8 @@ class StemWriter:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
     def finish(self) -> None:
-        """Encode every stem beside its final path, then rename them all into place (each rename is atomic).
+        """Encode every stem beside its final path, then rename them all into place (each rename is atomic;
+        if one fails, the stems already renamed are removed and the files they replaced put back).
 
         The stems are encoded side by side, one thread each (libsndfile and the pipes to ffmpeg
         release the GIL), since encoding mp3 or flac takes seconds per stem of a song.
@@ -135,14 +137,36 @@ class StemWriter:
                     future.result()
                 except Exception as exc:
                     raise _as_audio_error(exc, path) from exc
-        # Every stem is encoded: only now are the outputs (and what an earlier run left there) replaced.
+        # Every stem is encoded: only now are the outputs replaced. What an earlier run left there is
+        # first moved aside, so that a rename failing midway puts every output back as it was.
+        kept: Dict[str, Path] = {}
         for name, path in self.paths.items():
             try:
+                if os.path.lexists(path):
+                    kept[path] = new_partial(path, ".kept")
+                    os.replace(path, kept[path])
                 os.replace(self._encoded[name], path)
             except OSError as exc:
+                self._put_back(kept)
                 raise _as_audio_error(exc, path) from exc
             del self._encoded[name]
             self._done.append(path)
+        for aside in kept.values():
+            with contextlib.suppress(OSError):
+                aside.unlink()
+
+    def _put_back(self, kept: Dict[Path, Path]) -> None:
+        """Remove the stems renamed into place and return the earlier files moved aside for them."""
+        for path in self._done:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._done = []
+        for path, aside in kept.items():
+            with contextlib.suppress(OSError):
+                if os.path.lexists(path):  # never moved aside: its rename was the one that failed
+                    aside.unlink()
+                else:
+                    os.replace(aside, path)
 
     def _encode(self, name: str, path: Path) -> None:
         """Apply the clipping policy to one stem's float32 chunks and encode them into its partial file."""

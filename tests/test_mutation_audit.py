@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,36 @@ def test_a_failed_rename_removes_the_stems_already_renamed(tmp_path, monkeypatch
         write_stems(out, [{"a": tone(0.5), "b": tone(0.5)}])
     assert renamed == [out / "a.wav"]
     assert not (tmp_path / "out").exists()  # a.wav, the partial files and the folders made are gone
+
+
+@pytest.mark.parametrize("failing", [1, 2])  # the set-aside rename of b, or the rename of the new b.wav
+def test_a_failed_rename_puts_back_every_stem_an_earlier_run_wrote(tmp_path, monkeypatch, failing):
+    out = tmp_path / "song"
+    out.mkdir()
+    for name in "abc":
+        (out / f"{name}.wav").write_bytes(f"earlier {name}".encode())
+    real_replace, calls = os.replace, []
+
+    def fails(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2 + failing:  # a: aside and into place; then b's rename number `failing`
+            raise OSError(errno.EACCES, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fails)
+    with pytest.raises(AudioError, match=r"b\.wav: cannot write"):
+        write_stems(out, [{"a": tone(0.5), "b": tone(0.5), "c": tone(0.5)}])
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.wav", "c.wav"]  # no hidden file left either
+    assert [(out / f"{n}.wav").read_bytes() for n in "abc"] == [b"earlier a", b"earlier b", b"earlier c"]
+
+
+def test_replacing_an_earlier_run_leaves_only_the_new_stems(tmp_path):
+    out = tmp_path / "song"
+    out.mkdir()
+    (out / "a.wav").write_bytes(b"earlier")
+    paths = write_stems(out, [{"a": tone(0.5), "b": tone(0.5)}])
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.wav"]
+    assert np.allclose(read(paths["a"]), tone(0.5).numpy(), atol=1e-4)
 
 
 def test_a_stem_that_cannot_be_opened_leaves_no_partial_file_of_the_others(tmp_path):
