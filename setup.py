@@ -27,7 +27,7 @@ setup(
     extras_require={
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
-                  "pyworld>=0.3.4", "setuptools<81", "onnx>=1.15", "onnxruntime>=1.17",
+                  "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
                   "pyyaml>=5"],
