@@ -335,14 +335,17 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
     """Oracle estimates from the true sources (SiSEC 2018 definitions).
 
     ``irm1``/``irm2``: ratio masks ``|S_j|^a / sum_k |S_k|^a`` (a = 1, 2) over the
-    targets; ``ibm1``/``ibm2``: binary masks, 1 where ``|S_j|^a / |X|^a >= 0.5``;
-    ``mwf``: the multichannel Wiener filter with each target's power spectral
+    sources; ``ibm1``/``ibm2``: binary masks, 1 where ``|S_j|^a / |X|^a >= 0.5``;
+    ``mwf``: the multichannel Wiener filter with each source's power spectral
     density and spatial covariance (over the whole track) taken from the truth;
     ``mix``: the mixture as every estimate. Masks apply to the mixture STFT.
 
-    The sources ``S_k`` are the targets and the other parts of the track's mixture (``track.sources``
-    that no target is made of): a target's mask shares the mixture with everything else in it, not only
-    with the other targets estimated (``irm2`` of vocals alone is not the mixture).
+    The sources ``S_k`` are the parts of the track's mixture (``track.sources``), whatever the targets
+    estimated: ``irm2`` of vocals alone is the vocals' share of the whole mixture. A target made of
+    several sources (MUSDB's accompaniment) is the sum of their estimates, as in SiSEC 2018's reference
+    code (sigsep-mus-oracle), so targets may overlap (drums beside accompaniment). A target the track
+    cannot express in its sources is a source of its own, sharing the mixture with the sources no
+    other target is made of.
     """
     if method not in ORACLES:
         raise OpenUnmixLikeError(f"--oracle {method!r}: choose from {', '.join(ORACLES)}")
@@ -350,10 +353,16 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
         return {t: track.mixture.clone() for t in targets}
     stft, istft = STFT(n_fft, n_hop), ISTFT(n_fft, n_hop)
     x = stft(track.mixture.double())  # (C, F, T)
-    covered = {k for t in targets for k in track.components.get(t, (t,))}
-    parts = [track.references[t] for t in targets] + [a for k, a in track.sources.items() if k not in covered]
-    sources = torch.stack([stft(a.double()) for a in parts])  # (J, C, F, T), the targets first
-    n = track.mixture.shape[-1]
+    made_of = _made_of(track, targets)
+    if made_of is None:
+        covered = {k for t in targets for k in track.components.get(t, (t,))}
+        parts = {**{t: track.references[t] for t in targets},
+                 **{k: a for k, a in track.sources.items() if k not in covered}}
+        made_of = {t: (t,) for t in targets}
+    else:
+        parts = track.sources
+    names = list(parts)
+    sources = torch.stack([stft(parts[k].double()) for k in names])  # (J, C, F, T)
     if method == "mwf":
         from .filtering import expectation_maximization
 
@@ -367,8 +376,28 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
         else:
             masks = (power / (eps + x.abs() ** alpha) >= 0.5).double()
         estimates = masks * x
-    audio = istft(estimates, length=n).float()
-    return {t: audio[j] for j, t in enumerate(targets)}
+    n = track.mixture.shape[-1]
+    out = {}
+    for t in targets:  # the sum of a target's sources' estimates (the inverse STFT is linear)
+        picked = [names.index(k) for k in made_of[t]]
+        out[t] = (istft(estimates[picked].sum(dim=0), length=n).float() if picked
+                  else torch.zeros_like(track.mixture))
+    return out
+
+
+def _made_of(track: Track, targets: Sequence[str]) -> Optional[Dict[str, Tuple[str, ...]]]:
+    """Each target's sources in ``track.sources`` (none for a silent reference the track lacks), or None
+    where a target is not the sum of some of them."""
+    made_of = {}
+    for t in targets:
+        parts = track.components.get(t, (t,))
+        if all(k in track.sources for k in parts):
+            made_of[t] = tuple(parts)
+        elif t not in track.sources and t in track.references and not track.references[t].any():
+            made_of[t] = ()
+        else:
+            return None
+    return made_of
 
 
 # ---------------------------------------------------------------- scoring

@@ -121,9 +121,10 @@ def oracle_method(args: argparse.Namespace, name: str, targets: Sequence[str] = 
     """An oracle; ``targets`` are those the tracks hold references of (the model's, beside a model)."""
     keys = ("targets",) if name == "mix" else ORACLE_SETTINGS  # the mixture takes no STFT
     settings = {"oracle": name, **{key: getattr(args, key) for key in keys},
-                # Masks over every source of the mixture, not the targets alone: records made before are
-                # scored again (their irm and mwf of a subset of targets was wrong; ibm never looks at the others).
-                **({"shared_with": "all sources"} if name != "mix" else {}),
+                # Masks over every source of the mixture, not the targets alone, and a composite target the
+                # sum of its sources' estimates: records made before are scored again (their irm and mwf of a
+                # subset of targets, and any oracle of accompaniment, differ from SiSEC 2018's).
+                **({"shared_with": "all sources; composites summed"} if name != "mix" else {}),
                 "mixture_from_sources": _mixture_from_sources(args), **data_settings(args)}
     if args.layout in STEM_LAYOUTS:  # what it estimates and shares the mixture among follow the references
         settings["references"] = [*targets, *([args.residual] if args.residual and targets else [])]
