@@ -578,9 +578,10 @@ class _StemsDataset(_DrawsPerTrack, _Base):
         """Whether the stem ``key`` is part of ``target``."""
         return key == target
 
-    def _add_tracks(self, found: Iterable[Tuple[Path, Optional[Sources]]], where: Path, problems: List[str],
-                    notes: List[str]) -> None:
+    def _add_tracks(self, found: Iterable[Tuple[Path, Optional[Sources]]], where: Union[Path, str],
+                    problems: List[str], notes: List[str], hint: str = "") -> None:
         """Keep the usable tracks of ``found`` (``None``: already reported), then report what was left out.
+        ``where`` names them in messages; ``hint`` follows the error for a target no track holds.
 
         Raises:
             DatasetError: no track holds a target, or none is usable.
@@ -615,7 +616,7 @@ class _StemsDataset(_DrawsPerTrack, _Base):
         unknown = [t for t in self.targets if seen and not any(self.in_target(key, t) for key in seen)]
         if unknown:
             raise DatasetError(f"{where}: no track holds a {unknown[0]!r} stem; the stems found are "
-                               f"{', '.join(sorted(seen))}")
+                               f"{', '.join(sorted(seen))}{hint}")
         if not self.tracks:
             raise none_usable(where, f"{self.layout} tracks holding {' and '.join(self.targets)}", problems)
         everyone = list(range(len(self.tracks)))
@@ -739,7 +740,12 @@ class SlakhDataset(_StemsDataset):
         if found is None:
             return None
         doc, stems = found
+        # audio_dir is documented as always "stems", but some releases hold other values (slakh2100_flac_redux's
+        # train/Track00616 names the renderer's own folder, Volumes/data/.../Track00001/stems): the folder named
+        # where it exists, else the track's stems/.
         audio_dir = track / str(doc.get("audio_dir") or "stems")
+        if not audio_dir.is_dir():
+            audio_dir = track / "stems"
         sources: Sources = []
         for sid, info in sorted(stems.items(), key=lambda item: str(item[0])):
             named = isinstance(info, dict) and (info.get("is_drum") is True or isinstance(info.get("inst_class"), str))
@@ -789,8 +795,12 @@ def moisesdb_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None) -
     The split depends on the track ids only, so every target, seed and machine gets the same one.
 
     Raises:
-        DatasetError: ``valid_tracks`` leaves no training or no validation track.
+        DatasetError: fewer than 2 tracks, or ``valid_tracks`` leaves no training or no validation track.
     """
+    if len(tracks) < 2:
+        where = f" ({tracks[0].parent})" if tracks else ""
+        raise DatasetError(f"MoisesDB holds {len(tracks)} track folder(s){where}: training and validation need at "
+                           "least 2 (one for each)")
     n = max(1, round(0.1 * len(tracks))) if valid_tracks is None else valid_tracks
     if not 1 <= n < len(tracks):
         raise DatasetError(f"--valid-tracks {n}: give from 1 to {len(tracks) - 1} (the data set has "
@@ -830,8 +840,12 @@ class MoisesDBDataset(_StemsDataset):
         train, valid = moisesdb_split(moisesdb_track_dirs(root), valid_tracks)
         problems: List[str] = []
         tracks = train if split == "train" else valid
-        self._add_tracks(((t, self._sources(t, problems)) for t in tracks), Path(root), problems,
-                         [f"{split} split: {len(tracks)} of {len(train) + len(valid)} track folders"])
+        # Named as the split's tracks: a stem that only some tracks hold may be in none of the validation ones.
+        where = f"{root} (the {len(tracks)} {'training' if split == 'train' else 'validation'} track(s) of its split)"
+        hint = ("; another --valid-tracks N validates on other tracks (those whose ids have the N smallest SHA-1)"
+                if split != "train" else "")
+        self._add_tracks(((t, self._sources(t, problems)) for t in tracks), where, problems,
+                         [f"{split} split: {len(tracks)} of {len(train) + len(valid)} track folders"], hint)
 
     def in_target(self, key: str, target: str) -> bool:
         if self.stem_grouping == "four" and target == "other":
@@ -842,7 +856,8 @@ class MoisesDBDataset(_StemsDataset):
     def _sources(track: Path, problems: List[str]) -> Optional[Sources]:
         """Each stem data.json lists as ``(stem key, its files)``; ``None`` (reported) if one is unusable."""
         meta = track / "data.json"
-        found = _metadata_stems(meta, lambda path: json.loads(path.read_text()), list, "no 'stems' list", problems)
+        # Bytes: JSON is UTF-8 (or -16/-32, with or without a BOM) whatever the locale's encoding.
+        found = _metadata_stems(meta, lambda path: json.loads(path.read_bytes()), list, "no 'stems' list", problems)
         if found is None:
             return None
         stems = found[1]
@@ -858,6 +873,8 @@ class MoisesDBDataset(_StemsDataset):
                                               for e in entries)
         sources: Sources = []
         for name, group in paths.items():
+            if not group:  # a stem that lists no file (tracks: []) has no audio: no stem at all
+                continue
             missing = [p for p in group if not p.is_file()]
             if missing:
                 problems.append(f"{missing[0]}: missing (listed in data.json)")

@@ -197,8 +197,11 @@ def slakh_tracks(root: str, split: str = "valid", targets: Sequence[str] = (), r
         raise OpenUnmixLikeError("Slakh2100 evaluation reads metadata.yaml with PyYAML: "
                                  "pip install 'openunmix-like[slakh]'") from exc
     folder = _dataset(slakh_split_dir, root, split)
-    return stem_tracks("slakh", sorted(d for d in folder.iterdir() if d.is_dir()), str(folder), targets, residual,
-                       names=names, skip=skip, on_error=on_error)
+    # Track folders: those with metadata (and those named as Slakh names them, so that one missing it is
+    # reported); anything else there (.ipynb_checkpoints, notes) is not a track.
+    tracks = sorted(d for d in folder.iterdir() if d.is_dir() and ((d / "metadata.yaml").is_file()
+                                                                    or d.name.startswith("Track")))
+    return stem_tracks("slakh", tracks, str(folder), targets, residual, names=names, skip=skip, on_error=on_error)
 
 
 def moisesdb_tracks(root: str, split: Optional[str] = "valid", valid_tracks: Optional[int] = None,

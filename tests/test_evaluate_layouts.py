@@ -280,6 +280,27 @@ def test_slakh_tracks_option_and_bad_tracks_are_one_line_each(tmp_path, capsys, 
     assert (tmp_path / "eval" / "results.md").exists()
 
 
+def test_slakh_folders_that_are_not_tracks_are_left_out_and_a_track_without_metadata_named(
+        tmp_path, capsys, monkeypatch):
+    root = slakh_root(tmp_path / "slakh")
+    (root / "validation" / ".ipynb_checkpoints").mkdir()
+    (root / "validation" / "notes").mkdir()
+    calls = fake_scoring(monkeypatch)
+    assert run(root, "slakh", tmp_path / "eval", "--oracle", "mix") == 0
+    assert [name for name, _ in calls] == ["Track01501", "Track01502"]
+    (root / "validation" / "Track01503").mkdir()  # a track whose metadata is lost is still reported
+    assert run(root, "slakh", tmp_path / "eval", "--oracle", "mix") == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert "Track01503" in line and "metadata.yaml" in line
+
+
+def test_targets_are_spelt_as_training_spells_them(roots, tmp_path, monkeypatch):
+    root, _ = roots
+    calls = fake_scoring(monkeypatch)
+    assert run(root, "slakh", tmp_path / "eval", "--oracle", "irm2", "--targets", "Guitar", "BASS") == 0
+    assert [sorted(refs) for _, refs in calls] == [["bass", "guitar"]] * 2
+
+
 # ---------------------------------------------------------------- MoisesDB
 
 

@@ -248,6 +248,12 @@ def check_layout(args: argparse.Namespace) -> None:
     if args.oracle and args.residual and not args.targets:
         raise OpenUnmixLikeError(f"--residual {args.residual}: with an oracle, name the targets it is the rest of "
                                  "(--targets)")
+    if args.targets:  # as umx-train spells them: "Guitar" and "strings (continued)" name guitar, strings_continued
+        from ..data import stem_key
+
+        args.targets = [stem_key(t) for t in args.targets]
+        if not all(args.targets):
+            raise OpenUnmixLikeError(f"--layout {args.layout}: give targets with letters or digits")
     if args.layout == "slakh":
         slakh_split(args)
     else:
