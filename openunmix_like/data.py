@@ -748,13 +748,13 @@ class SlakhDataset(_StemsDataset):
             audio_dir = track / "stems"
         sources: Sources = []
         for sid, info in sorted(stems.items(), key=lambda item: str(item[0])):
+            if isinstance(info, dict) and info.get("audio_rendered", True) is False:
+                skipped[0] += 1  # not in the mixture either: what it would have been does not matter
+                continue
             named = isinstance(info, dict) and (info.get("is_drum") is True or isinstance(info.get("inst_class"), str))
             if not named:
                 problems.append(f"{meta}: stem {sid} has no inst_class")
                 return None
-            if info.get("audio_rendered", True) is False:
-                skipped[0] += 1
-                continue
             path = next((p for p in (audio_dir / f"{sid}{s}" for s in AUDIO_SUFFIXES) if p.is_file()), None)
             if path is None:
                 problems.append(f"{audio_dir / sid}.flac: missing (audio_rendered is true in metadata.yaml)")

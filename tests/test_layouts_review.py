@@ -124,3 +124,21 @@ def test_moisesdb_stem_missing_from_the_validation_tracks_only_is_named_so(tmp_p
     assert len(err.splitlines()) == 1, err
     assert f"{root} (the 1 validation track(s) of its split): no track holds a 'wind' stem" in err, err
     assert "another --valid-tracks N" in err
+
+
+def test_slakh_unrendered_stem_without_inst_class_does_not_drop_its_track(tmp_path):
+    root = slakh_root(tmp_path / "slakh")
+    track = root / "train" / "Track00001"
+    meta = track / "metadata.yaml"
+    lines = meta.read_text().splitlines()
+    at = lines.index("  S03:")  # the unrendered stem of SLAKH_STEMS
+    assert lines[at + 1].strip() == "audio_rendered: false" and lines[at + 2].strip().startswith("inst_class:")
+    meta.write_text("\n".join(lines[:at + 2] + lines[at + 3:]) + "\n")
+    sources = data.stem_track_sources("slakh", track)
+    assert [f.path for _, files in sources for f in files] == stems(track, "S00", "S01", "S02", "S04", "S05")
+    # A rendered stem without one still stops its track, naming it.
+    lines = meta.read_text().splitlines()
+    at = lines.index("  S01:")
+    meta.write_text("\n".join(lines[:at + 2] + lines[at + 3:]) + "\n")
+    with pytest.raises(data.DatasetError, match=f"^{meta}: stem S01 has no inst_class$"):
+        data.stem_track_sources("slakh", track)
