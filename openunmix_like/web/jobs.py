@@ -469,6 +469,8 @@ class JobManager:
             lock = self._file_locks.setdefault(job.id, threading.Lock())
         with lock:
             info = self._previews.get(job.id)
+            if info is not None and not all((folder / t["file"]).is_file() for t in info["tracks"]):
+                info = None  # its files were removed from disk meanwhile: made again
             if info is None:
                 try:
                     info = build_preview(folder, {s: folder / "stems" / f"{s}.{job.ext}" for s in job.stems},

@@ -28,7 +28,9 @@ MIXTURE, MIXTURE_ELSE = "mixture", "upload"  # the upload's track
 INFO_NAME = "info.json"
 PEAK_BUCKETS = 2000  # per track: finer than any waveform drawn on the page
 BLOCK_FRAMES = 1 << 17
-MAX_FRAMES = 1 << 22  # one request's frames: 95 s at 44.1 kHz
+MAX_FRAMES = 1 << 22  # one request's frames: 95 s at 44.1 kHz, 5.9 s at 705.6 kHz
+CHUNK_SECONDS = 10  # the chunk suggested to players, at most MAX_FRAMES
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # libsndfile reads these as integers unscaled: read as floats
 FFMPEG_TIMEOUT_S = 600
 
 
@@ -82,7 +84,7 @@ def peaks_of(path: Path, buckets: int = PEAK_BUCKETS) -> List[float]:
         # Frame i belongs to bucket i * buckets // total; bucket b's first frame:
         first = -(-np.arange(buckets + 1, dtype=np.int64) * total // buckets)
         start = 0
-        for block in f.blocks(BLOCK_FRAMES, dtype="int16", always_2d=True):
+        for block in _int16_blocks(f):
             mono = block[:, 0].astype(np.int32)
             for c in range(1, channels):  # faster than block.sum(axis=1), which walks the rows
                 mono += block[:, c]
@@ -108,9 +110,10 @@ def build_preview(folder: Path, stems: Dict[str, Path], mixture: Optional[Path])
         mixture: the upload, or None.
 
     Returns:
-        ``{"rate", "channels", "chunk_frames" (a suggestion), "tracks": [{"name", "frames", "peaks",
-        "mixture"}], "mixture_error"}``; the mixture is the last track, absent when it cannot be decoded
-        (``mixture_error`` then says why).
+        ``{"rate", "channels", "chunk_frames" (a suggestion: ``CHUNK_SECONDS``, at most ``MAX_FRAMES``, what
+        one request may ask for), "tracks": [{"name", "frames", "peaks", "mixture"}], "mixture_error"}``; the
+        mixture is the last track, absent when it cannot be decoded (``mixture_error`` then says why). A kept
+        ``info.json`` naming a file that is gone is made again.
 
     Raises:
         AudioError: a stem cannot be read.
@@ -120,7 +123,11 @@ def build_preview(folder: Path, stems: Dict[str, Path], mixture: Optional[Path])
     preview = folder / PREVIEW_DIR
     info_path = preview / INFO_NAME
     if info_path.is_file():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        # Made again when a file it names is gone (a decoded copy deleted by hand, say).
+        if all((folder / track["file"]).is_file() for track in info["tracks"]):
+            info["chunk_frames"] = min(info["chunk_frames"], MAX_FRAMES)  # made before that limit was heeded
+            return info
     preview.mkdir(exist_ok=True)
     first = next(iter(stems.values()))
     reference = _playable(first, preview / f"stem-{next(iter(stems))}.flac", None, None)
@@ -142,7 +149,7 @@ def build_preview(folder: Path, stems: Dict[str, Path], mixture: Optional[Path])
         path = folder / track["file"]
         track["frames"] = int(sf.info(sf_path(path)).frames)
         track["peaks"] = peaks_of(path)
-    info = {"rate": rate, "channels": channels, "chunk_frames": 10 * rate, "tracks": tracks,
+    info = {"rate": rate, "channels": channels, "chunk_frames": min(CHUNK_SECONDS * rate, MAX_FRAMES), "tracks": tracks,
             "mixture_error": mixture_error}
     partial = new_partial(info_path, ".json")
     try:
@@ -173,5 +180,27 @@ def read_pcm(path: Path, start: int, frames: int) -> bytes:
         if start >= f.frames:
             return b""
         f.seek(start)
-        data = f.read(min(frames, f.frames - start), dtype="int16", always_2d=True)
+        count = min(frames, f.frames - start)
+        if f.subtype in FLOAT_SUBTYPES:
+            data = _to_int16(f.read(count, dtype="float32", always_2d=True))
+        else:
+            data = f.read(count, dtype="int16", always_2d=True)
     return data.astype("<i2", copy=False).tobytes()
+
+
+def _to_int16(block: np.ndarray) -> np.ndarray:
+    """Float samples (full scale at 1.0) as 16-bit ones, those beyond full scale clipped."""
+    return np.clip(np.rint(block * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _int16_blocks(f):
+    """The open file ``f``'s blocks of ``BLOCK_FRAMES`` as 16-bit samples, ``(frames, channels)``.
+
+    libsndfile reads a float file (a 32-bit float wav, as DAWs export) as integers without scaling them,
+    so that almost all of it reads as 0: such a file is read as floats and converted here.
+    """
+    if f.subtype not in FLOAT_SUBTYPES:
+        yield from f.blocks(BLOCK_FRAMES, dtype="int16", always_2d=True)
+        return
+    for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+        yield _to_int16(block)

@@ -145,6 +145,7 @@ function listen() {
 // AudioContext, so chunks follow one another sample for sample on the context's clock.
 
 const CHUNK_SECONDS = 10;
+const MAX_REQUEST_FRAMES = 4194304;  // the most frames one PCM request may ask for (5.9 s at 705.6 kHz)
 const LOOKAHEAD_S = 4;      // chunks are scheduled this far ahead of the play head
 const KEEP_BEHIND = 1;      // chunks kept behind the play head's (for a short seek back)
 const MIN_LOOP_S = 0.25;    // a shorter drag on a waveform is a click (a seek)
@@ -181,16 +182,17 @@ const player = {
     if (!this.chunks.has(k)) {
       const job = this.job, start = k * this.chunkFrames;
       const loading = Promise.all(this.tracks.map((t) => fetchPcm(job, t, start, this.chunkFrames)));
-      const entry = { promise: loading, buffers: null };
-      loading.then((buffers) => { entry.buffers = buffers; }, () => { this.chunks.delete(k); });
-      this.chunks.set(k, entry);
+      const entry = { promise: loading, buffers: null }, chunks = this.chunks;
+      // A failed fetch is tried again when next asked for (unless the chunk was evicted, or the job closed).
+      loading.then((buffers) => { entry.buffers = buffers; }, () => { if (chunks.get(k) === entry) chunks.delete(k); });
+      chunks.set(k, entry);
     }
     return this.chunks.get(k);
   },
 
   // Forget chunks far from the play head (a short loop's are kept): memory stays that of a few chunks.
   evict(current) {
-    const ahead = Math.ceil(LOOKAHEAD_S / CHUNK_SECONDS) + 1;
+    const ahead = Math.ceil((LOOKAHEAD_S * this.rate) / this.chunkFrames) + 1;
     const loop = this.looping && this.loop ? [Math.floor(this.loop.a / this.chunkFrames),
                                                Math.floor((this.loop.b - 1) / this.chunkFrames)] : null;
     for (const k of [...this.chunks.keys()]) {
@@ -217,6 +219,7 @@ const player = {
     try {
       await this.chunk(first).promise;
     } catch (e) {
+      if (generation !== this.generation) return;  // paused, seeked or closed meanwhile
       this.waiting = false;
       $("#play").textContent = "Play";
       $("#player-status").textContent = `Cannot load the audio: ${e.message}`;
@@ -224,6 +227,7 @@ const player = {
     }
     if (generation !== this.generation) return;  // paused or seeked meanwhile
     this.waiting = false;
+    $("#player-status").textContent = this.summary;  // after "Loading..." or an earlier failure
     this.offset = startFrame / this.rate;
     // One start time for every source, so they stay in sync, on a frame of the context's clock: a start
     // between two frames would be interpolated, and the stems would no longer be the files' samples.
@@ -284,7 +288,7 @@ const player = {
     this.stopSources();
     this.offset = frame / this.rate;
     $("#player-status").textContent = "Loading...";
-    this.play().then(() => { $("#player-status").textContent = this.summary; });
+    this.play();  // which says why, when the chunk cannot be loaded
   },
 
   // Loop seconds a to b (either order; a span under MIN_LOOP_S clears the loop) and start looping: the
@@ -326,6 +330,7 @@ const player = {
   },
 
   // A seek outside the loop turns looping off (the loop stays, for the Loop button to turn on again).
+  // A seek to the end (or past it) while playing stops there, as playing to the end does.
   seek(seconds) {
     const wasPlaying = this.playing || this.waiting;
     this.generation++;
@@ -336,7 +341,12 @@ const player = {
       this.looping = false;
       $("#loop").setAttribute("aria-pressed", "false");
     }
-    if (wasPlaying) this.play(); else this.showTime();
+    if (wasPlaying && this.offset < this.duration) {
+      this.play();
+    } else {
+      $("#play").textContent = "Play";
+      this.showTime();
+    }
   },
 
   tick() {
@@ -372,6 +382,7 @@ const player = {
     this.offset = 0;
     this.duration = 0;
     this.compare = false;
+    $("#compare").setAttribute("aria-pressed", "false");
     this.loop = null;
     this.looping = false;
     $("#loop").disabled = true;
@@ -519,7 +530,7 @@ async function openJob(id) {
     }
   }
   Object.assign(player, { job: id, rate: info.rate, channels: info.channels,
-                          chunkFrames: Math.round(CHUNK_SECONDS * info.rate) });
+                          chunkFrames: Math.min(Math.round(CHUNK_SECONDS * info.rate), MAX_REQUEST_FRAMES) });
   for (const track of info.tracks) {
     addTrack(track, track.mixture ? null : `/api/jobs/${id}/stems/${encodeURIComponent(track.name)}`);
   }
@@ -572,6 +583,18 @@ function wire() {
     player.applyGains();
   });
   window.addEventListener("resize", () => player.drawAll());
+  // A button, link or slider used with the mouse gives the keyboard back to the player's keys (Space then
+  // plays or pauses instead of pressing that button again, the arrows move the play head); one reached
+  // with Tab keeps it, with its own keys.
+  let byPointer = false;
+  document.addEventListener("pointerdown", () => { byPointer = true; }, true);
+  document.addEventListener("keydown", () => { byPointer = false; }, true);
+  for (const type of ["click", "change"]) {
+    document.addEventListener(type, (e) => {
+      const control = e.target.closest && e.target.closest("button, a, #drop, input[type='range']");
+      if (byPointer && control) control.blur();
+    });
+  }
   // Space plays or pauses, the arrow keys move 5 s, Home goes to the start: unless a control has the
   // keyboard (typing in a field, a focused button or slider keeps its own keys).
   document.addEventListener("keydown", (e) => {
