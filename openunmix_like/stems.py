@@ -12,8 +12,11 @@ touched, and a failure or a cancellation leaves none of this call's files behind
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
+import os
+import posixpath
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,7 @@ from .separator import Separator, WienerSettings, aggregate_estimates
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 EXTENSIONS = ("wav", "flac", "mp3")
-PathLike = Union[str, Path]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 
 class Cancelled(Exception):
@@ -55,13 +58,24 @@ def stem_names(template: str, track: str, names: Sequence[str], ext: str, model:
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{template!r}: bad template ({exc}); use {{track}}, {{target}}, {{ext}}, "
                              "{model}") from None
-    if len(set(out.values())) < len(out):
-        raise ValueError(f"{template!r} gives the same file for several targets; include {{target}}")
+    # Compared as paths: "a/./b.wav" and "a//b.wav" are one file, and "a" cannot be a file and hold "a/b.wav".
+    normal = {name: posixpath.normpath(rel.replace(os.sep, "/")) for name, rel in out.items()}
+    if len(set(normal.values())) < len(out):
+        if len(set(out.values())) < len(out) or "{target}" not in template:
+            raise ValueError(f"{template!r} gives the same file for several targets; include {{target}}")
+        first, second = next((a, b) for a in normal for b in normal if a != b and normal[a] == normal[b])
+        raise ValueError(f"{template!r} gives one file, {normal[first]!r}, for the stems {first!r} and {second!r}; "
+                         "give them names that differ as file names")
+    for name, rel in normal.items():
+        inside = next((other for other, o in normal.items() if o.startswith(rel + "/")), None)
+        if inside is not None:
+            raise ValueError(f"{template!r} gives {out[inside]!r} for {inside!r}, inside {out[name]!r} for {name!r}: "
+                             "one stem's file would be another's folder; give the stems names that do not nest")
     return out
 
 
-PYTHON_NAMES = {"overwrite": "overwrite=True", "outdir": "outdir", "filename": "filename"}
-CLI_NAMES = {"overwrite": "--force", "outdir": "--outdir", "filename": "--filename"}
+PYTHON_NAMES = {"overwrite": "overwrite=True", "outdir": "outdir", "filename": "filename", "style": "python"}
+CLI_NAMES = {"overwrite": "--force", "outdir": "--outdir", "filename": "--filename", "style": "cli"}
 
 
 def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
@@ -96,9 +110,62 @@ def output_format(ext: str, bits: Optional[int], mp3_bitrate: Optional[int]) -> 
     bits = 16 if bits is None else bits
     try:
         subtype_for(ext, bits)
-    except AudioError as exc:
-        raise ValueError(f"ext={ext!r}, bits={bits}: {exc}") from None
+    except (AudioError, TypeError):  # its message names --mp3-bitrate, an option of umx-separate
+        choices = "16, 24 or 32 (float)" if ext == "wav" else "16 or 24 (32-bit float stems are wav only)"
+        raise ValueError(f"ext={ext!r}, bits={bits!r}: {ext} stems take bits={choices}") from None
     return bits, None
+
+
+def _as_path(name: str, value) -> Path:
+    """``value`` (a str, bytes or os.PathLike path) as a Path, or a one-line TypeError naming the argument."""
+    try:
+        return Path(os.fsdecode(value))
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or pathlib.Path), got {type(value).__name__}") from None
+
+
+def _check_aggregate(aggregate) -> None:
+    """A one-line error for an ``aggregate`` that is not new stem names mapped to target names."""
+    if aggregate is None:
+        return
+    example = "e.g. {'accompaniment': ['drums', 'bass', 'other']}"
+    if not isinstance(aggregate, Mapping):
+        raise TypeError(f"aggregate must map new stem names to lists of targets, {example}; "
+                        f"got {type(aggregate).__name__}")
+    if not aggregate:
+        raise ValueError(f"aggregate={{}}: name at least one stem, {example}")
+    for name, members in aggregate.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"aggregate: stem name {name!r} is not a non-empty string; {example}")
+        if isinstance(members, str):
+            continue
+        if not isinstance(members, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in members):
+            raise TypeError(f"aggregate[{name!r}] must be a target name or a list of them, {example}; "
+                            f"got {members!r}")
+        if not members:
+            raise ValueError(f"aggregate[{name!r}] is empty: list the targets it sums, {example}")
+
+
+WIENER_FIELDS = tuple(field.name for field in dataclasses.fields(WienerSettings))
+
+
+def _check_early(path: Path, outdir: Path, on_progress, cancel, wiener_options: Mapping) -> None:
+    """Refuse, before a model is loaded (maybe downloaded), what no model could change."""
+    from .audio import _existing
+
+    unknown = [key for key in wiener_options if key not in WIENER_FIELDS]
+    if unknown:
+        raise TypeError(f"separate_file() got unexpected keyword arguments {', '.join(map(repr, unknown))}; "
+                        f"the Wiener settings it takes as keywords are {', '.join(WIENER_FIELDS)}")
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be a function taking the fraction done, got {type(on_progress).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise TypeError(f"cancel must be a threading.Event (set it to stop), got {type(cancel).__name__}")
+    _existing(path)
+    folder = next((p for p in (outdir, *outdir.parents) if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise AudioError(f"{outdir}: cannot write there, {folder} is a file and not a folder; "
+                         "give another outdir (a folder, made if missing)")
 
 
 def _check_span(start: float, duration: Optional[float]) -> None:
@@ -156,7 +223,7 @@ def separate_file(
         aggregate: sum targets into new stems (only these are written), see :meth:`Separator.to_dict`.
         segment, overlap, batch_segments: segmented processing, see :func:`openunmix_like.inference.iter_separate`.
         overwrite: replace stems that exist (refused by default); they stay as they were until every
-            new stem is encoded.
+            new stem is encoded. Without it, a file made at an output path meanwhile is kept as well.
         progress: a progress bar on stderr.
         on_progress: called with the fraction done after each chunk.
         cancel: when set (from another thread), the file stops after the chunk in hand, raising
@@ -168,7 +235,8 @@ def separate_file(
     Raises:
         AudioError: the file cannot be read, a stem cannot be written or exists (names the path).
         ModelError: the model cannot be found or loaded.
-        ValueError: an argument no file could use.
+        ValueError: an argument no file could use (a ``TypeError`` for one of the wrong type); these, a
+            missing input and an ``outdir`` that is a file are refused before the model is loaded.
 
     Example:
         >>> separator = Separator.from_pretrained("umxhq")
@@ -178,21 +246,23 @@ def separate_file(
     bits, mp3_bitrate = output_format(ext, bits, mp3_bitrate)
     _check_span(start, duration)
     check_segmenting(segment, overlap)
-    path = Path(path)
+    _check_aggregate(aggregate)
+    path, outdir = _as_path("path", path), _as_path("outdir", outdir)
+    if not isinstance(filename, str):
+        raise TypeError(f"filename must be a template string like {DEFAULT_TEMPLATE!r}, got {type(filename).__name__}")
     named = None if isinstance(model, Separator) else ("default" if model is None else Path(str(model)).name)
     if named is None and "{model}" in filename:
         raise ValueError(f"filename {filename!r}: {{model}} needs the model's name; pass the name or folder as "
                          "model, or write the name into the template")
+    _check_early(path, outdir, on_progress, cancel, wiener_options)
     separator = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
-    if aggregate is not None and not aggregate:
-        raise ValueError("aggregate={}: name at least one stem, e.g. {'accompaniment': ['drums', 'bass', 'other']}")
-    aggregate_estimates({name: torch.zeros(1) for name in separator.target_names}, aggregate)  # checks it
+    aggregate_estimates({name: torch.zeros(1) for name in separator.target_names}, aggregate)  # checks the names
     stems = list(aggregate) if aggregate is not None else separator.target_names
     try:
         relative = stem_names(filename, track_name(path), stems, ext, named or "")
     except ValueError as exc:
         raise ValueError(f"filename {exc}") from None
-    outputs = {name: Path(outdir) / rel for name, rel in relative.items()}
+    outputs = {name: outdir / rel for name, rel in relative.items()}
     write_stems(path, separator, outputs, ext=ext, bits=bits, mp3_bitrate=mp3_bitrate, clip=clip,
                 keep_model_rate=keep_model_rate, start=start, duration=duration, aggregate=aggregate,
                 segment=segment, overlap=overlap, batch_segments=batch_segments, overwrite=overwrite,
@@ -210,19 +280,22 @@ def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *
     """Separate one file into the given output paths (all written, or none): :func:`separate_file`
     with the paths chosen and the options checked by the caller (``umx-separate``, ``umx-web``)."""
     from .audio import AudioSource
-    from .writer import StemWriter, format_problem
+    from .writer import OutputExists, StemWriter, format_problem
 
     check_outputs(path, outputs, overwrite, names)
+    if cancel is not None and cancel.is_set():  # set before the call: not even one chunk is separated
+        raise Cancelled(str(path))
     if ext == "mp3" and not shutil.which("ffmpeg"):
         raise AudioError(f"{path}: mp3 stems need the ffmpeg program to encode; install it "
                          "(e.g. apt-get install ffmpeg) or write wav or flac")
     with AudioSource(path, start=start, duration=duration) as source:
         out_rate = int(separator.sample_rate) if keep_model_rate else source.sample_rate
-        problem = format_problem(ext, out_rate, source.nb_channels)
+        problem = format_problem(ext, out_rate, source.nb_channels, python=names.get("style") == "python")
         if problem:  # before separating, and named by its input rather than its output
             raise AudioError(f"{path}: {problem}")
         total = max(1.0, source.nb_frames * out_rate / source.sample_rate)
-        with StemWriter(outputs, out_rate, source.nb_channels, ext, bits, clip, mp3_bitrate) as writer:
+        with StemWriter(outputs, out_rate, source.nb_channels, ext, bits, clip, mp3_bitrate,
+                        overwrite=overwrite) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, segment or None, overlap,
                                    progress=progress, desc=path.name, out_rate=out_rate,
                                    batch_segments=batch_segments)
@@ -243,4 +316,9 @@ def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *
                         on_progress(min(1.0, done / total))
                 if writing is not None:
                     writing.result()
-            writer.finish()
+            try:
+                writer.finish()
+            except OutputExists as exc:  # made since check_outputs (another run, or another program)
+                raise AudioError(f"{exc.path}: exists (written while this file was being separated), and was "
+                                 f"kept; pass {names['overwrite']} to overwrite it or choose another "
+                                 f"{names['outdir']}") from None

@@ -6,7 +6,8 @@ track's peak) and encodes each stem to its final format beside its output path
 (wav and flac by libsndfile, mp3 by ffmpeg's libmp3lame, fed through a pipe);
 only when every stem is encoded are they renamed into place. Until then no
 output path is touched (files of an earlier run stay as they were; if a rename
-fails, the stems renamed before it are removed and the earlier files put back),
+fails or an interrupt comes while renaming, the stems renamed before are removed
+and the earlier files put back; without ``overwrite`` no file there is replaced),
 and on any failure the hidden files are removed; hidden files that a killed run left are
 removed by the next run writing the same outputs (see :mod:`openunmix_like.fileio`).
 """
@@ -16,9 +17,10 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from torch import Tensor
@@ -31,18 +33,43 @@ CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
 FLAC_MAX_CHANNELS = 8
 MP3_MAX_CHANNELS = 2
+# One track's stems are renamed into place at a time in this process, so that two runs writing the
+# same outputs at once (two threads) leave one run's complete set, never a mix of both.
+_RENAMING = threading.Lock()
 
 
-def format_problem(ext: str, sample_rate: int, nb_channels: int) -> Optional[str]:
-    """Why stems of this rate and channel count cannot be written as ``ext``, or None when they can."""
+def format_problem(ext: str, sample_rate: int, nb_channels: int, python: bool = False) -> Optional[str]:
+    """Why stems of this rate and channel count cannot be written as ``ext``, or None when they can;
+    the remedy is spelled as ``umx-separate``'s options, or with ``python`` as ``separate_file``'s keywords."""
+    wav, flac, rate = ("ext='wav'", "ext='flac'", "keep_model_rate=True") if python else \
+        ("--ext wav", "--ext flac", "--keep-model-rate")
     if ext == "flac" and nb_channels > FLAC_MAX_CHANNELS:
-        return f"{nb_channels} channels, and FLAC holds at most {FLAC_MAX_CHANNELS}; use --ext wav"
+        return f"{nb_channels} channels, and FLAC holds at most {FLAC_MAX_CHANNELS}; use {wav}"
     if ext == "mp3" and nb_channels > MP3_MAX_CHANNELS:
-        return f"{nb_channels} channels, and mp3 holds at most {MP3_MAX_CHANNELS}; use --ext wav or flac"
+        return f"{nb_channels} channels, and mp3 holds at most {MP3_MAX_CHANNELS}; use {wav} or " \
+               f"{flac if python else 'flac'}"
     if ext == "mp3" and sample_rate not in MP3_RATES:
         return (f"stems at {sample_rate} Hz, and mp3 holds only {', '.join(map(str, MP3_RATES))} Hz; "
-                "use --keep-model-rate (the model's rate) or --ext flac")
+                f"use {rate} (the model's rate) or {flac}")
     return None
+
+
+class OutputExists(AudioError):
+    """An output path that did not exist when the track started exists when its stems are renamed into place
+    (another run or program wrote it meanwhile), and the writer was told not to overwrite: nothing was written."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path}: exists (written while this track was being separated); nothing was written")
+        self.path = path
+
+
+def _identity(path: Path) -> Optional[Tuple[int, int]]:
+    """The file ``path`` names (device and inode, not followed through links), or None if there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class StemWriter:
@@ -60,11 +87,14 @@ class StemWriter:
             peak is at most 1 and the stems still sum to the mixture), ``clamp``
             (cut samples to [-1, 1]) or ``none`` (as computed; integer formats
             still cannot hold values beyond [-1, 1] and clip them; neither can mp3).
+        overwrite: replace files at the output paths (after moving them aside, so that they are put back if
+            a rename fails); when False, a file there is an :class:`OutputExists` error and kept as it is,
+            even one made after the writer started (the check and the rename are one atomic step).
     """
 
     def __init__(self, paths: Mapping[str, Path], sample_rate: int, nb_channels: int,
                  ext: str = "wav", bits: int = 16, clip: str = "rescale",
-                 bitrate: Optional[int] = None):
+                 bitrate: Optional[int] = None, *, overwrite: bool = True):
         if clip not in CLIP_MODES:
             raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
         self.subtype = None if ext == "mp3" else subtype_for(ext, bits)
@@ -77,11 +107,14 @@ class StemWriter:
         self.sample_rate = int(sample_rate)
         self.nb_channels = nb_channels
         self.clip = clip
+        self.overwrite = overwrite
         self.peak = 0.0
         self._files: Dict[str, object] = {}
         self._tmp: Dict[str, Path] = {}  # float32 chunks as they come
         self._encoded: Dict[str, Path] = {}  # the final format, until renamed into place
-        self._done: list = []
+        self._ours: Dict[Path, Optional[Tuple[int, int]]] = {}  # output -> the file this writer put there
+        self._asides: list = []  # earlier outputs moved aside, removed once every new stem is in place
+        self._committed = False
         self._folders = contextlib.ExitStack()  # removes the output folders this writer made, if left empty
 
     def __enter__(self) -> "StemWriter":
@@ -95,9 +128,11 @@ class StemWriter:
                 tmp = self._tmp[name] = new_partial(path, ".wav")
                 self._files[name] = sf.SoundFile(sf_path(tmp), "w", self.sample_rate, self.nb_channels,
                                                  subtype="FLOAT", format="RF64")
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: __exit__ will not run, the partial files must go
             self._cleanup()
             self._folders.close()
+            if not isinstance(exc, Exception):
+                raise
             raise _as_audio_error(exc, next(iter(self.paths.values()))) from exc
         return self
 
@@ -138,35 +173,63 @@ class StemWriter:
                 except Exception as exc:
                     raise _as_audio_error(exc, path) from exc
         # Every stem is encoded: only now are the outputs replaced. What an earlier run left there is
-        # first moved aside, so that a rename failing midway puts every output back as it was.
-        kept: Dict[str, Path] = {}
-        for name, path in self.paths.items():
+        # first moved aside, so that a failure midway (a rename, or an interrupt anywhere in here) puts
+        # every output back as it was; each file is told apart by its identity, not by where we got to.
+        self._ours = {path: _identity(self._encoded[name]) for name, path in self.paths.items()}
+        kept: Dict[Path, Tuple[Path, Optional[Tuple[int, int]]]] = {}
+        path = None
+        with _RENAMING:
             try:
-                if os.path.lexists(path):
-                    kept[path] = new_partial(path, ".kept")
-                    os.replace(path, kept[path])
-                os.replace(self._encoded[name], path)
-            except OSError as exc:
+                for name, path in self.paths.items():
+                    if os.path.lexists(path):
+                        if not self.overwrite:
+                            raise OutputExists(path)
+                        earlier = _identity(path)
+                        kept[path] = (new_partial(path, ".kept"), earlier)
+                        os.replace(path, kept[path][0])
+                    self._place(self._encoded[name], path)
+                    del self._encoded[name]
+            except BaseException as exc:
                 self._put_back(kept)
-                raise _as_audio_error(exc, path) from exc
-            del self._encoded[name]
-            self._done.append(path)
-        for aside in kept.values():
+                if isinstance(exc, OSError):
+                    raise _as_audio_error(exc, path) from exc
+                raise
+            self._committed = True  # the outputs are the new stems now, whatever happens next
+            self._asides = [aside for aside, _ in kept.values()]
+        for aside in self._asides:
             with contextlib.suppress(OSError):
                 aside.unlink()
+        self._asides = []
 
-    def _put_back(self, kept: Dict[Path, Path]) -> None:
+    def _place(self, encoded: Path, path: Path) -> None:
+        """Rename a stem's encoded file to its output path; without ``overwrite``, never over a file there."""
+        if self.overwrite:
+            os.replace(encoded, path)
+            return
+        try:
+            os.link(encoded, path)  # fails if anything is at path, atomically
+        except FileExistsError:
+            raise OutputExists(path) from None
+        except OSError:  # a file system without hard links: checked just before instead
+            if os.path.lexists(path):
+                raise OutputExists(path) from None
+            os.replace(encoded, path)
+            return
+        os.unlink(encoded)
+
+    def _put_back(self, kept: Mapping[Path, Tuple[Path, Optional[Tuple[int, int]]]]) -> None:
         """Remove the stems renamed into place and return the earlier files moved aside for them."""
-        for path in self._done:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        self._done = []
-        for path, aside in kept.items():
+        for path, ours in self._ours.items():
+            if ours is not None and _identity(path) == ours:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        for path, (aside, earlier) in kept.items():
             with contextlib.suppress(OSError):
-                if os.path.lexists(path):  # never moved aside: its rename was the one that failed
-                    aside.unlink()
-                else:
+                if earlier is not None and _identity(aside) == earlier:
                     os.replace(aside, path)
+                else:  # never moved aside: still an empty partial file
+                    aside.unlink()
+        self._ours = {}  # gone: a file made at those paths from now on is not this writer's
 
     def _encode(self, name: str, path: Path) -> None:
         """Apply the clipping policy to one stem's float32 chunks and encode them into its partial file."""
@@ -223,17 +286,15 @@ class StemWriter:
         for f in self._files.values():
             with contextlib.suppress(Exception):
                 f.close()
-        for tmp in [*self._tmp.values(), *self._encoded.values()]:
+        for tmp in [*self._tmp.values(), *self._encoded.values(), *self._asides]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._cleanup()
-        if exc_type is not None:
-            # A failed track leaves none of its outputs behind.
-            for path in self._done:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        if exc_type is not None and not self._committed:
+            # A failed track leaves none of its outputs behind (finish has put back what it replaced).
+            self._put_back({})
         self._folders.close()  # after success they hold the stems, and stay
 
 

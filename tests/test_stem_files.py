@@ -1,6 +1,10 @@
 """``openunmix_like.stems.separate_file``: umx-separate's files from Python, with its guarantees."""
+import os
 import re
+import shutil
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +120,162 @@ def test_progress_and_cancelling(model_dir, wav_file, tmp_path):
         separate_file(song, tmp_path / "b", model, segment=1.0, overlap=0.1,
                       on_progress=lambda fraction: cancel.set(), cancel=cancel)
     assert not (tmp_path / "b").exists()  # no stems, no partial files, no folders
+
+
+def test_an_interrupt_while_renaming_puts_back_the_earlier_stems(model_dir, wav_file, tmp_path, monkeypatch):
+    model, song = model_dir(), wav_file("song.wav", seconds=1.0)
+    earlier = {t: p.read_bytes() for t, p in separate_file(song, tmp_path / "out", model).items()}
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):  # vocals: aside and into place; then Ctrl+C as drums is moved aside
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        separate_file(song, tmp_path / "out", model, overwrite=True, bits=24)
+    folder = tmp_path / "out" / "song"
+    assert {p.stem: p.read_bytes() for p in folder.iterdir()} == earlier  # the earlier stems, and nothing else
+
+
+def test_an_interrupt_while_opening_the_stems_leaves_nothing(model_dir, wav_file, tmp_path, monkeypatch):
+    model, song = model_dir(), wav_file("song.wav", seconds=1.0)
+    real_open, opened = sf.SoundFile, []
+
+    def second_stem_interrupted(file, mode="r", *args, **kwargs):
+        if mode == "w":
+            opened.append(file)
+            if len(opened) == 2:
+                raise KeyboardInterrupt
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "SoundFile", second_stem_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        separate_file(song, tmp_path / "out", model)
+    assert not (tmp_path / "out").exists()  # no partial files, no folders
+
+
+def test_a_file_made_at_an_output_meanwhile_is_kept_without_overwrite(model_dir, wav_file, tmp_path):
+    model, song = model_dir(), wav_file("song.wav", seconds=2.0)
+    vocals = tmp_path / "out" / "song" / "vocals.wav"
+
+    def someone_writes_vocals(fraction):
+        vocals.write_bytes(b"made meanwhile")
+
+    with pytest.raises(AudioError, match=r"vocals\.wav: exists \(written while this file was being separated\), "
+                                         r"and was kept; pass overwrite=True"):
+        separate_file(song, tmp_path / "out", model, segment=1.0, on_progress=someone_writes_vocals)
+    assert vocals.read_bytes() == b"made meanwhile"
+    assert [p.name for p in vocals.parent.iterdir()] == ["vocals.wav"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_runs_at_once_leave_one_runs_whole_set(model_dir, wav_file, tmp_path, monkeypatch, overwrite):
+    from openunmix_like.writer import StemWriter
+
+    model, song = model_dir(), wav_file("song.wav", seconds=1.0)
+    real_finish, real_replace = StemWriter.finish, os.replace
+    both_encoded = threading.Barrier(2, timeout=60)
+
+    def finish_together(writer):
+        both_encoded.wait()
+        real_finish(writer)
+
+    def slow_replace(src, dst):  # the 16-bit run stalls before its 2nd stem, while the 24-bit run renames all
+        me = threading.current_thread().name
+        time.sleep(0.3 if me == "16" and Path(dst).name == "drums.wav" else 0.05 if me == "24" else 0)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(StemWriter, "finish", finish_together)
+    monkeypatch.setattr(os, "replace", slow_replace)
+    results = {}
+
+    def run(bits):
+        try:
+            results[bits] = separate_file(song, tmp_path / "out", model, bits=bits, overwrite=overwrite)
+        except AudioError as exc:
+            results[bits] = exc
+
+    threads = [threading.Thread(target=run, args=(bits,), name=str(bits)) for bits in (16, 24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    folder = tmp_path / "out" / "song"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{t}.wav" for t in sorted(TARGETS)]
+    assert len({sf.info(str(p)).subtype for p in folder.iterdir()}) == 1  # all of one run
+    failed = [r for r in results.values() if isinstance(r, AudioError)]
+    assert len(failed) == (0 if overwrite else 1)
+    if failed:
+        assert "exists (written while this file was being separated)" in str(failed[0])
+
+
+def test_a_missing_input_is_named_before_the_model_is_loaded(tmp_path):
+    with pytest.raises(AudioError, match=r"nope\.wav: no such file"):
+        separate_file(tmp_path / "nope.wav", tmp_path / "out", tmp_path / "no-such-model")  # or one to download
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(AudioError, match=r"folder\.wav: is a folder"):
+        separate_file(tmp_path / "folder.wav", tmp_path / "out", tmp_path / "no-such-model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_outdir_that_is_a_file_is_named(model_dir, wav_file, tmp_path):
+    song, blocker = wav_file("song.wav", seconds=0.5), tmp_path / "blocker"
+    blocker.write_text("x")
+    for outdir in (blocker, blocker / "sub"):
+        with pytest.raises(AudioError, match=rf"{re.escape(str(outdir))}: cannot write there, .*blocker is a file "
+                                             "and not a folder; give another outdir"):
+            separate_file(song, outdir, model_dir())
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="mp3 stems need ffmpeg")
+@pytest.mark.parametrize("channels, rate, message", [
+    (6, 44100, "six.wav: 6 channels, and mp3 holds at most 2; use ext='wav' or ext='flac'"),
+    (2, 96000, "six.wav: stems at 96000 Hz, and mp3 holds only 8000, 11025, 12000, 16000, 22050, 24000, 32000, "
+               "44100, 48000 Hz; use keep_model_rate=True (the model's rate) or ext='flac'"),
+])
+def test_formats_the_file_cannot_take_are_refused_in_python_terms(model_dir, wav_file, tmp_path, monkeypatch,
+                                                                  channels, rate, message):
+    from openunmix_like import stems
+
+    song = wav_file("six.wav", seconds=0.5, channels=channels, rate=rate)
+    monkeypatch.setattr(stems, "iter_separate", None)  # refused before separating
+    with pytest.raises(AudioError, match=re.escape(message)):
+        separate_file(song, tmp_path / "out", model_dir(), ext="mp3")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(bits="24"), ValueError, "ext='wav', bits='24': wav stems take bits=16, 24 or 32 (float)"),
+    (dict(aggregate={"v": ["vocals"], "./v": ["drums"]}), ValueError,
+     "gives one file, 'song/v.wav', for the stems 'v' and './v'"),
+    (dict(filename="{target}", aggregate={"a": ["vocals"], "a/b": ["drums"]}), ValueError,
+     "one stem's file would be another's folder"),
+    (dict(aggregate={"x": []}), ValueError, "aggregate['x'] is empty: list the targets it sums"),
+    (dict(aggregate={"x": 5}), TypeError, "aggregate['x'] must be a target name or a list of them"),
+    (dict(aggregate=[("x", ["drums"])]), TypeError, "aggregate must map new stem names to lists of targets"),
+    (dict(filename=None), TypeError, "filename must be a template string"),
+    (dict(on_progress=5), TypeError, "on_progress must be a function taking the fraction done, got int"),
+    (dict(cancel=True), TypeError, "cancel must be a threading.Event"),
+    (dict(nitre=0), TypeError, "separate_file() got unexpected keyword arguments 'nitre'; the Wiener settings"),
+])
+def test_bad_arguments_are_refused_before_separating(model_dir, wav_file, tmp_path, monkeypatch, kwargs, error,
+                                                     message):
+    from openunmix_like import stems
+
+    song = wav_file("song.wav", seconds=0.5)
+    monkeypatch.setattr(stems, "iter_separate", None)
+    with pytest.raises(error, match=re.escape(message)):
+        separate_file(song, tmp_path / "out", model_dir(), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_paths_may_be_str_bytes_or_path(model_dir, wav_file, tmp_path):
+    model, song = model_dir(), wav_file("song.wav", seconds=0.5)
+    written = separate_file(bytes(song), os.fsencode(tmp_path / "out"), str(model), targets="vocals")
+    assert written == {"vocals": tmp_path / "out" / "song" / "vocals.wav"} and written["vocals"].is_file()
+    with pytest.raises(TypeError, match="outdir must be a path"):
+        separate_file(song, None, model)
