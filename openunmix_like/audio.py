@@ -188,9 +188,9 @@ def load(
 def _existing(path: PathLike) -> Path:
     path = Path(path)
     if not path.exists():
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(f"{path}: no such file; check the name and the folder it is in")
     if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
+        raise AudioError(f"{path}: is a folder, not an audio file; give the audio files in it")
     return path
 
 

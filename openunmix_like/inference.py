@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
-from .separator import Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
+from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
+                        resolve_precision)
 
 DEFAULT_SEGMENT = 30.0
 DEFAULT_OVERLAP = 2.0
@@ -390,6 +391,7 @@ def separate(
     """
     sample_rate = check_rate(sample_rate)
     audio = check_audio(audio)
+    check_aggregate(aggregate)  # before separating, not after
     model = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])

@@ -582,24 +582,40 @@ class _DecodedOnDemand:
         return self.model.decode(self.features[index, i : i + 1], self.mix[index, i : i + 1])[:, 0]
 
 
+def check_aggregate(aggregate) -> None:
+    """A one-line error for an ``aggregate`` that is not new stem names mapped to target names (or one name);
+    whether the targets exist is checked against the estimates (:func:`aggregate_estimates`)."""
+    if aggregate is None:
+        return
+    example = "e.g. {'accompaniment': ['drums', 'bass', 'other']}"
+    if not isinstance(aggregate, Mapping):
+        raise TypeError(f"aggregate must map new names to lists of targets, {example}; got {type(aggregate).__name__}")
+    if not aggregate:
+        raise ValueError(f"aggregate={{}}: name at least one stem, {example}")
+    for name, members in aggregate.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"aggregate: stem name {name!r} is not a non-empty string; {example}")
+        if isinstance(members, str):
+            continue
+        if not isinstance(members, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in members):
+            raise TypeError(f"aggregate[{name!r}] must be a target name or a list of them, {example}; "
+                            f"got {members!r}")
+        if not members:
+            raise ValueError(f"aggregate[{name!r}] is empty: list the targets it sums, {example}")
+
+
 def aggregate_estimates(
     named: Mapping[str, Tensor], aggregate: Optional[Mapping[str, Sequence[str]]] = None
 ) -> Dict[str, Tensor]:
     """Sum named estimates into groups (see :meth:`Separator.to_dict`)."""
     if aggregate is None:
         return dict(named)
-    if not isinstance(aggregate, Mapping):
-        raise TypeError(f"aggregate must map new names to lists of targets, e.g. {{'accompaniment': ['drums', "
-                        f"'bass']}}, got {type(aggregate).__name__}")
+    check_aggregate(aggregate)
     out = {}
     for name, members in aggregate.items():
-        if isinstance(members, str):
-            members = [members]
+        members = [members] if isinstance(members, str) else list(members)
         unknown = [m for m in members if m not in named]
-        if unknown or not members:
-            raise ValueError(
-                f"aggregate {name!r} names unknown targets {unknown or members}; "
-                f"available: {', '.join(named)}"
-            )
+        if unknown:
+            raise ValueError(f"aggregate {name!r} names unknown targets {unknown}; available: {', '.join(named)}")
         out[name] = torch.stack([named[m] for m in members]).sum(dim=0)
     return out

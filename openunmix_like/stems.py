@@ -28,7 +28,7 @@ import torch
 from .audio import MP3_BITRATES, MP3_DEFAULT_BITRATE, subtype_for
 from .errors import AudioError
 from .inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, check_segmenting, iter_separate, separator_for
-from .separator import Separator, WienerSettings, aggregate_estimates
+from .separator import Separator, WienerSettings, aggregate_estimates, check_aggregate
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 EXTENSIONS = ("wav", "flac", "mp3")
@@ -122,28 +122,6 @@ def _as_path(name: str, value) -> Path:
         return Path(os.fsdecode(value))
     except TypeError:
         raise TypeError(f"{name} must be a path (str or pathlib.Path), got {type(value).__name__}") from None
-
-
-def _check_aggregate(aggregate) -> None:
-    """A one-line error for an ``aggregate`` that is not new stem names mapped to target names."""
-    if aggregate is None:
-        return
-    example = "e.g. {'accompaniment': ['drums', 'bass', 'other']}"
-    if not isinstance(aggregate, Mapping):
-        raise TypeError(f"aggregate must map new stem names to lists of targets, {example}; "
-                        f"got {type(aggregate).__name__}")
-    if not aggregate:
-        raise ValueError(f"aggregate={{}}: name at least one stem, {example}")
-    for name, members in aggregate.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"aggregate: stem name {name!r} is not a non-empty string; {example}")
-        if isinstance(members, str):
-            continue
-        if not isinstance(members, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in members):
-            raise TypeError(f"aggregate[{name!r}] must be a target name or a list of them, {example}; "
-                            f"got {members!r}")
-        if not members:
-            raise ValueError(f"aggregate[{name!r}] is empty: list the targets it sums, {example}")
 
 
 WIENER_FIELDS = tuple(field.name for field in dataclasses.fields(WienerSettings))
@@ -246,7 +224,7 @@ def separate_file(
     bits, mp3_bitrate = output_format(ext, bits, mp3_bitrate)
     _check_span(start, duration)
     check_segmenting(segment, overlap)
-    _check_aggregate(aggregate)
+    check_aggregate(aggregate)
     path, outdir = _as_path("path", path), _as_path("outdir", outdir)
     if not isinstance(filename, str):
         raise TypeError(f"filename must be a template string like {DEFAULT_TEMPLATE!r}, got {type(filename).__name__}")

@@ -253,3 +253,19 @@ def test_the_wiener_filter_names_the_reference_layout_of_the_mixture():
     spectrograms, mix = torch.rand(30, 17, 2, 3), torch.randn(30, 17, 2, 2)
     with pytest.raises(TypeError, match="mix_stft must be a complex STFT.*torch.view_as_complex"):
         wiener(spectrograms, mix, 1)
+
+
+@pytest.mark.parametrize("aggregate, error, match", [
+    ({"x": 5}, TypeError, r"aggregate\['x'\] must be a target name or a list of them"),
+    ({"x": []}, ValueError, r"aggregate\['x'\] is empty"),
+    ({1: ["vocals"]}, ValueError, "stem name 1 is not a non-empty string"),
+    ({}, ValueError, "name at least one stem"),
+])
+def test_an_aggregate_that_is_not_names_to_targets_is_one_line_before_separating(aggregate, error, match,
+                                                                                  monkeypatch):
+    sep = tiny().freeze()
+    with pytest.raises(error, match=match):
+        sep.to_dict(sep(audio()), aggregate=aggregate)
+    monkeypatch.setattr(type(sep), "forward", lambda *a, **k: pytest.fail("separated before refusing"))
+    with pytest.raises(error, match=match):
+        separate(audio()[0], 44100, model=sep, aggregate=aggregate)

@@ -256,7 +256,7 @@ def test_formats_the_file_cannot_take_are_refused_in_python_terms(model_dir, wav
      "one stem's file would be another's folder"),
     (dict(aggregate={"x": []}), ValueError, "aggregate['x'] is empty: list the targets it sums"),
     (dict(aggregate={"x": 5}), TypeError, "aggregate['x'] must be a target name or a list of them"),
-    (dict(aggregate=[("x", ["drums"])]), TypeError, "aggregate must map new stem names to lists of targets"),
+    (dict(aggregate=[("x", ["drums"])]), TypeError, "aggregate must map new names to lists of targets"),
     (dict(filename=None), TypeError, "filename must be a template string"),
     (dict(on_progress=5), TypeError, "on_progress must be a function taking the fraction done, got int"),
     (dict(cancel=True), TypeError, "cancel must be a threading.Event"),
