@@ -372,6 +372,6 @@ def subtype_for(ext: str, bits: int) -> str:
         return SUBTYPES[(ext, bits)]
     except KeyError:
         valid = ", ".join(f"{e}/{b}" for e, b in SUBTYPES)
-        raise AudioError(f"cannot write {ext} with {bits} bits; choose one of {valid}, or mp3 (--mp3-bitrate "
-                         "sets its size)") from None
+        raise AudioError(f"cannot write {ext} with {bits} bits; choose one of {valid}, or mp3 (sized by its "
+                         "bitrate instead)") from None
 
