@@ -75,12 +75,14 @@ def phase_vocoder(audio: Tensor, rate: float, n_fft: int = 1024, n_hop: int = 25
     length = int(round(audio.shape[-1] / rate))
     if nb_frames < 2:
         return fit_length(audio, length)
-    steps = torch.arange(0, nb_frames - 1, rate, dtype=torch.float64)
+    # On the audio's device: a source held on a GPU (--preload) stays there, and CPU index
+    # weights or bin frequencies would not combine with its spectrogram.
+    steps = torch.arange(0, nb_frames - 1, rate, dtype=torch.float64, device=audio.device)
     index = steps.floor().long()
     frac = (steps - index).to(audio.dtype)
     mag = spec.abs()
     mag = mag[..., index] * (1 - frac) + mag[..., index + 1] * frac
-    omega = (2 * math.pi * n_hop / n_fft) * torch.arange(nb_bins, dtype=audio.dtype)[:, None]
+    omega = (2 * math.pi * n_hop / n_fft) * torch.arange(nb_bins, dtype=audio.dtype, device=audio.device)[:, None]
     angle = spec.angle()
     deviation = angle[..., 1:] - angle[..., :-1] - omega
     deviation = deviation - 2 * math.pi * torch.round(deviation / (2 * math.pi))
@@ -108,7 +110,9 @@ def pitchshift(audio: Tensor, rng: random.Random, semitones: float = 2.0) -> Ten
 
     factor = 2.0 ** (rng.uniform(-semitones, semitones) / 12.0)
     stretched = phase_vocoder(audio, 1.0 / factor)
-    return fit_length(resample(stretched, stretched.shape[-1], audio.shape[-1]), audio.shape[-1])
+    # resample works in NumPy and returns a CPU tensor: back to the source's device.
+    shifted = resample(stretched, stretched.shape[-1], audio.shape[-1]).to(audio.device)
+    return fit_length(shifted, audio.shape[-1])
 
 
 AUGMENTATIONS: Dict[str, Augmentation] = {"gain": gain, "channelswap": channelswap, "force_stereo": force_stereo,

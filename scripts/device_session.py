@@ -159,6 +159,25 @@ for module in ("soundfile", "norbert", "openunmix", "ray", "openunmix_like"):
 print(json.dumps(found))
 """
 
+# What an LSTM runs in under bf16 autocast (cuDNN's autocast wrapper may cast it to float16, without the
+# GradScaler a float16 run needs), and whether cuDNN takes bf16 LSTM weights (the separator's bf16 products).
+LSTM_PROBE = """
+import torch
+if not torch.cuda.is_available():
+    print("no CUDA"); raise SystemExit
+lstm, x = torch.nn.LSTM(64, 64).cuda(), torch.randn(50, 4, 64, device="cuda")
+with torch.autocast("cuda", torch.bfloat16):
+    y = lstm(x)[0]
+print("autocast bf16: LSTM output", y.dtype, "| cudnn", torch.backends.cudnn.version())
+try:
+    z = lstm.to(torch.bfloat16)(x.bfloat16())[0]
+    torch.cuda.synchronize()
+    print("bf16 weights: LSTM output", z.dtype)
+except Exception as exc:
+    print("bf16 weights:", type(exc).__name__, str(exc)[:200])
+"""
+
+
 RAY_PROBE = """
 import time, ray
 start = time.perf_counter()
@@ -192,6 +211,7 @@ def setup(env: dict, site: Path, smoke: bool, log: Log) -> int:
                        "--format=csv,noheader"],
         "dev_shm": ["df", "-h", "/dev/shm", "/tmp"],
         "ray_start": [sys.executable, "-c", RAY_PROBE],
+        "lstm_precision": [sys.executable, "-c", LSTM_PROBE],
     }
     for name, command in checks.items():
         try:

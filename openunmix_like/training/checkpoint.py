@@ -132,10 +132,24 @@ def save_step_checkpoint(ctx: Context, epoch: int, progress: EpochProgress) -> N
     state = checkpoint_state(ctx, epoch)
     state["progress"] = {"batches": progress.batches, "total": total, "count": int(count),
                          "data_time": progress.data_time, "rng_state": torch.get_rng_state(),
-                         "generator_state": ctx.generator.get_state()}
+                         "generator_state": ctx.generator.get_state(), **device_rng_state(ctx.device)}
     write_checkpoint(folder / f"{cfg.target}-step{ctx.history.global_step:08d}.chkpnt", state)
     for old in step_checkpoints(cfg)[: -max(cfg.ckpt_keep, 1)]:
         old.unlink(missing_ok=True)
+
+
+def device_rng_state(device: torch.device) -> dict:
+    """``{"cuda_rng_state": ...}`` on CUDA, whose generator (not the CPU's) draws the dropout masks
+    of a model there; nothing elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda_rng_state": torch.cuda.get_rng_state(device)}
+
+
+def restore_device_rng_state(progress: EpochProgress, device: torch.device) -> None:
+    """Put back what :func:`device_rng_state` saved, where the run is on CUDA again."""
+    if device.type == "cuda" and progress.cuda_rng_state is not None:
+        torch.cuda.set_rng_state(progress.cuda_rng_state.cpu(), device)
 
 
 def step_checkpoints(cfg: TrainConfig) -> List[Path]:

@@ -84,3 +84,5 @@ class EpochProgress:
     data_time: float = 0.0
     rng_state: Optional[Tensor] = None
     generator_state: Optional[Tensor] = None
+    # The training device's generator on CUDA, whose draws (dropout) the CPU state does not hold.
+    cuda_rng_state: Optional[Tensor] = None

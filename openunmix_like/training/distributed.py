@@ -30,6 +30,10 @@ def is_main() -> bool:
 def setup_distributed(device: torch.device) -> None:
     """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            # Each rank's own GPU as the current device: NCCL's collectives (and the tensors made with
+            # device="cuda" below) use it; without this every rank would use GPU 0.
+            torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
@@ -38,11 +42,14 @@ def broadcast_from_rank0(compute: Callable[[], Tuple[Tensor, Tensor]], nb_bins: 
     rank, size = world()
     if size == 1:
         return compute()
-    stats = torch.zeros(2, nb_bins)
+    on_gpu = torch.distributed.get_backend() == "nccl"  # nccl broadcasts CUDA tensors only
+    device = "cuda" if on_gpu else "cpu"
+    stats = torch.zeros(2, nb_bins, device=device)
     if rank == 0:
         mean, std = compute()
-        stats = torch.stack([mean, std])
+        stats = torch.stack([mean, std]).float().to(device)
     torch.distributed.broadcast(stats, src=0)
+    stats = stats.cpu()  # the statistics are set on the model before it moves to its device
     return stats[0], stats[1]
 
 

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ..errors import OpenUnmixLikeError
 from ..losses import SILENT_POWER
-from .checkpoint import find_resume_checkpoint, load_checkpoint, save_epoch, save_step_checkpoint
+from .checkpoint import (find_resume_checkpoint, load_checkpoint, restore_device_rng_state, save_epoch,
+                         save_step_checkpoint)
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, is_main, world
@@ -138,6 +139,7 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
         # Starting the iterator draws a worker seed: restore the states after it, as they were saved.
         iterator = iter(batches)
         torch.set_rng_state(resume.rng_state)
+        restore_device_rng_state(resume, ctx.device)  # dropout on CUDA draws from the device's generator
         ctx.generator.set_state(resume.generator_state)
     start = last = time.perf_counter()
     quiet = ctx.cfg.quiet or not is_main()

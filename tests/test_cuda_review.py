@@ -1,0 +1,87 @@
+"""CUDA-only failures caught on the CPU.
+
+PyTorch's ``meta`` device stands in for a GPU: like a CUDA tensor, a meta tensor refuses
+to be combined with a CPU tensor that is not a scalar, so code that creates a helper
+tensor without ``device=`` fails here as it would on the GPU.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from openunmix_like import augment
+from openunmix_like.training import checkpoint, distributed
+from openunmix_like.training.context import EpochProgress
+
+
+def test_meta_stands_in_for_another_device():
+    with pytest.raises(RuntimeError):
+        torch.ones(3, device="meta") * torch.ones(3)
+
+
+@pytest.fixture
+def istft_on_meta(monkeypatch):
+    """torch.istft has no meta kernel: a stand-in of the right shape on the input's device."""
+    def istft(spec, n_fft, hop_length, window=None, center=True, length=None):
+        return torch.zeros(spec.shape[0], length, dtype=spec.real.dtype, device=spec.device)
+
+    monkeypatch.setattr(torch, "istft", istft)
+
+
+@pytest.mark.parametrize("rate", [0.9, 1.1])
+def test_phase_vocoder_keeps_a_gpu_source_on_its_device(istft_on_meta, rate):
+    # --preload on holds the sources on the GPU, where the source augmentations run: the
+    # interpolation weights and bin frequencies must be made there too.
+    audio = torch.zeros(2, 44100, device="meta")
+    out = augment.phase_vocoder(audio, rate)
+    assert out.device == audio.device
+    assert out.shape == (2, round(44100 / rate))
+
+
+def test_timestretch_and_pitchshift_keep_the_device(istft_on_meta, monkeypatch):
+    import openunmix_like.audio as audio_module
+
+    def resample(audio, orig_rate, new_rate):  # as the real one: NumPy inside, a CPU tensor out
+        return torch.zeros(audio.shape[:-1] + (int(round(audio.shape[-1] * new_rate / orig_rate)),))
+
+    monkeypatch.setattr(audio_module, "resample", resample)
+    source = torch.zeros(2, 22050, device="meta")
+    for name in ("timestretch", "pitchshift"):
+        out = augment.AUGMENTATIONS[name](source, random.Random(0))
+        assert out.device == source.device, name
+        assert out.shape == source.shape, name
+
+
+def test_device_rng_state_only_on_cuda(monkeypatch):
+    assert checkpoint.device_rng_state(torch.device("cpu")) == {}
+    saved = torch.arange(16, dtype=torch.uint8)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device, state)))
+    cuda = torch.device("cuda", 0)
+    state = checkpoint.device_rng_state(cuda)
+    assert state == {"cuda_rng_state": saved}
+    progress = EpochProgress(rng_state=torch.get_rng_state(), **state)
+    checkpoint.restore_device_rng_state(progress, cuda)
+    assert calls[-1][:2] == ("set", cuda) and torch.equal(calls[-1][2], saved)
+    # A step checkpoint of a CPU run, or of a version that did not save it: nothing to restore.
+    calls.clear()
+    checkpoint.restore_device_rng_state(EpochProgress(), cuda)
+    checkpoint.restore_device_rng_state(progress, torch.device("cpu"))
+    assert calls == []
+
+
+def test_setup_distributed_selects_the_rank_gpu_before_nccl(monkeypatch):
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: calls.append(("init", backend)))
+    distributed.setup_distributed(torch.device("cuda", 1))
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
+    calls.clear()
+    distributed.setup_distributed(torch.device("cpu"))
+    assert calls == [("init", "gloo")]
