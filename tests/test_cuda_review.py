@@ -85,3 +85,18 @@ def test_setup_distributed_selects_the_rank_gpu_before_nccl(monkeypatch):
     calls.clear()
     distributed.setup_distributed(torch.device("cpu"))
     assert calls == [("init", "gloo")]
+
+
+@pytest.mark.parametrize("precision, device, scaled", [
+    ("fp16", "cuda", True), ("bf16", "cuda", True), ("bf16", "cpu", False), ("fp32", "cuda", False),
+    ("fp32", "cpu", False),
+])
+def test_bf16_on_cuda_scales_the_loss_as_its_lstms_run_in_float16(precision, device, scaled):
+    import warnings
+
+    from openunmix_like.training.factory import loss_scaler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the scaler is made all the same
+        scaler = loss_scaler(precision, torch.device(device))
+    assert (scaler is not None) == scaled

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -313,15 +313,24 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def loss_scaler(precision: str, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """The training step's loss scaler: for fp16, and for bf16 on CUDA too, where autocast runs cuDNN's LSTMs
+    in float16 whatever its dtype (PyTorch's ``_cudnn_rnn`` autocast wrapper casts to half), so that their
+    gradients would otherwise underflow; None otherwise."""
+    if precision == "fp16" or (precision == "bf16" and device.type == "cuda"):
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
 def make_context(cfg: TrainConfig, model: nn.Module, settings: AudioSettings, device: torch.device,
                  train_set, valid_set) -> Context:
-    """Objective, optimiser, schedule, autocast (and fp16 loss scaler) and weight average around a built model."""
+    """Objective, optimiser, schedule, autocast (and loss scaler) and weight average around a built model."""
     arch = architectures.architecture_of(model)
     cfg = resolve_precision(resolve_target(cfg), device)
     objective = Objective(parse_loss(cfg.loss or arch.default_loss), arch.domain, settings.n_fft, settings.n_hop,
                           mono=settings.nb_channels == 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    scaler = loss_scaler(cfg.precision, device)
     writer = tensorboard_writer(cfg.output, cfg.target) if is_main() else None
     ctx = Context(cfg, wrap(model, device), objective, optimizer, make_scheduler(cfg, optimizer), scaler, device,
                   train_set, valid_set, settings, History(), writer, cfg.batch_augmentations(),

@@ -193,7 +193,7 @@ def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) 
     when the loss or a gradient is NaN or infinite. ``mix_stft``: the mixtures' STFT, when
     several models share it."""
     ctx.optimizer.zero_grad(set_to_none=True)
-    amp = ctx.scaler is not None  # fp16: loss scaling
+    amp = ctx.scaler is not None  # loss scaling: fp16, or bf16 on CUDA (see factory.loss_scaler)
     with torch.autocast(device_type=x.device.type, dtype=ctx.autocast or torch.float32, enabled=bool(ctx.autocast)):
         loss = ctx.objective(ctx.model, x, y, mix_stft=mix_stft)
     # All ranks skip together: one that left before backward() would keep the others
