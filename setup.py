@@ -30,7 +30,7 @@ setup(
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
-                  "pyyaml>=5"],
+                  "pyyaml>=5", "scikit-learn>=1.0"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # umx-web: the local web app (FastAPI on uvicorn; python-multipart reads uploads).
         "web": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],

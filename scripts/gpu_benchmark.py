@@ -348,13 +348,25 @@ def training(work: Path, smoke: bool, deadline: float = float("inf")) -> None:
             if not recipe.is_file():
                 RESULTS[f"train_{name}"] = {"skipped": f"{recipe} not found (scripts/prepare_device.sh copies it)"}
                 continue
-            env = dict(os.environ, PYTHONPATH=f"{stub}:{os.environ.get('PYTHONPATH', '')}")
+            env = dict(os.environ, PYTHONPATH=reference_path(stub, os.environ.get("PYTHONPATH", "")))
             train_run(name, [sys.executable, str(recipe)] + reference + options + ["--output", str(output)],
                       output, options, env=env, timeout=min(allowed, left), samples_per_epoch=tracks)
         else:
             train_run(name, cli("train") + ours + options + ["--output", str(output)], output, options,
                       timeout=min(allowed, left), samples_per_epoch=tracks)
         checkpoint()
+
+
+def reference_path(stub, current: str) -> str:
+    """PYTHONPATH of the reference recipe: the torchaudio stand-in first, and scripts/fallback (its one use
+    of scikit-learn) last, only where scikit-learn is missing (a PYTHONPATH entry would shadow it)."""
+    import importlib.util
+
+    path = f"{stub}:{current}"
+    if importlib.util.find_spec("sklearn") is None:
+        RESULTS["reference_sklearn"] = "fallback (scripts/fallback/sklearn): scikit-learn is not installed"
+        path += f":{ROOT / 'scripts' / 'fallback'}"
+    return path
 
 
 def _value(row: dict, name: str, field: str = "s"):
