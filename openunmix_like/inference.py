@@ -156,11 +156,15 @@ def auto_batch_segments(separator: Separator, segment: Optional[float]) -> int:
     """How many segments to separate at once: one on the CPU, whose models are bound by
     arithmetic, not by their sequential frames (batches of 2 and 4 measured no faster there,
     docs/benchmarks.md), and on a GPU as many segments as fit in a quarter of its free memory
-    (at most 32), where one segment leaves most of the device idle."""
+    (at most 32; counting what torch's allocator holds unused), where one segment leaves most of the
+    device idle."""
     device = next(separator.parameters()).device
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
+    # Memory torch's allocator holds but does not use is free to this process too: without it, a call
+    # after a large one (a benchmark's timed call after its warm-up) would pick a smaller batch.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     # A whole 600 s forward of four umxhq models peaked at 7.6 GB on an H200 (0.38 GB per 30 s);
     # twice that per segment leaves room for the models' own activations at larger widths.
     per_segment = 0.76e9 * (segment or DEFAULT_SEGMENT) / 30.0

@@ -7,6 +7,7 @@ tensor without ``device=`` fails here as it would on the GPU.
 from __future__ import annotations
 
 import random
+import types
 
 import pytest
 import torch
@@ -100,3 +101,24 @@ def test_bf16_on_cuda_scales_the_loss_as_its_lstms_run_in_float16(precision, dev
         warnings.simplefilter("ignore")  # "CUDA is not available": the scaler is made all the same
         scaler = loss_scaler(precision, torch.device(device))
     assert (scaler is not None) == scaled
+
+
+def test_automatic_segment_batches_count_the_allocators_unused_memory_as_free(monkeypatch):
+    """After a large forward, torch keeps its memory reserved; mem_get_info does not count it as free,
+    so a warm-up and the call after it picked different batch sizes."""
+    from openunmix_like.inference import auto_batch_segments
+
+    class OnCuda:
+        def parameters(self):
+            yield types.SimpleNamespace(device=torch.device("cuda"))
+
+    gb = 1e9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    fresh = auto_batch_segments(OnCuda(), 30.0)
+    # The same device after a forward that left 20 GB reserved but unused (and 1 GB of models allocated).
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 21 * gb)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gb)
+    assert fresh == auto_batch_segments(OnCuda(), 30.0) == int(0.25 * 40 * gb // 0.76e9)
