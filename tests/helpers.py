@@ -3,7 +3,12 @@
 Fixtures live in ``conftest.py``; test files import these with ``from helpers import ...``
 (never from ``conftest`` or from each other).
 """
+import contextlib
 import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +143,38 @@ class Identity(nn.Module):
 
     def forward(self, x):
         return x.clone()
+
+
+# ---------------------------------------------------------------- umx-web
+
+
+def start_web_server(jobs_dir, model):
+    """``umx-web`` on a free port; returns the process and its URL (from the line it prints, without
+    the trailing slash). Stop it with ``process.terminate()``."""
+    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
+                                "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        match = re.search(r"serving on (http://\S+)", line)
+        if match:
+            return process, match.group(1).rstrip("/")
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
+
+
+@contextlib.contextmanager
+def browser_page(chromium: str, **context_options):
+    """A page of headless ``chromium`` (Debian's, nothing downloaded) that may play audio unprompted."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
+        try:
+            yield browser.new_context(viewport={"width": 1100, "height": 900}, **context_options).new_page()
+        finally:
+            browser.close()

@@ -1,16 +1,12 @@
 """``umx-web`` in a real browser: Playwright drives Debian's chromium (nothing is downloaded)."""
 import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import make_models, music_like
+from helpers import browser_page, make_models, music_like, start_web_server
 from openunmix_like.modeldir import AudioSettings, save_target
 
 pytest.importorskip("fastapi")
@@ -24,29 +20,12 @@ pytestmark = [
 ]
 
 
-def start_server(jobs_dir, model):
-    """``umx-web`` on a free port; returns the process and its URL (the line it prints)."""
-    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
-                                "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"serving on (http://\S+)", line)
-        if match:
-            return process, match.group(1)
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
-
-
 @pytest.fixture
 def server(tmp_path):
     model = tmp_path / "tiny"
     for target, m in make_models(n_fft=512).items():
         save_target(model, target, m, AudioSettings(RATE, 512, 128, 2))
-    process, url = start_server(tmp_path / "jobs", model)
+    process, url = start_web_server(tmp_path / "jobs", model)
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -54,14 +33,8 @@ def server(tmp_path):
 
 @pytest.fixture
 def page():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
-        try:
-            context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
-            yield context.new_page()
-        finally:
-            browser.close()
+    with browser_page(CHROMIUM, accept_downloads=True) as page:
+        yield page
 
 
 def gain(page, stem):

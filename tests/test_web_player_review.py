@@ -6,17 +6,15 @@ against ``umx-web`` started as in ``test_web_browser.py``.
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import make_models, music_like
+from helpers import browser_page, make_models, music_like, start_web_server
 from openunmix_like.modeldir import AudioSettings, save_target
 
 pytest.importorskip("fastapi")
@@ -136,22 +134,6 @@ def test_a_preview_folder_removed_while_the_server_runs_is_made_again(client, tm
 # ---------------------------------------------------------------- the page
 
 
-def start_server(jobs_dir, model):
-    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
-                                "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"serving on (http://\S+)", line)
-        if match:
-            return process, match.group(1).rstrip("/")
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``umx-web`` with two separated 12 s songs: ``(url, [job ids])``."""
@@ -159,7 +141,7 @@ def server(tmp_path_factory):
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} missing: scripts/install-system-deps.sh")
     root = tmp_path_factory.mktemp("web-review-page")
-    process, url = start_server(root / "jobs", tiny_model(root / "tiny"))
+    process, url = start_web_server(root / "jobs", tiny_model(root / "tiny"))
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             ids = [upload_and_wait(http.post, http.get, f"song{k}.wav", wav_bytes(music_like(12.0, RATE, 2, k).T, RATE))
@@ -172,15 +154,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
-        try:
-            yield browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
-        finally:
-            browser.close()
+    with browser_page(CHROMIUM) as page:
+        yield page
 
 
 def open_job(page, url, job_id, load=True):

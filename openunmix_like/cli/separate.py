@@ -154,10 +154,6 @@ def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> 
     return {name: Path(args.outdir) / rel for name, rel in relative_outputs(track_name(path), names, args).items()}
 
 
-def check_outputs(path: Path, outputs: Dict[str, Path], force: bool) -> None:
-    stems.check_outputs(path, outputs, force, stems.CLI_NAMES)
-
-
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
                   aggregate: Optional[dict], outputs: Dict[str, Path],
                   on_progress: Optional[Callable[[float], None]] = None,
