@@ -48,16 +48,45 @@ def track_name(path: PathLike) -> str:
     return Path(name).stem
 
 
-def stem_names(template: str, track: str, names: Sequence[str], ext: str, model: str) -> Dict[str, str]:
+def folder_name(path: PathLike, root: Optional[str] = None) -> str:
+    """The ``{folder}`` of an input in output templates, with ``/`` between its parts.
+
+    For an input found in a folder or by a pattern, ``root`` is that folder (a pattern's part
+    before its first wildcard) and ``{folder}`` the input's folder below it; for an input named
+    directly, it is the input's folder as written. A URL's scheme, a leading ``/`` and ``.`` or
+    ``..`` parts are left out, so it always stays under the output folder; ``""`` at the top.
+
+    >>> folder_name("/music/Artist/Album/01.mp3", root="/music"), folder_name("s3://b/x/01.mp3")
+    ('Artist/Album', 'b/x')
+    """
+    def inner(text: str) -> str:
+        return (text.split("://", 1)[1] if "://" in text else text).replace(os.sep, "/")
+
+    text = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
+    folder = posixpath.dirname(inner(text))
+    if root is not None:
+        folder = posixpath.relpath(folder or ".", inner(os.fspath(root)).rstrip("/") or "/")
+    return "/".join(part for part in folder.split("/") if part not in ("", ".", ".."))
+
+
+def _fill(template: str, folder: str, **fields: str) -> str:
+    if not folder:  # "{folder}/{track}" is "song" for a file at the top, not "/song"
+        template = template.replace("{folder}/", "").replace("/{folder}", "")
+    return template.format(folder=folder, **fields)
+
+
+def stem_names(template: str, track: str, names: Sequence[str], ext: str, model: str,
+               folder: str = "") -> Dict[str, str]:
     """Stem name -> path relative to the output folder, from a template with ``{track}``, ``{target}``,
-    ``{ext}`` and ``{model}``; a ``ValueError`` for a bad template or one that gives two stems one file."""
+    ``{ext}``, ``{model}`` and ``{folder}`` (see :func:`folder_name`); a ``ValueError`` for a bad
+    template or one that gives two stems one file."""
     out = {}
     for name in names:
         try:
-            out[name] = template.format(track=track, target=name, ext=ext, model=model)
+            out[name] = _fill(template, folder, track=track, target=name, ext=ext, model=model)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{template!r}: bad template ({exc}); use {{track}}, {{target}}, {{ext}}, "
-                             "{model}") from None
+                             "{model}, {folder}") from None
     # Compared as paths: "a/./b.wav" and "a//b.wav" are one file, and "a" cannot be a file and hold "a/b.wav".
     normal = {name: posixpath.normpath(rel.replace(os.sep, "/")) for name, rel in out.items()}
     if len(set(normal.values())) < len(out):
@@ -190,8 +219,9 @@ def separate_file(
             for the bundled model; ``targets``, ``device``, ``precision`` and the Wiener settings
             (``wiener`` or its fields as keywords) apply to a model loaded here, as in :func:`separate`.
         filename: template under ``outdir`` with ``{track}`` (the file's name without extension),
-            ``{target}``, ``{ext}`` and ``{model}`` (the model's name or folder name; ``default`` for
-            the bundled one; not available with a :class:`Separator`).
+            ``{target}``, ``{ext}``, ``{model}`` (the model's name or folder name; ``default`` for
+            the bundled one; not available with a :class:`Separator`) and ``{folder}`` (the folder of
+            ``path`` as given, without a leading ``/`` or ``..`` parts, see :func:`folder_name`).
         ext, bits, mp3_bitrate: ``wav`` or ``flac`` at 16, 24 or 32 bits (32 is float, wav only;
             default 16), or ``mp3`` at a constant bitrate in kbit/s (default 320; needs ffmpeg).
         clip: peaks above full scale: ``rescale`` the whole track (the stems still sum to the
@@ -237,7 +267,7 @@ def separate_file(
     aggregate_estimates({name: torch.zeros(1) for name in separator.target_names}, aggregate)  # checks the names
     stems = list(aggregate) if aggregate is not None else separator.target_names
     try:
-        relative = stem_names(filename, track_name(path), stems, ext, named or "")
+        relative = stem_names(filename, track_name(path), stems, ext, named or "", folder_name(path))
     except ValueError as exc:
         raise ValueError(f"filename {exc}") from None
     outputs = {name: outdir / rel for name, rel in relative.items()}

@@ -92,6 +92,46 @@ def test_local_engine_reads_a_manifest(tmp_path, model_dir, capsys):
     assert "lists URLs (s3://bucket/t0.wav); use --engine ray" in capsys.readouterr().err
 
 
+def test_a_catalogues_tree_is_mirrored_with_folder_from_paths_urls_and_manifests(tmp_path):
+    from openunmix_like.catalogue.plan import gather_sources, make_plan
+    from openunmix_like.cli.separate import build_parser
+
+    for name in ("lib/A/Album/01.wav", "lib/B/Album/01.wav", "lib/top.wav", "other/A/01.wav"):
+        write(tmp_path / name, 0.1, seed=0)
+    (tmp_path / "list.csv").write_text(f"path\n{tmp_path / 'other/A/01.wav'}\ns3://bucket/x/01.wav\n")
+    specs = [str(tmp_path / "lib"), f"file://{tmp_path}/lib/*/Album/01.wav", str(tmp_path / "lib/top.wav")]
+    sources, failures = gather_sources(specs, str(tmp_path / "list.csv"))
+    assert failures == []
+    lib = str(tmp_path / "lib")
+    assert sources == {f"{lib}/A/Album/01.wav": "A/Album", f"{lib}/B/Album/01.wav": "B/Album",
+                       f"{lib}/top.wav": "",  # found in the folder first, so folder "" and not its path
+                       f"file://{lib}/A/Album/01.wav": "A/Album", f"file://{lib}/B/Album/01.wav": "B/Album",
+                       str(tmp_path / "other/A/01.wav"): str(tmp_path / "other/A").lstrip("/"),
+                       "s3://bucket/x/01.wav": "bucket/x"}
+    args = build_parser().parse_args(["--outdir", str(tmp_path / "out"), "--filename",
+                                      "{folder}/{track}/{target}.{ext}"])
+    local = {k: v for k, v in sources.items() if not k.startswith(("file:", "s3:"))}
+    plan = make_plan(local, NAMES, args, "sha", {})
+    assert plan.failures == [] and not plan.skipped
+    out = tmp_path / "out"
+    assert sorted(Path(t.done).relative_to(out).as_posix() for t in plan.todo) == [
+        "A/Album/01/_done.json", "B/Album/01/_done.json", str(tmp_path / "other/A/01/_done.json").lstrip("/"),
+        "top/_done.json"]
+    by_source = {t.source: t for t in plan.todo}
+    assert by_source[f"{lib}/B/Album/01.wav"].stems["vocals"] == str(out / "B/Album/01/vocals.wav")
+    # Stems of one target in one folder: each track's record still has a folder of its own.
+    args.filename = "{target}/{folder}/{track}.{ext}"
+    plan = make_plan(local, NAMES, args, "sha", {})
+    assert sorted(Path(t.done).relative_to(out).as_posix() for t in plan.todo)[:2] == [
+        "A/Album/01/_done.json", "B/Album/01/_done.json"]
+    # Without {folder} the second 01.wav clashes, and the message says how to keep them apart.
+    args.filename = "{track}/{target}.{ext}"
+    plan = make_plan(local, NAMES, args, "sha", {})
+    assert [(Path(f[0]).relative_to(tmp_path).as_posix(), f[1]) for f in plan.failures] == [
+        ("lib/B/Album/01.wav", "plan"), ("other/A/01.wav", "plan")]
+    assert "tell them apart with {folder} in --filename" in plan.failures[0][2]
+
+
 def test_engine_ray_without_ray_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     make_inputs(tmp_path / "in", 1, seconds=0.5)
@@ -251,6 +291,21 @@ def test_ray_equals_local_and_lists_the_corrupt_file(tmp_path, model_dir, ray_cl
     assert main(common[:-1] + ["--engine", "ray", "--outdir", str(tmp_path / "ray"), "--niter", "0"]) == 0
     assert "3 done, 0 skipped (finished before), 0 failed" in capsys.readouterr().err
     assert not (tmp_path / "ray" / records.FAILURES_NAME).exists()  # this run's failures: none
+
+
+def test_ray_mirrors_the_tree_with_folder_and_skips_it_on_a_rerun(tmp_path, model_dir, ray_cluster, capsys):
+    for k, name in enumerate(("A/Album/01.wav", "B/Album/01.wav")):
+        write(tmp_path / "lib" / name, 0.5, seed=k)
+    common = [str(tmp_path / "lib"), "--model", str(model_dir()), "--niter", "0", "--engine", "ray", "--outdir",
+              str(tmp_path / "out"), "--filename", "{folder}/{track}/{target}.{ext}"]
+    assert main(common + ["--quiet"]) == 0
+    for name in ("A/Album/01", "B/Album/01"):
+        record = json.loads((tmp_path / "out" / name / records.DONE_NAME).read_text())
+        assert record["input"] == str(tmp_path / "lib" / f"{name}.wav")
+        assert sorted(Path(s["path"]).relative_to(tmp_path / "out" / name).as_posix()
+                      for s in record["stems"].values()) == sorted(f"{n}.wav" for n in NAMES)
+    assert main(common) == 0
+    assert "0 done, 2 skipped (finished before), 0 failed" in capsys.readouterr().err
 
 
 def test_bad_engine_options_and_an_outdir_that_is_a_file_are_one_line(tmp_path, capsys):

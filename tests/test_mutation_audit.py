@@ -253,9 +253,25 @@ def test_tracks_of_one_name_from_two_folders_are_refused_after_the_first(model, 
     second = wav_file("b/song.wav", seconds=0.2, seed=1)
     out = tmp_path / "out"
     assert run_cli(first, second, "--model", model, "--outdir", out, "--quiet") == 1
-    assert error_lines(capsys) == [f"umx-separate: error: {second}: would write the same files as {first}; use a "
-                                   "--filename template whose {track} part differs"]
+    assert error_lines(capsys) == [f"umx-separate: error: {second}: would write the same files as {first}; tell "
+                                   "them apart with {folder} in --filename, e.g. --filename "
+                                   "'{folder}/{track}/{target}.{ext}'"]
     assert sorted(p.name for p in (out / "song").iterdir()) == STEMS
+    # The remedy works: searched folders are mirrored below --outdir, a pattern's tree below its fixed part.
+    library = tmp_path / "library"
+    for name in ("a/song.wav", "b/song.wav", "top.wav"):
+        wav_file(f"library/{name}", seconds=0.2, seed=len(name))
+    template = ["--filename", "{folder}/{track}/{target}.{ext}", "--model", model, "--quiet"]
+    assert run_cli(library, *template, "--outdir", tmp_path / "mirror") == 0
+    assert sorted(str(p.parent.relative_to(tmp_path / "mirror")) for p in (tmp_path / "mirror").rglob("vocals.wav")) \
+        == ["a/song", "b/song", "top"]
+    assert run_cli(f"{library}/*/song.wav", *template, "--outdir", tmp_path / "globbed") == 0
+    assert sorted(str(p.parent.relative_to(tmp_path / "globbed")) for p in (tmp_path / "globbed").rglob("bass.wav")) \
+        == ["a/song", "b/song"]
+    # Two files of one name in one folder still clash, and the message says so.
+    wav_file("library/a/song.flac", seconds=0.2, seed=3)
+    assert run_cli(library / "a", *template, "--outdir", tmp_path / "twice") == 1
+    assert "they have one name in one folder (e.g. song.mp3 and song.flac)" in error_lines(capsys)[-1]
 
 
 def test_an_unexpected_error_fails_its_track_only_and_the_run(model, tmp_path, wav_file, capsys, monkeypatch):

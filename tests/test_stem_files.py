@@ -12,7 +12,7 @@ import soundfile as sf
 
 from openunmix_like import AudioError, Separator, separate, separate_file
 from openunmix_like.cli.separate import main
-from openunmix_like.stems import Cancelled, track_name
+from openunmix_like.stems import Cancelled, folder_name, track_name
 
 TARGETS = ["vocals", "drums", "bass", "other"]
 
@@ -57,6 +57,32 @@ def test_templates_aggregates_and_the_model_name(model_dir, wav_file, tmp_path):
     assert track_name("x/Song.STEM.MP4") == "Song" and track_name("a.b.wav") == "a.b"
     bundled = separate_file(song, tmp_path / "b", targets=["bass"], filename="{model}_{target}.{ext}", niter=0)
     assert list(bundled.values()) == [tmp_path / "b" / "default_bass.wav"]
+
+
+def test_folder_is_the_inputs_folder_below_its_root_and_never_leaves_the_outdir():
+    assert folder_name("/music/Artist/Album/01.mp3", root="/music") == "Artist/Album"
+    assert folder_name("music/Artist/01.mp3", root="music/") == "Artist"
+    assert folder_name("music/01.mp3", root="music") == ""
+    assert folder_name("s3://bucket/pre/A/01.mp3", root="s3://bucket/pre") == "A"
+    assert folder_name("file:///srv/pre/A/01.mp3", root="file:///srv/pre/") == "A"
+    # Named directly: the folder as written, without a scheme, a leading "/" or "..".
+    assert folder_name("song.mp3") == "" and folder_name("./a/song.mp3") == "a"
+    assert folder_name("/data/a/song.mp3") == "data/a" and folder_name("s3://bucket/a/song.mp3") == "bucket/a"
+    assert folder_name("../../x/song.mp3") == "x" and folder_name(b"a/b/song.wav") == "a/b"
+    assert folder_name("file:///srv/a/song.wav") == "srv/a"
+
+
+def test_the_folder_placeholder_keeps_the_inputs_folder(model_dir, wav_file, tmp_path, monkeypatch):
+    model, song = model_dir(), wav_file("Artist/Album/01 Intro.wav", seconds=1.0)
+    monkeypatch.chdir(tmp_path)
+    written = separate_file(Path("Artist/Album/01 Intro.wav"), "out", model, targets=["bass"],
+                            filename="{folder}/{track}/{target}.{ext}", niter=0)
+    assert written == {"bass": Path("out/Artist/Album/01 Intro/bass.wav")} and written["bass"].is_file()
+    # A file in the current folder has no folder: no empty part, no absolute path.
+    shutil.copy(song, tmp_path / "top.wav")
+    top = separate_file("top.wav", "out", model, targets=["bass"], filename="{folder}/{track}/{target}.{ext}",
+                        niter=0)
+    assert top == {"bass": Path("out/top/bass.wav")} and top["bass"].is_file()
 
 
 def test_existing_stems_are_kept_unless_overwrite(model_dir, wav_file, tmp_path):

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
+from ..stems import folder_name
 from . import records
 from .stages import Track
 
@@ -26,31 +28,36 @@ class Plan:
 
 
 def gather_sources(specs: Sequence[str], manifest: Optional[str],
-                   storage_options=None, outdir: Optional[str] = None) -> Tuple[List[str], List[Failure]]:
-    """Files named by ``specs`` (files, folders, globs, URLs of any of these) and the manifest's entries.
+                   storage_options=None, outdir: Optional[str] = None) -> Tuple[Dict[str, str], List[Failure]]:
+    """Files named by ``specs`` (files, folders, globs, URLs of any of these) and the manifest's entries,
+    each with its ``{folder}`` (:func:`openunmix_like.stems.folder_name`; a manifest's entries are named
+    directly).
 
     Local folders are searched without the output folder ``outdir``, if it is inside them.
 
     A manifest's entries are taken as files without a check here: one missing
     file is one failure when it is read, not a stop of the listing.
     """
-    from ..cli.separate import AUDIO_EXTENSIONS, collect_inputs
+    from ..cli.separate import AUDIO_EXTENSIONS, collect_inputs, pattern_root
 
-    sources: List[str] = []
+    sources: Dict[str, str] = {}
     failures: List[Failure] = []
     local = [s for s in specs if not storage.is_url(s)]
     files, errors = collect_inputs(local, exclude=Path(outdir) if outdir and not storage.is_url(outdir) else None)
     # Absolute, so that records match from any working directory and tasks on other nodes find the files.
-    sources.extend(os.path.abspath(p) for p in files)
+    for path, folder in files.items():
+        sources.setdefault(os.path.abspath(path), folder)
     failures.extend((message.split(": ", 1)[0], "input", message) for message in errors)
     for spec in (s for s in specs if storage.is_url(s)):
         found, errors = storage.expand_url(spec, AUDIO_EXTENSIONS, storage_options)
-        sources.extend(found)
+        root = None if found == [spec] else (pattern_root(spec) if glob.has_magic(spec) else spec)
+        for url in found:
+            sources.setdefault(url, folder_name(url, root))
         failures.extend((spec, "input", message) for message in errors)
     if manifest is not None:
-        listed = storage.read_manifest(manifest, storage_options)
-        sources.extend(entry if storage.is_url(entry) else os.path.abspath(entry) for entry in listed)
-    return list(dict.fromkeys(sources)), failures
+        for entry in storage.read_manifest(manifest, storage_options):
+            sources.setdefault(entry if storage.is_url(entry) else os.path.abspath(entry), folder_name(entry))
+    return sources, failures
 
 
 def track_name(source: str) -> str:
@@ -60,40 +67,47 @@ def track_name(source: str) -> str:
     return name_of(Path(PurePosixPath(inner).name))
 
 
-def stem_outputs(source: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
+def stem_outputs(source: str, names: Sequence[str], args: argparse.Namespace, folder: str = "") -> Dict[str, str]:
     """Stem name -> path or URL under ``args.outdir``, from ``--filename``."""
     from ..cli.separate import relative_outputs
 
     return {name: storage.join(args.outdir, rel)
-            for name, rel in relative_outputs(track_name(source), names, args).items()}
+            for name, rel in relative_outputs(track_name(source), names, args, folder).items()}
 
 
-def record_path(track: str, names: Sequence[str], args: argparse.Namespace) -> str:
+def record_path(track: str, names: Sequence[str], args: argparse.Namespace, folder: str = "") -> str:
     """Where a track's ``_done.json`` goes, relative to ``--outdir``: in the folder that holds its
     stems when that folder is the track's own (``<track>/_done.json`` for the default template,
     ``<model>/<track>/_done.json`` for ``{model}/{track}/{target}.{ext}``), else in ``<track>/``
-    under the folder the stems share (``<track>/_done.json`` for ``{target}/{track}.{ext}``);
+    under the folder the stems share (``<track>/_done.json`` for ``{target}/{track}.{ext}``,
+    ``<folder>/<track>/_done.json`` for ``{target}/{folder}/{track}.{ext}``);
     so that runs whose templates keep their stems apart keep their records apart too."""
     from ..cli.separate import relative_outputs
 
-    folders = [PurePosixPath(rel).parent for rel in relative_outputs(track, names, args).values()]
+    folders = [PurePosixPath(rel).parent for rel in relative_outputs(track, names, args, folder).values()]
     common = PurePosixPath(os.path.commonpath([str(f) for f in folders])) if folders else PurePosixPath(".")
     if track in common.parts:
         return str(common / records.DONE_NAME)
+    if "{folder}" in args.filename:  # tracks of one name in two folders: two records
+        return str(common / folder / track / records.DONE_NAME)
     return str(common / track / records.DONE_NAME)
 
 
-def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
+def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
               settings: dict, storage_options=None, named: Sequence[str] = ()) -> Plan:
     """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run.
+
+    ``sources`` maps each source to its ``{folder}``.
 
     A local source found in a folder (not in ``named``) that is one of this run's outputs (the
     stems of an earlier run, with ``--outdir`` the searched folder) is left out.
     """
+    from ..cli.separate import clash_remedy
+
     plan = Plan([], [], [])
     claimed: Dict[str, str] = {}
     candidates = []
-    outputs = {source: stem_outputs(source, names, args) for source in sources}
+    outputs = {source: stem_outputs(source, names, args, folder) for source, folder in sources.items()}
     produced = {os.path.realpath(o) for stems in outputs.values() for o in stems.values() if not storage.is_url(o)}
     earlier_outputs = produced - {os.path.realpath(s) for s in named}
     for source in sources:
@@ -103,7 +117,7 @@ def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Names
         clash = next((claimed[o] for o in stems.values() if o in claimed), None)
         if clash is not None:
             plan.failures.append((source, "plan", f"{source}: would write the same files as {clash}; "
-                                                  "use a --filename template whose {track} part differs"))
+                                                  f"{clash_remedy(args.filename)}"))
             continue
         if not storage.is_url(source) and any(not storage.is_url(o) and Path(o).resolve() == Path(source).resolve()
                                               for o in stems.values()):
@@ -111,7 +125,7 @@ def make_plan(sources: Sequence[str], names: Sequence[str], args: argparse.Names
                                                   "change --outdir or --filename"))
             continue
         claimed.update({o: source for o in stems.values()})
-        done = storage.join(args.outdir, record_path(track_name(source), names, args))
+        done = storage.join(args.outdir, record_path(track_name(source), names, args, sources[source]))
         candidates.append((source, stems, done))
 
     def check(item):

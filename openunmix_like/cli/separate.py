@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,7 +24,7 @@ from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
-from ..stems import DEFAULT_TEMPLATE, Cancelled, stem_names, track_name
+from ..stems import DEFAULT_TEMPLATE, Cancelled, folder_name, stem_names, track_name
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--duration", type=float, default=None, help="seconds to separate (default: to the end)")
     g.add_argument("--outdir", default="separated", help="output folder (default ./separated)")
     g.add_argument("--filename", default=DEFAULT_TEMPLATE,
-                   help="output path template under --outdir with {track}, {target}, {ext}, {model} "
+                   help="output path template under --outdir with {track}, {target}, {ext}, {model} and "
+                        "{folder} (the input's folder below the folder or pattern it was found by, else as given; "
+                        "'{folder}/{track}/{target}.{ext}' mirrors a catalogue's tree) "
                         f"(default {DEFAULT_TEMPLATE})")
     g.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
                    help="output format (default wav); mp3 is encoded by the ffmpeg program")
@@ -101,34 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tuple[List[Path], List[str]]:
-    """Expand files, folders and globs into audio files; return them and the errors.
+def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tuple[Dict[Path, str], List[str]]:
+    """Expand files, folders and globs into audio files; return them, each with its ``{folder}``
+    (:func:`openunmix_like.stems.folder_name`), and the errors.
 
     Folders are searched without their hidden files (``.name``: partial outputs, macOS
     resource forks) and without the folder ``exclude`` (the output folder), if it is inside.
+    A file found twice keeps its first ``{folder}``.
     """
-    files: List[Path] = []
+    files: Dict[Path, str] = {}
     errors: List[str] = []
     skip = exclude.resolve() if exclude is not None else None
     for spec in specs:
         path = Path(spec)
         if path.is_file():
-            files.append(path)
+            files.setdefault(path, folder_name(path))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
                            and not p.name.startswith(".") and not _inside(p, skip, path))
             if not found:
                 errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
-            files.extend(found)
+            for p in found:
+                files.setdefault(p, folder_name(p, root=str(path)))
         elif glob.has_magic(spec):
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
             if not found:
                 errors.append(f"{spec}: pattern matches no files")
-            files.extend(found)
+            for p in found:
+                files.setdefault(p, folder_name(p, root=pattern_root(spec)))
         else:
             errors.append(f"{path}: no such file or folder")
-    unique = list(dict.fromkeys(files))
-    return unique, errors
+    return files, errors
+
+
+def pattern_root(pattern: str) -> str:
+    """The folder part of a glob pattern before its first wildcard: ``music`` for ``music/*/*.mp3``."""
+    parts = pattern.replace(os.sep, "/").split("/")
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return "/".join(fixed) or ("/" if pattern.startswith("/") else ".")
 
 
 def _inside(path: Path, folder: Optional[Path], searched: Path) -> bool:
@@ -141,17 +154,19 @@ def _inside(path: Path, folder: Optional[Path], searched: Path) -> bool:
     return folder in path.resolve().parents
 
 
-def relative_outputs(track: str, names: Sequence[str], args: argparse.Namespace) -> Dict[str, str]:
+def relative_outputs(track: str, names: Sequence[str], args: argparse.Namespace,
+                     folder: str = "") -> Dict[str, str]:
     """Stem name -> output path relative to ``--outdir``, from the ``--filename`` template."""
     model = Path(args.model).name if args.model else "default"
     try:
-        return stem_names(args.filename, track, names, args.ext, model)
+        return stem_names(args.filename, track, names, args.ext, model, folder)
     except ValueError as exc:
         raise OpenUnmixLikeError(f"--filename {exc}") from None
 
 
-def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace) -> Dict[str, Path]:
-    return {name: Path(args.outdir) / rel for name, rel in relative_outputs(track_name(path), names, args).items()}
+def output_paths(path: Path, names: Sequence[str], args: argparse.Namespace, folder: str = "") -> Dict[str, Path]:
+    return {name: Path(args.outdir) / rel
+            for name, rel in relative_outputs(track_name(path), names, args, folder).items()}
 
 
 def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
@@ -268,7 +283,7 @@ def _report(message: str) -> None:
     print(f"umx-separate: error: {message}", file=sys.stderr)
 
 
-def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[str],
+def plan_tracks(files: Mapping[Path, str], named: Sequence[Path], names: Sequence[str],
                 args: argparse.Namespace) -> Tuple[List[Tuple[Path, Dict[str, Path]]], List[str]]:
     """Each file's output paths, without the files this run writes and refusing clashes.
 
@@ -277,7 +292,7 @@ def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[st
     outputs would overwrite a named input, or another track's outputs, is refused.
     Returns the runnable ``(file, outputs)`` and one message per refused track.
     """
-    plans = [(path, output_paths(path, names, args)) for path in files]
+    plans = [(path, output_paths(path, names, args, folder)) for path, folder in files.items()]
     resolved = {p: p.resolve() for path, outputs in plans for p in (path, *outputs.values())}
     produced = {resolved[out] for _, outputs in plans for out in outputs.values()}
     explicit = {p.resolve() for p in named}
@@ -294,12 +309,19 @@ def plan_tracks(files: Sequence[Path], named: Sequence[Path], names: Sequence[st
             errors.append(f"{path}: its output {overwritten} would overwrite the input "
                           f"{'itself' if which == path else which}; change --outdir or --filename")
         elif clash is not None:
-            errors.append(f"{path}: would write the same files as {clash}; "
-                          "use a --filename template whose {track} part differs")
+            errors.append(f"{path}: would write the same files as {clash}; {clash_remedy(args.filename)}")
         else:
             claimed.update({o: path for o in outputs.values()})
             runnable.append((path, outputs))
     return runnable, errors
+
+
+def clash_remedy(template: str) -> str:
+    """What to do when two inputs would write the same stems under ``template``."""
+    if "{folder}" not in template:
+        return ("tell them apart with {folder} in --filename, e.g. --filename '{folder}/{track}/{target}.{ext}'")
+    return ("they have one name in one folder (e.g. song.mp3 and song.flac); rename one, or give it a run of "
+            "its own with another --outdir")
 
 
 def finished_before(plans: Sequence[Tuple[Path, Dict[str, Path]]]) -> Tuple[List[Tuple[Path, Dict[str, Path]]], int]:
