@@ -24,6 +24,25 @@ from .errors import OpenUnmixLikeError
 StorageOptions = Optional[Dict[str, object]]
 
 
+class StorageError(OpenUnmixLikeError, OSError):
+    """A URL's backend failed with an error of its own (botocore's ``EndpointConnectionError`` is no
+    ``OSError``): one line naming the URL. An ``OSError`` too, so that callers that take an unreadable
+    file for a missing one (a ``_done.json`` record) treat it alike."""
+
+
+@contextlib.contextmanager
+def _backend(url: str, action: str) -> Iterator[None]:
+    """Turn what an fsspec backend raises, beyond ``OSError``, into a :class:`StorageError` naming ``url``."""
+    try:
+        yield
+    except (OSError, OpenUnmixLikeError):
+        raise
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise StorageError(f"{url}: cannot {action} ({reason}); check the URL and --storage-options "
+                           "(endpoint_url, credentials)") from None
+
+
 def is_url(path: str) -> bool:
     """Whether ``path`` names a location through an fsspec protocol (``s3://...``)."""
     return "://" in str(path)
@@ -45,6 +64,8 @@ def filesystem(url: str, storage_options: StorageOptions = None):
     except (ImportError, ValueError) as exc:
         raise OpenUnmixLikeError(f"{url}: no filesystem for this URL ({exc}); "
                                  "pip install 'openunmix-like[ray]' (s3fs) or the fsspec backend it names") from None
+    except TypeError as exc:  # an option the backend does not take
+        raise OpenUnmixLikeError(f"{url}: --storage-options not taken by its filesystem ({exc})") from None
     return fs, path
 
 
@@ -73,20 +94,27 @@ def expand_url(spec: str, extensions: Sequence[str],
     """Audio files named by a URL: an object, a prefix ("folder", searched recursively) or a glob."""
     fs, path = filesystem(spec, storage_options)
     try:
-        if glob.has_magic(path):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
-            if not found:
-                return [], [f"{spec}: pattern matches no files"]
-            return sorted(_unstrip(spec, fs, p) for p in found), []
-        if fs.isfile(path):
-            return [spec], []
-        if fs.isdir(path):
-            found = [p for p in fs.find(path) if Path(p).suffix.lower() in extensions]
-            if not found:
-                return [], [f"{spec}: folder holds no audio files ({', '.join(sorted(extensions))})"]
-            return sorted(_unstrip(spec, fs, p) for p in found), []
-    except (OSError, PermissionError) as exc:
+        with _backend(spec, "list"):
+            return _expand(spec, fs, path, extensions)
+    except StorageError as exc:
+        return [], [str(exc)]
+    except OSError as exc:
         return [], [f"{spec}: cannot list ({exc}); check the URL and credentials (--storage-options)"]
+
+
+def _expand(spec: str, fs, path: str, extensions: Sequence[str]) -> Tuple[List[str], List[str]]:
+    if glob.has_magic(path):
+        found = [p for p in fs.glob(path) if fs.isfile(p)]
+        if not found:
+            return [], [f"{spec}: pattern matches no files"]
+        return sorted(_unstrip(spec, fs, p) for p in found), []
+    if fs.isfile(path):
+        return [spec], []
+    if fs.isdir(path):
+        found = [p for p in fs.find(path) if Path(p).suffix.lower() in extensions]
+        if not found:
+            return [], [f"{spec}: folder holds no audio files ({', '.join(sorted(extensions))})"]
+        return sorted(_unstrip(spec, fs, p) for p in found), []
     return [], [f"{spec}: no such file or folder"]
 
 
@@ -100,7 +128,9 @@ def read_manifest(manifest: str, storage_options: StorageOptions = None) -> List
     suffix = Path(manifest.split("?", 1)[0]).suffix.lower()
     try:
         data = read_bytes(manifest, storage_options)
-    except (OSError, FileNotFoundError) as exc:
+    except StorageError as exc:
+        raise OpenUnmixLikeError(f"--manifest {exc}") from None
+    except OSError as exc:
         raise OpenUnmixLikeError(f"--manifest {manifest}: cannot read ({exc})") from None
     if suffix == ".parquet":
         try:
@@ -128,21 +158,36 @@ def read_manifest(manifest: str, storage_options: StorageOptions = None) -> List
 def read_bytes(path: str, storage_options: StorageOptions = None) -> bytes:
     if is_url(path):
         fs, inner = filesystem(path, storage_options)
-        return fs.cat_file(inner)
+        with _backend(path, "read"):
+            return fs.cat_file(inner)
     return Path(path).read_bytes()
 
 
 def size(path: str, storage_options: StorageOptions = None) -> int:
     if is_url(path):
         fs, inner = filesystem(path, storage_options)
-        return int(fs.size(inner))
+        with _backend(path, "read"):
+            return int(fs.size(inner))
     return os.path.getsize(path)
+
+
+def check_folder(url: str, option: str, storage_options: StorageOptions = None) -> None:
+    """Fail at once, with one line, when the folder ``url`` cannot be reached (a wrong endpoint or
+    credentials): else every track would find it out alone, each after the backend's retries."""
+    try:
+        exists(url, storage_options)
+    except StorageError as exc:
+        raise OpenUnmixLikeError(f"{option} {exc}") from None
+    except OSError as exc:
+        raise OpenUnmixLikeError(f"{option} {url}: cannot reach it ({' '.join(str(exc).split())}); check the URL "
+                                 "and --storage-options (endpoint_url, credentials)") from None
 
 
 def exists(path: str, storage_options: StorageOptions = None) -> bool:
     if is_url(path):
         fs, inner = filesystem(path, storage_options)
-        return fs.exists(inner)
+        with _backend(path, "read"):
+            return fs.exists(inner)
     return os.path.exists(path)
 
 
@@ -157,7 +202,10 @@ def local_copy(path: str, storage_options: StorageOptions = None) -> Iterator[Pa
     try:
         local = Path(folder) / (posixpath.basename(inner.rstrip("/")) or "input")
         try:
-            fs.get_file(inner, str(local))
+            with _backend(path, "download"):
+                fs.get_file(inner, str(local))
+        except StorageError:
+            raise
         except FileNotFoundError:
             raise OpenUnmixLikeError(f"{path}: no such object; check the URL") from None
         except OSError as exc:
@@ -171,8 +219,11 @@ def put_file(local: Path, url: str, storage_options: StorageOptions = None) -> N
     """Upload ``local`` to ``url``: one PUT, so readers see the whole object or none."""
     fs, inner = filesystem(url, storage_options)
     try:
-        fs.makedirs(posixpath.dirname(inner), exist_ok=True)
-        fs.put_file(str(local), inner)
+        with _backend(url, "upload"):
+            fs.makedirs(posixpath.dirname(inner), exist_ok=True)
+            fs.put_file(str(local), inner)
+    except StorageError:
+        raise
     except OSError as exc:
         raise OpenUnmixLikeError(f"{url}: cannot upload ({exc}); check the output URL and credentials") from None
 
@@ -187,8 +238,11 @@ def write_bytes(url: str, data: bytes, storage_options: StorageOptions = None) -
         return
     fs, inner = filesystem(url, storage_options)
     try:
-        fs.makedirs(posixpath.dirname(inner), exist_ok=True)
-        fs.pipe_file(inner, data)
+        with _backend(url, "write"):
+            fs.makedirs(posixpath.dirname(inner), exist_ok=True)
+            fs.pipe_file(inner, data)
+    except StorageError:
+        raise
     except OSError as exc:
         raise OpenUnmixLikeError(f"{url}: cannot write ({exc}); check the output URL and credentials") from None
 
@@ -196,7 +250,7 @@ def write_bytes(url: str, data: bytes, storage_options: StorageOptions = None) -
 def remove(url: str, storage_options: StorageOptions = None) -> None:
     if is_url(url):
         fs, inner = filesystem(url, storage_options)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), _backend(url, "remove"):
             fs.rm_file(inner)
     else:
         with contextlib.suppress(FileNotFoundError):

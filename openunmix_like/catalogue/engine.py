@@ -158,9 +158,12 @@ def _failure_of(exc: BaseException, track: Track) -> Failure:
     return track.source, "ray", f"{track.source}: {type(exc).__name__}: {records.one_line(exc)}"
 
 
-def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
-            progress: Progress) -> Tuple[int, List[Failure]]:
-    """Push every track of ``plan.todo`` through the three stages; return how many finished and the failures."""
+def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, progress: Progress,
+            failures: List[Failure]) -> int:
+    """Push every track of ``plan.todo`` through the three stages; return how many finished.
+
+    Failed tracks are appended to ``failures`` as they come, so an interrupted run still lists them.
+    """
     ray = import_ray()
     count, actor_resources = actor_layout(args, ray.cluster_resources())
     io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES}
@@ -180,7 +183,7 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
     window = args.max_in_flight or (2 * len(actors) + 1) * group + 1
     queue = list(reversed(plan.todo))
     pending: Dict[object, Tuple[Track, int]] = {}
-    finished, failures = 0, []
+    finished = 0
     try:
         while queue or pending:
             while queue and len(pending) < window:
@@ -208,7 +211,7 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace,
     finally:
         for actor in actors:
             ray.kill(actor)
-    return finished, failures
+    return finished
 
 
 def tracks_per_call(args: argparse.Namespace) -> int:
@@ -245,13 +248,25 @@ def local_outdir(outdir: str) -> Optional[str]:
     return None if storage.is_url(outdir) else os.path.abspath(outdir)
 
 
+INTERRUPTED = "interrupted; finished tracks are recorded, run the same command again to do the rest"
+
+
 def run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) -> int:
     """Run ``umx-separate --engine ray``; return the exit status."""
+    from ..cli import sigterm_as_interrupt
+    from ..cli.separate import _report
+
     with made_folders_removed_if_empty(local_outdir(args.outdir)):  # a run that writes nothing leaves none
-        return _run(args, sources_from_cli)
+        try:
+            with sigterm_as_interrupt():  # a scheduler's stop while the catalogue is listed or the model loads
+                return _run(args, sources_from_cli)
+        except KeyboardInterrupt:
+            _report(INTERRUPTED)
+            return 130
 
 
 def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None) -> int:
+    from ..cli import sigterm_as_interrupt
     from ..cli.separate import _report, load_separator, parse_aggregate
 
     args = copy.copy(args)  # the output folder is made absolute below
@@ -272,10 +287,14 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         settings = records.settings_of(args)
         if not storage.is_url(args.outdir):
             writable_folder("--outdir", args.outdir)
+        else:
+            storage.check_folder(args.outdir, "--outdir", storage_options)
         sources, failures = gather_sources(args.inputs, args.manifest, storage_options, args.outdir)
         for _, _, message in failures:
             _report(message)
-        named = [os.path.abspath(s) for s in args.inputs if not storage.is_url(s) and os.path.isfile(s)]
+        # Inputs named directly are never taken for an earlier run's outputs (a URL naming a prefix matches none).
+        named = [s if storage.is_url(s) else os.path.abspath(s) for s in args.inputs
+                 if storage.is_url(s) or os.path.isfile(s)]
         plan = make_plan(sources, names, args, model_sha256, settings, storage_options, named)
         for _, _, message in plan.failures:
             _report(message)
@@ -289,15 +308,20 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         _report(str(exc))
         return 1
     progress = Progress(len(plan.todo), args.quiet)
+    run_failures: List[Failure] = []
     try:
-        finished, run_failures = execute(plan, separator, options, args, progress) if plan.todo else (0, [])
+        # Set again after ray.init, whose own SIGTERM handler dumps a stack and exits with status 15.
+        with sigterm_as_interrupt():
+            finished = execute(plan, separator, options, args, progress, run_failures) if plan.todo else 0
     except OpenUnmixLikeError as exc:
         progress.close()
         _report(str(exc))
         return 1
     except KeyboardInterrupt:
         progress.close()
-        _report("interrupted; finished tracks are recorded, run the same command again to do the rest")
+        # This run's failures so far replace an earlier run's list, which may name tracks finished since.
+        list_failures(args.outdir, failures + run_failures, storage_options)
+        _report(INTERRUPTED)
         return 130
     finally:
         if started:
@@ -317,17 +341,24 @@ def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
     return cpu
 
 
+def list_failures(outdir: str, failures: List[Failure], storage_options) -> Optional[str]:
+    """:func:`write_failures`, saying in one line when it cannot."""
+    from ..cli.separate import _report
+
+    try:
+        return write_failures(outdir, failures, storage_options)
+    except (OpenUnmixLikeError, OSError) as exc:
+        _report(f"{storage.join(outdir, records.FAILURES_NAME)}: cannot write the list of failures "
+                f"({records.one_line(exc)}); check --outdir")
+        return None
+
+
 def summarize(args, plan: Plan, finished: int, failures: List[Failure], seconds: float, wall: float,
               storage_options) -> int:
     """Write ``_failures.csv``, print the summary line; return the exit status."""
     from ..cli.separate import _report
 
-    try:
-        listed = write_failures(args.outdir, failures, storage_options)
-    except (OpenUnmixLikeError, OSError) as exc:
-        _report(f"{storage.join(args.outdir, records.FAILURES_NAME)}: cannot write the list of failures "
-                f"({records.one_line(exc)}); check --outdir")
-        listed = None
+    listed = list_failures(args.outdir, failures, storage_options)
     if not args.quiet:
         speed = f", {seconds / wall:.1f}x real time" if wall > 0 and seconds else ""
         print(f"umx-separate: {finished} done, {len(plan.skipped)} skipped (finished before), {len(failures)} failed; "

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import glob
 import os
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -33,7 +34,7 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
     each with its ``{folder}`` (:func:`openunmix_like.stems.folder_name`; a manifest's entries are named
     directly).
 
-    Local folders are searched without the output folder ``outdir``, if it is inside them.
+    Local folders and URL prefixes are searched without the output folder ``outdir``, if it is inside them.
 
     A manifest's entries are taken as files without a check here: one missing
     file is one failure when it is read, not a stop of the listing.
@@ -51,13 +52,33 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
     for spec in (s for s in specs if storage.is_url(s)):
         found, errors = storage.expand_url(spec, AUDIO_EXTENSIONS, storage_options)
         root = None if found == [spec] else (pattern_root(spec) if glob.has_magic(spec) else spec)
+        searched = root is not None and not glob.has_magic(spec)  # a prefix, searched as a folder is
         for url in found:
-            sources.setdefault(url, folder_name(url, root))
+            if not (searched and outdir and _inside(url, outdir, spec)):
+                sources.setdefault(url, folder_name(url, root))
         failures.extend((spec, "input", message) for message in errors)
     if manifest is not None:
         for entry in storage.read_manifest(manifest, storage_options):
             sources.setdefault(entry if storage.is_url(entry) else os.path.abspath(entry), folder_name(entry))
     return sources, failures
+
+
+def place(path: str) -> str:
+    """One spelling per location, to compare inputs with outputs: a local path (or ``file://`` URL) resolved,
+    another URL with its path normalized."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if not storage.is_url(path):
+        return os.path.realpath(path)
+    protocol, rest = path.split("://", 1)
+    return f"{protocol}://{posixpath.normpath(rest)}"
+
+
+def _inside(url: str, outdir: str, searched: str) -> bool:
+    """Whether ``url`` is under ``outdir``, a folder strictly inside the prefix ``searched`` (as
+    :func:`openunmix_like.cli.separate.collect_inputs` leaves out a local output folder)."""
+    top, folder = place(searched).rstrip("/") + "/", place(outdir).rstrip("/") + "/"
+    return folder.startswith(top) and folder != top and place(url).startswith(folder)
 
 
 def track_name(source: str) -> str:
@@ -99,7 +120,7 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
 
     ``sources`` maps each source to its ``{folder}``.
 
-    A local source found in a folder (not in ``named``) that is one of this run's outputs (the
+    A source found in a folder or URL prefix (not in ``named``) that is one of this run's outputs (the
     stems of an earlier run, with ``--outdir`` the searched folder) is left out.
     """
     from ..cli.separate import clash_remedy
@@ -108,10 +129,11 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
     claimed: Dict[str, str] = {}
     candidates = []
     outputs = {source: stem_outputs(source, names, args, folder) for source, folder in sources.items()}
-    produced = {os.path.realpath(o) for stems in outputs.values() for o in stems.values() if not storage.is_url(o)}
-    earlier_outputs = produced - {os.path.realpath(s) for s in named}
+    # Compared as places, so that stems in object storage are found as this run's outputs too.
+    produced = {place(o) for stems in outputs.values() for o in stems.values()}
+    earlier_outputs = produced - {place(s) for s in named}
     for source in sources:
-        if not storage.is_url(source) and os.path.realpath(source) in earlier_outputs:
+        if place(source) in earlier_outputs:
             continue
         stems = outputs[source]
         clash = next((claimed[o] for o in stems.values() if o in claimed), None)
@@ -119,8 +141,7 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
             plan.failures.append((source, "plan", f"{source}: would write the same files as {clash}; "
                                                   f"{clash_remedy(args.filename)}"))
             continue
-        if not storage.is_url(source) and any(not storage.is_url(o) and Path(o).resolve() == Path(source).resolve()
-                                              for o in stems.values()):
+        if any(place(o) == place(source) for o in stems.values()):
             plan.failures.append((source, "plan", f"{source}: output would overwrite the input; "
                                                   "change --outdir or --filename"))
             continue
@@ -132,13 +153,18 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
         source, stems, done = item
         try:
             size = storage.size(source, storage_options)
+        except storage.StorageError as exc:  # names the URL and what to check already
+            return None, (source, "input", str(exc))
         except (OSError, OpenUnmixLikeError) as exc:
             return None, (source, "input", f"{source}: cannot read ({records.one_line(exc)}); check the path")
         track = Track(source, track_name(source), size, stems, done)
         if args.force:
             return (track, False), None
         record = records.read_record(done, storage_options)
-        finished = records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)
+        try:
+            finished = records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)
+        except OSError:  # a stem that cannot be checked counts as missing: the track is redone
+            finished = False
         return (track, finished), None
 
     with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
