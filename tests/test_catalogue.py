@@ -444,6 +444,48 @@ def test_killed_separation_actor_is_replaced_and_every_track_finishes(tmp_path, 
     assert not (out / records.FAILURES_NAME).exists()
 
 
+@pytest.mark.slow
+def test_joins_a_head_node_that_requires_the_stored_token(tmp_path, model_dir):
+    """``ray start --head`` (Ray 2.59 and later) requires the token stored in ~/.ray, which a driver given
+    an address only sends when told to: ``--address`` must still join it."""
+    pytest.importorskip("ray")
+    import os
+    import secrets
+    import socket
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="umx-ray-")  # Ray's socket paths must stay short
+    head = subprocess.Popen(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             f"--temp-dir={folder}", "--disable-usage-stats", "--block"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "the head node did not start"
+                time.sleep(0.5)
+        make_inputs(tmp_path / "in", 1, seconds=0.5)
+        driver = subprocess.run([sys.executable, "-m", "openunmix_like.cli.separate", str(tmp_path / "in"),
+                                 "--engine", "ray", "--address", f"127.0.0.1:{port}", "--model", str(model_dir()),
+                                 "--niter", "0", "--quiet", "--outdir", str(tmp_path / "out")],
+                                env=env, capture_output=True, text=True, timeout=240)
+        assert driver.returncode == 0, driver.stderr[-2000:]
+        assert (tmp_path / "out" / "t0" / records.DONE_NAME).is_file()
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head's processes share its session
+        head.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def s3_server():
     """moto's S3 server on 127.0.0.1 with an empty bucket; yields fsspec storage options for it."""

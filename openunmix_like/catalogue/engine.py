@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import storage
@@ -59,9 +60,26 @@ def connect(address: Optional[str], verbose: bool) -> bool:
             ray.init(address="local", include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--address {address}" if address else "a local Ray"
+        hint = ("; a head node that requires a token (Ray 2.59 and later, when it finds one) needs it here too: "
+                "RAY_AUTH_TOKEN from 'ray get-auth-token' on the head node" if address else "")
         raise OpenUnmixLikeError(f"{where}: cannot start or join Ray ({records.one_line(exc)}); "
-                                 "check 'ray status' on the head node") from None
+                                 f"check 'ray status' on the head node{hint}") from None
     return True
+
+
+def send_token_if_any(address: str) -> None:
+    """Have Ray send this machine's authentication token, when it has one, to the cluster at ``address``.
+
+    Since Ray 2.59, ``ray start --head`` requires a token when one is stored (``~/.ray/auth_token``, made
+    by any local ``ray.init()``, such as an earlier ``--engine ray`` run without ``--address``), but a
+    driver given an address sends one only under ``RAY_AUTH_MODE=token``, and fails after its retries.
+    A head without authentication ignores the token, so sending it costs nothing.
+    """
+    if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+        return
+    stored = Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or stored.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"  # the driver's only: the cluster's workers are started by its nodes
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -272,6 +290,8 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
     args = copy.copy(args)  # the output folder is made absolute below
     try:
         check_options(args)
+        if args.address and "ray" not in sys.modules:  # Ray reads its authentication mode when imported
+            send_token_if_any(args.address)
         import_ray()
         args.outdir = local_outdir(args.outdir) or args.outdir
         if not storage.is_url(args.outdir):
