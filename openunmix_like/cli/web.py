@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     manager = JobManager(jobs_dir, models, workers=args.workers, max_minutes=args.max_minutes,
                          max_upload_mb=args.max_upload_mb, keep_mb=args.keep_mb)
-    app = create_app(manager, models)
+    app = create_app(manager, models, local_only=is_loopback(args.host))
     if not is_loopback(args.host):
         print(f"umx-web: warning: listening on {args.host}: anyone who can reach this machine on the network "
               "can upload files and use its CPU; use --host 127.0.0.1 to keep it private", file=sys.stderr)

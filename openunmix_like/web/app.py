@@ -7,19 +7,24 @@ outside the jobs folder.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
+import shutil
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from ..errors import AudioError
-from .jobs import JobError, JobManager
+from .jobs import JobError, JobManager, track_name
+from .upload import FormError, read_upload
 
 STATIC = Path(__file__).parent / "static"
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
@@ -34,7 +39,7 @@ class UploadLimit:
     An upload whose announced size (Content-Length) is over the limit is refused before any of it is
     read; one of unannounced length (chunked) is counted as it arrives and cut off once past the
     limit: the app is told the client went away, and its answer is replaced by the 413. Without
-    this, the multipart parser would spool the whole body to a temporary file first.
+    this, the whole body would be received and stored before its size is known.
     """
 
     def __init__(self, app, max_bytes: int, limit_mb: float):
@@ -82,6 +87,53 @@ class UploadLimit:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
+class SameSite:
+    """Refuse what a web page elsewhere makes the user's browser ask of this server.
+
+    Any page the user visits can send requests to 127.0.0.1 through the browser: a form posted there
+    uploads files (cross-site request forgery), and a name of the page's own that it makes resolve to
+    127.0.0.1 (DNS rebinding) lets it read the job list and the stems like this server's own page.
+    So a request that changes something (not GET or HEAD) and names an Origin must come from this
+    server's origin; and with ``local_only`` (the server listens on a loopback address) the Host a
+    request names must be ``localhost`` or a loopback address: the name a rebinding page uses is neither.
+    """
+
+    def __init__(self, app, local_only: bool):
+        self.app, self.local_only = app, local_only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        origin = headers.get(b"origin")
+        if self.local_only and host and not _is_local(host):
+            reason = (f"requests for host {host[:100]!r} are refused: this server listens on this machine only; "
+                      "open it as http://127.0.0.1:PORT/ (umx-web --host to listen elsewhere)")
+        elif scope["method"] not in ("GET", "HEAD") and origin is not None and \
+                urlsplit(origin.decode("latin-1").lower()).netloc != host:
+            reason = "requests from another site's page are refused; use this server's own page or a script"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+
+
+def _is_local(host: str) -> bool:
+    """Whether a Host header (``name[:port]``) names this machine: ``localhost`` or a loopback address."""
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # a malformed Host, such as an unclosed "["
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _not_found(what: str = "no such job") -> HTTPException:
     return HTTPException(status_code=404, detail=what)
 
@@ -92,7 +144,29 @@ def split_targets(values: Optional[List[str]]) -> Optional[List[str]]:
     return names or None
 
 
-def create_app(manager: JobManager, models: dict) -> FastAPI:
+def job_options(fields: Dict[str, List[str]]) -> dict:
+    """:meth:`JobManager.submit`'s options from a form's fields; an empty or absent field is the default,
+    a repeated one (but ``targets``) counts once, its last value.
+
+    Raises:
+        JobError: ``bits`` or ``bitrate`` that is not a whole number.
+    """
+    def last(name: str) -> Optional[str]:
+        return (fields.get(name) or [""])[-1].strip() or None
+
+    def number(name: str) -> Optional[int]:
+        text = last(name)
+        if text is not None and not re.fullmatch(r"-?[0-9]{1,6}", text):  # a longer one is no option either
+            raise JobError(f"{name} {text[:40]!r} is not a whole number; leave it out or give e.g. "
+                           f"{'24' if name == 'bits' else '320'}")
+        return None if text is None else int(text)
+
+    bits = number("bits")
+    return {"model": last("model"), "targets": split_targets(fields.get("targets")), "residual": last("residual"),
+            "ext": last("ext") or "wav", "bits": 16 if bits is None else bits, "bitrate": number("bitrate")}
+
+
+def create_app(manager: JobManager, models: dict, local_only: bool = False) -> FastAPI:
     """The web app over a (not yet started) :class:`JobManager`; starting the app starts it.
 
     ``app.state.closing`` is a :class:`threading.Event`: the server sets it when asked to stop, which
@@ -101,6 +175,8 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
     Args:
         manager: the jobs.
         models: :func:`openunmix_like.web.models.discover_models` output, shown by ``GET /api/models``.
+        local_only: answer only requests naming this machine as their host (the server listens on a
+            loopback address): see :class:`SameSite`.
     """
 
     @asynccontextmanager
@@ -116,6 +192,7 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
     app.state.closing = threading.Event()
     app.add_middleware(UploadLimit, max_bytes=int(manager.max_upload_mb * 1024 * 1024) + MULTIPART_SLACK,
                        limit_mb=manager.max_upload_mb)
+    app.add_middleware(SameSite, local_only=local_only)  # added last: it runs first
     _add_job_routes(app, manager)
     _add_file_routes(app, manager)
 
@@ -139,18 +216,21 @@ def create_app(manager: JobManager, models: dict) -> FastAPI:
 
 def _add_job_routes(app: FastAPI, manager: JobManager) -> None:
     @app.post("/api/jobs")
-    async def create_job(file: UploadFile = File(...), model: Optional[str] = Form(None),
-                         targets: Optional[List[str]] = Form(None), residual: Optional[str] = Form(None),
-                         ext: str = Form("wav"), bits: int = Form(16),
-                         bitrate: Optional[int] = Form(None)) -> JSONResponse:
+    async def create_job(request: Request) -> Response:
+        # The form is read here rather than by FastAPI, whose parser spools the file to the system's
+        # temporary folder first (see upload.py).
+        staging = await asyncio.to_thread(manager.new_staging, "upload")
         try:
-            # The upload is already spooled to a temporary file; copying it blocks, so off the loop.
-            job = await asyncio.to_thread(manager.submit, file.filename, file.file, model, split_targets(targets),
-                                          residual or None, ext, bits, bitrate)
-        except JobError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
+            upload = await read_upload(request, staging / "upload")
+            options = job_options(upload.fields)
+            job = await asyncio.to_thread(manager.submit, upload.filename, staging / "upload", **options)
+        except (FormError, JobError) as exc:
+            status = exc.status if isinstance(exc, FormError) else 400
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        except ClientDisconnect:  # gone (or cut off by UploadLimit, which answers): nobody reads this
+            return Response(status_code=400)
         finally:
-            await file.close()
+            await asyncio.to_thread(shutil.rmtree, staging, True)
         return JSONResponse({"id": job.id}, status_code=201)
 
     @app.get("/api/jobs")
@@ -179,8 +259,9 @@ def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
         if path is None:
             raise _not_found("no such stem")
         job = manager.get(job_id)
-        filename = f"{Path(job.filename).stem or 'track'}-{path.name}"
-        return FileResponse(path, media_type=MEDIA_TYPES[job.ext], filename=filename)
+        if job is None:  # deleted meanwhile
+            raise _not_found("no such stem")
+        return FileResponse(path, media_type=MEDIA_TYPES[job.ext], filename=f"{track_name(job.filename)}-{path.name}")
 
     @app.get("/api/jobs/{job_id}/zip")
     async def get_zip(job_id: str) -> FileResponse:
@@ -188,8 +269,9 @@ def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
         if path is None:
             raise _not_found("no finished job with this id")
         job = manager.get(job_id)
-        return FileResponse(path, media_type="application/zip",
-                            filename=f"{Path(job.filename).stem or 'track'}-stems.zip")
+        if job is None:  # deleted meanwhile
+            raise _not_found("no finished job with this id")
+        return FileResponse(path, media_type="application/zip", filename=f"{track_name(job.filename)}-stems.zip")
 
     @app.get("/api/jobs/{job_id}/preview")
     async def get_preview(job_id: str) -> JSONResponse:

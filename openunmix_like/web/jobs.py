@@ -25,7 +25,7 @@ import zipfile
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import BinaryIO, Callable, Deque, Dict, List, Optional
+from typing import BinaryIO, Callable, Deque, Dict, List, Optional, Union
 
 from ..audio import MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
@@ -39,6 +39,7 @@ FORMATS = {("wav", 16), ("wav", 24), ("flac", 16), ("flac", 24)}
 MP3_BITRATES = (128, 192, 256, 320)  # kbit/s offered; MP3_DEFAULT_BITRATE unless asked
 COPY_BLOCK = 1 << 20
 TMP_DIR = ".tmp"  # the workers' temporary folders, inside the jobs folder (never a job id)
+STAGING = ("upload", "job")  # JOBS_DIR/.<kind>-*: an upload being received, a job being stored
 
 
 class JobError(OpenUnmixLikeError):
@@ -81,6 +82,16 @@ def clean_filename(name: Optional[str]) -> str:
     base = re.split(r"[\\/]", name or "")[-1]
     base = "".join(c for c in base if c.isprintable()).strip()
     return base[:200] or "upload"
+
+
+def track_name(filename: str) -> str:
+    """The upload's name without its extension, safe as a file or folder name on any system.
+
+    It names the zip's folder and the downloads: a name of dots (``..``) or with characters Windows
+    refuses would make the zip write outside the folder it is extracted in, or not extract at all.
+    """
+    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f\x7f]', "_", Path(filename).stem).strip(" .")
+    return stem or "track"
 
 
 def clock(seconds: float) -> str:
@@ -238,10 +249,13 @@ class JobManager:
         """Load saved jobs (unfinished ones are queued again), start the workers and the dispatcher.
 
         What a server stopped mid-job left behind (stems of unfinished, failed or cancelled jobs, the
-        workers' temporary files) is removed first.
+        workers' temporary files, uploads not yet stored) is removed first.
         """
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.jobs_dir / TMP_DIR, ignore_errors=True)
+        for kind in STAGING:  # uploads cut short when the server stopped
+            for folder in self.jobs_dir.glob(f".{kind}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
         for path in sorted(self.jobs_dir.glob("*/job.json")):
             job = self._read(path)
             if job is None:
@@ -282,8 +296,11 @@ class JobManager:
 
     def _save(self, job: Job) -> None:
         folder = self.jobs_dir / job.id
-        if not folder.is_dir():
-            return
+        if folder.is_dir():
+            self._write_state(folder, job)
+
+    @staticmethod
+    def _write_state(folder: Path, job: Job) -> None:
         tmp = folder / ".job.json.tmp"
         tmp.write_text(json.dumps(dataclasses.asdict(job)))
         os.replace(tmp, folder / "job.json")
@@ -318,11 +335,12 @@ class JobManager:
             raise JobError(f"format {ext} {bits} bit not offered; choose wav or flac, 16 or 24 bit, or mp3")
         return model
 
-    def submit(self, filename: Optional[str], data: BinaryIO, model: Optional[str] = None,
+    def submit(self, filename: Optional[str], data: Union[BinaryIO, Path], model: Optional[str] = None,
                targets: Optional[List[str]] = None, residual: Optional[str] = None, ext: str = "wav",
                bits: int = 16, bitrate: Optional[int] = None) -> Job:
         """Store an upload as a new job and queue it; an upload over the size limit is a failed job.
 
+        ``data`` is read in blocks, or, a file in a folder of :meth:`new_staging`, moved into the job.
         ``bits`` is for wav and flac; mp3 takes ``bitrate`` (kbit/s, ``MP3_DEFAULT_BITRATE`` unless given).
         """
         model = self.check_options(model, targets, residual, ext, bits, bitrate)
@@ -333,27 +351,49 @@ class JobManager:
         job = Job(id=new_job_id(), filename=name, created=time.time(), model=model, targets=targets or None,
                   residual=residual or None, ext=ext, bits=bits, bitrate=bitrate,
                   input="input" + (suffix if SUFFIX.match(suffix) else ""))
-        folder = self.jobs_dir / job.id
-        folder.mkdir(parents=True)
+        # The job is put together in a staging folder and renamed into place once whole: a server
+        # stopped mid-upload (killed, power cut) leaves only staging, which the next start removes.
+        staging = self.new_staging("job")
         limit = int(self.max_upload_mb * 1024 * 1024)
         try:
-            complete = self._copy_upload(data, folder / job.input, limit)
+            if not self._store_upload(data, staging / job.input, limit):
+                job.status = "failed"
+                job.error = (f"{name}: larger than this server's upload limit of {self.max_upload_mb:g} MB "
+                             "(umx-web --max-upload-mb); compress or cut the file, or raise the limit")
+            self._write_state(staging, job)
+            os.replace(staging, self.jobs_dir / job.id)
         except BaseException:  # e.g. a full disk: no half-stored job is left behind
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
-        if not complete:
-            (folder / job.input).unlink()
-            job.status = "failed"
-            job.error = (f"{name}: larger than this server's upload limit of {self.max_upload_mb:g} MB "
-                         "(umx-web --max-upload-mb); compress or cut the file, or raise the limit")
         with self._lock:
             self._jobs[job.id] = job
-            self._save(job)
             if job.status == "queued":
                 self._queue.append(job.id)
             else:
                 self._enforce_size_limit(keep=job.id)
         return job
+
+    def new_staging(self, kind: str) -> Path:
+        """A new empty folder ``JOBS_DIR/.<kind>-*`` (``kind`` one of ``STAGING``) for an upload on its way in.
+
+        Beside the job folders, so that it is renamed into one without copying; what a server
+        stopped meanwhile leaves is removed at the next start.
+        """
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=self.jobs_dir))
+
+    @classmethod
+    def _store_upload(cls, data: Union[BinaryIO, Path], dest: Path, limit: int) -> bool:
+        """Move (a file on disk) or copy the upload to ``dest``; False, storing nothing, when over ``limit`` bytes."""
+        if isinstance(data, Path):
+            if data.stat().st_size > limit:
+                return False
+            os.replace(data, dest)
+            return True
+        if not cls._copy_upload(data, dest, limit):
+            dest.unlink()
+            return False
+        return True
 
     @staticmethod
     def _copy_upload(data: BinaryIO, dest: Path, limit: int) -> bool:
@@ -443,7 +483,7 @@ class JobManager:
             if path.is_file():
                 return path
             tmp = folder / ".stems.zip.tmp"
-            track = Path(job.filename).stem or "track"
+            track = track_name(job.filename)
             try:
                 with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
                     for stem in job.stems:
