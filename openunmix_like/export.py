@@ -1,8 +1,8 @@
 """Exporting per-target models to TorchScript and ONNX.
 
 Each target model is exported on its own, in its domain (see
-:mod:`openunmix_like.architectures`), for a batch of one with the model's
-channel count fixed and the number of frames (or samples, for waveform models)
+:mod:`openunmix_like.architectures`), with the model's channel count fixed and
+the batch size and the number of frames (or samples, for waveform models)
 free. ``export.json`` beside the files records what each one takes and gives
 and the STFT settings the caller must use around it.
 
@@ -34,6 +34,7 @@ from .modeldir import AudioSettings
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 EXAMPLE_FRAMES = 64
 CHECK_FRAMES = 37  # a second size: the exported file must not have frozen the first
+CHECK_BATCH = 2  # and a second batch size: the example's batch is 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,27 +107,29 @@ def _staged(outdir: Path) -> Iterator[Dict[Path, Path]]:
         raise
 
 
-def example_input(model: nn.Module, nb_frames: int, n_hop: int) -> Tensor:
+def example_input(model: nn.Module, nb_frames: int, n_hop: int, batch: int = 1) -> Tensor:
     """A random input of the model's domain with ``nb_frames`` STFT frames (or as many hops of samples)."""
     generator = torch.Generator().manual_seed(nb_frames)
     domain = domain_of(model)
     if domain == WAVEFORM:
-        return torch.randn(1, model.nb_channels, nb_frames * n_hop, generator=generator) * 0.1
+        return torch.randn(batch, model.nb_channels, nb_frames * n_hop, generator=generator) * 0.1
     if domain == COMPLEX:
-        return torch.randn(1, model.nb_channels, model.nb_bins, nb_frames, 2, generator=generator)
-    return torch.rand(1, model.nb_channels, model.nb_bins, nb_frames, generator=generator)
+        return torch.randn(batch, model.nb_channels, model.nb_bins, nb_frames, 2, generator=generator)
+    return torch.rand(batch, model.nb_channels, model.nb_bins, nb_frames, generator=generator)
 
 
 def io_description(model: nn.Module) -> dict:
-    """Names, shapes (``null`` where free) and meaning of a model's input and output."""
+    """Names, shapes (``null`` where free: the batch and the frames or samples) and meaning of a model's
+    input and output."""
     domain = domain_of(model)
     c = model.nb_channels
     if domain == WAVEFORM:
-        shape, what = [1, c, None], "audio (nb_samples, nb_channels, nb_timesteps)"
+        shape, what = [None, c, None], "audio (nb_samples, nb_channels, nb_timesteps)"
     elif domain == COMPLEX:
-        shape, what = [1, c, model.nb_bins, None, 2], "STFT real/imag (nb_samples, nb_channels, nb_bins, nb_frames, 2)"
+        shape, what = [None, c, model.nb_bins, None, 2], \
+            "STFT real/imag (nb_samples, nb_channels, nb_bins, nb_frames, 2)"
     else:
-        shape, what = [1, c, model.nb_bins, None], "magnitude (nb_samples, nb_channels, nb_bins, nb_frames)"
+        shape, what = [None, c, model.nb_bins, None], "magnitude (nb_samples, nb_channels, nb_bins, nb_frames)"
     return {"input": {"name": "mix", "shape": shape, "meaning": "mixture " + what},
             "output": {"name": "estimate", "shape": shape, "meaning": "target " + what}}
 
@@ -136,17 +139,20 @@ def free_axis(model: nn.Module) -> int:
 
 
 def export_torchscript(model: nn.Module, path: Path, n_hop: int) -> None:
-    """Trace ``model`` (checked on a second size so a frozen shape fails here, not later) and save it."""
+    """Trace ``model`` (checked on a second size and batch so a frozen shape fails here, not later) and save it."""
     with warnings.catch_warnings(), torch.no_grad():
         # torch 2.9+ marks TorchScript deprecated (in favour of torch.export); it still traces and runs.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # The tracer warns of every Python decision taken from a shape (Open-Unmix's chunking of long
+        # inputs, which gives the same values either way); the checks on another size are what tell.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, (example_input(model, EXAMPLE_FRAMES, n_hop),),
-                                 check_inputs=[(example_input(model, CHECK_FRAMES, n_hop),)])
+                                 check_inputs=[(example_input(model, CHECK_FRAMES, n_hop, CHECK_BATCH),)])
         torch.jit.save(traced, str(path))
 
 
 def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> None:
-    """ONNX with the TorchScript-based exporter: batch and channels fixed, frames (or samples) free."""
+    """ONNX with the TorchScript-based exporter: channels fixed, batch and frames (or samples) free."""
     try:
         import onnx  # noqa: F401 - the exporter needs it
     except ImportError as exc:
@@ -154,11 +160,14 @@ def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> No
     axis = free_axis(model)
     name = "nb_timesteps" if axis == 2 else "nb_frames"
     with warnings.catch_warnings(), torch.no_grad():
-        # The exporter warns about its own deprecation and about LSTM batch sizes (ours is fixed at 1).
+        # The exporter warns about its own deprecation and about LSTM batch sizes (the example's is 1, which
+        # it handles; the check runs the file on a batch of 2).
         warnings.simplefilter("ignore")
+        # The batch axis is free too: a runtime batching a song's segments must not meet a fixed 1.
+        axes = {0: "nb_samples", axis: name}
         torch.onnx.export(model, (example_input(model, EXAMPLE_FRAMES, n_hop),), str(path), dynamo=False,
                           opset_version=opset, input_names=["mix"], output_names=["estimate"],
-                          dynamic_axes={"mix": {axis: name}, "estimate": {axis: name}})
+                          dynamic_axes={"mix": axes, "estimate": axes})
 
 
 def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -> Optional[Tensor]:
@@ -189,8 +198,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def relative_error(model: nn.Module, path: Path, fmt: str, n_hop: int, name: Optional[Path] = None) -> Optional[float]:
-    """Largest difference between the exported file and the model on an unseen size, over the output's peak."""
-    x = example_input(model, CHECK_FRAMES, n_hop)
+    """Largest difference between the exported file and the model on an unseen size and batch, over the
+    output's peak."""
+    x = example_input(model, CHECK_FRAMES, n_hop, CHECK_BATCH)
     got = run_exported(path, fmt, x, name)
     if got is None:
         return None

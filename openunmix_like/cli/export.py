@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="umx-export",
         description="Export every target model of a model folder (any architecture) to TorchScript or ONNX: "
-                    "batch 1, the model's channels, any number of frames (samples for waveform models). "
+                    "the model's channels, any batch size and number of frames (samples for waveform models). "
                     "export.json describes each file's input and output and the STFT to use around them.")
     p.add_argument("model", nargs="?", default=None,
                    help="model folder or published model name (default: the bundled model)")
