@@ -283,6 +283,20 @@ class _Base(torch.utils.data.Dataset):
         return list(range(len(self)))
 
 
+def hidden(path: Path, top: Path) -> bool:
+    """Whether ``path`` (below ``top``) is hidden: a name starting with ``.`` on its way from ``top``.
+
+    The folder layouts leave such names out: an interrupted writer's partial folder (``umx-synth``'s
+    ``.name.partial``), macOS's ``._name.wav`` resource forks, ``.ipynb_checkpoints``.
+    """
+    return any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
+def track_dirs(folder: Path) -> List[Path]:
+    """The track folders in ``folder``: its folders that are not hidden, sorted."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not hidden(d, folder))
+
+
 def _split_dir(root: Path, split: str) -> Path:
     folder = Path(root) / split
     if not folder.is_dir():
@@ -304,9 +318,10 @@ class AlignedDataset(_Base):
         problems: List[str] = []
         if (folder / input_file).is_dir():
             pairs = [(p, folder / output_file / p.relative_to(folder / input_file))
-                     for p in sorted((folder / input_file).rglob("*")) if p.is_file()]
+                     for p in sorted((folder / input_file).rglob("*"))
+                     if p.is_file() and not hidden(p, folder / input_file)]
         else:
-            pairs = [(d / input_file, d / output_file) for d in sorted(folder.iterdir()) if d.is_dir()]
+            pairs = [(d / input_file, d / output_file) for d in track_dirs(folder)]
         self.pairs: List[Tuple[AudioFile, AudioFile]] = []
         for inp, out in pairs:
             if not inp.exists() or not out.exists():
@@ -351,7 +366,8 @@ class SourceFolderDataset(_Base):
         problems: List[str] = []
         self.files: Dict[str, List[AudioFile]] = {}
         for name in [target_dir, *interferer_dirs]:
-            paths = sorted((folder / name).rglob(f"*{ext}")) if (folder / name).is_dir() else []
+            paths = sorted(p for p in (folder / name).rglob(f"*{ext}")
+                           if not hidden(p, folder / name)) if (folder / name).is_dir() else []
             usable = []
             for p in paths:
                 f = scan(p, problems)
@@ -419,7 +435,7 @@ class FixedSourcesTrackFolderDataset(_DrawsPerTrack, _Base):
         target_files = [target_file] if isinstance(target_file, str) else list(target_file)
         self.nb_targets = None if isinstance(target_file, str) else len(target_files)
         names = [*target_files, *interferer_files]
-        for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for track in track_dirs(folder):
             missing = [n for n in names if not (track / n).exists()]
             if missing:
                 problems.append(f"{track}: missing {', '.join(missing)}")
@@ -470,10 +486,10 @@ class VariableSourcesTrackFolderDataset(_Base):
         folder = _split_dir(root, split)
         problems: List[str] = []
         self.tracks: List[Tuple[Optional[AudioFile], List[AudioFile]]] = []
-        for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for track in track_dirs(folder):
             target_path = track / target_file
             others = [p for p in sorted(track.glob(f"*{ext}"))
-                      if p.name != target_file and not p.stem.startswith("mixture")]
+                      if p.name != target_file and not p.stem.startswith("mixture") and not hidden(p, track)]
             if not target_path.exists() and not silence_missing_targets:
                 problems.append(f"{track}: no {target_file}")
                 continue
@@ -725,7 +741,7 @@ class SlakhDataset(_StemsDataset):
         folder = slakh_split_dir(root, split)
         problems: List[str] = []
         skipped = [0]
-        found = [(t, self._sources(t, problems, skipped)) for t in sorted(d for d in folder.iterdir() if d.is_dir())]
+        found = [(t, self._sources(t, problems, skipped)) for t in track_dirs(folder)]
         self._add_tracks(found, folder, problems,
                          [f"{skipped[0]} stem(s) with audio_rendered: false skipped"] if skipped[0] else [])
 
@@ -780,8 +796,8 @@ def moisesdb_track_dirs(root) -> List[Path]:
         DatasetError: no track folder is found (one line naming what was expected).
     """
     root = Path(root)
-    found = sorted({p.parent for pattern in ("*/data.json", "*/*/data.json") for p in root.glob(pattern)}
-                   if root.is_dir() else [])
+    found = sorted({p.parent for pattern in ("*/data.json", "*/*/data.json") for p in root.glob(pattern)
+                    if not hidden(p, root)} if root.is_dir() else [])
     if not found:
         raise DatasetError(f"{root}: not a MoisesDB folder: expected <root>/<provider>/<track_id>/data.json (or "
                            "<root>/<track_id>/data.json) with a folder of audio files per stem (vocals/, bass/, ...)")
@@ -1142,7 +1158,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".ai
 
 
 def _audio_files(track: Path) -> List[Path]:
-    return sorted(p for p in track.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in track.iterdir()
+                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not hidden(p, track))
 
 
 def default_track_files(root, target: str, target_file: Optional[str] = None,
@@ -1167,7 +1184,7 @@ def default_track_files(root, target: str, target_file: Optional[str] = None,
     chosen: Optional[str] = None
     counts: Dict[str, int] = {}
     holding = 0
-    for track in sorted(d for d in folder.iterdir() if d.is_dir()):
+    for track in track_dirs(folder):
         files = _audio_files(track)
         if chosen is None:
             if target_file is None:
@@ -1217,7 +1234,7 @@ def default_source_dirs(root, target: str, target_dir: Optional[str] = None,
                            "(or name the target's folder with --target-dir)")
     if interferer_dirs is not None:
         return chosen, list(interferer_dirs)
-    others = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name != chosen)
+    others = [d.name for d in track_dirs(folder) if d.name != chosen]
     if not others:
         raise DatasetError(f"{folder}: {chosen}/ is the only source folder; the mixture needs interferers "
                            "(add their folders, or name them with --interferer-dirs)")

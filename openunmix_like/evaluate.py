@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .data import (MOISESDB_FOUR, DatasetError, moisesdb_split, moisesdb_track_dirs, read_stem_track,
-                   slakh_split_dir, stem_group, stem_track_sources)
+                   hidden, slakh_split_dir, stem_group, stem_track_sources, track_dirs)
 from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import sdr_mdx, si_sdr
@@ -121,7 +121,7 @@ def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
     """``<root>/<track>/{mixture?, <source>...}.wav``; without a mixture file, the sum of the sources.
     ``names``, ``skip`` and ``on_error`` choose tracks and report bad ones as in :func:`musdb_tracks`;
     see :func:`folder_track` for what makes a track bad."""
-    folders = sorted(d for d in Path(root).iterdir() if d.is_dir()) if Path(root).is_dir() else []
+    folders = track_dirs(Path(root)) if Path(root).is_dir() else []
     if not folders:
         raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
     for folder in folders:
@@ -146,7 +146,8 @@ def folder_track(folder: Path) -> Optional[Track]:
     """
     from .audio import load
 
-    audio = {path: load(path) for path in sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))}
+    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
+    audio = {path: load(path) for path in files if not hidden(path, folder)}
     if not any(path.stem != "mixture" for path in audio):
         return None
     _check_same(folder, {p: rate for p, (_, rate) in audio.items()}, "{} Hz", "resample it to {} Hz")

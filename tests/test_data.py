@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from helpers import MUSDB_7S, NAMES, RATE, require, track_folders, write
-from openunmix_like import augment, data
+from openunmix_like import augment, data, evaluate
 
 def common(**kw):
     return dict(dict(sample_rate=RATE, nb_channels=2, seq_duration=1.0, seed=1), **kw)
@@ -251,3 +251,30 @@ def test_musdb_plain_iteration_ends():
     assert _iterate(ds) == len(ds)
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+def test_hidden_folders_and_files_are_not_tracks_or_sources(tmp_path, caplog):
+    """What a killed umx-synth leaves (``.name.partial/``) and what macOS copies beside each file
+    (``._vocals.wav``, not audio) are left out instead of being reported as broken tracks."""
+    root = track_folders(tmp_path, tracks=2)
+    for split in ("train", "valid"):
+        write(root / split / ".t9.partial" / "vocals.wav", 2.0, 9)  # a song cut short: no other stems
+        for track in ("t0", "t1"):
+            (root / split / track / "._vocals.wav").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    names = ["drums.wav", "bass.wav", "other.wav"]
+    with caplog.at_level(logging.WARNING):
+        fixed = data.FixedSourcesTrackFolderDataset(root, "train", "vocals.wav", names, **common())
+        variable = data.VariableSourcesTrackFolderDataset(root, "train", "vocals.wav", ext=".wav", **common())
+        assert data.default_track_files(root, "vocals") == ("vocals.wav", sorted(names))
+        tracks = list(evaluate.folder_tracks(str(root / "valid")))
+    assert len(fixed) == len(variable) == 2 and [t.name for t in tracks] == ["t0", "t1"]
+    assert caplog.text == ""
+    x, y = variable[0]  # the resource fork is not taken for an interferer
+    assert x.shape == y.shape == (2, RATE)
+    # Parallel folders (aligned) and source folders skip hidden files below them too.
+    for layout in ("raw", "mixed"):
+        for k in range(2):
+            write(tmp_path / "al" / "train" / layout / "set" / f"{k}.wav", 2.0, k)
+        (tmp_path / "al" / "train" / layout / "._0.wav").write_bytes(b"\x00\x05\x16\x07")
+    aligned = data.AlignedDataset(tmp_path / "al", "train", "raw", "mixed", **common())
+    assert len(aligned.pairs) == 2
