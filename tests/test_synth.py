@@ -15,6 +15,7 @@ import soundfile as sf
 
 from openunmix_like.cli import synth as synth_cli
 from openunmix_like.synth import compose as compose_mod
+from openunmix_like.synth import corpus as corpus_mod
 from openunmix_like.synth import fluid
 from openunmix_like.synth.corpus import MIN_DURATION, STEMS, make_track, plan_jobs
 from openunmix_like.synth.effects import biquad, compress, random_chain
@@ -105,6 +106,25 @@ def test_resume_keeps_complete_tracks_and_ignores_partial_ones(corpus, tmp_path,
     stamp = (track / "plan.json").stat().st_mtime_ns
     assert synth_cli.main([str(root), "--train", "1", "--valid", "0", "--test", "0", "--duration", "3"]) == 0
     assert (track / "plan.json").stat().st_mtime_ns == stamp
+
+
+def test_a_corpus_keeps_to_the_soundfonts_and_voices_it_was_drawn_from(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "c"
+    one = [str(root), "--train", "1", "--valid", "0", "--test", "0", "--duration", "2"]
+    assert synth_cli.main(one) == 0
+    plan_file = root / "train" / "synth-train-0000" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert plan["soundfonts"] == fluid.available_soundfonts() and plan["voice_engines"]
+    # Another machine, with a soundfont fewer: its songs would be drawn differently, so it does not add any.
+    monkeypatch.setattr(corpus_mod, "available_soundfonts", lambda: plan["soundfonts"][:-1])
+    two = one[:2] + ["2"] + one[3:]
+    assert synth_cli.main(two) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{plan_file}: the songs in {root} were drawn from soundfonts" in err[0]
+    assert "install-synth-deps.sh" in err[0] and not (root / "train" / "synth-train-0001").exists()
+    # Songs made before the set was recorded are taken as they are.
+    plan_file.write_text(json.dumps({k: v for k, v in plan.items() if k not in ("soundfonts", "voice_engines")}))
+    assert synth_cli.main(one) == 0
 
 
 @pytest.mark.slow

@@ -212,6 +212,23 @@ def _settings(job: TrackJob) -> Dict:
     return {"corpus_seed": job.seed, "duration": job.duration, "sample_rate": job.sample_rate}
 
 
+def inventory() -> Dict[str, List[str]]:
+    """The soundfonts and singing engines songs are drawn from here: with another set installed, the
+    same seed draws other songs, so a corpus records them (``plan.json``) and keeps to one set."""
+    return {"soundfonts": available_soundfonts(), "voice_engines": sorted({v.engine for v in available_voices()})}
+
+
+def _check_inventory(plan_file: Path, meta: Dict, here: Dict[str, List[str]], root: str) -> None:
+    made = {key: meta[key] for key in here if key in meta}  # plans made before they were recorded have none
+    if made and made != {key: here[key] for key in made}:
+        def listed(kinds: Dict[str, List[str]]) -> str:
+            return "; ".join(f"{key.replace('_', ' ')} {', '.join(names) or 'none'}" for key, names in kinds.items())
+
+        raise SynthError(f"{plan_file}: the songs in {root} were drawn from {listed(made)}, but this machine has "
+                         f"{listed(here)}; the same seed would draw other songs here. Install the same set "
+                         "(scripts/install-synth-deps.sh), or give another folder")
+
+
 def _seconds(value: float) -> str:
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
@@ -235,6 +252,7 @@ def _check_plan(job: TrackJob, plan_file: Path) -> Dict:
                          f"{_describe(_settings(job))}; give another folder, or remove {job.root} to make them "
                          f"again (rerun with --seed {made['corpus_seed']} --duration "
                          f"{_seconds(made['duration'])} to complete that corpus)")
+    _check_inventory(plan_file, meta, inventory(), job.root)
     return meta
 
 
@@ -250,7 +268,8 @@ def make_track(job: TrackJob) -> Dict:
     began = time.perf_counter()
     seq = _seed_sequence(job.seed, job.split, job.index)
     compose_rng, voice_rng, mix_rng = (np.random.default_rng(s) for s in seq.spawn(3))
-    fonts = available_soundfonts()
+    here = inventory()
+    fonts = here["soundfonts"]
     voice = voice_dict(random_voice(voice_rng))
     plan = compose(compose_rng, job.duration * 2.0 + 8.0, fonts, voice, seed=job.seed)
     offset = float(compose_rng.uniform(0, max(0.0, plan.length - job.duration - 1.0)))
@@ -258,7 +277,7 @@ def make_track(job: TrackJob) -> Dict:
     stems = master(stems, job.sample_rate, mix_rng)
     ints, mixture = quantise_mix(stems, float(mix_rng.uniform(0.6, 0.95)))
     meta = {"name": job.name, "split": job.split, "index": job.index, "corpus_seed": job.seed,
-            "duration": job.duration, "sample_rate": job.sample_rate, "offset": round(offset, 3),
+            "duration": job.duration, "sample_rate": job.sample_rate, **here, "offset": round(offset, 3),
             **_excerpt_times(plan.summary(), offset, job.duration), **info,
             "render_seconds": round(time.perf_counter() - began, 2)}
     _write_track(final, ints, mixture, meta, job.sample_rate)
