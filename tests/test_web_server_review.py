@@ -193,3 +193,21 @@ def test_pages_of_other_sites_cannot_use_a_server_on_this_machine(tmp_path, mode
         process.terminate()
         process.wait(timeout=30)
         process.stdout.close()
+
+
+def test_a_damaged_stems_preview_error_names_it_without_the_servers_folders(tmp_path, model):
+    # The 422 named the stem by its absolute path on the server, which a client elsewhere has no business knowing.
+    jobs_dir = tmp_path / "jobs"
+    client = idle_client(jobs_dir, model)
+    job = Job(id="e" * 32, filename="song.wav", created=time.time(), status="done", stems=["vocals", "bass"],
+              input="input.wav")
+    (jobs_dir / job.id / "stems").mkdir(parents=True)
+    (jobs_dir / job.id / "input.wav").write_bytes(wav_bytes(0.2))
+    (jobs_dir / job.id / "stems" / "vocals.wav").write_bytes(wav_bytes(0.2))
+    (jobs_dir / job.id / "stems" / "bass.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEdamaged" * 4)
+    (jobs_dir / job.id / "job.json").write_text(json.dumps(job.__dict__))
+    client.app.state.manager._jobs[job.id] = job
+    response = client.get(f"/api/jobs/{job.id}/preview")
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert str(tmp_path) not in detail and f"{job.id}/stems/bass.wav" in detail, detail

@@ -134,6 +134,14 @@ def _is_local(host: str) -> bool:
         return False
 
 
+def _within_jobs(message: str, jobs_dir: Path) -> str:
+    """``message`` with the jobs folder's path left out of the paths it names (``<id>/stems/bass.wav``):
+    where the server keeps its files is no business of a client, which may be on another machine."""
+    for folder in {str(jobs_dir), str(jobs_dir.resolve())}:
+        message = message.replace(folder.rstrip("/") + "/", "")
+    return message
+
+
 def _not_found(what: str = "no such job") -> HTTPException:
     return HTTPException(status_code=404, detail=what)
 
@@ -278,7 +286,7 @@ def _add_file_routes(app: FastAPI, manager: JobManager) -> None:
         try:
             info = await asyncio.to_thread(manager.preview_info, job_id)
         except AudioError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+            raise HTTPException(status_code=422, detail=_within_jobs(str(exc), manager.jobs_dir)) from None
         if info is None:
             raise _not_found("no finished job with this id")
         return JSONResponse(info)
