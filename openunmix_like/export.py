@@ -16,6 +16,7 @@ filter and inverse STFT of your runtime.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -242,7 +243,8 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
     results, record = {}, {}
     with _staged(outdir) as staged:
         for target, model in models.items():
-            model = model.cpu().eval()  # tracing, export and checks all run under no_grad
+            # A copy in float32 (what runtimes run), in eval mode: the caller's model stays as it was.
+            model = copy.deepcopy(model).float().cpu().eval()  # tracing, export and checks run under no_grad
             path = outdir / f"{target}{FORMATS[fmt]}"
             staged[path] = tmp = new_partial(path, suffix=FORMATS[fmt])
             _export_one(model, tmp, path, fmt, settings.n_hop, opset)

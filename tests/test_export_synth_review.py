@@ -69,6 +69,18 @@ def test_a_torchscript_export_is_quiet(tmp_path):
     assert [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)] == []
 
 
+def test_exporting_leaves_the_callers_models_as_they_were(tmp_path):
+    folder = tiny_folder(tmp_path, "umx", settings(2), targets=("vocals",))
+    models = load_model_dir(folder)[0]
+    audio_settings = load_model_dir(folder)[1]
+    model = models["vocals"].train().double()  # training, in float64: the files are float32 all the same
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_models(models, audio_settings, tmp_path / "onnx", "onnx")
+    assert models["vocals"] is model and model.training
+    assert all(v.dtype == torch.float64 for v in model.state_dict().values() if v.is_floating_point())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def documented_recipe() -> str:
     """The indented code block after the docs' 'Running the exported models as umx-separate runs them'."""
     lines = DOCS.read_text().splitlines()
