@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -62,6 +63,9 @@ LENGTH_TOLERANCE = 2048
 # The same for what ffmpeg decodes: ffprobe's duration of an mp3 counts the encoder's delay
 # and padding (up to about two frames of 1,152 samples) that the decoder trims.
 FFMPEG_LENGTH_TOLERANCE = 4 * 1152
+# Seconds decoded before an excerpt's start (and dropped), so that the decoder is warm at the start:
+# mp3's bit reservoir reaches back up to 511 bytes, AAC needs the frame before, Opus 80 ms.
+FFMPEG_PREROLL = 0.5
 # Sample rates accepted, and the largest sample magnitude (audio is expected roughly in [-1, 1];
 # far beyond, the spectrograms' powers overflow float32 and the stems come out NaN).
 MIN_RATE, MAX_RATE = 1000, 768000
@@ -108,18 +112,18 @@ class AudioSource:
                 opened.close()
                 raise
             self._file = opened
-            offset_s = start
+            self._offset = int(round(start * self._file.samplerate))
         else:
-            self._tmp = _decode_with_ffmpeg(self.path, start, duration)
+            self._tmp, self._offset = _decode_with_ffmpeg(self.path, start, duration)  # after its pre-roll
             self._file = sf.SoundFile(sf_path(self._tmp))
-            offset_s = 0.0
         self.sample_rate = int(self._file.samplerate)
         self.nb_channels = int(self._file.channels)
+        # The speakers of a 5.1 or 7.1 file, for its stems (ffmpeg writes them into its decoded copy too).
+        self.channel_map = channel_map(self._file)
         if not MIN_RATE <= self.sample_rate <= MAX_RATE:
             self.close()
             raise AudioError(f"{self.path}: sample rate {self.sample_rate} Hz is outside {MIN_RATE} to {MAX_RATE} Hz; "
                              "resample it (e.g. ffmpeg -i IN -ar 44100 OUT.wav)")
-        self._offset = int(round(offset_s * self.sample_rate))
         available = max(0, self._file.frames - self._offset)
         wanted = available if duration is None else int(round(duration * self.sample_rate))
         self.nb_frames = min(available, wanted)
@@ -201,8 +205,14 @@ def _ffmpeg_binary(name: str, needed_to: str = "decode this format") -> str:
     return found
 
 
+# What ffprobe says (at warning level) when a duration is its guess from the file's size and first
+# bitrate, not a length the file states: raw ADTS AAC, and mp3s without a Xing/Info or VBRI header.
+ESTIMATED_DURATION = "Estimating duration from bitrate"
+
+
 def _ffprobe(path: Path) -> AudioInfo:
-    cmd = [_ffmpeg_binary("ffprobe"), "-v", "error", "-select_streams", "a:0",
+    """Rate, channels and the length the file states; ``nb_frames`` is 0 when it states none."""
+    cmd = [_ffmpeg_binary("ffprobe"), "-v", "warning", "-select_streams", "a:0",
            "-show_entries", "stream=sample_rate,channels,duration", "-of", "json", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
@@ -210,19 +220,34 @@ def _ffprobe(path: Path) -> AudioInfo:
         raise AudioError(f"{path}: not a readable audio file; convert it to wav/flac/mp3")
     s = streams[0]
     rate = int(s["sample_rate"])
-    nb_frames = int(float(s.get("duration") or 0) * rate)
+    # A guessed duration is no evidence of truncation: a VBR mp3 without a Xing header whose first
+    # frame is a silent intro's (32 kbit/s) is "announced" several times longer than it is.
+    estimated = ESTIMATED_DURATION in (result.stderr or "")
+    nb_frames = 0 if estimated else int(float(s.get("duration") or 0) * rate)
     return AudioInfo(rate, int(s["channels"]), nb_frames)
 
 
-def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> Path:
-    """Decode the first audio stream to a temporary float32 RF64 file; return its path."""
+def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> Tuple[Path, int]:
+    """Decode the first audio stream to a temporary float32 RF64 file; return its path and the number of
+    pre-roll frames in it before sample ``round(start * rate)``.
+
+    ffmpeg seeks (``-ss`` before ``-i``) to the exact sample, but the decoder starts there cold: mp3's
+    bit reservoir and overlapping frames, AAC's and Opus's overlap need the frames before, and without
+    them the excerpt's first 500-2,000 samples are wrong (a click, or silence). So decoding starts
+    :data:`FFMPEG_PREROLL` seconds earlier and the caller skips those frames: the excerpt equals the same
+    span of the whole file decoded, as a DAW plays it.
+    """
     probe = _ffprobe(path)  # also a clear error for files that hold no audio stream
+    rate = probe.sample_rate
+    first = int(round(start * rate))
+    preroll = min(first, math.ceil(FFMPEG_PREROLL * rate))
     cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-y"]
-    if start:
-        cmd += ["-ss", f"{start:.6f}"]
+    if first - preroll:
+        cmd += ["-ss", f"{(first - preroll) / rate:.9f}"]
     cmd += ["-i", str(path)]
-    if duration is not None:
-        cmd += ["-t", f"{duration:.6f}"]
+    wanted = None if duration is None else preroll + int(round(duration * rate))
+    if wanted is not None:  # a little more than needed: AudioSource cuts the excerpt to the sample
+        cmd += ["-t", f"{(wanted + rate // 10) / rate:.9f}"]
     fd, tmp = tempfile.mkstemp(prefix="openunmix-like-", suffix=".wav")
     os.close(fd)
     cmd += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-rf64", "auto", "-f", "wav", tmp]
@@ -235,14 +260,42 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
         raise AudioError(f"{path}: cannot decode it, the file is corrupt or not audio "
                          f"({message[-1] if message else 'ffmpeg failed'}); re-export or re-download it")
     decoded = _frames_of(Path(tmp))
-    expected = probe.nb_frames - int(round(start * probe.sample_rate))
-    if duration is not None:
-        expected = min(expected, int(round(duration * probe.sample_rate)))
+    expected = probe.nb_frames - (first - preroll)  # negative when the file states no length
+    if wanted is not None:
+        expected = min(expected, wanted)
     if expected - decoded > max(FFMPEG_LENGTH_TOLERANCE, 0.01 * expected):
         Path(tmp).unlink(missing_ok=True)
-        raise AudioError(f"{path}: truncated (its header announces {expected / probe.sample_rate:.2f} s, "
-                         f"{decoded / probe.sample_rate:.2f} s decode); re-export or re-download it")
-    return Path(tmp)
+        raise AudioError(f"{path}: truncated (its header announces {probe.nb_frames / rate:.2f} s, "
+                         f"{(first - preroll + decoded) / rate:.2f} s decode); re-export or re-download it")
+    return Path(tmp), preroll
+
+
+# libsndfile's commands for the speaker of each channel (SF_CHANNEL_MAP_* codes), which soundfile does not wrap.
+_GET_CHANNEL_MAP, _SET_CHANNEL_MAP = 0x1100, 0x1101
+
+
+def channel_map(f) -> Optional[Tuple[int, ...]]:
+    """The speaker of each channel of an open ``soundfile.SoundFile``, when its header states them
+    (WAVEX's channel mask, CAF, ...); None when it does not (plain wav, FLAC) or soundfile cannot say."""
+    try:
+        from soundfile import _ffi, _snd
+
+        positions = _ffi.new("int[]", f.channels)
+        found = _snd.sf_command(f._file, _GET_CHANNEL_MAP, positions, _ffi.sizeof(positions))
+    except (AttributeError, ImportError, TypeError):  # another soundfile than the one measured (0.12-0.14)
+        return None
+    return tuple(positions) if found else None
+
+
+def set_channel_map(f, positions) -> bool:
+    """Give a ``soundfile.SoundFile`` open for writing these speakers (before it is closed); False if it cannot."""
+    try:
+        from soundfile import _ffi, _snd
+
+        array = _ffi.new("int[]", list(positions))
+        return bool(_snd.sf_command(f._file, _SET_CHANNEL_MAP, array, _ffi.sizeof(array)))
+    except (AttributeError, ImportError, TypeError):
+        return False
 
 
 def _frames_of(path: Path) -> int:

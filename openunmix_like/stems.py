@@ -303,7 +303,7 @@ def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *
             raise AudioError(f"{path}: {problem}")
         total = max(1.0, source.nb_frames * out_rate / source.sample_rate)
         with StemWriter(outputs, out_rate, source.nb_channels, ext, bits, clip, mp3_bitrate,
-                        overwrite=overwrite) as writer:
+                        overwrite=overwrite, channel_map=source.channel_map) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, segment or None, overlap,
                                    progress=progress, desc=path.name, out_rate=out_rate,
                                    batch_segments=batch_segments)

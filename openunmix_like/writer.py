@@ -20,12 +20,12 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
-from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, sf_path, subtype_for
+from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, set_channel_map, sf_path, subtype_for
 from .errors import AudioError
 from .fileio import made_folders_removed_if_empty, new_partial
 
@@ -90,11 +90,15 @@ class StemWriter:
         overwrite: replace files at the output paths (after moving them aside, so that they are put back if
             a rename fails); when False, a file there is an :class:`OutputExists` error and kept as it is,
             even one made after the writer started (the check and the rename are one atomic step).
+        channel_map: the speaker of each channel (libsndfile's codes, :func:`openunmix_like.audio.channel_map`
+            of the input): wav stems of more than two channels are then WAVEX files stating them, so that a
+            5.1 input gives 5.1 stems rather than six channels of unknown layout.
     """
 
     def __init__(self, paths: Mapping[str, Path], sample_rate: int, nb_channels: int,
                  ext: str = "wav", bits: int = 16, clip: str = "rescale",
-                 bitrate: Optional[int] = None, *, overwrite: bool = True):
+                 bitrate: Optional[int] = None, *, overwrite: bool = True,
+                 channel_map: Optional[Sequence[int]] = None):
         if clip not in CLIP_MODES:
             raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
         self.subtype = None if ext == "mp3" else subtype_for(ext, bits)
@@ -106,6 +110,9 @@ class StemWriter:
             raise AudioError(f"{next(iter(self.paths.values()), 'output')}: {problem}")
         self.sample_rate = int(sample_rate)
         self.nb_channels = nb_channels
+        # Mono and stereo need no map; FLAC and mp3 imply theirs from the channel count.
+        speakers = ext == "wav" and nb_channels > 2 and channel_map is not None and len(channel_map) == nb_channels
+        self.channel_map = tuple(channel_map) if speakers else None
         self.clip = clip
         self.overwrite = overwrite
         self.peak = 0.0
@@ -252,8 +259,12 @@ class StemWriter:
         import soundfile as sf
 
         if self.format != "MP3":
+            # Plain wav holds no speaker positions; WAVEX (the same data, a longer header) does.
+            form = "WAVEX" if self.channel_map else self.format
             with sf.SoundFile(sf_path(path), "w", self.sample_rate, self.nb_channels, subtype=self.subtype,
-                              format=self.format) as dst:
+                              format=form) as dst:
+                if self.channel_map:
+                    set_channel_map(dst, self.channel_map)
                 yield dst.write
             return
         # "file:" keeps a name that starts with "-" or holds ":" a file name; bytes keep names that are not UTF-8.
