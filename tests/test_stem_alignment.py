@@ -127,3 +127,25 @@ def test_wav_stems_of_a_surround_input_keep_its_speakers(model_dir, song, tmp_pa
         for stem in written.values():
             assert channel_layout(stem) == layout, stem
             assert sf.info(str(stem)).channels == 6 and sf.info(str(stem)).frames == RATE
+
+
+def test_the_catalogue_stages_keep_a_surround_inputs_speakers_too(model_dir, song, tmp_path):
+    # --engine ray decodes, separates and writes in separate stages: the layout must travel between them,
+    # for tracks passed whole and for long ones streamed inside their separation actor.
+    from openunmix_like import Separator
+    from openunmix_like.catalogue import stages
+
+    pan = "pan=5.1|FL=c0|FR=c1|FC=0.5*c0+0.5*c1|LFE=0.2*c0|BL=c0|BR=c1"
+    path = encode(song, tmp_path / "surround.wav", ["-af", pan, "-c:a", "pcm_s16le"])
+    separator = Separator.from_pretrained(str(model_dir()), niter=0)
+    for stream_over in (None, 0.5):
+        options = stages.Options(0.0, 1.0, 30.0, 2.0, 1, False, None, "wav", 16, "rescale", "m", "abc", {},
+                                 stream_over=stream_over)
+        out = tmp_path / f"out-{stream_over}"
+        track = stages.Track(str(path), "surround", path.stat().st_size,
+                             {name: str(out / f"{name}.wav") for name in separator.target_names}, str(out / "done"))
+        decoded = stages.decode(track, options)
+        separated = stages.SeparationWorker().separate(track, decoded, options, separator)
+        stages.write(track, separated, separator.target_names, options)
+        for name in separator.target_names:
+            assert channel_layout(out / f"{name}.wav") == "5.1", (stream_over, name)

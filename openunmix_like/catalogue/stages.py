@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ class Decoded:
 
     audio: Optional[np.ndarray]  # (nb_channels, nb_timesteps) float32
     sample_rate: int
+    channel_map: Optional[Tuple[int, ...]] = None  # the input's speakers (5.1, ...), for its stems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Separated:
     stems: Optional[np.ndarray]  # (nb_targets, nb_channels, nb_timesteps) float32
     sample_rate: int
     record: Optional[dict] = None
+    channel_map: Optional[Tuple[int, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +106,9 @@ def decode(track: Track, options: Options) -> Decoded:
         with storage.local_copy(track.source, options.storage_options) as local:
             with AudioSource(local, start=options.start, duration=options.duration) as source:
                 if options.stream_over is not None and source.nb_frames > options.stream_over * source.sample_rate:
-                    return Decoded(None, source.sample_rate)
+                    return Decoded(None, source.sample_rate, source.channel_map)
                 audio = source.read(0, source.nb_frames).numpy()
-                return Decoded(audio, source.sample_rate)
+                return Decoded(audio, source.sample_rate, source.channel_map)
     except Exception as exc:
         raise StageError("decode", track.source, _reason(exc)) from None
 
@@ -163,7 +165,7 @@ class SeparationWorker:
             chunks = [c.cpu() for c in iter_separate(self.separator, audio, decoded.sample_rate,
                                                      options.segment or None, options.overlap,
                                                      out_rate=out_rate, batch_segments=options.batch_segments)]
-            return Separated(torch.cat(chunks, dim=-1).numpy(), int(out_rate))
+            return Separated(torch.cat(chunks, dim=-1).numpy(), int(out_rate), channel_map=decoded.channel_map)
         except Exception as exc:
             raise StageError("separate", track.source, _reason(exc)) from None
 
@@ -216,7 +218,8 @@ class SeparationWorker:
         out_rates = [self._out_rate(rate, options) for rate in rates]
         stems = separate_tracks(self.separator, [torch.from_numpy(item.audio) for item in decoded], rates,
                                 options.segment or None, options.overlap, out_rates, options.batch_segments)
-        return [Separated(s.cpu().numpy(), int(rate)) for s, rate in zip(stems, out_rates)]
+        return [Separated(s.cpu().numpy(), int(rate), channel_map=item.channel_map)
+                for s, rate, item in zip(stems, out_rates, decoded)]
 
     def _stream(self, track: Track, out_rate: int, options: Options) -> dict:
         """Decode, separate and store a long track piece by piece, as ``--engine local`` does (bounded memory)."""
@@ -228,7 +231,7 @@ class SeparationWorker:
                 chunks = iter_separate(self.separator, source, source.sample_rate, options.segment or None,
                                        options.overlap, out_rate=out_rate, batch_segments=options.batch_segments)
                 return store(track, (c.cpu() for c in chunks), out_rate, source.nb_channels,
-                             self.separator.target_names, options)
+                             self.separator.target_names, options, source.channel_map)
 
     def pid(self) -> int:
         import os
@@ -248,13 +251,16 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
         return separated.record
     try:
         stems = separated.stems
-        return store(track, [torch.from_numpy(stems)], separated.sample_rate, stems.shape[1], target_names, options)
+        return store(track, [torch.from_numpy(stems)], separated.sample_rate, stems.shape[1], target_names, options,
+                     separated.channel_map)
     except Exception as exc:
         raise StageError("write", track.source, _reason(exc)) from None
 
 
-def store(track: Track, chunks, rate: int, nb_channels: int, target_names, options: Options) -> dict:
-    """Encode ``(nb_targets, nb_channels, n)`` chunks into the track's stems, store them, then ``_done.json``."""
+def store(track: Track, chunks, rate: int, nb_channels: int, target_names, options: Options,
+          channel_map: Optional[Tuple[int, ...]] = None) -> dict:
+    """Encode ``(nb_targets, nb_channels, n)`` chunks into the track's stems, store them, then ``_done.json``;
+    ``channel_map``: the input's speakers (:class:`openunmix_like.writer.StemWriter`)."""
     from ..separator import aggregate_estimates
     from ..writer import StemWriter
 
@@ -265,7 +271,7 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
         local = ({name: folder / f"{name}.{options.ext}" for name in track.stems} if remote
                  else {name: Path(url) for name, url in track.stems.items()})
         with StemWriter(local, rate, nb_channels, options.ext, options.bits, options.clip,
-                        options.mp3_bitrate) as writer:
+                        options.mp3_bitrate, channel_map=channel_map) as writer:
             for chunk in chunks:
                 writer.write(aggregate_estimates(dict(zip(names, chunk)), options.aggregate))
                 frames += chunk.shape[-1]
