@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny random-weight model folders, generated audio, a temporary package cache.
+"""Shared fixtures: tiny random-weight model folders, generated audio, a temporary package cache, a local
+Ray and an S3 server for the catalogue tests.
 
 Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 """
+import logging
 import re
+import shutil
+import tempfile
 
 import pytest
 import soundfile as sf
@@ -72,3 +76,42 @@ def pytest_terminal_summary(terminalreporter):
         tests = f"{n} tests needing {path} were" if n > 1 else f"1 test needing {path} was"
         terminalreporter.write_line(f"{tests} skipped: {path} not found (set {SHARED_ENV} to the shared folder)",
                                     yellow=True)
+
+
+@pytest.fixture
+def ray_cluster():
+    """A local Ray with 2 CPUs for one test; yields its address (for drivers in other processes)."""
+    ray = pytest.importorskip("ray")
+
+    # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
+    folder = tempfile.mkdtemp(prefix="umx-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             _temp_dir=folder)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with an empty bucket; yields fsspec storage options for it."""
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
+                   "client_kwargs": {"region_name": "us-east-1"}}
+        import boto3
+        import requests
+
+        # moto keeps its buckets for the whole process: start empty, whatever other tests stored.
+        requests.post(f"{options['endpoint_url']}/moto-api/reset", timeout=10).raise_for_status()
+        boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="catalogue")
+        yield options
+    finally:
+        server.stop()

@@ -26,23 +26,6 @@ from openunmix_like import storage
 NAMES = ("vocals", "drums", "bass", "other")
 
 
-@pytest.fixture
-def ray_cluster():
-    """A local Ray with 2 CPUs for one test; yields its address (for drivers in other processes)."""
-    ray = pytest.importorskip("ray")
-    import logging
-
-    # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
-    folder = tempfile.mkdtemp(prefix="umx-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             _temp_dir=folder)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def make_inputs(folder: Path, n: int, seconds: float = 2.0, corrupt: bool = False) -> Path:
     for k in range(n):
         write(folder / f"t{k}.wav", seconds, seed=k)
@@ -484,26 +467,6 @@ def test_joins_a_head_node_that_requires_the_stored_token(tmp_path, model_dir):
         os.killpg(head.pid, signal.SIGKILL)  # the head's processes share its session
         head.wait()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def s3_server():
-    """moto's S3 server on 127.0.0.1 with an empty bucket; yields fsspec storage options for it."""
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
-                   "client_kwargs": {"region_name": "us-east-1"}}
-        import boto3
-
-        boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="catalogue")
-        yield options
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -5,12 +5,10 @@ Tests without Ray do not start it; the one Ray test starts a local Ray with 2 CP
 test_catalogue.py); the object storage tests run moto's S3 server on 127.0.0.1.
 """
 import json
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,46 +20,6 @@ from openunmix_like.catalogue import records
 from openunmix_like.cli.separate import build_parser, main
 
 NAMES = ("vocals", "drums", "bass", "other")
-
-
-@pytest.fixture
-def ray_cluster():
-    """A local Ray with 2 CPUs for one test; yields its address (for drivers in other processes)."""
-    ray = pytest.importorskip("ray")
-    import logging
-
-    # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
-    folder = tempfile.mkdtemp(prefix="umx-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             _temp_dir=folder)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def s3_server():
-    """moto's S3 server on 127.0.0.1 with an empty bucket; yields fsspec storage options for it."""
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}",
-                   "client_kwargs": {"region_name": "us-east-1"}}
-        import boto3
-        import requests
-
-        # moto keeps its buckets for the whole process: start empty, whatever other tests stored.
-        requests.post(f"{options['endpoint_url']}/moto-api/reset", timeout=10).raise_for_status()
-        boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="catalogue")
-        yield options
-    finally:
-        server.stop()
 
 
 def closed_endpoint() -> dict:

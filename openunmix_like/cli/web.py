@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 import threading
 import webbrowser
@@ -38,15 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _report(message: str) -> None:
     print(f"umx-web: error: {message}", file=sys.stderr)
 
@@ -70,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         import uvicorn
 
-        from ..web.app import create_app
+        from ..web.app import create_app, is_loopback
     except ImportError:
         _report(INSTALL_HINT)
         return 1

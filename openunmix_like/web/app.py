@@ -120,18 +120,23 @@ class SameSite:
         await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, as ``umx-web --host`` takes) is ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_local(host: str) -> bool:
-    """Whether a Host header (``name[:port]``) names this machine: ``localhost`` or a loopback address."""
+    """Whether a Host header (``name[:port]``) names this machine (:func:`is_loopback`)."""
     try:
         name = urlsplit(f"//{host}").hostname or ""
     except ValueError:  # a malformed Host, such as an unclosed "["
         return False
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)
 
 
 def _within_jobs(message: str, jobs_dir: Path) -> str:
