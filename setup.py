@@ -37,6 +37,8 @@ setup(
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
         # --dataset slakh: Slakh2100's metadata.yaml files.
         "slakh": ["pyyaml>=5"],
+        # --dataset medleydb: MedleyDB's <TrackName>_METADATA.yaml files.
+        "medleydb": ["pyyaml>=5"],
         # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
         # s3:// and other URLs, pyarrow for Parquet manifests.
         "ray": ["ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12"],

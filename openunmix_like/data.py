@@ -1,4 +1,4 @@
-"""Training datasets: the seven layouts of the training guide.
+"""Training datasets: the nine layouts of the training guide.
 
 Every dataset yields ``(mixture, target)`` pairs of float32 tensors
 ``(nb_channels, nb_timesteps)`` at ``sample_rate``. Folder datasets read
@@ -563,7 +563,8 @@ Sources = List[Tuple[str, Tuple[AudioFile, ...]]]
 
 
 class _StemsDataset(_DrawsPerTrack, _Base):
-    """Tracks whose target is the sum of several files chosen by metadata (``slakh``, ``moisesdb``).
+    """Tracks whose target is the sum of several files chosen by metadata or by name (``slakh``, ``moisesdb``,
+    ``medleydb``, ``dsd100``).
 
     Each item mixes, at one random position, the target (the sum of the files of
     every stem that belongs to it, augmented as one source) with every other
@@ -804,18 +805,21 @@ def moisesdb_track_dirs(root) -> List[Path]:
     return found
 
 
-def moisesdb_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None) -> Tuple[List[Path], List[Path]]:
-    """MoisesDB's training and validation tracks: the ``valid_tracks`` track folders (default 10 %, at
-    least 1) whose ids (folder names) have the smallest SHA-1, the others for training.
+def hash_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None,
+               what: str = "MoisesDB") -> Tuple[List[Path], List[Path]]:
+    """The training and validation tracks of a data set without an official validation split: the
+    ``valid_tracks`` track folders (default 10 %, at least 1) whose ids (folder names) have the smallest
+    SHA-1, the others for training. ``what`` names the data set in messages.
 
-    The split depends on the track ids only, so every target, seed and machine gets the same one.
+    The split depends on the track ids only, so every target, seed and machine gets the same one, and
+    ``umx-evaluate`` scores the validation tracks ``umx-train`` held out.
 
     Raises:
         DatasetError: fewer than 2 tracks, or ``valid_tracks`` leaves no training or no validation track.
     """
     if len(tracks) < 2:
         where = f" ({tracks[0].parent})" if tracks else ""
-        raise DatasetError(f"MoisesDB holds {len(tracks)} track folder(s){where}: training and validation need at "
+        raise DatasetError(f"{what} holds {len(tracks)} track folder(s){where}: training and validation need at "
                            "least 2 (one for each)")
     n = max(1, round(0.1 * len(tracks))) if valid_tracks is None else valid_tracks
     if not 1 <= n < len(tracks):
@@ -824,6 +828,40 @@ def moisesdb_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None) -
     order = sorted(tracks, key=lambda p: (hashlib.sha1(p.name.encode()).hexdigest(), str(p)))
     valid = set(order[:n])
     return [t for t in tracks if t not in valid], [t for t in tracks if t in valid]
+
+
+def moisesdb_split(tracks: Sequence[Path], valid_tracks: Optional[int] = None) -> Tuple[List[Path], List[Path]]:
+    """MoisesDB's training and validation tracks (:func:`hash_split`)."""
+    return hash_split(tracks, valid_tracks, "MoisesDB")
+
+
+def _split_tracks(root, split: str, train: List[Path], valid: List[Path], of: str = "its split"
+                  ) -> Tuple[List[Path], str, str, str]:
+    """The tracks of ``split`` (``train`` or ``valid``) of a :func:`hash_split`, how messages name them, the hint
+    for a stem none of them holds, and the note saying how many they are. ``of`` names what was split."""
+    tracks = train if split == "train" else valid
+    # Named as the split's tracks: a stem that only some tracks hold may be in none of the validation ones.
+    where = f"{root} (the {len(tracks)} {'training' if split == 'train' else 'validation'} track(s) of {of})"
+    hint = ("; another --valid-tracks N validates on other tracks (those whose ids have the N smallest SHA-1)"
+            if split != "train" else "")
+    return tracks, where, hint, f"{split} split: {len(tracks)} of {len(train) + len(valid)} track folders"
+
+
+def check_grouping(targets: Sequence[str], stem_grouping: str) -> str:
+    """``stem_grouping``, checked to be one of :data:`STEM_GROUPINGS` and, for ``four``, to hold ``targets``.
+
+    Raises:
+        DatasetError: another grouping, or a target that ``four`` does not make.
+    """
+    if stem_grouping not in STEM_GROUPINGS:
+        raise DatasetError(f"stem grouping {stem_grouping!r}: choose one of {', '.join(STEM_GROUPINGS)}")
+    if stem_grouping == "four":
+        for t in targets:
+            if t not in MOISESDB_FOUR:
+                raise DatasetError(f"target {t!r}: with --stem-grouping four the targets are "
+                                   f"{', '.join(MOISESDB_FOUR)} (other: every stem but the first three); "
+                                   f"train {t} with --stem-grouping all")
+    return stem_grouping
 
 
 class MoisesDBDataset(_StemsDataset):
@@ -844,24 +882,11 @@ class MoisesDBDataset(_StemsDataset):
     def __init__(self, root, split: str, target: Union[str, Sequence[str]], stem_grouping: str = "four",
                  valid_tracks: Optional[int] = None, **kw):
         super().__init__(target, **kw)
-        if stem_grouping not in STEM_GROUPINGS:
-            raise DatasetError(f"stem grouping {stem_grouping!r}: choose one of {', '.join(STEM_GROUPINGS)}")
-        self.stem_grouping = stem_grouping
-        if stem_grouping == "four":
-            for t in self.targets:
-                if t not in MOISESDB_FOUR:
-                    raise DatasetError(f"target {t!r}: with --stem-grouping four the targets are "
-                                       f"{', '.join(MOISESDB_FOUR)} (other: every stem but the first three); "
-                                       f"train {t} with --stem-grouping all")
+        self.stem_grouping = check_grouping(self.targets, stem_grouping)
         train, valid = moisesdb_split(moisesdb_track_dirs(root), valid_tracks)
         problems: List[str] = []
-        tracks = train if split == "train" else valid
-        # Named as the split's tracks: a stem that only some tracks hold may be in none of the validation ones.
-        where = f"{root} (the {len(tracks)} {'training' if split == 'train' else 'validation'} track(s) of its split)"
-        hint = ("; another --valid-tracks N validates on other tracks (those whose ids have the N smallest SHA-1)"
-                if split != "train" else "")
-        self._add_tracks(((t, self._sources(t, problems)) for t in tracks), where, problems,
-                         [f"{split} split: {len(tracks)} of {len(train) + len(valid)} track folders"], hint)
+        tracks, where, hint, note = _split_tracks(root, split, train, valid)
+        self._add_tracks(((t, self._sources(t, problems)) for t in tracks), where, problems, [note], hint)
 
     def in_target(self, key: str, target: str) -> bool:
         if self.stem_grouping == "four" and target == "other":
@@ -902,15 +927,227 @@ class MoisesDBDataset(_StemsDataset):
         return sources
 
 
+# ---------------------------------------------------------------- MedleyDB
+
+# The instrument labels of MedleyDB's metadata (the taxonomy.yaml of the medleydb package) that make the vocals,
+# drums and bass of --stem-grouping four; every other label is other. Vocals: the taxonomy's voices but crowd
+# (an audience), as the package's own vocal-free remix leaves them out. Drums: its percussion but the pitched
+# idiophones (xylophone, vibraphone, marimba, glockenspiel, chimes) and whistle, and the drum machine.
+MEDLEYDB_VOCALS = ("male singer", "female singer", "male speaker", "female speaker", "male rapper", "female rapper",
+                   "beatboxing", "vocalists",
+                   "choir", "male screamer", "female screamer")  # labels of MedleyDB 2.0 that taxonomy.yaml lacks
+MEDLEYDB_DRUMS = ("drum set", "kick drum", "snare drum", "bass drum", "toms", "timpani", "bongo", "conga",
+                  "tambourine", "darbuka", "doumbek", "tabla", "auxiliary percussion",
+                  "high hat", "cymbal", "gong", "triangle", "sleigh bells", "cowbell", "cabasa", "guiro", "gu",
+                  "castanet", "claps", "rattle", "shaker", "maracas",
+                  "drum machine", "snaps")  # snaps: a label of MedleyDB 2.0 that taxonomy.yaml lacks
+MEDLEYDB_BASS = ("electric bass", "double bass")
+# Stem key (the label as stem_key spells it) -> its group under --stem-grouping four (others: other).
+MEDLEYDB_GROUPS = {stem_key(label): group for group, labels in (("vocals", MEDLEYDB_VOCALS),
+                                                                ("drums", MEDLEYDB_DRUMS), ("bass", MEDLEYDB_BASS))
+                   for label in labels}
+MEDLEYDB_EXPECTED = ("expected <root>/<TrackName>/ (or <root>/Audio/<TrackName>/, <root>/V2/<TrackName>/, ...) "
+                     "holding <TrackName>_STEMS/<TrackName>_STEM_NN.wav and <TrackName>_METADATA.yaml "
+                     "(MedleyDB 1.0 or 2.0 as released)")
+
+
+def _is_medleydb_track(folder: Path) -> bool:
+    """Whether ``folder`` is a MedleyDB track folder: it holds ``<name>_STEMS/``, ``<name>_METADATA.yaml``
+    or ``<name>_MIX.wav`` (so that one whose metadata or stems are lost is still found, and reported)."""
+    name = folder.name
+    return ((folder / f"{name}_STEMS").is_dir() or (folder / f"{name}_METADATA.yaml").is_file()
+            or (folder / f"{name}_MIX.wav").is_file())
+
+
+def medleydb_track_dirs(root) -> List[Path]:
+    """The track folders of a MedleyDB root: ``<root>/<TrackName>/`` or one level further down
+    (``<root>/Audio/<TrackName>/`` as the medleydb package reads it, ``<root>/V1/`` and ``<root>/V2/``).
+
+    Raises:
+        DatasetError: no track folder is found (one line naming what was expected).
+    """
+    root = Path(root)
+    found: List[Path] = []
+    for folder in track_dirs(root) if root.is_dir() else []:
+        if _is_medleydb_track(folder):
+            found.append(folder)
+        else:
+            found.extend(d for d in track_dirs(folder) if _is_medleydb_track(d))
+    if not found:
+        raise DatasetError(f"{root}: not a MedleyDB folder: {MEDLEYDB_EXPECTED}")
+    return sorted(found)
+
+
+def medleydb_metadata_path(track: Path) -> Optional[Path]:
+    """``<TrackName>_METADATA.yaml`` of a track folder: in it, or else in a ``Metadata/`` folder beside the track
+    folder or beside its parent (where copies that keep the metadata apart, as the medleydb package does in its
+    ``data/Metadata``, put it); ``None`` when there is none."""
+    name = f"{track.name}_METADATA.yaml"
+    places = (track / name, track.parent / "Metadata" / name, track.parent.parent / "Metadata" / name)
+    return next((p for p in places if p.is_file()), None)
+
+
+def medleydb_metadata(track: Path, problems: List[str]) -> Optional[Tuple[Path, dict, dict]]:
+    """``(path, document, its stems)`` of a track's metadata; ``None``, with the reason in ``problems``, when it is
+    missing or unreadable."""
+    meta = medleydb_metadata_path(track)
+    if meta is None:
+        problems.append(f"{track / (track.name + '_METADATA.yaml')}: missing (nor in a Metadata/ folder beside the "
+                        "track folder or above it); copy it there from the medleydb package's data/Metadata")
+        return None
+    found = _metadata_stems(meta, _load_yaml, dict, "no 'stems:' mapping", problems)
+    return None if found is None else (meta, *found)
+
+
+def medleydb_has_bleed(doc: dict) -> bool:
+    """Whether a track's metadata says other instruments leak into its stems (``has_bleed: 'yes'``)."""
+    return str(doc.get("has_bleed", "")).strip().lower() in ("yes", "true")
+
+
+def _instrument_labels(value) -> List[str]:
+    """A stem's ``instrument``: one label or a list of them (the first names the stem)."""
+    labels = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [label for label in labels if isinstance(label, str) and stem_key(label)]
+
+
+def medleydb_stems(track: Path, meta: Path, doc: dict, stems: dict, problems: List[str]) -> Optional[Sources]:
+    """Each stem the metadata lists as ``(key of its first instrument label, (file,))``; ``None`` (reported) if one
+    is unusable. The files are ``<track>/<stem_dir>/<filename>`` (``<TrackName>_STEMS/`` where ``stem_dir``
+    names no folder); the raw files (``_RAW/``) and the mix (``_MIX.wav``) are not read."""
+    stem_dir = track / str(doc.get("stem_dir") or f"{track.name}_STEMS")
+    if not stem_dir.is_dir():
+        stem_dir = track / f"{track.name}_STEMS"
+    sources: Sources = []
+    for sid, info in sorted(stems.items(), key=lambda item: str(item[0])):
+        labels = _instrument_labels(info.get("instrument") if isinstance(info, dict) else None)
+        if not labels:
+            problems.append(f"{meta}: stem {sid} has no instrument")
+            return None
+        path = stem_dir / str(info.get("filename") or f"{track.name}_STEM_{str(sid).lstrip('S')}.wav")
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in {meta.name})")
+            return None
+        file = scan(path, problems)
+        if file is None:
+            return None
+        sources.append((stem_key(labels[0]), (file,)))
+    return sources
+
+
+class MedleyDBDataset(_StemsDataset):
+    """MedleyDB 1.0 or 2.0 as released: track folders ``<TrackName>/`` (at ``<root>/`` or one level below) holding
+    ``<TrackName>_METADATA.yaml`` and ``<TrackName>_STEMS/<TrackName>_STEM_NN.wav``.
+
+    Each stem is keyed by its instrument label (the first, for a list), as :func:`stem_key` spells it.
+    ``stem_grouping="four"``: the targets are ``vocals``, ``drums`` and ``bass`` (the labels of
+    :data:`MEDLEYDB_GROUPS`) and ``other`` (every other label); ``"all"``: a target is one label (``female_singer``,
+    ``acoustic_guitar``, ...). The mixture is the sum of the stems (the ``_MIX.wav``, which weights them, is not
+    read). Tracks whose metadata says ``has_bleed: 'yes'`` are left out unless ``include_bleed``. There is no
+    official validation split: :func:`hash_split` makes one from the track names.
+    """
+
+    layout = "medleydb"
+
+    def __init__(self, root, split: str, target: Union[str, Sequence[str]], stem_grouping: str = "four",
+                 valid_tracks: Optional[int] = None, include_bleed: bool = False, **kw):
+        super().__init__(target, **kw)
+        try:
+            import yaml  # noqa: F401 - checked once here, used for every track
+        except ImportError as exc:
+            raise DatasetError("the medleydb dataset reads <TrackName>_METADATA.yaml with PyYAML: "
+                               "pip install 'openunmix-like[medleydb]'") from exc
+        self.stem_grouping = check_grouping(self.targets, stem_grouping)
+        train, valid = hash_split(medleydb_track_dirs(root), valid_tracks, "MedleyDB")
+        tracks, where, hint, note = _split_tracks(root, split, train, valid)
+        problems: List[str] = []
+        found, bled = [], 0
+        for track in tracks:
+            read = medleydb_metadata(track, problems)
+            if read is not None and medleydb_has_bleed(read[1]) and not include_bleed:
+                bled += 1  # its stems hold other instruments too: targets that are not what they say
+                continue
+            found.append((track, None if read is None else medleydb_stems(track, *read, problems)))
+        if bled:
+            note += f"; {bled} track(s) with has_bleed: yes left out (--include-bleed keeps them)"
+        self._add_tracks(found, where, problems, [note], hint)
+
+    def in_target(self, key: str, target: str) -> bool:
+        return stem_group(key, self.stem_grouping, self.layout) == target
+
+
+# ---------------------------------------------------------------- DSD100
+
+def dsd100_track_dirs(root, folder: str = "Dev") -> List[Path]:
+    """The track folders of ``<root>/Sources/<folder>`` (``Dev`` or ``Test``) of DSD100.
+
+    Raises:
+        DatasetError: ``root`` is not a DSD100 folder (one line naming what was expected).
+    """
+    root = Path(root)
+    sources = root / "Sources" / folder
+    expected = (f"expected {sources}/<NNN - Artist - Title>/ holding {', '.join(f'{s}.wav' for s in MUSDB_SOURCES)} "
+                "(DSD100 or DSD100subset as released)")
+    if not sources.is_dir():
+        raise DatasetError(f"{root}: not a DSD100 folder: Sources/{folder}/ is missing; {expected}")
+    tracks = track_dirs(sources)
+    if not tracks:
+        raise DatasetError(f"{sources}: no track folders; {expected}")
+    return tracks
+
+
+def dsd100_sources(track: Path, problems: List[str]) -> Optional[Sources]:
+    """The four sources of a DSD100 track as ``(name, (file,))``; ``None`` (reported) if one is missing or
+    unreadable."""
+    sources: Sources = []
+    for name in MUSDB_SOURCES:
+        path = track / f"{name}.wav"
+        if not path.is_file():
+            problems.append(f"{path}: missing (a DSD100 track holds {', '.join(f'{s}.wav' for s in MUSDB_SOURCES)})")
+            return None
+        file = scan(path, problems)
+        if file is None:
+            return None
+        sources.append((name, (file,)))
+    return sources
+
+
+class DSD100Dataset(_StemsDataset):
+    """DSD100 (SiSEC 2016): ``<root>/Sources/{Dev,Test}/<NNN - Artist - Title>/{vocals,drums,bass,other}.wav``.
+
+    The targets are the four sources; the mixture is their sum (``Mixtures/``, whose ``mixture.wav`` is that sum,
+    is not read). ``split`` ``train`` and ``valid`` split ``Sources/Dev`` by :func:`hash_split` of the track
+    names; ``test`` is ``Sources/Test``, the data set's test set.
+    """
+
+    layout = "dsd100"
+
+    def __init__(self, root, split: str, target: Union[str, Sequence[str]], valid_tracks: Optional[int] = None,
+                 **kw):
+        super().__init__(target, **kw)
+        for t in self.targets:
+            if t not in MUSDB_SOURCES:
+                raise DatasetError(f"target {t!r}: DSD100's sources are {', '.join(MUSDB_SOURCES)}; train one of them")
+        if split == "test":
+            tracks, notes, hint = dsd100_track_dirs(root, "Test"), [], ""
+            where = str(Path(root) / "Sources" / "Test")
+        else:
+            train, valid = hash_split(dsd100_track_dirs(root, "Dev"), valid_tracks, "DSD100's Sources/Dev")
+            tracks, where, hint, note = _split_tracks(root, split, train, valid, "its split of Sources/Dev")
+            notes = [note]
+        problems: List[str] = []
+        self._add_tracks(((t, dsd100_sources(t, problems)) for t in tracks), where, problems, notes, hint)
+
+
 # ---------------------------------------------------------------- whole tracks of the metadata layouts (evaluation)
 
 
 def stem_track_sources(layout: str, track) -> Sources:
-    """The stems of one ``slakh`` or ``moisesdb`` track folder as its data set reads them.
+    """The stems of one ``slakh``, ``moisesdb``, ``medleydb`` or ``dsd100`` track folder as its data set reads them.
 
     Returns:
         ``(stem key, files)`` per stem: Slakh, each rendered stem's file, keyed by its class (``drums`` for
-        ``is_drum``); MoisesDB, the files data.json lists under each ``stemName``.
+        ``is_drum``); MoisesDB, the files data.json lists under each ``stemName``; MedleyDB, each stem's file,
+        keyed by its (first) instrument label, whatever ``has_bleed`` says; DSD100, its four source files.
 
     Raises:
         DatasetError: the metadata is missing or unreadable, a file it lists is missing or unreadable, or the
@@ -922,8 +1159,13 @@ def stem_track_sources(layout: str, track) -> Sources:
         sources = SlakhDataset._sources(track, problems, [0])
     elif layout == "moisesdb":
         sources = MoisesDBDataset._sources(track, problems)
+    elif layout == "medleydb":
+        read = medleydb_metadata(track, problems)
+        sources = None if read is None else medleydb_stems(track, *read, problems)
+    elif layout == "dsd100":
+        sources = dsd100_sources(track, problems)
     else:
-        raise DatasetError(f"layout {layout!r}: choose slakh or moisesdb")
+        raise DatasetError(f"layout {layout!r}: choose slakh, moisesdb, medleydb or dsd100")
     if sources is None:
         raise DatasetError(problems[0])
     if not any(files for _, files in sources):
@@ -931,11 +1173,17 @@ def stem_track_sources(layout: str, track) -> Sources:
     return sources
 
 
-def stem_group(key: str, stem_grouping: str = "all") -> str:
-    """The target a stem belongs to, as :class:`MoisesDBDataset` groups stems: the stem itself, or with
-    ``stem_grouping="four"`` ``other`` for every stem but vocals, bass and drums (``stem_group("piano", "four")``
-    is ``other``). Slakh's stem keys are their own groups."""
-    return "other" if stem_grouping == "four" and key not in MOISESDB_FOUR[:3] else key
+def stem_group(key: str, stem_grouping: str = "all", layout: str = "moisesdb") -> str:
+    """The target a stem belongs to, as the data set of ``layout`` groups stems: the stem itself, or with
+    ``stem_grouping="four"`` one of vocals, bass, drums and other: for MoisesDB ``other`` for every stem but
+    vocals, bass and drums (``stem_group("piano", "four")`` is ``other``), for MedleyDB the group of the
+    instrument label in :data:`MEDLEYDB_GROUPS`, else ``other`` (``stem_group("male_singer", "four", "medleydb")``
+    is ``vocals``). Slakh's and DSD100's stem keys are their own groups."""
+    if stem_grouping != "four":
+        return key
+    if layout == "medleydb":
+        return MEDLEYDB_GROUPS.get(key, "other")
+    return "other" if key not in MOISESDB_FOUR[:3] else key
 
 
 def read_stem_track(sources: Sources, sample_rate: int, nb_channels: int = 2,

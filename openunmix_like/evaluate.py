@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import (MOISESDB_FOUR, DatasetError, moisesdb_split, moisesdb_track_dirs, read_stem_track,
-                   hidden, slakh_split_dir, stem_group, stem_track_sources, track_dirs)
+from .data import (MOISESDB_FOUR, DatasetError, dsd100_track_dirs, hash_split, hidden, medleydb_has_bleed,
+                   medleydb_metadata, medleydb_track_dirs, moisesdb_split, moisesdb_track_dirs, read_stem_track,
+                   slakh_split_dir, stem_group, stem_track_sources, track_dirs)
 from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import sdr_mdx, si_sdr
@@ -225,11 +226,72 @@ def moisesdb_tracks(root: str, split: Optional[str] = "valid", valid_tracks: Opt
     return stem_tracks("moisesdb", folders, where, targets, residual, stem_grouping, names, skip, on_error)
 
 
+def medleydb_tracks(root: str, split: Optional[str] = "valid", valid_tracks: Optional[int] = None,
+                    stem_grouping: str = "four", include_bleed: bool = False, targets: Sequence[str] = (),
+                    residual: Optional[str] = None, names: Optional[Sequence[str]] = None,
+                    skip: Optional[Callable[[str], bool]] = None,
+                    on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
+    """MedleyDB tracks: ``split`` ``valid``, the validation tracks of the split training makes
+    (:func:`~openunmix_like.data.hash_split` with the same ``valid_tracks``), ``train`` the others, ``None``
+    every track; those whose metadata says ``has_bleed: 'yes'`` are left out unless ``include_bleed``, as
+    training leaves them out.
+
+    Each stem is keyed by its instrument label; ``stem_grouping`` groups them as training does (``four``:
+    vocals, drums, bass and other, the rest). The mixture is the sum of the stems (``_MIX.wav`` is not read).
+    See :func:`stem_tracks` for the other arguments.
+    """
+    try:
+        import yaml  # noqa: F401 - checked once here, used for every track
+    except ImportError as exc:
+        raise OpenUnmixLikeError("MedleyDB evaluation reads <TrackName>_METADATA.yaml with PyYAML: "
+                                 "pip install 'openunmix-like[medleydb]'") from exc
+    folders = _dataset(medleydb_track_dirs, root)
+    chosen = f"{len(folders)} track(s)"
+    if split is not None:
+        train, valid = _dataset(hash_split, folders, valid_tracks, "MedleyDB")
+        folders = valid if split == "valid" else train
+        chosen = f"the {len(folders)} {'validation' if split == 'valid' else 'training'} track(s) of its split"
+    if not include_bleed:  # a track whose metadata cannot be read stays, to be reported when it is scored
+        bled = [f for f in folders if _has_bleed(f)]
+        folders = [f for f in folders if f not in bled]
+        chosen += f"; {len(bled)} with has_bleed: yes left out, which --include-bleed scores" if bled else ""
+    return stem_tracks("medleydb", folders, f"{root} ({chosen})", targets, residual, stem_grouping, names, skip,
+                       on_error)
+
+
+def _has_bleed(folder: Path) -> bool:
+    read = medleydb_metadata(folder, [])
+    return read is not None and medleydb_has_bleed(read[1])
+
+
+def dsd100_tracks(root: str, split: str = "test", valid_tracks: Optional[int] = None, targets: Sequence[str] = (),
+                  residual: Optional[str] = None, names: Optional[Sequence[str]] = None,
+                  skip: Optional[Callable[[str], bool]] = None,
+                  on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
+    """DSD100 tracks: ``split`` ``test``, ``Sources/Test`` (the data set's test set); ``valid``, the validation
+    tracks of the split training makes of ``Sources/Dev`` (:func:`~openunmix_like.data.hash_split` with the
+    same ``valid_tracks``); ``train`` the other ``Sources/Dev`` tracks.
+
+    The references are the four source files; the mixture is their sum (DSD100's ``mixture.wav`` is that sum,
+    and ``Mixtures/`` is not read). See :func:`stem_tracks` for the other arguments.
+    """
+    if split == "test":
+        folders = _dataset(dsd100_track_dirs, root, "Test")
+        where = str(Path(root) / "Sources" / "Test")
+    else:
+        train, valid = _dataset(hash_split, _dataset(dsd100_track_dirs, root, "Dev"), valid_tracks,
+                                "DSD100's Sources/Dev")
+        folders = valid if split == "valid" else train
+        where = (f"{root} (the {len(folders)} {'validation' if split == 'valid' else 'training'} track(s) of its "
+                 "split of Sources/Dev)")
+    return stem_tracks("dsd100", folders, where, targets, residual, names=names, skip=skip, on_error=on_error)
+
+
 def stem_tracks(layout: str, folders: Sequence[Path], where: str, targets: Sequence[str] = (),
                 residual: Optional[str] = None, stem_grouping: str = "all", names: Optional[Sequence[str]] = None,
                 skip: Optional[Callable[[str], bool]] = None,
                 on_error: Optional[Callable[[str, OpenUnmixLikeError], None]] = None) -> Iterator[Track]:
-    """Tracks of a metadata layout (``slakh``, ``moisesdb``) from their track folders.
+    """Tracks of a metadata layout (``slakh``, ``moisesdb``, ``medleydb``, ``dsd100``) from their track folders.
 
     The references are the sums of each group of stems (every group of the track, so that an oracle
     shares the mixture among them all); a target the track lacks is a silent reference. With a
@@ -253,13 +315,13 @@ def stem_tracks(layout: str, folders: Sequence[Path], where: str, targets: Seque
         except OpenUnmixLikeError as exc:
             if not (skip and skip(folder.name)):  # a track scored before is not reported
                 _failed(folder.name, exc, on_error)
-    _check_targets(targets, {stem_group(k, stem_grouping) for _, sources in parsed for k, _ in sources}, where,
-                   stem_grouping if layout == "moisesdb" else None, bool(names))
+    _check_targets(targets, {stem_group(k, stem_grouping, layout) for _, sources in parsed for k, _ in sources},
+                   where, stem_grouping if layout in GROUPED_LAYOUTS else None, bool(names))
     for folder, sources in parsed:
         if skip and skip(folder.name):
             continue
         try:
-            yield _stem_track(folder, sources, targets, residual, stem_grouping)
+            yield _stem_track(folder, sources, targets, residual, stem_grouping, layout)
         except OpenUnmixLikeError as exc:
             _failed(folder.name, exc, on_error)
 
@@ -288,9 +350,10 @@ def _check_targets(targets: Sequence[str], found: set, where: str, stem_grouping
                              f"stems found are {', '.join(sorted(found))}; {hint}")
 
 
-def _stem_track(folder: Path, sources, targets: Sequence[str], residual: Optional[str], stem_grouping: str) -> Track:
+def _stem_track(folder: Path, sources, targets: Sequence[str], residual: Optional[str], stem_grouping: str,
+                layout: str = "moisesdb") -> Track:
     def group(key: str) -> str:
-        name = stem_group(key, stem_grouping)
+        name = stem_group(key, stem_grouping, layout)
         return name if not residual or name in targets else residual
 
     rate = next(f for _, files in sources for f in files).sample_rate  # others are resampled to it, as in training
@@ -307,6 +370,8 @@ def _stem_track(folder: Path, sources, targets: Sequence[str], residual: Optiona
 
 # Channels the stems are read with, as training reads them (Slakh's mono stems as two equal channels).
 STEM_CHANNELS = 2
+# The layouts whose stems --stem-grouping groups.
+GROUPED_LAYOUTS = ("moisesdb", "medleydb")
 
 
 def _dataset(function, *args):

@@ -1,4 +1,5 @@
-"""``umx-evaluate``: BSSEval v4 scores of a separator or an oracle on MUSDB18, a track folder, Slakh2100 or MoisesDB."""
+"""``umx-evaluate``: BSSEval v4 scores of a separator or an oracle on MUSDB18, a track folder, Slakh2100, MoisesDB,
+MedleyDB or DSD100."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ from .. import __version__
 from ..data import STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
-                        folder_tracks, full_markdown, markdown_table, moisesdb_tracks, musdb_tracks, oracle,
-                        read_record, score_track, slakh_tracks, write_csv)
+                        dsd100_tracks, folder_tracks, full_markdown, markdown_table, medleydb_tracks, moisesdb_tracks,
+                        musdb_tracks, oracle, read_record, score_track, slakh_tracks, write_csv)
 from ..fileio import made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
@@ -27,8 +28,14 @@ from .separate import add_separator_args, load_separator, precision_of
 # Options a model's scores depend on (the others, such as --device, only change the speed), and an oracle's.
 MODEL_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len", "segment", "overlap")
 ORACLE_SETTINGS = ("targets", "nfft", "nhop")
-LAYOUTS = ("musdb", "folder", "slakh", "moisesdb")
-STEM_LAYOUTS = ("slakh", "moisesdb")  # references summed from files chosen by the data set's metadata
+LAYOUTS = ("musdb", "folder", "slakh", "moisesdb", "medleydb", "dsd100")
+# References summed from files chosen by the data set's metadata (or, for dsd100, its fixed file names).
+STEM_LAYOUTS = ("slakh", "moisesdb", "medleydb", "dsd100")
+# The data options of some of those layouts: (flag, argument, the layouts that take it).
+LAYOUT_OPTIONS = (("--stem-grouping", "stem_grouping", ("moisesdb", "medleydb")),
+                  ("--all-tracks", "all_tracks", ("moisesdb", "medleydb")),
+                  ("--valid-tracks", "valid_tracks", ("moisesdb", "medleydb", "dsd100")),
+                  ("--include-bleed", "include_bleed", ("medleydb",)))
 # --subset of a Slakh2100 root: the folder, by its name (valid too, as --split spells it) -> the split it is.
 SLAKH_SUBSETS = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
 
@@ -37,26 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="umx-evaluate", description="Score a separator (or oracle) with BSSEval v4.")
     g = p.add_argument_group("data")
     g.add_argument("--root", required=True,
-                   help="MUSDB18 folder, a folder of track folders (--layout folder), or a Slakh2100 or MoisesDB root")
+                   help="MUSDB18 folder, a folder of track folders (--layout folder), or a Slakh2100, MoisesDB, "
+                        "MedleyDB or DSD100 root")
     g.add_argument("--layout", choices=LAYOUTS, default="musdb",
                    help="musdb: through the musdb package; folder: <root>/<track>/{mixture?,<source>...}.wav; "
                         "slakh: <root>/{train,validation,test}/TrackNNNNN/{metadata.yaml,stems/}; moisesdb: "
-                        "<root>[/<provider>]/<track_id>/data.json (default musdb)")
+                        "<root>[/<provider>]/<track_id>/data.json; medleydb: <root>[/Audio]/<TrackName>/"
+                        "{<TrackName>_METADATA.yaml,<TrackName>_STEMS/}; dsd100: <root>/Sources/{Dev,Test}/<track>/"
+                        "{vocals,drums,bass,other}.wav (default musdb)")
     g.add_argument("--subset", default=None,
                    help="musdb subset (default test); slakh: the folder, train, validation or test")
     g.add_argument("--split", default=None, choices=["train", "valid", "test"],
                    help="musdb: split of the train subset; slakh: the folder (valid: validation/, the default); "
-                        "moisesdb: the training or validation (default) tracks of the split umx-train makes")
+                        "moisesdb, medleydb: the training or validation (default) tracks of the split umx-train "
+                        "makes; dsd100: Sources/Test (test, the default) or the training or validation tracks of "
+                        "the split umx-train makes of Sources/Dev")
     g.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ wav layout")
     g.add_argument("--mixture-from-sources", action="store_true",
                    help="musdb: separate the sum of the four sources instead of the stored mixture")
     g.add_argument("--stem-grouping", choices=STEM_GROUPINGS, default=None,
-                   help="moisesdb: targets vocals, bass, drums, other (four: other is every other stem) or any "
-                        "top-level stem (all), as umx-train groups them (default four)")
+                   help="moisesdb, medleydb: targets vocals, bass, drums, other (four: other is every other stem) "
+                        "or any top-level stem or instrument label (all), as umx-train groups them (default four)")
     g.add_argument("--valid-tracks", type=int, default=None, metavar="N",
-                   help="moisesdb: the N validation tracks of the split, as given to umx-train (default 10%% of "
-                        "the tracks)")
-    g.add_argument("--all-tracks", action="store_true", help="moisesdb: every track, not only the validation ones")
+                   help="moisesdb, medleydb, dsd100: the N validation tracks of the split, as given to umx-train "
+                        "(default 10%% of the tracks)")
+    g.add_argument("--all-tracks", action="store_true",
+                   help="moisesdb, medleydb: every track, not only the validation ones")
+    g.add_argument("--include-bleed", action="store_true",
+                   help="medleydb: also score the tracks whose metadata says has_bleed: yes, as umx-train "
+                        "--include-bleed trains on them")
     g.add_argument("--tracks", nargs="+", default=None, help="only these track names")
     add_separator_args(p, precision="fp32")  # scores that do not depend on the machine that computed them
     g = p.add_argument_group("oracles")
@@ -134,7 +150,7 @@ def oracle_method(args: argparse.Namespace, name: str, targets: Sequence[str] = 
 
 def data_settings(args: argparse.Namespace) -> dict:
     """What the references depend on beyond the track, by layout (nothing for musdb and folder)."""
-    return {"stem_grouping": args.stem_grouping or "four"} if args.layout == "moisesdb" else {}
+    return {"stem_grouping": args.stem_grouping or "four"} if args.layout in ("moisesdb", "medleydb") else {}
 
 
 def _mixture_from_sources(args: argparse.Namespace) -> bool:
@@ -227,11 +243,11 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_layout(args: argparse.Namespace) -> None:
     """Refuse data options that do not belong to ``--layout``, or contradict each other."""
-    given = (("--stem-grouping", args.stem_grouping), ("--all-tracks", args.all_tracks),
-             ("--valid-tracks", args.valid_tracks is not None))
-    moisesdb_only = [flag for flag, value in given if value]
-    if moisesdb_only and args.layout != "moisesdb":
-        raise OpenUnmixLikeError(f"{moisesdb_only[0]} works with --layout moisesdb; drop it")
+    for flag, name, layouts in LAYOUT_OPTIONS:
+        value = getattr(args, name)
+        if value is not None and value is not False and args.layout not in layouts:
+            also = f" (--layout {' and '.join(layouts[1:])} take{'s' if len(layouts) == 2 else ''} it too)"
+            raise OpenUnmixLikeError(f"{flag} works with --layout {layouts[0]}; drop it{also if layouts[1:] else ''}")
     if args.layout == "musdb":
         subset = args.subset or "test"
         if args.split == "test":
@@ -256,8 +272,10 @@ def check_layout(args: argparse.Namespace) -> None:
             raise OpenUnmixLikeError(f"--layout {args.layout}: give targets with letters or digits")
     if args.layout == "slakh":
         slakh_split(args)
+    elif args.layout == "dsd100":
+        dsd100_split(args)
     else:
-        moisesdb_split_of(args)
+        hash_split_of(args)
 
 
 def slakh_split(args: argparse.Namespace) -> str:
@@ -273,14 +291,19 @@ def slakh_split(args: argparse.Namespace) -> str:
     return args.split or subset or "valid"
 
 
-def moisesdb_split_of(args: argparse.Namespace) -> Optional[str]:
-    """The MoisesDB tracks scored: ``valid`` (the default) or ``train``, of the split umx-train makes with
-    ``--valid-tracks``; ``None`` with ``--all-tracks``."""
+# How messages name the data sets whose split --valid-tracks makes.
+DATA_SET_NAMES = {"moisesdb": "MoisesDB", "medleydb": "MedleyDB", "dsd100": "DSD100"}
+
+
+def hash_split_of(args: argparse.Namespace) -> Optional[str]:
+    """The MoisesDB or MedleyDB tracks scored: ``valid`` (the default) or ``train``, of the split umx-train makes
+    with ``--valid-tracks``; ``None`` with ``--all-tracks``."""
+    name = DATA_SET_NAMES[args.layout]
     if args.subset is not None:
-        raise OpenUnmixLikeError(f"--subset {args.subset}: MoisesDB has no subsets; its validation tracks are "
+        raise OpenUnmixLikeError(f"--subset {args.subset}: {name} has no subsets; its validation tracks are "
                                  "scored (the split umx-train makes), or --split train, or --all-tracks")
     if args.split == "test":
-        raise OpenUnmixLikeError("--split test: MoisesDB has no test split; score the validation tracks (the "
+        raise OpenUnmixLikeError(f"--split test: {name} has no test split; score the validation tracks (the "
                                  "default), --split train, or --all-tracks")
     if args.all_tracks and (args.split or args.valid_tracks is not None):
         given = "--split" if args.split else "--valid-tracks"
@@ -288,6 +311,22 @@ def moisesdb_split_of(args: argparse.Namespace) -> Optional[str]:
     if args.valid_tracks is not None and args.valid_tracks < 1:
         raise OpenUnmixLikeError(f"--valid-tracks {args.valid_tracks}: give at least 1")
     return None if args.all_tracks else args.split or "valid"
+
+
+def dsd100_split(args: argparse.Namespace) -> str:
+    """The DSD100 tracks scored: ``test`` (``Sources/Test``, the default), or ``valid`` or ``train``, of the split
+    umx-train makes of ``Sources/Dev`` with ``--valid-tracks``."""
+    if args.subset is not None:
+        raise OpenUnmixLikeError(f"--subset {args.subset}: DSD100's tracks are chosen with --split: test "
+                                 "(Sources/Test, the default), or valid or train (the split umx-train makes of "
+                                 "Sources/Dev)")
+    split = args.split or "test"
+    if args.valid_tracks is not None and split == "test":
+        raise OpenUnmixLikeError("--valid-tracks chooses the validation tracks of Sources/Dev: give it with --split "
+                                 "valid or train (Sources/Test is scored whole)")
+    if args.valid_tracks is not None and args.valid_tracks < 1:
+        raise OpenUnmixLikeError(f"--valid-tracks {args.valid_tracks}: give at least 1")
+    return split
 
 
 def layout_tracks(args: argparse.Namespace, targets: Sequence[str], skip: Callable[[str], bool],
@@ -301,7 +340,13 @@ def layout_tracks(args: argparse.Namespace, targets: Sequence[str], skip: Callab
     residual = args.residual if targets else None  # the rest of no target is the whole mixture
     if args.layout == "slakh":
         return slakh_tracks(args.root, slakh_split(args), targets, residual, args.tracks, skip, on_error)
-    return moisesdb_tracks(args.root, moisesdb_split_of(args), args.valid_tracks, args.stem_grouping or "four",
+    if args.layout == "dsd100":
+        return dsd100_tracks(args.root, dsd100_split(args), args.valid_tracks, targets, residual, args.tracks, skip,
+                             on_error)
+    if args.layout == "medleydb":
+        return medleydb_tracks(args.root, hash_split_of(args), args.valid_tracks, args.stem_grouping or "four",
+                               args.include_bleed, targets, residual, args.tracks, skip, on_error)
+    return moisesdb_tracks(args.root, hash_split_of(args), args.valid_tracks, args.stem_grouping or "four",
                            targets, residual, args.tracks, skip, on_error)
 
 

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the --target-dir folder, else vocals)")
     g.add_argument("--targets", nargs="+", default=None, metavar="NAME",
                    help="several sources learnt together from one stream of mixtures (musdb, trackfolder_fix, slakh, "
-                        "moisesdb), "
-                        "each into its own files of --output, e.g. --targets vocals drums bass other")
+                        "moisesdb, medleydb, dsd100), each into its own files of --output, e.g. --targets vocals "
+                        "drums bass other")
     g.add_argument("--output", default=DEFAULTS.output, metavar="DIR",
                    help="model folder to write (default ./open-unmix)")
     g.add_argument("--resume", default=None, choices=["auto"],
@@ -53,14 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASETS, metavar="LAYOUT",
                    help=f"{', '.join(DATASETS)} (default {DEFAULTS.dataset})")
     g.add_argument("--root", default=None, metavar="DIR",
-                   help="data folder (musdb root, Slakh2100 root, MoisesDB root, or with train/ and valid/)")
+                   help="data folder (musdb, Slakh2100, MoisesDB, MedleyDB or DSD100 root, or one with train/ and "
+                        "valid/)")
     g.add_argument("--is-wav", action="store_true", help="musdb: MUSDB18-HQ wav files instead of .stem.mp4")
     g.add_argument("--audio-backend", "--audio_backend", dest="audio_backend", default=None,
                    choices=["soundfile", "sox_io", "stempeg"],
                    help="accepted for the reference's command lines and ignored: audio is read with soundfile, "
                         "and with ffmpeg where soundfile cannot")
     g.add_argument("--samples-per-track", type=int, default=DEFAULTS.samples_per_track, metavar="N",
-                   help="musdb, trackfolder_fix, slakh, moisesdb: training excerpts per track and epoch (default "
+                   help="musdb, trackfolder_fix, slakh, moisesdb, medleydb, dsd100: training excerpts per track and "
+                        "epoch (default "
                         + ", ".join(f"{n} for {layout}" for layout, n in SAMPLES_PER_TRACK.items()) + ")")
     g.add_argument("--input-file", "--input_file", dest="input_file", default=None, metavar="NAME",
                    help="aligned: input file (or folder) name")
@@ -79,16 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nb-valid-samples", type=int, default=DEFAULTS.nb_valid_samples, metavar="N",
                    help=f"sourcefolder: validation mixtures (default {DEFAULTS.nb_valid_samples})")
     g.add_argument("--random-track-mix", action="store_true",
-                   help="trackfolder_fix, slakh, moisesdb: interferers from random tracks")
+                   help="trackfolder_fix, slakh, moisesdb, medleydb, dsd100: interferers from random tracks")
     g.add_argument("--random-interferer-mix", action="store_true",
                    help="trackfolder_var: interferers from a random track")
     g.add_argument("--silence-missing-targets", action="store_true",
-                   help="trackfolder_var, slakh, moisesdb: a track without the target gets a silent one")
+                   help="trackfolder_var, slakh, moisesdb, medleydb: a track without the target gets a silent one")
     g.add_argument("--stem-grouping", choices=STEM_GROUPINGS, default=None,
-                   help="moisesdb: targets vocals, bass, drums, other (four: other is every other stem) or any "
-                        "top-level stem such as guitar, piano (all) (default four)")
+                   help="moisesdb, medleydb: targets vocals, bass, drums, other (four: other is every other stem) "
+                        "or any top-level stem such as guitar, piano, or with medleydb any instrument label such as "
+                        "female_singer (all) (default four)")
     g.add_argument("--valid-tracks", type=int, default=None, metavar="N",
-                   help="moisesdb: validation tracks, chosen by a hash of the track id (default 10%% of the tracks)")
+                   help="moisesdb, medleydb, dsd100 (of its Dev tracks): validation tracks, chosen by a hash of the "
+                        "track id (default 10%% of the tracks)")
+    g.add_argument("--include-bleed", action="store_true",
+                   help="medleydb: also train on the tracks whose metadata says has_bleed: yes (other instruments "
+                        "leak into their stems)")
     g.add_argument("--source-augmentations", nargs="*", default=None, metavar="NAME",
                    help=f"per source: {', '.join(AUGMENTATIONS)}; per batch: {', '.join(BATCH_AUGMENTATIONS)} "
                         "(default gain channelswap; none for aligned)")

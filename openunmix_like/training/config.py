@@ -11,8 +11,14 @@ from ..augment import BatchCompose, Compose, split_names
 from ..errors import OpenUnmixLikeError
 from ..losses import parse_loss
 
-DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb")
-STEM_LAYOUTS = ("slakh", "moisesdb")  # targets summed from files chosen by the data set's metadata
+DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb", "medleydb",
+            "dsd100")
+# Targets summed from files chosen by the data set's metadata (or, for dsd100, its fixed file names).
+STEM_LAYOUTS = ("slakh", "moisesdb", "medleydb", "dsd100")
+# The options of some of those layouts: (flag, TrainConfig field, the layouts that take it).
+LAYOUT_OPTIONS = (("--stem-grouping", "stem_grouping", ("moisesdb", "medleydb")),
+                  ("--valid-tracks", "valid_tracks", ("moisesdb", "medleydb", "dsd100")),
+                  ("--include-bleed", "include_bleed", ("medleydb",)))
 SCHEDULERS = ("plateau", "cosine")
 SELECT_BY = ("loss", "sdr")
 PRELOAD = ("auto", "on", "off")
@@ -41,7 +47,7 @@ class TrainConfig:
     root: Optional[str] = None
     # musdb
     is_wav: bool = False
-    # musdb, trackfolder_fix, slakh, moisesdb: training items per track and epoch (None: 64 for musdb, else 1)
+    # musdb, trackfolder_fix and the STEM_LAYOUTS: training items per track and epoch (None: 64 for musdb, else 1)
     samples_per_track: Optional[int] = None
     # folder datasets (None: the defaults of the layout, see factory.resolve_sources)
     input_file: Optional[str] = None
@@ -56,9 +62,12 @@ class TrainConfig:
     random_track_mix: bool = False
     silence_missing_targets: bool = False
     random_interferer_mix: bool = False
-    # moisesdb: targets vocals, bass, drums, other ("four") or one top-level stem each ("all"); None: four
+    # moisesdb, medleydb: targets vocals, bass, drums, other ("four") or one stem (instrument label) each ("all");
+    # None: four
     stem_grouping: Optional[str] = None
-    valid_tracks: Optional[int] = None  # moisesdb: validation tracks (None: 10 %, chosen by a hash of the track id)
+    # moisesdb, medleydb, dsd100: validation tracks (None: 10 %, chosen by a hash of the track id)
+    valid_tracks: Optional[int] = None
+    include_bleed: bool = False  # medleydb: keep the tracks whose metadata says has_bleed: yes
     source_augmentations: Optional[List[str]] = None
     sample_rate: int = 44100
     # optimisation
@@ -221,7 +230,7 @@ def check_numbers(cfg: TrainConfig) -> None:
 
 
 # The layouts that take --samples-per-track, and their defaults.
-SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1, "slakh": 1, "moisesdb": 1}
+SAMPLES_PER_TRACK = {"musdb": 64, "trackfolder_fix": 1, "slakh": 1, "moisesdb": 1, "medleydb": 1, "dsd100": 1}
 
 
 def resolve_samples_per_track(cfg: TrainConfig) -> Optional[int]:
@@ -239,22 +248,21 @@ def resolve_samples_per_track(cfg: TrainConfig) -> Optional[int]:
 
 
 def resolve_stem_options(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the targets of ``slakh`` and ``moisesdb`` spelt as their metadata is matched
+    """``cfg`` with the targets of the :data:`STEM_LAYOUTS` spelt as their metadata is matched
     (``"Synth Pad"`` -> ``synth_pad``, which also names the model files) and ``stem_grouping``
-    resolved (``four`` for moisesdb); ``--stem-grouping`` and ``--valid-tracks`` refused elsewhere.
+    resolved (``four`` for moisesdb and medleydb); the options of :data:`LAYOUT_OPTIONS` refused elsewhere.
 
     Raises:
         OpenUnmixLikeError: an option the layout does not take, or a value no data set could use.
     """
-    from ..data import MOISESDB_FOUR, STEM_GROUPINGS, stem_key
+    from ..data import MOISESDB_FOUR, MUSDB_SOURCES, STEM_GROUPINGS, stem_key
 
-    if cfg.dataset != "moisesdb":
-        given = [flag for flag, value in (("--stem-grouping", cfg.stem_grouping), ("--valid-tracks", cfg.valid_tracks))
-                 if value is not None]
-        if given:
-            verb, them = ("works", "it") if len(given) == 1 else ("work", "them")
-            raise OpenUnmixLikeError(f"{' and '.join(given)} {verb} with --dataset moisesdb; drop {them} for "
-                                     f"--dataset {cfg.dataset}")
+    for flag, field, layouts in LAYOUT_OPTIONS:
+        value = getattr(cfg, field)
+        if value is not None and value is not False and cfg.dataset not in layouts:
+            also = f" ({' and '.join(layouts[1:])} take{'s' if len(layouts) == 2 else ''} it too)"
+            raise OpenUnmixLikeError(f"{flag} works with --dataset {layouts[0]}; drop it for --dataset {cfg.dataset}"
+                                     f"{also if layouts[1:] else ''}")
     if cfg.dataset not in STEM_LAYOUTS:
         return cfg
     targets = [stem_key(t) for t in cfg.targets] if cfg.targets else None
@@ -262,17 +270,23 @@ def resolve_stem_options(cfg: TrainConfig) -> TrainConfig:
     for name in targets or [target]:
         if not name:
             raise OpenUnmixLikeError(f"--dataset {cfg.dataset}: give a target with letters or digits")
-    if cfg.dataset == "slakh":
+    if cfg.valid_tracks is not None and cfg.valid_tracks < 1:
+        raise OpenUnmixLikeError(f"--valid-tracks {cfg.valid_tracks}: give at least 1")
+    if cfg.dataset == "dsd100":
+        for name in targets or [target]:
+            if name not in MUSDB_SOURCES:
+                raise OpenUnmixLikeError(f"--target {name}: DSD100's sources are {', '.join(MUSDB_SOURCES)}; "
+                                         "train one of them")
+    if cfg.dataset in ("slakh", "dsd100"):
         return dataclasses.replace(cfg, target=target, targets=targets)
     grouping = cfg.stem_grouping or "four"
     if grouping not in STEM_GROUPINGS:
         raise OpenUnmixLikeError(f"--stem-grouping {grouping!r}: choose one of {', '.join(STEM_GROUPINGS)}")
     if grouping == "four":
+        example = "female singer or acoustic guitar" if cfg.dataset == "medleydb" else "guitar or piano"
         for name in targets or [target]:
             if name not in MOISESDB_FOUR:
                 raise OpenUnmixLikeError(f"--target {name}: with --stem-grouping four (the default) the targets are "
                                          f"{', '.join(MOISESDB_FOUR)}; add --stem-grouping all to train one stem "
-                                         "such as guitar or piano")
-    if cfg.valid_tracks is not None and cfg.valid_tracks < 1:
-        raise OpenUnmixLikeError(f"--valid-tracks {cfg.valid_tracks}: give at least 1")
+                                         f"such as {example}")
     return dataclasses.replace(cfg, target=target, targets=targets, stem_grouping=grouping)

@@ -105,16 +105,20 @@ def dataset_kwargs(cfg: TrainConfig) -> Tuple[dict, dict]:
 
 
 def stem_datasets(cfg: TrainConfig, target) -> Datasets:
-    """``slakh`` or ``moisesdb`` training and validation sets for ``target``, a name or a list of names
-    (then the items hold the targets stacked, as ``--targets`` trains them)."""
+    """``slakh``, ``moisesdb``, ``medleydb`` or ``dsd100`` training and validation sets for ``target``, a name or
+    a list of names (then the items hold the targets stacked, as ``--targets`` trains them)."""
     if cfg.root is None:
         raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
     train_kw, valid_kw = dataset_kwargs(cfg)
     args = dict(root=cfg.root, target=target, silence_missing_targets=cfg.silence_missing_targets)
-    kind = data.SlakhDataset
-    if cfg.dataset == "moisesdb":
-        kind = data.MoisesDBDataset
-        args.update(stem_grouping=cfg.stem_grouping or "four", valid_tracks=cfg.valid_tracks)
+    kind = {"slakh": data.SlakhDataset, "moisesdb": data.MoisesDBDataset, "medleydb": data.MedleyDBDataset,
+            "dsd100": data.DSD100Dataset}[cfg.dataset]
+    if cfg.dataset in ("moisesdb", "medleydb"):
+        args.update(stem_grouping=cfg.stem_grouping or "four")
+    if cfg.dataset in ("moisesdb", "medleydb", "dsd100"):
+        args.update(valid_tracks=cfg.valid_tracks)
+    if cfg.dataset == "medleydb":
+        args.update(include_bleed=cfg.include_bleed)
     samples = resolve_samples_per_track(cfg)
     return (kind(split="train", random_track_mix=cfg.random_track_mix, samples_per_track=samples, **args, **train_kw),
             kind(split="valid", **args, **valid_kw))

@@ -20,7 +20,7 @@ import torch
 
 from .. import data
 from ..errors import OpenUnmixLikeError
-from .config import TrainConfig, check_options
+from .config import STEM_LAYOUTS, TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .checkpoint import check_output
@@ -29,7 +29,7 @@ from .history import History
 from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
 
 log = logging.getLogger(__name__)
-LAYOUTS = ("musdb", "trackfolder_fix", "slakh", "moisesdb")
+LAYOUTS = ("musdb", "trackfolder_fix", *STEM_LAYOUTS)
 
 
 def check_targets(cfg: TrainConfig) -> None:
@@ -62,7 +62,7 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
     valid_kw = dict(common, seq_duration=None, random_chunks=False)
     if cfg.root is None:
         raise OpenUnmixLikeError("--root is required: the folder holding the dataset")
-    if cfg.dataset in ("slakh", "moisesdb"):
+    if cfg.dataset in STEM_LAYOUTS:
         return (*stem_datasets(cfg, list(cfg.targets)), cfg, [None] * len(cfg.targets))
     if cfg.dataset == "musdb":
         args = dict(root=cfg.root, target=list(cfg.targets), is_wav=cfg.is_wav)
