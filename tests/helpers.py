@@ -145,6 +145,57 @@ class Identity(nn.Module):
         return x.clone()
 
 
+# ---------------------------------------------------------------- a local Ray
+
+
+def _ray_processes_started_here():
+    """``(title, state)`` of the Ray processes (``ray::...``) among this process's descendants: the workers
+    and agents of the local Ray it started (``ray_cluster``), not those of another Ray on the machine."""
+    parents, found = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # ended meanwhile
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(rest[1])
+        if name.startswith("ray::"):
+            found[int(entry.name)] = (title or name, rest[0])
+    me, ours = os.getpid(), []
+    for pid, item in found.items():
+        ancestor, seen = parents.get(pid), set()
+        while ancestor not in (None, me, 0, 1) and ancestor not in seen:  # ids reused meanwhile could loop
+            seen.add(ancestor)
+            ancestor = parents.get(ancestor)
+        if ancestor == me:
+            ours.append(item)
+    return ours
+
+
+def wait_until_ray_tasks_ended(timeout: float = 180.0) -> None:
+    """Wait until no worker of this process's local Ray runs a task or an actor, and the workers that ended
+    are reaped.
+
+    A driver that was stopped or killed leaves its tasks and actors to Ray, which ends them (or lets them
+    finish) up to seconds later on a busy machine: until then a track can still be written, and a partial
+    file still belongs to a process that is alive (a zombie counts), so a rerun leaves it alone.
+    """
+    if not Path("/proc/self/stat").is_file():  # not Linux: give Ray a generous while instead
+        time.sleep(10)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [(title, state) for title, state in _ray_processes_started_here()
+                if state == "Z" or not (title.startswith("ray::IDLE") or title.endswith("Agent"))]
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"Ray workers still busy after {timeout} s: {busy}"
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- umx-web
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import write
+from helpers import wait_until_ray_tasks_ended, write
 from openunmix_like.catalogue import records, stages
 from openunmix_like.cli.separate import main
 from openunmix_like.errors import OpenUnmixLikeError
@@ -128,12 +128,12 @@ def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     pytest.importorskip("ray")
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on
+    make_inputs(tmp_path / "in", 1, seconds=0.5)
+    with socket.socket() as s:  # a port nothing listens on: bound, not listening, so no other process takes it
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    make_inputs(tmp_path / "in", 1, seconds=0.5)
-    assert main([str(tmp_path / "in"), "--engine", "ray", "--address", f"127.0.0.1:{port}",
-                 "--outdir", str(tmp_path / "out")]) == 1
+        assert main([str(tmp_path / "in"), "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                     "--outdir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"umx-separate: error: --address 127.0.0.1:{port}: no Ray head node")
     assert not (tmp_path / "out").exists()
@@ -368,17 +368,6 @@ def _wait_for_done(out: Path, timeout: float = 120.0, process=None) -> None:
         time.sleep(0.02)
 
 
-def _settled(out: Path) -> set:
-    """The finished tracks, once no more appear for a second."""
-    finished = done_tracks(out)
-    while True:
-        time.sleep(1.0)
-        now = done_tracks(out)
-        if now == finished:
-            return now
-        finished = now
-
-
 @pytest.mark.slow
 def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_cluster, capsys):
     inputs = make_inputs(tmp_path / "in", 6, seconds=4.0)
@@ -391,7 +380,8 @@ def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_clu
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
-    finished = _settled(out)  # once Ray has ended the dead driver's tasks and actors
+    wait_until_ray_tasks_ended()  # the dead driver's tasks and actors: none writes a track after this
+    finished = done_tracks(out)
     assert 1 <= len(finished) < 6
     before = mtimes(out, finished)
     assert main(args) == 0

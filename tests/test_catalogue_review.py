@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write
+from helpers import wait_until_ray_tasks_ended, write
 from openunmix_like import storage
 from openunmix_like.catalogue import records
 from openunmix_like.cli.separate import build_parser, main
@@ -22,14 +22,19 @@ from openunmix_like.cli.separate import build_parser, main
 NAMES = ("vocals", "drums", "bass", "other")
 
 
-def closed_endpoint() -> dict:
-    """Storage options naming an S3 endpoint on a port nothing listens on (tried once, not retried)."""
+@pytest.fixture
+def closed_endpoint():
+    """Storage options naming an S3 endpoint on a port nothing listens on (tried once, not retried).
+
+    The port stays bound, without listening, for the whole test: connections to it are refused, and no
+    other process (another test's server, Ray) can start listening there meanwhile.
+    """
     pytest.importorskip("s3fs")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}",
-            "client_kwargs": {"region_name": "us-east-1"}, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        yield {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}",
+               "client_kwargs": {"region_name": "us-east-1"}, "config_kwargs": {"retries": {"max_attempts": 1}}}
 
 
 # ---------------------------------------------------------------- without Ray
@@ -59,9 +64,9 @@ def test_stems_in_an_output_prefix_inside_the_input_prefix_are_not_taken_for_son
     assert list(sources) == ["s3://catalogue/songs/stems/A/a/vocals.flac"]
 
 
-def test_an_unreachable_endpoint_is_one_line_naming_the_url(tmp_path, model_dir, capsys):
+def test_an_unreachable_endpoint_is_one_line_naming_the_url(tmp_path, model_dir, capsys, closed_endpoint):
     pytest.importorskip("ray")
-    options = json.dumps(closed_endpoint())
+    options = json.dumps(closed_endpoint)
     common = ["--engine", "ray", "--model", str(model_dir()), "--niter", "0", "--storage-options", options]
     # Output in object storage: refused before any work.
     assert main(["s3://catalogue/songs", "--outdir", "s3://catalogue/out", *common]) == 1
@@ -88,8 +93,8 @@ def test_an_unreachable_endpoint_is_one_line_naming_the_url(tmp_path, model_dir,
     assert len(err) == 1 and err[0].startswith("umx-separate: error: --manifest s3://catalogue/list.txt: cannot read")
 
 
-def test_storage_errors_of_the_backend_name_the_url_and_count_as_os_errors():
-    options = closed_endpoint()
+def test_storage_errors_of_the_backend_name_the_url_and_count_as_os_errors(closed_endpoint):
+    options = closed_endpoint
     for call in (lambda: storage.size("s3://b/k.wav", options), lambda: storage.exists("s3://b/k.wav", options),
                  lambda: storage.read_bytes("s3://b/k.wav", options),
                  lambda: storage.write_bytes("s3://b/k.json", b"{}", options)):
@@ -138,11 +143,10 @@ def test_sigterm_stops_the_run_as_ctrl_c_does_and_lists_this_runs_failures(tmp_p
     assert "SIGTERM received" not in err and "Traceback" not in err
     failures = records.read_failures((out / records.FAILURES_NAME).read_bytes())
     assert [(Path(f["path"]).name, f["stage"]) for f in failures] == [("bad.wav", "decode")]
+    wait_until_ray_tasks_ended()  # the stopped driver's tasks: none writes a track after this
     finished = len(list(out.glob(f"*/{records.DONE_NAME}")))
     assert 1 <= finished < 8
     # The same command finishes the rest; nothing half-written is left.
-    time.sleep(1.0)  # Ray ends the stopped driver's tasks
-    finished = len(list(out.glob(f"*/{records.DONE_NAME}")))
     assert main(args) == 1
     assert f"{8 - finished} done, {finished} skipped (finished before), 1 failed" in capsys.readouterr().err
     assert len(list(out.glob(f"*/{records.DONE_NAME}"))) == 8

@@ -64,8 +64,7 @@ def test_drop_a_clip_play_the_stems_mute_one_and_download_it(server, page, tmp_p
     page.click("#play")
     page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 0.3", timeout=10_000)
     first = page.evaluate("window.umxPlayer.time()")
-    page.wait_for_timeout(400)
-    assert page.evaluate("window.umxPlayer.time()") > first
+    page.wait_for_function("(first) => window.umxPlayer.time() > first", arg=first, timeout=10_000)  # it goes on
     assert page.input_value("#seek") != "0"
 
     assert gain(page, "vocals") == 1 and gain(page, "mixture") == 0
@@ -120,6 +119,20 @@ def open_separated(page, server, clip, seconds, seed):
     page.wait_for_selector("#player[data-ready='true']", timeout=90_000)
 
 
+def preload_chunks(page, *chunks):
+    """Have the player fetch these chunks of every track now: played, they are all there when due, however long
+    the server takes to send them (a chunk still on its way when due stops the sound until it comes)."""
+    page.evaluate("(ks) => Promise.all(ks.map((k) => window.umxPlayer.chunk(k).promise))", list(chunks))
+
+
+def wait_for_recorded(page, frames):
+    """Wait until the recorder (``RECORDER``) has received ``frames`` samples from the first sound on."""
+    page.wait_for_function("""(n) => {
+        const r = window.recorded, first = r.findIndex((v) => v !== 0);
+        return first >= 0 && r.length - first >= n;
+    }""", arg=frames, timeout=60_000, polling=100)
+
+
 RECORDER = """async () => {
     // Every sample the vocals track sends to the speakers, from now on (its left channel).
     const player = window.umxPlayer, context = player.context;
@@ -144,8 +157,10 @@ def test_the_player_streams_chunks_that_follow_one_another_sample_for_sample(ser
     assert info["rate"] == RATE and info["chunk_frames"] == 10 * RATE
     page.evaluate(RECORDER)
     page.evaluate("window.umxPlayer.seek(8.5)")
+    preload_chunks(page, 0, 1)
     page.click("#play")
     page.wait_for_function("window.umxPlayer.playing && window.umxPlayer.time() > 11.8", timeout=20_000)
+    wait_for_recorded(page, 3 * RATE + 1)
     assert page.evaluate("window.umxPlayer.chunks.size") <= 3
     page.click("#play")  # pause
     recorded = np.array(page.evaluate("window.recorded"), dtype=np.float32)
@@ -188,8 +203,9 @@ def test_a_loop_marked_on_a_waveform_repeats_sample_for_sample(server, page, tmp
     assert page.evaluate("window.umxPlayer.time()") == a / RATE  # the play head at the loop's start
     page.evaluate(RECORDER)
     page.evaluate("window.umxPlayer.setLoop(9.0, 10.5)")  # through the chunk boundary at 10 s
+    preload_chunks(page, 0, 1)
     page.click("#play")
-    page.wait_for_timeout(4500)  # three passes of 1.5 s
+    wait_for_recorded(page, int(3.6 * RATE))  # over two passes of 1.5 s
     assert 9.0 <= page.evaluate("window.umxPlayer.time()") < 10.5
     page.click("#play")  # pause
     recorded = np.array(page.evaluate("window.recorded"), dtype=np.float32)

@@ -182,9 +182,11 @@ def test_pages_of_other_sites_cannot_use_a_server_on_this_machine(tmp_path, mode
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                       b"boundary=XB\r\nContent-Length: %d\r\n\r\n" % (len(head) + (8 << 20)) + head + b"\0" * (3 << 20))
-            time.sleep(0.5)
-            assert any(p.name.startswith(".upload-") for p in jobs_dir.iterdir())  # received as it arrives
-        deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60  # received as it arrives: while the rest is still to come
+            while not any(p.name.startswith(".upload-") for p in jobs_dir.iterdir()):
+                assert time.monotonic() < deadline, os.listdir(jobs_dir)
+                time.sleep(0.05)
+        deadline = time.monotonic() + 60
         while any(p.name.startswith(".") and p.name != ".tmp" for p in jobs_dir.iterdir()):
             assert time.monotonic() < deadline, os.listdir(jobs_dir)
             time.sleep(0.05)
