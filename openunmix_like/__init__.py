@@ -12,6 +12,7 @@ from .inference import separate
 from .model import OpenUnmix, OpenUnmixConfig
 from .separator import Separator, WienerSettings
 from .stems import separate_file
+from .streaming import StreamingSeparator
 
 __all__ = [
     "__version__",
@@ -22,6 +23,7 @@ __all__ = [
     "OpenUnmixConfig",
     "OpenUnmixLikeError",
     "Separator",
+    "StreamingSeparator",
     "WienerSettings",
     "separate",
     "separate_file",
