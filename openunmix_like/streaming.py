@@ -367,7 +367,7 @@ class StreamingSeparator:
             :attr:`latency` samples before the end of the input so far.
 
         Raises:
-            TypeError: not a float tensor.
+            TypeError: not a float tensor, or a separator in float16 on the CPU (whose FFT lacks it).
             ValueError: a wrong shape, another channel count than earlier blocks, another
                 device than the models', NaN or infinite samples.
             RuntimeError: the stream was flushed (:meth:`reset` starts a new one).
@@ -432,6 +432,10 @@ class StreamingSeparator:
         if block.device != device:
             raise ValueError(f"block is on {block.device} but the separator's models are on {device}; "
                              f"move it with block.to({str(device)!r})")
+        dtype = self.separator.stft.window.dtype
+        if dtype not in (torch.float32, torch.float64) and device.type == "cpu":
+            raise TypeError(f"this separator computes in {dtype}, which the CPU's FFT lacks; convert it back with "
+                            "separator.float() (precision='bf16' runs the models' products in bfloat16)")
         if not bool(torch.isfinite(block).all()):
             raise ValueError("block holds NaN or infinite samples, which would make every later estimate NaN; "
                              "replace them first (e.g. torch.nan_to_num)")
@@ -453,7 +457,8 @@ class StreamingSeparator:
 
     def _append(self, samples: Tensor) -> None:
         """Add input samples; build the left reflect padding as soon as the samples it mirrors are in."""
-        self._input = samples if self._input is None else torch.cat([self._input, samples], dim=-1)
+        # A copy of the first block: callers refill one buffer block after block (an audio callback's).
+        self._input = samples.clone() if self._input is None else torch.cat([self._input, samples], dim=-1)
         half = self.separator.n_fft // 2
         if not self._padded and self._input.shape[-1] > half:
             self._input = torch.cat([self._input[:, 1:half + 1].flip(-1), self._input], dim=-1)
