@@ -252,9 +252,10 @@ def medleydb_tracks(root: str, split: Optional[str] = "valid", valid_tracks: Opt
         folders = valid if split == "valid" else train
         chosen = f"the {len(folders)} {'validation' if split == 'valid' else 'training'} track(s) of its split"
     if not include_bleed:  # a track whose metadata cannot be read stays, to be reported when it is scored
-        bled = [f for f in folders if _has_bleed(f)]
-        folders = [f for f in folders if f not in bled]
-        chosen += f"; {len(bled)} with has_bleed: yes left out, which --include-bleed scores" if bled else ""
+        kept = [f for f in folders if not _has_bleed(f)]
+        bled = len(folders) - len(kept)
+        folders = kept
+        chosen += f"; {bled} with has_bleed: yes left out, which --include-bleed scores" if bled else ""
     return stem_tracks("medleydb", folders, f"{root} ({chosen})", targets, residual, stem_grouping, names, skip,
                        on_error)
 

@@ -176,10 +176,10 @@ def _causal_step(model: OpenUnmix, mix: Tensor, state: Optional[tuple], autocast
         ``(estimate, state)``: frame-major magnitudes like ``mix``, and the LSTM's state after the new frames.
     """
     with torch.autocast(device_type=mix.device.type, dtype=torch.bfloat16, enabled=autocast):
-        # OpenUnmix.encode with the state carried in: the same input layer, then the LSTM from ``state``.
-        low, wide = model._dtypes()
-        x = model._input_layer(mix, low, wide)
-        lstm_out, state = lstm_steps(model.lstm, x, state, wide or mix.dtype)
+        # OpenUnmix.encode with the state carried in: the same input layer, then the LSTM from ``state``
+        # (its gates and state in the dtype of the model's other parameters, float32 beside bfloat16 products).
+        x = model.input_layer(mix)
+        lstm_out, state = lstm_steps(model.lstm, x, state, model.input_scale.dtype)
         estimate = model.decode(torch.cat([x, lstm_out], -1), mix)
     return estimate.to(mix.dtype), state
 
@@ -422,26 +422,14 @@ class StreamingSeparator:
                             "libraries give (n, nb_channels) arrays: pass torch.from_numpy(array.T)")
         if block.dim() != 2 or block.shape[0] == 0:
             raise ValueError(f"block must be (nb_channels, n) with at least one channel, got {tuple(block.shape)}")
-        if not block.is_floating_point():
-            raise TypeError(f"block has dtype {block.dtype}; pass float samples in [-1, 1] (integer PCM divided "
-                            "by its full scale, e.g. block.float() / 32768 for int16)")
+        # The separator's own checks (float samples, the models' device, a dtype the FFT has, finite samples).
+        block = self.separator._checked_input(block[None])[0]
         if self._channels is not None and block.shape[0] != self._channels:
             raise ValueError(f"block has {block.shape[0]} channel(s) but this stream has {self._channels}; "
                              "call reset() to start a stream with another channel count")
-        device = next((p.device for p in self.separator.target_models.parameters()), block.device)
-        if block.device != device:
-            raise ValueError(f"block is on {block.device} but the separator's models are on {device}; "
-                             f"move it with block.to({str(device)!r})")
-        dtype = self.separator.stft.window.dtype
-        if dtype not in (torch.float32, torch.float64) and device.type == "cpu":
-            raise TypeError(f"this separator computes in {dtype}, which the CPU's FFT lacks; convert it back with "
-                            "separator.float() (precision='bf16' runs the models' products in bfloat16)")
-        if not bool(torch.isfinite(block).all()):
-            raise ValueError("block holds NaN or infinite samples, which would make every later estimate NaN; "
-                             "replace them first (e.g. torch.nan_to_num)")
         if self._groups is None:
-            self._start(block.shape[0], device)
-        return block.to(self._window.dtype)
+            self._start(block.shape[0], block.device)
+        return block
 
     def _start(self, nb_channels: int, device) -> None:
         sep = self.separator

@@ -145,6 +145,27 @@ class Identity(nn.Module):
         return x.clone()
 
 
+# ---------------------------------------------------------------- umx-evaluate
+
+
+def fake_scoring(monkeypatch):
+    """BSSEval in ``umx-evaluate`` replaced by one 1 dB window per target; returns (track name, references)
+    of each call."""
+    from openunmix_like import evaluate as ev
+    from openunmix_like.cli import evaluate as cli
+
+    calls = []
+
+    def score(name, refs, ests, rate):
+        calls.append((name, refs))
+        return {"targets": [{"name": t, "frames": [{"time": 0.0, "duration": 1.0,
+                                                    "metrics": dict.fromkeys(ev.METRICS, 1.0)}]} for t in ests]}
+
+    monkeypatch.setattr(cli, "score_track", score)
+    monkeypatch.setattr(cli, "boxplot", lambda *args: False)
+    return calls
+
+
 # ---------------------------------------------------------------- a local Ray
 
 

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import make_models
+from helpers import fake_scoring, make_models
 from openunmix_like import data
 from openunmix_like import evaluate as ev
 from openunmix_like.cli import evaluate as cli
@@ -120,20 +120,6 @@ def model_folder(path, targets=("bass", "guitar")):
 
 def run(root, layout, evaldir, *extra):
     return cli.main(["--root", str(root), "--layout", layout, "--evaldir", str(evaldir), "--quiet", *STFT, *extra])
-
-
-def fake_scoring(monkeypatch):
-    """BSSEval replaced by one 1 dB window per target; returns (track name, references) of each call."""
-    calls = []
-
-    def score(name, refs, ests, rate):
-        calls.append((name, refs))
-        return {"targets": [{"name": t, "frames": [{"time": 0.0, "duration": 1.0,
-                                                    "metrics": dict.fromkeys(ev.METRICS, 1.0)}]} for t in ests]}
-
-    monkeypatch.setattr(cli, "score_track", score)
-    monkeypatch.setattr(cli, "boxplot", lambda *args: False)
-    return calls
 
 
 def error_lines(text):

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import fake_scoring
 from openunmix_like import data
 from openunmix_like import evaluate as ev
 from openunmix_like.cli import evaluate as cli
@@ -52,20 +53,6 @@ def kw(**more):
 
 def by_hash(names):
     return sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
-
-
-def fake_scoring(monkeypatch):
-    """BSSEval replaced by one 1 dB window per target; returns (track name, references) of each call."""
-    calls = []
-
-    def score(name, refs, ests, rate):
-        calls.append((name, refs))
-        return {"targets": [{"name": t, "frames": [{"time": 0.0, "duration": 1.0,
-                                                    "metrics": dict.fromkeys(ev.METRICS, 1.0)}]} for t in ests]}
-
-    monkeypatch.setattr(cli, "score_track", score)
-    monkeypatch.setattr(cli, "boxplot", lambda *args: False)
-    return calls
 
 
 def evaluate(root, layout, evaldir, *extra):

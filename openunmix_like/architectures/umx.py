@@ -191,6 +191,17 @@ class OpenUnmix(nn.Module):
         lstm_out, _ = self.lstm(x)
         return torch.cat([x, lstm_out], -1)
 
+    def input_layer(self, mix: Tensor) -> Tensor:
+        """Input scaling, the first dense layer and its batch norm, frame by frame: what the LSTM reads.
+
+        Args:
+            mix: mixture magnitude, frame-major ``(nb_frames, nb_samples, nb_channels, nb_bins)``.
+
+        Returns:
+            ``(nb_frames, nb_samples, hidden_size)`` in the dtype of the products.
+        """
+        return self._input_layer(mix, *self._dtypes())
+
     def _input_layer(self, mix: Tensor, low, wide) -> Tensor:
         nb_frames, nb_samples, nb_channels, _ = mix.shape
         x = mix[..., : self.max_bin] + self.input_mean
