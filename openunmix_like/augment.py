@@ -165,7 +165,9 @@ class SpectrogramMask:
         self.axis, self.max_width, self.n_fft, self.n_hop = axis, max_width, n_fft, n_hop
 
     def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Pair:
-        stft = STFT(self.n_fft, self.n_hop)
+        from .losses import TrainingSTFT  # the STFT the training step takes: any length works
+
+        stft = TrainingSTFT(self.n_fft, self.n_hop)
         both = torch.stack([x, y])  # (2, nb_samples, nb_channels, nb_timesteps)
         spec = stft(both)
         size = spec.shape[-2] if self.axis == "freq" else spec.shape[-1]
@@ -189,10 +191,20 @@ def timemask(n_fft: int, n_hop: int) -> SpectrogramMask:
     return SpectrogramMask("time", 40, n_fft, n_hop)
 
 
+def derangement(n: int, generator: torch.Generator) -> List[int]:
+    """A random ``partner[i] != i`` for every ``i`` of ``range(n)`` (``n >= 2``): each example is paired with
+    the next one in a random cyclic order, so no example is ever blended with itself."""
+    order = torch.randperm(n, generator=generator).tolist()
+    partner = [0] * n
+    for k, i in enumerate(order):
+        partner[i] = order[(k + 1) % n]
+    return partner
+
+
 class Mixup:
-    """Blend examples of a batch with others from the same batch (other tracks): with probability
-    ``prob`` an example becomes ``lam * own + (1 - lam) * other``, mixture and target alike,
-    ``lam ~ Beta(alpha, alpha)``."""
+    """Blend examples of a batch with others from the same batch: with probability ``prob`` an example
+    becomes ``lam * own + (1 - lam) * other``, mixture and target alike, ``lam ~ Beta(alpha, alpha)``,
+    where ``other`` is always another example (:func:`derangement`)."""
 
     def __init__(self, alpha: float = 0.4, prob: float = 0.5):
         self.alpha, self.prob = alpha, prob
@@ -202,7 +214,7 @@ class Mixup:
         if nb_samples < 2:
             return x, y
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        partner = torch.randperm(nb_samples, generator=generator).tolist()
+        partner = derangement(nb_samples, generator)
         weights = [rng.betavariate(self.alpha, self.alpha) if rng.random() < self.prob else 1.0
                    for _ in range(nb_samples)]
         lam = torch.tensor(weights, dtype=x.dtype, device=x.device)[:, None, None]

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import operator
 import random
 import re
@@ -304,6 +305,19 @@ def _split_dir(root: Path, split: str) -> Path:
     return folder
 
 
+def parallel_pairs(inputs: Path, outputs: Path, problems: List[str]) -> List[Tuple[Path, Path]]:
+    """``(input, output)`` paths of the files of the same relative name below two parallel folders
+    (hidden names left out); an output without an input of its name is recorded in ``problems``."""
+    def files(top: Path) -> List[Path]:
+        return sorted(p.relative_to(top) for p in top.rglob("*") if p.is_file() and not hidden(p, top))
+
+    names = files(inputs)
+    if outputs.is_dir():
+        known = set(names)
+        problems.extend(f"{outputs / n}: no {inputs / n} to pair it with" for n in files(outputs) if n not in known)
+    return [(inputs / n, outputs / n) for n in names]
+
+
 class AlignedDataset(_Base):
     """Input/output pairs that are already aligned: mixture -> vocals, noisy -> clean, raw -> mixed.
 
@@ -317,9 +331,7 @@ class AlignedDataset(_Base):
         folder = _split_dir(root, split)
         problems: List[str] = []
         if (folder / input_file).is_dir():
-            pairs = [(p, folder / output_file / p.relative_to(folder / input_file))
-                     for p in sorted((folder / input_file).rglob("*"))
-                     if p.is_file() and not hidden(p, folder / input_file)]
+            pairs = parallel_pairs(folder / input_file, folder / output_file, problems)
         else:
             pairs = [(d / input_file, d / output_file) for d in track_dirs(folder)]
         self.pairs: List[Tuple[AudioFile, AudioFile]] = []
@@ -330,13 +342,18 @@ class AlignedDataset(_Base):
             a, b = scan(inp, problems), scan(out, problems)
             if a is None or b is None:
                 continue
-            if self.too_short(a) or self.too_short(b):
-                problems.append(f"{inp}: shorter than --seq-dur {self.seq_duration} s")
+            short = [f for f in (a, b) if self.too_short(f)]
+            if short:  # name the file that is short, not always the input
+                problems.append(f"{short[0].path}: shorter than --seq-dur {self.seq_duration} s "
+                                f"({short[0].duration():.3g} s)")
                 continue
             self.pairs.append((a, b))
         report(problems, f"aligned dataset {folder}")
         if not self.pairs:
-            raise none_usable(folder, f"{input_file} / {output_file} pairs", problems)
+            what = (f"{input_file} / {output_file} pairs" if pairs or (folder / input_file).is_dir() else
+                    f"{input_file} / {output_file} pairs (neither a folder {folder / input_file} nor track "
+                    f"folders holding {input_file})")
+            raise none_usable(folder, what, problems)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -345,6 +362,12 @@ class AlignedDataset(_Base):
         rng = self.rng(index)
         inp, out = self.pairs[index]
         start = self.start_in(min(inp.duration(), out.duration()), rng)
+        if inp.sample_rate != out.sample_rate:
+            # A start on both files' sample grids: each file's excerpt then begins at the same instant
+            # (rounded separately, files at 44.1 and 48 kHz would be up to a sample apart, differently
+            # for every excerpt).
+            common = math.gcd(inp.sample_rate, out.sample_rate)
+            start = math.floor(start * common) / common
         x, y = self.excerpt(inp, start), self.excerpt(out, start)
         if self.seq_duration is None:  # whole files: cut to the shorter
             n = min(x.shape[-1], y.shape[-1])

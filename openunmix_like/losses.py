@@ -37,6 +37,21 @@ SDR_CAP_DB = 30.0
 SILENT_POWER = 1e-10
 
 
+class TrainingSTFT(STFT):
+    """The training STFT: reflect padding, as the separator's, except for signals of ``n_fft // 2``
+    samples or fewer, which cannot be reflected and are zero-padded (as the input statistics do),
+    so that excerpts and validation files shorter than half a window still train and validate."""
+
+    def __init__(self, n_fft: int, n_hop: int):
+        super().__init__(n_fft, n_hop)
+        self.short = STFT(n_fft, n_hop, pad_mode="constant")
+
+    def forward(self, audio: Tensor) -> Tensor:
+        if audio.shape[-1] <= self.n_fft // 2:
+            return self.short(audio)
+        return super().forward(audio)
+
+
 def mse(estimate: Tensor, reference: Tensor) -> Tensor:
     """Mean squared error (Open-Unmix's magnitude loss)."""
     return nn.functional.mse_loss(estimate, reference)
@@ -173,7 +188,7 @@ class Objective(nn.Module):
     def __init__(self, loss: Loss, domain: str, n_fft: int, n_hop: int, mono: bool = False):
         super().__init__()
         self.loss, self.domain, self.mono = loss, domain, mono
-        self.stft = STFT(n_fft, n_hop)
+        self.stft = TrainingSTFT(n_fft, n_hop)
         self.norm = ComplexNorm(mono=mono)
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) -> Tensor:

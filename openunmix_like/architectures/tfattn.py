@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import ArchConfig
+from .config import ArchConfig, at_least, each_at_least, one_of, optional, positive_finite
 from .unet2d import default_max_bin, pad_to_multiple
 
 
@@ -71,6 +71,27 @@ class TFAttnConfig(ArchConfig):
     mlp_ratio: float = 2.0
     decoder_depth: int = 1
     max_bin: Optional[int] = None
+
+    LIMITS = {"nb_bins": at_least(1), "nb_channels": one_of(1, 2), "hidden_size": at_least(1),
+              "depths": each_at_least(0), "num_heads": each_at_least(1), "window_size": at_least(1),
+              "patch_size": at_least(1), "mlp_ratio": positive_finite, "decoder_depth": at_least(0),
+              "max_bin": optional(at_least(1))}
+
+    def check(self) -> None:
+        depths, heads = tuple(self.depths), tuple(self.num_heads)
+        if len(depths) != len(heads):
+            raise ValueError(f"depths={','.join(map(str, depths))} and num_heads={','.join(map(str, heads))}: "
+                             "give one value per stage in each (as many depths as num_heads)")
+        for i, h in enumerate(heads):
+            width = self.hidden_size * 2 ** i
+            if width % h:
+                raise ValueError(f"num_heads={','.join(map(str, heads))}: {h} heads do not divide the width "
+                                 f"{width} of stage {i + 1} (hidden_size {self.hidden_size} * 2**{i})")
+        if int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio:g}: the MLP of the first stage would have no units "
+                             f"(hidden_size {self.hidden_size} * mlp_ratio below 1)")
+        if self.max_bin is not None and self.max_bin > self.nb_bins:
+            raise ValueError(f"max_bin={self.max_bin}: must be in 1..{self.nb_bins} (nb_bins)")
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Optional[Tensor] = None) -> Tensor:
@@ -214,14 +235,11 @@ class TFAttnUNet(nn.Module):
                  max_bin: Optional[int] = None):
         super().__init__()
         depths, num_heads = tuple(depths), tuple(num_heads)
-        if len(depths) != len(num_heads) or not depths:
-            raise ValueError(f"depths {depths} and num_heads {num_heads} must name the same stages")
+        config = TFAttnConfig(nb_bins, nb_channels, hidden_size, depths, num_heads, window_size, patch_size,
+                              mlp_ratio, decoder_depth, max_bin)  # refuses values no model can use
         self.factor = patch_size * 2 ** (len(depths) - 1)
         max_bin = default_max_bin(nb_bins, self.factor) if max_bin is None else max_bin
-        if not 0 < max_bin <= nb_bins:
-            raise ValueError(f"max_bin must be in 1..{nb_bins}, got {max_bin}")
-        self.config = TFAttnConfig(nb_bins, nb_channels, hidden_size, depths, num_heads, window_size, patch_size,
-                                   mlp_ratio, decoder_depth, max_bin)
+        self.config = dataclasses.replace(config, max_bin=max_bin)
         self.nb_bins, self.nb_channels, self.max_bin = nb_bins, nb_channels, max_bin
         planes = 2 * nb_channels
         dims = [hidden_size * 2 ** i for i in range(len(depths))]

@@ -22,7 +22,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .config import ArchConfig
+from .config import ArchConfig, at_least, one_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,8 @@ class UNet1dConfig(ArchConfig):
         nb_channels: audio channels (1 or 2).
         hidden_size: channels of the first encoder layer; layer ``i`` has ``hidden_size * 2**i``.
         nb_layers: encoder (and decoder) layers; the deepest runs at ``1 / stride**nb_layers`` of the rate.
-        kernel_size: convolution length in samples (twice the stride keeps every sample covered twice).
+        kernel_size: convolution length in samples, at least the stride (twice the stride keeps every
+            sample covered twice).
         stride: down- and upsampling factor of each layer.
     """
 
@@ -42,6 +43,21 @@ class UNet1dConfig(ArchConfig):
     nb_layers: int = 5
     kernel_size: int = 8
     stride: int = 4
+
+    LIMITS = {"nb_channels": one_of(1, 2), "hidden_size": at_least(1), "nb_layers": at_least(1),
+              "kernel_size": at_least(1), "stride": at_least(1)}
+
+    def check(self) -> None:
+        if self.kernel_size < self.stride:
+            raise ValueError(f"kernel_size={self.kernel_size}: must be at least the stride ({self.stride})")
+
+    def min_length(self) -> int:
+        """Fewest samples every encoder layer can take (1 unless ``kernel_size`` exceeds twice the stride):
+        a layer gives ``(n + 2 * stride - kernel_size) // stride + 1`` samples from ``n``."""
+        n = 1
+        for _ in range(self.nb_layers):
+            n = max(1, (n - 1) * self.stride + self.kernel_size - 2 * self.stride)
+        return n
 
 
 class UNet1d(nn.Module):
@@ -58,8 +74,6 @@ class UNet1d(nn.Module):
     def __init__(self, nb_channels: int = 2, hidden_size: int = 32, nb_layers: int = 5, kernel_size: int = 8,
                  stride: int = 4):
         super().__init__()
-        if kernel_size < stride:
-            raise ValueError(f"kernel_size {kernel_size} must be at least the stride {stride}")
         self.config = UNet1dConfig(nb_channels, hidden_size, nb_layers, kernel_size, stride)
         self.nb_channels = nb_channels
         widths = [nb_channels] + [hidden_size * 2 ** i for i in range(nb_layers)]
@@ -76,7 +90,7 @@ class UNet1d(nn.Module):
             self.decoder.append(nn.Sequential(nn.ConvTranspose1d(c_in, c_out, kernel_size, stride), nn.ReLU()))
         self.output = nn.Conv1d(hidden_size + nb_channels, nb_channels, 1)
         self.offset = stride  # the encoder's left padding, undone when cropping the decoder outputs
-
+        self.min_length = self.config.min_length()
 
     def forward(self, x: Tensor) -> Tensor:
         """
@@ -86,8 +100,13 @@ class UNet1d(nn.Module):
         Returns:
             target ``(nb_samples, nb_channels, nb_timesteps)``.
         """
-        scale = x.flatten(1).std(dim=1).clamp_min(1e-5)[:, None, None]
+        length = x.shape[-1]
+        # The population deviation: defined for a single sample too (mono, one sample).
+        scale = x.flatten(1).std(dim=1, correction=0).clamp_min(1e-5)[:, None, None]
         h = x / scale
+        padded = length < self.min_length
+        if padded:  # kernels longer than twice the stride need a few samples: zeros after the end
+            h = nn.functional.pad(h, (0, self.min_length - length))
         skips = [h]
         for layer in self.encoder:
             h = layer(h)
@@ -97,5 +116,5 @@ class UNet1d(nn.Module):
             skip = skips.pop()
             h = layer(h)[..., self.offset : self.offset + skip.shape[-1]]
             h = torch.cat([h, skip], dim=1)
-        mask = torch.sigmoid(self.output(h))
+        mask = torch.sigmoid(self.output(h[..., :length] if padded else h))
         return mask * x

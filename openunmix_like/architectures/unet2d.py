@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .config import ArchConfig
+from .config import ArchConfig, at_least, one_of, optional, probability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,13 @@ class UNet2dConfig(ArchConfig):
     nb_layers: int = 6
     max_bin: Optional[int] = None
     dropout: float = 0.5
+
+    LIMITS = {"nb_bins": at_least(1), "nb_channels": one_of(1, 2), "hidden_size": at_least(1),
+              "nb_layers": at_least(1), "max_bin": optional(at_least(1)), "dropout": probability}
+
+    def check(self) -> None:
+        if self.max_bin is not None and self.max_bin > self.nb_bins:
+            raise ValueError(f"max_bin={self.max_bin}: must be in 1..{self.nb_bins} (nb_bins)")
 
 
 def default_max_bin(nb_bins: int, factor: int) -> int:
@@ -69,11 +76,10 @@ class UNet2d(nn.Module):
     def __init__(self, nb_bins: int = 2049, nb_channels: int = 2, hidden_size: int = 16, nb_layers: int = 6,
                  max_bin: Optional[int] = None, dropout: float = 0.5):
         super().__init__()
+        config = UNet2dConfig(nb_bins, nb_channels, hidden_size, nb_layers, max_bin, dropout)  # refuses bad values
         factor = 2 ** nb_layers
         max_bin = default_max_bin(nb_bins, factor) if max_bin is None else max_bin
-        if not 0 < max_bin <= nb_bins:
-            raise ValueError(f"max_bin must be in 1..{nb_bins}, got {max_bin}")
-        self.config = UNet2dConfig(nb_bins, nb_channels, hidden_size, nb_layers, max_bin, dropout)
+        self.config = dataclasses.replace(config, max_bin=max_bin)
         self.nb_bins, self.nb_channels, self.max_bin, self.factor = nb_bins, nb_channels, max_bin, factor
         widths = [nb_channels] + [hidden_size * 2 ** i for i in range(nb_layers)]
         self.encoder = nn.ModuleList(
