@@ -82,9 +82,10 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
     if split and subset != "train":
         raise OpenUnmixLikeError(f"--split {split}: splits exist only in the train subset; add --subset train")
     db = musdb.DB(root=root, subsets=subset, is_wav=is_wav, split=split)
+    where = f"subset {subset!r}{f', split {split!r}' if split else ''}"
     if not db.tracks:
-        raise OpenUnmixLikeError(f"{root}: no MUSDB18 tracks in subset {subset!r}"
-                                 f"{f', split {split!r}' if split else ''}")
+        raise OpenUnmixLikeError(f"{root}: no MUSDB18 tracks in {where}")
+    _check_names(names, [track.name for track in db.tracks], f"{root}, {where}")
     for track in db.tracks:
         if (names and track.name not in names) or (skip and skip(track.name)):
             continue
@@ -125,6 +126,7 @@ def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
     folders = track_dirs(Path(root)) if Path(root).is_dir() else []
     if not folders:
         raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
+    _check_names(names, [folder.name for folder in folders], root)
     for folder in folders:
         if (names and folder.name not in names) or (skip and skip(folder.name)):
             continue
@@ -381,6 +383,13 @@ def _dataset(function, *args):
         return function(*args)
     except DatasetError as exc:
         raise OpenUnmixLikeError(str(exc)) from None
+
+
+def _check_names(names: Optional[Sequence[str]], found: Sequence[str], where: str) -> None:
+    """Refuse a ``--tracks`` name that is none of the tracks ``found`` (a typo would leave its track out unsaid)."""
+    unknown = sorted(set(names or ()) - set(found))
+    if unknown:
+        raise OpenUnmixLikeError(f"--tracks {unknown[0]}: no such track in {where}; give track names from there")
 
 
 def _failed(name: str, exc: OpenUnmixLikeError, on_error) -> None:
@@ -686,7 +695,9 @@ def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
              "|" + "---|" * (len(result["targets"]) + 1),
              "| " + " | ".join(f"{v:+.3f}" for v in result["targets"].values()) + f" | {result['mean']:+.3f} |", ""]
     low, high = result["interval"]
-    if low > 0 or high < 0:
+    if result["tracks"] < 2:  # every draw is that track: an interval of width 0 that shows nothing
+        verdict = "no difference shown: one track tells nothing of the others; compare the results of more tracks"
+    elif low > 0 or high < 0:
         verdict = "better" if low > 0 else "worse"
         verdict = f"{new_name} is {verdict}: the interval excludes 0"
     else:

@@ -306,6 +306,9 @@ def load_model_dir(
             lists has weights), a target named twice, a target without weights, or weights that do not load.
     """
     folder = Path(folder)
+    if folder.is_file():  # a target's weights, given for the model (as some other tools take them)
+        raise ModelError(f"{folder}: is a file, and a model is a folder; give the folder that holds it "
+                         f"({folder.parent}), with its other targets and separator.json")
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
     files = find_weight_files(folder)

@@ -109,29 +109,43 @@ def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tupl
     (:func:`openunmix_like.stems.folder_name`), and the errors.
 
     Folders are searched without their hidden files (``.name``: partial outputs, macOS
-    resource forks) and without the folder ``exclude`` (the output folder), if it is inside.
-    A file found twice keeps its first ``{folder}``.
+    resource forks) and without the folder ``exclude`` (the output folder), if it is inside;
+    so are patterns, below their part before the first wildcard.
+    A file found twice (also under two spellings, ``song.wav`` and ``/music/song.wav``) keeps its
+    first name and ``{folder}``.
     """
     files: Dict[Path, str] = {}
     errors: List[str] = []
     skip = exclude.resolve() if exclude is not None else None
+    seen = set()
+
+    def add(found: Path, folder: str) -> None:
+        if found.resolve() not in seen:
+            seen.add(found.resolve())
+            files[found] = folder
+
     for spec in specs:
         path = Path(spec)
         if path.is_file():
-            files.setdefault(path, folder_name(path))
+            add(path, folder_name(path))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
                            and not p.name.startswith(".") and not _inside(p, skip, path))
             if not found:
                 errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             for p in found:
-                files.setdefault(p, folder_name(p, root=str(path)))
+                add(p, folder_name(p, root=str(path)))
         elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            root = pattern_root(spec)
+            matched = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            # A wildcard reaching into the output folder below the pattern's fixed part would take an earlier
+            # run's stems for songs, as a folder search would without leaving that folder out.
+            found = [p for p in matched if not _inside(p, skip, Path(root))]
             if not found:
-                errors.append(f"{spec}: pattern matches no files")
+                errors.append(f"{spec}: pattern matches no files"
+                              + (f" outside --outdir {exclude}" if matched else ""))
             for p in found:
-                files.setdefault(p, folder_name(p, root=pattern_root(spec)))
+                add(p, folder_name(p, root=root))
         else:
             errors.append(f"{path}: no such file or folder")
     return files, errors

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 import webbrowser
@@ -43,8 +44,12 @@ def _report(message: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("workers", "max_minutes", "max_upload_mb", "keep_mb"):
-        if getattr(args, name) <= 0:
+        value = getattr(args, name)
+        if value <= 0:
             raise OpenUnmixLikeError(f"--{name.replace('_', '-')} must be above 0")
+        if not math.isfinite(value):  # the limits are sent to the page as JSON numbers, and inf is none
+            raise OpenUnmixLikeError(f"--{name.replace('_', '-')} {value:g}: give a number above 0 (for no "
+                                     "limit in practice, a large one such as 100000)")
     if not 0 <= args.port <= 65535:
         raise OpenUnmixLikeError("--port must be 0 to 65535")
 

@@ -25,7 +25,7 @@ from ..modeldir import AudioSettings, read_target_json, save_metadata, save_targ
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, is_main, unwrap, world
-from .history import History, log_tensorboard, write_csv
+from .history import History, log_tensorboard, tensorboard_writer, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
         save_metadata(out, cfg.target, model, ctx.settings, extra)
     write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
     write_csv(out / f"{cfg.target}.csv", ctx.history)
+    if ctx.tensorboard is None:  # made with the first epoch's files (None again without TensorBoard)
+        ctx.tensorboard = tensorboard_writer(cfg.output, cfg.target)
     if ctx.tensorboard is not None:
         log_tensorboard(ctx.tensorboard, cfg.target, ctx.history, epoch)
 
@@ -185,12 +187,27 @@ def find_resume_checkpoint(cfg: TrainConfig) -> Optional[Path]:
     return None
 
 
+# What every checkpoint this package writes holds (see checkpoint_state).
+CHECKPOINT_KEYS = ("epoch", "state_dict", "optimizer", "scheduler", "history")
+
+
 def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents (tensors and plain data only, nothing unpickled beyond that)."""
+    """A checkpoint's contents (tensors and plain data only, nothing unpickled beyond that).
+
+    Raises:
+        OpenUnmixLikeError: the file cannot be read, or is no checkpoint of umx-train (a model's
+            weights given as ``--checkpoint``, say).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint
         raise OpenUnmixLikeError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+    missing = [key for key in CHECKPOINT_KEYS if key not in state] if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise OpenUnmixLikeError(f"{path}: not a training checkpoint (no {', '.join(missing)}; a model's weights?); "
+                                 "give the <target>.chkpnt umx-train wrote, or fine-tune a model folder with "
+                                 "--model")
+    return state
 
 
 def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgress]]:

@@ -7,7 +7,7 @@ from pathlib import PurePath
 from typing import List, Optional
 
 from .. import architectures
-from ..augment import BatchCompose, Compose, split_names
+from ..augment import BATCH_AUGMENTATIONS, BatchCompose, Compose, split_names
 from ..errors import OpenUnmixLikeError
 from ..losses import parse_loss
 
@@ -147,7 +147,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     check_numbers(cfg)
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if cfg.clip_grad < 0 or cfg.ckpt_every < 0 or cfg.max_minutes < 0 or cfg.stop_after < 0:
+    if not (cfg.clip_grad >= 0 and cfg.ckpt_every >= 0 and cfg.max_minutes >= 0 and cfg.stop_after >= 0):  # NaN too
         raise OpenUnmixLikeError("--clip-grad, --ckpt-every, --max-minutes and --stop-after must not be negative")
     if cfg.lstm_dropout is not None and not 0.0 <= cfg.lstm_dropout < 1.0:
         raise OpenUnmixLikeError(f"--lstm-dropout {cfg.lstm_dropout}: give a probability in [0, 1)")
@@ -176,7 +176,11 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
             raise OpenUnmixLikeError("give the width once: --hidden-size or --arch-args hidden_size=...")
     if cfg.loss:
         parse_loss(cfg.loss)
-    split_names(cfg.augmentation_names())
+    source_level = split_names(cfg.augmentation_names())[0]
+    if cfg.dataset == "aligned" and source_level:  # a pair has no sources: augmenting one file breaks the pair
+        raise OpenUnmixLikeError(f"--source-augmentations {' '.join(source_level)}: --dataset aligned has no "
+                                 "sources to augment; give only batch augmentations "
+                                 f"({', '.join(BATCH_AUGMENTATIONS)}) or none")
     return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg),
                                source_augmentations=cfg.augmentation_names())
 
@@ -214,12 +218,21 @@ def check_numbers(cfg: TrainConfig) -> None:
                                  "hop from 1 to that length")
     if cfg.hidden_size is not None and cfg.hidden_size < 1:
         raise OpenUnmixLikeError(f"--hidden-size {cfg.hidden_size}: give a width of at least 1")
-    if cfg.bandwidth <= 0:
+    if not cfg.bandwidth > 0:  # NaN too
         raise OpenUnmixLikeError(f"--bandwidth {cfg.bandwidth:g}: give a frequency in Hz above 0")
     if cfg.batch_size < 1 or cfg.epochs < 1:
         raise OpenUnmixLikeError("--batch-size and --epochs must be at least 1")
     if not cfg.lr > 0:
         raise OpenUnmixLikeError(f"--lr {cfg.lr:g}: give a learning rate above 0")
+    # These used to reach the optimiser and the schedule, whose own messages name no option, after the data was read.
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise OpenUnmixLikeError(f"--weight-decay {cfg.weight_decay:g}: give an L2 weight decay of 0 or more")
+    if not 0 < cfg.lr_decay_gamma < 1:
+        raise OpenUnmixLikeError(f"--lr-decay-gamma {cfg.lr_decay_gamma:g}: give the factor the learning rate is "
+                                 "multiplied by at a plateau, above 0 and below 1 (default 0.3)")
+    for flag, value in (("--patience", cfg.patience), ("--lr-decay-patience", cfg.lr_decay_patience)):
+        if value < 0:
+            raise OpenUnmixLikeError(f"{flag} {value}: give a number of epochs, 0 or more")
     if not math.isfinite(cfg.seq_dur):
         raise OpenUnmixLikeError(f"--seq-dur {cfg.seq_dur:g}: give seconds (0 or less: whole tracks)")
     if cfg.seq_dur <= 0 and cfg.batch_size > 1:

@@ -24,7 +24,7 @@ from .config import (DATASETS, STEM_LAYOUTS, TrainConfig, check_options, resolve
                      resolve_target)
 from .context import Context, WeightAverage
 from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
-from .history import History, tensorboard_writer
+from .history import History
 
 log = logging.getLogger(__name__)
 Datasets = Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]
@@ -335,9 +335,10 @@ def make_context(cfg: TrainConfig, model: nn.Module, settings: AudioSettings, de
                           mono=settings.nb_channels == 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = loss_scaler(cfg.precision, device)
-    writer = tensorboard_writer(cfg.output, cfg.target) if is_main() else None
+    # No TensorBoard writer yet: it makes <output>/tensorboard/ at once, and a run that fails before its first
+    # epoch is saved (a checkpoint it cannot resume from, Ctrl+C) must leave no new --output behind.
     ctx = Context(cfg, wrap(model, device), objective, optimizer, make_scheduler(cfg, optimizer), scaler, device,
-                  train_set, valid_set, settings, History(), writer, cfg.batch_augmentations(),
+                  train_set, valid_set, settings, History(), None, cfg.batch_augmentations(),
                   autocast=AUTOCAST[cfg.precision])
     if cfg.ema:
         ctx.average = WeightAverage(model, cfg.ema)
