@@ -173,11 +173,21 @@ def test_a_silent_target_mixed_with_a_track_without_interferers_is_not_a_crash(t
 # ---------------------------------------------------------------- the record
 
 
-def test_the_saved_args_name_the_augmentations_used(tmp_path):
+@pytest.mark.parametrize("given, saved", [(None, []), (["gain", "channelswap"], ["gain", "channelswap"])])
+def test_the_saved_args_name_the_augmentations_used(tmp_path, given, saved):
     root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
-    cfg = TrainConfig(root=str(root), output=str(tmp_path / "m"), epochs=1, **TINY)
+    cfg = TrainConfig(root=str(root), output=str(tmp_path / "m"), epochs=1, source_augmentations=given, **TINY)
     from openunmix_like.training import run
 
     run(cfg)
     args = json.loads((tmp_path / "m" / "vocals.json").read_text())["args"]
-    assert args["source_augmentations"] == ["gain", "channelswap"]
+    assert args["source_augmentations"] == saved
+
+
+@pytest.mark.parametrize("dataset, names", [
+    ("musdb", ["gain", "channelswap"]), ("slakh", ["gain", "channelswap"]), ("dsd100", ["gain", "channelswap"]),
+    ("trackfolder_fix", []), ("trackfolder_var", []), ("sourcefolder", []), ("aligned", [])])
+def test_default_source_augmentations_are_the_guides_for_each_layout(dataset, names):
+    """The training guide (and the reference recipe) default to gain and channelswap for MUSDB18 only; the folder
+    layouts are not augmented unless --source-augmentations names some."""
+    assert TrainConfig(dataset=dataset).augmentation_names() == names

@@ -119,9 +119,12 @@ class TrainConfig:
         return architectures.get(self.arch or architectures.DEFAULT_ARCHITECTURE)
 
     def augmentation_names(self) -> List[str]:
+        """``--source-augmentations``, or the layout's default: none for ``aligned`` and, as the training guide
+        and the reference recipe have it, for the folder layouts; ``gain channelswap`` for ``musdb`` and the
+        stem data sets read like it."""
         names = self.source_augmentations
         if names is None:
-            names = [] if self.dataset == "aligned" else ["gain", "channelswap"]
+            names = [] if self.dataset in UNAUGMENTED_LAYOUTS else ["gain", "channelswap"]
         return list(names)
 
     def augmentations(self) -> Compose:
@@ -131,6 +134,10 @@ class TrainConfig:
     def batch_augmentations(self) -> BatchCompose:
         """The batch augmentations (masking, mixup), applied by the training step."""
         return BatchCompose.from_names(split_names(self.augmentation_names())[1], self.nfft, self.nhop)
+
+
+# Layouts trained without source augmentations unless --source-augmentations names some.
+UNAUGMENTED_LAYOUTS = ("aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 
 
 def check_options(cfg: TrainConfig) -> TrainConfig:
