@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .audio import conform_channels
+from .losses import TrainingSTFT
 from .transforms import STFT
 
 Augmentation = Callable[[Tensor, random.Random], Tensor]
@@ -165,9 +166,7 @@ class SpectrogramMask:
         self.axis, self.max_width, self.n_fft, self.n_hop = axis, max_width, n_fft, n_hop
 
     def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Pair:
-        from .losses import TrainingSTFT  # the STFT the training step takes: any length works
-
-        stft = TrainingSTFT(self.n_fft, self.n_hop)
+        stft = TrainingSTFT(self.n_fft, self.n_hop)  # the STFT the training step takes: any length works
         both = torch.stack([x, y])  # (2, nb_samples, nb_channels, nb_timesteps)
         spec = stft(both)
         size = spec.shape[-2] if self.axis == "freq" else spec.shape[-1]

@@ -305,10 +305,7 @@ def stem_tracks(layout: str, folders: Sequence[Path], where: str, targets: Seque
     Every chosen track's metadata is read before any audio: a target that none of them holds raises
     :class:`OpenUnmixLikeError` (naming ``where``) before anything is scored.
     """
-    unknown = sorted(set(names or ()) - {f.name for f in folders})
-    if unknown:
-        raise OpenUnmixLikeError(f"--tracks {unknown[0]}: no such track in {where}; give track folder names "
-                                 "from there")
+    _check_names(names, [f.name for f in folders], where)
     parsed = []
     for folder in folders:
         if names and folder.name not in names:

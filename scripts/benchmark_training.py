@@ -25,6 +25,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -61,18 +63,15 @@ def commands(root: Path, output: Path, package: str, seed: int, epochs: int, hid
 
 
 def train(name: str, root: Path, work: Path, package: str, seed: int, epochs: int, hidden: int,
-          samples_per_epoch: int, extra=()) -> dict:
+          samples_per_epoch: int, extra=(), load: float = 0.0) -> dict:
     """One run; its per-epoch histories, wall time and samples per second after the first epoch."""
     output = work / name
-    if output.exists():
-        import shutil
-
-        shutil.rmtree(output)
+    shutil.rmtree(output, ignore_errors=True)
     command, env = commands(root, output, package, seed, epochs, hidden, extra)
     log("start", name, " ".join(command[-16:]))
     done = run_bounded(command, timeout=4 * 3600, env=env, keep=3000)
     row = {"package": package, "seed": seed, "epochs": epochs, "extra": list(extra), "rc": done.rc,
-           "wall_s": round(done.seconds, 1), "load_before": LOAD[0]}
+           "wall_s": round(done.seconds, 1), "load_before": load}
     record = output / "vocals.json"
     if done.rc != 0 or not record.is_file():
         row["tail"] = done.tail
@@ -91,15 +90,16 @@ def train(name: str, root: Path, work: Path, package: str, seed: int, epochs: in
     return row
 
 
-LOAD = [0.0]
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
-def quiet(limit: float = 1.2, wait: float = 300) -> None:
-    """Wait (up to ``wait`` s) for the 1-minute load average to fall under ``limit``; note it."""
+def quiet(limit: float = 1.2, wait: float = 300) -> float:
+    """Wait (up to ``wait`` s) for the 1-minute load average to fall under ``limit``; return it."""
     end = time.monotonic() + wait
     while os.getloadavg()[0] > limit and time.monotonic() < end:
         time.sleep(5)
-    LOAD[0] = round(os.getloadavg()[0], 2)
+    return load_average()
 
 
 def overhead(root: Path, hidden: int) -> dict:
@@ -139,9 +139,9 @@ def speed(root: Path, work: Path, tracks: int, epochs: int, repeats: int, hidden
     for k in range(repeats):
         for package, extra in (("ours", ()), ("reference", ()), ("ours", ("--preload", "on"))):
             name = f"speed-{package}{'-preload' if extra else ''}-{k}"
-            quiet()
-            RESULTS["meta"]["speed"]["loads"].append(LOAD[0])
-            RESULTS[name] = train(name, root, work, package, 42, epochs, hidden, tracks, extra)
+            load = quiet()
+            RESULTS["meta"]["speed"]["loads"].append(load)
+            RESULTS[name] = train(name, root, work, package, 42, epochs, hidden, tracks, extra, load)
             save()
     RESULTS["overhead"] = overhead(root, hidden)
     save()
@@ -151,8 +151,7 @@ def curves(root: Path, work: Path, tracks: int, epochs: int, hidden: int) -> Non
     for seed in (42, 43):
         for package in ("ours", "reference"):
             name = f"curve-{package}-{seed}"
-            LOAD[0] = round(os.getloadavg()[0], 2)
-            RESULTS[name] = train(name, root, work, package, seed, epochs, hidden, tracks)
+            RESULTS[name] = train(name, root, work, package, seed, epochs, hidden, tracks, load=load_average())
             save()
 
 
@@ -162,14 +161,6 @@ OUT = [Path(".")]
 def save() -> None:
     (OUT[0] / "training_results.json").write_text(json.dumps(RESULTS, indent=1))
     (OUT[0] / "training_section.md").write_text(markdown(RESULTS))
-
-
-def _median(values):
-    values = sorted(values)
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def markdown(results: dict) -> str:
@@ -183,7 +174,8 @@ def markdown(results: dict) -> str:
     if speed_meta:
         lines += [f"Samples per second, measured {speed_meta['date']}: hidden {speed_meta['hidden']}, "
                   f"{speed_meta['tracks']} tracks, {speed_meta['epochs']} epochs a run, the runs taking turns "
-                  f"(1-minute load average before each: {speed_meta.get('loads', '?')}). Command:", "",
+                  f"(1-minute load average before each: {', '.join(f'{v:g}' for v in speed_meta.get('loads', []))}). "
+                  "Command:", "",
                   f"    {speed_meta['command']}", ""]
     rows = {}
     for key, row in results.items():
@@ -191,14 +183,15 @@ def markdown(results: dict) -> str:
             label = key.rsplit("-", 1)[0][len("speed-"):]
             rows.setdefault(label, []).append(row)
     if rows:
-        ref = _median([r["samples_per_s"] for r in rows.get("reference", [])])
+        refs = [r["samples_per_s"] for r in rows.get("reference", [])]
+        ref = statistics.median(refs) if refs else None
         lines += ["| run | samples per second (each run) | median | x reference | data loading share |",
                   "|---|---|---|---|---|"]
         for label, runs in rows.items():
             values = [r["samples_per_s"] for r in runs]
-            median = _median(values)
+            median = statistics.median(values)
             shares = [r["data_loading_share_history"][-1] for r in runs if r.get("data_loading_share_history")]
-            share = f"{100 * _median(shares):.1f} %" if shares else "not recorded"
+            share = f"{100 * statistics.median(shares):.1f} %" if shares else "not recorded"
             ratio = f"{median / ref:.2f}x" if ref else "n/a"
             options = {"ours": "ours", "ours-preload": "ours, `--preload on`", "reference": "reference 1.3.0"}
             lines.append(f"| {options.get(label, label)} | {', '.join(f'{v:.2f}' for v in values)} | "

@@ -78,7 +78,7 @@ class ArchConfig:
         for field in dataclasses.fields(self):
             problem = self.limit_problem(field.name, getattr(self, field.name))
             if problem:
-                raise ValueError(f"{field.name}={_show(getattr(self, field.name))}: {problem}")
+                raise ValueError(f"{field.name}={argument_text(getattr(self, field.name))}: {problem}")
         self.check()
 
     @classmethod
@@ -120,7 +120,7 @@ def _coerce(kind: Any, value: Any) -> Any:
     return value
 
 
-def _show(value: Any) -> str:
+def argument_text(value: Any) -> str:
     """A value as it is written on the command line (tuples as comma lists)."""
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))

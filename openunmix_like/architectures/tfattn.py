@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import ArchConfig, at_least, each_at_least, one_of, optional, positive_finite
+from .config import ArchConfig, argument_text, at_least, each_at_least, one_of, optional, positive_finite
 from .unet2d import default_max_bin, pad_to_multiple
 
 
@@ -80,12 +80,12 @@ class TFAttnConfig(ArchConfig):
     def check(self) -> None:
         depths, heads = tuple(self.depths), tuple(self.num_heads)
         if len(depths) != len(heads):
-            raise ValueError(f"depths={','.join(map(str, depths))} and num_heads={','.join(map(str, heads))}: "
+            raise ValueError(f"depths={argument_text(depths)} and num_heads={argument_text(heads)}: "
                              "give one value per stage in each (as many depths as num_heads)")
         for i, h in enumerate(heads):
             width = self.hidden_size * 2 ** i
             if width % h:
-                raise ValueError(f"num_heads={','.join(map(str, heads))}: {h} heads do not divide the width "
+                raise ValueError(f"num_heads={argument_text(heads)}: {h} heads do not divide the width "
                                  f"{width} of stage {i + 1} (hidden_size {self.hidden_size} * 2**{i})")
         if int(self.hidden_size * self.mlp_ratio) < 1:
             raise ValueError(f"mlp_ratio={self.mlp_ratio:g}: the MLP of the first stage would have no units "

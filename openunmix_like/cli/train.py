@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "leak into their stems)")
     g.add_argument("--source-augmentations", nargs="*", default=None, metavar="NAME",
                    help=f"per source: {', '.join(AUGMENTATIONS)}; per batch: {', '.join(BATCH_AUGMENTATIONS)} "
-                        "(default gain channelswap; none for aligned)")
+                        "(default gain channelswap for musdb, slakh, moisesdb, medleydb and dsd100; none for "
+                        "the folder layouts and aligned)")
     g.add_argument("--sample-rate", type=int, default=DEFAULTS.sample_rate, metavar="HZ",
                    help="rate the model works at; other rates are resampled (default 44100)")
 
