@@ -89,6 +89,10 @@ def stem_names(template: str, track: str, names: Sequence[str], ext: str, model:
                              "{model}, {folder}") from None
     # Compared as paths: "a/./b.wav" and "a//b.wav" are one file, and "a" cannot be a file and hold "a/b.wav".
     normal = {name: posixpath.normpath(rel.replace(os.sep, "/")) for name, rel in out.items()}
+    for name, rel in normal.items():
+        if posixpath.isabs(rel) or os.path.isabs(out[name]) or rel == ".." or rel.startswith("../"):
+            raise ValueError(f"{template!r} gives {out[name]!r} for {name!r}, outside the output folder; "
+                             "give a template relative to it")
     if len(set(normal.values())) < len(out):
         if len(set(out.values())) < len(out) or "{target}" not in template:
             raise ValueError(f"{template!r} gives the same file for several targets; include {{target}}")

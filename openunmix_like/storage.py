@@ -91,7 +91,8 @@ def _unstrip(url: str, fs, path: str) -> str:
 
 def expand_url(spec: str, extensions: Sequence[str],
                storage_options: StorageOptions = None) -> Tuple[List[str], List[str]]:
-    """Audio files named by a URL: an object, a prefix ("folder", searched recursively) or a glob."""
+    """Audio files named by a URL: an object, a prefix ("folder", searched recursively, without hidden
+    files) or a glob."""
     fs, path = filesystem(spec, storage_options)
     try:
         with _backend(spec, "list"):
@@ -111,7 +112,8 @@ def _expand(spec: str, fs, path: str, extensions: Sequence[str]) -> Tuple[List[s
     if fs.isfile(path):
         return [spec], []
     if fs.isdir(path):
-        found = [p for p in fs.find(path) if Path(p).suffix.lower() in extensions]
+        # Without hidden files, as a local folder is searched (macOS puts ``._song.wav`` beside ``song.wav``).
+        found = [p for p in fs.find(path) if Path(p).suffix.lower() in extensions and not Path(p).name.startswith(".")]
         if not found:
             return [], [f"{spec}: folder holds no audio files ({', '.join(sorted(extensions))})"]
         return sorted(_unstrip(spec, fs, p) for p in found), []

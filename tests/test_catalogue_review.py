@@ -64,6 +64,32 @@ def test_stems_in_an_output_prefix_inside_the_input_prefix_are_not_taken_for_son
     assert list(sources) == ["s3://catalogue/songs/stems/A/a/vocals.flac"]
 
 
+
+def test_a_pattern_in_object_storage_leaves_out_the_output_prefix_below_its_fixed_part(tmp_path, s3_server):
+    from openunmix_like.catalogue.plan import gather_sources
+
+    fs, _ = storage.filesystem("s3://catalogue", s3_server)
+    write(tmp_path / "a.wav", 0.1, seed=0)
+    fs.put_file(str(tmp_path / "a.wav"), "catalogue/music/A/a.wav")
+    for name in NAMES:  # an earlier run of the same command
+        fs.put_file(str(tmp_path / "a.wav"), f"catalogue/music/stems/A/a/{name}.wav")
+    outdir = "s3://catalogue/music/stems"
+    sources, failures = gather_sources(["s3://catalogue/music/**/*.wav"], None, s3_server, outdir)
+    assert (list(sources), failures) == (["s3://catalogue/music/A/a.wav"], [])
+    # The output prefix named as the pattern's fixed part is searched: the user asked for it.
+    sources, _ = gather_sources(["s3://catalogue/music/stems/**/*.wav"], None, s3_server, outdir)
+    assert len(sources) == len(NAMES)
+    # A prefix is searched without hidden files, as a local folder is.
+    fs.put_file(str(tmp_path / "a.wav"), "catalogue/music/A/._a.wav")
+    sources, _ = gather_sources(["s3://catalogue/music"], None, s3_server, outdir)
+    assert list(sources) == ["s3://catalogue/music/A/a.wav"]
+    # A pattern whose every match is an earlier run's stem is one failure saying so.
+    sources, failures = gather_sources(["s3://catalogue/music/*/*/a/*.wav"], None, s3_server, outdir)
+    assert sources == {} and failures == [(
+        "s3://catalogue/music/*/*/a/*.wav", "input",
+        "s3://catalogue/music/*/*/a/*.wav: pattern matches no audio files outside --outdir s3://catalogue/music/stems")]
+
+
 def test_an_unreachable_endpoint_is_one_line_naming_the_url(tmp_path, model_dir, capsys, closed_endpoint):
     pytest.importorskip("ray")
     options = json.dumps(closed_endpoint)

@@ -72,6 +72,22 @@ def test_folder_is_the_inputs_folder_below_its_root_and_never_leaves_the_outdir(
     assert folder_name("file:///srv/a/song.wav") == "srv/a"
 
 
+
+@pytest.mark.parametrize("template", ["ABS/{track}/{target}.{ext}", "{track}/../../{target}.{ext}", "../{target}.wav"])
+def test_a_template_leaving_the_outdir_is_refused_before_any_work(model_dir, wav_file, tmp_path, capsys, template):
+    song = wav_file("song.wav", 1.0)
+    template = template.replace("ABS", str(tmp_path / "abs"))
+    out = str(tmp_path / "out")
+    assert main([str(song), "--model", str(model_dir()), "--outdir", out, "--filename", template]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--filename {template!r} gives" in err[0] and "outside the output folder" in err[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "abs").exists()
+    # ".." that stays inside the output folder is a path like any other.
+    assert main([str(song), "--model", str(model_dir()), "--outdir", str(tmp_path / "out"),
+                 "--filename", "{track}/x/../{target}.{ext}", "--quiet"]) == 0
+    assert (tmp_path / "out" / "song" / "vocals.wav").is_file()
+
+
 def test_the_folder_placeholder_keeps_the_inputs_folder(model_dir, wav_file, tmp_path, monkeypatch):
     model, song = model_dir(), wav_file("Artist/Album/01 Intro.wav", seconds=1.0)
     monkeypatch.chdir(tmp_path)

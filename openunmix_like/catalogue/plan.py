@@ -52,10 +52,14 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
     for spec in (s for s in specs if storage.is_url(s)):
         found, errors = storage.expand_url(spec, AUDIO_EXTENSIONS, storage_options)
         root = None if found == [spec] else (pattern_root(spec) if glob.has_magic(spec) else spec)
-        searched = root is not None and not glob.has_magic(spec)  # a prefix, searched as a folder is
-        for url in found:
-            if not (searched and outdir and _inside(url, outdir, spec)):
-                sources.setdefault(url, folder_name(url, root))
+        # A prefix is searched as a local folder is, a pattern below its fixed part as a local pattern is:
+        # without the output folder, whose stems an earlier run wrote there.
+        kept = [url for url in found if not (root is not None and outdir and _inside(url, outdir, root))]
+        for url in kept:
+            sources.setdefault(url, folder_name(url, root))
+        if found and not kept:
+            kind = "pattern matches" if glob.has_magic(spec) else "folder holds"
+            errors.append(f"{spec}: {kind} no audio files outside --outdir {outdir}")
         failures.extend((spec, "input", message) for message in errors)
     if manifest is not None:
         for entry in storage.read_manifest(manifest, storage_options):
