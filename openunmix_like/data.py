@@ -1261,8 +1261,11 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
 
     Balanced sampling: ``samples_per_track`` items per track per epoch, each a
     random excerpt; with ``random_track_mix`` every source comes from a random
-    track. ``split="valid"`` is musdb's fixed 14-track validation split, served
-    as full tracks. ``.stem.mp4`` files are decoded once into ``cache_dir``
+    track; the mixture is the sum of the sources. ``split="valid"`` is musdb's
+    fixed 14-track validation split, served as full tracks of the released
+    mixture (``mixture.wav``, or the ``.stem.mp4``'s mixture stream; the sum of the
+    sources where a wav track has none), as the reference validates.
+    ``.stem.mp4`` files are decoded once into ``cache_dir``
     (16-bit wav; default under the package cache, see :func:`default_musdb_cache`)
     so later reads are frame-exact excerpts rather than whole decodes.
 
@@ -1296,6 +1299,7 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
                                f"{' (is this MUSDB18-HQ? drop --is-wav)' if is_wav else ''}"
                                f"{' (this looks like MUSDB18-HQ: add --is-wav)' if hq else ''}")
         self.cache_dir = Path(cache_dir) if cache_dir else default_musdb_cache(Path(root))
+        self.split = split
         problems: List[str] = []
         self.tracks: List[Dict[str, AudioFile]] = []
         for track in db.tracks:
@@ -1311,15 +1315,17 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
             raise none_usable(Path(root), f"MUSDB tracks in the {split} split", problems)
         self.samples_per_track = samples_per_track if split == "train" else 1
         self.random_track_mix = random_track_mix
-        self.split = split
 
     def _source_files(self, track, is_wav: bool, problems: List[str]) -> Optional[Dict[str, AudioFile]]:
+        """The track's source files by name, and outside the training split its ``mixture``."""
         if is_wav:
             paths = {name: Path(track.sources[name].path) for name in MUSDB_SOURCES if name in track.sources}
             missing = [f"{name}.wav" for name in MUSDB_SOURCES if name not in paths or not paths[name].is_file()]
             if missing:
                 problems.append(f"{Path(track.path).parent}: missing {', '.join(missing)}")  # path: its mixture
                 return None
+            if self.split != "train" and Path(track.path).is_file():
+                paths["mixture"] = Path(track.path)
         else:
             paths = self._decoded(track, problems)
             if paths is None:
@@ -1335,6 +1341,8 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
 
         folder = self.cache_dir / track.name
         paths = {name: folder / f"{name}.wav" for name in MUSDB_SOURCES}
+        if self.split != "train":  # dot-named: the folder layouts that read linked cache folders skip it
+            paths["mixture"] = folder / ".mixture.wav"
         # What the cache was decoded from: a .stem.mp4 replaced under the same name is decoded again.
         stat = Path(track.path).stat()
         source = {"path": str(Path(track.path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -1349,8 +1357,9 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
         folder.mkdir(parents=True, exist_ok=True)
         stamp.unlink(missing_ok=True)
         for name, path in paths.items():
+            stem = track.stem_id if name == "mixture" else track.sources[name].stem_id
             with atomic_path(path, suffix=".wav") as tmp:
-                sf.write(str(tmp), stems[track.sources[name].stem_id], int(track.rate), subtype="PCM_16")
+                sf.write(str(tmp), stems[stem], int(track.rate), subtype="PCM_16")
         write_json_atomic(stamp, source)
         return paths
 
@@ -1364,8 +1373,11 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
             files = rng.choice(self.tracks) if self.random_track_mix else track
             s = start if not self.random_track_mix else self.start_in(files[name].duration(), rng)
             sources[name] = self.load_source(files[name], s, augment)
+        released = self.excerpt(track["mixture"], start) if "mixture" in track else None  # outside training
         n = min(s.shape[-1] for s in sources.values())
-        x = torch.stack([s[:, :n] for s in sources.values()]).sum(0)
+        if released is not None:
+            n = min(n, released.shape[-1])
+        x = released[:, :n] if released is not None else torch.stack([s[:, :n] for s in sources.values()]).sum(0)
         if self.targets is not None:
             groups = [MUSDB_GROUPS.get(t, (t,)) for t in self.targets]
             return x, torch.stack([torch.stack([sources[s][:, :n] for s in g]).sum(0) for g in groups])

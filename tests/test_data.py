@@ -153,10 +153,12 @@ def test_musdb_splits_targets_and_cache():
     assert len(train.tracks) == 80 and len(train) == 240 and len(valid) == 14
     x, y = train[5]
     assert x.shape == y.shape == (2, 88200)
-    # Validation: full tracks, accompaniment = mixture - vocals.
+    # Validation: full tracks of the released mixture (coded on its own, close to the sum of the sources),
+    # accompaniment = the sources but the vocals.
     mix, acc = valid[0]
     vocals = data.read_excerpt(valid.tracks[0]["vocals"], 0, None, 44100, 2)
-    assert mix.shape[-1] > 44100 * 6 and torch.allclose(mix - acc, vocals[:, : mix.shape[-1]], atol=1e-4)
+    err = (mix - acc - vocals[:, : mix.shape[-1]]).pow(2).mean() / mix.pow(2).mean()
+    assert mix.shape[-1] > 44100 * 6 and err < 1e-2
     assert len(list(musdb_cache.iterdir())) == 94
     with pytest.raises(data.DatasetError, match="not a MUSDB source"):
         data.MUSDBDataset(root, "piano", "train", cache_dir=musdb_cache, **common())

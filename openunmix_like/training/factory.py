@@ -79,7 +79,8 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
                 data.AlignedDataset(split="valid", **args, **valid_kw))
     if cfg.dataset == "sourcefolder":
         args = dict(root=cfg.root, target_dir=cfg.target_dir, interferer_dirs=cfg.interferer_dirs, ext=cfg.ext)
-        valid_kw.update(seq_duration=cfg.seq_dur)
+        # Excerpts at random positions, drawn once (validation items are those of epoch 0), as the reference's.
+        valid_kw.update(seq_duration=cfg.seq_dur, random_chunks=True)
         return (data.SourceFolderDataset(split="train", nb_samples=cfg.nb_train_samples, **args, **train_kw),
                 data.SourceFolderDataset(split="valid", nb_samples=cfg.nb_valid_samples, **args, **valid_kw))
     if cfg.dataset == "trackfolder_fix":
