@@ -24,7 +24,7 @@ from ..fileio import writable_folder, write_bytes_atomic
 from ..modeldir import AudioSettings, read_target_json, save_metadata, save_target
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
-from .distributed import all_reduce_sum, is_main, unwrap, world
+from .distributed import all_reduce_sum, gather, is_main, unwrap, world
 from .history import History, log_tensorboard, tensorboard_writer, write_csv
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,20 @@ def save_step_checkpoint(ctx: Context, epoch: int, progress: EpochProgress) -> N
     ``--ckpt-keep`` are kept.
     """
     total, count = all_reduce_sum([progress.total, progress.count])  # every rank reaches this step
+    own = {"rng_state": torch.get_rng_state(), "generator_state": ctx.generator.get_state(),
+           **device_rng_state(ctx.device)}
+    size = world()[1]
+    ranks = {name: gather(value) for name, value in own.items()} if size > 1 else {}
     if not is_main():
         return
     cfg = ctx.cfg
     folder = step_checkpoint_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     state = checkpoint_state(ctx, epoch)
-    state["progress"] = {"batches": progress.batches, "total": total, "count": int(count),
-                         "data_time": progress.data_time, "rng_state": torch.get_rng_state(),
-                         "generator_state": ctx.generator.get_state(), **device_rng_state(ctx.device)}
+    state["progress"] = {"batches": progress.batches, "items": progress.items, "total": total, "count": int(count),
+                         "data_time": progress.data_time, **own}
+    if ranks:  # each rank continues with its own random states (batch augmentations differ by rank)
+        state["progress"]["rank_states"] = [{name: states[r] for name, states in ranks.items()} for r in range(size)]
     write_checkpoint(folder / f"{cfg.target}-step{ctx.history.global_step:08d}.chkpnt", state)
     for old in step_checkpoints(cfg)[: -max(cfg.ckpt_keep, 1)]:
         old.unlink(missing_ok=True)
@@ -241,7 +246,13 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
     if "progress" not in state:
         return first, None
     progress = EpochProgress(**state["progress"])
-    if world()[0] != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
+    if "items" not in state["progress"]:  # a checkpoint from before items were counted, by one process
+        progress.items = progress.batches * ctx.cfg.batch_size
+    rank, size = world()
+    if progress.rank_states and len(progress.rank_states) == size:
+        for name, value in progress.rank_states[rank].items():
+            setattr(progress, name, value)
+    if rank != 0:  # rank 0 carries the epoch's loss so far (summed over all ranks)
         progress.total, progress.count = 0.0, 0
     return int(state["epoch"]), progress
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -75,10 +75,12 @@ def evaluated_model(ctx: Context) -> nn.Module:
 
 @dataclasses.dataclass
 class EpochProgress:
-    """Where a step checkpoint left an epoch: batches done, their summed loss, samples, and
-    the random states, so the epoch continues as if it had not been interrupted."""
+    """Where a step checkpoint left an epoch: batches done, the items of the epoch's order they
+    used up (all ranks together), their summed loss, samples, and the random states, so the epoch
+    continues as if it had not been interrupted."""
 
     batches: int = 0
+    items: int = 0
     total: float = 0.0
     count: int = 0
     data_time: float = 0.0
@@ -86,3 +88,5 @@ class EpochProgress:
     generator_state: Optional[Tensor] = None
     # The training device's generator on CUDA, whose draws (dropout) the CPU state does not hold.
     cuda_rng_state: Optional[Tensor] = None
+    # Under torchrun, each rank's random states (these three), in rank order; the fields above are rank 0's.
+    rank_states: Optional[List[dict]] = None

@@ -23,8 +23,11 @@ def world() -> Tuple[int, int]:
 
 
 def is_main() -> bool:
-    """Whether this process writes files and logs (rank 0)."""
-    return world()[0] == 0
+    """Whether this process writes files and logs (rank 0; before the process group is joined, the
+    ``RANK`` torchrun gives it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_distributed(device: torch.device) -> None:
@@ -61,6 +64,39 @@ def all_reduce_sum(values: List[float]) -> List[float]:
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if on_gpu else "cpu")
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def gather(state: Tensor) -> List[Tensor]:
+    """Every rank's ``state`` (the same shape on each), in rank order, on the CPU; ``[state]`` in a single
+    process."""
+    size = world()[1]
+    if size == 1:
+        return [state]
+    on_gpu = torch.distributed.get_backend() == "nccl"  # nccl gathers CUDA tensors only
+    state = state.to("cuda" if on_gpu else "cpu")
+    states = [torch.empty_like(state) for _ in range(size)]
+    torch.distributed.all_gather(states, state)
+    return [s.cpu() for s in states]
+
+
+def same_on_every_rank(values: List[float]) -> bool:
+    """Whether every rank has the same ``values`` (always, in a single process)."""
+    if world()[1] == 1:
+        return True
+    gathered = gather(torch.tensor(values, dtype=torch.float64))
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers of ``model`` (batch-norm statistics), which rank 0 saves.
+
+    DDP shares them before each forward pass, but the pass then moves each rank's own copy with its
+    own batch: without this, each rank would validate a slightly different model.
+    """
+    if world()[1] == 1:
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def pick_device(device: str = None, no_cuda: bool = False) -> torch.device:

@@ -14,7 +14,7 @@ from .checkpoint import (find_resume_checkpoint, load_checkpoint, restore_device
                          save_step_checkpoint)
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
-from .distributed import all_reduce_sum, is_main, world
+from .distributed import all_reduce_sum, broadcast_buffers, is_main, same_on_every_rank, world
 from .factory import prepare
 from .history import History, record_epoch
 
@@ -64,9 +64,13 @@ def resume(ctx: Context) -> Tuple[int, Optional[EpochProgress]]:
     """The epoch to start at, and the progress within it, from the checkpoint to resume (if any)."""
     cfg = ctx.cfg
     path = find_resume_checkpoint(cfg)
+    first, progress = load_checkpoint(ctx, path) if path is not None else (1, None)
+    if not same_on_every_rank([first, progress.items if progress else -1, ctx.history.global_step]):
+        raise OpenUnmixLikeError(f"--output {cfg.output}: the torchrun processes found different checkpoints to "
+                                 f"resume from (rank {world()[0]}: {path or 'none'}); on several machines, give "
+                                 "an --output they all share")
     if path is None:
         return 1, None
-    first, progress = load_checkpoint(ctx, path)
     if is_main() and not cfg.quiet:
         where = f", batch {progress.batches + 1}" if progress else ""
         log.info("resuming from %s at epoch %d%s", path, first, where)
@@ -98,24 +102,48 @@ def score_epoch(ctx: Context, epoch: int) -> Optional[float]:
 
 
 def loader(ctx: Context, dataset, epoch: int, train: bool, skip: int = 0) -> torch.utils.data.DataLoader:
-    """Batches of one epoch; ``skip`` leaves out the first samples of the epoch's order (resuming mid-epoch)."""
+    """This rank's batches of one epoch (see :class:`StepBatches`); ``skip`` leaves out the first items of the
+    epoch's order (resuming mid-epoch). Validation: rank r takes items r, r + ranks, ..., one at a time."""
     rank, size = world()
     dataset.set_epoch(epoch if train else 0)  # validation: the same items every epoch
-    if size > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, size, rank, shuffle=train, seed=ctx.cfg.seed)
-        sampler.set_epoch(epoch)
-    elif train:
-        generator = torch.Generator().manual_seed(ctx.cfg.seed + epoch)
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    if train:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(ctx.cfg.seed + epoch)).tolist()
+        batches = StepBatches(order[skip:], ctx.cfg.batch_size, rank, size)
     else:
-        sampler = torch.utils.data.SequentialSampler(dataset)
-    if skip:
-        sampler = list(sampler)[skip:]
+        batches = [[index] for index in range(rank, len(dataset), size)]
     return torch.utils.data.DataLoader(
-        dataset, batch_size=ctx.cfg.batch_size if train else 1, sampler=sampler,
-        num_workers=ctx.cfg.nb_workers, drop_last=False,
+        dataset, batch_sampler=batches, num_workers=ctx.cfg.nb_workers,
         pin_memory=ctx.device.type == "cuda" and dataset.preloaded is None,
     )
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """One rank's training batches of an epoch whose items come in ``order`` (a permutation drawn from
+    ``(seed, epoch)``, the same whatever the number of ranks).
+
+    Each step takes the next ``batch_size`` x ranks items of ``order`` and deals them out (its item k
+    to rank k mod ranks), so that together the ranks see each item once per epoch, as one process
+    does, and all take the same number of steps. A rank the last step leaves without an item repeats
+    one with a loss weight of 0. ``weights`` scale each step's loss so that the gradients DDP averages
+    over the ranks are the mean over the step's items; ``counts``: the items of each batch that count,
+    ``taken``: the items of ``order`` each step uses up (all ranks together).
+    """
+
+    def __init__(self, order, batch_size: int, rank: int = 0, size: int = 1):
+        self.batches, self.weights, self.counts, self.taken = [], [], [], []
+        for first in range(0, len(order), batch_size * size):
+            items = order[first: first + batch_size * size]
+            mine = items[rank::size]
+            self.batches.append(mine or items[:1])
+            self.counts.append(len(mine))
+            self.weights.append(len(mine) * size / len(items))
+            self.taken.append(len(items))
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def augment_seed(cfg: TrainConfig, epoch: int) -> int:
@@ -130,7 +158,8 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
 
     ctx.model.train()
     progress = resume or EpochProgress()
-    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.batches * ctx.cfg.batch_size)
+    batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.items)
+    plan = batches.batch_sampler
     if resume is None:
         torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
         ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
@@ -144,12 +173,13 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
     start = last = time.perf_counter()
     quiet = ctx.cfg.quiet or not is_main()
     with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
-        for batch, (x, y) in enumerate(bar, start=progress.batches + 1):
+        for k, (x, y) in enumerate(bar):
+            batch = progress.batches + 1
             progress.data_time += time.perf_counter() - last
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            if train_batch(ctx, x, y, epoch, batch, progress):
+            if train_batch(ctx, x, y, epoch, batch, progress, count=plan.counts[k], weight=plan.weights[k]):
                 bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
-            progress.batches = batch
+            progress.batches, progress.items = batch, progress.items + plan.taken[k]
             if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
                 save_step_checkpoint(ctx, epoch, progress)
             if ctx.cfg.max_minutes and budget_spent(ctx, time.perf_counter() - start):
@@ -162,20 +192,22 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
 
 
 def train_batch(ctx: Context, x: Tensor, y: Tensor, epoch: int, batch: int, progress: EpochProgress,
-                mix_stft: Optional[Tensor] = None) -> bool:
+                mix_stft: Optional[Tensor] = None, count: Optional[int] = None, weight: float = 1.0) -> bool:
     """Augment, step and count one batch of one model (``progress`` gathers its loss); returns
-    whether the step was taken (``False``: a non-finite loss or gradient, reported)."""
+    whether the step was taken (``False``: a non-finite loss or gradient, reported). ``count``: the
+    items of the batch that count (all by default), ``weight``: the loss weight (see :class:`StepBatches`)."""
     if ctx.batch_augment:
         x, y = ctx.batch_augment(x, y, ctx.generator)
-    loss = step(ctx, x, y, mix_stft=mix_stft)
+    count = x.shape[0] if count is None else count
+    loss = step(ctx, x, y, mix_stft=mix_stft, **({} if weight == 1.0 else {"weight": weight}))
     ctx.history.global_step += 1
     if loss is None:
         handle_nonfinite(ctx.cfg, epoch, batch)
         return False
     if ctx.average is not None:
         ctx.average.update(ctx.model)
-    progress.total += loss * x.shape[0]
-    progress.count += x.shape[0]
+    progress.total += loss * count
+    progress.count += count
     return True
 
 
@@ -188,10 +220,11 @@ def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
     return all_reduce_sum([float(spent)])[0] > 0
 
 
-def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) -> Optional[float]:
+def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None,
+         weight: float = 1.0) -> Optional[float]:
     """One optimisation step on a batch; returns its loss, or ``None`` (weights untouched)
     when the loss or a gradient is NaN or infinite. ``mix_stft``: the mixtures' STFT, when
-    several models share it."""
+    several models share it; ``weight``: what the loss is scaled by for the gradient."""
     ctx.optimizer.zero_grad(set_to_none=True)
     amp = ctx.scaler is not None  # loss scaling: fp16, or bf16 on CUDA (see factory.loss_scaler)
     with torch.autocast(device_type=x.device.type, dtype=ctx.autocast or torch.float32, enabled=bool(ctx.autocast)):
@@ -203,14 +236,14 @@ def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None) 
     clip = ctx.cfg.clip_grad
     if amp:
         # The scaler skips steps with non-finite gradients (fp16 overflow) by design.
-        ctx.scaler.scale(loss).backward()
+        ctx.scaler.scale(loss * weight).backward()
         if clip > 0:
             ctx.scaler.unscale_(ctx.optimizer)
             nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         return float(loss.detach())
-    loss.backward()
+    (loss * weight).backward()
     if not all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None):
         ctx.optimizer.zero_grad(set_to_none=True)
         return None
@@ -226,12 +259,14 @@ def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
     if cfg.nonfinite == "stop":
         raise OpenUnmixLikeError(f"{where}; stopped (--nonfinite-loss stop). The last checkpoint is intact: "
                                  "check the data, then resume with --resume auto")
-    log.warning("%s; batch skipped, weights unchanged (--nonfinite-loss skip)", where)
+    if is_main():  # every rank skips the same batch
+        log.warning("%s; batch skipped, weights unchanged (--nonfinite-loss skip)", where)
 
 
 def validate(ctx: Context, epoch: int) -> float:
     """Mean training loss over the validation set (full tracks where the dataset has them)."""
     model = evaluated_model(ctx).eval()
+    broadcast_buffers(model)
     total, count = 0.0, 0
     with torch.inference_mode():
         for x, y in loader(ctx, ctx.valid_set, epoch, train=False):
@@ -252,6 +287,7 @@ def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
 
     s = ctx.settings
     model = evaluated_model(ctx).eval()
+    broadcast_buffers(model)
     separator = Separator({ctx.cfg.target: model}, niter=0, sample_rate=s.sample_rate, n_fft=s.n_fft,
                           n_hop=s.n_hop, nb_channels=s.nb_channels)
     total_sdr, total_si, count = 0.0, 0.0, 0
