@@ -195,3 +195,19 @@ def test_only_rank_0_logs_before_the_process_group_is_joined(monkeypatch, caplog
     assert not caplog.records
     monkeypatch.setenv("RANK", "0")
     assert distributed.is_main()
+
+
+def test_the_process_group_waits_long_enough_for_rank_0s_input_statistics(monkeypatch):
+    import datetime
+
+    import torch
+
+    from openunmix_like.training import distributed
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: joined.update(kw))
+    distributed.setup_distributed(torch.device("cpu"))
+    # nccl's default is 10 minutes, less than reading 1000 whole tracks can take on rank 0.
+    assert joined == {"backend": "gloo", "timeout": datetime.timedelta(hours=2)}

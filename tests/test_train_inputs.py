@@ -304,7 +304,8 @@ SLOW_TRAINING = ("import sys, time\n"
                  "sys.exit(main(sys.argv[1:]))\n")
 
 
-def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl+C, a kill or a job scheduler's stop
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, signum):
     import signal
     import subprocess
     import sys
@@ -316,7 +317,7 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "saved"  # epoch 1 is on disk; epoch 2 takes over 3 s
-        child.send_signal(signal.SIGINT)
+        child.send_signal(getattr(signal, signum))
         _, err = child.communicate(timeout=120)
     finally:
         child.kill()

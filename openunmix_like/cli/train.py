@@ -20,6 +20,7 @@ from ..losses import LOSSES
 from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
                         run, run_targets)
 from ..training.config import SAMPLES_PER_TRACK
+from . import sigterm_as_interrupt
 
 DEFAULTS = TrainConfig()
 
@@ -210,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(cfg, args: argparse.Namespace) -> int:
     try:
-        with distributed_session():
+        with sigterm_as_interrupt(), distributed_session():
             if cfg.targets:
                 run_targets(cfg)
             else:

@@ -6,6 +6,7 @@ training code calls them unconditionally.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from typing import Callable, List, Tuple
 
@@ -30,6 +31,11 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# How long a collective waits for the slowest rank: rank 0 alone reads up to 1000 whole training tracks for
+# the input statistics while the others wait to receive them (nccl's own default, 10 minutes, is too short).
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def setup_distributed(device: torch.device) -> None:
     """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -37,7 +43,8 @@ def setup_distributed(device: torch.device) -> None:
             # Each rank's own GPU as the current device: NCCL's collectives (and the tensors made with
             # device="cuda" below) use it; without this every rank would use GPU 0.
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                             timeout=COLLECTIVE_TIMEOUT)
 
 
 def broadcast_from_rank0(compute: Callable[[], Tuple[Tensor, Tensor]], nb_bins: int) -> Tuple[Tensor, Tensor]:
