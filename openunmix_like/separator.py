@@ -83,7 +83,8 @@ class WienerSettings:
         softmask: start the filter from ratio masks instead of the estimated
             magnitudes with the mixture phase.
         residual: name of an extra target, the mixture minus the other targets
-            (e.g. ``"accompaniment"``); ``None`` for none.
+            (e.g. ``"accompaniment"``); ``None`` for none. The reference package's
+            spelling is taken too: ``True`` names it ``"residual"``, ``False`` is ``None``.
         wiener_win_len: frames filtered together (a time-varying spatial model,
             bounded memory); ``None`` filters the whole input (each segment) at
             once. ``0`` means the same and is stored as ``None``.
@@ -106,6 +107,8 @@ class WienerSettings:
             raise ValueError(f"wiener_win_len must be a number of frames (None or 0: all at once), got {win!r}")
         if win == 0:
             object.__setattr__(self, "wiener_win_len", None)
+        if isinstance(self.residual, bool):  # the reference's residual=True adds a target named "residual"
+            object.__setattr__(self, "residual", "residual" if self.residual else None)
         if self.residual is not None and (not isinstance(self.residual, str) or not self.residual):
             raise ValueError(f"residual must be a target name or None, got {self.residual!r}")
 

@@ -64,3 +64,16 @@ def test_sample_rate_is_an_int_where_it_is_one(model_dir):
     assert Separator(make_models(n_fft=512), n_fft=512, n_hop=128, sample_rate=22050.0).sample_rate == 22050
     assert type(Separator(make_models(n_fft=512), n_fft=512, n_hop=128, sample_rate=22050.0).sample_rate) is int
     assert Separator(make_models(n_fft=512), n_fft=512, n_hop=128, sample_rate=11025.5).sample_rate == 11025.5
+
+
+def test_the_reference_packages_residual_flag_is_taken(model_dir):
+    # Code written for the reference package passes residual=True (a target named "residual") or False.
+    assert WienerSettings(residual=True).residual == "residual" and WienerSettings(residual=False).residual is None
+    sep = Separator.from_pretrained(str(model_dir()), targets=["vocals"], residual=True, precision="fp32")
+    assert sep.target_names == ["vocals", "residual"]
+    audio = torch.randn(1, 2, 44100) * 0.1
+    with torch.no_grad():
+        estimates = sep(audio)
+    assert estimates.shape == (1, 2, 2, 44100)
+    stems = separate(audio[0], 44100, model=str(model_dir()), targets=["vocals"], residual=True, precision="fp32")
+    assert sorted(stems) == ["residual", "vocals"]
