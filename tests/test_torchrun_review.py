@@ -211,3 +211,12 @@ def test_the_process_group_waits_long_enough_for_rank_0s_input_statistics(monkey
     distributed.setup_distributed(torch.device("cpu"))
     # nccl's default is 10 minutes, less than reading 1000 whole tracks can take on rank 0.
     assert joined == {"backend": "gloo", "timeout": datetime.timedelta(hours=2)}
+
+
+def test_the_data_sets_warnings_come_once_not_once_per_rank(tmp_path):
+    root = track_folders(tmp_path / "data", tracks=3, seconds=1.0)
+    (root / "train" / "t0" / "vocals.wav").write_bytes(b"not audio")  # left out, with a warning
+    result = torchrun(tmp_path, *TINY, "--root", root, "--output", tmp_path / "m", "--epochs", "1", "--quiet",
+                      timeout=90)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert result.stdout.count("file(s) or track(s) left out") == 1, result.stdout[-3000:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from typing import Callable, List, Tuple
 
@@ -45,6 +46,10 @@ def setup_distributed(device: torch.device) -> None:
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                              timeout=COLLECTIVE_TIMEOUT)
+        if torch.distributed.get_rank() != 0:
+            # Every rank reads the same files with the same options: rank 0 alone warns of what it finds
+            # (files left out, ...); errors still come from the rank that meets them.
+            logging.getLogger("openunmix_like").setLevel(logging.ERROR)
 
 
 def broadcast_from_rank0(compute: Callable[[], Tuple[Tensor, Tensor]], nb_bins: int) -> Tuple[Tensor, Tensor]:
