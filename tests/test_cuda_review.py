@@ -80,7 +80,7 @@ def test_setup_distributed_selects_the_rank_gpu_before_nccl(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
     monkeypatch.setattr(torch.distributed, "init_process_group",
-                        lambda backend: calls.append(("init", backend)))
+                        lambda backend, timeout: calls.append(("init", backend)))
     distributed.setup_distributed(torch.device("cuda", 1))
     assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
     calls.clear()

@@ -46,7 +46,7 @@ def setup_distributed(device: torch.device) -> None:
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                              timeout=COLLECTIVE_TIMEOUT)
-        if torch.distributed.get_rank() != 0:
+        if not is_main():
             # Every rank reads the same files with the same options: rank 0 alone warns of what it finds
             # (files left out, ...); errors still come from the rank that meets them.
             logging.getLogger("openunmix_like").setLevel(logging.ERROR)
