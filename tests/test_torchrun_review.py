@@ -220,3 +220,13 @@ def test_the_data_sets_warnings_come_once_not_once_per_rank(tmp_path):
                       timeout=90)
     assert result.returncode == 0, result.stdout[-2000:]
     assert result.stdout.count("file(s) or track(s) left out") == 1, result.stdout[-3000:]
+
+
+def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
+    cfg = TrainConfig(seed=42)
+    assert loop.dropout_seed(cfg, 3) == 45  # one process: the seed it always had
+    seeds = set()
+    for rank in range(4):
+        monkeypatch.setattr(loop, "world", lambda rank=rank: (rank, 4))
+        seeds.add(loop.dropout_seed(cfg, 3))
+    assert len(seeds) == 4 and 45 in seeds

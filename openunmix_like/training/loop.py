@@ -150,6 +150,12 @@ def augment_seed(cfg: TrainConfig, epoch: int) -> int:
     return (cfg.seed * 1_000_003 + epoch) * 1_009 + world()[0]
 
 
+def dropout_seed(cfg: TrainConfig, epoch: int) -> int:
+    """The seed of an epoch's dropout draws: ``seed + epoch`` in one process and on rank 0; the other
+    ranks draw their own masks (the same ones would drop the same units of their different items)."""
+    return cfg.seed + epoch + 1_000_003 * world()[0]
+
+
 def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None) -> Tuple[float, float, float, int]:
     """One pass over the training set: mean loss, seconds, share of time spent waiting for data,
     and the number of samples all ranks together trained on. ``resume`` continues an epoch
@@ -161,7 +167,7 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
     batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.items)
     plan = batches.batch_sampler
     if resume is None:
-        torch.manual_seed(ctx.cfg.seed + epoch)  # dropout draws, reproducible per epoch
+        torch.manual_seed(dropout_seed(ctx.cfg, epoch))  # dropout draws, reproducible per epoch
         ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
         iterator = iter(batches)
     else:
