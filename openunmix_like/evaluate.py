@@ -18,7 +18,7 @@ import logging
 import math
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -644,7 +644,9 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
     track_diff = np.array([_mean_or_nan(row) for row in diffs])
     kept = track_diff[~np.isnan(track_diff)]
     if kept.size == 0:
-        raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent?)")
+        alone = ", or a target separated alone, which has none" if metric == "SIR" else ""
+        raise OpenUnmixLikeError(f"no track has a {metric} score on both sides (all windows silent{alone}); compare "
+                                 "another --metric")
     low, high = np.percentile(_bootstrap_means(kept, resamples, seed), [2.5, 97.5])
     return {
         "metric": metric,
@@ -656,7 +658,37 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         "tracks": int(kept.size),
         "only_new": sorted(set(new) - set(old)),
         "only_old": sorted(set(old) - set(new)),
+        "separated": _separated_if_different(per_track_new, per_track_old, common),
+        "settings": _settings_differing([new[t] for t in common], [old[t] for t in common]),
     }
+
+
+def _separated_if_different(per_track_new: Mapping[str, dict], per_track_old: Mapping[str, dict],
+                            tracks: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
+    """The targets each side scored on ``tracks``, where the two differ (else None)."""
+    sides = [sorted({name for t in tracks for name in side[t]}, key=_target_order)
+             for side in (per_track_new, per_track_old)]
+    return (sides[0], sides[1]) if sides[0] != sides[1] else None
+
+
+# Settings left out of the comparison of the records' settings: which targets were separated is
+# compared on the targets scored (``--targets vocals`` and a vocals-only model separate the same).
+UNCOMPARED_SETTINGS = ("targets",)
+
+
+def _settings_differing(new: Sequence[dict], old: Sequence[dict]) -> Dict[str, Tuple[str, str]]:
+    """The settings (in the records' ``settings``) both sides recorded with different values:
+    name -> (new, old), each as JSON, or ``mixed`` where a side's records disagree."""
+    def values(records: Sequence[dict]) -> Dict[str, str]:
+        seen: Dict[str, set] = {}
+        for record in records:
+            settings = record.get("settings")
+            for key, value in (settings.items() if isinstance(settings, dict) else ()):
+                seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+        return {key: next(iter(v)) if len(v) == 1 else "mixed" for key, v in seen.items()}
+
+    a, b = values(new), values(old)
+    return {key: (a[key], b[key]) for key in a if key in b and a[key] != b[key] and key not in UNCOMPARED_SETTINGS}
 
 
 def check_bootstrap(resamples: int, seed: int) -> None:
@@ -704,6 +736,15 @@ def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
     for side, name in (("only_new", new_name), ("only_old", old_name)):
         if result[side]:
             lines.append(f"Not compared, scored only by {name}: {', '.join(result[side])}.")
+    if result.get("separated"):
+        ours, theirs = (", ".join(names) for names in result["separated"])
+        lines.append(f"Separated different targets ({new_name}: {ours}; {old_name}: {theirs}): only those both "
+                     "scored are compared, and their estimates differ even from the same model (the Wiener filter "
+                     "shares the mixture among the targets separated); evaluate both with the same --targets.")
+    if result.get("settings"):
+        shown = ", ".join(f"{key} {a} / {b}" for key, (a, b) in result["settings"].items())
+        lines.append(f"Evaluated with different settings ({new_name} / {old_name}): {shown}; the difference is not "
+                     "the models' alone.")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from ..fileio import made_folders_removed_if_empty
 from ..losses import LOSSES
 from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
                         run, run_targets)
-from ..training.config import SAMPLES_PER_TRACK
+from ..training.config import MODEL_FIXED, SAMPLES_PER_TRACK
 from . import sigterm_as_interrupt
 
 DEFAULTS = TrainConfig()
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true",
                    help="start over in an --output that already holds the target's model (replaced; its "
                         "checkpoints are removed); without it such a run is refused")
-    g.add_argument("--model", default=None, metavar="NAME|DIR", help="fine-tune this trained or published model")
+    g.add_argument("--model", default=None, metavar="NAME|DIR",
+                   help="fine-tune this trained or published model (its rate, channels, STFT, bandwidth and "
+                        "direction are kept; options contradicting them are refused)")
 
     g = p.add_argument_group("data (layouts: docs/training.md)")
     g.add_argument("--dataset", default=DEFAULTS.dataset, choices=DATASETS, metavar="LAYOUT",
@@ -184,7 +186,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the options; a ``--preset`` supplies defaults that explicit flags override.
 
     Without ``--arch`` a new model is an Open-Unmix one; a fine-tuned one (``--model``)
-    keeps its own architecture (``arch`` stays ``None`` until the model is loaded).
+    keeps its own architecture (``arch`` stays ``None`` until the model is loaded), and the
+    options it fixes (:data:`~openunmix_like.training.config.MODEL_FIXED`) that were not
+    given are ``None``: the model's (a given one that contradicts it is refused).
     """
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
@@ -193,7 +197,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.arch is None and not args.model:
         args.arch = DEFAULT_ARCHITECTURE
+    if args.model:
+        asked = given_options(argv) | set(PRESETS.get(args.preset) or {})
+        for name in MODEL_FIXED:
+            if name not in asked:
+                setattr(args, name, None)
     return args
+
+
+def given_options(argv: Optional[Sequence[str]]) -> set:
+    """The destinations of the options ``argv`` gives explicitly (not left at their defaults)."""
+    probe, unset = build_parser(), object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(probe.parse_args([])), unset))  # defaults fill no name set
+    return {name for name, value in vars(probe.parse_args(argv, namespace)).items() if value is not unset}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -109,6 +109,8 @@ def checkpoint_state(ctx: Context, epoch: int) -> dict:
     }
     if ctx.average is not None:
         state["average"] = ctx.average.model.state_dict()
+    if ctx.cfg.model_source:  # a fine-tune: what it started from, kept by runs that resume it
+        state["fine_tuned_from"] = {"model": ctx.cfg.model, **ctx.cfg.model_source}
     return state
 
 
@@ -229,6 +231,10 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
         raise OpenUnmixLikeError(f"{path}: checkpoint of a run with --lr-scheduler {state.get('lr_scheduler')}; "
                                  f"resume with the same schedule")
     model.load_state_dict(state["state_dict"])
+    origin = state.get("fine_tuned_from")
+    if isinstance(origin, dict):  # the weights descend from it, whatever --model this run was given
+        source = {key: origin.get(key) for key in ("file", "sha256")}
+        ctx.cfg = dataclasses.replace(ctx.cfg, model=origin.get("model"), model_source=source)
     if ctx.average is not None:
         if "average" in state:
             ctx.average.model.load_state_dict(state["average"])

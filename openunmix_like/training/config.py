@@ -9,6 +9,7 @@ from typing import List, Optional
 from .. import architectures
 from ..augment import BATCH_AUGMENTATIONS, BatchCompose, Compose, split_names
 from ..errors import OpenUnmixLikeError
+from ..architectures.umx import bandwidth_to_max_bin
 from ..losses import parse_loss
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb", "medleydb",
@@ -42,7 +43,9 @@ class TrainConfig:
     checkpoint: Optional[str] = None
     resume: Optional[str] = None
     force: bool = False  # start over in an --output that holds this target's model
-    model: Optional[str] = None
+    model: Optional[str] = None  # fine-tune this model (a published name or a folder)
+    # resolved with --model: the weight file fine-tuned from, {"file": name, "sha256": hex digest}
+    model_source: Optional[dict] = None
     dataset: str = "musdb"
     root: Optional[str] = None
     # musdb
@@ -69,7 +72,8 @@ class TrainConfig:
     valid_tracks: Optional[int] = None
     include_bleed: bool = False  # medleydb: keep the tracks whose metadata says has_bleed: yes
     source_augmentations: Optional[List[str]] = None
-    sample_rate: int = 44100
+    # None (umx-train --model without the option): the model's, see MODEL_FIXED
+    sample_rate: Optional[int] = 44100
     # optimisation
     epochs: int = 1000
     batch_size: int = 16
@@ -92,13 +96,13 @@ class TrainConfig:
     arch_args: Optional[List[str]] = None
     loss: Optional[str] = None  # None: the architecture's default (mse for umx)
     preset: Optional[str] = None  # the --preset name, saved so a model's record says where its settings came from
-    unidirectional: bool = False
+    unidirectional: Optional[bool] = False
     hidden_size: Optional[int] = None  # None: the architecture's default (512 for umx); with --model: widen to it
     lstm_dropout: Optional[float] = None  # umx: dropout between LSTM layers (None: the model's, 0.4)
-    nfft: int = 4096
-    nhop: int = 1024
-    bandwidth: float = 16000
-    nb_channels: int = 2
+    nfft: Optional[int] = 4096
+    nhop: Optional[int] = 1024
+    bandwidth: Optional[float] = 16000
+    nb_channels: Optional[int] = 2
     # validation metric
     eval_every: int = 0
     select_by: str = "loss"  # what picks the best epoch: the validation loss, or the validation SDR (eval_every)
@@ -150,7 +154,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         names used (the layout's default when none were given), so the saved ``args`` say them,
         and the options of the ``slakh`` and ``moisesdb`` layouts resolved (:func:`resolve_stem_options`).
     """
-    cfg = resolve_stem_options(resolve_target(cfg))
+    cfg = resolve_model_options(resolve_stem_options(resolve_target(cfg)))
     check_numbers(cfg)
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
@@ -190,6 +194,76 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
                                  f"({', '.join(BATCH_AUGMENTATIONS)}) or none")
     return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg),
                                source_augmentations=cfg.augmentation_names())
+
+
+# The options a fine-tuned model (--model) fixes, and their defaults for a new model.
+MODEL_FIXED = {"sample_rate": 44100, "nb_channels": 2, "nfft": 4096, "nhop": 1024, "bandwidth": 16000,
+               "unidirectional": False}
+
+
+def resolve_model_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the options of :data:`MODEL_FIXED` left at ``None`` resolved: without ``--model`` to
+    their defaults, with it to the model's (its rate, channels and STFT, and for Open-Unmix the
+    bandwidth its LSTM sees and its direction), which are known before any data is read.
+
+    Raises:
+        OpenUnmixLikeError: the model or a target cannot be loaded, or an option given contradicts it
+            (one line naming the option and what to do).
+    """
+    defaults = {name: value for name, value in MODEL_FIXED.items() if getattr(cfg, name) is None}
+    if not cfg.model:
+        return dataclasses.replace(cfg, **defaults)
+    from ..pretrained import load_models
+
+    models, settings = load_models(cfg.model, targets=cfg.targets or [cfg.target], progress=not cfg.quiet)
+    rate = int(settings.sample_rate) if float(settings.sample_rate).is_integer() else settings.sample_rate
+    fixed = {"sample_rate": (rate, f"works at {rate:g} Hz (training audio at other rates is resampled to it)"),
+             "nb_channels": (settings.nb_channels, f"has {settings.nb_channels} channel(s)"),
+             "nfft": (settings.n_fft, f"has an STFT of {settings.n_fft} samples"),
+             "nhop": (settings.n_hop, f"has an STFT hop of {settings.n_hop} samples")}
+    for target, model in models.items():
+        arch = architectures.architecture_of(model)
+        if cfg.arch not in (None, arch.name) or cfg.arch_args:
+            preset = f" (set by --preset {cfg.preset})" if cfg.preset else ""
+            raise OpenUnmixLikeError(f"--model {cfg.model}: its {target!r} model is a {arch.name!r} model; "
+                                     f"fine-tuning keeps the architecture and its arguments, drop --arch and "
+                                     f"--arch-args{preset}")
+        config = model.config
+        own = dict(fixed)
+        if hasattr(config, "unidirectional"):
+            own["unidirectional"] = (config.unidirectional, f"has a {'uni' if config.unidirectional else 'bi'}"
+                                     f"directional LSTM in its {target!r} model")
+        if getattr(config, "max_bin", None) is not None:
+            bandwidth = model_bandwidth(rate, settings.n_fft, config.max_bin)
+            own["bandwidth"] = (bandwidth, f"feeds {config.max_bin} of {config.nb_bins} bins (up to {bandwidth:g} "
+                                f"Hz) to the LSTM of its {target!r} model")
+        for name, (value, what) in own.items():
+            given = getattr(cfg, name)
+            if given is None or given == value or (name == "unidirectional" and not given) or (
+                    name == "bandwidth" and bandwidth_to_max_bin(rate, settings.n_fft, given) == config.max_bin):
+                continue
+            flag = "--" + name.replace("_", "-")
+            raise OpenUnmixLikeError(f"{flag if name == 'unidirectional' else f'{flag} {given:g}'}: --model "
+                                     f"{cfg.model} {what}, and fine-tuning keeps that; drop {flag} (or train a new "
+                                     "model without --model)")
+        defaults.update({name: value for name, (value, _) in own.items()
+                         if getattr(cfg, name) is None or (name == "unidirectional" and not cfg.unidirectional)})
+    return dataclasses.replace(cfg, **defaults)
+
+
+def model_bandwidth(sample_rate: float, n_fft: int, max_bin: int) -> float:
+    """The ``--bandwidth`` (Hz) that gives ``max_bin`` bins: 16000 where it does (the published models),
+    else the centre frequency of the highest bin the model sees."""
+    if bandwidth_to_max_bin(sample_rate, n_fft, MODEL_FIXED["bandwidth"]) == max_bin:
+        return MODEL_FIXED["bandwidth"]
+    return bin_frequencies(sample_rate, n_fft)[max_bin - 1]
+
+
+def bin_frequencies(sample_rate: float, n_fft: int) -> List[float]:
+    """Centre frequencies (Hz) of the one-sided STFT bins, as :func:`bandwidth_to_max_bin` counts them."""
+    import torch
+
+    return torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64).tolist()
 
 
 DEFAULT_TARGET = "vocals"

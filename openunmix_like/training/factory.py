@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -20,8 +21,8 @@ from ..errors import ModelError, OpenUnmixLikeError
 from ..losses import Objective, parse_loss
 from ..modeldir import AudioSettings
 from ..transforms import STFT, ComplexNorm
-from .config import (DATASETS, STEM_LAYOUTS, TrainConfig, check_options, resolve_samples_per_track,
-                     resolve_target)
+from .config import (DATASETS, STEM_LAYOUTS, TrainConfig, check_options, model_bandwidth,
+                     resolve_samples_per_track, resolve_target)
 from .context import Context, WeightAverage
 from .distributed import broadcast_from_rank0, is_main, pick_device, setup_distributed, wrap
 from .history import History
@@ -262,24 +263,42 @@ def model_args(cfg: TrainConfig, arch: architectures.Architecture) -> dict:
 
 def load_pretrained(cfg: TrainConfig, device: torch.device) -> Tuple[nn.Module, AudioSettings, TrainConfig]:
     """The ``--model`` target to fine-tune (widened to ``--hidden-size`` if larger), and ``cfg``
-    with the model's architecture, width and STFT settings."""
+    with the model's architecture, width, STFT settings, bandwidth and the weight file it starts from.
+
+    ``cfg`` comes from :func:`~openunmix_like.training.config.check_options`, which has checked
+    the options against the model.
+    """
     from ..pretrained import load_models
 
     models, settings = load_models(cfg.model, targets=[cfg.target], progress=not cfg.quiet)
     model = models[cfg.target]
     if settings.sample_rate != cfg.sample_rate or settings.nb_channels != cfg.nb_channels:
         raise ModelError(f"--model {cfg.model}: {settings} does not match --nb-channels {cfg.nb_channels} / "
-                         f"sample rate {cfg.sample_rate}")
+                         f"--sample-rate {cfg.sample_rate}; drop those options to keep the model's")
     arch = architectures.architecture_of(model)
-    if cfg.arch not in (None, arch.name) or cfg.arch_args:
-        raise ModelError(f"--model {cfg.model}: its {cfg.target!r} model is a {arch.name!r} model; fine-tuning "
-                         "keeps the architecture and its arguments, drop --arch and --arch-args")
+    source = model_source(cfg.model, cfg.target)
+    bandwidth = cfg.bandwidth
+    if getattr(model.config, "max_bin", None) is not None:
+        bandwidth = model_bandwidth(settings.sample_rate, settings.n_fft, model.config.max_bin)
     if cfg.hidden_size and cfg.hidden_size != model.config.hidden_size:
         model = widened(cfg, arch, model)
     resolved = dataclasses.replace(cfg, arch=arch.name, nfft=settings.n_fft, nhop=settings.n_hop,
-                                   hidden_size=model.config.hidden_size,
+                                   hidden_size=model.config.hidden_size, bandwidth=bandwidth, model_source=source,
                                    unidirectional=getattr(model.config, "unidirectional", cfg.unidirectional))
     return model.to(device).train(), settings, resolved
+
+
+def model_source(name_or_path: str, target: str) -> dict:
+    """The weight file ``--model`` gives ``target`` from (in the model folder, or the cache for a published
+    name), as ``{"file": its name, "sha256": its hash}``."""
+    from ..modeldir import find_weight_files
+    from ..pretrained import cache_dir, sha256_of
+
+    folder = Path(name_or_path).expanduser()
+    if not folder.exists():
+        folder = cache_dir() / str(name_or_path)
+    path = find_weight_files(folder)[target]
+    return {"file": path.name, "sha256": sha256_of(path)}
 
 
 def widened(cfg: TrainConfig, arch: architectures.Architecture, model: nn.Module) -> nn.Module:
@@ -361,16 +380,15 @@ def prepare(cfg: TrainConfig) -> Context:
     from .checkpoint import check_output
 
     cfg = check_options(cfg)
-    if not cfg.model:  # the settings are the options': check the folder before reading any data
-        check_output(cfg, settings_of(cfg))
+    # The settings are the options' (a --model's own, resolved by check_options): check the folder before
+    # reading any data.
+    check_output(cfg, settings_of(cfg))
     device = pick_device(cfg.device, cfg.no_cuda)
     setup_distributed(device)
     cfg = resolve_sources(cfg)
     train_set, valid_set = build_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
     model, settings, cfg = build_model(cfg, train_set, device)
-    if cfg.model:
-        check_output(cfg, settings)
     return make_context(cfg, model, settings, device, train_set, valid_set)
 
 
