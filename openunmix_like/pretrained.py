@@ -195,6 +195,14 @@ def bundled_model_dir() -> Path:
     return BUNDLED_MODEL_DIR
 
 
+BUNDLED_NAME = "default"  # what --model calls the bundled model (and {model} in output names)
+
+
+def is_bundled_name(name_or_path: Union[str, Path]) -> bool:
+    """Whether ``name_or_path`` names the bundled model: ``"default"``, unless a folder of that name is here."""
+    return str(name_or_path) == BUNDLED_NAME and not Path(name_or_path).exists()
+
+
 def load_models(
     name_or_path: Union[str, Path, None] = None,
     targets: Optional[Sequence[str]] = None,
@@ -213,7 +221,7 @@ def load_models(
                         f"model), got {type(name_or_path).__name__}; wrap models of your own in Separator(...)")
     if isinstance(targets, str):
         targets = [targets]
-    if name_or_path is None:
+    if name_or_path is None or is_bundled_name(name_or_path):
         folder = bundled_model_dir()
         if not folder.is_dir():
             raise ModelError(
@@ -229,7 +237,7 @@ def load_models(
     if name not in table:
         raise ModelError(
             f"{name}: no such model folder, and not a published model "
-            f"(known: {', '.join(table)})"
+            f"(known: {', '.join(table)}, and {BUNDLED_NAME} for the bundled one)"
         )
     available = list(table[name]["files"])
     if targets is not None and not targets:

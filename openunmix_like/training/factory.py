@@ -292,10 +292,12 @@ def model_source(name_or_path: str, target: str) -> dict:
     """The weight file ``--model`` gives ``target`` from (in the model folder, or the cache for a published
     name), as ``{"file": its name, "sha256": its hash}``."""
     from ..modeldir import find_weight_files
-    from ..pretrained import cache_dir, sha256_of
+    from ..pretrained import bundled_model_dir, cache_dir, is_bundled_name, sha256_of
 
     folder = Path(name_or_path).expanduser()
-    if not folder.exists():
+    if is_bundled_name(name_or_path):
+        folder = bundled_model_dir()
+    elif not folder.exists():
         folder = cache_dir() / str(name_or_path)
     path = find_weight_files(folder)[target]
     return {"file": path.name, "sha256": sha256_of(path)}

@@ -7,9 +7,13 @@ from typing import Dict, List, Sequence
 
 from ..errors import ModelError
 from ..modeldir import default_target_order, find_weight_files
-from ..pretrained import bundled_model_dir, cache_dir, pretrained_table
+from ..pretrained import bundled_model_dir, cache_dir, is_bundled_name, pretrained_table
 
 BUNDLED = "default"  # the bundled model's name in the list
+
+
+def bundled_entry() -> dict:
+    return {"arg": None, "targets": folder_targets(bundled_model_dir()), "label": "bundled model"}
 
 
 def folder_targets(folder: Path) -> List[str]:
@@ -26,7 +30,8 @@ def folder_targets(folder: Path) -> List[str]:
 def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
     """Name -> ``{"arg": argument of Separator.from_pretrained, "targets": [...], "label": ...}``.
 
-    The first entry is the default: the first folder given, else the bundled model (``default``).
+    The first entry is the default: the first folder given (``default`` names the bundled model),
+    else the bundled model.
     A folder whose name is taken (by another folder, the bundled model or a published model offered)
     gets ``+`` appended until it is free, so every model stays selectable.
 
@@ -40,6 +45,9 @@ def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
     taken = {BUNDLED, *given, *cached}
     models: Dict[str, dict] = {}
     for text in folders:
+        if is_bundled_name(text):  # --model default: the bundled model, first if named first
+            models.setdefault(BUNDLED, bundled_entry())
+            continue
         if text in given:
             models[text] = {"arg": text, "targets": list(published[text]["files"]), "label": "published"}
             continue
@@ -51,7 +59,7 @@ def discover_models(folders: Sequence[str] = ()) -> Dict[str, dict]:
         while name in models or name in taken:
             name += "+"
         models[name] = {"arg": str(folder.resolve()), "targets": folder_targets(folder), "label": "model folder"}
-    models[BUNDLED] = {"arg": None, "targets": folder_targets(bundled_model_dir()), "label": "bundled model"}
+    models.setdefault(BUNDLED, bundled_entry())
     for name in cached:
         models.setdefault(name, {"arg": name, "targets": list(published[name]["files"]),
                                  "label": "published, downloaded"})
