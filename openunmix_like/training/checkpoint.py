@@ -58,8 +58,7 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
                                  "use another --output")
     if cfg.resume or cfg.checkpoint:
         return
-    earlier = [p for p in (checkpoint_path(cfg), out / f"{cfg.target}.safetensors", out / f"{cfg.target}.pth",
-                           *step_checkpoints(cfg)) if p.is_file()]
+    earlier = earlier_files(cfg)
     if not earlier:
         return
     if not cfg.force:
@@ -70,6 +69,13 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
         for path in (checkpoint_path(cfg), *step_checkpoints(cfg)):
             path.unlink(missing_ok=True)
         log.info("--force: starting %s in %s afresh (its checkpoints removed)", cfg.target, out)
+
+
+def earlier_files(cfg: TrainConfig) -> List[Path]:
+    """The files of an earlier run of this target in ``--output``: its checkpoints and model weights."""
+    out = Path(cfg.output)
+    return [p for p in (checkpoint_path(cfg), out / f"{cfg.target}.safetensors", out / f"{cfg.target}.pth",
+                        *step_checkpoints(cfg)) if p.is_file()]
 
 
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:

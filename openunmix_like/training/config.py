@@ -141,6 +141,8 @@ class TrainConfig:
 
 
 # Layouts trained without source augmentations unless --source-augmentations names some.
+# The layouts whose tracks may lack a target, kept with a silent one by --silence-missing-targets.
+SILENCEABLE_LAYOUTS = ("trackfolder_var", *STEM_LAYOUTS)
 UNAUGMENTED_LAYOUTS = ("aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
 
 
@@ -156,6 +158,10 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     """
     cfg = resolve_model_options(resolve_stem_options(resolve_target(cfg)))
     check_numbers(cfg)
+    if cfg.silence_missing_targets and cfg.dataset not in SILENCEABLE_LAYOUTS:
+        raise OpenUnmixLikeError(f"--silence-missing-targets: --dataset {cfg.dataset} keeps no track without a "
+                                 f"target (a track folder lacking a file is reported and left out); the option is "
+                                 f"for {', '.join(SILENCEABLE_LAYOUTS)}: drop it")
     if cfg.lr_scheduler not in SCHEDULERS:
         raise OpenUnmixLikeError(f"--lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if not (cfg.clip_grad >= 0 and cfg.ckpt_every >= 0 and cfg.max_minutes >= 0 and cfg.stop_after >= 0):  # NaN too

@@ -261,7 +261,8 @@ def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None,
 
 def handle_nonfinite(cfg: TrainConfig, epoch: int, batch: int) -> None:
     """Report a batch whose loss or gradients were not finite; stop if asked to."""
-    where = f"epoch {epoch}, batch {batch}: NaN or infinite loss or gradient"
+    target = f" of {cfg.target}" if cfg.targets else ""  # with --targets, which model
+    where = f"epoch {epoch}, batch {batch}{target}: NaN or infinite loss or gradient"
     if cfg.nonfinite == "stop":
         raise OpenUnmixLikeError(f"{where}; stopped (--nonfinite-loss stop). The last checkpoint is intact: "
                                  "check the data, then resume with --resume auto")

@@ -6,7 +6,10 @@ source. Each target keeps its own model, optimiser, schedule, history, early
 stopping and files, so the output folder holds what separate runs for each
 target would write (``<target>.safetensors``, ``.json``, ``.csv``, ``.chkpnt`` and
 ``separator.json`` listing them all), and ``--resume auto`` continues each target
-from its own checkpoint.
+from its own checkpoint. Each target draws its dropout masks from a stream of its own,
+the one a run of its own draws from, so what one learns does not depend on the targets
+beside it (one stopped early, one resumed an epoch behind); its weights are a run of
+its own's where its items are drawn alike (docs/training.md, "Several targets in one run").
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Dict, List, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -23,10 +27,10 @@ from ..errors import OpenUnmixLikeError
 from .config import STEM_LAYOUTS, TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
-from .checkpoint import check_output
+from .checkpoint import check_output, earlier_files
 from .factory import DATA_CHANNELS, build_model, make_context, preload_datasets, settings_of, stem_datasets
 from .history import History
-from .loop import augment_seed, budget_spent, finish_epoch, loader, resume, should_stop, train_batch
+from .loop import augment_seed, budget_spent, dropout_seed, finish_epoch, loader, resume, should_stop, train_batch
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix", *STEM_LAYOUTS)
@@ -49,6 +53,11 @@ def check_targets(cfg: TrainConfig) -> None:
     if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
         raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: with --targets, give the folder holding each "
                                  "target's <target>.chkpnt (one file would resume every target from it)")
+    missing = [t for t in targets if cfg.checkpoint and not (Path(cfg.checkpoint) / f"{t}.chkpnt").is_file()]
+    if missing:
+        raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: no {', '.join(t + '.chkpnt' for t in missing)}; "
+                                 "give a folder holding every target's, or continue in --output with --resume auto "
+                                 "(a target without a checkpoint there starts afresh)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise OpenUnmixLikeError("--targets runs in one process; under torchrun, train one --target per run")
 
@@ -79,13 +88,34 @@ def shared_datasets(cfg: TrainConfig) -> Tuple[data._Base, data._Base, TrainConf
             dataclasses.replace(cfg, interferer_files=interferers), files)
 
 
+def check_outputs(cfg: TrainConfig) -> None:
+    """Each target's :func:`~openunmix_like.training.checkpoint.check_output`, before any data is read
+    (``cfg`` from :func:`check_options`: with ``--model``, the settings are the model's). A fresh run into an
+    ``--output`` holding some of the targets is refused in one line naming them all."""
+    settings = settings_of(cfg)
+    own = [dataclasses.replace(cfg, target=target) for target in cfg.targets]
+    for target_cfg in own:  # writable, and the folder's other models share the settings
+        check_output(dataclasses.replace(target_cfg, resume=cfg.resume or "auto"), settings)
+    held = {c.target: files for c in own if (files := earlier_files(c))}
+    if held and not (cfg.resume or cfg.checkpoint or cfg.force):
+        first = next(iter(held.values()))[0].name
+        fresh = [t for t in cfg.targets if t not in held]
+        also = f" ({', '.join(fresh)} start{'s' if len(fresh) == 1 else ''} afresh)" if fresh else ""
+        raise OpenUnmixLikeError(f"--output {cfg.output}: already holds {', '.join(held)} of --targets ({first}); "
+                                 f"continue them with --resume auto{also}, start over with --force (which replaces "
+                                 "them), or give another --output")
+    for target_cfg in own:  # with --force, removes the checkpoints of the targets started over
+        check_output(target_cfg, settings)
+
+
 def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
     """One context per target around the shared training set (each validates on its own target)."""
+    if cfg.target is not None:
+        raise OpenUnmixLikeError(f"--target {cfg.target} with --targets {' '.join(cfg.targets)}: name the targets "
+                                 "with --targets alone")
     cfg = check_options(cfg)
     check_targets(cfg)
-    if not cfg.model:
-        for target in cfg.targets:
-            check_output(dataclasses.replace(cfg, target=target), settings_of(cfg))
+    check_outputs(cfg)
     device = pick_device(cfg.device, cfg.no_cuda)
     train_set, valid_set, cfg, files = shared_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
@@ -94,8 +124,6 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
         own = dataclasses.replace(cfg, target=target, target_file=file)
         view = data.TargetView(train_set, k)
         model, settings, own = build_model(own, view, device)
-        if cfg.model:
-            check_output(own, settings)
         contexts.append(make_context(own, model, settings, device, view, data.TargetView(valid_set, k)))
     return contexts, train_set
 
@@ -115,6 +143,8 @@ def run_targets(cfg: TrainConfig) -> Dict[str, History]:
                 continue
             active.append((k, ctx))
         if not active:
+            if any(id(ctx) not in stopped and starts[id(ctx)] > epoch for ctx in contexts):
+                continue  # resumed: the others' checkpoints are of later epochs (one stopped early)
             break
         for (k, ctx), result in zip(active, train_epoch_shared(active, train_set, epoch)):
             finish_epoch(ctx, epoch, *result)
@@ -136,7 +166,6 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     from tqdm import tqdm
 
     lead = active[0][1]
-    torch.manual_seed(lead.cfg.seed + epoch)  # dropout draws, reproducible per epoch
     for _, ctx in active:
         ctx.model.train()
         ctx.generator.manual_seed(augment_seed(ctx.cfg, epoch))
@@ -144,10 +173,15 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
                      (lead.settings.n_fft, lead.settings.n_hop) for _, ctx in active)
     progress = {id(ctx): EpochProgress() for _, ctx in active}
     batches = loader(lead, train_set, epoch, train=True)
+    torch.manual_seed(dropout_seed(lead.cfg, epoch))
+    iterator = iter(batches)  # which draws the loader's seed, as in a run of one target
+    # Each target draws its dropout masks from its own stream, the one a run of its own would draw from,
+    # whichever targets step beside it (one stopped early, or resumed from an earlier epoch).
+    streams = dict.fromkeys((id(ctx) for _, ctx in active), rng_states(lead.device))
     data_time, start = 0.0, time.perf_counter()
     last = start
     quiet = lead.cfg.quiet
-    with tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+    with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
         for batch, (x, targets) in enumerate(bar, start=1):
             data_time += time.perf_counter() - last
             x, targets = x.to(lead.device, non_blocking=True), targets.to(lead.device, non_blocking=True)
@@ -156,7 +190,9 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
                 with torch.no_grad():
                     mix_stft = lead.objective.stft(x)
             for k, ctx in active:
+                set_rng_states(streams[id(ctx)], ctx.device)
                 train_batch(ctx, x, targets[:, k], epoch, batch, progress[id(ctx)], mix_stft=mix_stft)
+                streams[id(ctx)] = rng_states(ctx.device)
             if lead.cfg.max_minutes and budget_spent(lead, time.perf_counter() - start):
                 for _, ctx in active:
                     ctx.out_of_time = True
@@ -166,3 +202,14 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     share = data_time / max(elapsed, 1e-9)
     return [(progress[id(ctx)].total / max(progress[id(ctx)].count, 1), elapsed, share, progress[id(ctx)].count)
             for _, ctx in active]
+
+
+def rng_states(device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The generators dropout draws from: the CPU's, and on CUDA the device's."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng_states(states: Tuple[torch.Tensor, Optional[torch.Tensor]], device: torch.device) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
