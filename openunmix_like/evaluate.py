@@ -127,16 +127,32 @@ def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
     if not folders:
         raise OpenUnmixLikeError(f"{root}: no track folders (<root>/<track>/<source>.wav)")
     _check_names(names, [folder.name for folder in folders], root)
+    files = {folder: _source_files(folder) for folder in folders}
+    expected = {}  # every source some track folder has -> its file name there
+    for found in files.values():
+        for stem, path in found.items():
+            expected.setdefault(stem, path.name)
     for folder in folders:
         if (names and folder.name not in names) or (skip and skip(folder.name)):
             continue
         try:
+            missing = sorted(stem for stem in expected if stem not in files[folder])
+            if files[folder] and missing:  # its scores and its oracles' masks would leave that source out
+                raise OpenUnmixLikeError(
+                    f"{folder / expected[missing[0]]}: missing (the other track folders have it); add it, all "
+                    f"zeros if the track has no {missing[0]}, or leave the track out with --tracks")
             track = folder_track(folder)
         except OpenUnmixLikeError as exc:
             _failed(folder.name, exc, on_error)
             continue
         if track is not None:
             yield track
+
+
+def _source_files(folder: Path) -> Dict[str, Path]:
+    """The source files of a track folder (not the mixture), by source name."""
+    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
+    return {path.stem: path for path in files if path.stem != "mixture" and not hidden(path, folder)}
 
 
 def folder_track(folder: Path) -> Optional[Track]:

@@ -149,7 +149,10 @@ def oracle_method(args: argparse.Namespace, name: str, targets: Sequence[str] = 
 
 
 def data_settings(args: argparse.Namespace) -> dict:
-    """What the references depend on beyond the track, by layout (nothing for musdb and folder)."""
+    """What the references depend on beyond the track, by layout (for musdb only ``--is-wav``, when given, so that
+    records made without it stay valid; nothing for folder)."""
+    if args.layout == "musdb":
+        return {"is_wav": True} if args.is_wav else {}  # MUSDB18-HQ: the same track names, other audio
     return {"stem_grouping": args.stem_grouping or "four"} if args.layout in ("moisesdb", "medleydb") else {}
 
 
