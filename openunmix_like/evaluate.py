@@ -149,10 +149,15 @@ def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
             yield track
 
 
+def _audio_files(folder: Path) -> List[Path]:
+    """The audio files of a track folder (the mixture's too), without hidden ones."""
+    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
+    return [path for path in files if not hidden(path, folder)]
+
+
 def _source_files(folder: Path) -> Dict[str, Path]:
     """The source files of a track folder (not the mixture), by source name."""
-    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
-    return {path.stem: path for path in files if path.stem != "mixture" and not hidden(path, folder)}
+    return {path.stem: path for path in _audio_files(folder) if path.stem != "mixture"}
 
 
 def folder_track(folder: Path) -> Optional[Track]:
@@ -165,8 +170,7 @@ def folder_track(folder: Path) -> Optional[Track]:
     """
     from .audio import load
 
-    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
-    audio = {path: load(path) for path in files if not hidden(path, folder)}
+    audio = {path: load(path) for path in _audio_files(folder)}
     if not any(path.stem != "mixture" for path in audio):
         return None
     _check_same(folder, {p: rate for p, (_, rate) in audio.items()}, "{} Hz", "resample it to {} Hz")

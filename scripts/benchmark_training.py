@@ -36,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from gpu_benchmark import cli, training_data  # noqa: E402
+from gpu_benchmark import cli, histories, training_data  # noqa: E402
 from processes import run_bounded  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "tools" / "reference-openunmix"
@@ -77,15 +77,7 @@ def train(name: str, root: Path, work: Path, package: str, seed: int, epochs: in
         row["tail"] = done.tail
         log("FAILED", name, done.tail[-1500:])
         return row
-    data = json.loads(record.read_text())
-    for key in ("train_loss_history", "valid_loss_history", "train_time_history", "samples_history",
-                "data_loading_share_history"):
-        if key in data:
-            row[key] = data[key]
-    times = data.get("train_time_history") or []
-    samples = data.get("samples_history") or [samples_per_epoch] * len(times)
-    if len(times) > 1:
-        row["samples_per_s"] = round(sum(samples[1:len(times)]) / sum(times[1:]), 2)
+    row.update(histories(json.loads(record.read_text()), samples_per_epoch, digits=2))
     log("done", name, {k: v for k, v in row.items() if not k.endswith("history")})
     return row
 

@@ -281,6 +281,23 @@ def training_data(root: Path, tracks: int, seconds: float) -> None:
         list(pool.map(training_track, *zip(*jobs)))
 
 
+HISTORY_KEYS = ("train_loss_history", "valid_loss_history", "train_time_history", "samples_history",
+                "data_loading_share_history")
+
+
+def histories(data: dict, samples_per_epoch: int = 0, digits: int = 1) -> dict:
+    """A training record's per-epoch histories (``None`` where it has none) and, after the first epoch (which
+    pays for warm-up and cuDNN autotuning), its samples per second; from ``samples_per_epoch`` where the record
+    counts no samples (the reference's, whose epochs also hold its validation)."""
+    row = {k: data.get(k) for k in HISTORY_KEYS}
+    times, samples = data.get("train_time_history") or [], data.get("samples_history") or []
+    if len(times) > 1 and samples:
+        row["samples_per_s"] = round(sum(samples[1:]) / sum(times[1:]), digits)
+    elif len(times) > 1 and samples_per_epoch:
+        row["samples_per_s"] = round(samples_per_epoch * (len(times) - 1) / sum(times[1:]), digits)
+    return row
+
+
 def train_run(name: str, command: list, output: Path, options: list, env=None, timeout: float = 240,
               samples_per_epoch: int = 0) -> None:
     """Run one training command (ended with all its loader workers at ``timeout``); record its histories."""
@@ -290,14 +307,7 @@ def train_run(name: str, command: list, output: Path, options: list, env=None, t
     row = {"options": " ".join(options), "wall_s": done.seconds, "rc": done.rc, "tail": done.tail}
     record = output / "vocals.json"
     if record.is_file():
-        data = json.loads(record.read_text())
-        row.update({k: data.get(k) for k in ("train_loss_history", "valid_loss_history", "train_time_history",
-                                            "samples_history", "data_loading_share_history")})
-        times, samples = data.get("train_time_history") or [], data.get("samples_history") or []
-        if len(times) > 1 and samples:  # the first epoch pays for warm-up and cuDNN autotuning
-            row["samples_per_s"] = round(sum(samples[1:]) / sum(times[1:]), 1)
-        elif len(times) > 1 and samples_per_epoch:  # the reference records no samples; its epochs include
-            row["samples_per_s"] = round(samples_per_epoch * (len(times) - 1) / sum(times[1:]), 1)  # validation
+        row.update(histories(json.loads(record.read_text()), samples_per_epoch, digits=1))
         if samples_per_epoch:
             row["steps_per_epoch"] = math.ceil(samples_per_epoch / int(options[options.index("--batch-size") + 1]))
     RESULTS[f"train_{name}"] = row

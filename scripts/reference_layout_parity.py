@@ -323,43 +323,46 @@ def fmt(v, spec=".3f"):
     return format(v, spec)
 
 
-def print_tables(ours: list, theirs) -> None:
+def sides_of(ours: list, theirs, part: str):
+    """``(run name, side, statistics of part)`` for each run and side, printing a side's error in their place."""
     sides = [("ours", ours)] + ([("ref", theirs)] if theirs else [])
-    head = (f"{'run':24s} {'side':4s} {'n':>5s} {'shape':>10s} {'|x|':>6s} {'|y|':>6s} {'E(x-y)':>6s} "
-            f"{'<x,y>':>5s} {'noise':>5s} {'gain':>9s} {'swap':>4s} {'start s':>16s} {'own':>4s} {'files':>5s} "
-            f"{'seed':>4s} {'rep':>4s}")
-    print("TRAINING (first items of the epochs drawn; noise in dB)")
-    print(head)
     for k, (name, _, _) in enumerate(runs(Path("."))):
         for label, rows in sides:
-            row = rows[k]
-            if "error" in row:
-                print(f"{name:24s} {label:4s} {row['error']}")
-                continue
-            t = row["train"]
-            gain = f"{t['gain'][0]:.2f}-{t['gain'][1]:.2f}" if t["gain"] else "-"
-            start = f"{t['start'][0]:.2f} [{t['start'][1]:.1f},{t['start'][2]:.1f}]" if t["start"] else "-"
-            shape = "x".join(map(str, t["shape"])) if isinstance(t["shape"], (list, tuple)) else "varies"
-            print(f"{name:24s} {label:4s} {t['n']:5d} {shape:>10s} {fmt(t['ax']):>6s} {fmt(t['ay']):>6s} "
-                  f"{fmt(t['exy'] * 1e3, '.2f'):>6s} {fmt(t['proj'], '.2f'):>5s} {fmt(t['noise'], '.0f'):>5s} "
-                  f"{gain:>9s} {fmt(t['swap'], '.2f'):>4s} {start:>16s} {fmt(t['own'], '.2f'):>4s} "
-                  f"{t['files']:5d} {'yes' if t['seed'] else 'no':>4s} {fmt(t['rep'], '.2f'):>4s}")
+            if "error" in rows[k]:
+                print(f"{name:24s} {label:4s} {rows[k]['error']}")
+            else:
+                yield name, label, rows[k][part]
+
+
+def span(start) -> str:
+    """An excerpt start's mean [min, max] in seconds."""
+    return f"{start[0]:.2f} [{start[1]:.1f},{start[2]:.1f}]" if start else "-"
+
+
+def common_columns(t: dict) -> str:
+    """The columns both tables have after the item count and length: levels, mixture share, noise."""
+    return (f"{fmt(t['ax']):>6s} {fmt(t['ay']):>6s} {fmt(t['exy'] * 1e3, '.2f'):>6s} {fmt(t['proj'], '.2f'):>5s} "
+            f"{fmt(t['noise'], '.0f'):>5s}")
+
+
+def print_tables(ours: list, theirs) -> None:
+    print("TRAINING (first items of the epochs drawn; noise in dB)")
+    print(f"{'run':24s} {'side':4s} {'n':>5s} {'shape':>10s} {'|x|':>6s} {'|y|':>6s} {'E(x-y)':>6s} "
+          f"{'<x,y>':>5s} {'noise':>5s} {'gain':>9s} {'swap':>4s} {'start s':>16s} {'own':>4s} {'files':>5s} "
+          f"{'seed':>4s} {'rep':>4s}")
+    for name, label, t in sides_of(ours, theirs, "train"):
+        gain = f"{t['gain'][0]:.2f}-{t['gain'][1]:.2f}" if t["gain"] else "-"
+        shape = "x".join(map(str, t["shape"])) if isinstance(t["shape"], (list, tuple)) else "varies"
+        print(f"{name:24s} {label:4s} {t['n']:5d} {shape:>10s} {common_columns(t)} {gain:>9s} "
+              f"{fmt(t['swap'], '.2f'):>4s} {span(t['start']):>16s} {fmt(t['own'], '.2f'):>4s} "
+              f"{t['files']:5d} {'yes' if t['seed'] else 'no':>4s} {fmt(t['rep'], '.2f'):>4s}")
     print("\nVALIDATION (every item)")
     print(f"{'run':24s} {'side':4s} {'n':>5s} {'seconds':>11s} {'|x|':>6s} {'|y|':>6s} {'E(x-y)':>6s} "
           f"{'<x,y>':>5s} {'noise':>5s} {'start s':>16s} {'files':>5s} {'rate':>6s} target")
-    for k, (name, _, _) in enumerate(runs(Path("."))):
-        for label, rows in sides:
-            row = rows[k]
-            if "error" in row:
-                print(f"{name:24s} {label:4s} {row['error']}")
-                continue
-            v = row["valid"]
-            secs = f"{min(v['seconds']):.1f}-{max(v['seconds']):.1f}"
-            start = f"{v['start'][0]:.2f} [{v['start'][1]:.1f},{v['start'][2]:.1f}]" if v["start"] else "-"
-            print(f"{name:24s} {label:4s} {v['n']:5d} {secs:>11s} {fmt(v['ax']):>6s} {fmt(v['ay']):>6s} "
-                  f"{fmt(v['exy'] * 1e3, '.2f'):>6s} {fmt(v['proj'], '.2f'):>5s} {fmt(v['noise'], '.0f'):>5s} "
-                  f"{start:>16s} {v['files']:5d} {v['rate']:6.0f} {v['target']}")
-
+    for name, label, v in sides_of(ours, theirs, "valid"):
+        secs = f"{min(v['seconds']):.1f}-{max(v['seconds']):.1f}"
+        print(f"{name:24s} {label:4s} {v['n']:5d} {secs:>11s} {common_columns(v)} {span(v['start']):>16s} "
+              f"{v['files']:5d} {v['rate']:6.0f} {v['target']}")
 
 def plain(value):
     """JSON-safe copies of numpy numbers and tuples."""

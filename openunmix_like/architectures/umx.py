@@ -360,8 +360,11 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> OpenUnmixConfig:
     )
 
 
+def bin_frequencies(sample_rate: float, n_fft: int) -> Tensor:
+    """Centre frequencies (Hz) of the one-sided STFT bins, in float64."""
+    return torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+
+
 def bandwidth_to_max_bin(sample_rate: float, n_fft: int, bandwidth: float) -> int:
     """Number of one-sided STFT bins whose centre frequency is at most ``bandwidth`` Hz."""
-    nb_bins = n_fft // 2 + 1
-    freqs = torch.linspace(0, sample_rate / 2, nb_bins, dtype=torch.float64)
-    return int((freqs <= bandwidth).sum())
+    return int((bin_frequencies(sample_rate, n_fft) <= bandwidth).sum())

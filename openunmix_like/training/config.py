@@ -9,7 +9,7 @@ from typing import List, Optional
 from .. import architectures
 from ..augment import BATCH_AUGMENTATIONS, BatchCompose, Compose, split_names
 from ..errors import OpenUnmixLikeError
-from ..architectures.umx import bandwidth_to_max_bin
+from ..architectures.umx import bandwidth_to_max_bin, bin_frequencies
 from ..losses import parse_loss
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb", "medleydb",
@@ -262,14 +262,7 @@ def model_bandwidth(sample_rate: float, n_fft: int, max_bin: int) -> float:
     else the centre frequency of the highest bin the model sees."""
     if bandwidth_to_max_bin(sample_rate, n_fft, MODEL_FIXED["bandwidth"]) == max_bin:
         return MODEL_FIXED["bandwidth"]
-    return bin_frequencies(sample_rate, n_fft)[max_bin - 1]
-
-
-def bin_frequencies(sample_rate: float, n_fft: int) -> List[float]:
-    """Centre frequencies (Hz) of the one-sided STFT bins, as :func:`bandwidth_to_max_bin` counts them."""
-    import torch
-
-    return torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64).tolist()
+    return float(bin_frequencies(sample_rate, n_fft)[max_bin - 1])
 
 
 DEFAULT_TARGET = "vocals"

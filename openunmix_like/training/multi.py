@@ -53,7 +53,7 @@ def check_targets(cfg: TrainConfig) -> None:
     if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
         raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: with --targets, give the folder holding each "
                                  "target's <target>.chkpnt (one file would resume every target from it)")
-    missing = [t for t in targets if cfg.checkpoint and not (Path(cfg.checkpoint) / f"{t}.chkpnt").is_file()]
+    missing = [t for t in targets if not (Path(cfg.checkpoint) / f"{t}.chkpnt").is_file()] if cfg.checkpoint else []
     if missing:
         raise OpenUnmixLikeError(f"--checkpoint {cfg.checkpoint}: no {', '.join(t + '.chkpnt' for t in missing)}; "
                                  "give a folder holding every target's, or continue in --output with --resume auto "
