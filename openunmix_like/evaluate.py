@@ -679,6 +679,7 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         "only_new": sorted(set(new) - set(old)),
         "only_old": sorted(set(old) - set(new)),
         "separated": _separated_if_different(per_track_new, per_track_old, common),
+        "lengths": _lengths_if_different(new, old, common),
         "settings": _settings_differing([new[t] for t in common], [old[t] for t in common]),
     }
 
@@ -689,6 +690,21 @@ def _separated_if_different(per_track_new: Mapping[str, dict], per_track_old: Ma
     sides = [sorted({name for t in tracks for name in side[t]}, key=_target_order)
              for side in (per_track_new, per_track_old)]
     return (sides[0], sides[1]) if sides[0] != sides[1] else None
+
+
+def _windows(record: dict) -> int:
+    """How many BSSEval windows a record's targets have (the scored audio's length in seconds, rounded up)."""
+    return max((len(t.get("frames") or ()) for t in record["targets"]), default=0)
+
+
+def _lengths_if_different(new: Mapping[str, dict], old: Mapping[str, dict],
+                          tracks: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+    """Tracks whose two records span different numbers of windows: track -> (new, old) windows.
+
+    The same name can be two different cuts of a song, e.g. a MUSDB18 track's 7-second preview
+    and the full track; their scores are not comparable."""
+    lengths = {t: (_windows(new[t]), _windows(old[t])) for t in tracks}
+    return {t: n for t, n in lengths.items() if n[0] != n[1]}
 
 
 # Settings left out of the comparison of the records' settings: which targets were separated is
@@ -761,6 +777,13 @@ def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
         lines.append(f"Separated different targets ({new_name}: {ours}; {old_name}: {theirs}): only those both "
                      "scored are compared, and their estimates differ even from the same model (the Wiener filter "
                      "shares the mixture among the targets separated); evaluate both with the same --targets.")
+    if result.get("lengths"):
+        shown = ", ".join(f"{track} ({a} / {b} s)" for track, (a, b) in list(result["lengths"].items())[:3])
+        more = len(result["lengths"]) - 3
+        shown += f" and {more} more" if more > 0 else ""
+        lines.append(f"Scored on audio of different lengths ({new_name} / {old_name}, in 1 s windows): {shown}; "
+                     "these are different cuts of the tracks (a 7-second preview and a full track share names), "
+                     "whose scores are not comparable: evaluate both on the same data set.")
     if result.get("settings"):
         shown = ", ".join(f"{key} {a} / {b}" for key, (a, b) in result["settings"].items())
         lines.append(f"Evaluated with different settings ({new_name} / {old_name}): {shown}; the difference is not "

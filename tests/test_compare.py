@@ -128,3 +128,20 @@ def test_bootstrap_draws_in_blocks_give_the_same_interval_as_one_draw(monkeypatc
     monkeypatch.setattr(ev, "BOOTSTRAP_BLOCK", 6 * 64)  # blocks of 64 draws: memory bounded, same statistics
     blocks = ev.paired_difference(new, old, resamples=1000, seed=4)
     assert blocks["interval"] == pytest.approx(whole["interval"], abs=0.15) and blocks["mean"] == whole["mean"]
+
+
+def test_tracks_scored_on_different_lengths_are_named(tmp_path):
+    # The same track name scored on a 7-second preview and on the full track: 7 against 20 windows.
+    rng = np.random.default_rng(2)
+    old = {f"t{k}": record({"vocals": list(rng.normal(5, 1, 20))}) for k in range(4)}
+    new = {name: record({"vocals": [v["frames"][i]["metrics"]["SDR"] for v in r["targets"] for i in range(7)]})
+           for name, r in old.items()}
+    new["t3"] = old["t3"]
+    r = ev.paired_difference(new, old)
+    assert r["lengths"] == {"t0": (7, 20), "t1": (7, 20), "t2": (7, 20)}
+    text = ev.paired_markdown(r, "preview", "full")
+    assert "Scored on audio of different lengths (preview / full, in 1 s windows): t0 (7 / 20 s)" in text
+    assert "t3" not in text.split("Scored on audio")[1]
+    # Records of the same lengths add no such line.
+    assert ev.paired_difference(old, old)["lengths"] == {}
+    assert "different lengths" not in ev.paired_markdown(ev.paired_difference(old, old), "a", "b")
