@@ -135,16 +135,28 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"{path}: not a loadable state dict ({first}); files holding pickled code "
-            "objects are refused, re-download or re-export the weights"
-        ) from exc
+        finding, advice = load_failure(exc)
+        raise ModelError(f"{path}: not a loadable state dict ({finding}); {advice}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a reference training checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path}: does not hold a state dict of tensors")
     return state
+
+
+def load_failure(exc: BaseException) -> Tuple[str, str]:
+    """Why ``torch.load(..., weights_only=True)`` failed, and what to do, each in a few words.
+
+    torch's own message is several sentences, some of them advice (load with ``weights_only=False``)
+    that would run whatever code a damaged or hostile file holds; only its finding is kept.
+    """
+    text = " ".join(str(exc).split())
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    finding = found.group(1) if found else text
+    finding = finding.split(". ")[0].strip().rstrip(".") or type(exc).__name__
+    if found and "global" in finding.lower():  # a class or function pickled in the file
+        return finding, "files holding pickled code objects are refused: re-export the weights as a state dict"
+    return finding, "it may be truncated or damaged: re-download or re-export the weights"
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], target: str, path: Path) -> None:
@@ -155,13 +167,15 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, Tensor], target
     if missing or unexpected:
         raise ModelError(
             f"{path}: weights of target {target!r} do not fit the model: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}; re-export them from the model they "
+            f"were trained with, or name its architecture in {target}.json"
         )
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise ModelError(
                 f"{path}: weights of target {target!r}: {key} has shape "
-                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}"
+                f"{tuple(state[key].shape)}, expected {tuple(value.shape)}; fix model_args in {target}.json "
+                "or re-export the weights"
             )
 
 
@@ -288,6 +302,7 @@ def load_model_dir(
     folder: Path,
     targets: Optional[Sequence[str]] = None,
     known: Mapping[str, AudioSettings] = {},
+    weights: Optional[Mapping[str, Path]] = None,
 ) -> Tuple[Dict[str, nn.Module], AudioSettings]:
     """Load every (or the named) target of a model folder.
 
@@ -297,6 +312,8 @@ def load_model_dir(
             lists, in its order, or else all in :func:`default_target_order`.
         known: settings of published weight files by file name, used when the
             folder has no JSON describing them.
+        weights: target -> weight file, instead of those found in ``folder``
+            (the files of a published model, checked against their hashes).
 
     Returns:
         target -> model, and the shared :class:`AudioSettings`.
@@ -311,7 +328,7 @@ def load_model_dir(
                          f"({folder.parent}), with its other targets and separator.json")
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
-    files = find_weight_files(folder)
+    files = dict(weights) if weights is not None else find_weight_files(folder)
     if not files:
         raise ModelError(f"{folder}: no weight files (<target>.safetensors or <target>.pth) in this folder")
     available = ", ".join(sorted(files))
@@ -347,7 +364,8 @@ def check_consistent(folder: Path, models: Mapping[str, nn.Module], settings: Au
             raise ModelError(
                 f"{folder}: target {target!r} has {bins} bins and {model.nb_channels} "
                 f"channels but the folder's settings say n_fft={settings.n_fft} "
-                f"({nb_bins} bins) and {settings.nb_channels} channels"
+                f"({nb_bins} bins) and {settings.nb_channels} channels; fix nfft and nb_channels in "
+                "separator.json, or keep only weights trained with the same settings in one folder"
             )
 
 

@@ -12,6 +12,7 @@ in its name. Two environment variables change where:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import http.client
@@ -20,18 +21,20 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 from .errors import DownloadError, ModelError
 from .fileio import atomic_path
-from .modeldir import HASHED_NAME, AudioSettings, load_model_dir
+from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
 # Where the package's own default model lives (shipped as package data).
 BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+# Seconds a download waits for the server to connect or to send the next bytes.
+TIMEOUT_S = 30
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,34 +83,56 @@ def expected_hash(file: str) -> str:
     return match.group("hash")
 
 
+@contextlib.contextmanager
+def writing_cache(dest: Path):
+    """Turn a failure to write ``dest`` (the cache unwritable, a file in the way, the disk full) into
+    a :class:`DownloadError` that says so, rather than one that blames the network."""
+    try:
+        yield
+    except OSError as exc:
+        blocker = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
+        what = f"{blocker} is a file" if blocker else exc.strerror or str(exc) or type(exc).__name__
+        raise DownloadError(
+            f"cannot save {dest.name} in the download cache {dest.parent} ({what}); set {CACHE_ENV} "
+            "to a writable folder with room for the weights, or free space there"
+        ) from exc
+
+
 def download(url: str, dest: Path, progress: bool = True) -> None:
     """Download ``url`` to ``dest`` atomically; refuse it if its hash does not match the name.
 
     Raises:
-        DownloadError: the hash differs (the file is deleted), or ``url`` is not a URL urllib can fetch.
+        DownloadError: the hash differs (the file is deleted), ``url`` is not a URL urllib can fetch,
+            or ``dest`` cannot be written (unwritable cache, disk full).
         OSError, urllib.error.URLError, http.client.HTTPException: the transfer failed, was cut off
             or got no HTTP reply (:func:`failure_reason` says why in one line); nothing is left at ``dest``.
     """
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with writing_cache(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     want = expected_hash(dest.name)
     digest = hashlib.sha256()
     try:
-        response = urllib.request.urlopen(url, timeout=30)
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
     except ValueError as exc:  # no scheme, a bad IPv6 address, ...
         raise DownloadError(f"{url}: not a URL that can be downloaded ({exc}); check {BASE_URL_ENV}") from None
-    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+    with response, contextlib.ExitStack() as files:
+        with writing_cache(dest):
+            out = files.enter_context(open(files.enter_context(atomic_path(dest)), "wb"))
         total, received = announced_size(response), 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
             try:
                 for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
+                    with writing_cache(dest):
+                        out.write(block)
                     digest.update(block)
                     received += len(block)
                     bar.update(len(block))
             except http.client.IncompleteRead as exc:  # a chunked reply that stopped early
                 raise ConnectionError(f"the transfer was cut off after {received} bytes") from exc
+        with writing_cache(dest):
+            out.close()  # flushes: a full disk may show only here
         if total is not None and received < total:
             raise ConnectionError(f"the transfer was cut off after {received} of {total} bytes")
         if not digest.hexdigest().startswith(want):
@@ -132,8 +157,19 @@ def failure_reason(exc: BaseException) -> str:
     """Why a transfer failed, in one line."""
     if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
         return f"the reply is not HTTP: {str(exc.line).strip()[:40]!r}"
+    if isinstance(exc, urllib.error.HTTPError):  # its reason alone ("Not Found") hides the status
+        return " ".join(f"HTTP {exc.code} {exc.reason or ''}".split())
     reason = getattr(exc, "reason", exc)  # a URLError wraps the socket error
+    if isinstance(reason, TimeoutError):  # says only "timed out"
+        return f"the server did not answer within {TIMEOUT_S} s"
     return " ".join(str(reason).split()) or type(reason).__name__
+
+
+def no_server(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server could not be reached or stopped answering (no name resolution,
+    connection refused or timed out): the model's other files, from the same server, would wait as long."""
+    return (isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)) \
+        or isinstance(exc, TimeoutError)
 
 
 def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = True) -> Path:
@@ -153,7 +189,8 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
             reasons = "; ".join(dict.fromkeys(reason for _, reason in failed))  # each once, in order
             raise DownloadError(
                 f"cannot download the {name!r} weights ({reasons}): fetch {urls} "
-                f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror)"
+                f"and put the files in {folder} (or set {BASE_URL_ENV} to a mirror; "
+                f"the bundled model {BUNDLED_NAME!r} needs no download)"
             )
     except BaseException:
         # Leave no empty model folder behind; rmdir never removes a file, so files already there stay.
@@ -167,27 +204,41 @@ def fetch(name: str, targets: Optional[Sequence[str]] = None, progress: bool = T
 def download_missing(name: str, folder: Path, files: Sequence[str], progress: bool) -> List[Tuple[str, str]]:
     """Download the ``files`` of ``name`` that ``folder`` lacks (or holds with a wrong hash).
 
-    A file already there with a wrong hash stays until a good copy replaces it.
+    A file already there with a wrong hash stays until a good copy replaces it. Once the server
+    cannot be reached (:func:`no_server`), the files after are not tried: each would wait as long.
 
     Returns:
-        ``(url, reason)`` of each download that failed for lack of network or disk, or that the
-        server cut off; the reason says whether a file in ``folder`` failed its sha256 check.
+        ``(url, reason)`` of each download that failed for lack of network, or that the server
+        refused or cut off; the reason says whether a file in ``folder`` failed its sha256 check.
+
+    Raises:
+        DownloadError: a downloaded file failed its hash check, or the cache cannot be read or written.
     """
     failed: List[Tuple[str, str]] = []
+    unreachable = ""
     for file in files:
         dest = folder / file
         damaged = ""
         if dest.is_file():
-            have, want = sha256_of(dest), expected_hash(file)
+            try:
+                have, want = sha256_of(dest), expected_hash(file)
+            except OSError as exc:  # say, a cache shared with another user, who owns the file
+                raise DownloadError(f"{dest}: cannot read this file of the cache ({exc.strerror or exc}); "
+                                    f"fix its permissions or set {CACHE_ENV} to a folder of your own") from exc
             if have.startswith(want):
                 continue
             damaged = (f"{dest} in the cache failed its sha256 check (sha256 {have[:len(want)]}..., expected "
                        f"{want}...) and was left there; downloading a good copy failed: ")
         url = file_url(name, file)
+        if unreachable:
+            failed.append((url, damaged + unreachable))
+            continue
         try:
             download(url, dest, progress)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             failed.append((url, damaged + failure_reason(exc)))
+            if no_server(exc):
+                unreachable = failure_reason(exc)
     return failed
 
 
@@ -230,14 +281,17 @@ def load_models(
             )
         return load_model_dir(folder, targets, known_files())
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        return load_model_dir(path, targets, known_files())
     table = pretrained_table()
     name = str(name_or_path)
+    if path.exists():
+        check_not_shadowed(path, name, table)
+        return load_model_dir(path, targets, known_files())
     if name not in table:
+        close = difflib.get_close_matches(name.lower(), [*table, BUNDLED_NAME], n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         raise ModelError(
             f"{name}: no such model folder, and not a published model "
-            f"(known: {', '.join(table)}, and {BUNDLED_NAME} for the bundled one)"
+            f"({hint}known: {', '.join(table)}, and {BUNDLED_NAME} for the bundled one)"
         )
     available = list(table[name]["files"])
     if targets is not None and not targets:
@@ -247,4 +301,24 @@ def load_models(
     if unknown:
         raise ModelError(f"model {name!r} has no target(s) {', '.join(unknown)}; available: {', '.join(available)}")
     targets = list(targets or available)
-    return load_model_dir(fetch(name, targets, progress), targets, known_files())
+    folder = fetch(name, targets, progress)
+    # The files just checked against their hashes, not whatever else the cache folder holds.
+    weights = {t: folder / table[name]["files"][t] for t in targets}
+    return load_model_dir(folder, targets, known_files(), weights=weights)
+
+
+def check_not_shadowed(path: Path, name: str, table: Mapping[str, dict]) -> None:
+    """Refuse, saying why, a file or a folder without weights that has a model's name where the command runs
+    (an earlier ``--outdir umxhq``, say): the folder is taken as the model, and the user meant the model.
+
+    Raises:
+        ModelError: naming the path, the model it hides and what to do.
+    """
+    if name not in table and name != BUNDLED_NAME:
+        return
+    if path.is_dir() and find_weight_files(path):
+        return
+    what = "the bundled model" if name == BUNDLED_NAME else f"the published model {name!r}"
+    kind = "a folder without weight files" if path.is_dir() else "a file"
+    raise ModelError(f"{path.resolve()}: {kind}, taken for the model because it is named {name!r} and is where "
+                     f"the command runs; to load {what}, run from another folder or rename this one")
