@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import math
 import numbers
 import operator
@@ -20,7 +21,12 @@ from .architectures.umx import OpenUnmix
 from .lanes import run_in_lanes
 from .transforms import ISTFT, STFT, ComplexNorm
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("auto", "fp32", "bf16")
+# With one target, EM shares the input between the target and a hidden residual, so no output is louder
+# than the input: above this share of the input's energy, the part of the estimate it drops is reported.
+LOUDER_THAN_INPUT = 0.1
 # What ``auto`` means on the CPU, overriding the processor check (``fp32`` or ``bf16``).
 AUTO_PRECISION_ENV = "UMX_AUTO_PRECISION"
 
@@ -219,6 +225,12 @@ class Separator(nn.Module):
         self.stft = STFT(n_fft, n_hop)
         self.istft = ISTFT(n_fft, n_hop)
         self.complexnorm = ComplexNorm(mono=nb_channels == 1)
+        self._reported_louder = False  # the hidden residual's loss is reported once per separator
+        if wiener.softmask and len(target_models) == 1:
+            log.warning(f"softmask with one target ({next(iter(target_models))!r}): the ratio mask of a single "
+                        "source is 1 wherever its estimate is above 0, so the target comes out as the input (after EM, "
+                        "close to it) whatever the model estimates; use softmask=False (umx-separate without "
+                        "--softmask)")
 
     @property
     def precision(self) -> str:
@@ -446,15 +458,31 @@ class Separator(nn.Module):
             longest = max(b - a for a, b in windows)
             scratch = torch.empty((nb_targets + residual, 2, longest, nb_bins, 2), dtype=dtype,
                                   device=mix_stft.device)
+        # With a hidden residual, what of the estimate EM cannot keep: (energy above the input, input energy).
+        louder = [0.0, 0.0] if (residual and self.residual is None and not self.softmask
+                                  and not self._reported_louder) else None
         for a, b in windows:
             # (frames, targets, channels, bins), viewed as (targets, channels, bins, frames).
             spec = torch.stack([s[a:b] for s in spectrograms], dim=1)
             if downmix:
                 spec = spec.mean(dim=2, keepdim=True)
+            if louder is not None:
+                _add_louder_than_input(louder, spec[:, 0], mix_stft[..., a:b])
             y = filtering.wiener_fast(spec.permute(1, 2, 3, 0), mix_stft[..., a:b], iterations=self.niter,
                                       softmask=self.softmask, residual=residual, out=scratch)
             self.istft.accumulate(y[:keep], audio, a)
+        if louder is not None and louder[0] > LOUDER_THAN_INPUT * louder[1]:
+            self._report_louder(louder[0] / max(louder[1], 1e-30))
         return self.istft.finish(audio, nb_frames, length)
+
+    def _report_louder(self, share: float) -> None:
+        """Say, once, that EM with a hidden residual dropped the part of a one-target estimate above the input."""
+        self._reported_louder = True
+        log.warning(f"target {next(iter(self.target_models))!r} estimates more than its input holds (by "
+                    f"{100 * share:.0f}% of the input's energy), which the Wiener filter's EM (niter={self.niter}) "
+                    "drops: with one target it shares the input with a hidden residual, so nothing comes out louder "
+                    "than the input. For a model that processes its input (gain, EQ, a chain learnt from "
+                    "raw/processed pairs), separate with niter=0 and no softmask (umx-separate --niter 0)")
 
     def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
         """Name the estimates, optionally summing groups of targets.
@@ -519,6 +547,24 @@ class Separator(nn.Module):
         separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
                         n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision)
         return separator.freeze().to(device)
+
+
+def _add_louder_than_input(totals: List[float], spec: Tensor, mix_stft: Tensor) -> None:
+    """Add to ``totals`` the energy of a target's estimate above the input's magnitude (what a filter that
+    cannot amplify drops) and the input's energy.
+
+    Args:
+        spec: frame-major magnitudes ``(nb_frames, {1, nb_channels}, nb_bins)``; one channel is compared
+            with the channels' mean magnitude, which is what a mono model (or a downmix) estimated from.
+        mix_stft: complex ``(nb_channels, nb_bins, nb_frames)``.
+    """
+    with torch.no_grad():
+        mag = mix_stft.abs().transpose(0, 2).transpose(1, 2)  # (nb_frames, nb_channels, nb_bins)
+        if spec.shape[1] == 1:
+            mag = mag.mean(dim=1, keepdim=True)
+        spec = spec.detach().to(mag.dtype)
+        totals[0] += float((spec.square() - torch.minimum(spec, mag).square()).sum())
+        totals[1] += float(mag.square().sum())
 
 
 def _check_stft_settings(sample_rate: float, n_fft: int, n_hop: int, nb_channels: int) -> None:

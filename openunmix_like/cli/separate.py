@@ -43,7 +43,8 @@ def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto")
                    help="add a target NAME holding the mixture minus the other targets")
     g.add_argument("--niter", type=int, default=WIENER.niter,
                    help=f"Wiener filter EM iterations; 0 skips them (default {WIENER.niter})")
-    g.add_argument("--softmask", action="store_true", help="start the Wiener filter from ratio masks")
+    g.add_argument("--softmask", action="store_true",
+                   help="start the Wiener filter from ratio masks (with one target: the input unchanged)")
     g.add_argument("--wiener-win-len", type=int, default=WIENER.wiener_win_len,
                    help=f"frames filtered together; 0 filters each segment at once (default {WIENER.wiener_win_len})")
     g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
