@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional
 
@@ -25,6 +26,9 @@ from .jobs import COPY_BLOCK
 FILE_FIELD = "file"
 FIELD_MAX = 4096  # bytes of one option field: names and numbers
 FIELDS_MAX = 64
+# A form's file name cannot hold a quote or a line break as such: browsers (and httpx) send them as
+# %22, %0D and %0A (the HTML standard's form encoding), which would otherwise be shown and used as typed.
+FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
 
 
 class FormError(Exception):
@@ -90,7 +94,7 @@ class _Parts:
             return
         if self.filename is not None:
             raise FormError(400, f"more than one '{FILE_FIELD}' field; send one file per request")
-        self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+        self.filename = form_filename(options.get(b"filename", b""))
         self._in_file = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -113,6 +117,11 @@ class _Parts:
         """Write the file's bytes received so far (blocking: called off the event loop)."""
         self.out.write(b"".join(self.pending))
         self.pending, self.pending_size = [], 0
+
+
+def form_filename(raw: bytes) -> str:
+    """The file name a form part names, its quotes and line breaks as the user's file has them."""
+    return re.sub("%22|%0D|%0A", lambda m: FORM_ESCAPES[m.group()], raw.decode("utf-8", "replace"))
 
 
 async def read_upload(request, dest: Path) -> Upload:

@@ -10,8 +10,15 @@ function clock(seconds) {
   return h ? `${h}:${String(m).padStart(2, "0")}:${r}` : `${m}:${r}`;
 }
 
+const UNREACHABLE = "cannot reach the umx-web server (stopped?); start it again, then retry";
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {  // no answer at all: the browser's own words ("Failed to fetch") say nothing to a musician
+    throw new Error(UNREACHABLE);
+  }
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
@@ -63,7 +70,6 @@ function formFor(file) {
     form.append("residual", "accompaniment");
   } else {
     const chosen = [...$("#targets").querySelectorAll("input:checked")].map((i) => i.value);
-    if (!chosen.length) throw new Error("choose at least one target");
     form.append("targets", chosen.join(","));
   }
   return form;
@@ -71,7 +77,14 @@ function formFor(file) {
 
 async function submit(files) {
   const error = $("#submit-error");
-  error.hidden = true;
+  const problems = [];  // one line per file refused: a later one must not hide an earlier one's reason
+  const show = () => { error.textContent = problems.join("\n"); error.hidden = !problems.length; };
+  show();
+  if (!$("#two-stems").checked && !$("#targets").querySelector("input:checked")) {
+    problems.push("Choose at least one target (or Two stems), then add the files again.");
+    show();
+    return;
+  }
   // One upload at a time: the server queues them anyway, and the browser's memory stays small.
   for (const file of files) {
     try {
@@ -79,8 +92,8 @@ async function submit(files) {
       if (!state.jobs.has(id)) upsertJob({ id, status: "queued", progress: 0, stems: [], error: null,
                                            filename: file.name, created: Date.now() / 1000 });
     } catch (e) {
-      error.textContent = `${file.name}: ${e.message}`;
-      error.hidden = false;
+      problems.push(`${file.name}: ${e.message}`);
+      show();
     }
   }
 }
@@ -94,13 +107,20 @@ function upsertJob(job) {
     row = $("#job-template").content.firstElementChild.cloneNode(true);
     row.id = `job-${job.id}`;
     $(".open", row).addEventListener("click", () => openJob(job.id));
-    $(".cancel", row).addEventListener("click", () => api(`/api/jobs/${job.id}`, { method: "DELETE" }));
-    $(".delete", row).addEventListener("click", () => deleteJob(job.id));
+    $(".cancel", row).addEventListener("click", () => api(`/api/jobs/${job.id}`, { method: "DELETE" })
+      .catch((e) => { $(".error", row).textContent = `Cannot cancel: ${e.message}`; }));
+    $(".delete", row).addEventListener("click", () => deleteJob(job.id)
+      .catch((e) => { $(".error", row).textContent = `Cannot delete: ${e.message}`; }));
     $("#jobs").prepend(row);
   }
   row.dataset.status = job.status;
   $(".name", row).textContent = job.filename;
   $(".name", row).title = job.filename;
+  // Every row has an Open, a Cancel and a Delete button: a screen reader names the song with each.
+  for (const [action, verb] of [["open", "Open"], ["cancel", "Cancel"], ["delete", "Delete"]]) {
+    $(`.${action}`, row).setAttribute("aria-label", `${verb} ${job.filename}`);
+  }
+  $("progress", row).setAttribute("aria-label", `Progress of ${job.filename}`);
   const running = job.status === "running";
   $(".status", row).textContent = running ? `${Math.round(job.progress * 100)} %` : job.status;
   $("progress", row).value = job.progress;
@@ -125,7 +145,10 @@ async function deleteJob(id) {
   removeJob(id);
 }
 
-function listen() {
+// The live updates are also how the page knows the server is there: while they are cut off, it says so
+// (the jobs shown may be out of date), and once they are back it drops the jobs the server no longer has
+// (a restart with another --jobs-dir, jobs deleted meanwhile) and loads the options if they never came.
+function listen(lost = false) {
   const events = new EventSource("/api/events");
   events.addEventListener("job", (e) => {
     const job = JSON.parse(e.data);
@@ -135,6 +158,29 @@ function listen() {
     if (job.status === "done" && before && before.status !== "done" && !state.selected) openJob(job.id);
   });
   events.addEventListener("removed", (e) => removeJob(JSON.parse(e.data).id));
+  events.addEventListener("open", () => {
+    $("#offline").hidden = true;
+    if (lost) resync();
+    lost = false;
+  });
+  events.addEventListener("error", () => {
+    lost = true;
+    $("#offline").hidden = false;
+    // The browser retries by itself after a dropped connection, but gives up on an answer that is not an
+    // event stream (a proxy's error page, say): start again then.
+    if (events.readyState === EventSource.CLOSED) setTimeout(() => listen(true), 2000);
+  });
+}
+
+async function resync() {
+  try {
+    if (!state.models.length) {  // the page was opened while the server was away
+      await loadOptions();
+      $("#submit-error").hidden = true;  // "Cannot load the models" no longer holds
+    }
+    const present = new Set((await (await api("/api/jobs")).json()).map((j) => j.id));
+    for (const id of [...state.jobs.keys()]) if (!present.has(id)) removeJob(id);
+  } catch (e) { /* cut off again: the next reconnection tries again */ }
 }
 
 // ------------------------------------------------------------------ player
@@ -365,6 +411,7 @@ const player = {
     const t = this.time();
     $("#time").textContent = `${clock(t)} / ${clock(this.duration)}`;
     if (!seeking) $("#seek").value = this.duration ? Math.round((1000 * t) / this.duration) : 0;
+    $("#seek").setAttribute("aria-valuetext", `${clock(t)} of ${clock(this.duration)}`);
     this.drawAll();
   },
 
@@ -450,7 +497,12 @@ function addTrack(info, href) {
                   mute: false, solo: false, volume: 1, mixture };
   const download = $(".download", row);
   if (href) download.href = href; else download.remove();
+  if (href) download.setAttribute("aria-label", `Download ${info.name}`);
   if (mixture) $(".solo", row).remove();
+  // Each track's controls look alike (M, S, a slider): a screen reader names the track with each.
+  $(".mute", row).setAttribute("aria-label", `Mute ${info.name}`);
+  if (!mixture) $(".solo", row).setAttribute("aria-label", `Solo ${info.name}`);
+  $(".volume", row).setAttribute("aria-label", `Volume of ${info.name}`);
   $(".mute", row).addEventListener("click", (e) => {
     track.mute = !track.mute;
     e.currentTarget.setAttribute("aria-pressed", String(track.mute));
@@ -560,12 +612,24 @@ function closePlayer() {
 function wire() {
   const drop = $("#drop");
   $("#files").addEventListener("change", (e) => { submit([...e.target.files]); e.target.value = ""; });
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("#files").click(); });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" && e.key !== " ") return;
+    e.preventDefault();  // Space would also scroll the page
+    $("#files").click();
+  });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }
   for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); submit([...e.dataTransfer.files]); });
+  // Files dropped anywhere on the page are taken: dropped beside the drop zone, the browser would open the
+  // file in place of this page instead.
+  const files = (e) => e.dataTransfer && [...e.dataTransfer.types].includes("Files");
+  window.addEventListener("dragover", (e) => { if (files(e)) e.preventDefault(); });
+  window.addEventListener("drop", (e) => {
+    if (!files(e)) return;
+    e.preventDefault();
+    submit([...e.dataTransfer.files]);
+  });
   $("#model").addEventListener("change", renderTargets);
   $("#two-stems").addEventListener("change", () => { $("#targets").disabled = $("#two-stems").checked; });
   $("#play").addEventListener("click", async () => {
@@ -612,6 +676,6 @@ function wire() {
 }
 
 wire();
-loadOptions().catch((e) => { $("#submit-error").textContent = `Cannot reach the server: ${e.message}`;
+loadOptions().catch((e) => { $("#submit-error").textContent = `Cannot load the models: ${e.message}`;
                              $("#submit-error").hidden = false; });
 listen();
