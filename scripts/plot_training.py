@@ -7,6 +7,7 @@ Each folder's ``<target>.json`` histories are drawn one after the other (stage
 1, then stage 2, ...), one panel per target, with the best epoch marked.
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,12 +31,15 @@ def main() -> None:
             if not path.is_file():
                 continue
             meta = json.loads(path.read_text())
-            train, valid = meta["train_loss_history"], meta["valid_loss_history"]
+            # An epoch without a step has a null train loss: a gap in the curve.
+            train = [math.nan if v is None else v for v in meta["train_loss_history"]]
+            valid = meta["valid_loss_history"]
             epochs = range(offset + 1, offset + len(train) + 1)
             ax.plot(epochs, train, color=colours[(2 * k + 1) % 20], lw=1, label=f"{stage.name} train")
             ax.plot(epochs, valid, color=colours[2 * k % 20], lw=1.5, label=f"{stage.name} valid")
-            best = min(range(len(valid)), key=valid.__getitem__)
-            ax.plot(offset + best + 1, valid[best], "k*", ms=8)
+            best = meta.get("best_epoch") or 0  # the epoch kept, which --select-by sdr picks by another measure
+            if best:
+                ax.plot(offset + best, valid[best - 1], "k*", ms=8)
             if k:
                 ax.axvline(offset + 0.5, color="grey", ls=":", lw=1)
             offset += len(train)

@@ -115,6 +115,8 @@ def checkpoint_state(ctx: Context, epoch: int) -> dict:
     }
     if ctx.average is not None:
         state["average"] = ctx.average.model.state_dict()
+    if ctx.scaler is not None:  # the loss scale it has found, which a fresh scaler would have to find again
+        state["scaler"] = ctx.scaler.state_dict()
     if ctx.cfg.model_source:  # a fine-tune: what it started from, kept by runs that resume it
         state["fine_tuned_from"] = {"model": ctx.cfg.model, **ctx.cfg.model_source}
     return state
@@ -251,6 +253,8 @@ def load_checkpoint(ctx: Context, path: Path) -> Tuple[int, Optional[EpochProgre
                 log.info("%s holds no weight average: --ema starts from its weights", path)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
+    if ctx.scaler is not None and state.get("scaler"):  # else (a run in fp32 before) it starts afresh
+        ctx.scaler.load_state_dict(state["scaler"])
     first = int(state["epoch"]) + ("progress" not in state)
     if not ctx.cfg.stop_after or first <= ctx.cfg.stop_after:  # a run that trains nothing keeps its schedule
         retarget_cosine(ctx, path)

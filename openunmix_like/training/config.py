@@ -174,12 +174,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         raise OpenUnmixLikeError(f"--precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if cfg.preload not in PRELOAD:
         raise OpenUnmixLikeError(f"--preload {cfg.preload!r}: choose one of {', '.join(PRELOAD)}")
-    if cfg.eval_every < 0:
-        raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
-    eval_every = cfg.eval_every or (1 if cfg.select_by == "sdr" else 0)
-    if cfg.select_by == "sdr" and eval_every > cfg.epochs:
-        raise OpenUnmixLikeError(f"--select-by sdr with --eval-every {eval_every} above --epochs {cfg.epochs}: "
-                                 "no epoch would be scored; give a smaller --eval-every")
+    eval_every = check_checkpoints_and_scoring(cfg)
     if not 0.0 <= cfg.ema < 1.0:
         raise OpenUnmixLikeError(f"--ema {cfg.ema}: give a decay in [0, 1), e.g. 0.99 (0: no weight average)")
     if not cfg.model:
@@ -200,6 +195,31 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
                                  f"({', '.join(BATCH_AUGMENTATIONS)}) or none")
     return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg),
                                source_augmentations=cfg.augmentation_names())
+
+
+def check_checkpoints_and_scoring(cfg: TrainConfig) -> int:
+    """Refuse resume, step-checkpoint and scoring options that cannot work together; returns ``eval_every``
+    resolved (``--select-by sdr`` scores every epoch unless ``--eval-every`` says otherwise)."""
+    if cfg.force and (cfg.resume or cfg.checkpoint):
+        flag = "--resume auto" if cfg.resume else f"--checkpoint {cfg.checkpoint}"
+        raise OpenUnmixLikeError(f"--force starts the target over and {flag} continues it: give one of them")
+    if cfg.ckpt_keep < 1:
+        raise OpenUnmixLikeError(f"--ckpt-keep {cfg.ckpt_keep}: give how many step checkpoints to keep, at least 1 "
+                                 "(default 3; leave out --ckpt-every for none)")
+    if cfg.eval_every < 0:
+        raise OpenUnmixLikeError(f"--eval-every {cfg.eval_every}: give a number of epochs (0: never)")
+    eval_every = cfg.eval_every or (1 if cfg.select_by == "sdr" else 0)
+    if cfg.select_by == "sdr" and eval_every > cfg.epochs:
+        raise OpenUnmixLikeError(f"--select-by sdr with --eval-every {eval_every} above --epochs {cfg.epochs}: "
+                                 "no epoch would be scored; give a smaller --eval-every")
+    if eval_every > cfg.epochs:
+        raise OpenUnmixLikeError(f"--eval-every {eval_every} above --epochs {cfg.epochs}: no epoch would be scored; "
+                                 "give a smaller --eval-every, or leave it out")
+    if cfg.select_by == "sdr" and cfg.patience < eval_every:
+        raise OpenUnmixLikeError(f"--select-by sdr with --patience {cfg.patience} below --eval-every {eval_every}: "
+                                 "the run would stop before the next epoch after the best is scored; give a "
+                                 f"--patience of at least {eval_every}")
+    return eval_every
 
 
 # The options a fine-tuned model (--model) fixes, and their defaults for a new model.

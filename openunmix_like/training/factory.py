@@ -386,6 +386,7 @@ def prepare(cfg: TrainConfig) -> Context:
     # reading any data.
     check_output(cfg, settings_of(cfg))
     device = pick_device(cfg.device, cfg.no_cuda)
+    cfg = resolve_precision(cfg, device)  # a precision the device lacks is refused before any data is read
     setup_distributed(device)
     cfg = resolve_sources(cfg)
     train_set, valid_set = build_datasets(cfg)

@@ -16,7 +16,7 @@ from ..fileio import write_bytes_atomic
 class History:
     """Per-epoch records of a run, saved in checkpoints and ``<target>.json``."""
 
-    train_loss: List[float] = dataclasses.field(default_factory=list)
+    train_loss: List[Optional[float]] = dataclasses.field(default_factory=list)  # None: no step taken
     valid_loss: List[float] = dataclasses.field(default_factory=list)
     lr: List[float] = dataclasses.field(default_factory=list)
     epoch_time: List[float] = dataclasses.field(default_factory=list)
@@ -55,13 +55,17 @@ def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, d
                  select_by: str = "loss", sdr: Optional[float] = None) -> bool:
     """Append the epoch to ``history``; return whether it is the best so far: the lowest validation
     loss, or with ``select_by="sdr"`` the highest validation SDR (an epoch without one, between
-    ``--eval-every`` epochs, is never best), ``best_loss`` then being the validation loss of that epoch."""
+    ``--eval-every`` epochs, is never best), ``best_loss`` then being the validation loss of that epoch.
+    An epoch without a step (``train_loss`` ``None``: every batch skipped as non-finite) is never best: its
+    weights are the previous epoch's, and the initial ones in the first epoch."""
     history.train_loss.append(train_loss)
     history.valid_loss.append(valid_loss)
     history.lr.append(optimizer.param_groups[0]["lr"])
     history.epoch_time.append(seconds)
     history.data_share.append(data_share)
-    if select_by == "sdr":
+    if train_loss is None:
+        improved = False
+    elif select_by == "sdr":
         improved = sdr is not None and sdr > history.best_sdr
         if improved:
             history.best_sdr = sdr
@@ -101,7 +105,8 @@ def log_tensorboard(writer, target: str, history: History, epoch: int) -> None:
     """The epoch's losses, learning rate and data-loading share."""
     for name, values in (("loss/train", history.train_loss), ("loss/valid", history.valid_loss),
                          ("lr", history.lr), ("data_loading_share", history.data_share)):
-        writer.add_scalar(f"{target}/{name}", values[-1], epoch)
+        if values[-1] is not None:  # an epoch without a step has no train loss
+            writer.add_scalar(f"{target}/{name}", values[-1], epoch)
     writer.flush()
 
 

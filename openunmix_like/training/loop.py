@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ..errors import OpenUnmixLikeError
 from ..losses import SILENT_POWER
-from .checkpoint import (find_resume_checkpoint, load_checkpoint, restore_device_rng_state, save_epoch,
-                         save_step_checkpoint)
+from .checkpoint import (checkpoint_path, find_resume_checkpoint, load_checkpoint, restore_device_rng_state,
+                         save_epoch, save_step_checkpoint)
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, broadcast_buffers, is_main, same_on_every_rank, world
@@ -33,16 +33,31 @@ def run(cfg: TrainConfig) -> History:
         progress = None
         if ctx.out_of_time:
             if is_main() and not cfg.quiet:
-                log.info("--max-minutes %g spent after %d steps: stopping", cfg.max_minutes, ctx.history.global_step)
+                log.info("%s", out_of_time_message(ctx, epoch))
             break
     return ctx.history
 
 
-def finish_epoch(ctx: Context, epoch: int, train_loss: float, seconds: float, data_share: float,
+def out_of_time_message(ctx: Context, epoch: int) -> str:
+    """What a run stopped by ``--max-minutes`` saved, and how to go on."""
+    cfg, history = ctx.cfg, ctx.history
+    where = cfg.output if cfg.targets else checkpoint_path(cfg)
+    return (f"--max-minutes {cfg.max_minutes:g} spent after {history.global_step} steps "
+            f"({sum(history.epoch_time) / 60:.2f} minutes of training): stopping; epoch {epoch} is saved as far as "
+            f"it got in {where}. --resume auto continues at epoch {epoch + 1}, with a larger "
+            "--max-minutes (the budget counts the training time already spent) or without it")
+
+
+def finish_epoch(ctx: Context, epoch: int, train_loss: Optional[float], seconds: float, data_share: float,
                  samples: int) -> bool:
     """After an epoch's steps: validate, step the schedule, score, record, save and log;
-    returns whether the epoch is the best so far."""
+    returns whether the epoch is the best so far. ``train_loss`` is ``None`` when no step was taken
+    (every batch skipped for a non-finite loss): recorded as such, and never the best epoch."""
     cfg = ctx.cfg
+    if train_loss is None and is_main():
+        log.warning("epoch %d of %s: every batch was skipped for a NaN or infinite loss or gradient "
+                    "(--nonfinite-loss skip), so no step was taken: its train loss is recorded as null, and it "
+                    "cannot be the best epoch", epoch, cfg.target)
     valid_loss = validate(ctx, epoch)
     if cfg.lr_scheduler == "plateau":
         ctx.scheduler.step(valid_loss)
@@ -55,7 +70,8 @@ def finish_epoch(ctx: Context, epoch: int, train_loss: float, seconds: float, da
     save_epoch(ctx, epoch, improved)
     if is_main() and not cfg.quiet:
         target = f" {cfg.target}" if cfg.targets else ""
-        log.info("epoch %d%s: train %.5f valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, target, train_loss,
+        shown = "-" if train_loss is None else f"{train_loss:.5f}"
+        log.info("epoch %d%s: train %s valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, target, shown,
                  valid_loss, seconds, 100 * data_share, " best" if improved else "")
     return improved
 
@@ -81,11 +97,23 @@ def resume(ctx: Context) -> Tuple[int, Optional[EpochProgress]]:
 
 
 def should_stop(ctx: Context, epoch: int) -> bool:
-    """Before ``epoch``: early stopping (``--patience``), the time budget, or ``--stop-after``."""
+    """Before ``epoch``: early stopping (``--patience``), the time budget, or ``--stop-after``.
+
+    Patience counts from the best epoch, or from the start when no epoch has been the best yet
+    (every epoch skipped, or no validation SDR with ``--select-by sdr``)."""
     cfg, history = ctx.cfg, ctx.history
-    if history.best_epoch and epoch - history.best_epoch > cfg.patience:
+    say = is_main() and not cfg.quiet
+    if history.train_loss and epoch - history.best_epoch > cfg.patience:
+        if say:
+            since = f"since epoch {history.best_epoch}" if history.best_epoch else "in any epoch"
+            log.info("%s: no better validation %s %s (--patience %d): stopping before epoch %d", cfg.target,
+                     "SDR" if cfg.select_by == "sdr" else "loss", since, cfg.patience, epoch)
         return True
     if cfg.max_minutes and budget_spent(ctx, 0.0):
+        if say:
+            log.info("%s: --max-minutes %g is spent already (%.2f minutes trained): nothing to do before epoch %d; "
+                     "give a larger --max-minutes to train on", cfg.target, cfg.max_minutes,
+                     sum(history.epoch_time) / 60, epoch)
         return True
     return bool(cfg.stop_after and epoch > cfg.stop_after)
 
@@ -93,7 +121,15 @@ def should_stop(ctx: Context, epoch: int) -> bool:
 def score_epoch(ctx: Context, epoch: int) -> Optional[float]:
     """Every ``--eval-every`` epochs, the validation SDR and SI-SDR (recorded); returns the SDR or ``None``."""
     cfg = ctx.cfg
-    metric = validate_sdr(ctx, epoch) if cfg.eval_every and epoch % cfg.eval_every == 0 else (None, None)
+    scored = bool(cfg.eval_every) and epoch % cfg.eval_every == 0
+    metric = validate_sdr(ctx, epoch) if scored else (None, None)
+    if scored and metric[0] is None:
+        what = f"the {cfg.target} target is silent in every validation track, so no SDR can be computed"
+        if cfg.select_by == "sdr":
+            raise OpenUnmixLikeError(f"--select-by sdr: {what}; validate on tracks that hold it, or use "
+                                     "--select-by loss")
+        if is_main():
+            log.warning("epoch %d: %s (--eval-every %d): recorded as null", epoch, what, cfg.eval_every)
     ctx.history.valid_sdr.append(metric[0])
     ctx.history.valid_si_sdr.append(metric[1])
     if metric[0] is not None and is_main() and not cfg.quiet:
@@ -156,9 +192,10 @@ def dropout_seed(cfg: TrainConfig, epoch: int) -> int:
     return cfg.seed + epoch + 1_000_003 * world()[0]
 
 
-def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None) -> Tuple[float, float, float, int]:
-    """One pass over the training set: mean loss, seconds, share of time spent waiting for data,
-    and the number of samples all ranks together trained on. ``resume`` continues an epoch
+def train_epoch(ctx: Context, epoch: int,
+                resume: Optional[EpochProgress] = None) -> Tuple[Optional[float], float, float, int]:
+    """One pass over the training set: mean loss (``None`` when no step was taken), seconds, share of time
+    spent waiting for data, and the number of samples all ranks together trained on. ``resume`` continues an epoch
     that a step checkpoint interrupted."""
     from tqdm import tqdm
 
@@ -194,7 +231,13 @@ def train_epoch(ctx: Context, epoch: int, resume: Optional[EpochProgress] = None
             last = time.perf_counter()
     total, count = all_reduce_sum([progress.total, progress.count])
     elapsed = time.perf_counter() - start
-    return total / max(count, 1), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
+    return mean_loss(total, count), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
+
+
+def mean_loss(total: float, count: int) -> Optional[float]:
+    """An epoch's mean training loss; ``None`` when no step was taken (every batch skipped as non-finite),
+    rather than a 0.0 that would look like a perfect epoch."""
+    return total / count if count else None
 
 
 def train_batch(ctx: Context, x: Tensor, y: Tensor, epoch: int, batch: int, progress: EpochProgress,
@@ -284,11 +327,12 @@ def validate(ctx: Context, epoch: int) -> float:
     return total / max(count, 1)
 
 
-def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
+def validate_sdr(ctx: Context, epoch: int) -> Tuple[Optional[float], Optional[float]]:
     """Mean full-track SDR (Music Demixing Challenge definition) and SI-SDR of the target
     over the validation set, separating with the model alone (mixture phase, no EM). Tracks
     where the target is silent (below -100 dB RMS, e.g. an instrumental for vocals) are left
-    out: their SDR is undefined, and its floor of about -70 dB would swamp the mean."""
+    out: their SDR is undefined, and its floor of about -70 dB would swamp the mean. ``(None, None)``
+    when every track is left out."""
     from ..metrics import sdr_mdx, si_sdr
     from ..separator import Separator
 
@@ -308,4 +352,6 @@ def validate_sdr(ctx: Context, epoch: int) -> Tuple[float, float]:
                 total_si += si_sdr(ref, out)
                 count += 1
     total_sdr, total_si, count = all_reduce_sum([total_sdr, total_si, count])
-    return total_sdr / max(count, 1), total_si / max(count, 1)
+    if not count:  # no track to score: no SDR, rather than a 0 dB that looks like one
+        return None, None
+    return total_sdr / count, total_si / count

@@ -28,9 +28,11 @@ from .config import STEM_LAYOUTS, TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
 from .checkpoint import check_output, earlier_files
-from .factory import DATA_CHANNELS, build_model, make_context, preload_datasets, settings_of, stem_datasets
+from .factory import (DATA_CHANNELS, build_model, make_context, preload_datasets, resolve_precision, settings_of,
+                      stem_datasets)
 from .history import History
-from .loop import augment_seed, budget_spent, dropout_seed, finish_epoch, loader, resume, should_stop, train_batch
+from .loop import (augment_seed, budget_spent, dropout_seed, finish_epoch, loader, mean_loss, out_of_time_message,
+                   resume, should_stop, train_batch)
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix", *STEM_LAYOUTS)
@@ -117,6 +119,7 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
     check_targets(cfg)
     check_outputs(cfg)
     device = pick_device(cfg.device, cfg.no_cuda)
+    cfg = resolve_precision(cfg, device)  # a precision the device lacks is refused before any data is read
     train_set, valid_set, cfg, files = shared_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
     contexts = []
@@ -150,7 +153,7 @@ def run_targets(cfg: TrainConfig) -> Dict[str, History]:
             finish_epoch(ctx, epoch, *result)
         if active[0][1].out_of_time:
             if not cfg.quiet:
-                log.info("--max-minutes %g spent in epoch %d: stopping", cfg.max_minutes, epoch)
+                log.info("%s", out_of_time_message(active[0][1], epoch))
             break
     return {ctx.cfg.target: ctx.history for ctx in contexts}
 
@@ -158,10 +161,10 @@ def run_targets(cfg: TrainConfig) -> Dict[str, History]:
 def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int) -> List[tuple]:
     """One pass over the shared training set, every active target stepping on each batch.
 
-    Returns, per target, what :func:`~openunmix_like.training.loop.train_epoch` returns:
-    mean loss, seconds (the shared epoch's), data-loading share, samples. With ``--max-minutes``
-    the epoch ends at the batch that spends the budget (the first target's training time so far
-    plus this epoch's), and every active target is marked out of time.
+    Returns, per target, what :func:`~openunmix_like.training.loop.train_epoch` returns: mean loss
+    (``None`` for a target that took no step), seconds (the shared epoch's), data-loading share, samples.
+    With ``--max-minutes`` the epoch ends at the batch that spends the budget (the first target's
+    training time so far plus this epoch's), and every active target is marked out of time.
     """
     from tqdm import tqdm
 
@@ -200,7 +203,7 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
             last = time.perf_counter()
     elapsed = time.perf_counter() - start
     share = data_time / max(elapsed, 1e-9)
-    return [(progress[id(ctx)].total / max(progress[id(ctx)].count, 1), elapsed, share, progress[id(ctx)].count)
+    return [(mean_loss(progress[id(ctx)].total, progress[id(ctx)].count), elapsed, share, progress[id(ctx)].count)
             for _, ctx in active]
 
 
