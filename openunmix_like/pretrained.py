@@ -53,10 +53,14 @@ def known_files() -> Dict[str, AudioSettings]:
 
 
 def cache_dir() -> Path:
+    """Where downloaded weights go: ``$OPENUNMIX_LIKE_CACHE``, else ``$XDG_CACHE_HOME/openunmix-like``, else
+    ``~/.cache/openunmix-like``. A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification says:
+    the cache would otherwise move with the folder the command runs in."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "openunmix-like"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "openunmix-like"
 
 
 def file_url(name: str, file: str) -> str:

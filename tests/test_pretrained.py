@@ -134,6 +134,10 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv(pretrained.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert pretrained.cache_dir() == tmp_path / "xdg" / "openunmix-like"
+    # A relative XDG_CACHE_HOME is ignored (the XDG specification): the cache must not follow the working folder.
+    monkeypatch.setenv("XDG_CACHE_HOME", "xdg")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pretrained.cache_dir() == tmp_path / "home" / ".cache" / "openunmix-like"
 
 
 def test_folder_without_listed_targets_keeps_the_published_order(tmp_path):
