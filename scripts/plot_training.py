@@ -33,7 +33,7 @@ def main() -> None:
             meta = json.loads(path.read_text())
             # An epoch without a step has a null train loss: a gap in the curve.
             train = [math.nan if v is None else v for v in meta["train_loss_history"]]
-            valid = meta["valid_loss_history"]
+            valid = [math.nan if v is None else v for v in meta["valid_loss_history"]]
             epochs = range(offset + 1, offset + len(train) + 1)
             ax.plot(epochs, train, color=colours[(2 * k + 1) % 20], lw=1, label=f"{stage.name} train")
             ax.plot(epochs, valid, color=colours[2 * k % 20], lw=1.5, label=f"{stage.name} valid")

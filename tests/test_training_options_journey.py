@@ -250,3 +250,15 @@ def test_options_that_cannot_work_are_one_line_before_any_data_is_read(tmp_path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("umx-train: error: " + message), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_target_json_is_strict_json_when_a_loss_is_not_a_number():
+    from openunmix_like.training.history import History
+
+    history = History(train_loss=[0.5, None, float("inf")], valid_loss=[0.4, float("nan"), 0.3],
+                      valid_sdr=[None, float("-inf"), 2.0])
+    text = json.dumps(history.record(), allow_nan=False)  # raises on NaN or infinity
+    record = json.loads(text)
+    assert record["train_loss_history"] == [0.5, None, None]
+    assert record["valid_loss_history"] == [0.4, None, 0.3]
+    assert record["valid_sdr_mdx_history"] == [None, None, 2.0]

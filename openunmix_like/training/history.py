@@ -39,16 +39,22 @@ class History:
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "best_sdr_mdx": self.best_sdr if math.isfinite(self.best_sdr) else None,
             "best_epoch": self.best_epoch,
-            "train_loss_history": self.train_loss,
-            "valid_loss_history": self.valid_loss,
+            # null for a loss that is not a number (strict JSON has no NaN) or an epoch without a step
+            "train_loss_history": finite_or_null(self.train_loss),
+            "valid_loss_history": finite_or_null(self.valid_loss),
             "lr_history": self.lr,
             "train_time_history": self.epoch_time,
             "data_loading_share_history": self.data_share,
             "samples_history": self.samples,
             # Fast metrics (not BSSEval), every --eval-every epochs, else null.
-            "valid_sdr_mdx_history": self.valid_sdr,
-            "valid_si_sdr_history": self.valid_si_sdr,
+            "valid_sdr_mdx_history": finite_or_null(self.valid_sdr),
+            "valid_si_sdr_history": finite_or_null(self.valid_si_sdr),
         }
+
+
+def finite_or_null(values: List[Optional[float]]) -> List[Optional[float]]:
+    """``values`` with NaN and infinities as ``None``, which JSON writes as null."""
+    return [v if v is None or math.isfinite(v) else None for v in values]
 
 
 def record_epoch(history: History, train_loss, valid_loss, optimizer, seconds, data_share, epoch,
