@@ -153,3 +153,31 @@ def test_compare_says_when_the_two_separated_other_targets_or_used_other_setting
     assert compare.main([str(tmp_path / "hq"), str(tmp_path / "hq-niter0")]) == 0
     assert (f"Evaluated with different settings ({tmp_path / 'hq'} / {tmp_path / 'hq-niter0'}): niter 1 / 0; the "
             "difference is not the models' alone.") in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_the_starting_model_is_validated_and_kept_until_an_epoch_beats_it(tinyhq, tmp_path, caplog, several):
+    from safetensors.torch import load_file
+
+    root = track_folders(tmp_path / "data", tracks=2, seconds=1.0)
+    published = pretrained.load_models("tinyhq", ["vocals"])[0]["vocals"].state_dict()
+    out = tmp_path / "ft"
+    which = ["--targets", "vocals", "drums"] if several else ["--target", "vocals"]
+    common = [c for c in COMMON if c not in ("--target", "vocals", "--quiet")]
+    # A learning rate so large that every epoch is worse than the model it started from.
+    caplog.set_level("INFO", logger="openunmix_like")
+    assert train_main(["--model", "tinyhq", *which, *common, "--root", str(root), "--output", str(out),
+                       "--epochs", "2", "--lr", "10"]) == 0
+    record = json.loads((out / "vocals.json").read_text())
+    start = record["start_valid_loss"]
+    assert start is not None and all(v > start for v in record["valid_loss_history"])
+    assert record["best_epoch"] == 0 and record["best_loss"] == pytest.approx(start)
+    kept = load_file(str(out / "vocals.safetensors"))
+    assert all(torch.equal(kept[k], v) for k, v in published.items())  # the starting weights, not epoch 1's
+    assert "vocals: the starting model (tinyhq) has a validation loss of" in caplog.text
+    # With a learning rate that trains, an epoch beats it and replaces it.
+    assert train_main(["--model", "tinyhq", *which, *common, "--root", str(root), "--output", str(tmp_path / "ft2"),
+                       "--epochs", "4", "--lr", "3e-3", "--samples-per-track", "8"]) == 0
+    record = json.loads((tmp_path / "ft2" / "vocals.json").read_text())
+    losses = [record["start_valid_loss"], *record["valid_loss_history"]]
+    assert record["best_epoch"] == losses.index(min(losses)) > 0

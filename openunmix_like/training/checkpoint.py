@@ -78,6 +78,13 @@ def earlier_files(cfg: TrainConfig) -> List[Path]:
                         *step_checkpoints(cfg)) if p.is_file()]
 
 
+def save_start(ctx: Context) -> None:
+    """A fine-tune's starting weights as the output's model, before its first epoch (rank 0)."""
+    cfg = ctx.cfg
+    extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
+    save_target(Path(cfg.output), cfg.target, evaluated_model(ctx), ctx.settings, extra=extra)
+
+
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     """Rank 0 writes the checkpoint, the best model when it improved, and the logs."""
     if not is_main():

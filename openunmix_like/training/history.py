@@ -25,6 +25,9 @@ class History:
     valid_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     valid_si_sdr: List[Optional[float]] = dataclasses.field(default_factory=list)
     best_loss: float = math.inf
+    # A fine-tune's starting model, validated before the first step (None for a model trained from scratch).
+    start_loss: Optional[float] = None
+    start_sdr: Optional[float] = None
     best_sdr: float = -math.inf  # with --select-by sdr: the validation SDR of the best epoch
     best_epoch: int = 0
     global_step: int = 0  # training batches done, over all epochs
@@ -39,6 +42,8 @@ class History:
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "best_sdr_mdx": self.best_sdr if math.isfinite(self.best_sdr) else None,
             "best_epoch": self.best_epoch,
+            "start_valid_loss": finite_or_null([self.start_loss])[0],
+            "start_valid_sdr_mdx": finite_or_null([self.start_sdr])[0],
             # null for a loss that is not a number (strict JSON has no NaN) or an epoch without a step
             "train_loss_history": finite_or_null(self.train_loss),
             "valid_loss_history": finite_or_null(self.valid_loss),

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..errors import OpenUnmixLikeError
 from ..losses import SILENT_POWER
 from .checkpoint import (checkpoint_path, find_resume_checkpoint, load_checkpoint, restore_device_rng_state,
-                         save_epoch, save_step_checkpoint)
+                         save_epoch, save_start, save_step_checkpoint)
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, broadcast_buffers, is_main, same_on_every_rank, world
@@ -26,6 +26,8 @@ def run(cfg: TrainConfig) -> History:
     ctx = prepare(cfg)
     first, progress = resume(ctx)
     cfg = ctx.cfg
+    if first == 1 and progress is None and cfg.model:
+        validate_start(ctx)
     for epoch in range(first, cfg.epochs + 1):
         if should_stop(ctx, epoch):
             break
@@ -74,6 +76,30 @@ def finish_epoch(ctx: Context, epoch: int, train_loss: Optional[float], seconds:
         log.info("epoch %d%s: train %s valid %.5f (%.1f s, %.0f %% data loading)%s", epoch, target, shown,
                  valid_loss, seconds, 100 * data_share, " best" if improved else "")
     return improved
+
+
+def validate_start(ctx: Context) -> None:
+    """Before a fine-tune's first step: validate the model it starts from, which the epochs must then beat.
+
+    Its validation loss (and SDR, with ``--eval-every`` or ``--select-by sdr``) is recorded, it is the best
+    so far (epoch 0), and its weights are written as the output's model: a fine-tune that never improves on
+    its starting model keeps that model rather than the least bad of its epochs."""
+    cfg, history = ctx.cfg, ctx.history
+    loss = validate(ctx, 0)
+    sdr = validate_sdr(ctx, 0)[0] if cfg.eval_every or cfg.select_by == "sdr" else None
+    history.start_loss, history.start_sdr = loss, sdr
+    if cfg.select_by == "sdr":
+        if sdr is not None:
+            history.best_sdr, history.best_loss = sdr, loss
+    else:
+        history.best_loss = loss
+    if not is_main():
+        return
+    save_start(ctx)
+    if not cfg.quiet:
+        scored = f", validation SDR {sdr:.3f} dB" if sdr is not None else ""
+        log.info("%s: the starting model (%s) has a validation loss of %.5f%s; it stays the model until an epoch "
+                 "does better", cfg.target, cfg.model, loss, scored)
 
 
 def resume(ctx: Context) -> Tuple[int, Optional[EpochProgress]]:

@@ -32,7 +32,7 @@ from .factory import (DATA_CHANNELS, build_model, make_context, preload_datasets
                       stem_datasets)
 from .history import History
 from .loop import (augment_seed, budget_spent, dropout_seed, finish_epoch, loader, mean_loss, out_of_time_message,
-                   resume, should_stop, train_batch)
+                   resume, should_stop, train_batch, validate_start)
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix", *STEM_LAYOUTS)
@@ -135,6 +135,9 @@ def run_targets(cfg: TrainConfig) -> Dict[str, History]:
     """Train every target of ``cfg.targets`` together; returns each target's history."""
     contexts, train_set = prepare_targets(cfg)
     starts = {id(ctx): resume(ctx)[0] for ctx in contexts}
+    for ctx in contexts:
+        if starts[id(ctx)] == 1 and cfg.model:
+            validate_start(ctx)
     stopped = set()
     for epoch in range(min(starts.values()), cfg.epochs + 1):
         active = []
