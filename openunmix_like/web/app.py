@@ -223,6 +223,12 @@ def create_app(manager: JobManager, models: dict, local_only: bool = False) -> F
         return StreamingResponse(_event_stream(request, manager, app.state.closing), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @app.get("/favicon.ico")
+    def favicon() -> FileResponse:
+        # The page names favicon.svg; browsers (and other clients) that ask for the usual name get it too,
+        # rather than a 404 in their console.
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app
 

@@ -32,6 +32,9 @@ from ..errors import AudioError, OpenUnmixLikeError
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
+# What a running job's worker is doing: loading the model (and reading the input's length), separating
+# (``progress`` counts this), writing (finishing the stem files and the player's preview).
+PHASES = ("loading", "separating", "writing")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 STEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # never an option
 SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
@@ -64,12 +67,13 @@ class Job:
     progress: float = 0.0
     stems: List[str] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
+    phase: Optional[str] = None  # one of PHASES while running, else None
 
     def public(self) -> dict:
         """The fields the HTTP API returns."""
         return {"id": self.id, "status": self.status, "progress": round(self.progress, 4), "stems": self.stems,
                 "error": self.error, "filename": self.filename, "created": self.created, "model": self.model,
-                "ext": self.ext, "bitrate": self.bitrate}
+                "ext": self.ext, "bitrate": self.bitrate, "phase": self.phase}
 
 
 def new_job_id() -> str:
@@ -107,11 +111,13 @@ def folder_size(folder: Path) -> int:
 
 # ---------------------------------------------------------------- worker process
 
-def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str) -> None:
+def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str, phase=None) -> None:
     """Run jobs sent over ``conn`` one at a time; answer progress, done or failed messages.
 
     Temporary files go to ``tmp_dir``, which the server removes when it stops or kills this process
-    (a killed process cannot remove them itself).
+    (a killed process cannot remove them itself). ``phase`` (a shared integer, an index into ``PHASES``)
+    is set as a job moves on: a shared value rather than a message, so that a job's first message still
+    means its first chunk is separated.
     """
     tempfile.tempdir = tmp_dir
     os.environ["TMPDIR"] = tmp_dir  # for the programs it runs too
@@ -134,8 +140,12 @@ def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str) -> None:
                 last[0] = fraction
                 conn.send(("progress", job_id, fraction))
 
+        def on_phase(name: str) -> None:
+            if phase is not None:
+                phase.value = PHASES.index(name)
+
         try:
-            stems = run_job(spec, progress, cache, max_minutes)
+            stems = run_job(spec, progress, cache, max_minutes, on_phase)
             conn.send(("done", job_id, stems))
         except OpenUnmixLikeError as exc:
             conn.send(("failed", job_id, str(exc).replace(spec["input"], spec["filename"])))
@@ -143,10 +153,12 @@ def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str) -> None:
             conn.send(("failed", job_id, f"{spec['filename']}: unexpected {type(exc).__name__}: {exc}"))
 
 
-def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minutes: float) -> List[str]:
+def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minutes: float,
+            on_phase: Callable[[str], None] = lambda name: None) -> List[str]:
     """Separate one job's input into its ``stems/`` folder; return the stem names.
 
     ``cache`` keeps the last separator loaded (one, so a worker's memory stays that of one model).
+    ``on_phase`` is told each of ``PHASES`` as the job reaches it.
     """
     from ..audio import info
     from ..cli.separate import build_parser, load_separator, separate_file
@@ -163,6 +175,7 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
     args = build_parser().parse_args(argv)
     key = (args.model, tuple(args.targets or ()), args.residual)
     if key not in cache:
+        on_phase("loading")
         cache.clear()
         cache[key] = load_separator(args)
     separator = cache[key]
@@ -174,7 +187,15 @@ def run_job(spec: dict, progress: Callable[[float], None], cache: dict, max_minu
     stems_dir = path.parent / "stems"
     names = list(separator.target_names)
     outputs = {name: stems_dir / f"{name}.{spec['ext']}" for name in names}
-    separate_file(path, separator, args, None, outputs, on_progress=progress)
+
+    def separating(fraction: float) -> None:
+        if fraction >= 1.0:  # the last chunk: what is left is finishing the files
+            on_phase("writing")
+        progress(fraction)
+
+    on_phase("separating")
+    separate_file(path, separator, args, None, outputs, on_progress=separating)
+    on_phase("writing")
     try:  # the player's peaks (and decoded copies) now, so that opening the job does not wait for them
         build_preview(path.parent, outputs, path)
     except Exception:  # built again when the page asks, which then says what went wrong
@@ -188,7 +209,9 @@ class _Worker:
     def __init__(self, context, max_minutes: float, threads: int, tmp_dir: Path):
         self.tmp_dir = tmp_dir
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, max_minutes, threads, str(tmp_dir)),
+        self.phase = context.RawValue("b", 0)  # index into PHASES of its job's phase
+        self.process = context.Process(target=_worker_main,
+                                       args=(child, max_minutes, threads, str(tmp_dir), self.phase),
                                        daemon=True, name="umx-web-worker")
         self.process.start()
         child.close()
@@ -262,6 +285,7 @@ class JobManager:
                 continue
             if job.status not in FINISHED:
                 job.status, job.progress = "queued", 0.0
+            job.phase = None
             if job.status != "done":
                 self._remove_outputs(job.id)
             self._jobs[job.id] = job
@@ -302,7 +326,9 @@ class JobManager:
     @staticmethod
     def _write_state(folder: Path, job: Job) -> None:
         tmp = folder / ".job.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(job)))
+        state = dataclasses.asdict(job)
+        del state["phase"]  # of a running worker only; and a server before it could not read the file
+        tmp.write_text(json.dumps(state))
         os.replace(tmp, folder / "job.json")
 
     # ------------------------------------------------------------ requests
@@ -429,7 +455,7 @@ class JobManager:
                 return "deleted"
             if job_id in self._queue:
                 self._queue.remove(job_id)
-            job.status = "cancelled"
+            job.status, job.phase = "cancelled", None
             self._save(job)
             self._enforce_size_limit(keep=job_id)
             # A running job's worker is killed by the dispatcher thread, which owns the workers; what
@@ -596,12 +622,13 @@ class JobManager:
                     spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
                             "bits": job.bits, "bitrate": job.bitrate, "model_arg": self.models[job.model]["arg"],
                             "targets": job.targets, "residual": job.residual}
+                    worker.phase.value = PHASES.index("loading")  # until the worker says otherwise
                     try:
                         worker.conn.send((job.id, spec))
                     except OSError:  # the worker died meanwhile: the job waits for its replacement
                         self._queue.appendleft(job.id)
                         continue
-                    job.status, job.progress = "running", 0.0
+                    job.status, job.progress, job.phase = "running", 0.0, "loading"
                     self._save(job)
                     worker.job = job.id
 
@@ -612,6 +639,14 @@ class JobManager:
                 self._handle(worker, kind, job_id, value)
         except (EOFError, OSError):
             pass
+        self._note_phase(worker)
+
+    def _note_phase(self, worker: _Worker) -> None:
+        """Give the worker's running job the phase the worker last set."""
+        with self._lock:
+            job = self._jobs.get(worker.job) if worker.job else None
+            if job is not None and job.status == "running":
+                job.phase = PHASES[min(max(worker.phase.value, 0), len(PHASES) - 1)]
 
     def _handle(self, worker: _Worker, kind: str, job_id: str, value) -> None:
         with self._lock:
@@ -631,7 +666,7 @@ class JobManager:
 
     def _finish(self, job: Job, status: str, stems: Optional[List[str]] = None, error: Optional[str] = None):
         """Give ``job`` its final status (lock held); only a done job keeps stems. Applies ``keep_mb``."""
-        job.status, job.stems, job.error = status, stems or [], error
+        job.status, job.stems, job.error, job.phase = status, stems or [], error, None
         job.progress = 1.0 if status == "done" else job.progress
         if status != "done":
             self._remove_outputs(job.id)

@@ -3,6 +3,9 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const state = { models: [], jobs: new Map(), selected: null };
+const FINISHED = ["done", "failed", "cancelled"];
+// What the page shows of a running job's `phase` (GET /api/jobs/{id}).
+const PHASES = { loading: "loading model", separating: "separating", writing: "writing stems" };
 
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
@@ -12,6 +15,12 @@ function clock(seconds) {
 
 const UNREACHABLE = "cannot reach the umx-web server (stopped?); start it again, then retry";
 
+// The error of a refused request: the server's `detail` (a line, or for some errors a structure), else `fallback`.
+function refusal(body, fallback) {
+  const detail = (body && body.detail) || fallback;
+  return new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+}
+
 async function api(path, options = {}) {
   let response;
   try {
@@ -20,9 +29,9 @@ async function api(path, options = {}) {
     throw new Error(UNREACHABLE);
   }
   if (!response.ok) {
-    let detail = response.statusText;
-    try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
-    throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    let body = null;
+    try { body = await response.json(); } catch (e) { /* not JSON */ }
+    throw refusal(body, response.statusText);
   }
   return response;
 }
@@ -75,32 +84,138 @@ function formFor(file) {
   return form;
 }
 
-async function submit(files) {
+// ------------------------------------------------------------------ uploads
+//
+// XMLHttpRequest rather than fetch: only it reports how much of a request's body has been sent, and a
+// 100 MB song over Wi-Fi takes a minute. One upload at a time: the server queues the jobs anyway, the
+// browser's memory stays small, and the one under way gets all the bandwidth. Files added meanwhile wait.
+
+class UploadCancelled extends Error {}
+
+const uploads = { waiting: [], current: null, problems: [] };
+
+function megabytes(bytes) {
+  return (bytes / 2 ** 20).toFixed(1);  // MB as the server counts them (--max-upload-mb)
+}
+
+// POST one form; `done` resolves to the server's answer ({id}), or rejects with the reason (UploadCancelled
+// after `cancel`).
+function sendForm(form, onProgress, onSent) {
+  const xhr = new XMLHttpRequest();
+  const done = new Promise((resolve, reject) => {
+    xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); });
+    xhr.upload.addEventListener("load", onSent);
+    xhr.addEventListener("load", () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300 && body && body.id) resolve(body);
+      else reject(refusal(body, xhr.statusText || `HTTP ${xhr.status}`));
+    });
+    xhr.addEventListener("error", () => reject(new Error(UNREACHABLE)));
+    xhr.addEventListener("abort", () => reject(new UploadCancelled()));
+  });
+  xhr.open("POST", "/api/jobs");
+  xhr.send(form);
+  return { done, cancel: () => xhr.abort() };
+}
+
+function showProblems() {
   const error = $("#submit-error");
-  const problems = [];  // one line per file refused: a later one must not hide an earlier one's reason
-  const show = () => { error.textContent = problems.join("\n"); error.hidden = !problems.length; };
-  show();
+  error.textContent = uploads.problems.join("\n");
+  error.hidden = !uploads.problems.length;
+}
+
+// The line under the drop zone: the file, how much of it is sent, and Cancel (until all of it is sent).
+function showUpload(file, loaded, total) {
+  const box = $("#upload");
+  box.hidden = false;
+  const waiting = uploads.waiting.length ? ` (${uploads.waiting.length} more waiting)` : "";
+  $(".name", box).textContent = `Uploading ${file.name}${waiting}`;
+  $(".name", box).title = file.name;
+  const percent = total ? Math.floor((100 * loaded) / total) : 0;  // 100 only once all is sent
+  $("progress", box).value = percent;
+  $("progress", box).setAttribute("aria-label", `Upload of ${file.name}`);
+  $(".sent", box).textContent = `${percent} %, ${megabytes(loaded)} of ${megabytes(total || file.size)} MB`;
+  $(".cancel", box).setAttribute("aria-label", `Cancel upload of ${file.name}`);
+}
+
+// Whether the keyboard is on `element` (or in it): Tab or a key got it there, not a mouse click.
+function keyboardIn(element) {
+  const focus = document.activeElement;
+  return Boolean(focus && element.contains(focus) && focus.matches(":focus-visible"));
+}
+
+function hideUpload() {
+  const box = $("#upload");
+  const hadFocus = keyboardIn(box);
+  box.hidden = true;
+  if (hadFocus) $("#drop").focus();  // rather than the top of the page
+}
+
+// Each file becomes a job with the options chosen now (also when it waits for an earlier upload).
+function submit(files) {
+  if (!uploads.current && !uploads.waiting.length) {  // a new batch: the last one's lines have been read
+    uploads.problems = [];
+    showProblems();
+  }
   if (!$("#two-stems").checked && !$("#targets").querySelector("input:checked")) {
-    problems.push("Choose at least one target (or Two stems), then add the files again.");
-    show();
+    uploads.problems = ["Choose at least one target (or Two stems), then add the files again."];
+    showProblems();
     return;
   }
-  // One upload at a time: the server queues them anyway, and the browser's memory stays small.
-  for (const file of files) {
+  for (const file of files) uploads.waiting.push({ file, form: formFor(file) });
+  if (!uploads.current) uploadWaiting();
+}
+
+async function uploadWaiting() {
+  while (uploads.waiting.length) {
+    const { file, form } = uploads.waiting.shift();
+    showUpload(file, 0, 0);
+    $("#upload .cancel").disabled = false;
+    uploads.current = sendForm(form, (loaded, total) => showUpload(file, loaded, total), () => {
+      // All sent: the server is storing it, and a cancel could no longer be sure to stop the job.
+      const cancel = $("#upload .cancel");
+      if (keyboardIn(cancel)) $("#drop").focus();  // a disabled button loses it anyway
+      cancel.disabled = true;
+      $("#upload .sent").textContent += ", storing";
+    });
     try {
-      const { id } = await (await api("/api/jobs", { method: "POST", body: formFor(file) })).json();
-      if (!state.jobs.has(id)) upsertJob({ id, status: "queued", progress: 0, stems: [], error: null,
-                                           filename: file.name, created: Date.now() / 1000 });
+      const { id } = await uploads.current.done;
+      const known = state.jobs.get(id);
+      if (!known) {
+        upsertJob({ id, status: "queued", progress: 0, stems: [], error: null, filename: file.name,
+                    created: Date.now() / 1000 });
+      } else if (FINISHED.includes(known.status)) {
+        announce(known);  // finished before this page knew it was its own: not announced yet
+      }
     } catch (e) {
-      problems.push(`${file.name}: ${e.message}`);
-      show();
+      uploads.problems.push(e instanceof UploadCancelled
+        ? `${file.name}: upload cancelled; nothing of it was kept`
+        : `${file.name}: ${e.message}`);
+      showProblems();
     }
   }
+  uploads.current = null;
+  hideUpload();
 }
 
 // ------------------------------------------------------------------ jobs
 
+// Say in the polite live region that a job finished, failed or was cancelled: one line per change (a new
+// line is read out; the region keeps the last few).
+function announce(job) {
+  const error = (job.error || "").replace(`${job.filename}: `, "");
+  const text = { done: `${job.filename}: done, ${job.stems.length} stems ready`,
+                 failed: `${job.filename}: failed${error ? `: ${error}` : ""}`,
+                 cancelled: `${job.filename}: cancelled` }[job.status];
+  const region = $("#announcements");
+  region.append(Object.assign(document.createElement("p"), { textContent: text }));
+  while (region.childElementCount > 5) region.firstElementChild.remove();
+}
+
 function upsertJob(job) {
+  const before = state.jobs.get(job.id);
+  if (before && before.status !== job.status && FINISHED.includes(job.status)) announce(job);
   state.jobs.set(job.id, job);
   let row = document.getElementById(`job-${job.id}`);
   if (!row) {
@@ -122,8 +237,14 @@ function upsertJob(job) {
   }
   $("progress", row).setAttribute("aria-label", `Progress of ${job.filename}`);
   const running = job.status === "running";
-  $(".status", row).textContent = running ? `${Math.round(job.progress * 100)} %` : job.status;
-  $("progress", row).value = job.progress;
+  // A running job's phase (an older server sends none: then the percentage alone); separating has a percentage.
+  const phase = running && PHASES[job.phase] ? job.phase : null;
+  $(".phase", row).textContent = phase ? PHASES[phase] : "";
+  $(".status", row).textContent = !running ? job.status
+    : !phase || phase === "separating" ? `${Math.round(job.progress * 100)} %` : "";
+  // Loading the model and writing the stems take a while with no fraction to show: the bar moves by itself.
+  if (phase === "loading" || phase === "writing") $("progress", row).removeAttribute("value");
+  else $("progress", row).value = job.progress;
   $("progress", row).hidden = !(running || job.status === "queued");
   $(".open", row).hidden = job.status !== "done";
   $(".cancel", row).hidden = !(running || job.status === "queued");
@@ -135,9 +256,21 @@ function upsertJob(job) {
 function removeJob(id) {
   state.jobs.delete(id);
   const row = document.getElementById(`job-${id}`);
-  if (row) row.remove();
+  if (row) {
+    // Focus in the row (Delete pressed with the keyboard) goes to the next job, not to the top of the page.
+    const hadFocus = row.contains(document.activeElement);
+    const next = row.nextElementSibling || row.previousElementSibling;
+    row.remove();
+    if (hadFocus) focusJob(next);
+  }
   if (state.selected === id) closePlayer();
   $("#no-jobs").hidden = state.jobs.size > 0;
+}
+
+// The first button `row` shows (Open for a finished job), or the drop zone when there is no row.
+function focusJob(row) {
+  const button = row && [...row.querySelectorAll(".actions button")].find((b) => !b.hidden);
+  (button || $("#drop")).focus();
 }
 
 async function deleteJob(id) {
@@ -630,6 +763,7 @@ function wire() {
     e.preventDefault();
     submit([...e.dataTransfer.files]);
   });
+  $("#upload .cancel").addEventListener("click", () => { if (uploads.current) uploads.current.cancel(); });
   $("#model").addEventListener("change", renderTargets);
   $("#two-stems").addEventListener("change", () => { $("#targets").disabled = $("#two-stems").checked; });
   $("#play").addEventListener("click", async () => {
