@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -239,6 +239,18 @@ class SeparationWorker:
         return os.getpid()
 
 
+# Frames of whole stems handed to the writer at a time (2 MB of stereo float32 a stem).
+BLOCK_FRAMES = 1 << 18
+
+
+def blocks_of(stems) -> Iterator[torch.Tensor]:
+    """``(nb_targets, nb_channels, n)`` stems as consecutive views of at most :data:`BLOCK_FRAMES` frames, so that
+    the writer's per-chunk work (peak, aggregation, the contiguous copy libsndfile needs) stays that size."""
+    stems = torch.as_tensor(stems)
+    for start in range(0, max(stems.shape[-1], 1), BLOCK_FRAMES):
+        yield stems[..., start:start + BLOCK_FRAMES]
+
+
 def write(track: Track, separated: Separated, target_names, options: Options) -> dict:
     """Encode and store every stem (each one atomically), then the ``_done.json`` record; return it.
 
@@ -251,7 +263,7 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
         return separated.record
     try:
         stems = separated.stems
-        return store(track, [torch.from_numpy(stems)], separated.sample_rate, stems.shape[1], target_names, options,
+        return store(track, blocks_of(stems), separated.sample_rate, stems.shape[1], target_names, options,
                      separated.channel_map)
     except Exception as exc:
         raise StageError("write", track.source, _reason(exc)) from None
