@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import BinaryIO, Callable, Deque, Dict, List, Optional, Union
 
 from ..audio import MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
+from ..processes import children_ignore_ctrl_c
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -119,6 +121,9 @@ def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str, phase=Non
     is set as a job moves on: a shared value rather than a message, so that a job's first message still
     means its first chunk is separated.
     """
+    # Ctrl+C in the terminal reaches the worker too: the server stops it (a worker started off the main
+    # thread could not be started with it ignored, see children_ignore_ctrl_c).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tempfile.tempdir = tmp_dir
     os.environ["TMPDIR"] = tmp_dir  # for the programs it runs too
     import torch
@@ -213,7 +218,8 @@ class _Worker:
         self.process = context.Process(target=_worker_main,
                                        args=(child, max_minutes, threads, str(tmp_dir), self.phase),
                                        daemon=True, name="umx-web-worker")
-        self.process.start()
+        with children_ignore_ctrl_c():
+            self.process.start()
         child.close()
         self.job: Optional[str] = None
 
