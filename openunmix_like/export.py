@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
 from .errors import OpenUnmixLikeError
-from .fileio import new_partial
+from .fileio import interrupts_held, new_partial
 from .modeldir import AudioSettings
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -97,8 +97,9 @@ def _staged(outdir: Path) -> Iterator[Dict[Path, Path]]:
     staged: Dict[Path, Path] = {}
     try:
         yield staged
-        for path, tmp in staged.items():
-            os.replace(tmp, path)
+        with interrupts_held():  # all renamed or none: never a new model beside an old export.json
+            for path, tmp in staged.items():
+                os.replace(tmp, path)
     except BaseException:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)

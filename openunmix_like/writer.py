@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -61,6 +63,16 @@ class OutputExists(AudioError):
     def __init__(self, path: Path):
         super().__init__(f"{path}: exists (written while this track was being separated); nothing was written")
         self.path = path
+
+
+class EncoderStopped(AudioError):
+    """The mp3 encoder (ffmpeg) was stopped by SIGINT or SIGTERM, not by a fault of the track: a Ctrl+C in a
+    terminal reaches the whole process group, ffmpeg too, at times before the process writing the stems.
+    Nothing was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _identity(path: Path) -> Optional[Tuple[int, int]]:
@@ -291,6 +303,12 @@ class StemWriter:
                 reason = said[-1].strip() if said else f"ffmpeg stopped with status {code}"
                 if "No space left" in reason:
                     raise OSError(28, reason)
+                # Killed by the signal, or (when it had time to) ffmpeg's "Exiting normally, received signal 2."
+                caught = re.search(r"received signal (\d+)", reason)
+                signum = -code if code < 0 else int(caught[1]) if caught else 0
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    raise EncoderStopped(f"{named}: cannot encode mp3 (ffmpeg was stopped by "
+                                         f"{signal.Signals(signum).name}); nothing was written", signum)
                 raise AudioError(f"{named}: cannot encode mp3 ({reason})")
 
     def _cleanup(self) -> None:
@@ -310,6 +328,8 @@ class StemWriter:
 
 
 def _as_audio_error(exc: Exception, path: Path) -> AudioError:
+    if isinstance(exc, EncoderStopped):
+        return EncoderStopped(str(exc), exc.signum)
     if isinstance(exc, AudioError):
         return AudioError(str(exc))
     if isinstance(exc, OSError) and exc.errno == 28:

@@ -57,3 +57,30 @@ def test_ctrl_c_on_umx_web_is_one_line_not_its_workers_tracebacks(tmp_path):
             server.wait()
     assert server.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_pools_of_umx_synth_and_umx_evaluate_start_their_workers_with_ctrl_c_ignored(monkeypatch, tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from openunmix_like.cli import evaluate as evaluate_cli
+    from openunmix_like.synth import corpus
+
+    seen = []
+
+    def submit(self, fn, *args, **kwargs):  # where a pool starts its workers
+        seen.append(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        raise RuntimeError("not run")
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    jobs = corpus.plan_jobs(str(tmp_path / "corpus"), {"train": 2}, seed=0, duration=1.0)
+    try:
+        list(corpus.generate(jobs, workers=2))
+    except RuntimeError:
+        pass
+    pool = ProcessPoolExecutor(1)
+    track = type("Track", (), {"name": "t", "path": None})()
+    batch = type("Batch", (), {"done": {"m": set()}, "args": None, "fail": lambda self, where, exc: None})()
+    monkeypatch.setattr(evaluate_cli, "scoring_job", lambda *a: ())
+    evaluate_cli.score_tracks([track], {"m": None}, batch, pool)
+    pool.shutdown()
+    assert seen == [True, True] and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN

@@ -22,6 +22,7 @@ from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, close
                         dsd100_tracks, folder_tracks, full_markdown, markdown_table, medleydb_tracks, moisesdb_tracks,
                         musdb_tracks, oracle, read_record, score_track, slakh_tracks, write_csv)
 from ..fileio import made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
+from ..processes import children_ignore_ctrl_c
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
 
@@ -363,7 +364,8 @@ def _warn(message: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    with made_folders_removed_if_empty(args.evaldir, args.outdir):  # a run that scores nothing leaves none
+    # A run that scores nothing leaves no new folder; SIGTERM is Ctrl+C from here on (the model loading too).
+    with made_folders_removed_if_empty(args.evaldir, args.outdir), sigterm_as_interrupt():
         return _main(args)
 
 
@@ -442,7 +444,11 @@ def score_tracks(tracks, methods: Dict[str, Method], batch: Batch, pool: Optiona
             where = f"{track.path or track.name} ({method})"
             try:
                 job = scoring_job(batch.args, method, spec, track)
-                result = pool.submit(score_track, *job) if pool else score_track(*job)
+                if pool:  # a worker it starts must not die of Ctrl+C on the terminal while still starting
+                    with children_ignore_ctrl_c():
+                        result = pool.submit(score_track, *job)
+                else:
+                    result = score_track(*job)
             except Exception as exc:  # one track's failure does not stop the others
                 batch.fail(where, exc)
                 continue

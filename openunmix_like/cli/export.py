@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from .. import __version__
+from . import sigterm_as_interrupt
 from ..errors import OpenUnmixLikeError
 from ..export import FORMATS, onnx_opsets
 
@@ -34,10 +35,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..export import export
 
     try:
-        results = export(args.model, args.outdir, args.format, args.targets, args.opset, check=not args.no_check)
+        with sigterm_as_interrupt():
+            results = export(args.model, args.outdir, args.format, args.targets, args.opset,
+                             check=not args.no_check)
     except OpenUnmixLikeError as exc:
         print(f"umx-export: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # files are staged under hidden names and renamed together, or removed
+        print(f"umx-export: error: interrupted; {args.outdir} holds what it held before or the whole export, "
+              "nothing half-written: run the same command again", file=sys.stderr)
+        return 130
     for item in results.values():
         if item.max_error is None:
             note = "not checked" + ("" if args.no_check else " (install onnxruntime to check)")

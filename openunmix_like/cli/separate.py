@@ -14,7 +14,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -25,6 +25,7 @@ from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
 from ..stems import DEFAULT_TEMPLATE, Cancelled, folder_name, stem_names, track_name
+from ..writer import EncoderStopped
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
@@ -365,6 +366,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return run_catalogue(args)
     try:
+        # SIGTERM as Ctrl+C from here on, so that a stop while the model loads is one line too.
+        with sigterm_as_interrupt():
+            return separate_local(args)
+    except KeyboardInterrupt:  # before any track started: the batch reports its own
+        _report("interrupted before any track was separated; nothing was written")
+        return 130
+
+
+def separate_local(args: argparse.Namespace) -> int:
+    """``main`` for ``--engine local``, after the options are checked: collect, plan and separate the tracks."""
+    try:
         args.inputs = [*args.inputs, *local_manifest(args.manifest)]
     except OpenUnmixLikeError as exc:
         _report(str(exc))
@@ -389,10 +401,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{skipped} of {skipped + len(runnable)} tracks skipped: their stems exist (--skip-existing)")
     if args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    return run_tracks(runnable, separator, args, aggregate, failed)
+
+
+def run_tracks(runnable: Sequence[Tuple[Path, Dict[str, Path]]], separator: Separator, args: argparse.Namespace,
+               aggregate: Optional[dict], failed: int) -> int:
+    """Separate the planned tracks, ``--jobs`` at a time; the exit status (``failed`` tracks refused before)."""
     lock = threading.Lock()
     cancel = threading.Event()
 
-    def run(item) -> Optional[bool]:
+    def run(item) -> Union[None, bool, str]:
         path, outputs = item
         if cancel.is_set():
             return None
@@ -400,6 +418,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             separate_file(path, separator, args, aggregate, outputs, cancel=cancel)
         except Cancelled:
             return None
+        except EncoderStopped as exc:
+            # ffmpeg stopped by SIGINT or SIGTERM: a Ctrl+C reaches the whole process group, ffmpeg first
+            # at times; reported once the batch is over, unless this process was interrupted too.
+            return str(exc)
         except OpenUnmixLikeError as exc:
             if cancel.is_set():  # Ctrl+C also reaches ffmpeg, which then fails: not the file's fault
                 return None
@@ -426,18 +448,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Stop at the next chunk; the tracks in hand remove their partial files. A second
         # Ctrl+C would leave them, so it is ignored for the moment that takes.
         cancel.set()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             _report("interrupted: stopping after the segment in hand; nothing unfinished is kept")
             pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         finished = sum(1 for f in futures if not f.cancelled() and f.result() is True)
         _report(f"interrupted: {finished} of {len(runnable)} tracks finished and written; the others wrote nothing "
                 "(run the same command with --skip-existing to do only those)")
         return 130
     pool.shutdown()
-    failed += results.count(False)
+    for result in results:
+        if isinstance(result, str):  # an encoder stopped by a signal that did not stop this process
+            _report(result)
+    failed += sum(1 for result in results if result is False or isinstance(result, str))
     return 1 if failed else 0
 
 

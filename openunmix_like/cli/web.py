@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import __version__
+from . import sigterm_as_interrupt
 from ..errors import OpenUnmixLikeError
 from ..fileio import writable_folder
 from ..pretrained import cache_dir
@@ -91,8 +92,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     announce = threading.Thread(target=_announce, args=(server, args), daemon=True)
     announce.start()
     try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn stops, then raises the Ctrl+C again for the caller: no traceback
+        # uvicorn stops on SIGINT or SIGTERM, then raises the signal again with the handlers it found:
+        # a Ctrl+C is a KeyboardInterrupt, and so is a SIGTERM here (rather than the process killed by it).
+        with sigterm_as_interrupt():
+            server.run()
+    except KeyboardInterrupt:
+        _report("interrupted; the server stopped, and the jobs it was separating are separated again at its "
+                "next start")
         return 130
     return 0
 

@@ -28,6 +28,7 @@ import soundfile as sf
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from ..fileio import write_json_atomic
+from ..processes import children_ignore_ctrl_c
 from .compose import SongPlan, compose, voice_dict
 from .effects import compressor_gain, pan, random_chain
 from .fluid import NoteEvent, available_soundfonts, shared_renderer
@@ -385,7 +386,8 @@ def generate(jobs: Sequence[TrackJob], workers: int = 1) -> Iterator[Tuple[Track
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
     futures = {}
     try:
-        futures = {pool.submit(_make_track_in_worker, job): job for job in jobs}
+        with children_ignore_ctrl_c():  # a worker still starting must not die of Ctrl+C on the terminal
+            futures = {pool.submit(_make_track_in_worker, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
             try:
