@@ -127,7 +127,11 @@ def _worker_main(conn, max_minutes: float, threads: int, tmp_dir: str, phase=Non
     tempfile.tempdir = tmp_dir
     os.environ["TMPDIR"] = tmp_dir  # for the programs it runs too
     import torch
+    from tqdm import tqdm
 
+    # tqdm's default lock is a multiprocessing one, which a worker killed by the server (a cancel, a stop)
+    # never releases: Python would then warn of a leaked semaphore at exit. The worker's bars are its own.
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)  # the workers share the cores
     cache: Dict[tuple, object] = {}
     while True:
