@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
 from .errors import OpenUnmixLikeError
-from .fileio import interrupts_held, new_partial
+from .fileio import new_partial
 from .modeldir import AudioSettings
+from .processes import interrupts_held
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 EXAMPLE_FRAMES = 64

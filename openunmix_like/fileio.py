@@ -15,10 +15,8 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator, List, Union
 
@@ -161,23 +159,3 @@ def made_folders_removed_if_empty(*folders: Union[str, Path, None]):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty
 
-
-@contextlib.contextmanager
-def interrupts_held():
-    """Hold SIGINT and SIGTERM (in the main thread) until the block ends, then act on the first as before.
-
-    For a few renames that must happen together: a Ctrl+C comes after all of them, never between two.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    arrived: List[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if arrived:
-            signal.raise_signal(arrived[0])  # now handled as it would have been (KeyboardInterrupt for Ctrl+C)

@@ -4,6 +4,8 @@ Fixtures live in ``conftest.py``; test files import these with ``from helpers im
 (never from ``conftest`` or from each other).
 """
 import contextlib
+import hashlib
+import io
 import os
 import re
 import subprocess
@@ -217,15 +219,37 @@ def wait_until_ray_tasks_ended(timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
+# ---------------------------------------------------------------- published models
+
+
+def publish(root: Path, entries: dict, name="tinyhq", targets=("vocals", "bass"), hidden_size=8,
+            corrupt=()) -> dict:
+    """Write tiny state dicts as published files ``<target>-<sha256[:8]>.pth`` in ``root`` and enter them as
+    ``name`` in ``entries`` (a stand-in for the published-model table); return target -> file. The files of
+    ``corrupt`` targets get bytes added after their hash was taken."""
+    files = {}
+    for target in targets:
+        buffer = io.BytesIO()
+        torch.save(OpenUnmix(nb_bins=257, hidden_size=hidden_size, max_bin=64).state_dict(), buffer)
+        data = buffer.getvalue()
+        file = f"{target}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+        (root / file).write_bytes(data + (b"tampered" if target in corrupt else b""))
+        files[target] = file
+    entries[name] = {"url": "http://unused.invalid/{file}", "sample_rate": 44100, "nfft": 512, "nhop": 128,
+                     "nb_channels": 2, "files": files}
+    return files
+
+
 # ---------------------------------------------------------------- umx-web
 
 
-def start_web_server(jobs_dir, model):
-    """``umx-web`` on a free port; returns the process and its URL (from the line it prints, without
-    the trailing slash). Stop it with ``process.terminate()``."""
-    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
-                                "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+def start_web_server(jobs_dir, model, *options):
+    """``umx-web`` with ``options`` (on a free port unless they give ``--port``); returns the process and
+    its URL (from the line it prints, without the trailing slash). Stop it with ``process.terminate()``."""
+    port = [] if "--port" in options else ["--port", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", *port, "--model", str(model),
+                                "--jobs-dir", str(jobs_dir), *options], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -236,6 +260,30 @@ def start_web_server(jobs_dir, model):
             break
     process.kill()
     raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
+
+
+@contextlib.contextmanager
+def web_server(jobs_dir, model, *options):
+    """:func:`start_web_server` for the block, yielding ``(process, url)``; killed after it if still running."""
+    process, url = start_web_server(jobs_dir, model, *options)
+    try:
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def post_web_job(url, song, **fields):
+    """Upload ``song`` to the ``umx-web`` at ``url`` as a job with the form ``fields``; returns the session
+    (sending the page's Origin, as the server asks of state-changing requests) and the job's id."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Origin"] = url
+    job = session.post(f"{url}/api/jobs", files={"file": (Path(song).name, Path(song).read_bytes())},
+                       data=fields).json()["id"]
+    return session, job
 
 
 @contextlib.contextmanager

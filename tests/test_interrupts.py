@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import music_like, start_web_server
+from helpers import music_like, post_web_job, start_web_server, web_server
 from openunmix_like.cli import export as export_cli
 from openunmix_like.cli import separate as separate_cli
 from openunmix_like.writer import EncoderStopped, StemWriter
@@ -201,20 +201,12 @@ def test_web_server_stopped_with_a_job_running_is_one_line_and_the_job_is_done_a
     model, jobs = model_dir(), tmp_path / "jobs"
     song = tmp_path / "song.wav"
     sf.write(song, music_like(8.0, 44100, 2).T, 44100)
-    process, url = start_web_server(jobs, model)
-    try:
-        session = requests.Session()
-        session.headers["Origin"] = url
-        job = session.post(f"{url}/api/jobs", files={"file": ("song.wav", song.read_bytes())},
-                           data={"targets": "vocals"}).json()["id"]
+    with web_server(jobs, model) as (process, url):
+        session, job = post_web_job(url, song, targets="vocals")
         while session.get(f"{url}/api/jobs/{job}").json()["status"] == "queued":
             time.sleep(0.02)  # polling the job's state, not waiting for time to pass
         process.send_signal(signum)
         out, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 130, out
     assert "Traceback" not in out
     said = [line for line in out.splitlines() if line.startswith("umx-web: ")]

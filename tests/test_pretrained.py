@@ -1,8 +1,6 @@
 """Downloads of published weights, against a local HTTP server serving test-made files."""
 import functools
-import hashlib
 import http.server
-import io
 import threading
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import pytest
 import torch
 
 import openunmix_like.pretrained as pretrained
+from helpers import publish
 from openunmix_like import DownloadError, ModelError, Separator
 from openunmix_like.model import OpenUnmix
 
@@ -64,19 +63,6 @@ def tiny_table(monkeypatch):
     monkeypatch.setattr(pretrained, "pretrained_table", lambda: table)
     return table
 
-
-def publish(root, table, name="tinyhq", targets=("vocals", "bass"), corrupt=()):
-    files = {}
-    for target in targets:
-        buffer = io.BytesIO()
-        torch.save(OpenUnmix(nb_bins=257, hidden_size=8, max_bin=64).state_dict(), buffer)
-        data = buffer.getvalue()
-        file = f"{target}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-        (root / file).write_bytes(data + (b"tampered" if target in corrupt else b""))
-        files[target] = file
-    table[name] = {"url": "http://unused.invalid/{file}", "sample_rate": 44100, "nfft": 512, "nhop": 128,
-                   "nb_channels": 2, "files": files}
-    return files
 
 
 def test_download_verifies_and_caches(server, tiny_table, tmp_path, monkeypatch):

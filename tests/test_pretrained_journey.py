@@ -5,7 +5,6 @@ published ``<target>-<sha256 prefix>.pth`` files) and is stopped in teardown.
 """
 import contextlib
 import functools
-import hashlib
 import http.server
 import io
 import json
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 import openunmix_like.pretrained as pretrained
-from helpers import tiny_folder
+from helpers import publish, tiny_folder
 from openunmix_like import DownloadError, ModelError, Separator
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.model import OpenUnmix
@@ -109,20 +108,6 @@ def table(monkeypatch):
     monkeypatch.setattr(pretrained, "pretrained_table", lambda: entries)
     return entries
 
-
-def publish(root: Path, entries: dict, name="tinyhq", targets=("vocals", "bass"), hidden_size=8) -> dict:
-    """Write tiny state dicts as published files ``<target>-<sha256[:8]>.pth`` in ``root``; return target -> file."""
-    files = {}
-    for target in targets:
-        buffer = io.BytesIO()
-        torch.save(OpenUnmix(nb_bins=257, hidden_size=hidden_size, max_bin=64).state_dict(), buffer)
-        data = buffer.getvalue()
-        file = f"{target}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-        (root / file).write_bytes(data)
-        files[target] = file
-    entries[name] = {"url": "http://unused.invalid/{file}", "sample_rate": 44100, "nfft": 512, "nhop": 128,
-                     "nb_channels": 2, "files": files}
-    return files
 
 
 def use(monkeypatch, cache: Path, mirror: str) -> None:

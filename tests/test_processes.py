@@ -87,19 +87,14 @@ def test_the_pools_of_umx_synth_and_umx_evaluate_start_their_workers_with_ctrl_c
 
 
 def test_a_web_worker_stopped_in_a_job_leaves_no_leaked_semaphore_warning(tmp_path, model_dir):
-    import requests
     import soundfile as sf
 
-    from helpers import music_like, start_web_server
+    from helpers import music_like, post_web_job, web_server
 
     song = tmp_path / "song.wav"
     sf.write(song, music_like(70.0, 44100, 2).T, 44100)  # three segments: progress shows between them
-    process, url = start_web_server(tmp_path / "jobs", model_dir())
-    try:
-        session = requests.Session()
-        session.headers["Origin"] = url
-        job = session.post(f"{url}/api/jobs", files={"file": ("song.wav", song.read_bytes())},
-                           data={"targets": "vocals"}).json()["id"]
+    with web_server(tmp_path / "jobs", model_dir()) as (process, url):
+        session, job = post_web_job(url, song, targets="vocals")
         for _ in range(1200):  # polling the job: its progress bar (and the bar's lock) exists once it moved
             state = session.get(f"{url}/api/jobs/{job}").json()
             if state["progress"] > 0 or state["status"] in ("done", "failed"):
@@ -108,9 +103,5 @@ def test_a_web_worker_stopped_in_a_job_leaves_no_leaked_semaphore_warning(tmp_pa
         assert state["status"] in ("running", "done"), state
         process.send_signal(signal.SIGINT)  # the server stops its worker, in the job or idle after it
         out, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 130, out
     assert "leaked" not in out and "Traceback" not in out, out

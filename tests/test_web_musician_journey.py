@@ -7,17 +7,13 @@ The server is ``umx-web`` itself, started as in ``test_web_browser.py``, with a 
 import base64
 import io
 import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import make_models, music_like
+from helpers import make_models, music_like, start_web_server
 from openunmix_like.modeldir import AudioSettings, save_target
 
 pytest.importorskip("fastapi")
@@ -34,21 +30,8 @@ pytestmark = [
 
 
 def start_server(jobs_dir, model, *options):
-    """``umx-web`` with ``options`` (``--port 0`` unless given); returns the process and its URL."""
-    port = [] if "--port" in options else ["--port", "0"]
-    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", *port, "--model", str(model),
-                                "--jobs-dir", str(jobs_dir), "--max-upload-mb", str(MAX_UPLOAD_MB), *options],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"serving on (http://\S+)", line)
-        if match:
-            return process, match.group(1).rstrip("/")
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"umx-web did not start: {process.stdout.read()}")
+    """``umx-web`` with the journey's upload limit and ``options``; returns the process and its URL."""
+    return start_web_server(jobs_dir, model, "--max-upload-mb", str(MAX_UPLOAD_MB), *options)
 
 
 def stop(process):

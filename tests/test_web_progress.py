@@ -10,8 +10,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import make_models, music_like
+from helpers import make_models, music_like, start_web_server
 from openunmix_like.modeldir import AudioSettings, save_target
 
 pytest.importorskip("fastapi")
@@ -76,17 +74,8 @@ def jobs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model, jobs_dir):
-    process = subprocess.Popen([sys.executable, "-m", "openunmix_like.cli.web", "--port", "0", "--model", str(model),
-                                "--jobs-dir", str(jobs_dir), "--max-upload-mb", str(MAX_UPLOAD_MB)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, url = start_web_server(jobs_dir, model, "--max-upload-mb", str(MAX_UPLOAD_MB))
     try:
-        deadline, url = time.monotonic() + 60, None
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            match = re.search(r"serving on (http://\S+)", line)
-            url = match.group(1).rstrip("/") if match else None
-            assert line or process.poll() is None, "umx-web stopped before it served"
-        assert url, "umx-web did not start within 60 s"
         yield url
     finally:
         process.terminate()

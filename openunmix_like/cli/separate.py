@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import threading
 import traceback
@@ -24,6 +23,7 @@ from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
+from ..processes import interrupts_ignored
 from ..stems import DEFAULT_TEMPLATE, Cancelled, folder_name, stem_names, track_name
 from ..writer import EncoderStopped
 
@@ -441,20 +441,15 @@ def run_tracks(runnable: Sequence[Tuple[Path, Dict[str, Path]]], separator: Sepa
 
     pool = ThreadPoolExecutor(max_workers=args.jobs)
     futures = [pool.submit(run, item) for item in runnable]
-    try:
-        with sigterm_as_interrupt():
-            results = [f.result() for f in futures]
+    try:  # SIGTERM is Ctrl+C here too (main)
+        results = [f.result() for f in futures]
     except KeyboardInterrupt:
         # Stop at the next chunk; the tracks in hand remove their partial files. A second
         # Ctrl+C would leave them, so it is ignored for the moment that takes.
         cancel.set()
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with interrupts_ignored():
             _report("interrupted: stopping after the segment in hand; nothing unfinished is kept")
             pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         finished = sum(1 for f in futures if not f.cancelled() and f.result() is True)
         _report(f"interrupted: {finished} of {len(runnable)} tracks finished and written; the others wrote nothing "
                 "(run the same command with --skip-existing to do only those)")
