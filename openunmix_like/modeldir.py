@@ -3,7 +3,8 @@
 A model folder holds, per target, a state dict (``<target>.safetensors`` as we
 write it, or ``<target>.pth`` / ``<target>-<sha256 prefix>.pth`` as the
 reference writes and publishes it) and optionally ``<target>.json``; plus a
-``separator.json`` with the STFT settings shared by all targets::
+``separator.json`` with the STFT settings shared by all targets, and optionally the
+EM iterations of the model's own Wiener filter (``niter``, see :func:`model_niter`)::
 
     separator.json     {"sample_rate": 44100, "nfft": 4096, "nhop": 1024, "nb_channels": 2, ...}
     vocals.safetensors plain state dict (no pickle)
@@ -275,6 +276,25 @@ def read_settings(
     return AudioSettings(44100.0, n_fft, n_fft // 4, model.nb_channels)
 
 
+def model_niter(folder: Path) -> Optional[int]:
+    """The EM iterations a model folder's own Wiener filter uses: ``niter`` in its ``separator.json``
+    (``umx-train --dataset aligned`` writes 0), or ``None`` where it says none (the default, 1, applies).
+
+    Raises:
+        ModelError: ``niter`` is not a whole number of at least 0; one line naming the file.
+    """
+    path = Path(folder) / "separator.json"
+    held = read_target_json(path)
+    if "niter" not in held:
+        return None
+    value = held["niter"]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            and float(value).is_integer()):
+        raise ModelError(f"{path}: niter must be a whole number of Wiener EM iterations, 0 or more, not "
+                         f"{_shown(value)}; fix it, or delete the key for the default (1)")
+    return int(value)
+
+
 # The published four-target models' order: separator(audio)[:, j] means the same for every folder.
 TARGET_ORDER = ("vocals", "drums", "bass", "other")
 
@@ -320,7 +340,8 @@ def load_model_dir(
 
     Raises:
         ModelError: no weights, no target to load (``targets=[]``, or none of those ``separator.json``
-            lists has weights), a target named twice, a target without weights, or weights that do not load.
+            lists has weights), a target named twice, a target without weights, weights that do not load,
+            or a ``niter`` in ``separator.json`` that is not a whole number of at least 0.
     """
     folder = Path(folder)
     if folder.is_file():  # a target's weights, given for the model (as some other tools take them)
@@ -353,6 +374,7 @@ def load_model_dir(
     models = {t: load_target(files[t], t) for t in targets}
     settings = read_settings(folder, targets[0], models[targets[0]], known)
     check_consistent(folder, models, settings)
+    model_niter(folder)  # a bad value is refused on every load, not only where no niter is given
     return models, settings
 
 
@@ -376,13 +398,15 @@ def save_target(
     settings: AudioSettings,
     extra: Optional[Mapping] = None,
     write_pth: bool = True,
+    niter: Optional[int] = None,
 ) -> None:
     """Write one target in our layout (and the reference's), atomically.
 
     Writes ``<target>.safetensors``, ``<target>.json`` (architecture, model
     arguments, settings, plus ``extra`` such as a training history),
     optionally ``<target>.pth`` (Open-Unmix models only: the reference package
-    cannot build the other architectures), and updates ``separator.json``.
+    cannot build the other architectures), and updates ``separator.json``
+    (``niter``: see :func:`update_separator_json`).
     """
     from safetensors.torch import save
 
@@ -394,14 +418,14 @@ def save_target(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
-    save_metadata(folder, target, model, settings, extra)
+    save_metadata(folder, target, model, settings, extra, niter)
 
 
 def save_metadata(folder: Path, target: str, model: nn.Module, settings: AudioSettings,
-                  extra: Optional[Mapping] = None) -> None:
+                  extra: Optional[Mapping] = None, niter: Optional[int] = None) -> None:
     """Write ``<target>.json`` and update ``separator.json`` (the weights untouched), atomically."""
     write_json_atomic(Path(folder) / f"{target}.json", target_metadata(model, settings, extra))
-    update_separator_json(Path(folder), target, settings)
+    update_separator_json(Path(folder), target, settings, niter)
 
 
 def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
@@ -421,8 +445,12 @@ def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[M
     }
 
 
-def update_separator_json(folder: Path, target: str, settings: AudioSettings) -> None:
-    """Add ``target`` to ``separator.json``; the settings of all targets must agree."""
+def update_separator_json(folder: Path, target: str, settings: AudioSettings, niter: Optional[int] = None) -> None:
+    """Add ``target`` to ``separator.json``; the settings of all targets must agree.
+
+    ``niter`` is one value for the whole folder (the Wiener filter treats its targets together): a
+    whole number is written, ``None`` keeps what the file says (nothing: the default, 1).
+    """
     path = folder / "separator.json"
     current = read_target_json(path)
     held = AudioSettings.from_json(current, path) if current else None
@@ -434,4 +462,6 @@ def update_separator_json(folder: Path, target: str, settings: AudioSettings) ->
     targets = list(current.get("targets", []))
     if target not in targets:
         targets.append(target)
-    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets})
+    niter = model_niter(folder) if niter is None else niter
+    wiener = {} if niter is None else {"niter": niter}
+    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets, **wiener})

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import DownloadError, ModelError
 from .fileio import atomic_path
-from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir
+from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir, model_niter
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
@@ -309,6 +309,18 @@ def load_models(
     # The files just checked against their hashes, not whatever else the cache folder holds.
     weights = {t: folder / table[name]["files"][t] for t in targets}
     return load_model_dir(folder, targets, known_files(), weights=weights)
+
+
+def own_niter(name_or_path: Union[str, Path, None] = None) -> Optional[int]:
+    """The Wiener EM iterations a model asks for where the caller gives none: a model folder's ``niter`` in
+    ``separator.json`` (:func:`~openunmix_like.modeldir.model_niter`), else ``None`` (the default, 1). Published
+    models say nothing, nor does the bundled one. Call it after :func:`load_models`, which reports a model that
+    cannot be found.
+    """
+    if name_or_path is None or is_bundled_name(name_or_path):
+        return model_niter(bundled_model_dir())
+    folder = Path(name_or_path).expanduser()
+    return model_niter(folder) if folder.is_dir() else None
 
 
 def check_not_shadowed(path: Path, name: str, table: Mapping[str, dict]) -> None:

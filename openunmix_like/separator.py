@@ -482,7 +482,8 @@ class Separator(nn.Module):
                     f"{100 * share:.0f}% of the input's energy), which the Wiener filter's EM (niter={self.niter}) "
                     "drops: with one target it shares the input with a hidden residual, so nothing comes out louder "
                     "than the input. For a model that processes its input (gain, EQ, a chain learnt from "
-                    "raw/processed pairs), separate with niter=0 and no softmask (umx-separate --niter 0)")
+                    "raw/processed pairs), separate with niter=0 and no softmask (umx-separate --niter 0, or "
+                    "\"niter\": 0 in the model folder's separator.json, as umx-train --dataset aligned writes it)")
 
     def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
         """Name the estimates, optionally summing groups of targets.
@@ -524,7 +525,9 @@ class Separator(nn.Module):
                 folder with ``separator.json`` and per-target weights.
             targets: subset of the model's targets (default: all), or one target's name.
             device: torch device; one the machine lacks is a ``ValueError``.
-            wiener, **wiener_options: the Wiener filter's settings, see :class:`Separator`.
+            wiener, **wiener_options: the Wiener filter's settings, see :class:`Separator`. Given neither
+                ``niter`` (``None`` is the same) nor ``wiener``, ``niter`` is the model folder's own, its
+                ``separator.json``'s (``umx-train --dataset aligned`` writes 0), else 1.
             progress: show download progress bars.
             precision: ``fp32`` or ``bf16`` for the target models, see :class:`Separator`;
                 ``auto`` (the default) resolves for ``device`` (:func:`resolve_precision`):
@@ -535,12 +538,18 @@ class Separator(nn.Module):
             >>> separator = Separator.from_pretrained()                      # bundled, offline
             >>> separator = Separator.from_pretrained("umxhq", niter=0)      # downloads once
         """
-        from .pretrained import load_models
+        from .pretrained import load_models, own_niter
 
+        if "niter" in wiener_options and wiener_options["niter"] is None:  # the model's own, as if left out
+            del wiener_options["niter"]
+        asks_own_niter = wiener is None and "niter" not in wiener_options
         wiener = wiener_settings(wiener, wiener_options)
         device = check_device(device)  # these before loading, which may download
         precision = resolve_precision(precision, device)
         models, settings = load_models(name_or_path, targets=targets, progress=progress)
+        own = own_niter(name_or_path) if asks_own_niter else None
+        if own is not None:
+            wiener = wiener.replace(niter=own)
         if precision == "bf16":  # these models are ours: convert them rather than copies
             models = {name: m.cast_products(torch.bfloat16) if hasattr(m, "cast_products") else m
                       for name, m in models.items()}

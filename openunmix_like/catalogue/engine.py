@@ -301,6 +301,8 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         storage_options = parse_storage_options(args.storage_options)
         # The driver loads the model on its CPU and ships it to the actors: worker nodes need no model files.
         separator = load_separator(_on_cpu(args))
+        # What made the stems, so that a rerun without --niter skips them: the model's own where it was not given.
+        args.niter = separator.niter
         aggregate = parse_aggregate(args.aggregate, separator.target_names)
         names = list(aggregate) if aggregate else separator.target_names
         model_sha256 = records.model_fingerprint(separator)

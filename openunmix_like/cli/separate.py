@@ -42,8 +42,9 @@ def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto")
     g.add_argument("--targets", nargs="+", default=None, help="targets to separate (default: all of the model's)")
     g.add_argument("--residual", default=None, metavar="NAME",
                    help="add a target NAME holding the mixture minus the other targets")
-    g.add_argument("--niter", type=int, default=WIENER.niter,
-                   help=f"Wiener filter EM iterations; 0 skips them (default {WIENER.niter})")
+    g.add_argument("--niter", type=int, default=None,
+                   help="Wiener filter EM iterations; 0 skips them (default: the model folder's own, from its "
+                        f"separator.json, where umx-train --dataset aligned writes 0; else {WIENER.niter})")
     g.add_argument("--softmask", action="store_true",
                    help="start the Wiener filter from ratio masks (with one target: the input unchanged)")
     g.add_argument("--wiener-win-len", type=int, default=WIENER.wiener_win_len,
@@ -206,15 +207,17 @@ def load_separator(args: argparse.Namespace) -> Separator:
         check_device(args.device)
     except ValueError as exc:
         raise OpenUnmixLikeError(f"--device {args.device}: {exc}") from None
+    # Without --niter the model's own applies (Separator.from_pretrained): no WienerSettings is passed.
+    options = dict(softmask=args.softmask, residual=args.residual, wiener_win_len=args.wiener_win_len,
+                   **({} if args.niter is None else {"niter": args.niter}))
     try:
-        wiener = WienerSettings(niter=args.niter, softmask=args.softmask, residual=args.residual,
-                                wiener_win_len=args.wiener_win_len)
+        WienerSettings(**options)  # refused before the model loads (maybe downloads)
     except ValueError as exc:
         raise OpenUnmixLikeError(f"--niter, --residual or --wiener-win-len: {exc}") from None
     precision = precision_of(args)
     try:
-        return Separator.from_pretrained(args.model, targets=args.targets, device=args.device, wiener=wiener,
-                                         progress=not args.quiet, precision=precision)
+        return Separator.from_pretrained(args.model, targets=args.targets, device=args.device,
+                                         progress=not args.quiet, precision=precision, **options)
     except ValueError as exc:  # e.g. a --residual named like one of the model's targets
         raise OpenUnmixLikeError(f"--targets or --residual: {exc}") from None
 

@@ -5,7 +5,9 @@ needs), the best model when the epoch improved (``<target>.safetensors``,
 ``.pth``, ``.json``, ``separator.json``), otherwise just the updated
 ``<target>.json``, and ``<target>.csv``. With ``--ckpt-every N`` it also writes
 ``checkpoints/<target>-step<N>.chkpnt`` mid-epoch. Every file is written
-atomically, so a run killed at any moment leaves loadable files.
+atomically, so a run killed at any moment leaves loadable files. A run of
+``--dataset aligned`` writes ``"niter": 0`` into ``separator.json`` (see
+:func:`own_niter`); other runs keep the ``niter`` it holds.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from .. import architectures
 from ..errors import OpenUnmixLikeError
 from ..fileio import writable_folder, write_bytes_atomic
-from ..modeldir import AudioSettings, read_target_json, save_metadata, save_target
+from ..modeldir import AudioSettings, model_niter, read_target_json, save_metadata, save_target
 from .config import TrainConfig
 from .context import Context, EpochProgress, evaluated_model
 from .distributed import all_reduce_sum, gather, is_main, unwrap, world
@@ -56,6 +58,7 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
         raise OpenUnmixLikeError(f"--output {out}: holds {', '.join(others)} with {theirs}, and a separator's "
                                  f"targets share their settings; this {cfg.target!r} model has {settings}: "
                                  "use another --output")
+    report_niter(cfg, out, others)
     if cfg.resume or cfg.checkpoint:
         return
     earlier = earlier_files(cfg)
@@ -71,6 +74,38 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
         log.info("--force: starting %s in %s afresh (its checkpoints removed)", cfg.target, out)
 
 
+def own_niter(cfg: TrainConfig) -> Optional[int]:
+    """The Wiener EM iterations this run writes into ``separator.json``: 0 for a model of aligned pairs, else
+    ``None`` (the folder keeps what it says). With one target, EM shares the input between the target and a
+    hidden residual, so nothing comes out louder than the input: a model that processes its input (a gain, an
+    equaliser) would lose what it learnt, and one that separates (noisy -> clean) loses little without EM."""
+    return 0 if cfg.dataset == "aligned" else None
+
+
+def report_niter(cfg: TrainConfig, out: Path, others: List[str]) -> None:
+    """Say, before training, what ``niter`` the folder's ``separator.json`` will give where that is not the
+    default: one value for all its targets, the last aligned run's or a hand-written one.
+
+    Raises:
+        ModelError: the ``niter`` it holds is not a whole number of at least 0.
+    """
+    held, ours = model_niter(out), own_niter(cfg)
+    if not is_main() or (held is None and ours is None):
+        return
+    path = out / "separator.json"
+    if ours is None:
+        log.warning("%s says niter %d, which separating %s with this folder uses too (one value for all its "
+                    "targets, written by a run of --dataset aligned or by hand); delete the key for the default "
+                    "(1), or train into another --output", path, held, cfg.target)
+    elif others and ours != (1 if held is None else held):
+        log.warning("%s: niter becomes %d for all its targets, %s separated with niter %d until now: this "
+                    "--dataset aligned model loses what it learns to EM; train it into another --output to keep "
+                    "them as they were", path, ours, ", ".join(others), 1 if held is None else held)
+    else:
+        log.info("%s: niter %d, so separating with this model skips the Wiener filter's EM unless --niter is "
+                 "given", path, ours)
+
+
 def earlier_files(cfg: TrainConfig) -> List[Path]:
     """The files of an earlier run of this target in ``--output``: its checkpoints and model weights."""
     out = Path(cfg.output)
@@ -82,7 +117,7 @@ def save_start(ctx: Context) -> None:
     """A fine-tune's starting weights as the output's model, before its first epoch (rank 0)."""
     cfg = ctx.cfg
     extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
-    save_target(Path(cfg.output), cfg.target, evaluated_model(ctx), ctx.settings, extra=extra)
+    save_target(Path(cfg.output), cfg.target, evaluated_model(ctx), ctx.settings, extra=extra, niter=own_niter(cfg))
 
 
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
@@ -94,9 +129,9 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
     if improved:
-        save_target(out, cfg.target, model, ctx.settings, extra=extra)
+        save_target(out, cfg.target, model, ctx.settings, extra=extra, niter=own_niter(cfg))
     else:
-        save_metadata(out, cfg.target, model, ctx.settings, extra)
+        save_metadata(out, cfg.target, model, ctx.settings, extra, own_niter(cfg))
     write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
     write_csv(out / f"{cfg.target}.csv", ctx.history)
     if ctx.tensorboard is None:  # made with the first epoch's files (None again without TensorBoard)
