@@ -9,9 +9,11 @@ import multiprocessing
 import signal
 import sys
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -415,49 +417,155 @@ def evaluate(args: argparse.Namespace) -> int:
         return all(name in batch.done[m] for m in methods)
 
     tracks = layout_tracks(args, next(iter(methods.values())).targets, skip=scored, on_error=batch.fail)
-    # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang. The workers
-    # ignore Ctrl+C (which reaches the whole process group): this process stops them and reports once.
-    pool = ProcessPoolExecutor(args.cores, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_interrupts) if args.cores > 1 else None
+    pool = Workers(args.cores) if args.cores > 1 else None
     try:
         with sigterm_as_interrupt():
             score_tracks(tracks, methods, batch, pool)
     except KeyboardInterrupt:
-        _stop_workers(pool)
+        _stop_workers(pool and pool.executor)
         _report(f"interrupted: {batch.written} track results written to {batch.evaldir} in this run are kept; "
                 "run the same command again to score the other tracks")
         return 130
     finally:
         if pool:
-            pool.shutdown(cancel_futures=True)
+            pool.executor.shutdown(cancel_futures=True)
     if any(batch.done.values()) or not batch.failed:
         report(args, main_method, batch.done, batch.evaldir)
     return 1 if batch.failed else 0
 
 
-def score_tracks(tracks, methods: Dict[str, Method], batch: Batch, pool: Optional[ProcessPoolExecutor]) -> None:
-    """Estimate and score each track by each method that has no record of it; write each record when ready."""
-    pending: List[tuple] = []
+# A job lost twice: with other jobs when a scoring process died, then alone, when its own process died again.
+DIED_TWICE = "the process scoring it died, twice (likely out of memory); give fewer --cores or score shorter excerpts"
+
+
+@dataclasses.dataclass
+class Scoring:
+    """One track's scoring by one method, from its estimation until its record is written."""
+
+    method: str
+    name: str
+    where: str  # how messages name it
+    job: tuple  # the arguments of score_track, kept to submit it again should its process die
+    result: Union[Future, dict, None] = None
+    generation: int = 0  # of the pool it was submitted to
+    lost: int = 0  # how many times a scoring process died with it
+
+
+class Workers:
+    """The ``--cores`` scoring processes: a process pool, started again when one of its processes dies."""
+
+    def __init__(self, cores: int):
+        self.cores = cores
+        # Jobs in flight, each holding a track's references and estimates: one waits for a process, which
+        # starts it as soon as it is free.
+        self.slots = cores + 1
+        self.generation = 0  # pools started again so far
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang. The workers
+        # ignore Ctrl+C (which reaches the whole process group): this process stops them and reports once.
+        return ProcessPoolExecutor(self.cores, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_interrupts)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        return self.executor.submit(fn, *args)
+
+    def wait(self, futures: Sequence[Future]) -> None:
+        """Return once one of ``futures`` is done."""
+        wait_futures(futures, return_when=FIRST_COMPLETED)
+
+    def restart(self, generation: int) -> None:
+        """New processes in place of pool ``generation``, one of whose processes died; a pool already replaced
+        (each job lost with it asks) is left alone."""
+        if generation == self.generation:
+            self.executor.shutdown(cancel_futures=True)  # its other processes are ended already
+            self.executor = self._start()
+            self.generation += 1
+
+
+def score_tracks(tracks, methods: Dict[str, Method], batch: Batch, pool: Optional[Workers]) -> None:
+    """Estimate and score each track by each method that has no record of it; write each record when ready.
+
+    With ``pool``, the next track is estimated only once fewer than ``pool.slots`` jobs are in flight: estimating
+    is much faster than scoring, and each job holds its track's references and estimates until it is written.
+    """
+    pending: List[Scoring] = []
     for track in tracks:
         for method, spec in methods.items():
             if track.name in batch.done[method]:
                 continue
             where = f"{track.path or track.name} ({method})"
+            if pool and pending:
+                _make_room(pending, methods, batch, pool, pool.slots - 1)
             try:
-                job = scoring_job(batch.args, method, spec, track)
-                if pool:  # a worker it starts must not die of Ctrl+C on the terminal while still starting
-                    with children_ignore_ctrl_c():
-                        result = pool.submit(score_track, *job)
+                scoring = Scoring(method, track.name, where, scoring_job(batch.args, method, spec, track))
+                if pool:
+                    _submit(pool, scoring, pending, methods, batch)
                 else:
-                    result = score_track(*job)
+                    scoring.result = score_track(*scoring.job)
             except Exception as exc:  # one track's failure does not stop the others
                 batch.fail(where, exc)
                 continue
-            pending.append((method, track.name, where, result))
+            pending.append(scoring)
             if not batch.args.quiet:
                 print(f"{method}: {track.name}", file=sys.stderr)
-            _collect(pending, methods, batch, wait=pool is None)
-    _collect(pending, methods, batch, wait=True)
+            if not pool:
+                _collect(pending, methods, batch)
+    if pool:
+        _make_room(pending, methods, batch, pool, 0)
+
+
+def _give(pool: Workers, scoring: Scoring) -> None:
+    with children_ignore_ctrl_c():  # a worker it starts must not die of Ctrl+C on the terminal while still starting
+        scoring.result = pool.submit(score_track, *scoring.job)
+    scoring.generation = pool.generation
+
+
+def _submit(pool: Workers, scoring: Scoring, pending: List[Scoring], methods: Dict[str, Method],
+            batch: Batch) -> None:
+    """Submit ``scoring`` to ``pool``; if a process has died since the last look, to a new pool, once the jobs
+    lost with it are scored again."""
+    try:
+        _give(pool, scoring)
+    except BrokenProcessPool:
+        pool.restart(pool.generation)
+        _make_room(pending, methods, batch, pool, 0)
+        _give(pool, scoring)
+
+
+def _make_room(pending: List[Scoring], methods: Dict[str, Method], batch: Batch, pool: Workers, room: int) -> None:
+    """Wait until at most ``room`` jobs are in flight, writing each record as soon as it is ready.
+
+    A process that dies takes every job in flight with it (the pool cannot tell whose it was): each is scored
+    again once, alone. A track that died of the memory the others took then has it all, and one whose process
+    dies again is the cause, and fails.
+    """
+    retries: List[Scoring] = []
+    while True:
+        lost = _collect(pending, methods, batch)
+        if any(not scoring.lost for scoring in lost):
+            _warn("a scoring process died (likely out of memory); scoring again, one at a time: " +
+                  ", ".join(f"{s.name} ({s.method})" for s in lost if not s.lost))
+        for scoring in lost:
+            pool.restart(scoring.generation)
+            if scoring.lost:
+                batch.fail(scoring.where, OpenUnmixLikeError(f"{scoring.where}: {DIED_TWICE}"))
+            else:
+                scoring.lost += 1
+                retries.append(scoring)
+        if retries and not pending:
+            scoring = retries.pop(0)
+            try:
+                _give(pool, scoring)
+            except Exception as exc:
+                batch.fail(scoring.where, exc)
+                continue
+            pending.append(scoring)
+        elif not retries and len(pending) <= room and not any(scoring.lost for scoring in pending):
+            return
+        else:
+            pool.wait([scoring.result for scoring in pending])
 
 
 def scoring_job(args: argparse.Namespace, method: str, spec: Method, track: Track) -> tuple:
@@ -501,32 +609,38 @@ def _stop_workers(pool: Optional[ProcessPoolExecutor]) -> None:
         process.terminate()
 
 
-def _collect(pending: list, methods: Dict[str, Method], batch: Batch, wait: bool) -> None:
-    """Write finished scores (each track's JSON, with what made it, as soon as it is ready)."""
-    for item in list(pending):
-        method, name, where, result = item
+def _collect(pending: List[Scoring], methods: Dict[str, Method], batch: Batch) -> List[Scoring]:
+    """Write the finished scores (each track's JSON, with what made it, as soon as it is ready), without waiting;
+    returns the jobs lost with a scoring process that died. Both leave ``pending``."""
+    lost = []
+    for scoring in list(pending):
+        result = scoring.result
         if isinstance(result, Future):
-            if not wait and not result.done():
+            if not result.done():
                 continue
-            pending.remove(item)
+            pending.remove(scoring)
             try:
                 result = result.result()
+            except BrokenProcessPool:
+                lost.append(scoring)
+                continue
             except Exception as exc:
-                batch.fail(where, exc)
+                batch.fail(scoring.where, exc)
                 continue
         else:
-            pending.remove(item)
-        result.update(methods[method].identity)
-        path = batch.evaldir / method / f"{name.replace('/', '_')}.json"
+            pending.remove(scoring)
+        result.update(methods[scoring.method].identity)
+        path = batch.evaldir / scoring.method / f"{scoring.name.replace('/', '_')}.json"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, result)
         except OSError as exc:
-            batch.fail(where, OpenUnmixLikeError(f"{path}: cannot write it ({exc.strerror or exc}); free space "
-                                                 "or give another --evaldir"))
+            batch.fail(scoring.where, OpenUnmixLikeError(f"{path}: cannot write it ({exc.strerror or exc}); free "
+                                                         "space or give another --evaldir"))
             continue
-        batch.done[method][name] = result
+        batch.done[scoring.method][scoring.name] = result
         batch.written += 1
+    return lost
 
 
 def report(args, main_method: str, done: Dict[str, Dict[str, dict]], evaldir: Path) -> None:
