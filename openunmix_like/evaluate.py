@@ -1,7 +1,8 @@
-"""Evaluation with the SiSEC protocol: BSSEval v4 through museval, oracle bounds, aggregation.
+"""Evaluation with the SiSEC protocol: BSSEval v4 as museval computes it, oracle bounds, aggregation.
 
-Per track and target, museval computes SDR, SIR, SAR and ISR on 1 s windows
-with a 1 s hop and time-invariant distortion filters. A track's score is the
+Per track and target, SDR, SIR, SAR and ISR on 1 s windows with a 1 s hop and
+time-invariant distortion filters (:mod:`openunmix_like.bsseval`: museval's
+scores in memory flat in the track's length; records in museval's format). A track's score is the
 median over its windows (NaN windows, where the reference is silent, are
 skipped); the data set's score is the median over tracks (the mean is given
 too). Scores go to one museval JSON per track, so an interrupted evaluation
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .bsseval import bss_eval_v4
 from .data import (MOISESDB_FOUR, DatasetError, dsd100_track_dirs, hash_split, hidden, medleydb_has_bleed,
                    medleydb_metadata, medleydb_track_dirs, moisesdb_split, moisesdb_track_dirs, read_stem_track,
                    slakh_split_dir, stem_group, stem_track_sources, track_dirs)
@@ -501,7 +503,10 @@ def _made_of(track: Track, targets: Sequence[str]) -> Optional[Dict[str, Tuple[s
 
 def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
                 rate: int) -> dict:
-    """BSSEval v4 (museval) of one track, as museval's JSON record plus fast metrics.
+    """BSSEval v4 of one track, as museval's JSON record plus fast metrics.
+
+    The scores are museval's (:mod:`openunmix_like.bsseval` computes them in memory flat in the
+    track's length, equal to museval's to rounding).
 
     Args:
         references, estimates: target -> ``(nb_timesteps, nb_channels)`` arrays,
@@ -524,8 +529,7 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     import museval
 
     targets = list(estimates)
-    refs = np.stack([np.asarray(references[t], dtype=np.float64) for t in targets])
-    ests = np.stack([np.asarray(estimates[t], dtype=np.float64) for t in targets])
+    refs, ests = _float64_stack(references, targets), _float64_stack(estimates, targets)
     absent = [t for j, t in enumerate(targets) if _museval_silent(refs[j])]
     if absent:
         log.info("%s: no %s in the track (silent reference); its scores are NaN", name, ", ".join(absent))
@@ -539,7 +543,7 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     frames = museval.metrics.Framing(rate, rate, refs.shape[1]).nwin
     scores = {metric: np.full((len(targets), frames), np.nan) for metric in METRICS}
     if kept:
-        sdr, isr, sir, sar = museval.evaluate(refs[kept], ests[kept], win=rate, hop=rate, mode="v4")
+        sdr, isr, sir, sar = bss_eval_v4(refs[kept], ests[kept], window=rate, hop=rate)
         for metric, values in zip(("SDR", "ISR", "SIR", "SAR"), (sdr, isr, sir, sar)):
             scores[metric][kept] = values
     store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
@@ -557,6 +561,18 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
         for j, t in enumerate(targets)
     }
     return record
+
+
+def _float64_stack(audio: Mapping[str, np.ndarray], targets: Sequence[str]) -> np.ndarray:
+    """``audio``'s targets in one float64 array, converted one at a time into it (``np.stack`` of float64
+    copies would hold every target twice at its peak: hundreds of MB a minute of track)."""
+    first = np.asarray(audio[targets[0]])
+    out = np.empty((len(targets),) + first.shape, dtype=np.float64)
+    for j, target in enumerate(targets):
+        if np.shape(audio[target]) != first.shape:
+            raise ValueError(f"{target}: {np.shape(audio[target])} where {targets[0]} has {first.shape}")
+        out[j] = audio[target]
+    return out
 
 
 def _museval_silent(audio: np.ndarray) -> bool:

@@ -211,13 +211,15 @@ def test_a_silent_reference_is_scored_nan_and_the_others_as_museval_scores_them(
     assert record["silent_references"] == ["bass"]
     assert all(math.isnan(f["metrics"][m]) for f in scores["bass"] for m in ev.METRICS) and len(scores["bass"]) == 1
     assert math.isnan(record["fast_metrics"]["bass"]["SDR_mdx"])
-    # The others are what museval gives when the silent source is left out (to its 5 decimals).
+    # The others are what museval gives when the silent source is left out: SDR to its 5 decimals, SIR to
+    # 1e-3 dB (on these pure tones with linked channels museval's own SIR moves by 1e-4 dB for an input
+    # perturbed by one part in 1e15).
     present = [t for t in refs if t != "bass"]
     sdr, isr, sir, sar = museval.evaluate(np.stack([refs[t] for t in present]), np.stack([irm2[t] for t in present]),
                                           win=RATE, hop=RATE)
     for j, target in enumerate(present):
         assert [f["metrics"]["SDR"] for f in scores[target]] == pytest.approx(sdr[j], abs=1e-5)
-        assert [f["metrics"]["SIR"] for f in scores[target]] == pytest.approx(sir[j], abs=1e-5)
+        assert [f["metrics"]["SIR"] for f in scores[target]] == pytest.approx(sir[j], abs=1e-3)
     # The command scores the track and its table skips the silent target.
     assert _cli(root, tmp_path / "eval", "--oracle", "irm2") == 0
     table = ev.aggregate(cli.load_records(tmp_path / "eval" / "IRM2"))
