@@ -16,7 +16,7 @@ cases). As in museval, every reference and estimate must be non-silent (channels
 everywhere).
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import scipy.fft
@@ -31,8 +31,10 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, window: int, hop:
     """SDR, ISR, SIR and SAR per source and window, as ``museval.evaluate(references, estimates, window, hop)``.
 
     Args:
-        references, estimates: ``(nb_sources, nb_samples, nb_channels)`` (museval's layout), estimate ``j``
-            scored against reference ``j`` (no permutation); float64 is used whatever the input's dtype.
+        references, estimates: ``(nb_sources, nb_samples, nb_channels)`` (museval's layout), or sequences of
+            ``(nb_samples, nb_channels)`` arrays, estimate ``j`` scored against reference ``j`` (no
+            permutation). Whatever their dtype, the arithmetic is float64, a block at a time: float32 inputs
+            give the scores of their float64 copies, without the copies.
         window, hop: in samples; a window as long as the signal or longer gives one window, the whole signal.
 
     Returns:
@@ -42,14 +44,14 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, window: int, hop:
     Raises:
         ValueError: shapes that differ, or a silent (all-zero) reference or estimate, which museval refuses too.
     """
-    refs = np.asarray(references, dtype=np.float64)
-    ests = np.asarray(estimates, dtype=np.float64)
-    if refs.ndim != 3 or refs.shape != ests.shape:
-        raise ValueError(f"references {refs.shape} and estimates {ests.shape}: give two arrays of the same "
-                         "(nb_sources, nb_samples, nb_channels) shape")
-    if _silent(refs).any() or _silent(ests).any():
+    refs, ests = [np.asarray(r) for r in references], [np.asarray(e) for e in estimates]
+    shapes = {x.shape for x in refs + ests}
+    if not refs or len(refs) != len(ests) or len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"references {[r.shape for r in refs]} and estimates {[e.shape for e in ests]}: give the "
+                         "same number of (nb_samples, nb_channels) arrays, all of the same shape")
+    if any(silent(x) for x in refs + ests):
         raise ValueError("every reference and estimate must be non-silent: its channels sum to 0 everywhere")
-    nsrc, nsampl, nchan = refs.shape
+    nsrc, nsampl = len(refs), len(refs[0])
     filters, own_filters = _distortion_filters(refs, ests, filters_len)
 
     starts = list(range(0, nsampl - window + 1, hop)) if window < nsampl else [0]
@@ -57,8 +59,8 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, window: int, hop:
     spectra = {}  # window length -> the filters' spectra at that FFT size
     for t, start in enumerate(starts):
         stop = min(start + window, nsampl)
-        ref, est = refs[:, start:stop], ests[:, start:stop]
-        if _silent(ref).any() or _silent(est).any():
+        ref, est = _block(refs, start, stop), _block(ests, start, stop)
+        if any(silent(x) for x in ref) or any(silent(x) for x in est):
             continue
         length = stop - start
         if length not in spectra:
@@ -76,24 +78,27 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, window: int, hop:
     return scores[0], scores[1], scores[2], scores[3]
 
 
-def _silent(sources: np.ndarray, block: int = 1 << 16) -> np.ndarray:
-    """Per source, whether museval takes it for silent: its channels sum to 0 at every sample (looked at a
-    block at a time: the sums of a whole track would take memory that grows with it)."""
-    silent = np.ones(len(sources), dtype=bool)
-    for start in range(0, sources.shape[1], block):
-        silent &= ~np.any(sources[:, start:start + block].sum(axis=2) != 0, axis=1)
-        if not silent.any():
-            break
-    return silent
+def silent(source: np.ndarray, block: int = 1 << 16) -> bool:
+    """Whether museval takes ``(nb_samples, nb_channels)`` audio for silent: its channels sum to 0 at every
+    sample, in float64 (looked at a block at a time: the sums of a whole track would take memory that grows
+    with it)."""
+    return not any(np.any(source[start:start + block].sum(axis=1, dtype=np.float64))
+                   for start in range(0, len(source), block))
 
 
-def _distortion_filters(refs: np.ndarray, ests: np.ndarray, filters_len: int) -> Tuple[np.ndarray, np.ndarray]:
+def _block(sources: List[np.ndarray], start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of every source as one float64 ``(nb_sources, length, nb_channels)`` array."""
+    return np.stack([x[start:stop] for x in sources]).astype(np.float64, copy=False)
+
+
+def _distortion_filters(refs: List[np.ndarray], ests: List[np.ndarray],
+                        filters_len: int) -> Tuple[np.ndarray, np.ndarray]:
     """museval's time-invariant v4 filters: each estimate projected on every reference's delays, and on its own.
 
     Returns ``(nb_estimates, nb_sources, nb_channels, filters_len, nb_channels)`` and
     ``(nb_estimates, nb_channels, filters_len, nb_channels)``.
     """
-    nsrc, _, nchan = refs.shape
+    nsrc, nchan = len(refs), refs[0].shape[1]
     size = nsrc * nchan * filters_len
     corr = _correlations(refs, ests, filters_len)  # (ref channel, any channel, lag)
     nref = nsrc * nchan
@@ -117,22 +122,22 @@ def _distortion_filters(refs: np.ndarray, ests: np.ndarray, filters_len: int) ->
     return filters, own
 
 
-def _correlations(refs: np.ndarray, ests: np.ndarray, filters_len: int) -> np.ndarray:
+def _correlations(refs: List[np.ndarray], ests: List[np.ndarray], filters_len: int) -> np.ndarray:
     """``out[p, q, d] = sum_n x_p[n] x_q[n + d]`` for ``d < filters_len``, ``x_p`` the reference channels and
     ``x_q`` the reference then estimate channels, with zeros past the end.
 
     Summed over blocks of ``BLOCK - filters_len + 1`` samples in the frequency domain (each block's
     products need no wrap-around at these lags), then inverted once.
     """
-    nsrc, nsampl, nchan = refs.shape
-    nref = nsrc * nchan
+    nsampl, nchan = refs[0].shape
+    nref = len(refs) * nchan
     n_fft = max(BLOCK, scipy.fft.next_fast_len(2 * filters_len, real=True))
     step = n_fft - filters_len + 1
     total = np.zeros((nref, 2 * nref, n_fft // 2 + 1), dtype=np.complex128)
     for start in range(0, nsampl, step):
-        ahead = np.concatenate([refs[:, start:start + n_fft], ests[:, start:start + n_fft]])
+        ahead = _block(refs + ests, start, start + n_fft)
         ahead = scipy.fft.rfft(ahead.transpose(0, 2, 1).reshape(2 * nref, -1), n=n_fft, axis=1)
-        head = refs[:, start:start + step].transpose(0, 2, 1).reshape(nref, -1)
+        head = _block(refs, start, start + step).transpose(0, 2, 1).reshape(nref, -1)
         head = scipy.fft.rfft(head, n=n_fft, axis=1)
         total += np.conj(head)[:, None, :] * ahead[None, :, :]
     return scipy.fft.irfft(total, n=n_fft, axis=2)[..., :filters_len]

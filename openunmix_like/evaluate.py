@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bsseval import bss_eval_v4
+from .bsseval import bss_eval_v4, silent
 from .data import (MOISESDB_FOUR, DatasetError, dsd100_track_dirs, hash_split, hidden, medleydb_has_bleed,
                    medleydb_metadata, medleydb_track_dirs, moisesdb_split, moisesdb_track_dirs, read_stem_track,
                    slakh_split_dir, stem_group, stem_track_sources, track_dirs)
@@ -529,55 +529,45 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     import museval
 
     targets = list(estimates)
-    refs, ests = _float64_stack(references, targets), _float64_stack(estimates, targets)
-    absent = [t for j, t in enumerate(targets) if _museval_silent(refs[j])]
+    absent = [t for t in targets if _museval_silent(references[t])]
     if absent:
         log.info("%s: no %s in the track (silent reference); its scores are NaN", name, ", ".join(absent))
-    kept = [j for j, t in enumerate(targets) if t not in absent]
-    silent = []
-    for j in kept:
+    kept = [t for t in targets if t not in absent]
+    # The arrays as given (BSSEval works in float64 a block at a time): copies would grow with the track.
+    refs, ests = [np.asarray(references[t]) for t in kept], [np.asarray(estimates[t]) for t in kept]
+    silent_estimates = []
+    for j, target in enumerate(kept):
         if _museval_silent(ests[j]):
-            log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, targets[j])
-            ests[j] = 1e-10 * np.random.default_rng(0).standard_normal(ests.shape[1:])
-            silent.append(targets[j])
-    frames = museval.metrics.Framing(rate, rate, refs.shape[1]).nwin
+            log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, target)
+            ests[j] = 1e-10 * np.random.default_rng(0).standard_normal(ests[j].shape)
+            silent_estimates.append(target)
+    frames = museval.metrics.Framing(rate, rate, np.shape(references[targets[0]])[0]).nwin
     scores = {metric: np.full((len(targets), frames), np.nan) for metric in METRICS}
     if kept:
-        sdr, isr, sir, sar = bss_eval_v4(refs[kept], ests[kept], window=rate, hop=rate)
+        rows = [targets.index(t) for t in kept]
+        sdr, isr, sir, sar = bss_eval_v4(refs, ests, window=rate, hop=rate)
         for metric, values in zip(("SDR", "ISR", "SIR", "SAR"), (sdr, isr, sir, sar)):
-            scores[metric][kept] = values
+            scores[metric][rows] = values
     store = museval.TrackStore(track_name=name, win=1.0, hop=1.0)
     for j, target in enumerate(targets):
         store.add_target(target, {metric: scores[metric][j].tolist() for metric in METRICS})
     record = json.loads(store.json)
-    if silent:
-        record["silent_estimates"] = silent
+    if silent_estimates:
+        record["silent_estimates"] = silent_estimates
     if absent:
         record["silent_references"] = absent
-    record["fast_metrics"] = {
-        t: {"SDR_mdx": sdr_mdx(torch.from_numpy(refs[j]), torch.from_numpy(ests[j])),
-            "SI-SDR": si_sdr(torch.from_numpy(refs[j]), torch.from_numpy(ests[j]))}
-        if t not in absent else {"SDR_mdx": math.nan, "SI-SDR": math.nan}
-        for j, t in enumerate(targets)
-    }
+    record["fast_metrics"] = {t: {"SDR_mdx": math.nan, "SI-SDR": math.nan} for t in targets}
+    for j, target in enumerate(kept):
+        reference, estimate = torch.from_numpy(refs[j]), torch.from_numpy(ests[j])
+        record["fast_metrics"][target] = {"SDR_mdx": sdr_mdx(reference, estimate),
+                                          "SI-SDR": si_sdr(reference, estimate)}
     return record
 
 
-def _float64_stack(audio: Mapping[str, np.ndarray], targets: Sequence[str]) -> np.ndarray:
-    """``audio``'s targets in one float64 array, converted one at a time into it (``np.stack`` of float64
-    copies would hold every target twice at its peak: hundreds of MB a minute of track)."""
-    first = np.asarray(audio[targets[0]])
-    out = np.empty((len(targets),) + first.shape, dtype=np.float64)
-    for j, target in enumerate(targets):
-        if np.shape(audio[target]) != first.shape:
-            raise ValueError(f"{target}: {np.shape(audio[target])} where {targets[0]} has {first.shape}")
-        out[j] = audio[target]
-    return out
-
-
 def _museval_silent(audio: np.ndarray) -> bool:
-    """Whether museval takes ``(nb_timesteps, nb_channels)`` audio for silent: its channels sum to 0 everywhere."""
-    return not np.any(audio.sum(axis=-1))
+    """Whether museval takes ``(nb_timesteps, nb_channels)`` audio for silent: its channels sum to 0 everywhere
+    (summed in float64, as museval sums its float64 copy)."""
+    return silent(np.asarray(audio))
 
 
 def read_record(path: Path) -> dict:

@@ -76,7 +76,7 @@ def _gram_and_cross(refs, ests):
     solve = bsseval._solve
     try:
         bsseval._solve = lambda gram, rhs: captured.append((gram, rhs)) or solve(gram, rhs)
-        bsseval._distortion_filters(refs, ests, bsseval.FILTERS_LEN)
+        bsseval._distortion_filters(list(refs), list(ests), bsseval.FILTERS_LEN)
     finally:
         bsseval._solve = solve
     gram, rhs = captured[0]
@@ -153,3 +153,13 @@ def test_memory_does_not_grow_with_the_length(monkeypatch):
         tracemalloc.stop()
     inputs_growth = 2 * 28 * rate * 4 * 2 * 8
     assert peaks[1] - peaks[0] < 0.01 * inputs_growth, peaks  # the sums of whole channels would be 0.03
+
+
+def test_float32_sources_score_as_their_float64_copies_without_the_copies():
+    rate = 8000
+    refs = _coloured(3, 2 * rate, 2).astype(np.float32)
+    ests = _estimates(refs).astype(np.float32)
+    given = bss_eval_v4([r.T.copy().T for r in refs], list(ests), rate, rate)  # strided views, float32
+    copies = bss_eval_v4(refs.astype(np.float64), ests.astype(np.float64), rate, rate)
+    for got, expected in zip(given, copies):
+        np.testing.assert_array_equal(got, expected)
