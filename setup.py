@@ -47,13 +47,13 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "umx-separate=openunmix_like.cli.separate:main",
-            "umx-train=openunmix_like.cli.train:main",
-            "umx-evaluate=openunmix_like.cli.evaluate:main",
-            "umx-synth=openunmix_like.cli.synth:main",
-            "umx-export=openunmix_like.cli.export:main",
-            "umx-compare=openunmix_like.cli.compare:main",
-            "umx-web=openunmix_like.cli.web:main",
+            "umx-separate=openunmix_like.cli:umx_separate",
+            "umx-train=openunmix_like.cli:umx_train",
+            "umx-evaluate=openunmix_like.cli:umx_evaluate",
+            "umx-synth=openunmix_like.cli:umx_synth",
+            "umx-export=openunmix_like.cli:umx_export",
+            "umx-compare=openunmix_like.cli:umx_compare",
+            "umx-web=openunmix_like.cli:umx_web",
         ]
     },
     classifiers=[

@@ -3,8 +3,9 @@
 Each target model is exported on its own, in its domain (see
 :mod:`openunmix_like.architectures`), with the model's channel count fixed and
 the batch size and the number of frames (or samples, for waveform models)
-free. ``export.json`` beside the files records what each one takes and gives
-and the STFT settings the caller must use around it.
+free. ``export.json`` beside the files records what each one takes and gives,
+the STFT settings the caller must use around it, and the EM iterations (``niter``)
+of the Wiener filter the model's own separations use.
 
 The whole :class:`~openunmix_like.separator.Separator` is not exported: its
 Wiener filter works on complex tensors (ONNX has no complex type) and its
@@ -228,7 +229,7 @@ def _export_one(model: nn.Module, tmp: Path, path: Path, fmt: str, n_hop: int, o
 
 
 def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir: Path, fmt: str,
-                  opset: int = 17, check: bool = True) -> Dict[str, Exported]:
+                  opset: int = 17, check: bool = True, niter: int = 1) -> Dict[str, Exported]:
     """Export every target to ``outdir/<target>.pt`` (TorchScript) or ``.onnx``, and write ``export.json``.
 
     Nothing in ``outdir`` changes unless every target exports (and passes
@@ -239,9 +240,13 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
         settings: the STFT settings the models were trained with.
         fmt: ``torchscript`` or ``onnx``.
         check: run each file on an input of another size and compare with the model.
+        niter: the Wiener EM iterations the model's separations use (its folder's ``niter``, else 1),
+            recorded for the runtime.
     """
     outdir = Path(outdir)
     check_request(outdir, fmt, opset)
+    if isinstance(niter, bool) or not isinstance(niter, int) or niter < 0:
+        raise OpenUnmixLikeError(f"niter must be a whole number of Wiener EM iterations, 0 or more, not {niter!r}")
     results, record = {}, {}
     with _staged(outdir) as staged:
         for target, model in models.items():
@@ -259,7 +264,7 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
         tmp.write_text(json.dumps({
             "format": fmt, **({"opset": opset} if fmt == "onnx" else {}),
             "sample_rate": settings.sample_rate, "n_fft": settings.n_fft, "n_hop": settings.n_hop,
-            "nb_channels": settings.nb_channels,
+            "nb_channels": settings.nb_channels, "niter": niter,
             "stft": "periodic Hann window of n_fft, centred frames with reflect padding, not normalised, one-sided",
             "targets": record,
         }, indent=2) + "\n")
@@ -268,9 +273,11 @@ def export_models(models: Dict[str, nn.Module], settings: AudioSettings, outdir:
 
 def export(model: Optional[str], outdir: Path, fmt: str, targets: Optional[Sequence[str]] = None,
            opset: int = 17, check: bool = True) -> Dict[str, Exported]:
-    """Export a model folder, a published model name, or (``None``) the bundled model."""
-    from .pretrained import load_models
+    """Export a model folder, a published model name, or (``None``) the bundled model; ``export.json``
+    records the folder's ``niter`` (``separator.json``), else 1."""
+    from .pretrained import load_models, own_niter
 
     check_request(Path(outdir), fmt, opset)  # before the models are loaded or downloaded
     models, settings = load_models(model, targets=targets, progress=False)
-    return export_models(models, settings, outdir, fmt, opset, check)
+    own = own_niter(model)
+    return export_models(models, settings, outdir, fmt, opset, check, niter=1 if own is None else own)

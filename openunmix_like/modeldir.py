@@ -445,11 +445,23 @@ def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[M
     }
 
 
+# The keys of separator.json this code writes; any other key a file holds (a note written by hand, a key of a
+# newer version) is kept as it was. Both spellings of the settings count: they are one value.
+OWN_SEPARATOR_KEYS = ("format", "sample_rate", "rate", "nfft", "n_fft", "nhop", "n_hop", "nb_channels", "targets",
+                      "niter")
+
+
 def update_separator_json(folder: Path, target: str, settings: AudioSettings, niter: Optional[int] = None) -> None:
     """Add ``target`` to ``separator.json``; the settings of all targets must agree.
 
     ``niter`` is one value for the whole folder (the Wiener filter treats its targets together): a
-    whole number is written, ``None`` keeps what the file says (nothing: the default, 1).
+    whole number is written, ``None`` keeps what the file says (nothing: the default, 1). The keys this
+    code does not write (:data:`OWN_SEPARATOR_KEYS`) are kept, after its own. The settings never change:
+    where the file's differ, nothing is written; where they agree, they are written in the reference's
+    spelling (``nfft``, ``nhop``), replacing any other spelling of the same value.
+
+    Raises:
+        ModelError: the file holds other settings, is not a JSON object, or holds a bad ``niter``.
     """
     path = folder / "separator.json"
     current = read_target_json(path)
@@ -464,4 +476,5 @@ def update_separator_json(folder: Path, target: str, settings: AudioSettings, ni
         targets.append(target)
     niter = model_niter(folder) if niter is None else niter
     wiener = {} if niter is None else {"niter": niter}
-    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets, **wiener})
+    others = {key: value for key, value in current.items() if key not in OWN_SEPARATOR_KEYS}
+    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets, **wiener, **others})

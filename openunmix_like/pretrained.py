@@ -8,6 +8,8 @@ in its name. Two environment variables change where:
   or ``~/.cache/openunmix-like``); files go to ``<cache>/<name>/<file>``.
 - ``OPENUNMIX_LIKE_BASE_URL``: a mirror; ``{name}`` and ``{file}`` in it are
   replaced, otherwise ``/<file>`` is appended.
+- ``OPENUNMIX_LIKE_MIN_RATE``: the slowest download accepted, in KB/s averaged
+  over each minute (default 10; 0 waits however long a transfer takes).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import hashlib
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,10 +34,19 @@ from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
+MIN_RATE_ENV = "OPENUNMIX_LIKE_MIN_RATE"
 # Where the package's own default model lives (shipped as package data).
 BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "default"
 # Seconds a download waits for the server to connect or to send the next bytes.
 TIMEOUT_S = 30
+# A server may send a byte every few seconds, which no socket timeout catches: a transfer whose average over a
+# period falls below the minimum rate is given up. 10 KB/s still brings a 35 MB published file in an hour.
+MIN_RATE_KBPS = 10.0
+RATE_PERIOD_S = 60.0
+
+
+class TooSlow(TimeoutError):
+    """A transfer that kept going, slower than the minimum rate (:func:`min_rate`)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,12 +119,14 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
 
     Raises:
         DownloadError: the hash differs (the file is deleted), ``url`` is not a URL urllib can fetch,
-            or ``dest`` cannot be written (unwritable cache, disk full).
-        OSError, urllib.error.URLError, http.client.HTTPException: the transfer failed, was cut off
-            or got no HTTP reply (:func:`failure_reason` says why in one line); nothing is left at ``dest``.
+            ``dest`` cannot be written (unwritable cache, disk full), or ``$OPENUNMIX_LIKE_MIN_RATE`` is no rate.
+        OSError, urllib.error.URLError, http.client.HTTPException: the transfer failed, was cut off, got no
+            HTTP reply or went slower than :func:`min_rate` (:class:`TooSlow`; :func:`failure_reason` says why
+            in one line); nothing is left at ``dest``.
     """
     from tqdm import tqdm
 
+    floor = RateFloor(min_rate())
     with writing_cache(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
     want = expected_hash(dest.name)
@@ -125,14 +139,17 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
         with writing_cache(dest):
             out = files.enter_context(open(files.enter_context(atomic_path(dest)), "wb"))
         total, received = announced_size(response), 0
+        # read1 returns what has arrived, where read waits for the whole block: the rate is checked as bytes come.
+        read = getattr(response, "read1", response.read)
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
             try:
-                for block in iter(lambda: response.read(1 << 20), b""):
+                for block in iter(lambda: read(1 << 20), b""):
                     with writing_cache(dest):
                         out.write(block)
                     digest.update(block)
                     received += len(block)
                     bar.update(len(block))
+                    floor.check(received)
             except http.client.IncompleteRead as exc:  # a chunked reply that stopped early
                 raise ConnectionError(f"the transfer was cut off after {received} bytes") from exc
         with writing_cache(dest):
@@ -144,6 +161,47 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
                 f"{url}: downloaded file has sha256 {digest.hexdigest()[:len(want)]}..., "
                 f"expected {want}...; it was deleted. Check the mirror or retry"
             )
+
+
+def min_rate() -> float:
+    """The slowest download accepted, in KB/s: ``$OPENUNMIX_LIKE_MIN_RATE``, else :data:`MIN_RATE_KBPS`; 0 is none.
+
+    Raises:
+        DownloadError: the variable is not a number of at least 0.
+    """
+    text = os.environ.get(MIN_RATE_ENV, "").strip()
+    if not text:
+        return MIN_RATE_KBPS
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise DownloadError(f"{MIN_RATE_ENV}={text!r}: give the slowest download to accept in KB/s "
+                            f"(default {MIN_RATE_KBPS:g}), or 0 to wait however long a transfer takes")
+    return rate
+
+
+class RateFloor:
+    """Gives up a transfer whose average rate over a period of :data:`RATE_PERIOD_S` (each in turn, from the
+    first byte's request) is below ``kbps`` KB/s; 0 never does. With the socket's timeout between the bytes,
+    this bounds a file's download at about its size over the rate, plus a period."""
+
+    def __init__(self, kbps: float):
+        self.kbps, self.period_s = kbps, RATE_PERIOD_S
+        self.start, self.received = time.monotonic(), 0
+
+    def check(self, received: int) -> None:
+        """Raises :class:`TooSlow` at the end of a period that brought too little, ``received`` bytes in all."""
+        now = time.monotonic()
+        elapsed = now - self.start
+        if not self.kbps or elapsed < self.period_s:
+            return
+        kbps = (received - self.received) / 1000 / elapsed
+        if kbps < self.kbps:
+            raise TooSlow(f"the transfer slowed to {kbps:.1f} KB/s over {elapsed:.1f} s, below the {self.kbps:g} "
+                          f"KB/s a download must keep up ({MIN_RATE_ENV} sets that, 0 for no limit)")
+        self.start, self.received = now, received
 
 
 def announced_size(response) -> Optional[int]:
@@ -164,6 +222,8 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):  # its reason alone ("Not Found") hides the status
         return " ".join(f"HTTP {exc.code} {exc.reason or ''}".split())
     reason = getattr(exc, "reason", exc)  # a URLError wraps the socket error
+    if isinstance(reason, TooSlow):
+        return str(reason)
     if isinstance(reason, TimeoutError):  # says only "timed out"
         return f"the server did not answer within {TIMEOUT_S} s"
     return " ".join(str(reason).split()) or type(reason).__name__
@@ -171,7 +231,8 @@ def failure_reason(exc: BaseException) -> str:
 
 def no_server(exc: BaseException) -> bool:
     """Whether ``exc`` says the server could not be reached or stopped answering (no name resolution,
-    connection refused or timed out): the model's other files, from the same server, would wait as long."""
+    connection refused or timed out, or sent too slowly): the model's other files, from the same server,
+    would wait as long."""
     return (isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)) \
         or isinstance(exc, TimeoutError)
 

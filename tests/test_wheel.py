@@ -45,7 +45,7 @@ def test_the_wheel_holds_every_file_of_the_package(wheel):
             "openunmix_like/pretrained.json"} <= inside
     for command in ("umx-separate", "umx-train", "umx-evaluate", "umx-compare", "umx-export", "umx-synth",
                     "umx-web"):
-        assert f"{command} = openunmix_like.cli." in entry_points, command
+        assert f"{command} = openunmix_like.cli:{command.replace('-', '_')}" in entry_points, command
 
 
 def test_an_installed_wheel_separates_the_demo_offline(wheel, tmp_path):
