@@ -6,6 +6,9 @@ numbers comparable with published results.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,3 +35,27 @@ def si_sdr(reference: Tensor, estimate: Tensor, eps: float = 1e-8) -> float:
     alpha = (s_hat @ s) / (s @ s + eps)
     target = alpha * s
     return float(10 * torch.log10((target.square().sum() + eps) / ((target - s_hat).square().sum() + eps)))
+
+
+def track_metrics(reference: np.ndarray, estimate: np.ndarray, block: int = 1 << 16) -> Tuple[float, float]:
+    """:func:`sdr_mdx` and :func:`si_sdr` of two ``(nb_samples, nb_channels)`` arrays of any float dtype, summed
+    in float64 a block of samples at a time (the whole track in float64 would take memory that grows with it).
+
+    Equal to those functions up to the order of the sums.
+    """
+    def sums(*terms):
+        total = np.zeros(len(terms))
+        for start in range(0, len(reference), block):
+            s = np.asarray(reference[start:start + block], dtype=np.float64)
+            s_hat = np.asarray(estimate[start:start + block], dtype=np.float64)
+            total += [np.sum(term(s, s_hat)) for term in terms]
+        return total
+
+    if np.shape(reference) != np.shape(estimate):
+        raise ValueError(f"reference {np.shape(reference)} and estimate {np.shape(estimate)} differ in shape")
+    energy, error, product = sums(lambda s, s_hat: np.square(s), lambda s, s_hat: np.square(s - s_hat), np.multiply)
+    sdr = float(10 * np.log10((energy + 1e-7) / (error + 1e-7)))
+    alpha = product / (energy + 1e-8)
+    (distortion,) = sums(lambda s, s_hat: np.square(alpha * s - s_hat))
+    si = float(10 * np.log10((alpha ** 2 * energy + 1e-8) / (distortion + 1e-8)))
+    return sdr, si

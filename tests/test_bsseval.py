@@ -163,3 +163,27 @@ def test_float32_sources_score_as_their_float64_copies_without_the_copies():
     copies = bss_eval_v4(refs.astype(np.float64), ests.astype(np.float64), rate, rate)
     for got, expected in zip(given, copies):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_the_fast_metrics_of_a_track_are_those_of_metrics_without_float64_copies(monkeypatch):
+    import torch
+
+    from openunmix_like.metrics import sdr_mdx, si_sdr, track_metrics
+
+    rate = 8000
+    refs = _coloured(2, 3 * rate + 5, 2).astype(np.float32)
+    ests = _estimates(refs).astype(np.float32)
+    for reference, estimate in ((refs[0], ests[0]), (refs[1], refs[1]), (refs[1], np.zeros_like(refs[1]))):
+        got = track_metrics(reference.T.copy().T, estimate, block=1000)  # a strided view, blocks and a rest
+        expected = (sdr_mdx(torch.from_numpy(reference), torch.from_numpy(estimate)),
+                    si_sdr(torch.from_numpy(reference), torch.from_numpy(estimate)))
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    peaks = []
+    for seconds in (4, 32):
+        ref = _coloured(1, seconds * rate, 2)[0].astype(np.float32)
+        est = 0.5 * ref
+        tracemalloc.start()
+        track_metrics(ref, est, block=1000)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] - peaks[0] < 0.01 * 28 * rate * 2 * 8, peaks  # float64 copies would grow by twice that
