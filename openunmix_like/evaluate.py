@@ -686,7 +686,17 @@ def paired_difference(new: Mapping[str, dict], old: Mapping[str, dict], metric: 
         "separated": _separated_if_different(per_track_new, per_track_old, common),
         "lengths": _lengths_if_different(new, old, common),
         "settings": _settings_differing([new[t] for t in common], [old[t] for t in common]),
+        "models": tuple(_models_if_several([side[t] for t in common]) for side in (new, old)),
     }
+
+
+def _models_if_several(records: Sequence[dict]) -> Dict[str, int]:
+    """model_sha256 -> how many of ``records`` name it, where they name more than one model (else empty).
+
+    A folder that umx-evaluate rescored with ``--tracks`` after the model changed keeps the other tracks'
+    records of the model before, and its side of a comparison is then two models."""
+    counts = collections.Counter(r.get("model_sha256") for r in records if isinstance(r.get("model_sha256"), str))
+    return dict(counts.most_common()) if len(counts) > 1 else {}
 
 
 def _separated_if_different(per_track_new: Mapping[str, dict], per_track_old: Mapping[str, dict],
@@ -729,7 +739,9 @@ def _settings_differing(new: Sequence[dict], old: Sequence[dict]) -> Dict[str, T
         return {key: next(iter(v)) if len(v) == 1 else "mixed" for key, v in seen.items()}
 
     a, b = values(new), values(old)
-    return {key: (a[key], b[key]) for key in a if key in b and a[key] != b[key] and key not in UNCOMPARED_SETTINGS}
+    # Two sides both "mixed" are equal strings, yet each side's differences then mix settings.
+    return {key: (a[key], b[key]) for key in a
+            if key in b and (a[key] != b[key] or a[key] == "mixed") and key not in UNCOMPARED_SETTINGS}
 
 
 def check_bootstrap(resamples: int, seed: int) -> None:
@@ -789,6 +801,12 @@ def paired_markdown(result: Mapping, new_name: str, old_name: str) -> str:
         lines.append(f"Scored on audio of different lengths ({new_name} / {old_name}, in 1 s windows): {shown}; "
                      "these are different cuts of the tracks (a 7-second preview and a full track share names), "
                      "whose scores are not comparable: evaluate both on the same data set.")
+    for models, name in zip(result.get("models") or (), (new_name, old_name)):
+        if models:
+            shown = ", ".join(f"{sha[:12]} on {n} track{'s' if n > 1 else ''}" for sha, n in models.items())
+            lines.append(f"Scored by {len(models)} different models in {name} (model_sha256 {shown}): the "
+                         "difference is not one model's; run umx-evaluate on all its tracks with the model you "
+                         "mean, which scores the others again.")
     if result.get("settings"):
         shown = ", ".join(f"{key} {a} / {b}" for key, (a, b) in result["settings"].items())
         lines.append(f"Evaluated with different settings ({new_name} / {old_name}): {shown}; the difference is not "
