@@ -212,8 +212,8 @@ def load_done(evaldir: Path, methods: Dict[str, Method]) -> Dict[str, Dict[str, 
         stale = sorted(t for t, r in records.items() if not same_identity(r, method.identity))
         if stale:
             _warn(f"{folder}: {len(stale)} of its {len(records)} track results were made with another model or other "
-                  f"settings (or an older umx-evaluate) and are not used; their tracks are scored again. To keep "
-                  f"them, give another --evaldir")
+                  f"settings (or an older umx-evaluate) and are not used; those of the tracks this run scores are "
+                  f"replaced (with --tracks, the others stay). To keep them, give another --evaldir")
         done[name] = {t: r for t, r in records.items() if t not in stale}
     return done
 
