@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from .bsseval import bss_eval_v4, silent
-from .data import (MOISESDB_FOUR, DatasetError, dsd100_track_dirs, hash_split, hidden, medleydb_has_bleed,
-                   medleydb_metadata, medleydb_track_dirs, moisesdb_split, moisesdb_track_dirs, read_stem_track,
-                   slakh_split_dir, stem_group, stem_track_sources, track_dirs)
+from .data import (AUDIO_SUFFIXES, MOISESDB_FOUR, DatasetError, dsd100_track_dirs, hash_split, hidden,
+                   medleydb_has_bleed, medleydb_metadata, medleydb_track_dirs, moisesdb_split, moisesdb_track_dirs,
+                   read_stem_track, slakh_split_dir, stem_group, stem_track_sources, track_dirs)
 from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import track_metrics
@@ -149,12 +149,15 @@ def folder_tracks(root: str, names: Optional[Sequence[str]] = None,
             continue
         if track is not None:
             yield track
+        else:
+            log.warning("%s: no source files (%s); not a track, skipped", folder,
+                        ", ".join(suffix[1:] for suffix in AUDIO_SUFFIXES))
 
 
 def _audio_files(folder: Path) -> List[Path]:
-    """The audio files of a track folder (the mixture's too), without hidden ones."""
-    files = sorted(folder.glob("*.wav")) + sorted(folder.glob("*.flac"))
-    return [path for path in files if not hidden(path, folder)]
+    """The audio files of a track folder (the mixture's too), without hidden ones: any format training reads."""
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES and not hidden(path, folder))
 
 
 def _source_files(folder: Path) -> Dict[str, Path]:
@@ -172,9 +175,14 @@ def folder_track(folder: Path) -> Optional[Track]:
     """
     from .audio import load
 
-    audio = {path: load(path) for path in _audio_files(folder)}
-    if not any(path.stem != "mixture" for path in audio):
+    files = _audio_files(folder)
+    for stem, count in collections.Counter(path.stem for path in files).items():
+        if count > 1:
+            raise OpenUnmixLikeError(f"{' and '.join(str(p) for p in files if p.stem == stem)}: one "
+                                     f"{stem} file in a track folder, not {count}; keep one")
+    if not any(path.stem != "mixture" for path in files):
         return None
+    audio = {path: load(path) for path in files}
     _check_same(folder, {p: rate for p, (_, rate) in audio.items()}, "{} Hz", "resample it to {} Hz")
     _check_same(folder, {p: a.shape[0] for p, (a, _) in audio.items()}, "{} channel(s)", "convert it to {} channel(s)")
     _check_same(folder, {p: a.shape[-1] for p, (a, _) in audio.items()}, "{} samples",

@@ -43,3 +43,34 @@ def test_compare_names_settings_that_differ_within_both_sides(tmp_path):
     assert result["settings"] == {"niter": ("mixed", "mixed")}
     assert "Evaluated with different settings (new / old): niter mixed / mixed" in ev.paired_markdown(
         result, "new", "old")
+
+
+def test_a_track_folder_of_any_audio_format_is_scored_and_a_source_given_twice_is_named(tmp_path, caplog):
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import pytest
+    import soundfile as sf
+
+    from openunmix_like.errors import OpenUnmixLikeError
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    rate = 44100
+    t = np.arange(2 * rate) / rate
+    for name, freq in (("vocals", 440.0), ("drums", 220.0)):
+        (tmp_path / "wav").mkdir(exist_ok=True)
+        sf.write(tmp_path / "wav" / f"{name}.wav", np.stack([np.sin(2 * np.pi * freq * t)] * 2, 1) * 0.3, rate)
+        (tmp_path / "root" / "mp3song").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "wav" / f"{name}.wav"),
+                        str(tmp_path / "root" / "mp3song" / f"{name}.mp3")], check=True)
+    (tmp_path / "root" / "notes").mkdir()  # no audio: said, not scored
+    # Only wav and flac were read: the mp3 track was skipped without a word.
+    tracks = list(ev.folder_tracks(str(tmp_path / "root")))
+    assert [t.name for t in tracks] == ["mp3song"] and sorted(tracks[0].references) == ["drums", "vocals"]
+    assert "notes: no source files (wav, flac, ogg" in caplog.text
+    shutil.copy(tmp_path / "wav" / "vocals.wav", tmp_path / "root" / "mp3song")
+    with pytest.raises(OpenUnmixLikeError, match=r"vocals\.mp3 and .*vocals\.wav: one vocals file in a track "
+                                                 r"folder, not 2; keep one$"):
+        ev.folder_track(tmp_path / "root" / "mp3song")
