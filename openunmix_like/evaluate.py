@@ -549,7 +549,8 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     import museval
 
     targets = list(estimates)
-    absent = [t for t in targets if _museval_silent(references[t])]
+    # Silent as museval takes it: channels that sum to 0 everywhere (it refuses such a source).
+    absent = [t for t in targets if silent(np.asarray(references[t]))]
     if absent:
         log.info("%s: no %s in the track (silent reference); its scores are NaN", name, ", ".join(absent))
     kept = [t for t in targets if t not in absent]
@@ -557,7 +558,7 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     refs, ests = [np.asarray(references[t]) for t in kept], [np.asarray(estimates[t]) for t in kept]
     silent_estimates = []
     for j, target in enumerate(kept):
-        if _museval_silent(ests[j]):
+        if silent(ests[j]):
             log.warning("%s: the %s estimate is silent; scored as a -200 dBFS noise floor", name, target)
             ests[j] = 1e-10 * np.random.default_rng(0).standard_normal(ests[j].shape)
             silent_estimates.append(target)
@@ -581,12 +582,6 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
         sdr_full, si = track_metrics(refs[j], ests[j])
         record["fast_metrics"][target] = {"SDR_mdx": sdr_full, "SI-SDR": si}
     return record
-
-
-def _museval_silent(audio: np.ndarray) -> bool:
-    """Whether museval takes ``(nb_timesteps, nb_channels)`` audio for silent: its channels sum to 0 everywhere
-    (summed in float64, as museval sums its float64 copy)."""
-    return silent(np.asarray(audio))
 
 
 def read_record(path: Path) -> dict:

@@ -5,11 +5,13 @@ Fixtures live in ``conftest.py``; test files import these with ``from helpers im
 """
 import contextlib
 import hashlib
+import http.server
 import io
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -220,6 +222,21 @@ def wait_until_ray_tasks_ended(timeout: float = 180.0) -> None:
 
 
 # ---------------------------------------------------------------- published models
+
+
+@contextlib.contextmanager
+def http_server(handler):
+    """A threaded HTTP server on 127.0.0.1 running ``handler``; yields ``(httpd, url)`` and stops it after."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
 
 
 def publish(root: Path, entries: dict, name="tinyhq", targets=("vocals", "bass"), hidden_size=8,

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import openunmix_like.pretrained as pretrained
-from helpers import publish, tiny_folder
+from helpers import http_server, publish, tiny_folder
 from openunmix_like import DownloadError, ModelError, Separator
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.model import OpenUnmix
@@ -67,18 +67,12 @@ def server(tmp_path):
     """A local HTTP server of ``<tmp_path>/www``; yields ``(folder, url, httpd)``."""
     root = tmp_path / "www"
     root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    httpd.daemon_threads = True
-    httpd.barrier = threading.Barrier(2, timeout=60)
-    httpd.release = threading.Event()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
-    httpd.release.set()
-    httpd.barrier.abort()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with http_server(functools.partial(Handler, directory=str(root))) as (httpd, url):
+        httpd.barrier = threading.Barrier(2, timeout=60)
+        httpd.release = threading.Event()
+        yield root, url, httpd
+        httpd.release.set()  # before the server stops: a handler may wait on them
+        httpd.barrier.abort()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 import openunmix_like.pretrained as pretrained
-from helpers import music_like, publish, tiny, tiny_folder
+from helpers import http_server, music_like, publish, tiny, tiny_folder
 from openunmix_like import DownloadError, ModelError, Separator
 from openunmix_like.cli.export import main as export_main
 from openunmix_like.cli.separate import main as separate_main
@@ -184,16 +184,10 @@ def trickling_server(tmp_path):
     """A server on 127.0.0.1 of ``<tmp_path>/www`` that trickles; yields ``(folder, url, requests)``."""
     root = tmp_path / "www"
     root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(TrickleHandler, directory=str(root)))
-    httpd.daemon_threads = True
-    httpd.requests, httpd.stopping = [], threading.Event()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.requests
-    httpd.stopping.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with http_server(functools.partial(TrickleHandler, directory=str(root))) as (httpd, url):
+        httpd.requests, httpd.stopping = [], threading.Event()
+        yield root, url, httpd.requests
+        httpd.stopping.set()  # before the server stops: a trickling handler checks it
 
 
 def test_a_download_that_trickles_is_given_up_with_one_line(trickling_server, tmp_path, monkeypatch):
