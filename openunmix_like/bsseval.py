@@ -8,12 +8,13 @@ The v4 distortion filters only need the correlations of those signals at lags be
 spectra. The filters are then solved from the same Gram matrix as museval's (one LU factorisation shared
 by the estimates), and each window is projected with the filters' spectra computed once per track.
 
-Everything else follows museval step by step: the windows (museval's ``Framing``), the windows skipped
-(NaN) where a reference or an estimate is silent, the decomposition into target, spatial distortion,
-interference and artefacts, and the four ratios. The results differ from museval's by rounding: about
-1e-9 dB on music (``tests/test_bsseval.py`` compares them on MUSDB18 excerpts and on synthetic edge
-cases). As in museval, every reference and estimate must be non-silent (channels not summing to zero
-everywhere).
+Everything else follows museval step by step: the windows (cut as museval's ``Framing`` cuts them), the
+windows skipped (NaN) where a reference or an estimate is silent, the decomposition into target, spatial
+distortion, interference and artefacts, and the four ratios. The results differ from museval's by
+rounding: SDR by 1e-14 dB, ISR, SIR and SAR by up to 1e-5 dB on music (``scripts/compare_scoring_musdb.py``),
+and within museval's own rounding spread where a source's channels are identical (see :func:`_solve`;
+``tests/test_bsseval.py`` compares them on MUSDB18 excerpts and on synthetic edge cases). As in museval,
+every reference and estimate must be non-silent (channels not summing to zero everywhere).
 """
 
 from typing import List, Tuple
@@ -74,7 +75,7 @@ def bss_eval_v4(references: np.ndarray, estimates: np.ndarray, window: int, hop:
             # Filters are (estimate, source, in channel, frequency, out channel): sum over source and in channel.
             projected = scipy.fft.irfft(np.einsum("sfc,scfd->fd", ref_f, all_f[j]), n=n_fft, axis=0)[:out]
             projected_own = scipy.fft.irfft(np.einsum("fc,cfd->fd", ref_f[j], own_f[j]), n=n_fft, axis=0)[:out]
-            scores[:, j, t] = _criteria(ref[j], est[j], projected_own, projected, filters_len)
+            scores[:, j, t] = _criteria(ref[j], est[j], projected_own, projected)
     return scores[0], scores[1], scores[2], scores[3]
 
 
@@ -163,8 +164,8 @@ def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return solved.reshape(size, count, width).transpose(1, 0, 2)
 
 
-def _criteria(ref: np.ndarray, est: np.ndarray, projected_own: np.ndarray, projected: np.ndarray,
-              filters_len: int) -> Tuple[float, float, float, float]:
+def _criteria(ref: np.ndarray, est: np.ndarray, projected_own: np.ndarray,
+              projected: np.ndarray) -> Tuple[float, float, float, float]:
     """SDR, ISR, SIR, SAR of one window from its projections, with museval's arithmetic."""
     s_true = np.zeros_like(projected)
     s_true[:len(ref)] = ref
