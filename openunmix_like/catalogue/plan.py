@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import hashlib
+import json
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +120,37 @@ def record_path(track: str, names: Sequence[str], args: argparse.Namespace, fold
     return str(common / track / records.DONE_NAME)
 
 
+def legacy_finished(legacy: str, done: str, source: str, size: int, model_sha256: str, settings: dict,
+                    stems: Dict[str, str], storage_options=None) -> bool:
+    """Whether the record at ``legacy`` (``<outdir>/<track>/_done.json``, where releases up to 2026-12-05 wrote it
+    whatever ``--filename`` said; :func:`record_path` puts it beside the stems) shows this track finished by this
+    model and settings.
+
+    Its stems may have been replaced since by a run that kept its record at ``done``, which never removes this
+    one: they count only where each still has the sha256 the record lists. The record is then copied to ``done``,
+    so that later runs find it there without reading the stems again.
+    """
+    record = records.read_record(legacy, storage_options)
+    if not (record is not None and isinstance(record.get("stems"), dict)
+            and records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)):
+        return False
+    for name, url in stems.items():
+        listed = record["stems"][name]
+        if not isinstance(listed, dict) or listed.get("sha256") != _sha256(url, storage_options):
+            return False
+    try:
+        storage.write_bytes(done, (json.dumps(record, indent=2) + "\n").encode(), storage_options)
+    except (OSError, OpenUnmixLikeError):  # read here again next time
+        pass
+    return True
+
+
+def _sha256(url: str, storage_options=None) -> str:
+    if storage.is_url(url):
+        return hashlib.sha256(storage.read_bytes(url, storage_options)).hexdigest()
+    return records.file_sha256(Path(url))
+
+
 def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
               settings: dict, storage_options=None, named: Sequence[str] = ()) -> Plan:
     """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run.
@@ -165,8 +198,12 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
         if args.force:
             return (track, False), None
         record = records.read_record(done, storage_options)
+        legacy = storage.join(args.outdir, f"{track_name(source)}/{records.DONE_NAME}")
         try:
-            finished = records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)
+            if record is None and legacy != done:  # none here: perhaps where earlier releases kept it
+                finished = legacy_finished(legacy, done, source, size, model_sha256, settings, stems, storage_options)
+            else:
+                finished = records.is_finished(record, source, size, model_sha256, settings, stems, storage_options)
         except OSError:  # a stem that cannot be checked counts as missing: the track is redone
             finished = False
         return (track, finished), None
