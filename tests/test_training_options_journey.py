@@ -113,6 +113,23 @@ def test_a_run_interrupted_anywhere_and_resumed_is_the_uninterrupted_run(root, t
     assert meta["best_sdr_mdx"] == max(resumed.valid_sdr) and meta["args"]["ema"] == 0.7
 
 
+def test_an_epoch_resumed_from_a_step_checkpoint_counts_its_time_before_the_interruption(root, tmp_path, monkeypatch):
+    # The epoch's data-loading time so far was carried over, its seconds were not: an epoch resumed at its last
+    # step reported the few milliseconds after the resume and a data-loading share of several hundred percent.
+    from openunmix_like.training.checkpoint import step_checkpoints
+
+    cfg = config(root, tmp_path / "cut", epochs=1, lr=0.01, ckpt_every=1)
+    interrupted(monkeypatch, cfg, "validate", 1)  # after the step checkpoint of the epoch's last batch
+    path = step_checkpoints(cfg)[-1]
+    state = torch.load(path, weights_only=True)
+    assert 0 < state["progress"]["data_time"] <= state["progress"]["seconds"]
+    state["progress"].update(seconds=100.0, data_time=5.0)  # as if the epoch had taken 100 s until then
+    torch.save(state, path)
+    history = run(config(root, tmp_path / "cut", epochs=1, lr=0.01, ckpt_every=1, resume="auto"))
+    assert 100.0 <= history.epoch_time[0] < 160.0
+    assert history.data_share[0] == pytest.approx(5.0 / history.epoch_time[0], rel=0.2)
+
+
 def test_patience_and_the_plateau_schedule_carry_over_a_resume(root, tmp_path, monkeypatch):
     scripted = {1: 1.0, 2: 0.5, 3: 0.6, 4: 0.7, 5: 0.8, 6: 0.1}  # epoch 2 is best; patience 2 stops before 5
     monkeypatch.setattr(loop, "validate", lambda ctx, epoch: scripted[epoch])

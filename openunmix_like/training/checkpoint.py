@@ -189,7 +189,7 @@ def save_step_checkpoint(ctx: Context, epoch: int, progress: EpochProgress) -> N
     folder.mkdir(parents=True, exist_ok=True)
     state = checkpoint_state(ctx, epoch)
     state["progress"] = {"batches": progress.batches, "items": progress.items, "total": total, "count": int(count),
-                         "data_time": progress.data_time, **own}
+                         "data_time": progress.data_time, "seconds": progress.seconds, **own}
     if ranks:  # each rank continues with its own random states (batch augmentations differ by rank)
         state["progress"]["rank_states"] = [{name: states[r] for name, states in ranks.items()} for r in range(size)]
     write_checkpoint(folder / f"{cfg.target}-step{ctx.history.global_step:08d}.chkpnt", state)

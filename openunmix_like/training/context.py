@@ -84,6 +84,8 @@ class EpochProgress:
     total: float = 0.0
     count: int = 0
     data_time: float = 0.0
+    # The epoch's seconds so far, the part before an interruption included.
+    seconds: float = 0.0
     rng_state: Optional[Tensor] = None
     generator_state: Optional[Tensor] = None
     # The training device's generator on CUDA, whose draws (dropout) the CPU state does not hold.

@@ -240,6 +240,7 @@ def train_epoch(ctx: Context, epoch: int,
         restore_device_rng_state(resume, ctx.device)  # dropout on CUDA draws from the device's generator
         ctx.generator.set_state(resume.generator_state)
     start = last = time.perf_counter()
+    before = progress.seconds  # an interrupted epoch's time counts, as its data-loading time does
     quiet = ctx.cfg.quiet or not is_main()
     with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
         for k, (x, y) in enumerate(bar):
@@ -250,13 +251,14 @@ def train_epoch(ctx: Context, epoch: int,
                 bar.set_postfix(loss=f"{progress.total / max(progress.count, 1):.4f}")
             progress.batches, progress.items = batch, progress.items + plan.taken[k]
             if ctx.cfg.ckpt_every and ctx.history.global_step % ctx.cfg.ckpt_every == 0:
+                progress.seconds = before + time.perf_counter() - start
                 save_step_checkpoint(ctx, epoch, progress)
-            if ctx.cfg.max_minutes and budget_spent(ctx, time.perf_counter() - start):
+            if ctx.cfg.max_minutes and budget_spent(ctx, before + time.perf_counter() - start):
                 ctx.out_of_time = True
                 break
             last = time.perf_counter()
     total, count = all_reduce_sum([progress.total, progress.count])
-    elapsed = time.perf_counter() - start
+    elapsed = before + time.perf_counter() - start
     return mean_loss(total, count), elapsed, progress.data_time / max(elapsed, 1e-9), int(count)
 
 
