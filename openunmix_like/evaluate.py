@@ -32,7 +32,6 @@ from .data import (AUDIO_SUFFIXES, MOISESDB_FOUR, DatasetError, dsd100_track_dir
 from .errors import OpenUnmixLikeError
 from .fileio import write_bytes_atomic
 from .metrics import track_metrics
-from .transforms import ISTFT, STFT
 
 log = logging.getLogger(__name__)
 
@@ -452,13 +451,14 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
     code (sigsep-mus-oracle), so targets may overlap (drums beside accompaniment). A target the track
     cannot express in its sources is a source of its own, sharing the mixture with the sources no
     other target is made of.
+
+    The STFTs are taken, masked and inverted a block of frames at a time (``mwf`` reads the track
+    twice: its covariances first), so the memory beyond the estimates does not grow with the track.
     """
     if method not in ORACLES:
         raise OpenUnmixLikeError(f"--oracle {method!r}: choose from {', '.join(ORACLES)}")
     if method == "mix":
         return {t: track.mixture.clone() for t in targets}
-    stft, istft = STFT(n_fft, n_hop), ISTFT(n_fft, n_hop)
-    x = stft(track.mixture.double())  # (C, F, T)
     made_of = _made_of(track, targets)
     if made_of is None:
         covered = {k for t in targets for k in track.components.get(t, (t,))}
@@ -467,40 +467,129 @@ def oracle(method: str, track: Track, targets: Sequence[str], n_fft: int = 4096,
         made_of = {t: (t,) for t in targets}
     else:
         parts = track.sources
-    n = track.mixture.shape[-1]
+    frames = _Frames(track.mixture.shape[-1], n_fft, n_hop, track.name)
+    inverses = {t: _OverlapAdd(frames, track.mixture.shape[0]) for t in targets if made_of[t]}
     if method == "mwf":
-        from .filtering import expectation_maximization
-
-        names = list(parts)
-        sources = torch.stack([stft(parts[k].double()) for k in names])  # (J, C, F, T)
-        y = expectation_maximization(sources.permute(3, 2, 1, 0), x.permute(2, 1, 0), iterations=1, eps=eps)
-        estimates = y.permute(3, 2, 1, 0)
-        return {t: istft(estimates[[names.index(k) for k in made_of[t]]].sum(dim=0), length=n).float()
-                if made_of[t] else torch.zeros_like(track.mixture) for t in targets}
-    # The masks are taken one source at a time (its STFT made again where needed): all the sources' STFTs,
-    # powers, masks and estimates at once took about 3 GB a minute of track.
-    alpha = 1.0 if method.endswith("1") else 2.0
-
-    def power(k: str) -> Tensor:
-        return stft(parts[k].double()).abs() ** alpha
-
-    if method.startswith("irm"):
-        total = None
-        for k in parts:
-            total = power(k) if total is None else total.add_(power(k))
-        total += eps
+        _mwf(frames, track.mixture, parts, made_of, inverses, eps)
     else:
-        total = eps + x.abs() ** alpha
-    out = {}
-    for t in targets:  # the sum of a target's sources' estimates (the inverse STFT is linear)
-        estimate = None
-        for k in made_of[t]:
-            mask = power(k) / total
-            if method.startswith("ibm"):
-                mask = (mask >= 0.5).double()
-            estimate = mask * x if estimate is None else estimate.add_(mask * x)
-        out[t] = istft(estimate, length=n).float() if estimate is not None else torch.zeros_like(track.mixture)
-    return out
+        alpha = 1.0 if method.endswith("1") else 2.0
+        wanted = {k for t in targets for k in made_of[t]}
+        for a, b in frames.blocks():
+            x = frames.spectrum(track.mixture, a, b)
+            powers = {}
+            if method.startswith("irm"):
+                total = None
+                for k in parts:
+                    power = frames.spectrum(parts[k], a, b).abs() ** alpha
+                    total = power.clone() if total is None else total.add_(power)
+                    if k in wanted:
+                        powers[k] = power
+                total += eps
+            else:
+                total = eps + x.abs() ** alpha
+                powers = {k: frames.spectrum(parts[k], a, b).abs() ** alpha for k in wanted}
+            for t, inverse in inverses.items():  # the sum of a target's sources' estimates (the inverse is linear)
+                estimate = torch.zeros_like(x)
+                for k in made_of[t]:
+                    mask = powers[k] / total
+                    if method.startswith("ibm"):
+                        mask = (mask >= 0.5).double()
+                    estimate += mask * x
+                inverse.add(estimate, a, b)
+    return {t: inverses[t].out if t in inverses else torch.zeros_like(track.mixture) for t in targets}
+
+
+def _mwf(frames: _Frames, mixture: Tensor, parts: Mapping[str, Tensor], made_of: Mapping[str, Tuple[str, ...]],
+         inverses: Mapping[str, _OverlapAdd], eps: float) -> None:
+    """The oracle multichannel Wiener filter (one EM step from the true sources, as
+    :func:`openunmix_like.filtering.expectation_maximization` takes it): the spatial covariances
+    summed over the whole track first, then each block filtered with them."""
+    from .filtering import invert_hermitian
+
+    names = list(parts)
+
+    def sources(a: int, b: int) -> Tensor:  # (frames, bins, channels, sources), EM's layout
+        return torch.stack([frames.spectrum(parts[k], a, b).permute(2, 1, 0) for k in names], dim=-1)
+
+    weight, r = None, None
+    for a, b in frames.blocks():
+        y = sources(a, b)
+        v = (y.real.square() + y.imag.square()).mean(dim=2).sum(dim=0)  # (bins, sources)
+        yy = torch.einsum("tfcj,tfdj->fcdj", y, y.conj())
+        weight, r = (v, yy) if r is None else (weight.add_(v), r.add_(yy))
+    r /= (eps + weight)[:, None, None, :]
+    regularization = eps ** 0.5 * torch.eye(mixture.shape[0], dtype=torch.complex128)
+    for a, b in frames.blocks():
+        y = sources(a, b)
+        v = (y.real.square() + y.imag.square()).mean(dim=2).to(y.dtype)  # (frames, bins, sources)
+        x = frames.spectrum(mixture, a, b).permute(2, 1, 0)
+        cxx = torch.einsum("tfj,fcdj->tfcd", v, r) + regularization
+        z = torch.einsum("tfcd,tfd->tfc", invert_hermitian(cxx, eps), x)
+        filtered = v[:, :, None, :] * torch.einsum("fcej,tfe->tfcj", r, z)  # (frames, bins, channels, sources)
+        for t, inverse in inverses.items():
+            estimate = filtered[..., [names.index(k) for k in made_of[t]]].sum(dim=-1)
+            inverse.add(estimate.permute(2, 1, 0), a, b)
+
+
+class _Frames:
+    """The frames of the centred, reflect-padded STFT (periodic Hann window) of a track's signals, in
+    float64, a block of frames at a time: equal to :class:`~openunmix_like.transforms.STFT` of the whole
+    signal, without holding it."""
+
+    block = 256  # frames (6 s at 44.1 kHz and a hop of 1024)
+
+    def __init__(self, nb_samples: int, n_fft: int, n_hop: int, name: str):
+        if nb_samples <= n_fft // 2:
+            raise OpenUnmixLikeError(f"{name}: {nb_samples} samples is too short for an oracle with --nfft {n_fft} "
+                                     f"(it needs more than {n_fft // 2}); use a smaller --nfft")
+        self.n, self.n_fft, self.n_hop = nb_samples, n_fft, n_hop
+        self.pad = n_fft // 2
+        self.nb_frames = nb_samples // n_hop + 1
+        self.window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+
+    def blocks(self) -> Iterator[Tuple[int, int]]:
+        for a in range(0, self.nb_frames, self.block):
+            yield a, min(a + self.block, self.nb_frames)
+
+    def spectrum(self, audio: Tensor, a: int, b: int) -> Tensor:
+        """Complex ``(channels, bins, b - a)``: frames ``a`` to ``b`` of ``audio`` ``(channels, samples)``."""
+        # Positions in the padded signal, mapped back into the signal as reflect padding does.
+        positions = (torch.arange(a * self.n_hop, (b - 1) * self.n_hop + self.n_fft) - self.pad).abs()
+        positions = torch.where(positions >= self.n, 2 * (self.n - 1) - positions, positions)
+        frames = audio[:, positions].double().unfold(-1, self.n_fft, self.n_hop)  # (channels, b - a, n_fft)
+        return torch.fft.rfft(frames * self.window).transpose(1, 2)
+
+
+class _OverlapAdd:
+    """The inverse of :class:`_Frames`, a block at a time, into a float32 ``(channels, samples)`` output
+    (``out``): the samples before a block's last ``n_fft - n_hop`` are final once it is added, so only
+    one block's span is held in float64."""
+
+    def __init__(self, frames: _Frames, nb_channels: int):
+        self.frames = frames
+        self.out = torch.zeros((nb_channels, frames.n), dtype=torch.float32)
+        self.tail = torch.zeros((nb_channels, max(frames.n_fft - frames.n_hop, 0)), dtype=torch.float64)
+
+    def add(self, spec: Tensor, a: int, b: int) -> None:
+        """Add frames ``a`` to ``b`` (complex ``(channels, bins, b - a)``); blocks come in order."""
+        f = self.frames
+        pieces = torch.fft.irfft(spec.transpose(1, 2), n=f.n_fft) * f.window  # (channels, b - a, n_fft)
+        span = torch.zeros((pieces.shape[0], (b - a - 1) * f.n_hop + f.n_fft), dtype=torch.float64)
+        span[:, : self.tail.shape[1]] += self.tail
+        square = f.window.square()
+        envelope = torch.zeros(span.shape[1], dtype=torch.float64)
+        for t in range(b - a):
+            span[:, t * f.n_hop : t * f.n_hop + f.n_fft] += pieces[:, t]
+        # Every frame that reaches into the span, earlier blocks' included, adds its window's square.
+        for t in range(max(a - (f.n_fft - 1) // f.n_hop, 0), b):
+            lo = t * f.n_hop - a * f.n_hop
+            envelope[max(lo, 0) : lo + f.n_fft] += square[max(-lo, 0) :]
+        final = span.shape[1] if b == f.nb_frames else (b - a) * f.n_hop
+        self.tail = span[:, final:].clone()
+        start = a * f.n_hop - f.pad  # the span's first sample in the signal
+        lo, hi = max(start, 0), min(start + final, f.n)
+        if hi > lo:
+            self.out[:, lo:hi] = (span[:, lo - start : hi - start] / envelope[lo - start : hi - start].clamp_min(1e-11))
 
 
 def _made_of(track: Track, targets: Sequence[str]) -> Optional[Dict[str, Tuple[str, ...]]]:

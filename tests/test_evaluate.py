@@ -13,6 +13,7 @@ from openunmix_like.cli import evaluate as cli
 from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.metrics import sdr_mdx, si_sdr
 from openunmix_like.modeldir import AudioSettings, save_target
+from openunmix_like.transforms import ISTFT, STFT
 
 pytest.importorskip("museval")
 RATE = 16000  # as helpers.make_tracks writes
@@ -166,7 +167,7 @@ def test_a_musdb_oracle_of_some_targets_shares_the_mixture_with_every_source():
     assert torch.allclose(alone["vocals"], every["vocals"], atol=1e-6)
     # As SiSEC 2018's reference code defines it: the vocals' mask is their power over the four sources'
     # (not over vocals and accompaniment), and accompaniment is the sum of the other three estimates.
-    stft, istft = ev.STFT(4096, 1024), ev.ISTFT(4096, 1024)
+    stft, istft = STFT(4096, 1024), ISTFT(4096, 1024)
     power = {k: stft(track.sources[k].double()).abs() ** 2 for k in ("vocals", "drums", "bass", "other")}
     mask = power["vocals"] / (1e-10 + sum(power.values()))
     expected = istft(mask * stft(track.mixture.double()), length=track.mixture.shape[-1]).float()
