@@ -18,7 +18,12 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs sharing a folder are not kept apart there
+    fcntl = None
 
 
 def _file_mode() -> int:
@@ -159,3 +164,72 @@ def made_folders_removed_if_empty(*folders: Union[str, Path, None]):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty
 
+
+
+class LockHeld(OSError):
+    """Another process holds the lock file ``path``; ``pid`` is its process id, when it wrote one."""
+
+    def __init__(self, path: Path, pid: Optional[int]):
+        super().__init__(f"{path}: held by {'process ' + str(pid) if pid else 'another process'}")
+        self.path, self.pid = path, pid
+
+
+def _holder(path: Path) -> Optional[int]:
+    try:
+        text = path.read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
+@contextlib.contextmanager
+def held_lock(path: Union[str, Path], wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` for the block; it holds the holder's
+    process id, and is removed on leaving.
+
+    Processes that write the same files (on this host, or on hosts sharing the folder where the file system
+    supports locks) take turns. The lock ends with its process, so a killed holder leaves no stale lock: the
+    file it leaves is taken over by the next. Where the file cannot be created (a read-only folder) or the
+    platform has no ``flock``, the block runs without the lock.
+
+    Raises:
+        LockHeld: with ``wait=False``, another process holds the lock.
+    """
+    path = Path(path)
+    fd = _acquire(path, wait)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still held: a process waiting on this file takes the next one
+            os.close(fd)
+
+
+def _acquire(path: Path, wait: bool) -> Optional[int]:
+    """The open, locked lock file (None where no lock can be taken)."""
+    if fcntl is None:
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(path, _holder(path)) from None
+        except OSError:  # a file system without locks
+            os.close(fd)
+            return None
+        try:  # the holder before removed the file we waited on: lock the file at the path now
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from . import architectures
 from .errors import ModelError
-from .fileio import write_bytes_atomic, write_json_atomic
+from .fileio import held_lock, write_bytes_atomic, write_json_atomic
 
 HASHED_NAME = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8,64})$")
 FORMAT = "openunmix-like/1"
@@ -464,6 +464,13 @@ def update_separator_json(folder: Path, target: str, settings: AudioSettings, ni
         ModelError: the file holds other settings, is not a JSON object, or holds a bad ``niter``.
     """
     path = folder / "separator.json"
+    # Runs training other targets into the folder update it too: one at a time, each reading the other's.
+    with held_lock(folder / ".separator.json.lock"):
+        _update_separator_json(path, target, settings, niter)
+
+
+def _update_separator_json(path: Path, target: str, settings: AudioSettings, niter: Optional[int]) -> None:
+    folder = path.parent
     current = read_target_json(path)
     held = AudioSettings.from_json(current, path) if current else None
     if held is not None and held != settings:

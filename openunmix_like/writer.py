@@ -10,6 +10,8 @@ fails or an interrupt comes while renaming, the stems renamed before are removed
 and the earlier files put back; without ``overwrite`` no file there is replaced),
 and on any failure the hidden files are removed; hidden files that a killed run left are
 removed by the next run writing the same outputs (see :mod:`openunmix_like.fileio`).
+Runs in other processes that write the same outputs take turns renaming (a lock file,
+``.umx-writing.lock`` in the folder the stems share), so that each track's stems are one run's.
 """
 from __future__ import annotations
 
@@ -22,22 +24,24 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
 from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, set_channel_map, sf_path, subtype_for
 from .errors import AudioError
-from .fileio import made_folders_removed_if_empty, new_partial
+from .fileio import held_lock, made_folders_removed_if_empty, new_partial
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
 FLAC_MAX_CHANNELS = 8
 MP3_MAX_CHANNELS = 2
 # One track's stems are renamed into place at a time in this process, so that two runs writing the
-# same outputs at once (two threads) leave one run's complete set, never a mix of both.
+# same outputs at once (two threads) leave one run's complete set, never a mix of both; other processes
+# take turns through a lock file of this name in the folder the stems share.
 _RENAMING = threading.Lock()
+LOCK_NAME = ".umx-writing.lock"
 
 
 def format_problem(ext: str, sample_rate: int, nb_channels: int, python: bool = False) -> Optional[str]:
@@ -169,9 +173,17 @@ class StemWriter:
             except Exception as exc:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
-    def finish(self) -> None:
+    def lock_path(self) -> Path:
+        """The lock file that runs writing these outputs take turns on: in the folder the stems share."""
+        folders = {os.path.abspath(path.parent) for path in self.paths.values()}
+        return Path(os.path.commonpath(sorted(folders))) / LOCK_NAME
+
+    def finish(self, before: Optional[Callable[[], None]] = None, after: Optional[Callable[[], None]] = None) -> None:
         """Encode every stem beside its final path, then rename them all into place (each rename is atomic;
         if one fails, the stems already renamed are removed and the files they replaced put back).
+
+        ``before`` and ``after`` run just before the first rename and once every stem is in place, while
+        no other run renames stems into these outputs (a record of the stems is kept true that way).
 
         The stems are encoded side by side, one thread each (libsndfile and the pipes to ffmpeg
         release the GIL), since encoding mp3 or flac takes seconds per stem of a song.
@@ -197,8 +209,10 @@ class StemWriter:
         self._ours = {path: _identity(self._encoded[name]) for name, path in self.paths.items()}
         kept: Dict[Path, Tuple[Path, Optional[Tuple[int, int]]]] = {}
         path = None
-        with _RENAMING:
+        with _RENAMING, held_lock(self.lock_path()):
             try:
+                if before is not None:
+                    before()
                 for name, path in self.paths.items():
                     if os.path.lexists(path):
                         if not self.overwrite:
@@ -215,6 +229,8 @@ class StemWriter:
                 raise
             self._committed = True  # the outputs are the new stems now, whatever happens next
             self._asides = [aside for aside, _ in kept.values()]
+            if after is not None:
+                after()
         for aside in self._asides:
             with contextlib.suppress(OSError):
                 aside.unlink()

@@ -13,6 +13,7 @@ next. Why tasks and actors rather than Ray Data: docs/catalogue.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import logging
@@ -21,11 +22,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
-from ..fileio import made_folders_removed_if_empty, writable_folder
+from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import Options, SeparationWorker, StageError, Track, decode_or_error, write
@@ -34,6 +35,8 @@ NAMESPACE = "openunmix-like"
 # A lost worker (node gone, process killed, out of memory) is retried this many times.
 TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 2
+# Drivers writing one local --outdir take turns updating _failures.csv through this lock file.
+FAILURES_LOCK = ".umx-failures.lock"
 
 
 def import_ray():
@@ -245,17 +248,48 @@ def _fetch(refs: list):
     return import_ray().get(refs[0])
 
 
-def write_failures(outdir: str, failures: List[Failure], storage_options) -> Optional[str]:
-    """``OUT/_failures.csv`` listing this run's failures; removed when there are none."""
+def write_failures(outdir: str, failures: List[Failure], storage_options, earlier: Optional[bytes] = None,
+                   attempted: Optional[Set[str]] = None) -> Optional[str]:
+    """``OUT/_failures.csv`` listing this run's failures; removed when there are none.
+
+    With ``attempted`` (the inputs this run took on), the rows another run has written since this run read
+    the file (``earlier``, its bytes then, None when there was none) are kept, but for the inputs this run
+    took on: two drivers on one ``--outdir`` at once both get their failures listed. An earlier run's list
+    that nobody changed meanwhile is replaced.
+    """
     url = storage.join(outdir, records.FAILURES_NAME)
-    if failures:
-        storage.write_bytes(url, records.failures_csv(failures), storage_options)
-        return url
-    try:
-        storage.remove(url, storage_options)
-    except OSError:
-        pass
+    local = None if storage.is_url(outdir) else os.path.join(outdir, FAILURES_LOCK)
+    with held_lock(local) if local else contextlib.nullcontext():  # object storage has no locks
+        rows = list(failures)
+        current = read_failures_file(outdir, storage_options) if attempted is not None else None
+        if current is not None and current != earlier:
+            ours = set(attempted) | {path for path, _, _ in failures}
+            rows = [row for row in _rows(current) if row[0] not in ours] + rows
+        if rows:
+            storage.write_bytes(url, records.failures_csv(rows), storage_options)
+            return url
+        try:
+            storage.remove(url, storage_options)
+        except OSError:
+            pass
     return None
+
+
+def read_failures_file(outdir: str, storage_options) -> Optional[bytes]:
+    """The bytes of ``OUT/_failures.csv``, or None when there is none (or it cannot be read)."""
+    try:
+        return storage.read_bytes(storage.join(outdir, records.FAILURES_NAME), storage_options)
+    except (OSError, OpenUnmixLikeError):
+        return None
+
+
+def _rows(data: bytes) -> List[Failure]:
+    """The ``(path, stage, reason)`` rows of a ``_failures.csv`` (none of a damaged one)."""
+    try:
+        return [(row["path"], row["stage"], row["reason"]) for row in records.read_failures(data)
+                if row.get("path") is not None]
+    except (ValueError, KeyError):
+        return []
 
 
 def local_outdir(outdir: str) -> Optional[str]:
@@ -321,6 +355,8 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         for _, _, message in plan.failures:
             _report(message)
         failures.extend(plan.failures)
+        # What _failures.csv says now: rows other drivers add while this one runs are kept (write_failures).
+        listed = (read_failures_file(args.outdir, storage_options), {*sources, *(path for path, _, _ in failures)})
         options = Options(args.start, args.duration, args.segment, args.overlap, args.batch_segments,
                           args.keep_model_rate, aggregate, args.ext, args.bits, args.clip,
                           args.model or "default", model_sha256, settings, storage_options, args.stream_over,
@@ -342,7 +378,7 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
     except KeyboardInterrupt:
         progress.close()
         # This run's failures so far replace an earlier run's list, which may name tracks finished since.
-        list_failures(args.outdir, failures + run_failures, storage_options)
+        list_failures(args.outdir, failures + run_failures, storage_options, *listed)
         _report(INTERRUPTED)
         return 130
     finally:
@@ -350,7 +386,7 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
             import_ray().shutdown()
     wall = progress.close()
     failures.extend(run_failures)
-    return summarize(args, plan, finished, failures, progress.seconds, wall, storage_options)
+    return summarize(args, plan, finished, failures, progress.seconds, wall, storage_options, listed)
 
 
 def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
@@ -363,12 +399,13 @@ def _on_cpu(args: argparse.Namespace) -> argparse.Namespace:
     return cpu
 
 
-def list_failures(outdir: str, failures: List[Failure], storage_options) -> Optional[str]:
+def list_failures(outdir: str, failures: List[Failure], storage_options, earlier: Optional[bytes] = None,
+                  attempted: Optional[Set[str]] = None) -> Optional[str]:
     """:func:`write_failures`, saying in one line when it cannot."""
     from ..cli.separate import _report
 
     try:
-        return write_failures(outdir, failures, storage_options)
+        return write_failures(outdir, failures, storage_options, earlier, attempted)
     except (OpenUnmixLikeError, OSError) as exc:
         _report(f"{storage.join(outdir, records.FAILURES_NAME)}: cannot write the list of failures "
                 f"({records.one_line(exc)}); check --outdir")
@@ -376,11 +413,12 @@ def list_failures(outdir: str, failures: List[Failure], storage_options) -> Opti
 
 
 def summarize(args, plan: Plan, finished: int, failures: List[Failure], seconds: float, wall: float,
-              storage_options) -> int:
-    """Write ``_failures.csv``, print the summary line; return the exit status."""
+              storage_options, seen: Tuple[Optional[bytes], Optional[Set[str]]] = (None, None)) -> int:
+    """Write ``_failures.csv`` (``seen``: :func:`write_failures`'s ``earlier`` and ``attempted``), print the
+    summary line; return the exit status."""
     from ..cli.separate import _report
 
-    listed = list_failures(args.outdir, failures, storage_options)
+    listed = list_failures(args.outdir, failures, storage_options, *seen)
     if not args.quiet:
         speed = f", {seconds / wall:.1f}x real time" if wall > 0 and seconds else ""
         print(f"umx-separate: {finished} done, {len(plan.skipped)} skipped (finished before), {len(failures)} failed; "

@@ -272,13 +272,35 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
 def store(track: Track, chunks, rate: int, nb_channels: int, target_names, options: Options,
           channel_map: Optional[Tuple[int, ...]] = None) -> dict:
     """Encode ``(nb_targets, nb_channels, n)`` chunks into the track's stems, store them, then ``_done.json``;
-    ``channel_map``: the input's speakers (:class:`openunmix_like.writer.StemWriter`)."""
+    ``channel_map``: the input's speakers (:class:`openunmix_like.writer.StemWriter`).
+
+    An earlier ``_done.json`` is removed before the first stem is replaced, so that a run stopped midway
+    leaves no record describing stems it replaced. Local stems and their record are written while other
+    runs writing the same track wait (:meth:`~openunmix_like.writer.StemWriter.finish`), so that the
+    record always describes the stems beside it, whichever run wrote them last.
+    """
     from ..separator import aggregate_estimates
     from ..writer import StemWriter
 
     names, frames = list(target_names), 0
     remote = any(storage.is_url(url) for url in track.stems.values())
     folder = Path(tempfile.mkdtemp(prefix="umx-stems-")) if remote else None
+    record: Dict[str, object] = {}
+
+    def drop_record() -> None:
+        storage.remove(track.done, options.storage_options)
+
+    def write_record() -> None:
+        described = {name: {"path": track.stems[name], "sha256": records.file_sha256(path),
+                            "bytes": path.stat().st_size} for name, path in local.items()}
+        if remote:
+            drop_record()
+            for name, path in local.items():
+                storage.put_file(path, track.stems[name], options.storage_options)
+        record.update(records.make_record(track.source, track.input_size, options.model, options.model_sha256,
+                                          options.settings, described, frames / rate, int(rate)))
+        storage.write_bytes(track.done, (json.dumps(record, indent=2) + "\n").encode(), options.storage_options)
+
     try:
         local = ({name: folder / f"{name}.{options.ext}" for name in track.stems} if remote
                  else {name: Path(url) for name, url in track.stems.items()})
@@ -287,16 +309,13 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
             for chunk in chunks:
                 writer.write(aggregate_estimates(dict(zip(names, chunk)), options.aggregate))
                 frames += chunk.shape[-1]
-            writer.finish()
-        described = {name: {"path": track.stems[name], "sha256": records.file_sha256(path),
-                            "bytes": path.stat().st_size} for name, path in local.items()}
-        if remote:
-            for name, path in local.items():
-                storage.put_file(path, track.stems[name], options.storage_options)
+            if remote:
+                writer.finish()
+            else:
+                writer.finish(before=drop_record, after=write_record)
+        if remote:  # object storage has no locks: the stems are uploaded, then their record
+            write_record()
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    record = records.make_record(track.source, track.input_size, options.model, options.model_sha256,
-                                 options.settings, described, frames / rate, int(rate))
-    storage.write_bytes(track.done, (json.dumps(record, indent=2) + "\n").encode(), options.storage_options)
     return record

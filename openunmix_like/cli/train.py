@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -15,11 +16,12 @@ from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
 from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
 from ..data import STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
-from ..fileio import made_folders_removed_if_empty
+from ..fileio import LockHeld, held_lock, made_folders_removed_if_empty
 from ..losses import LOSSES
 from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
                         run, run_targets)
-from ..training.config import MODEL_FIXED, SAMPLES_PER_TRACK
+from ..training.config import MODEL_FIXED, SAMPLES_PER_TRACK, resolve_target
+from ..training.distributed import is_main
 from . import sigterm_as_interrupt
 
 DEFAULTS = TrainConfig()
@@ -225,9 +227,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _main(cfg, args)
 
 
+@contextlib.contextmanager
+def training_lock(cfg: TrainConfig):
+    """Hold, for the run, ``<output>/.<target>.train.lock`` of each target it trains (rank 0 only): a second
+    run training one of them into the same ``--output`` is refused before it reads or writes anything, while
+    runs of other targets into one folder go on side by side.
+
+    Raises:
+        OpenUnmixLikeError: another umx-train holds one of the locks.
+    """
+    with contextlib.ExitStack() as stack:
+        if is_main():
+            out = Path(cfg.output)
+            with contextlib.suppress(OSError):  # an --output that cannot be made is reported by check_output
+                out.mkdir(parents=True, exist_ok=True)
+            for target in cfg.targets or [resolve_target(cfg).target]:
+                try:
+                    stack.enter_context(held_lock(out / f".{target}.train.lock", wait=False))
+                except LockHeld as exc:
+                    who = f"another umx-train (pid {exc.pid})" if exc.pid else "another umx-train"
+                    raise OpenUnmixLikeError(f"--output {out}: {who} is training its {target!r} model; wait for "
+                                             "it to finish, or give another --output") from None
+        yield
+
+
 def _main(cfg, args: argparse.Namespace) -> int:
     try:
-        with sigterm_as_interrupt(), distributed_session():
+        with sigterm_as_interrupt(), training_lock(cfg), distributed_session():
             if cfg.targets:
                 run_targets(cfg)
             else:

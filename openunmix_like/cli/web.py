@@ -82,6 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     manager = JobManager(jobs_dir, models, workers=args.workers, max_minutes=args.max_minutes,
                          max_upload_mb=args.max_upload_mb, keep_mb=args.keep_mb)
+    try:
+        manager.claim()  # before listening: a second server on the folder is one line
+    except OpenUnmixLikeError as exc:
+        _report(str(exc))
+        return 1
     app = create_app(manager, models, local_only=is_loopback(args.host))
     if not is_loopback(args.host):
         print(f"umx-web: warning: listening on {args.host}: anyone who can reach this machine on the network "

@@ -10,6 +10,7 @@ HTTP on top of :class:`JobManager`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -30,6 +31,7 @@ from typing import BinaryIO, Callable, Deque, Dict, List, Optional, Union
 
 from ..audio import MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError
+from ..fileio import LockHeld, held_lock
 from ..processes import children_ignore_ctrl_c
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -45,6 +47,7 @@ MP3_BITRATES = (128, 192, 256, 320)  # kbit/s offered; MP3_DEFAULT_BITRATE unles
 COPY_BLOCK = 1 << 20
 TMP_DIR = ".tmp"  # the workers' temporary folders, inside the jobs folder (never a job id)
 STAGING = ("upload", "job")  # JOBS_DIR/.<kind>-*: an upload being received, a job being stored
+LOCK_NAME = ".umx-web.lock"  # held by the server that uses the jobs folder
 
 
 class JobError(OpenUnmixLikeError):
@@ -275,6 +278,26 @@ class JobManager:
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._context = multiprocessing.get_context("spawn")
+        self._claim: Optional[contextlib.ExitStack] = None
+
+    def claim(self) -> None:
+        """Hold the jobs folder's lock file until :meth:`stop` (:meth:`start` takes it if not yet held): a
+        second server on the folder would take its jobs, and remove its uploads and running jobs' files.
+
+        Raises:
+            JobError: another server holds the folder.
+        """
+        if self._claim is not None:
+            return
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        claim = contextlib.ExitStack()
+        try:
+            claim.enter_context(held_lock(self.jobs_dir / LOCK_NAME, wait=False))
+        except LockHeld as exc:
+            who = f"another umx-web (pid {exc.pid})" if exc.pid else "another umx-web"
+            raise JobError(f"--jobs-dir {self.jobs_dir}: used by {who}; stop it, or give this server another "
+                           "--jobs-dir") from None
+        self._claim = claim
 
     # ------------------------------------------------------------ life cycle
 
@@ -284,7 +307,7 @@ class JobManager:
         What a server stopped mid-job left behind (stems of unfinished, failed or cancelled jobs, the
         workers' temporary files, uploads not yet stored) is removed first.
         """
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.claim()
         shutil.rmtree(self.jobs_dir / TMP_DIR, ignore_errors=True)
         for kind in STAGING:  # uploads cut short when the server stopped
             for folder in self.jobs_dir.glob(f".{kind}-*"):
@@ -313,6 +336,9 @@ class JobManager:
             self._thread.join()
         for worker in self._workers:
             worker.stop(kill=worker.job is not None)
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
 
     def _new_worker(self) -> _Worker:
         root = self.jobs_dir / TMP_DIR
