@@ -4,6 +4,7 @@ The races are made deterministic: one process is paused at a known point (it say
 waits for a line on stdin) while the other runs; a process that finds a lock held says so through
 an event before it waits on the lock (``waits_on_locks``).
 """
+import csv
 import fcntl
 import json
 import subprocess
@@ -335,3 +336,31 @@ def test_a_second_umx_web_on_one_jobs_folder_is_refused_in_one_line(tmp_path, mo
         again.terminate()  # stopped as Ctrl+C stops it: the lock file goes too
         again.wait(60)
     assert not (jobs / ".umx-web.lock").exists()
+
+
+def test_umx_evaluate_summarises_the_results_another_run_wrote_into_its_folder_meanwhile(tmp_path, monkeypatch):
+    # Two runs on one --evaldir with other --tracks: the one that summarised last counted only its own tracks
+    # and those there when it started.
+    from helpers import make_tracks
+    from openunmix_like.cli import evaluate as evaluate_cli
+
+    root, evaldir = make_tracks(tmp_path / "data", n=2), tmp_path / "eval"
+
+    def run(track):
+        return evaluate_cli.main(["--root", str(root), "--layout", "folder", "--oracle", "irm2", "--nfft", "512",
+                                  "--nhop", "128", "--tracks", track, "--evaldir", str(evaldir), "--quiet"])
+
+    assert run("song1") == 0
+    other = evaldir / "IRM2" / "song1.json"
+    aside = other.rename(tmp_path / "song1.json")  # written by the other run while this one scores song0:
+    score_tracks = evaluate_cli.score_tracks
+
+    def scoring_while_the_other_run_finishes(*args):
+        score_tracks(*args)
+        aside.rename(other)
+
+    monkeypatch.setattr(evaluate_cli, "score_tracks", scoring_while_the_other_run_finishes)
+    assert run("song0") == 0
+    summary = list(csv.DictReader((evaldir / "results.csv").open()))
+    assert {row["tracks"] for row in summary} == {"2"}, summary
+    assert not (evaldir / ".umx-evaluate.lock").exists()

@@ -23,7 +23,7 @@ from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
                         dsd100_tracks, folder_tracks, full_markdown, markdown_table, medleydb_tracks, moisesdb_tracks,
                         musdb_tracks, oracle, read_record, score_track, slakh_tracks, write_csv)
-from ..fileio import made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
+from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
 from ..processes import children_ignore_ctrl_c
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
@@ -430,8 +430,22 @@ def evaluate(args: argparse.Namespace) -> int:
         if pool:
             pool.executor.shutdown(cancel_futures=True)
     if any(batch.done.values()) or not batch.failed:
-        report(args, main_method, batch.done, batch.evaldir)
+        # Another umx-evaluate on this folder (other --tracks) may have written results meanwhile: the summary
+        # counts them too. One run at a time reads and summarises, so the last to summarise has seen every result.
+        with held_lock(batch.evaldir / ".umx-evaluate.lock"):
+            report(args, main_method, written_meanwhile(batch.evaldir, methods, batch.done), batch.evaldir)
     return 1 if batch.failed else 0
+
+
+def written_meanwhile(evaldir: Path, methods: Dict[str, Method],
+                      done: Dict[str, Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
+    """``done`` and the records of this model and settings that are in ``evaldir`` now (written by another run
+    since this one started; what this run scored wins). Unreadable and other records were reported at the start."""
+    merged = {}
+    for name, method in methods.items():
+        found = load_records(evaldir / name, on_error=lambda path, exc: None)
+        merged[name] = {**{t: r for t, r in found.items() if same_identity(r, method.identity)}, **done[name]}
+    return merged
 
 
 # A job lost twice: with other jobs when a scoring process died, then alone, when its own process died again.
