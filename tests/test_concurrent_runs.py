@@ -364,3 +364,57 @@ def test_umx_evaluate_summarises_the_results_another_run_wrote_into_its_folder_m
     summary = list(csv.DictReader((evaldir / "results.csv").open()))
     assert {row["tracks"] for row in summary} == {"2"}, summary
     assert not (evaldir / ".umx-evaluate.lock").exists()
+
+
+# A catalogue driver that pauses once its actors and decode/write tasks are reserved (until a line on stdin),
+# and one that says at once when it waits for room; both joining the Ray cluster at argv[1].
+RAY_DRIVER = r"""
+import sys
+from openunmix_like.catalogue import engine
+from openunmix_like.cli.separate import main
+
+mode = sys.argv.pop(1)
+if mode == "paused":
+    reserve = engine.reserve
+    def reserve_then_pause(*args):
+        reserved = reserve(*args)
+        print("paused", flush=True)
+        sys.stdin.readline()
+        return reserved
+    engine.reserve = reserve_then_pause
+else:
+    engine.RESERVE_NOTICE_S = 0.1
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_catalogue_drivers_on_a_cluster_with_room_for_one_take_turns(tmp_path, model_dir, ray_cluster):
+    # Each driver placed its actor on the 2-CPU cluster, which left no CPU for either's decode tasks: both hung.
+    model = model_dir(sample_rate=RATE, nb_channels=1)
+    commands = {}
+    for run in ("a", "b"):
+        write(tmp_path / run / f"{run}.wav", 0.3, seed=1, channels=1, rate=RATE)
+        commands[run] = [str(tmp_path / run), "--engine", "ray", "--address", ray_cluster, "--model", str(model),
+                         "--outdir", str(tmp_path / "out"), "--quiet", "--niter", "0"]
+    a = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, "paused", *commands["a"]], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    b = None
+    try:
+        assert a.stdout.readline() == "paused\n"
+        b = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, "notice", *commands["b"]], stderr=subprocess.PIPE,
+                             text=True)
+        lines = iter(b.stderr.readline, "")  # b cannot have its actor while a holds the cluster's room
+        line = next((line for line in lines if line.startswith("umx-separate: waiting")), "")
+        assert line.startswith("umx-separate: waiting for room on the cluster for 1 actors (1 CPU each) and "), line
+        a.stdin.write("\n")
+        a.stdin.flush()
+        assert a.wait(120) == 0
+        rest = b.communicate(timeout=120)[1]  # read to the end: a full pipe would stop b
+        assert b.returncode == 0, rest
+    finally:
+        for process in (a, b):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob(f"*/{records.DONE_NAME}")) == ["a", "b"]

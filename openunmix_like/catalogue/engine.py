@@ -35,6 +35,8 @@ NAMESPACE = "openunmix-like"
 # A lost worker (node gone, process killed, out of memory) is retried this many times.
 TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 2
+# A run that cannot reserve its actors and decode/write tasks within this many seconds says it waits.
+RESERVE_NOTICE_S = 10.0
 # Drivers writing one local --outdir take turns updating _failures.csv through this lock file.
 FAILURES_LOCK = ".umx-failures.lock"
 
@@ -186,8 +188,17 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, p
     Failed tracks are appended to ``failures`` as they come, so an interrupted run still lists them.
     """
     ray = import_ray()
-    count, actor_resources = actor_layout(args, ray.cluster_resources())
-    io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES}
+    from ray.util import remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    resources = ray.cluster_resources()
+    count, actor_resources = actor_layout(args, resources)
+    count = min(count, max(1, len(plan.todo)))
+    group = tracks_per_call(args)
+    window = args.max_in_flight or (2 * count + 1) * group + 1
+    reserved = reserve(count, actor_resources, io_bundles(args, resources, count, window), args.io_cpus)
+    pinned = PlacementGroupSchedulingStrategy(reserved)
+    io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES, "scheduling_strategy": pinned}
     decode_task = ray.remote(decode_or_error).options(**io)
     write_task = ray.remote(write).options(**io)
     worker = ray.remote(SeparationWorker)
@@ -195,13 +206,13 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, p
     model = functools.partial(_fetch, [ray.put(separator)])
     targets = separator.target_names  # what the actors return, before --aggregate
     threads = max(1, math.ceil(args.actor_cpus))
-    # A killed actor restarts (reloading the model) and its queued tracks are retried there.
+    # A killed actor restarts (reloading the model) in its bundle and its queued tracks are retried there.
     actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
-                             max_task_retries=ACTOR_TASK_RETRIES, **actor_resources).remote(args.device, threads)
-              for k in range(min(count, max(1, len(plan.todo))))]
-    group = tracks_per_call(args)
+                             max_task_retries=ACTOR_TASK_RETRIES, **actor_resources,
+                             scheduling_strategy=PlacementGroupSchedulingStrategy(reserved, k)
+                             ).remote(args.device, threads)
+              for k in range(count)]
     load = [0] * len(actors)
-    window = args.max_in_flight or (2 * len(actors) + 1) * group + 1
     queue = list(reversed(plan.todo))
     pending: Dict[object, Tuple[Track, int]] = {}
     finished = 0
@@ -232,7 +243,48 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, p
     finally:
         for actor in actors:
             ray.kill(actor)
+        remove_placement_group(reserved)
     return finished
+
+
+def io_bundles(args: argparse.Namespace, resources: Dict[str, float], count: int, window: int) -> int:
+    """How many decode or write tasks (``--io-cpus`` each) the run reserves room for: the CPUs its actors
+    leave, but no more than its tracks in flight can use (a decode and a write each); none with
+    ``--io-cpus 0``, whose tasks need no room."""
+    if args.io_cpus <= 0:
+        return 0
+    left = resources.get("CPU", 0.0) - count * args.actor_cpus
+    return max(1, min(int(left / args.io_cpus + 1e-9), 2 * window))
+
+
+def reserve(count: int, actor_resources: dict, io: int, io_cpus: float):
+    """A placement group holding the run's ``count`` actors and ``io`` decode/write tasks, taken all at once.
+
+    Two drivers on one cluster each taking part of it deadlocked: actors holding every CPU, and the decode
+    tasks of both runs waiting for one. Reserved whole, a second run waits (saying so) until the first gives
+    its resources back, or runs beside it where the cluster has room for both.
+    """
+    ray = import_ray()
+    from ray.util import placement_group, remove_placement_group
+
+    actor = {"CPU": actor_resources["num_cpus"]}
+    if actor_resources.get("num_gpus"):
+        actor["GPU"] = actor_resources["num_gpus"]
+    reserved = placement_group([dict(actor) for _ in range(count)] + [{"CPU": io_cpus} for _ in range(io)],
+                               strategy="PACK")
+    try:
+        ready, _ = ray.wait([reserved.ready()], timeout=RESERVE_NOTICE_S)
+        if not ready:
+            each = ", ".join(f"{value:g} {name}" for name, value in actor.items())
+            print(f"umx-separate: waiting for room on the cluster for {count} actors ({each} each)"
+                  + (f" and {io} decode/write tasks ({io_cpus:g} CPU each)" if io else "")
+                  + ": other runs hold its resources ('ray status' lists them); Ctrl+C to stop",
+                  file=sys.stderr, flush=True)
+            ray.get(reserved.ready())
+    except BaseException:
+        remove_placement_group(reserved)
+        raise
+    return reserved
 
 
 def tracks_per_call(args: argparse.Namespace) -> int:
