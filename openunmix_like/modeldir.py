@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import pickle
 import re
 from pathlib import Path
@@ -187,8 +188,35 @@ def load_target(path: Path, target: str) -> nn.Module:
     architecture that can read its arguments off the state dict (Open-Unmix) is
     rebuilt from the weights, and ``model_args``, if given, must agree; the
     others are rebuilt from the exact ``model_args``.
+
+    A training run saving the target meanwhile replaces the two files one after the other: where they
+    disagree because one was replaced while they were read, they are read again.
     """
     json_path = path.parent / f"{target}.json"
+    for _ in range(3):
+        before = _versions(path, json_path)
+        try:
+            return _load_target(path, json_path, target)
+        except ModelError:
+            if _versions(path, json_path) == before:
+                raise
+    return _load_target(path, json_path, target)
+
+
+def _versions(*paths: Path) -> tuple:
+    """Which version of each file is there (inode, size, modification time; None where there is none)."""
+    versions = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            versions.append(None)
+        else:
+            versions.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(versions)
+
+
+def _load_target(path: Path, json_path: Path, target: str) -> nn.Module:
     meta = read_target_json(json_path)
     name = meta.get("architecture", architectures.DEFAULT_ARCHITECTURE)
     try:

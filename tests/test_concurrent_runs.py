@@ -418,3 +418,28 @@ def test_two_catalogue_drivers_on_a_cluster_with_room_for_one_take_turns(tmp_pat
                 process.kill()
                 process.wait()
     assert sorted(p.parent.name for p in (tmp_path / "out").glob(f"*/{records.DONE_NAME}")) == ["a", "b"]
+
+
+def test_a_model_saved_again_while_it_is_loaded_is_read_again(tmp_path, monkeypatch):
+    # umx-train --force of another size replaces vocals.json and the weights one after the other: a load that
+    # read the old vocals.json and the new weights said they disagree, and to fix or delete vocals.json.
+    from helpers import make_models
+    from openunmix_like import modeldir
+
+    settings = AudioSettings(8000.0, 512, 128, 1)
+
+    def model(hidden):
+        return make_models(("vocals",), nb_channels=1, hidden_size=hidden)["vocals"]
+
+    modeldir.save_target(tmp_path, "vocals", model(16), settings)
+    read_state_dict = modeldir.read_state_dict
+
+    def saved_again_meanwhile(path):  # vocals.json is read: the run saves the new model before the weights are
+        if not hasattr(saved_again_meanwhile, "done"):
+            saved_again_meanwhile.done = True
+            modeldir.save_target(tmp_path, "vocals", model(8), settings)
+        return read_state_dict(path)
+
+    monkeypatch.setattr(modeldir, "read_state_dict", saved_again_meanwhile)
+    loaded = modeldir.load_target(tmp_path / "vocals.safetensors", "vocals")
+    assert loaded.hidden_size == 8
