@@ -214,7 +214,8 @@ def _ffprobe(path: Path) -> AudioInfo:
     """Rate, channels and the length the file states; ``nb_frames`` is 0 when it states none."""
     cmd = [_ffmpeg_binary("ffprobe"), "-v", "warning", "-select_streams", "a:0",
            "-show_entries", "stream=sample_rate,channels,duration", "-of", "json", str(path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    # errors="replace": ffprobe's messages quote the file's name, whose bytes need not be UTF-8.
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", start_new_session=True)
     streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
     if not streams:
         raise AudioError(f"{path}: not a readable audio file; convert it to wav/flac/mp3")

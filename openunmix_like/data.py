@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import conform_channels
+from .audio import conform_channels, sf_path
 from .augment import Compose
 
 log = logging.getLogger("openunmix_like.data")
@@ -59,7 +59,7 @@ def scan(path: Path, problems: List[str]) -> Optional[AudioFile]:
     import soundfile as sf
 
     try:
-        info = sf.info(str(path))
+        info = sf.info(sf_path(path))  # bytes: a name that is not UTF-8 opens too
     except Exception as exc:  # noqa: BLE001 - any libsndfile failure means "unusable"
         problems.append(f"{path}: unreadable ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})")
         return None
@@ -98,7 +98,7 @@ def read_excerpt(file: AudioFile, start: float, duration: Optional[float], sampl
     first = int(round(start * file.sample_rate))
     frames = -1 if duration is None else int(round(duration * file.sample_rate))
     try:
-        data, _ = sf.read(str(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
+        data, _ = sf.read(sf_path(file.path), start=first, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise RuntimeError(f"{file.path}: cannot decode ({str(exc).strip()})") from exc
     if not np.isfinite(data).all():

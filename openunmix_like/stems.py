@@ -26,7 +26,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .audio import MP3_BITRATES, MP3_DEFAULT_BITRATE, subtype_for
-from .errors import AudioError
+from .errors import AudioError, shown
 from .inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, check_segmenting, iter_separate, separator_for
 from .separator import Separator, WienerSettings, aggregate_estimates, check_aggregate
 
@@ -117,6 +117,7 @@ def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
     ``names`` spells the options in the messages (:data:`CLI_NAMES` for ``umx-separate``)."""
     source = path.resolve()
     for out in outputs.values():
+        _check_name_length(path, out, names)
         if out.resolve() == source:
             raise AudioError(f"{path}: output would overwrite the input; change {names['outdir']} or "
                              f"{names['filename']}")
@@ -126,6 +127,39 @@ def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
         if out.exists() and not overwrite:
             raise AudioError(f"{out}: exists; pass {names['overwrite']} to overwrite it or choose another "
                              f"{names['outdir']}")
+
+
+# Bytes a partial file's path adds to its stem's path (openunmix_like.fileio:
+# ".<name>.<pid>-<host>-<random>.partial.ext").
+PARTIAL_EXTRA = 64
+# libsndfile, which writes every stem (mp3 ones first as wav), refuses paths of this many bytes or more.
+SNDFILE_PATH_MAX = 1024
+
+
+def _limits(folder: Path) -> Tuple[int, int]:
+    """The longest file name and path (in bytes) that the file system of ``folder`` (or of its nearest existing
+    parent) takes."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer: the common limits
+        return 255, 4096
+
+
+def _check_name_length(path: Path, out: Path, names: Mapping[str, str]) -> None:
+    """Refuse an output whose file or folder name is longer than its file system takes, before any work: the
+    stems would be separated, then fail to be written."""
+    name_max, path_max = _limits(out.parent)
+    part = next((p for p in out.parts if len(os.fsencode(p)) > name_max), None)
+    if part is not None:
+        raise AudioError(f"{path}: its output {out} has a name of {len(os.fsencode(part))} bytes, and the file system "
+                         f"takes at most {name_max}; shorten the input's name, or put {{track}} in a folder name of "
+                         f"its own ({names['filename']} '{{track}}/{{target}}.{{ext}}')")
+    size = len(os.fsencode(os.path.abspath(out)))
+    most = min(path_max, SNDFILE_PATH_MAX) - PARTIAL_EXTRA
+    if size > most:
+        raise AudioError(f"{path}: its output {out} is a path of {size} bytes (from /), and stems are written at "
+                         f"paths of at most {most}; give a shorter {names['outdir']} or {names['filename']}")
 
 
 def output_format(ext: str, bits: Optional[int], mp3_bitrate: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
@@ -309,7 +343,7 @@ def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *
         with StemWriter(outputs, out_rate, source.nb_channels, ext, bits, clip, mp3_bitrate,
                         overwrite=overwrite, channel_map=source.channel_map) as writer:
             chunks = iter_separate(separator, source, source.sample_rate, segment or None, overlap,
-                                   progress=progress, desc=path.name, out_rate=out_rate,
+                                   progress=progress, desc=shown(path.name), out_rate=out_rate,
                                    batch_segments=batch_segments)
             # A writer thread encodes each chunk while the next one is separated; one chunk in
             # flight at most, so memory stays bounded and a write error surfaces at the next chunk.

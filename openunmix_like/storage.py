@@ -104,7 +104,8 @@ def expand_url(spec: str, extensions: Sequence[str],
 
 
 def _expand(spec: str, fs, path: str, extensions: Sequence[str]) -> Tuple[List[str], List[str]]:
-    if glob.has_magic(path):
+    # An object named with [ ] * or ? ("[live] 01.flac") is that object, not a pattern, as a local file is.
+    if glob.has_magic(path) and not fs.isfile(path):
         found = [p for p in fs.glob(path) if fs.isfile(p)]
         if not found:
             return [], [f"{spec}: pattern matches no files"]
@@ -146,7 +147,8 @@ def read_manifest(manifest: str, storage_options: StorageOptions = None) -> List
         if "path" not in table.column_names:
             raise OpenUnmixLikeError(f"--manifest {manifest}: no 'path' column (columns: {table.column_names})")
         return [str(p) for p in table.column("path").to_pylist() if p]
-    text = data.decode("utf-8-sig", errors="replace")
+    # Bytes that are not UTF-8 stay as they are (as os.fsdecode keeps them): a local file's name of another encoding.
+    text = data.decode("utf-8-sig", errors="surrogateescape")
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "path" not in reader.fieldnames:

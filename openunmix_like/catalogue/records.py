@@ -82,14 +82,16 @@ def one_line(text: str) -> str:
 
 
 def failures_csv(rows: Sequence[Sequence[str]]) -> bytes:
-    """``path,stage,reason`` rows as CSV bytes (reasons on one line)."""
+    """``path,stage,reason`` rows as CSV bytes (reasons on one line); UTF-8, where a path's bytes that are not
+    (a local file name of another encoding) are written as they are, so that the path names the file."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "stage", "reason"])
     for path, stage, reason in rows:
         writer.writerow([path, stage, one_line(reason)])
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
 def read_failures(data: bytes) -> List[Dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(data.decode())))
+    """The rows of :func:`failures_csv`, each path as it was written."""
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import storage
-from ..errors import OpenUnmixLikeError
+from ..errors import OpenUnmixLikeError, shown
 from . import records
 
 
@@ -26,10 +26,12 @@ class StageError(OpenUnmixLikeError):
     """A track failed in one stage; ``stage`` is ``decode``, ``separate`` or ``write``."""
 
     def __init__(self, stage: str, source: str, reason: str):
-        reason = records.one_line(reason)
+        reason = str(reason)
         if reason.startswith(f"{source}: "):  # library errors already name the file
             reason = reason[len(source) + 2:]
-        super().__init__(f"{source}: {stage} failed: {reason}")
+        # Printable: Ray kills the worker whose task raises a message it cannot encode (a name not UTF-8).
+        reason = shown(records.one_line(reason))
+        super().__init__(f"{shown(source)}: {stage} failed: {reason}")
         self.stage, self.source, self.reason = stage, source, reason
 
     def __reduce__(self):  # Ray sends exceptions between processes by pickling them

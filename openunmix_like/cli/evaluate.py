@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import multiprocessing
 import signal
@@ -649,8 +650,9 @@ def _collect(pending: List[Scoring], methods: Dict[str, Method], batch: Batch) -
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, result)
         except OSError as exc:
-            batch.fail(scoring.where, OpenUnmixLikeError(f"{path}: cannot write it ({exc.strerror or exc}); free "
-                                                         "space or give another --evaldir"))
+            remedy = ("the track's name is too long for a file name there; rename its folder (at most 250 bytes)"
+                      if exc.errno == errno.ENAMETOOLONG else "free space or give another --evaldir")
+            batch.fail(scoring.where, OpenUnmixLikeError(f"{path}: cannot write it ({exc.strerror or exc}); {remedy}"))
             continue
         batch.done[scoring.method][scoring.name] = result
         batch.written += 1

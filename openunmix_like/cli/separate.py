@@ -20,7 +20,7 @@ import torch
 from .. import __version__, catalogue, stems
 from . import sigterm_as_interrupt
 from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
-from ..errors import AudioError, OpenUnmixLikeError
+from ..errors import AudioError, OpenUnmixLikeError, shown
 from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
 from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
 from ..processes import interrupts_ignored
@@ -132,9 +132,11 @@ def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tupl
         if path.is_file():
             add(path, folder_name(path))
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                           and not p.name.startswith(".") and not _inside(p, skip, path))
-            if not found:
+            found, broken = folder_files(path)
+            errors.extend(f"{link}: a link to {os.readlink(link)}, which does not exist; fix or remove the link"
+                          for link in broken)
+            found = [p for p in found if not _inside(p, skip, path)]
+            if not found and not broken:
                 errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             for p in found:
                 add(p, folder_name(p, root=str(path)))
@@ -146,12 +148,36 @@ def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tupl
             found = [p for p in matched if not _inside(p, skip, Path(root))]
             if not found:
                 errors.append(f"{spec}: pattern matches no files"
-                              + (f" outside --outdir {exclude}" if matched else ""))
+                              + (f" outside --outdir {exclude}" if matched else "")
+                              + ("; [ ] in a pattern match one of the characters between them: write [[] for "
+                                 "a [ in a file or folder name" if "[" in spec and not matched else ""))
             for p in found:
                 add(p, folder_name(p, root=root))
         else:
             errors.append(f"{path}: no such file or folder")
     return files, errors
+
+
+def folder_files(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """The audio files in ``folder`` and its subfolders, without hidden files (``.name``), sorted; and the links
+    among them that lead nowhere. Linked folders are searched too, each folder once (a link to a folder above
+    it does not loop)."""
+    found, broken, seen = [], [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            p = Path(top) / name
+            if name.startswith(".") or p.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            if p.is_file():
+                found.append(p)
+            elif p.is_symlink() and not p.exists():
+                broken.append(p)
+    return sorted(found), sorted(broken)
 
 
 def pattern_root(pattern: str) -> str:
@@ -299,7 +325,7 @@ def local_manifest(manifest: Optional[str]) -> List[str]:
 
 
 def _report(message: str) -> None:
-    print(f"umx-separate: error: {message}", file=sys.stderr)
+    print(f"umx-separate: error: {shown(message)}", file=sys.stderr)
 
 
 def plan_tracks(files: Mapping[Path, str], named: Sequence[Path], names: Sequence[str],
@@ -439,7 +465,7 @@ def run_tracks(runnable: Sequence[Tuple[Path, Dict[str, Path]]], separator: Sepa
             return False
         if not args.quiet:
             with lock:
-                print(f"{path} -> {', '.join(str(o) for o in outputs.values())}")
+                print(shown(f"{path} -> {', '.join(str(o) for o in outputs.values())}"))
         return True
 
     pool = ThreadPoolExecutor(max_workers=args.jobs)

@@ -93,13 +93,19 @@ def clean_filename(name: Optional[str]) -> str:
     return base[:200] or "upload"
 
 
+TRACK_NAME_BYTES = 200
+
+
 def track_name(filename: str) -> str:
     """The upload's name without its extension, safe as a file or folder name on any system.
 
     It names the zip's folder and the downloads: a name of dots (``..``) or with characters Windows
     refuses would make the zip write outside the folder it is extracted in, or not extract at all.
     """
-    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f\x7f]', "_", Path(filename).stem).strip(" .")
+    stem = re.sub(r'[<>:"/\\|?*\x00-\x1f\x7f]', "_", Path(filename).stem)
+    # At most TRACK_NAME_BYTES, whole characters: "<name>/<stem>.wav" and "<name>-<stem>.wav" must fit in the
+    # 255 bytes a file name may have where the zip is extracted (a name of 200 CJK characters is 600 bytes).
+    stem = stem.encode()[:TRACK_NAME_BYTES].decode("utf-8", "ignore").strip(" .")
     return stem or "track"
 
 
