@@ -21,6 +21,8 @@ import copy
 import dataclasses
 import json
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
@@ -169,9 +171,46 @@ def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> No
         warnings.simplefilter("ignore")
         # The batch axis is free too: a runtime batching a song's segments must not meet a fixed 1.
         axes = {0: "nb_samples", axis: name}
-        torch.onnx.export(model, (example_input(model, EXAMPLE_FRAMES, n_hop),), str(path), dynamo=False,
-                          opset_version=opset, input_names=["mix"], output_names=["estimate"],
-                          dynamic_axes={"mix": axes, "estimate": axes})
+        with _exporter_log_kept_on_failure():
+            torch.onnx.export(model, (example_input(model, EXAMPLE_FRAMES, n_hop),), str(path), dynamo=False,
+                              opset_version=opset, input_names=["mix"], output_names=["estimate"],
+                              dynamic_axes={"mix": axes, "estimate": axes})
+
+
+@contextlib.contextmanager
+def _exporter_log_kept_on_failure() -> Iterator[None]:
+    """Hold back what the process writes to its standard output and error (file descriptors 1 and 2)
+    meanwhile; pass it on only if the block succeeds.
+
+    The TorchScript-based exporter switches its C++ log on for every export (torch 2.13) and, when a step
+    fails (an operator the opset lacks), prints the whole traced graph to standard output: hundreds of
+    lines for a small model before the one-line error the caller reports.
+    """
+    with contextlib.ExitStack() as stack:
+        for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+            stack.enter_context(_held(fd, stream))
+        yield
+
+
+@contextlib.contextmanager
+def _held(fd: int, stream) -> Iterator[None]:
+    stream.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            stream.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read().decode(errors="replace")
+                if text:
+                    stream.write(text)
 
 
 def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -> Optional[Tensor]:

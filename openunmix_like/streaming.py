@@ -43,8 +43,7 @@ def check_streamable(separator: Separator) -> None:
         ValueError: EM iterations in the Wiener filter (``niter >= 1``), or a target model in training mode.
         ModelError: a target model that looks at later frames (a bidirectional LSTM, another architecture).
     """
-    check_wiener(separator.wiener)
-    for name, model in separator.target_models.items():
+    for name, model in separator.target_models.items():  # first: a model that cannot stream, whatever the filter
         if not isinstance(model, OpenUnmix):
             try:
                 kind = f"a {architecture_of(model).name} model"
@@ -59,6 +58,7 @@ def check_streamable(separator: Separator) -> None:
         if any(m.training for m in model.modules()):
             raise ValueError(f"target {name!r} is in training mode (batch statistics and dropout per block); "
                              "call separator.freeze() first")
+    check_wiener(separator.wiener)
 
 
 def check_wiener(wiener: WienerSettings) -> None:

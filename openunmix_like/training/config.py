@@ -183,6 +183,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         except ValueError as exc:
             raise OpenUnmixLikeError(f"--arch: {exc}") from None
         arch.parse_args(cfg.arch_args or [])
+        check_lstm_options(cfg, arch, f"a {arch.name!r} model (--arch {arch.name})")
         if cfg.arch_args and cfg.hidden_size is not None and any(
                 a.split("=")[0].strip() == "hidden_size" for a in cfg.arch_args):
             raise OpenUnmixLikeError("give the width once: --hidden-size or --arch-args hidden_size=...")
@@ -254,6 +255,7 @@ def resolve_model_options(cfg: TrainConfig) -> TrainConfig:
             raise OpenUnmixLikeError(f"--model {cfg.model}: its {target!r} model is a {arch.name!r} model; "
                                      f"fine-tuning keeps the architecture and its arguments, drop --arch and "
                                      f"--arch-args{preset}")
+        check_lstm_options(cfg, arch, f"--model {cfg.model}: its {target!r} model, a {arch.name!r} one,")
         config = model.config
         own = dict(fixed)
         if hasattr(config, "unidirectional"):
@@ -275,6 +277,29 @@ def resolve_model_options(cfg: TrainConfig) -> TrainConfig:
         defaults.update({name: value for name, (value, _) in own.items()
                          if getattr(cfg, name) is None or (name == "unidirectional" and not cfg.unidirectional)})
     return dataclasses.replace(cfg, **defaults)
+
+
+def check_lstm_options(cfg: TrainConfig, arch: architectures.Architecture, what: str) -> None:
+    """Refuse ``--unidirectional`` and a ``--bandwidth`` other than the default for an architecture without
+    Open-Unmix's LSTM, which they shape: taken silently, they would leave a model that is not what was asked
+    (a ``tfattn`` that looks ahead, a ``unet2d`` fed every bin).
+
+    Args:
+        what: the model the options are for, as the message's subject (``"a 'unet2d' model (--arch unet2d)"``).
+
+    Raises:
+        OpenUnmixLikeError: one line naming the option, the model, and what to do.
+    """
+    if arch.name == "umx":
+        return
+    if cfg.unidirectional:
+        raise OpenUnmixLikeError(f"--unidirectional: {what} has no LSTM to make causal (its output for a frame "
+                                 "depends on later frames; only umx models are trained causal, for streaming); drop "
+                                 "the option")
+    if cfg.bandwidth is not None and cfg.bandwidth != MODEL_FIXED["bandwidth"]:
+        bins = "it takes every bin up to --arch-args max_bin=N" if arch.spectral() else "it works on the waveform"
+        raise OpenUnmixLikeError(f"--bandwidth {cfg.bandwidth:g}: {what} has no LSTM whose input it "
+                                 f"limits ({bins}); drop the option")
 
 
 def model_bandwidth(sample_rate: float, n_fft: int, max_bin: int) -> float:
