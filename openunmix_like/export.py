@@ -230,7 +230,8 @@ def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {"mix": x.numpy()})[0])
     except Exception as exc:  # onnxruntime's own types (Fail, InvalidGraph, ...) derive from Exception only
-        raise OpenUnmixLikeError(f"{name or path}: onnxruntime cannot run the exported file ({_first_line(exc)}); "
+        reason = _first_line(exc) if name is None else _renamed(_first_line(exc), path, name)
+        raise OpenUnmixLikeError(f"{name or path}: onnxruntime cannot run the exported file ({reason}); "
                                  "export with another --opset (default 17), or pass --no-check if another runtime "
                                  "will run it") from exc
 
@@ -238,6 +239,14 @@ def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def _renamed(text: str, partial: Path, name: Path) -> str:
+    """``text`` naming ``name``, the file asked for, where it names ``partial``, the hidden file it is written in
+    (which is gone by the time the user reads the message)."""
+    for spelling in sorted({os.path.abspath(partial), str(partial)}, key=len, reverse=True):
+        text = text.replace(spelling, str(name))
+    return text
 
 
 def relative_error(model: nn.Module, path: Path, fmt: str, n_hop: int, name: Optional[Path] = None) -> Optional[float]:

@@ -117,7 +117,7 @@ def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
     ``names`` spells the options in the messages (:data:`CLI_NAMES` for ``umx-separate``)."""
     source = path.resolve()
     for out in outputs.values():
-        _check_name_length(path, out, names)
+        check_name_length(path, out, names)
         if out.resolve() == source:
             raise AudioError(f"{path}: output would overwrite the input; change {names['outdir']} or "
                              f"{names['filename']}")
@@ -146,9 +146,10 @@ def _limits(folder: Path) -> Tuple[int, int]:
         return 255, 4096
 
 
-def _check_name_length(path: Path, out: Path, names: Mapping[str, str]) -> None:
-    """Refuse an output whose file or folder name is longer than its file system takes, before any work: the
-    stems would be separated, then fail to be written."""
+def check_name_length(path: Union[str, Path], out: Path, names: Mapping[str, str] = PYTHON_NAMES) -> None:
+    """Refuse the output ``out`` of the input ``path`` when one of its file or folder names, or the whole path,
+    is longer than its file system takes, before any work: the stems would be separated, then fail to be
+    written."""
     name_max, path_max = _limits(out.parent)
     part = next((p for p in out.parts if len(os.fsencode(p)) > name_max), None)
     if part is not None:

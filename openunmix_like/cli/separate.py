@@ -133,8 +133,7 @@ def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tupl
             add(path, folder_name(path))
         elif path.is_dir():
             found, broken = folder_files(path)
-            errors.extend(f"{link}: a link to {os.readlink(link)}, which does not exist; fix or remove the link"
-                          for link in broken)
+            errors.extend(broken_link(link) for link in broken)
             found = [p for p in found if not _inside(p, skip, path)]
             if not found and not broken:
                 errors.append(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
@@ -153,9 +152,16 @@ def collect_inputs(specs: Sequence[str], exclude: Optional[Path] = None) -> Tupl
                                  "a [ in a file or folder name" if "[" in spec and not matched else ""))
             for p in found:
                 add(p, folder_name(p, root=root))
+        elif path.is_symlink():
+            errors.append(broken_link(path))
         else:
             errors.append(f"{path}: no such file or folder")
     return files, errors
+
+
+def broken_link(link: Path) -> str:
+    """The message for a link that leads nowhere, naming where it leads."""
+    return f"{link}: a link to {os.readlink(link)}, which does not exist; fix or remove the link"
 
 
 def folder_files(folder: Path) -> Tuple[List[Path], List[Path]]:

@@ -86,11 +86,19 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+FILENAME_CHARS = 200
+
+
 def clean_filename(name: Optional[str]) -> str:
-    """The upload's base name, printable and short (it is only shown, never used as a path)."""
+    """The upload's base name, printable and at most :data:`FILENAME_CHARS` characters (it is only shown, and
+    gives the input its extension; never used as a path). A longer one is cut before its extension:
+    ``<start of the name>….mp3``."""
     base = re.split(r"[\\/]", name or "")[-1]
     base = "".join(c for c in base if c.isprintable()).strip()
-    return base[:200] or "upload"
+    if len(base) > FILENAME_CHARS:
+        suffix = Path(base).suffix if SUFFIX.match(Path(base).suffix) else ""
+        base = base[:FILENAME_CHARS - 1 - len(suffix)].rstrip() + "\u2026" + suffix
+    return base or "upload"
 
 
 TRACK_NAME_BYTES = 200
@@ -659,7 +667,9 @@ class JobManager:
                     folder = self.jobs_dir / job.id
                     if job.model not in self.models:
                         self._finish(job, "failed", error=f"{job.filename}: model {job.model!r} is not "
-                                                          "offered by this server any more")
+                                                          "offered by this server any more; restart umx-web with "
+                                                          "--model naming that model or its folder, or upload "
+                                                          "the song again and choose another model")
                         continue
                     spec = {"input": str(folder / job.input), "filename": job.filename, "ext": job.ext,
                             "bits": job.bits, "bitrate": job.bitrate, "model_arg": self.models[job.model]["arg"],
