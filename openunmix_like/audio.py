@@ -9,12 +9,12 @@ float32 tensor ``(nb_channels, nb_timesteps)``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import shutil
 import subprocess
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import AudioError
+from .errors import AudioError, OpenUnmixLikeError
+from .fileio import new_temporary, no_room_in_temporary_folder, temporary_folder
 
 PathLike = Union[str, Path]
 SUBTYPES = {("wav", 16): "PCM_16", ("wav", 24): "PCM_24", ("wav", 32): "FLOAT",
@@ -115,20 +116,30 @@ class AudioSource:
             self._offset = int(round(start * self._file.samplerate))
         else:
             self._tmp, self._offset = _decode_with_ffmpeg(self.path, start, duration)  # after its pre-roll
-            self._file = sf.SoundFile(sf_path(self._tmp))
+            try:
+                self._file = sf.SoundFile(sf_path(self._tmp))
+            except BaseException:  # an interrupt too: the decoded copy must not outlive this
+                self._tmp.unlink(missing_ok=True)
+                raise
+        try:
+            self._describe(duration)
+        except BaseException:
+            self.close()
+            raise
+
+    def _describe(self, duration: Optional[float]) -> None:
+        """Rate, channels, speakers and length of the open file; an AudioError when they cannot be separated."""
         self.sample_rate = int(self._file.samplerate)
         self.nb_channels = int(self._file.channels)
         # The speakers of a 5.1 or 7.1 file, for its stems (ffmpeg writes them into its decoded copy too).
         self.channel_map = channel_map(self._file)
         if not MIN_RATE <= self.sample_rate <= MAX_RATE:
-            self.close()
             raise AudioError(f"{self.path}: sample rate {self.sample_rate} Hz is outside {MIN_RATE} to {MAX_RATE} Hz; "
                              "resample it (e.g. ffmpeg -i IN -ar 44100 OUT.wav)")
         available = max(0, self._file.frames - self._offset)
         wanted = available if duration is None else int(round(duration * self.sample_rate))
         self.nb_frames = min(available, wanted)
         if self.nb_frames <= 0:
-            self.close()
             raise AudioError(f"{self.path}: no audio samples (empty file or start beyond its end)")
 
     def read(self, start: int, stop: int) -> Tensor:
@@ -249,26 +260,49 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
     wanted = None if duration is None else preroll + int(round(duration * rate))
     if wanted is not None:  # a little more than needed: AudioSource cuts the excerpt to the sample
         cmd += ["-t", f"{(wanted + rate // 10) / rate:.9f}"]
-    fd, tmp = tempfile.mkstemp(prefix="openunmix-like-", suffix=".wav")
-    os.close(fd)
-    cmd += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-rf64", "auto", "-f", "wav", tmp]
-    # In a session of its own, so that Ctrl+C in a terminal stops the program reading the file
-    # (which then removes the file) rather than failing the decode.
-    result = subprocess.run(cmd, capture_output=True, start_new_session=True)
-    if result.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(f"{path}: cannot decode it, the file is corrupt or not audio "
-                         f"({message[-1] if message else 'ffmpeg failed'}); re-export or re-download it")
-    decoded = _frames_of(Path(tmp))
-    expected = probe.nb_frames - (first - preroll)  # negative when the file states no length
-    if wanted is not None:
-        expected = min(expected, wanted)
-    if expected - decoded > max(FFMPEG_LENGTH_TOLERANCE, 0.01 * expected):
-        Path(tmp).unlink(missing_ok=True)
-        raise AudioError(f"{path}: truncated (its header announces {probe.nb_frames / rate:.2f} s, "
-                         f"{(first - preroll + decoded) / rate:.2f} s decode); re-export or re-download it")
-    return Path(tmp), preroll
+    channels = probe.nb_channels
+    nb_bytes = (wanted if wanted is not None else max(0, probe.nb_frames - first + preroll)) * channels * 4
+    tmp = _decoded_copy(path, nb_bytes)
+    try:  # whatever happens before it is handed over (an interrupt too), the copy goes
+        cmd += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-rf64", "auto", "-f", "wav", str(tmp)]
+        # In a session of its own, so that Ctrl+C in a terminal stops the program reading the file
+        # (which then removes the file) rather than failing the decode.
+        result = subprocess.run(cmd, capture_output=True, start_new_session=True)
+        if result.returncode != 0:
+            said = result.stderr.decode(errors="replace")
+            if "No space left on device" in said:
+                raise AudioError(f"{path}: cannot decode it: "
+                                 f"{no_room_in_temporary_folder(tmp.parent, 'its decoded copy', nb_bytes)}")
+            message = said.strip().splitlines()
+            raise AudioError(f"{path}: cannot decode it, the file is corrupt or not audio "
+                             f"({message[-1] if message else 'ffmpeg failed'}); re-export or re-download it")
+        decoded = _frames_of(tmp)
+        expected = probe.nb_frames - (first - preroll)  # negative when the file states no length
+        if wanted is not None:
+            expected = min(expected, wanted)
+        if expected - decoded > max(FFMPEG_LENGTH_TOLERANCE, 0.01 * expected):
+            raise AudioError(f"{path}: truncated (its header announces {probe.nb_frames / rate:.2f} s, "
+                             f"{(first - preroll + decoded) / rate:.2f} s decode); re-export or re-download it")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, preroll
+
+
+def _decoded_copy(path: Path, nb_bytes: int) -> Path:
+    """A new empty file in the temporary folder for ``path``'s decoded copy (``nb_bytes``, 0 when unknown);
+    what killed runs left there is removed first."""
+    try:
+        return new_temporary(".wav")
+    except OpenUnmixLikeError as exc:
+        raise AudioError(f"{path}: cannot decode it: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            problem = no_room_in_temporary_folder(temporary_folder(), "its decoded copy", nb_bytes)
+        else:
+            problem = (f"cannot write in the temporary folder {temporary_folder()} ({exc.strerror or exc}); "
+                       "set TMPDIR to a folder with room")
+        raise AudioError(f"{path}: cannot decode it: {problem}") from None
 
 
 # libsndfile's commands for the speaker of each channel (SF_CHANNEL_MAP_* codes), which soundfile does not wrap.

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
 from .errors import OpenUnmixLikeError
-from .fileio import new_partial
+from .fileio import new_partial, temporary_folder
 from .modeldir import AudioSettings
 from .processes import interrupts_held
 
@@ -196,7 +196,7 @@ def _exporter_log_kept_on_failure() -> Iterator[None]:
 def _held(fd: int, stream) -> Iterator[None]:
     stream.flush()
     saved = os.dup(fd)
-    with tempfile.TemporaryFile() as held:
+    with tempfile.TemporaryFile(dir=temporary_folder()) as held:  # one line when no temporary folder is writable
         os.dup2(held.fileno(), fd)
         ok = False
         try:

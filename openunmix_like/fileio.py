@@ -99,6 +99,65 @@ def new_partial(path: Union[str, Path], suffix: str = "") -> Path:
     return Path(tmp)
 
 
+# Temporary files in the system's temporary folder (TMPDIR) are named ``openunmix-like-<pid>-<host>-<random><suffix>``,
+# so that a later run removes what a killed one (SIGKILL, the out-of-memory killer) left there.
+TEMPORARY_PREFIX = "openunmix-like-"
+_TEMPORARY_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+(\.[A-Za-z0-9]+)?")
+
+
+def temporary_folder() -> str:
+    """The folder temporary files go to (``$TMPDIR``, else ``/tmp`` and Python's other candidates).
+
+    Raises:
+        OpenUnmixLikeError: no candidate can be written (a read-only container with no ``TMPDIR`` set).
+    """
+    from .errors import OpenUnmixLikeError
+
+    try:
+        return tempfile.gettempdir()
+    except OSError as exc:  # FileNotFoundError: "No usable temporary directory found in [...]"
+        raise OpenUnmixLikeError(f"no writable temporary folder ({exc.strerror or exc}); set TMPDIR to a folder "
+                                 "with room") from None
+
+
+def no_room_in_temporary_folder(folder: Union[str, Path], what: str, nb_bytes: Optional[int] = None) -> str:
+    """The message for a temporary folder too full for ``what``, which takes about ``nb_bytes``."""
+    size = f" (about {nb_bytes / 1e6:,.0f} MB)" if nb_bytes else ""
+    return (f"no room for {what}{size} in the temporary folder {folder}; free space there or set TMPDIR to a "
+            "folder with more room")
+
+
+def remove_stale_temporaries(folder: Union[str, Path]) -> List[Path]:
+    """Remove the package's temporary files in ``folder`` left by processes on this host that are no longer running."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TEMPORARY_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY_REST.fullmatch(name[len(TEMPORARY_PREFIX):])
+        if match and match["host"] == HOST_TAG and not _process_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):  # another run removed it first, or another user's
+                os.unlink(Path(folder) / name)
+                removed.append(Path(folder) / name)
+    return removed
+
+
+def new_temporary(suffix: str = "") -> Path:
+    """Create an empty file (readable by its owner only) in the temporary folder, first removing what killed runs
+    left there; the caller removes it.
+
+    Raises:
+        OpenUnmixLikeError: no writable temporary folder.
+        OSError: the file cannot be created there.
+    """
+    folder = temporary_folder()
+    remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-{HOST_TAG}-", suffix=suffix, dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.

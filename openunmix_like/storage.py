@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import io
 import os
@@ -202,8 +203,10 @@ def local_copy(path: str, storage_options: StorageOptions = None) -> Iterator[Pa
     if not is_url(path):
         yield Path(path)
         return
+    from .fileio import no_room_in_temporary_folder, temporary_folder
+
     fs, inner = filesystem(path, storage_options)
-    folder = tempfile.mkdtemp(prefix="umx-input-")
+    folder = tempfile.mkdtemp(prefix="umx-input-", dir=temporary_folder())
     try:
         local = Path(folder) / (posixpath.basename(inner.rstrip("/")) or "input")
         try:
@@ -214,6 +217,9 @@ def local_copy(path: str, storage_options: StorageOptions = None) -> Iterator[Pa
         except FileNotFoundError:
             raise OpenUnmixLikeError(f"{path}: no such object; check the URL") from None
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OpenUnmixLikeError(f"{path}: cannot download it: "
+                                         f"{no_room_in_temporary_folder(Path(folder).parent, 'its copy')}") from None
             raise OpenUnmixLikeError(f"{path}: cannot download ({exc}); check the URL and credentials") from None
         yield local
     finally:

@@ -16,8 +16,10 @@ Runs in other processes that write the same outputs take turns renaming (a lock 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -42,6 +44,8 @@ MP3_MAX_CHANNELS = 2
 # take turns through a lock file of this name in the folder the stems share.
 _RENAMING = threading.Lock()
 LOCK_NAME = ".umx-writing.lock"
+# Free bytes below which a file system whose write failed is taken as full.
+FULL_BELOW = 1 << 20
 
 
 def format_problem(ext: str, sample_rate: int, nb_channels: int, python: bool = False) -> Optional[str]:
@@ -67,6 +71,10 @@ class OutputExists(AudioError):
     def __init__(self, path: Path):
         super().__init__(f"{path}: exists (written while this track was being separated); nothing was written")
         self.path = path
+
+
+class DiskFull(AudioError):
+    """The file system of a stem's folder filled up while it was written; nothing was written."""
 
 
 class EncoderStopped(AudioError):
@@ -299,7 +307,9 @@ class StemWriter:
         cmd = [_ffmpeg_binary("ffmpeg", "encode mp3"), "-nostdin", "-v", "error", "-y", "-f", "f32le",
                "-ar", str(self.sample_rate), "-ac", str(self.nb_channels), "-i", "pipe:0", "-c:a", "libmp3lame",
                "-b:a", f"{self.bitrate}k", "-f", "mp3", b"file:" + os.fsencode(path)]
-        with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on what it says
+        # A file, not a pipe: ffmpeg never blocks on what it says. Beside the stem, not in the temporary folder,
+        # which may be unusable (a read-only container) while the output folder is writable; never seen by name.
+        with tempfile.TemporaryFile(prefix=".umx-ffmpeg-", dir=path.parent) as errors:
             encoder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
             stopped = False
             try:
@@ -347,7 +357,20 @@ def _as_audio_error(exc: Exception, path: Path) -> AudioError:
     if isinstance(exc, EncoderStopped):
         return EncoderStopped(str(exc), exc.signum)
     if isinstance(exc, AudioError):
-        return AudioError(str(exc))
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return AudioError(f"{path}: disk full while writing; free space and run again")
+        return DiskFull(str(exc)) if isinstance(exc, DiskFull) else AudioError(str(exc))
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or _full(exc, path):
+        return DiskFull(f"{path}: disk full while writing; free space and run again")
     return AudioError(f"{path}: cannot write ({exc}); check the output folder is writable")
+
+
+def _full(exc: Exception, path: Path) -> bool:
+    """Whether libsndfile's failure to write ``path`` is a full disk: it says only "System error." and keeps no
+    errno, but the failed write leaves the folder's file system with (next to) no room."""
+    import soundfile as sf
+
+    if not isinstance(exc, (RuntimeError, sf.LibsndfileError)) or "System error" not in str(exc):
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_BELOW
+    except OSError:
+        return False

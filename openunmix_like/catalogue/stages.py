@@ -19,6 +19,7 @@ import torch
 
 from .. import storage
 from ..errors import OpenUnmixLikeError, shown
+from ..fileio import no_room_in_temporary_folder, temporary_folder
 from . import records
 
 
@@ -282,11 +283,12 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
     record always describes the stems beside it, whichever run wrote them last.
     """
     from ..separator import aggregate_estimates
-    from ..writer import StemWriter
+    from ..writer import DiskFull, StemWriter
 
     names, frames = list(target_names), 0
     remote = any(storage.is_url(url) for url in track.stems.values())
-    folder = Path(tempfile.mkdtemp(prefix="umx-stems-")) if remote else None
+    # Stems bound for object storage are written in the temporary folder first, then uploaded.
+    folder = Path(tempfile.mkdtemp(prefix="umx-stems-", dir=temporary_folder())) if remote else None
     record: Dict[str, object] = {}
 
     def drop_record() -> None:
@@ -317,6 +319,10 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
                 writer.finish(before=drop_record, after=write_record)
         if remote:  # object storage has no locks: the stems are uploaded, then their record
             write_record()
+    except DiskFull as exc:
+        if folder is None:
+            raise
+        raise OpenUnmixLikeError(no_room_in_temporary_folder(folder.parent, "the stems before their upload")) from exc
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
