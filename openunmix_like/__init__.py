@@ -8,9 +8,22 @@
 __version__ = "0.1.0"
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 from .errors import AudioError, DownloadError, ModelError, OpenUnmixLikeError
+
+# oneDNN, which runs torch's CPU LSTMs and matrix products, keeps the kernels it builds for each input shape:
+# up to 1024 in each of two caches (about 5 MB a song's length for umxhq). Songs differ in length, and so
+# does each one's last segment: a process separating a catalogue, or an umx-web worker, grew by that much
+# per song. One song takes about 40 kernels (the bundled model, segments of two lengths): 64 keep them, so a
+# second call builds none (16 made it rebuild 66 of its 360). torch reads these when it first runs oneDNN
+# (so from here on, in a process that has not yet); a value set in the environment is kept.
+KERNEL_CACHE_ENVS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+KERNEL_CACHE_SHAPES = 64
+for _name in KERNEL_CACHE_ENVS:
+    os.environ.setdefault(_name, str(KERNEL_CACHE_SHAPES))
+del _name
 
 # Names whose modules import torch, loaded on first use: a command-line tool imports this package first, and
 # its entry point (openunmix_like.cli) must be running before torch is imported, to take a Ctrl+C then.
