@@ -128,9 +128,9 @@ def old_done(outdir: Path, song: Path, filename: str, stems: dict, settings: dic
     return path
 
 
-@pytest.mark.parametrize("filename", ["{track}/{target}.{ext}", "{model}/{track}/{target}.{ext}",
-                                      "{track}/stems/{target}.{ext}"])
-def test_tracks_an_old_ray_run_finished_are_skipped_whatever_the_template(tmp_path, filename):
+def finished_by_the_old_release(tmp_path, filename):
+    """A song whose stems the old release wrote with ``filename``, and its record where that release kept it;
+    returns the song, the output folder and the stems."""
     song = tmp_path / "in" / "song.wav"
     write(song, 0.5, seed=0, rate=RATE)
     outdir = tmp_path / "out"
@@ -139,6 +139,13 @@ def test_tracks_an_old_ray_run_finished_are_skipped_whatever_the_template(tmp_pa
     for k, path in enumerate(stems.values()):
         write(path, 0.5, seed=10 + k, rate=RATE)
     old_done(outdir, song, filename, stems, settings)
+    return song, outdir, stems
+
+
+@pytest.mark.parametrize("filename", ["{track}/{target}.{ext}", "{model}/{track}/{target}.{ext}",
+                                      "{track}/stems/{target}.{ext}"])
+def test_tracks_an_old_ray_run_finished_are_skipped_whatever_the_template(tmp_path, filename):
+    song, outdir, stems = finished_by_the_old_release(tmp_path, filename)
     plan, _ = plan_for(outdir, song, filename)
     assert not plan.todo and [t.source for t in plan.skipped] == [str(song)]
     # Found where this version keeps it from now on, without reading the stems again.
@@ -147,14 +154,7 @@ def test_tracks_an_old_ray_run_finished_are_skipped_whatever_the_template(tmp_pa
 
 def test_an_old_record_whose_stems_were_replaced_since_is_not_honoured(tmp_path):
     filename = "{model}/{track}/{target}.{ext}"  # this version's record goes to mymodel/song/_done.json
-    song = tmp_path / "in" / "song.wav"
-    write(song, 0.5, seed=0, rate=RATE)
-    outdir = tmp_path / "out"
-    plan, settings = plan_for(outdir, song, filename)
-    stems = {name: Path(path) for name, path in plan.todo[0].stems.items()}
-    for k, path in enumerate(stems.values()):
-        write(path, 0.5, seed=10 + k, rate=RATE)
-    old_done(outdir, song, filename, stems, settings)
+    song, outdir, stems = finished_by_the_old_release(tmp_path, filename)
     # A run with other settings, stopped after replacing one stem (its own record removed first, the old one kept).
     write(stems["drums"], 0.5, seed=99, rate=RATE)
     plan, _ = plan_for(outdir, song, filename)
