@@ -1,7 +1,6 @@
 """What a user meets with a model folder of another architecture than Open-Unmix (unet2d, unet1d, tfattn):
 options of Open-Unmix's LSTM refused, a failed ONNX export in one line, the export recipe's stated command."""
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from helpers import RATE, music_like, tiny_folder, track_folders
+from test_export_synth_review import documented_recipe
 from openunmix_like.cli.export import main as export_main
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.cli.train import main as train_main
@@ -76,15 +76,6 @@ def test_an_onnx_export_the_opset_cannot_hold_fails_in_one_line(tmp_path, capfd,
 
 
 # ---------------------------------------------------------------- the export recipe's stated equality
-
-
-def documented_recipe() -> str:
-    """The indented code block after the docs' 'Running the exported models as umx-separate runs them'."""
-    lines = DOCS.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Running the exported models as"))
-    first = next(i for i in range(start, len(lines)) if lines[i].startswith("    "))
-    end = next(i for i in range(first, len(lines)) if lines[i].strip() and not lines[i].startswith("    "))
-    return textwrap.dedent("\n".join(lines[first:end]))
 
 
 def documented_command() -> list:

@@ -121,3 +121,6 @@ def test_an_onnx_file_onnxruntime_cannot_load_is_one_line_and_not_kept(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vocals.onnx: onnxruntime cannot run the exported file" in err[0], err
     assert "Traceback" not in "".join(err) and not out.exists()
+    # Named as asked, not by the hidden partial file it was written in.
+    assert err[0].startswith(f"umx-export: error: {out / 'vocals.onnx'}: onnxruntime cannot run"), err
+    assert f"Load model from {out / 'vocals.onnx'} failed" in err[0] and ".partial" not in err[0], err

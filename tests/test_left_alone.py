@@ -14,7 +14,6 @@ from helpers import music_like, tiny_folder, write
 from openunmix_like import storage
 from openunmix_like.catalogue.plan import KEY_MAX, check_output_names
 from openunmix_like.cli.evaluate import load_done
-from openunmix_like.cli.export import main as export_main
 from openunmix_like.cli.separate import main
 from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like.evaluate import METRICS
@@ -151,21 +150,6 @@ def test_a_queued_job_whose_model_is_gone_after_a_restart_says_what_to_do(tmp_pa
     assert restarted.get(job.id).error == ("song.wav: model 'choir' is not offered by this server any more; restart "
                                            "umx-web with --model naming that model or its folder, or upload the song "
                                            "again and choose another model")
-
-
-# ---------------------------------------------------------------- umx-export
-
-
-def test_an_onnx_file_onnxruntime_cannot_load_is_named_as_asked_not_by_its_partial_file(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    folder = tiny_folder(tmp_path, "umx", SETTINGS, targets=("vocals",))
-    out = tmp_path / "onnx"
-    # At opset 8 torch's exporter writes LSTMs with ConstantFill, an experimental op onnxruntime lacks.
-    assert export_main([str(folder), "--format", "onnx", "--opset", "8", "--outdir", str(out)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"umx-export: error: {out / 'vocals.onnx'}: onnxruntime cannot run"), err
-    assert f"Load model from {out / 'vocals.onnx'} failed" in err[0] and ".partial" not in err[0], err
 
 
 # ---------------------------------------------------------------- umx-evaluate records of an older release
