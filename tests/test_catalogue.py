@@ -4,6 +4,7 @@ Each Ray test starts its own local Ray with 2 CPUs and stops it; the object
 storage test runs moto's S3 server on 127.0.0.1.
 """
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -415,6 +416,31 @@ def test_killed_separation_actor_is_replaced_and_every_track_finishes(tmp_path, 
     assert result == {"rc": 0}
     assert done_tracks(out) == {f"t{k}" for k in range(6)}
     assert not (out / records.FAILURES_NAME).exists()
+
+
+@pytest.mark.slow
+def test_without_address_the_run_starts_and_stops_a_ray_of_its_own_and_shows_none_of_its_lines(tmp_path, model_dir):
+    # What most users type. Ray 2.60 warned "Token authentication is enabled for this Ray cluster. Set
+    # RAY_AUTH_MODE=disabled to opt out..." on every such run, before the progress bar; Ray's lines are
+    # for --verbose. A fresh HOME is a machine that has never run Ray (no stored token).
+    inputs = make_inputs(tmp_path / "in", 2, seconds=1.0)
+    home = tmp_path / "home"
+    home.mkdir()
+    folder = tempfile.mkdtemp(prefix="umx-ray-")  # Ray's sockets need a short path
+    try:
+        env = dict(os.environ, HOME=str(home), RAY_TMPDIR=folder)
+        env.pop("RAY_AUTH_MODE", None)
+        result = subprocess.run([sys.executable, "-m", "openunmix_like.cli.separate", str(inputs), "--engine", "ray",
+                                 "--model", str(model_dir()), "--outdir", str(tmp_path / "out"), "--quiet"],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stderr == ""
+        assert done_tracks(tmp_path / "out") == {"t0", "t1"}
+        assert (home / ".ray" / "auth_token").is_file()  # Ray's protection is still on
+        left = subprocess.run(["pgrep", "-f", folder], capture_output=True, text=True).stdout.split()
+        assert left == []  # its GCS, raylet and workers are gone
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -62,6 +62,10 @@ def connect(address: Optional[str], verbose: bool) -> bool:
         if address:
             ray.init(address=address, **common)
         else:
+            # Ray 2.60 turns token authentication on for a new local cluster and says so in a warning there is
+            # nothing to do about here (the cluster is this run's own): Ray's lines are for --verbose.
+            if not verbose:
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--address {address}" if address else "a local Ray"
