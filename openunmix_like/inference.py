@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
 from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
-                        resolve_precision)
+                        check_wiener_keywords, resolve_precision)
 
 DEFAULT_SEGMENT = 30.0
 DEFAULT_OVERLAP = 2.0
@@ -414,6 +414,7 @@ def separator_for(model: Union[str, Path, Separator, None], targets: Optional[Se
                   progress: bool, wiener_options: Mapping) -> Separator:
     """The separator ``model`` names, loaded with these settings; or ``model`` itself when it is a
     :class:`Separator` and none of them is given (a ``ValueError`` otherwise: they would be ignored)."""
+    check_wiener_keywords(wiener_options)
     if not isinstance(model, Separator):
         return Separator.from_pretrained(model, targets=targets, device="cpu" if device is None else device,
                                          wiener=wiener, progress=progress,

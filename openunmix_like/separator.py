@@ -132,7 +132,32 @@ def wiener_settings(wiener: Optional[WienerSettings], options: Mapping) -> Wiene
     if wiener is not None and not isinstance(wiener, WienerSettings):
         raise TypeError(f"wiener must be a WienerSettings, got {wiener!r}; pass niter, softmask, residual "
                         "and wiener_win_len as keywords")
+    check_wiener_keywords(options)
     return (wiener or WienerSettings()).replace(**options)
+
+
+def check_wiener_keywords(options: Mapping) -> None:
+    """Refuse keywords that are not Wiener settings with a ``TypeError``, naming our spelling of the reference
+    package's keywords (``rate``, ``model_str_or_path``, ``aggregate_dict``, ...)."""
+    fields = [f.name for f in dataclasses.fields(WienerSettings)]
+    unknown = next((name for name in options if name not in fields), None)
+    if unknown is not None:
+        ours = REFERENCE_KEYWORDS.get(unknown)
+        raise TypeError(f"unexpected keyword argument {unknown!r}"
+                        + (f" (the reference package's): {ours}" if ours else
+                           f"; the Wiener settings are {', '.join(fields)}"))
+
+
+# Keywords of the reference package's functions (openunmix.predict.separate, utils.load_separator) that
+# reach the Wiener settings here, and what to write instead (docs/migrating.md).
+REFERENCE_KEYWORDS = {
+    "rate": "write sample_rate=",
+    "model_str_or_path": "write model= (separate, separate_file) or the first argument (Separator.from_pretrained)",
+    "aggregate_dict": "write aggregate=",
+    "separator": "pass the Separator as model=",
+    "filterbank": "leave it out: the STFT is torch.stft, the reference's 'torch' (umx-export writes ONNX)",
+    "pretrained": "leave it out: models load with their weights (random weights: Separator(OpenUnmix(...)))",
+}
 
 
 class Separator(nn.Module):
@@ -485,7 +510,8 @@ class Separator(nn.Module):
                     "raw/processed pairs), separate with niter=0 and no softmask (umx-separate --niter 0, or "
                     "\"niter\": 0 in the model folder's separator.json, as umx-train --dataset aligned writes it)")
 
-    def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
+    def to_dict(self, estimates: Tensor, aggregate: Optional[Mapping[str, Sequence[str]]] = None, *,
+                aggregate_dict: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Tensor]:
         """Name the estimates, optionally summing groups of targets.
 
         Args:
@@ -493,6 +519,7 @@ class Separator(nn.Module):
             aggregate: new name -> list of target names to sum, e.g.
                 ``{"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}``;
                 when given, only these names are returned.
+            aggregate_dict: the reference package's name for ``aggregate`` (give one of them).
 
         Returns:
             name -> ``(nb_samples, nb_channels, nb_timesteps)``.
@@ -502,6 +529,10 @@ class Separator(nn.Module):
             shape = tuple(estimates.shape) if isinstance(estimates, Tensor) else type(estimates).__name__
             raise ValueError(f"estimates must be (nb_samples, {len(names)} targets, nb_channels, nb_timesteps) as "
                              f"forward returns them ({', '.join(names)}), got {shape}")
+        if aggregate_dict is not None:
+            if aggregate is not None:
+                raise TypeError("to_dict takes aggregate or aggregate_dict (the reference's name), not both")
+            aggregate = aggregate_dict
         named = {name: estimates[:, j] for j, name in enumerate(names)}
         return aggregate_estimates(named, aggregate)
 

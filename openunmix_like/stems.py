@@ -28,7 +28,7 @@ import torch
 from .audio import MP3_BITRATES, MP3_DEFAULT_BITRATE, subtype_for
 from .errors import AudioError, shown
 from .inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT, check_segmenting, iter_separate, separator_for
-from .separator import Separator, WienerSettings, aggregate_estimates, check_aggregate
+from .separator import REFERENCE_KEYWORDS, Separator, WienerSettings, aggregate_estimates, check_aggregate
 
 DEFAULT_TEMPLATE = "{track}/{target}.{ext}"
 EXTENSIONS = ("wav", "flac", "mp3")
@@ -75,6 +75,11 @@ def _fill(template: str, folder: str, **fields: str) -> str:
     return template.format(folder=folder, **fields)
 
 
+# Demucs's and Spleeter's names of the template fields (docs/migrating.md).
+FOREIGN_FIELDS = {"stem": "{target}", "instrument": "{target}", "filename": "{track}", "codec": "{ext}",
+                  "foldername": "{folder}", "trackext": "the input's extension in the template itself"}
+
+
 def stem_names(template: str, track: str, names: Sequence[str], ext: str, model: str,
                folder: str = "") -> Dict[str, str]:
     """Stem name -> path relative to the output folder, from a template with ``{track}``, ``{target}``,
@@ -85,8 +90,10 @@ def stem_names(template: str, track: str, names: Sequence[str], ext: str, model:
         try:
             out[name] = _fill(template, folder, track=track, target=name, ext=ext, model=model)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            ours = FOREIGN_FIELDS.get(exc.args[0]) if isinstance(exc, KeyError) and exc.args else None
             raise ValueError(f"{template!r}: bad template ({exc}); use {{track}}, {{target}}, {{ext}}, "
-                             "{model}, {folder}") from None
+                             "{model}, {folder}" + (f" (write {ours} for {{{exc.args[0]}}})" if ours else "")
+                             ) from None
     # Compared as paths: "a/./b.wav" and "a//b.wav" are one file, and "a" cannot be a file and hold "a/b.wav".
     normal = {name: posixpath.normpath(rel.replace(os.sep, "/")) for name, rel in out.items()}
     for name, rel in normal.items():
@@ -201,8 +208,11 @@ def _check_early(path: Path, outdir: Path, on_progress, cancel, wiener_options: 
 
     unknown = [key for key in wiener_options if key not in WIENER_FIELDS]
     if unknown:
+        hints = [f"{key}, the reference package's: {REFERENCE_KEYWORDS[key]}" for key in unknown
+                 if key in REFERENCE_KEYWORDS]
         raise TypeError(f"separate_file() got unexpected keyword arguments {', '.join(map(repr, unknown))}; "
-                        f"the Wiener settings it takes as keywords are {', '.join(WIENER_FIELDS)}")
+                        f"the Wiener settings it takes as keywords are {', '.join(WIENER_FIELDS)}"
+                        + (f" ({'; '.join(hints)})" if hints else ""))
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be a function taking the fraction done, got {type(on_progress).__name__}")
     if cancel is not None and not callable(getattr(cancel, "is_set", None)):

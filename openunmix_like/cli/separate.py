@@ -31,6 +31,61 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
 WIENER = WienerSettings()  # the defaults
 
+# Options of the reference Open-Unmix CLI (umx), Demucs and Spleeter that umx-separate spells otherwise or
+# lacks: each is refused with one line naming what to write instead (docs/migrating.md). Matched whole, before
+# argparse, which would otherwise take --mp3 for --mp3-bitrate.
+FOREIGN_OPTIONS = {
+    "--audio-backend": "umx-separate reads audio with soundfile and the ffmpeg program, there is no backend "
+                       "to choose; leave it out",
+    "--filterbank": "umx-separate has one STFT, torch.stft (the reference's 'torch'); leave it out "
+                    "(umx-export writes ONNX models)",
+    **dict.fromkeys(("-n", "--name"), "use --model NAME or --model DIR (umxhq, umx, umxl, umxse or a model "
+                                      "folder; Demucs models do not load here)"),
+    **dict.fromkeys(("-o", "--output_path"), "use --outdir DIR"),
+    "-d": "use --device cpu|cuda|mps (Demucs's -d) or --duration SECONDS (Spleeter's -d)",
+    "--two-stems": "use --targets STEM --residual NAME, e.g. --targets vocals --residual no_vocals",
+    "--mp3": "use --ext mp3 (and --mp3-bitrate KBPS, default 320)",
+    "--flac": "use --ext flac",
+    "--int24": "use --bits 24",
+    "--float32": "use --bits 32 (32-bit float wav)",
+    "--clip-mode": "use --clip rescale|clamp|none",
+    "-j": "use --jobs N (files separated in parallel)",
+    "--shifts": "umx-separate has no averaging over shifted copies; leave it out",
+    "--no-split": "use --segment 0 (the whole track in one pass)",
+    "--other-method": "use --residual NAME for the mixture minus the targets, or --aggregate to sum targets",
+    "--mp3-preset": "umx-separate encodes mp3 at a constant --mp3-bitrate; leave it out",
+    **dict.fromkeys(("--repo", "--sig"), "use --model DIR with a model folder"),
+    "-v": "use --verbose",
+    **dict.fromkeys(("-p", "--params_filename"), "use --model (spleeter:4stems' targets are the default ones; "
+                                                 "spleeter:2stems is --targets vocals --residual accompaniment; "
+                                                 "Spleeter models do not load here)"),
+    **dict.fromkeys(("-i", "--inputs"), "give the input files as arguments, without an option"),
+    **dict.fromkeys(("-c", "--codec"), "use --ext wav|flac|mp3"),
+    **dict.fromkeys(("-b", "--bitrate"), "use --mp3-bitrate KBPS, a number (320, not 320k)"),
+    **dict.fromkeys(("-f", "--filename_format"), "use --filename with {track}, {target} and {ext} "
+                                                 "(Spleeter's {filename}, {instrument} and {codec})"),
+    **dict.fromkeys(("-s", "--offset"), "use --start SECONDS"),
+    "--mwf": "the Wiener filter is always on; --niter N sets its EM iterations (default 1)",
+    **dict.fromkeys(("-B", "--stft-backend", "-a", "--adapter"), "umx-separate has one STFT and one audio "
+                                                                 "reader; leave it out"),
+}
+
+
+def foreign_option(argv: Sequence[str]) -> Optional[str]:
+    """The message for the first option of another tool in ``argv`` (:data:`FOREIGN_OPTIONS`), if any."""
+    for token in argv:
+        if token == "--":
+            return None
+        name = token.split("=", 1)[0]
+        if name in FOREIGN_OPTIONS:
+            return f"{name}: {FOREIGN_OPTIONS[name]}; see docs/migrating.md"
+    return None
+
+
+def extension(value: str) -> str:
+    """``--ext``'s value without a leading dot, so the reference CLI's ``--ext .flac`` works too."""
+    return value[1:] if value.startswith(".") else value
+
 
 def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     """Options that choose and configure the separator (shared by CLI tools); ``precision``
@@ -84,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "{folder} (the input's folder below the folder or pattern it was found by, else as given; "
                         "'{folder}/{track}/{target}.{ext}' mirrors a catalogue's tree) "
                         f"(default {DEFAULT_TEMPLATE})")
-    g.add_argument("--ext", default="wav", choices=["wav", "flac", "mp3"],
+    g.add_argument("--ext", default="wav", type=extension, choices=["wav", "flac", "mp3"],
                    help="output format (default wav); mp3 is encoded by the ffmpeg program")
     g.add_argument("--bits", type=int, default=None, choices=[16, 24, 32],
                    help="bits per sample of wav and flac; 32 is float, wav only (default 16)")
@@ -102,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1, help="files separated in parallel (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     g.add_argument("--verbose", action="store_true", help="show tracebacks of unexpected errors")
+    # The reference CLI's spelling of the default, --device cpu (docs/migrating.md).
+    p.add_argument("--no-cuda", action="store_true", help=argparse.SUPPRESS)
     catalogue.add_arguments(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -264,6 +321,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.duration is not None and (not math.isfinite(args.duration) or args.duration <= 0):
         raise OpenUnmixLikeError(f"--duration {args.duration:g}: give a number of seconds above 0, "
                                  "or leave it out to separate to the end")
+    if args.no_cuda and args.device != "cpu":
+        raise OpenUnmixLikeError(f"--no-cuda and --device {args.device} contradict each other; give one")
     if args.jobs < 1:
         raise OpenUnmixLikeError("--jobs must be at least 1")
     if args.skip_existing and args.force:
@@ -388,6 +447,10 @@ def finished_before(plans: Sequence[Tuple[Path, Dict[str, Path]]]) -> Tuple[List
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    refused = foreign_option(sys.argv[1:] if argv is None else argv)
+    if refused is not None:
+        _report(refused)
+        return 2
     args = parser.parse_args(argv)
     if not args.inputs and not args.manifest:
         parser.error("give at least one INPUT or a --manifest")
