@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import math
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from ..errors import OpenUnmixLikeError
 from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
-from .stages import Options, SeparationWorker, StageError, Track, decode_or_error, write
+from .stages import NotShared, Options, SeparationWorker, StageError, Track, decode_or_error, write
 
 NAMESPACE = "openunmix-like"
 # A lost worker (node gone, process killed, out of memory) is retried this many times.
@@ -37,6 +39,10 @@ TASK_RETRIES = 3
 ACTOR_TASK_RETRIES = 2
 # A run that cannot reserve its actors and decode/write tasks within this many seconds says it waits.
 RESERVE_NOTICE_S = 10.0
+# A placement group part of which was lost with its node is checked this often while no track finishes, and
+# given up (the run goes on with the nodes left) when Ray has found no room for that part within LOST_NODE_WAIT_S.
+LOST_NODE_POLL_S = 2.0
+LOST_NODE_WAIT_S = 10.0
 # Drivers writing one local --outdir take turns updating _failures.csv through this lock file.
 FAILURES_LOCK = ".umx-failures.lock"
 
@@ -66,6 +72,9 @@ def connect(address: Optional[str], verbose: bool) -> bool:
             # nothing to do about here (the cluster is this run's own): Ray's lines are for --verbose.
             if not verbose:
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            # The local Ray reports no usage statistics, whatever the Ray build's default (nightly builds report
+            # ray.init's); its processes inherit this. A cluster joined with --address keeps its own setting.
+            os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
             ray.init(address="local", include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"--address {address}" if address else "a local Ray"
@@ -189,37 +198,70 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, p
             failures: List[Failure]) -> int:
     """Push every track of ``plan.todo`` through the three stages; return how many finished.
 
-    Failed tracks are appended to ``failures`` as they come, so an interrupted run still lists them.
+    Failed tracks are appended to ``failures`` as they come, so an interrupted run still lists them. When a
+    node holding part of the run is lost and the nodes left have no room for that part, the run reserves
+    anew on the nodes left and redoes its unfinished tracks there.
     """
+    ray = import_ray()
+
+    # The model goes into the object store once; each actor (and a restarted one) fetches it from there.
+    model = functools.partial(_fetch, [ray.put(separator)])
+    todo, finished, lost = list(plan.todo), 0, False
+    with shared_marker(args.outdir) as marker:
+        options = dataclasses.replace(options, shared_marker=marker)
+        while todo:
+            # separator.target_names: what the actors return, before --aggregate
+            done, todo = execute_on_cluster(todo, model, separator.target_names, options, args, progress, failures,
+                                            lost)
+            finished, lost = finished + done, True
+            if todo:
+                progress.bar.write(f"umx-separate: a Ray node holding part of this run was lost and the nodes left "
+                                   f"have no room for that part; going on with the nodes left ({len(todo)} tracks "
+                                   "to go, unfinished ones from their start)", file=sys.stderr)
+    return finished
+
+
+def execute_on_cluster(todo: List[Track], model, targets, options: Options, args: argparse.Namespace,
+                       progress: Progress, failures: List[Failure], lost: bool = False) -> Tuple[int, List[Track]]:
+    """:func:`execute` on the cluster's nodes of now, reserved at once; return how many tracks finished, and
+    the tracks left unfinished when part of the reservation was lost with its node (none otherwise).
+
+    ``lost``: a node of an earlier reservation was lost (said in the error when the nodes left are too few)."""
     ray = import_ray()
     from ray.util import remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     resources = ray.cluster_resources()
-    count, actor_resources = actor_layout(args, resources)
-    count = min(count, max(1, len(plan.todo)))
+    try:
+        count, actor_resources = actor_layout(args, resources)
+    except OpenUnmixLikeError as exc:
+        if not lost:
+            raise
+        raise OpenUnmixLikeError(f"a Ray node holding part of this run was lost and the nodes left cannot hold the "
+                                 f"run ({exc}); finished tracks are recorded: run the same command again when the "
+                                 "cluster has room") from None
+    count = min(count, max(1, len(todo)))
     group = tracks_per_call(args)
     window = args.max_in_flight or (2 * count + 1) * group + 1
     reserved = reserve(count, actor_resources, io_bundles(args, resources, count, window), args.io_cpus)
     pinned = PlacementGroupSchedulingStrategy(reserved)
     io = {"num_cpus": args.io_cpus, "max_retries": TASK_RETRIES, "scheduling_strategy": pinned}
     decode_task = ray.remote(decode_or_error).options(**io)
-    write_task = ray.remote(write).options(**io)
+    write_task = ray.remote(write_or_not_shared).options(**io)
     worker = ray.remote(SeparationWorker)
-    # The model goes into the object store once; each actor (and a restarted one) fetches it from there.
-    model = functools.partial(_fetch, [ray.put(separator)])
-    targets = separator.target_names  # what the actors return, before --aggregate
     threads = max(1, math.ceil(args.actor_cpus))
     # A killed actor restarts (reloading the model) in its bundle and its queued tracks are retried there.
-    actors = [worker.options(name=f"umx-separate-{os.getpid()}-{k}", max_restarts=-1,
+    # Named after their placement group too: a run that reserves again names its new actors anew.
+    actors = [worker.options(name=f"umx-separate-{os.getpid()}-{reserved.id.hex()[:8]}-{k}", max_restarts=-1,
                              max_task_retries=ACTOR_TASK_RETRIES, **actor_resources,
                              scheduling_strategy=PlacementGroupSchedulingStrategy(reserved, k)
                              ).remote(args.device, threads)
               for k in range(count)]
     load = [0] * len(actors)
-    queue = list(reversed(plan.todo))
+    queue = list(reversed(todo))
     pending: Dict[object, Tuple[Track, int]] = {}
     finished = 0
+    watch = LostBundles(reserved)
     try:
         while queue or pending:
             while queue and len(pending) < window:
@@ -231,24 +273,88 @@ def execute(plan: Plan, separator, options: Options, args: argparse.Namespace, p
                 for track, result in zip(tracks, separated if len(tracks) > 1 else [separated]):
                     pending[write_task.remote(track, result, targets, options)] = (track, k)
                 load[k] += len(tracks)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                track, k = pending.pop(ref)
-                load[k] -= 1
-                try:
-                    record = ray.get(ref)
-                except Exception as exc:  # one track's failure never stops the run
-                    failure = _failure_of(exc, track)
-                    failures.append(failure)
-                    progress.failed(failure[2])
-                    continue
-                finished += 1
-                progress.done(record["duration"])
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=LOST_NODE_POLL_S)
+            if not ready and watch.for_good():  # its tracks would wait forever
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                left = [track for ref, (track, _) in pending.items() if ref not in ready]
+                finished += collect(ready, pending, load, progress, failures)
+                return finished, left + list(reversed(queue))
+            finished += collect(ready, pending, load, progress, failures)
     finally:
         for actor in actors:
             ray.kill(actor)
         remove_placement_group(reserved)
+    return finished, []
+
+
+def collect(ready: list, pending: Dict[object, Tuple[Track, int]], load: List[int], progress: Progress,
+            failures: List[Failure]) -> int:
+    """Take the results of the ``ready`` tracks out of ``pending``; return how many finished."""
+    ray = import_ray()
+    finished = 0
+    for ref in ready:
+        track, k = pending.pop(ref)
+        load[k] -= 1
+        try:
+            record = ray.get(ref)
+        except Exception as exc:  # one track's failure never stops the run
+            failure = _failure_of(exc, track)
+            failures.append(failure)
+            progress.failed(failure[2])
+            continue
+        if isinstance(record, NotShared):  # every track that node writes would be lost: stop
+            raise OpenUnmixLikeError(f"--outdir {record.outdir} is not shared with node {record.host}: its stems "
+                                     "would land on that node's own disk; use a folder every node mounts, or an "
+                                     "s3:// URL")
+        finished += 1
+        progress.done(record["duration"])
     return finished
+
+
+@contextlib.contextmanager
+def shared_marker(outdir: str):
+    """A hidden file in a local ``outdir`` while the run lasts (None for a URL), whose path goes to every write:
+    a node that does not see it does not share the folder, and writes nothing (:class:`.stages.NotShared`)."""
+    if storage.is_url(outdir):
+        yield None
+        return
+    path = os.path.join(outdir, f".umx-shared-{os.getpid()}-{secrets.token_hex(4)}")
+    Path(path).touch()
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def write_or_not_shared(track: Track, separated, target_names, options: Options):
+    """:func:`.stages.write`, returning rather than raising :class:`.stages.NotShared`: the driver stops at the
+    first, and Ray would print the others, never fetched, as unhandled errors."""
+    try:
+        return write(track, separated, target_names, options)
+    except NotShared as exc:
+        return exc
+
+
+class LostBundles:
+    """Whether part of a placement group was lost with its node and has found no room elsewhere for a while.
+
+    Ray places the lost bundles again when the cluster has room (a node added, another run's resources given
+    back); until then the actors and tasks pinned to them wait, without a word, forever.
+    """
+
+    def __init__(self, reserved):
+        self.reserved, self.since = reserved, None
+
+    def for_good(self) -> bool:
+        from ray.util import placement_group_table
+
+        if placement_group_table(self.reserved).get("state") != "RESCHEDULING":
+            self.since = None
+            return False
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        return now - self.since >= LOST_NODE_WAIT_S
 
 
 def io_bundles(args: argparse.Namespace, resources: Dict[str, float], count: int, window: int) -> int:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -37,6 +39,18 @@ class StageError(OpenUnmixLikeError):
 
     def __reduce__(self):  # Ray sends exceptions between processes by pickling them
         return StageError, (self.stage, self.source, self.reason)
+
+
+class NotShared(StageError):
+    """The node running a stage does not see the driver's local ``--outdir``: what it wrote would land on its
+    own disk, out of the driver's sight. Stops the run (every track that node writes would be lost)."""
+
+    def __init__(self, source: str, outdir: str, host: str):
+        super().__init__("write", source, f"--outdir {outdir} is not shared with node {host}")
+        self.outdir, self.host = outdir, host
+
+    def __reduce__(self):
+        return NotShared, (self.source, self.outdir, self.host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +107,9 @@ class Options:
     storage_options: Optional[dict] = None
     stream_over: Optional[float] = None  # seconds; longer tracks are streamed inside the actor
     mp3_bitrate: Optional[int] = None  # kbit/s, with ext "mp3"
+    # A hidden file the driver keeps in a local --outdir while it runs: a node that does not see it would write
+    # the stems onto a disk of its own (the folder is not shared), so it writes nothing.
+    shared_marker: Optional[str] = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -105,6 +122,10 @@ def decode(track: Track, options: Options) -> Decoded:
     """Read (the excerpt of) one input into memory, downloading it first when it is a URL."""
     from ..audio import AudioSource
 
+    if not storage.is_url(track.source) and not os.path.exists(track.source):  # the driver found it: not shared?
+        raise StageError("decode", track.source, f"not found on node {socket.gethostname()}, though the driver found "
+                         "it when the run started: moved since, or not shared with that node (inputs must be "
+                         "reachable from every node: use a folder every node mounts, or an s3:// URL)")
     try:
         with storage.local_copy(track.source, options.storage_options) as local:
             with AudioSource(local, start=options.start, duration=options.duration) as source:
@@ -169,6 +190,8 @@ class SeparationWorker:
                                                      options.segment or None, options.overlap,
                                                      out_rate=out_rate, batch_segments=options.batch_segments)]
             return Separated(torch.cat(chunks, dim=-1).numpy(), int(out_rate), channel_map=decoded.channel_map)
+        except NotShared:
+            raise
         except Exception as exc:
             raise StageError("separate", track.source, _reason(exc)) from None
 
@@ -268,8 +291,16 @@ def write(track: Track, separated: Separated, target_names, options: Options) ->
         stems = separated.stems
         return store(track, blocks_of(stems), separated.sample_rate, stems.shape[1], target_names, options,
                      separated.channel_map)
+    except NotShared:
+        raise
     except Exception as exc:
         raise StageError("write", track.source, _reason(exc)) from None
+
+
+def check_shared(track: Track, options: Options) -> None:
+    """Raise :class:`NotShared` when this node does not see the driver's ``Options.shared_marker``."""
+    if options.shared_marker is not None and not os.path.exists(options.shared_marker):
+        raise NotShared(track.source, os.path.dirname(options.shared_marker), socket.gethostname())
 
 
 def store(track: Track, chunks, rate: int, nb_channels: int, target_names, options: Options,
@@ -285,6 +316,7 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
     from ..separator import aggregate_estimates
     from ..writer import DiskFull, StemWriter
 
+    check_shared(track, options)
     names, frames = list(target_names), 0
     remote = any(storage.is_url(url) for url in track.stems.values())
     # Stems bound for object storage are written in the temporary folder first, then uploaded.
