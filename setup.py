@@ -17,9 +17,12 @@ setup(
     packages=find_packages(include=["openunmix_like", "openunmix_like.*"]),
     package_data={"openunmix_like": ["py.typed", "pretrained.json", "models/*/*", "web/static/*"]},
     install_requires=[
-        "torch>=2.1",
-        "numpy>=1.22",
-        "scipy>=1.8",
+        # The lowest releases the tests pass with. torch 2.3 is the first with torch.amp.GradScaler (training on
+        # CUDA); 2.1 also fails CPU training and, built for numpy 1, every numpy 2. numpy 1.23.2 and scipy 1.9.2
+        # are the first with Python 3.11 wheels.
+        "torch>=2.3",
+        "numpy>=1.23.2",
+        "scipy>=1.9.2",
         "soundfile>=0.12",
         "safetensors>=0.4",
         "tqdm>=4.60",
@@ -28,10 +31,12 @@ setup(
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
-                  "ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12", "moto[server]>=5",
+                  "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
                   "pyyaml>=5", "scikit-learn>=1.0"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # umx-evaluate: museval's windows and record format (it brings musdb too); matplotlib: sdr-boxplot.png.
+        "evaluate": ["museval>=0.4", "matplotlib>=3.6"],
         # umx-web: the local web app (FastAPI on uvicorn; python-multipart reads uploads).
         "web": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "musdb": ["musdb>=0.4.0", "stempeg>=0.2.3"],
@@ -40,8 +45,8 @@ setup(
         # --dataset medleydb: MedleyDB's <TrackName>_METADATA.yaml files.
         "medleydb": ["pyyaml>=5"],
         # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
-        # s3:// and other URLs, pyarrow for Parquet manifests.
-        "ray": ["ray>=2.9", "fsspec>=2023.1", "s3fs>=2023.1", "pyarrow>=12"],
+        # s3:// and other URLs (s3fs 2023.3 is the first to take endpoint_url), pyarrow for Parquet manifests.
+        "ray": ["ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12"],
         # pyworld re-pitches speech into song; its __init__ still imports pkg_resources.
         "synth": ["pyworld>=0.3.4", "setuptools<81"],
     },

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -172,9 +173,15 @@ def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> No
         # The batch axis is free too: a runtime batching a song's segments must not meet a fixed 1.
         axes = {0: "nb_samples", axis: name}
         with _exporter_log_kept_on_failure():
-            torch.onnx.export(model, (example_input(model, EXAMPLE_FRAMES, n_hop),), str(path), dynamo=False,
+            torch.onnx.export(model, (example_input(model, EXAMPLE_FRAMES, n_hop),), str(path),
                               opset_version=opset, input_names=["mix"], output_names=["estimate"],
-                              dynamic_axes={"mix": axes, "estimate": axes})
+                              dynamic_axes={"mix": axes, "estimate": axes}, **torchscript_exporter())
+
+
+def torchscript_exporter() -> Dict[str, bool]:
+    """``torch.onnx.export``'s arguments that pick the TorchScript-based exporter: ``dynamo=False`` where the
+    installed torch has the choice (2.5 and later), nothing before (that exporter is the only one)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib.util
 import math
 import multiprocessing
 import signal
@@ -255,6 +256,9 @@ def check_options(args: argparse.Namespace) -> None:
     for option, folder in (("--evaldir", args.evaldir), ("--outdir", args.outdir)):
         if folder is not None:
             writable_folder(option, folder)
+    if importlib.util.find_spec("museval") is None:  # the windows and the records are museval's
+        raise OpenUnmixLikeError("umx-evaluate scores with museval, which is not installed: "
+                                 "pip install 'openunmix-like[evaluate]'")
 
 
 def check_layout(args: argparse.Namespace) -> None:
@@ -412,7 +416,7 @@ class Batch:
             _report(f"{where}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
                     "(run with --verbose for details)")
             if self.args.verbose:
-                traceback.print_exception(exc)
+                traceback.print_exception(type(exc), exc, exc.__traceback__)  # one argument: Python 3.10+
         self.failed.append(where)
 
 
