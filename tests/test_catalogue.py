@@ -140,6 +140,23 @@ def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_ray_error_without_text_is_named_by_its_kind(monkeypatch):
+    # Ray 2.9 joining a newer head raised a ConnectionError with no text: the line ended "cannot start or join
+    # Ray ()".
+    ray = pytest.importorskip("ray")
+    from openunmix_like.catalogue import engine
+
+    def refuse(**_):
+        raise ConnectionError()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(engine, "check_reachable", lambda address: None)
+    with pytest.raises(OpenUnmixLikeError, match=r"^--address 127\.0\.0\.1:1: cannot start or join Ray "
+                                                 r"\(ConnectionError\); check 'ray status'"):
+        engine.connect("127.0.0.1:1", False)
+
+
 def test_actor_layout_follows_the_cluster():
     from openunmix_like.catalogue.engine import actor_layout
     from openunmix_like.cli.separate import build_parser

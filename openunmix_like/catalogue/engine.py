@@ -80,7 +80,8 @@ def connect(address: Optional[str], verbose: bool) -> bool:
         where = f"--address {address}" if address else "a local Ray"
         hint = ("; a head node that requires a token (Ray 2.59 and later, when it finds one) needs it here too: "
                 "RAY_AUTH_TOKEN from 'ray get-auth-token' on the head node" if address else "")
-        raise OpenUnmixLikeError(f"{where}: cannot start or join Ray ({records.one_line(exc)}); "
+        reason = records.one_line(exc) or type(exc).__name__  # some of Ray's errors carry no text
+        raise OpenUnmixLikeError(f"{where}: cannot start or join Ray ({reason}); "
                                  f"check 'ray status' on the head node{hint}") from None
     return True
 
