@@ -79,7 +79,8 @@ def musdb_tracks(root: str, subset: str = "test", is_wav: bool = False, split: O
     try:
         import musdb
     except ImportError as exc:
-        raise OpenUnmixLikeError("MUSDB18 evaluation needs the musdb package: pip install musdb") from exc
+        raise OpenUnmixLikeError("MUSDB18 evaluation needs the musdb package: "
+                                 "pip install 'openunmix-like[evaluate]'") from exc
     if split and subset != "train":
         raise OpenUnmixLikeError(f"--split {split}: splits exist only in the train subset; add --subset train")
     db = musdb.DB(root=root, subsets=subset, is_wav=is_wav, split=split)
@@ -635,7 +636,11 @@ def score_track(name: str, references: Mapping[str, np.ndarray], estimates: Mapp
     without it; a silent source adds nothing to the references the estimates
     are projected on, so their scores are BSSEval's for the sources present.
     """
-    import museval
+    try:
+        import museval
+    except ImportError:
+        raise OpenUnmixLikeError("scoring needs museval (its windows and record format): "
+                                 "pip install 'openunmix-like[evaluate]'") from None
 
     targets = list(estimates)
     # Silent as museval takes it: channels that sum to 0 everywhere (it refuses such a source).

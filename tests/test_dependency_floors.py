@@ -286,6 +286,21 @@ def test_umx_evaluate_without_museval_names_the_extra_before_any_work(tmp_path, 
     assert not (tmp_path / "eval").exists()
 
 
+def test_scoring_from_python_without_museval_names_the_extra(monkeypatch):
+    # score_track raised a bare ModuleNotFoundError for API users (the CLI checks first).
+    import sys
+
+    import numpy as np
+
+    from openunmix_like.errors import OpenUnmixLikeError
+    from openunmix_like.evaluate import score_track
+
+    monkeypatch.setitem(sys.modules, "museval", None)  # import museval now raises ImportError
+    audio = {"vocals": np.ones((44100, 2)), "other": np.ones((44100, 2))}
+    with pytest.raises(OpenUnmixLikeError, match=r"pip install 'openunmix-like\[evaluate\]'"):
+        score_track("song", audio, audio, 44100)
+
+
 # The lowest releases the package's tests and a umx-separate were run with (Python 3.11, where numpy 1.23.2
 # and scipy 1.9.2 are the first with wheels): a floor below them is a claim nobody checked.
 LOWEST_TESTED = {"torch": (2, 3), "numpy": (1, 23, 2), "scipy": (1, 9, 2), "soundfile": (0, 12), "safetensors": (0, 4),
