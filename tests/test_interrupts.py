@@ -192,6 +192,16 @@ def test_evaluate_stopped_by_sigterm_while_the_model_loads_is_one_line(tmp_path,
 # ---------------------------------------------------------------- umx-web
 
 
+def test_web_server_stopped_with_nothing_to_do_says_no_more(tmp_path, model_dir):
+    """Was: "... the jobs it was separating are separated again at its next start" with no job at all."""
+    with web_server(tmp_path / "jobs", model_dir()) as (process, url):
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, out
+    said = [line for line in out.splitlines() if line.startswith("umx-web: ")]
+    assert said[-1] == "umx-web: error: interrupted; the server stopped", out
+
+
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_web_server_stopped_with_a_job_running_is_one_line_and_the_job_is_done_at_the_next_start(tmp_path,
                                                                                                  model_dir, signum):
@@ -213,6 +223,9 @@ def test_web_server_stopped_with_a_job_running_is_one_line_and_the_job_is_done_a
     assert said[-1].startswith("umx-web: error: interrupted"), out
     state = json.loads((jobs / job / "job.json").read_text())
     assert state["status"] in ("running", "done")
+    if state["status"] == "running":
+        assert said[-1] == ("umx-web: error: interrupted; the server stopped, and its 1 unfinished job will be "
+                            "separated at its next start"), out
     stems = [p.name for p in (jobs / job / "stems").glob("*")] if (jobs / job / "stems").exists() else []
     assert all(name.startswith(".") for name in stems) or stems == ["vocals.wav"], stems
     # the next start separates it again (or keeps it, done), as a run that was not stopped would

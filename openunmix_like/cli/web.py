@@ -102,8 +102,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with sigterm_as_interrupt():
             server.run()
     except KeyboardInterrupt:
-        _report("interrupted; the server stopped, and the jobs it was separating are separated again at its "
-                "next start")
+        left = manager.unfinished
+        _report("interrupted; the server stopped" + (
+            f", and its {left} unfinished job{'s' if left > 1 else ''} will be separated at its next start"
+            if left else ""))
         return 130
     return 0
 

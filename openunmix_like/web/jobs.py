@@ -284,6 +284,7 @@ class JobManager:
         self.max_upload_mb = max_upload_mb
         self.keep_mb = keep_mb
         self._lock = threading.RLock()
+        self.unfinished = 0  # jobs queued or running when the server stopped (stop), separated at the next start
         self._jobs: Dict[str, Job] = {}
         self._queue: Deque[str] = deque()
         self._file_locks: Dict[str, threading.Lock] = {}  # per job: building its zip or player preview
@@ -348,6 +349,8 @@ class JobManager:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
+        with self._lock:
+            self.unfinished = sum(job.status in ("queued", "running") for job in self._jobs.values())
         for worker in self._workers:
             worker.stop(kill=worker.job is not None)
         if self._claim is not None:
