@@ -43,14 +43,14 @@ if TYPE_CHECKING:
     from .separator import Separator, WienerSettings
     from .stems import separate_file
     from .streaming import StreamingSeparator
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
+else:
+    # Out of a type checker's sight: a module __getattr__ makes it take any name (a misspelt import too) for Any.
+    def __getattr__(name: str):
+        if name not in _LAZY:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__():

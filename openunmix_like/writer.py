@@ -233,6 +233,8 @@ class StemWriter:
             except BaseException as exc:
                 self._put_back(kept)
                 if isinstance(exc, OSError):
+                    if path is None:  # before() failed, ahead of every stem: name the file it could not change
+                        path = Path(os.fsdecode(exc.filename)) if exc.filename else self.lock_path()
                     raise _as_audio_error(exc, path) from exc
                 raise
             self._committed = True  # the outputs are the new stems now, whatever happens next
