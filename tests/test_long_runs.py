@@ -14,18 +14,24 @@ from openunmix_like import KERNEL_CACHE_ENVS
 from openunmix_like.separator import Separator
 from openunmix_like.stems import separate_file
 
-# Resident memory a fresh process gains from its 150th to its 300th input, each of its own length (3 to 6 s).
-# With oneDNN's caches bounded (64 kernels) it has levelled off by then (measured -3 MB); unbounded, each
-# length adds about 0.7 MB with the model below (measured 103 MB).
-GROWTH_LIMIT_MB = 30
+# Resident memory a fresh process gains from its 150th to its 300th input, each of its own length (3 to 6 s),
+# read after malloc_trim (without it, glibc's freed-but-kept heap moved the readings by -39 to +34 MB between
+# runs). With oneDNN's caches bounded (64 kernels) it has levelled off by then (measured 0.3 MB, twice);
+# unbounded, each length adds its kernels (measured 62 MB, twice).
+GROWTH_LIMIT_MB = 20
 
 DISTINCT_LENGTHS = textwrap.dedent("""
+    import ctypes
     import sys
     import torch
     from openunmix_like import separate
     from openunmix_like.separator import Separator
 
     def rss_mb():
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap handed back: what is left is what is held
+        except (OSError, AttributeError):  # not glibc: the readings keep the allocator's noise
+            pass
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 
