@@ -33,7 +33,8 @@ setup(
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
-                  "pyyaml>=5", "scikit-learn>=1.0", "mypy>=2.4"],
+                  "pyyaml>=5", "scikit-learn>=1.0", "mypy>=2.4",
+                  "psutil>=5"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # umx-evaluate: museval's windows and record format (it brings musdb too); matplotlib: sdr-boxplot.png.
         "evaluate": ["museval>=0.4", "matplotlib>=3.6"],

@@ -148,14 +148,22 @@ def free_axis(model: nn.Module) -> int:
 def export_torchscript(model: nn.Module, path: Path, n_hop: int) -> None:
     """Trace ``model`` (checked on a second size and batch so a frozen shape fails here, not later) and save it."""
     with warnings.catch_warnings(), torch.no_grad():
-        # torch 2.9+ marks TorchScript deprecated (in favour of torch.export); it still traces and runs.
-        warnings.simplefilter("ignore", DeprecationWarning)
+        _ignore_torchscript_deprecation()
         # The tracer warns of every Python decision taken from a shape (Open-Unmix's chunking of long
         # inputs, which gives the same values either way); the checks on another size are what tell.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, (example_input(model, EXAMPLE_FRAMES, n_hop),),
                                  check_inputs=[(example_input(model, CHECK_FRAMES, n_hop, CHECK_BATCH),)])
         torch.jit.save(traced, str(path))
+
+
+def _ignore_torchscript_deprecation() -> None:
+    """Inside ``warnings.catch_warnings()``: hide torch's notices that TorchScript is deprecated (in favour of
+    torch.export); it still traces, saves and loads. torch 2.9 to 2.13 give them as DeprecationWarning, 2.14 as
+    FutureWarning, which Python shows to users: one per call of ``torch.jit.trace``, ``trace_method``, ``save``
+    and ``load``, 16 lines for a 4-target export."""
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=category)
 
 
 def export_onnx(model: nn.Module, path: Path, n_hop: int, opset: int = 17) -> None:
@@ -227,7 +235,7 @@ def run_exported(path: Path, fmt: str, x: Tensor, name: Optional[Path] = None) -
     """
     if fmt == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)
+            _ignore_torchscript_deprecation()
             return torch.jit.load(str(path))(x)
     try:
         import onnxruntime
