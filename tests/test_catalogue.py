@@ -251,6 +251,38 @@ def test_a_separation_call_of_several_tracks_keeps_each_tracks_result_and_failur
         stages.write(tracks[1], results[1], separator.target_names, options)
 
 
+READ_ONLY = """
+import sys, warnings
+import numpy as np
+from openunmix_like import Separator
+from openunmix_like.catalogue import stages
+
+stage, source, model, out = sys.argv[1:]
+names = ("vocals", "drums", "bass", "other")
+options = stages.Options(0.0, None, 2.0, 1.0, 4, False, None, "wav", 16, "rescale", "m", "abc", {})
+track = stages.Track(source, "t0", 1, {name: f"{out}/t0/{name}.wav" for name in names}, f"{out}/t0/_done.json")
+separator = Separator.from_pretrained(model, niter=0)
+decoded = stages.decode_or_error(track, options)
+decoded.audio.setflags(write=False)
+warnings.simplefilter("error")  # torch warns once a process: each stage is checked in a process of its own
+if stage == "separate":
+    stages.SeparationWorker().separate(track, decoded, options, separator)
+else:
+    stems = np.zeros((4, *decoded.audio.shape), np.float32)
+    stems.setflags(write=False)
+    stages.write(track, stages.Separated(stems, decoded.sample_rate), names, options)
+"""
+
+
+@pytest.mark.parametrize("stage", ["separate", "write"])
+def test_read_only_arrays_as_ray_hands_them_over_make_no_warning(tmp_path, model_dir, stage):
+    # torch warned "The given NumPy array is not writable ..." under --verbose (Ray's arrays are read-only).
+    inputs = make_inputs(tmp_path / "in", 1, seconds=2.0)
+    result = subprocess.run([sys.executable, "-c", READ_ONLY, stage, str(inputs / "t0.wav"), str(model_dir()),
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+
+
 # ---------------------------------------------------------------- on a local Ray
 
 

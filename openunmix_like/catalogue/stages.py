@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -185,7 +186,7 @@ class SeparationWorker:
             out_rate = self._out_rate(decoded.sample_rate, options)
             if decoded.audio is None:
                 return Separated(None, out_rate, self._stream(track, out_rate, options))
-            audio = torch.from_numpy(decoded.audio)
+            audio = shared_tensor(decoded.audio)
             chunks = [c.cpu() for c in iter_separate(self.separator, audio, decoded.sample_rate,
                                                      options.segment or None, options.overlap,
                                                      out_rate=out_rate, batch_segments=options.batch_segments)]
@@ -265,6 +266,14 @@ class SeparationWorker:
         return os.getpid()
 
 
+def shared_tensor(array) -> torch.Tensor:
+    """A tensor on ``array``'s memory. Ray hands arrays out of its object store read-only, which torch warns
+    of (under --verbose the user saw it once per track); nothing here writes to them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(array)
+
+
 # Frames of whole stems handed to the writer at a time (2 MB of stereo float32 a stem).
 BLOCK_FRAMES = 1 << 18
 
@@ -272,7 +281,7 @@ BLOCK_FRAMES = 1 << 18
 def blocks_of(stems) -> Iterator[torch.Tensor]:
     """``(nb_targets, nb_channels, n)`` stems as consecutive views of at most :data:`BLOCK_FRAMES` frames, so that
     the writer's per-chunk work (peak, aggregation, the contiguous copy libsndfile needs) stays that size."""
-    stems = torch.as_tensor(stems)
+    stems = shared_tensor(stems)
     for start in range(0, max(stems.shape[-1], 1), BLOCK_FRAMES):
         yield stems[..., start:start + BLOCK_FRAMES]
 
