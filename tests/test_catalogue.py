@@ -442,6 +442,25 @@ def test_killed_driver_rerun_finishes_the_rest_only(tmp_path, model_dir, ray_clu
 
 
 @pytest.mark.slow
+def test_a_run_that_cannot_go_on_still_lists_the_failures_it_met(tmp_path, model_dir, ray_cluster, monkeypatch,
+                                                                  capsys):
+    # A stop of the whole run (an --outdir a node does not share, a cluster left too small) printed its
+    # failures but wrote no _failures.csv, which the interrupted run and a finished one both write.
+    from openunmix_like.catalogue import engine
+
+    def stops_after_a_failure(plan, separator, options, args, progress, failures):
+        failures.append((plan.todo[0].source, "decode", f"{plan.todo[0].source}: decode failed: broken"))
+        raise OpenUnmixLikeError("--outdir X is not shared with node N")
+
+    monkeypatch.setattr(engine, "execute", stops_after_a_failure)
+    inputs = make_inputs(tmp_path / "in", 2, seconds=0.5)
+    out = tmp_path / "out"
+    assert main([str(inputs), "--engine", "ray", "--model", str(model_dir()), "--outdir", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["umx-separate: error: --outdir X is not shared with node N"]
+    rows = (out / records.FAILURES_NAME).read_text().splitlines()
+    assert rows[0] == "path,stage,reason" and len(rows) == 2 and ",decode," in rows[1]
+
+
 def test_killed_separation_actor_is_replaced_and_every_track_finishes(tmp_path, model_dir, ray_cluster):
     import ray
 

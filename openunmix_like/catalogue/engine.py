@@ -534,8 +534,9 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         # Set again after ray.init, whose own SIGTERM handler dumps a stack and exits with status 15.
         with sigterm_as_interrupt():
             finished = execute(plan, separator, options, args, progress, run_failures) if plan.todo else 0
-    except OpenUnmixLikeError as exc:
+    except OpenUnmixLikeError as exc:  # the run cannot go on (a folder a node does not share, a cluster too small)
         progress.close()
+        list_failures(args.outdir, failures + run_failures, storage_options, *listed)
         _report(str(exc))
         return 1
     except KeyboardInterrupt:
