@@ -461,6 +461,27 @@ def test_a_run_that_cannot_go_on_still_lists_the_failures_it_met(tmp_path, model
     assert rows[0] == "path,stage,reason" and len(rows) == 2 and ",decode," in rows[1]
 
 
+def test_markers_of_drivers_killed_on_this_host_are_removed_by_the_next_run(tmp_path, model_dir, ray_cluster):
+    # A driver killed with SIGKILL left its empty hidden marker in --outdir for good.
+    import socket
+
+    from openunmix_like.catalogue import engine
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    host = socket.gethostname()
+    stale = out / f"{engine.MARKER_PREFIX}{host}-{gone.pid}-0badf00d"
+    running = out / f"{engine.MARKER_PREFIX}{host}-{os.getpid()}-0badf00d"  # a driver still running here
+    elsewhere = out / f"{engine.MARKER_PREFIX}other-host-{gone.pid}-0badf00d"  # pids of other hosts are theirs
+    for marker in (stale, running, elsewhere):
+        marker.touch()
+    inputs = make_inputs(tmp_path / "in", 1, seconds=0.5)
+    assert main([str(inputs), "--engine", "ray", "--model", str(model_dir()), "--outdir", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob(f"{engine.MARKER_PREFIX}*")) == sorted([running.name, elsewhere.name])
+
+
 def test_killed_separation_actor_is_replaced_and_every_track_finishes(tmp_path, model_dir, ray_cluster):
     import ray
 

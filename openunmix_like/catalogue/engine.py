@@ -43,6 +43,8 @@ RESERVE_NOTICE_S = 10.0
 # given up (the run goes on with the nodes left) when Ray has found no room for that part within LOST_NODE_WAIT_S.
 LOST_NODE_POLL_S = 2.0
 LOST_NODE_WAIT_S = 10.0
+# The hidden file a driver keeps in a local --outdir while it runs: <prefix><host>-<pid>-<random>.
+MARKER_PREFIX = ".umx-shared-"
 # Drivers writing one local --outdir take turns updating _failures.csv through this lock file.
 FAILURES_LOCK = ".umx-failures.lock"
 
@@ -319,13 +321,38 @@ def shared_marker(outdir: str):
     if storage.is_url(outdir):
         yield None
         return
-    path = os.path.join(outdir, f".umx-shared-{os.getpid()}-{secrets.token_hex(4)}")
+    import socket
+
+    host = socket.gethostname()
+    remove_stale_markers(outdir, host)
+    path = os.path.join(outdir, f"{MARKER_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}")
     Path(path).touch()
     try:
         yield path
     finally:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+def remove_stale_markers(outdir: str, host: str) -> None:
+    """Remove the markers of drivers on this host that are gone (killed before they could remove theirs)."""
+    for marker in Path(outdir).glob(f"{MARKER_PREFIX}*"):
+        their_host, _, rest = marker.name[len(MARKER_PREFIX):].rpartition("-")[0].rpartition("-")
+        pid = rest if their_host else ""
+        if their_host != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            marker.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
 
 
 def write_or_not_shared(track: Track, separated, target_names, options: Options):
