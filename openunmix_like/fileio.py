@@ -43,7 +43,8 @@ NAME_KEPT = 180
 _PARTIAL_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+\.partial(\.[A-Za-z0-9]+)?")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (a file named after it is then still its own)."""
     if os.name == "nt":
         return True  # os.kill(pid, 0) would terminate the process there: keep the file
     try:
@@ -78,7 +79,7 @@ def remove_stale_partials(path: Union[str, Path]) -> List[Path]:
     removed = []
     for name in names:
         match = _PARTIAL_REST.fullmatch(name[len(start):])
-        if match and match["host"] == HOST_TAG and not _process_alive(int(match["pid"])):
+        if match and match["host"] == HOST_TAG and not process_alive(int(match["pid"])):
             with contextlib.suppress(FileNotFoundError):  # another run may remove it first
                 (path.parent / name).unlink()
                 removed.append(path.parent / name)
@@ -136,7 +137,7 @@ def remove_stale_temporaries(folder: Union[str, Path]) -> List[Path]:
         return removed
     for name in names:
         match = _TEMPORARY_REST.fullmatch(name[len(TEMPORARY_PREFIX):])
-        if match and match["host"] == HOST_TAG and not _process_alive(int(match["pid"])):
+        if match and match["host"] == HOST_TAG and not process_alive(int(match["pid"])):
             with contextlib.suppress(OSError):  # another run removed it first, or another user's
                 os.unlink(Path(folder) / name)
                 removed.append(Path(folder) / name)

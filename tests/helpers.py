@@ -315,3 +315,17 @@ def browser_page(chromium: str, **context_options):
             yield browser.new_context(viewport={"width": 1100, "height": 900}, **context_options).new_page()
         finally:
             browser.close()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until something (a Ray head node) listens on ``port`` of 127.0.0.1, while ``process`` lives."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "the head node did not start"
+            time.sleep(0.2)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import wait_until_ray_tasks_ended, write
+from helpers import wait_for_port, wait_until_ray_tasks_ended, write
 from openunmix_like.catalogue import records, stages
 from openunmix_like.cli.separate import main
 from openunmix_like.errors import OpenUnmixLikeError
@@ -463,18 +463,16 @@ def test_a_run_that_cannot_go_on_still_lists_the_failures_it_met(tmp_path, model
 
 def test_markers_of_drivers_killed_on_this_host_are_removed_by_the_next_run(tmp_path, model_dir, ray_cluster):
     # A driver killed with SIGKILL left its empty hidden marker in --outdir for good.
-    import socket
-
     from openunmix_like.catalogue import engine
+    from openunmix_like.fileio import HOST_TAG
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     out = tmp_path / "out"
     out.mkdir()
-    host = socket.gethostname()
-    stale = out / f"{engine.MARKER_PREFIX}{host}-{gone.pid}-0badf00d"
-    running = out / f"{engine.MARKER_PREFIX}{host}-{os.getpid()}-0badf00d"  # a driver still running here
-    elsewhere = out / f"{engine.MARKER_PREFIX}other-host-{gone.pid}-0badf00d"  # pids of other hosts are theirs
+    stale = out / f"{engine.MARKER_PREFIX}{gone.pid}-{HOST_TAG}-0badf00d"
+    running = out / f"{engine.MARKER_PREFIX}{os.getpid()}-{HOST_TAG}-0badf00d"  # a driver still running here
+    elsewhere = out / f"{engine.MARKER_PREFIX}{gone.pid}-{'0' * 8}-0badf00d"  # pids of other hosts are theirs
     for marker in (stale, running, elsewhere):
         marker.touch()
     inputs = make_inputs(tmp_path / "in", 1, seconds=0.5)
@@ -553,14 +551,7 @@ def test_joins_a_head_node_that_requires_the_stored_token(tmp_path, model_dir):
                              f"--temp-dir={folder}", "--disable-usage-stats", "--block"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and head.poll() is None, "the head node did not start"
-                time.sleep(0.5)
+        wait_for_port(port, head)
         make_inputs(tmp_path / "in", 1, seconds=0.5)
         driver = subprocess.run([sys.executable, "-m", "openunmix_like.cli.separate", str(tmp_path / "in"),
                                  "--engine", "ray", "--address", f"127.0.0.1:{port}", "--model", str(model_dir()),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import write
+from helpers import wait_for_port, write
 from openunmix_like.catalogue import engine, records
 from openunmix_like.cli.separate import main
 
@@ -189,17 +189,3 @@ def test_folders_a_node_does_not_share_are_named_in_one_line(tmp_path, model_dir
             f"{failure['path']}: decode failed: not found on node {socket.gethostname()}, though the driver found it "
             "when the run started: moved since, or not shared with that node (inputs must be reachable from every "
             "node: use a folder every node mounts, or an s3:// URL)")
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Until a head node listens on ``port``."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, "the head node did not start"
-            time.sleep(0.2)

@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+import re
 import secrets
 import sys
 import time
@@ -28,7 +29,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
-from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder
+from ..fileio import HOST_TAG, held_lock, made_folders_removed_if_empty, process_alive, writable_folder
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import NotShared, Options, SeparationWorker, StageError, Track, decode_or_error, write
@@ -43,8 +44,10 @@ RESERVE_NOTICE_S = 10.0
 # given up (the run goes on with the nodes left) when Ray has found no room for that part within LOST_NODE_WAIT_S.
 LOST_NODE_POLL_S = 2.0
 LOST_NODE_WAIT_S = 10.0
-# The hidden file a driver keeps in a local --outdir while it runs: <prefix><host>-<pid>-<random>.
+# The hidden file a driver keeps in a local --outdir while it runs: <prefix><pid>-<host tag>-<random>, the host
+# tagged as in partial files (fileio.HOST_TAG).
 MARKER_PREFIX = ".umx-shared-"
+MARKER_REST = re.compile(r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-[0-9a-f]+")
 # Drivers writing one local --outdir take turns updating _failures.csv through this lock file.
 FAILURES_LOCK = ".umx-failures.lock"
 
@@ -321,11 +324,8 @@ def shared_marker(outdir: str):
     if storage.is_url(outdir):
         yield None
         return
-    import socket
-
-    host = socket.gethostname()
-    remove_stale_markers(outdir, host)
-    path = os.path.join(outdir, f"{MARKER_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}")
+    remove_stale_markers(outdir)
+    path = os.path.join(outdir, f"{MARKER_PREFIX}{os.getpid()}-{HOST_TAG}-{secrets.token_hex(4)}")
     Path(path).touch()
     try:
         yield path
@@ -334,25 +334,13 @@ def shared_marker(outdir: str):
             os.remove(path)
 
 
-def remove_stale_markers(outdir: str, host: str) -> None:
+def remove_stale_markers(outdir: str) -> None:
     """Remove the markers of drivers on this host that are gone (killed before they could remove theirs)."""
     for marker in Path(outdir).glob(f"{MARKER_PREFIX}*"):
-        their_host, _, rest = marker.name[len(MARKER_PREFIX):].rpartition("-")[0].rpartition("-")
-        pid = rest if their_host else ""
-        if their_host != host or not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            marker.unlink()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's process
-        return True
-    return True
+        match = MARKER_REST.fullmatch(marker.name[len(MARKER_PREFIX):])
+        if match and match["host"] == HOST_TAG and not process_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
 
 def write_or_not_shared(track: Track, separated, target_names, options: Options):
