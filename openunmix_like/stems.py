@@ -53,14 +53,19 @@ def folder_name(path: PathLike, root: Optional[str] = None) -> str:
 
     For an input found in a folder or by a pattern, ``root`` is that folder (a pattern's part
     before its first wildcard) and ``{folder}`` the input's folder below it; for an input named
-    directly, it is the input's folder as written. A URL's scheme, a leading ``/`` and ``.`` or
+    directly, it is the input's folder as written. A URL's scheme, a leading ``/`` or drive (``C:``) and ``.`` or
     ``..`` parts are left out, so it always stays under the output folder; ``""`` at the top.
 
     >>> folder_name("/music/Artist/Album/01.mp3", root="/music"), folder_name("s3://b/x/01.mp3")
     ('Artist/Album', 'b/x')
     """
     def inner(text: str) -> str:
-        return (text.split("://", 1)[1] if "://" in text else text).replace(os.sep, "/")
+        if "://" in text:
+            text = text.split("://", 1)[1]
+        else:  # a Windows drive ("C:") goes as a leading "/" does: no folder can be named "C:"
+            drive = os.path.splitdrive(text)[0]
+            text = text[len(drive):] if drive.endswith(":") else text
+        return text.replace(os.sep, "/")
 
     text = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
     folder = posixpath.dirname(inner(text))

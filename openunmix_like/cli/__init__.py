@@ -14,9 +14,21 @@ __all__ = ["sigterm_as_interrupt", "umx_compare", "umx_evaluate", "umx_export", 
            "umx_train", "umx_web"]
 
 
+def _printable_output() -> None:
+    """Let standard output show what its encoding lacks as ``\\uXXXX`` instead of raising.
+
+    On Windows, output to a file or a pipe is in the system's code page (cp1252 in much of the world), and a
+    song named in Japanese or Greek then raised UnicodeEncodeError at its first line: a traceback after its
+    stems were written, and the rest of the batch never separated. Standard error already does this.
+    """
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def _command(module: str, prog: str) -> Callable[[], int]:
     """The entry point of ``prog``: ``openunmix_like.cli.<module>.main()``, imported when it is called."""
     def command() -> int:
+        _printable_output()
         try:
             main = importlib.import_module(f"{__name__}.{module}").main
         except KeyboardInterrupt:

@@ -686,9 +686,17 @@ def report(args, main_method: str, done: Dict[str, Dict[str, dict]], evaldir: Pa
                      f"{main_method} closes: " + ", ".join(f"{t} {100 * f:.0f} %" for t, f in fraction.items()))
     text = "\n\n".join(parts) + "\n"
     print(text)
-    write_bytes_atomic(evaldir / "results.md", text.encode())
-    write_csv(evaldir / "results.csv", tables)
-    boxplot(evaldir / "sdr-boxplot.png", {m: done[m] for m in tables})
+    summary = evaldir / "results.md"
+    try:
+        write_bytes_atomic(summary, text.encode())
+        summary = evaldir / "results.csv"
+        write_csv(summary, tables)
+        summary = evaldir / "sdr-boxplot.png"
+        boxplot(summary, {m: done[m] for m in tables})
+    except PermissionError as exc:  # on Windows, a file open in another program cannot be replaced
+        raise OpenUnmixLikeError(f"{summary}: cannot be replaced ({exc.strerror or exc}); is it open in another "
+                                 "program, such as a spreadsheet? Close it and run the same command again: the "
+                                 "scored tracks are kept and not scored again") from None
 
 
 if __name__ == "__main__":

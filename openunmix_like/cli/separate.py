@@ -11,6 +11,7 @@ import shutil
 import sys
 import threading
 import traceback
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -409,21 +410,48 @@ def plan_tracks(files: Mapping[Path, str], named: Sequence[Path], names: Sequenc
     plans = [(path, outputs) for path, outputs in plans
              if resolved[path] in explicit or resolved[path] not in produced]
     inputs = {resolved[path]: path for path, _ in plans}
-    claimed: Dict[Path, Path] = {}
+    same = _same_name_key(Path(args.outdir))
+    claimed: Dict[str, Tuple[Path, Path]] = {}  # an output's key -> (the output, the input that writes it)
     runnable, errors = [], []
     for path, outputs in plans:
         overwritten = next((o for o in outputs.values() if resolved[o] in inputs), None)
-        clash = next((claimed[o] for o in outputs.values() if o in claimed), None)
+        clash = next((claimed[same(o)] + (o,) for o in outputs.values() if same(o) in claimed), None)
         if overwritten is not None:
             which = inputs[resolved[overwritten]]
             errors.append(f"{path}: its output {overwritten} would overwrite the input "
                           f"{'itself' if which == path else which}; change --outdir or --filename")
+        elif clash is not None and clash[0] != clash[2]:
+            errors.append(f"{path}: its output {clash[2]} and {clash[0]} of {clash[1]} are one file where --outdir is, "
+                          "a file system that does not tell names apart by case; rename one of the two songs, or "
+                          "give it a run of its own with another --outdir")
         elif clash is not None:
-            errors.append(f"{path}: would write the same files as {clash}; {clash_remedy(args.filename)}")
+            errors.append(f"{path}: would write the same files as {clash[1]}; {clash_remedy(args.filename)}")
         else:
-            claimed.update({o: path for o in outputs.values()})
+            claimed.update({same(o): (o, path) for o in outputs.values()})
             runnable.append((path, outputs))
     return runnable, errors
+
+
+def _same_name_key(outdir: Path) -> Callable[[Path], str]:
+    """A function giving two outputs the same key when they are one file under ``outdir``: their paths as
+    written, or, on a file system that ignores case (macOS's and Windows' by default), the paths case-folded."""
+    if not ignores_case(outdir):
+        return str
+    return lambda path: unicodedata.normalize("NFC", str(path)).casefold()
+
+
+def ignores_case(folder: Path) -> bool:
+    """Whether the file system of ``folder`` (or of its nearest parent that exists) takes names that differ in
+    case only for one: the first folder upwards whose name has letters is looked up with their case swapped."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    for part in (existing.resolve(), *existing.resolve().parents):
+        swapped = part.with_name(part.name.swapcase()) if part.name else part
+        if swapped != part:
+            try:
+                return os.path.samefile(part, swapped)
+            except OSError:  # FileNotFoundError: told apart by case
+                return False
+    return False
 
 
 def clash_remedy(template: str) -> str:

@@ -133,7 +133,13 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     else:
         save_metadata(out, cfg.target, model, ctx.settings, extra, own_niter(cfg))
     write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
-    write_csv(out / f"{cfg.target}.csv", ctx.history)
+    csv_path = out / f"{cfg.target}.csv"
+    try:
+        write_csv(csv_path, ctx.history)
+    except PermissionError as exc:
+        # On Windows a file open in a spreadsheet cannot be replaced: a log someone looks at must not stop the run.
+        log.warning("%s: not updated after epoch %d (%s); is it open in another program, such as a spreadsheet? "
+                    "Training goes on and writes it again after the next epoch", csv_path, epoch, exc.strerror or exc)
     if ctx.tensorboard is None:  # made with the first epoch's files (None again without TensorBoard)
         ctx.tensorboard = tensorboard_writer(cfg.output, cfg.target)
     if ctx.tensorboard is not None:

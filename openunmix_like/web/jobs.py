@@ -102,19 +102,23 @@ def clean_filename(name: Optional[str]) -> str:
 
 
 TRACK_NAME_BYTES = 200
+# Device names Windows keeps for itself, whatever the case and extension ("nul.live", "con .wav"): no file or
+# folder can be named so there.
+WINDOWS_DEVICE = re.compile(r"^(CON|PRN|AUX|NUL|(COM|LPT)[0-9\u00b9\u00b2\u00b3])(?= *(\.|$))", re.IGNORECASE)
 
 
 def track_name(filename: str) -> str:
     """The upload's name without its extension, safe as a file or folder name on any system.
 
     It names the zip's folder and the downloads: a name of dots (``..``) or with characters Windows
-    refuses would make the zip write outside the folder it is extracted in, or not extract at all.
+    refuses would make the zip write outside the folder it is extracted in, or not extract at all;
+    so would a device name there (``aux.wav``, ``CON.mp3``), which is given a ``_``.
     """
     stem = re.sub(r'[<>:"/\\|?*\x00-\x1f\x7f]', "_", Path(filename).stem)
     # At most TRACK_NAME_BYTES, whole characters: "<name>/<stem>.wav" and "<name>-<stem>.wav" must fit in the
     # 255 bytes a file name may have where the zip is extracted (a name of 200 CJK characters is 600 bytes).
     stem = stem.encode()[:TRACK_NAME_BYTES].decode("utf-8", "ignore").strip(" .")
-    return stem or "track"
+    return WINDOWS_DEVICE.sub(r"\1_", stem) or "track"
 
 
 def clock(seconds: float) -> str:
