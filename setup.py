@@ -31,11 +31,13 @@ setup(
         "tests": ["pytest>=7", "norbert>=0.2.1", "hypothesis>=6", "musdb>=0.4.0", "stempeg>=0.2.3",
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
+                  "onnxscript>=0.6",
                   "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
                   "pyyaml>=5", "scikit-learn>=1.0", "mypy>=2.4",
                   "psutil>=5"],
-        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # onnxscript: torch 2.13's torch.export-based ONNX exporter; 0.6 is the first with the API it imports.
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.6"],
         # umx-evaluate: museval's windows and record format (it brings musdb too); matplotlib: sdr-boxplot.png.
         "evaluate": ["museval>=0.4", "matplotlib>=3.6"],
         # umx-web: the local web app (FastAPI on uvicorn; python-multipart reads uploads).

@@ -12,6 +12,7 @@ from test_export_synth_review import documented_recipe
 from openunmix_like.cli.export import main as export_main
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.cli.train import main as train_main
+from openunmix_like.export import onnx_opsets
 from openunmix_like.modeldir import AudioSettings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "architectures.md"
@@ -59,6 +60,7 @@ def test_options_of_the_umx_lstm_are_refused_when_fine_tuning_another_architectu
 # ---------------------------------------------------------------- umx-export
 
 
+@pytest.mark.skipif(onnx_opsets()[0] > 9, reason="the exporter in use refuses these opsets before any work")
 @pytest.mark.parametrize("name, opset", [("tfattn", 11), ("unet2d", 9)])
 def test_an_onnx_export_the_opset_cannot_hold_fails_in_one_line(tmp_path, capfd, name, opset):
     pytest.importorskip("onnx")

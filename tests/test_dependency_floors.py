@@ -310,7 +310,7 @@ LOWEST_TESTED = {"torch": (2, 3), "numpy": (1, 23, 2), "scipy": (1, 9, 2), "soun
 # The same for the extras, with their tests (web, export, evaluate, catalogue) at these releases. s3fs before
 # 2023.3 refuses the endpoint_url that docs/catalogue.md passes in --storage-options (AioSession TypeError).
 EXTRAS_LOWEST_TESTED = {"web": {"fastapi": (0, 110), "uvicorn": (0, 29), "python-multipart": (0, 0, 9)},
-                        "export": {"onnx": (1, 15), "onnxruntime": (1, 17)},
+                        "export": {"onnx": (1, 15), "onnxruntime": (1, 17), "onnxscript": (0, 6)},
                         "evaluate": {"museval": (0, 4), "matplotlib": (3, 6)},
                         "ray": {"ray": (2, 9), "fsspec": (2023, 3), "s3fs": (2023, 3), "pyarrow": (12,)},
                         "musdb": {"musdb": (0, 4, 0), "stempeg": (0, 2, 3)},

@@ -70,7 +70,7 @@ def test_an_opset_the_exporter_lacks_is_one_line_before_any_work(tmp_path, capsy
     assert export_main([str(tmp_path / "nowhere"), "--format", "onnx", "--opset", opset, "--outdir", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"umx-export: error: --opset {opset}: the ONNX exporter of torch {torch.__version__} writes "
-                   f"opsets {low} to {high}; give one of those (default 17)"]
+                   f"opsets {low} to {high}; give one of those (default {export_module.default_opset()})"]
     assert not out.exists()
 
 
@@ -111,6 +111,7 @@ def test_a_failed_export_leaves_no_folder_or_file_behind(tmp_path, capsys, monke
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(export_module.onnx_opsets()[0] > 8, reason="the exporter in use does not write opset 8")
 def test_an_onnx_file_onnxruntime_cannot_load_is_one_line_and_not_kept(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

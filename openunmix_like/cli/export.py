@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from .. import __version__
 from . import sigterm_as_interrupt
 from ..errors import OpenUnmixLikeError
-from ..export import FORMATS, onnx_opsets
+from ..export import FORMATS, default_opset, onnx_opsets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=list(FORMATS), required=True, help="torchscript (.pt) or onnx (.onnx)")
     p.add_argument("--outdir", default="exported", help="output folder (default ./exported)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets")
-    p.add_argument("--opset", type=int, default=17,
-                   help="ONNX opset, %d to %d with the installed torch (default 17)" % onnx_opsets())
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset, %d to %d with the installed torch (default %d)"
+                   % (*onnx_opsets(), default_opset()))
     p.add_argument("--no-check", action="store_true",
                    help="do not run the exported files against the models (ONNX checks need onnxruntime)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
