@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .audio import conform_channels, sf_path
 from .augment import Compose
+from .errors import OpenUnmixLikeError
 
 log = logging.getLogger("openunmix_like.data")
 Pair = Tuple[Tensor, Tensor]
@@ -39,8 +40,9 @@ MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
 MUSDB_GROUPS = {"accompaniment": ("drums", "bass", "other")}
 
 
-class DatasetError(ValueError):
-    """A dataset folder cannot be used (names the folder and what is missing)."""
+class DatasetError(OpenUnmixLikeError, ValueError):
+    """A dataset folder cannot be used (names the folder and what is missing). An ``OpenUnmixLikeError``, as every
+    error a user's files cause, so that a program catching those catches it; a ``ValueError`` as before."""
 
 
 @dataclasses.dataclass(frozen=True)

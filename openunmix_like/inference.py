@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
+from .progress import bar as progress_bar
 from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
                         check_wiener_keywords, resolve_precision)
 
@@ -215,8 +216,6 @@ def iter_separate(
         ``(nb_targets, nb_channels, n)`` chunks whose concatenation along the
         last axis is the separated track.
     """
-    from tqdm import tqdm
-
     source = TensorSource(audio) if isinstance(audio, Tensor) else audio
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
@@ -228,9 +227,7 @@ def iter_separate(
         # Whole seconds of the frames done so far (not a sum of rounded chunk lengths: that drifts).
         return round(frames / out_rate)
 
-    with torch.inference_mode(), tqdm(
-        total=seconds(total), unit="s", desc=desc, disable=not progress, leave=False
-    ) as bar:
+    with torch.inference_mode(), progress_bar(progress, total=seconds(total), unit="s", desc=desc, leave=False) as bar:
         for chunk in _stitch(plan, _separated(separator, source, plan, sample_rate, out_rate, batch)):
             done += chunk.shape[-1]
             bar.update(seconds(done) - bar.n)

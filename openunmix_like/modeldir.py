@@ -245,7 +245,10 @@ def _load_target(path: Path, json_path: Path, target: str) -> nn.Module:
         raise ModelError(f"{json_path}: architecture {name!r} needs its model_args (the constructor arguments) "
                          "to be rebuilt; the file has none")
     try:
-        model = arch.build(**config.to_dict())
+        # Its random initial weights are replaced below: torch's generator is put back as it was, so that
+        # loading a model does not change the caller's later draws (the models are built on the CPU).
+        with torch.random.fork_rng(devices=[]):
+            model = arch.build(**config.to_dict())
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{json_path}: model_args do not build a {name!r} model ({exc})") from exc
     check_state_dict(model, state, target, path)

@@ -31,6 +31,7 @@ from torch import nn
 from .errors import DownloadError, ModelError
 from .fileio import atomic_path
 from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir, model_niter
+from .progress import bar as progress_bar
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
@@ -124,8 +125,6 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
             HTTP reply or went slower than :func:`min_rate` (:class:`TooSlow`; :func:`failure_reason` says why
             in one line); nothing is left at ``dest``.
     """
-    from tqdm import tqdm
-
     floor = RateFloor(min_rate())
     with writing_cache(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +140,7 @@ def download(url: str, dest: Path, progress: bool = True) -> None:
         total, received = announced_size(response), 0
         # read1 returns what has arrived, where read waits for the whole block: the rate is checked as bytes come.
         read = getattr(response, "read1", response.read)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+        with progress_bar(progress, total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
             try:
                 for block in iter(lambda: read(1 << 20), b""):
                     with writing_cache(dest):

@@ -1,15 +1,18 @@
 """The training loop: epochs of optimisation steps, validation, and the run that strings them together."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
-from typing import Optional, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import OpenUnmixLikeError
 from ..losses import SILENT_POWER
+from ..progress import bar as progress_bar
 from .checkpoint import (checkpoint_path, find_resume_checkpoint, load_checkpoint, restore_device_rng_state,
                          save_epoch, save_start, save_step_checkpoint)
 from .config import TrainConfig
@@ -20,24 +23,57 @@ from .history import History, record_epoch
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
 
+
+def keeps_callers_rng(train: Callable[[TrainConfig], R]) -> Callable[[TrainConfig], R]:
+    """``train`` with torch's generators put back as they were when it returns or raises.
+
+    A run seeds torch's global generator (initial weights, each epoch's dropout masks): without this a
+    program that trains and then draws numbers of its own would draw the run's sequence, whatever it
+    had seeded. The CUDA generators kept are those already in use when the run starts.
+    """
+    @functools.wraps(train)
+    def kept(cfg: TrainConfig) -> R:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return train(cfg)
+
+    return kept
+
+
+@keeps_callers_rng
 def run(cfg: TrainConfig) -> History:
     """Train ``cfg.target``; returns the history (also written to the output folder)."""
     ctx = prepare(cfg)
-    first, progress = resume(ctx)
-    cfg = ctx.cfg
-    if first == 1 and progress is None and cfg.model:
-        validate_start(ctx)
-    for epoch in range(first, cfg.epochs + 1):
-        if should_stop(ctx, epoch):
-            break
-        finish_epoch(ctx, epoch, *train_epoch(ctx, epoch, progress))
-        progress = None
-        if ctx.out_of_time:
-            if is_main() and not cfg.quiet:
-                log.info("%s", out_of_time_message(ctx, epoch))
-            break
+    with closing_logs([ctx]):
+        first, progress = resume(ctx)
+        cfg = ctx.cfg
+        if first == 1 and progress is None and cfg.model:
+            validate_start(ctx)
+        for epoch in range(first, cfg.epochs + 1):
+            if should_stop(ctx, epoch):
+                break
+            finish_epoch(ctx, epoch, *train_epoch(ctx, epoch, progress))
+            progress = None
+            if ctx.out_of_time:
+                if is_main() and not cfg.quiet:
+                    log.info("%s", out_of_time_message(ctx, epoch))
+                break
     return ctx.history
+
+
+@contextlib.contextmanager
+def closing_logs(contexts: Sequence[Context]) -> Iterator[None]:
+    """Close the runs' TensorBoard writers at the end, however it comes. Each holds its event file open and
+    a thread of its own: a program that trains several times (a notebook, a sweep) gathered them."""
+    try:
+        yield
+    finally:
+        for ctx in contexts:
+            if ctx.tensorboard is not None:
+                ctx.tensorboard.close()
+                ctx.tensorboard = None
 
 
 def out_of_time_message(ctx: Context, epoch: int) -> str:
@@ -223,8 +259,6 @@ def train_epoch(ctx: Context, epoch: int,
     """One pass over the training set: mean loss (``None`` when no step was taken), seconds, share of time
     spent waiting for data, and the number of samples all ranks together trained on. ``resume`` continues an epoch
     that a step checkpoint interrupted."""
-    from tqdm import tqdm
-
     ctx.model.train()
     progress = resume or EpochProgress()
     batches = loader(ctx, ctx.train_set, epoch, train=True, skip=progress.items)
@@ -242,7 +276,7 @@ def train_epoch(ctx: Context, epoch: int,
     start = last = time.perf_counter()
     before = progress.seconds  # an interrupted epoch's time counts, as its data-loading time does
     quiet = ctx.cfg.quiet or not is_main()
-    with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+    with progress_bar(not quiet, iterator, total=len(batches), desc=f"epoch {epoch}", leave=False) as bar:
         for k, (x, y) in enumerate(bar):
             batch = progress.batches + 1
             progress.data_time += time.perf_counter() - last

@@ -24,6 +24,7 @@ import torch
 
 from .. import data
 from ..errors import OpenUnmixLikeError
+from ..progress import bar as progress_bar
 from .config import STEM_LAYOUTS, TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
@@ -31,8 +32,8 @@ from .checkpoint import check_output, earlier_files
 from .factory import (DATA_CHANNELS, build_model, make_context, preload_datasets, resolve_precision, settings_of,
                       stem_datasets)
 from .history import History
-from .loop import (augment_seed, budget_spent, dropout_seed, finish_epoch, loader, mean_loss, out_of_time_message,
-                   resume, should_stop, train_batch, validate_start)
+from .loop import (augment_seed, budget_spent, closing_logs, dropout_seed, finish_epoch, keeps_callers_rng, loader,
+                   mean_loss, out_of_time_message, resume, should_stop, train_batch, validate_start)
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("musdb", "trackfolder_fix", *STEM_LAYOUTS)
@@ -131,33 +132,35 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
     return contexts, train_set
 
 
+@keeps_callers_rng
 def run_targets(cfg: TrainConfig) -> Dict[str, History]:
     """Train every target of ``cfg.targets`` together; returns each target's history."""
     contexts, train_set = prepare_targets(cfg)
-    starts = {id(ctx): resume(ctx)[0] for ctx in contexts}
-    for ctx in contexts:
-        if starts[id(ctx)] == 1 and cfg.model:
-            validate_start(ctx)
-    stopped = set()
-    for epoch in range(min(starts.values()), cfg.epochs + 1):
-        active = []
-        for k, ctx in enumerate(contexts):
-            if id(ctx) in stopped or starts[id(ctx)] > epoch:
-                continue
-            if should_stop(ctx, epoch):
-                stopped.add(id(ctx))
-                continue
-            active.append((k, ctx))
-        if not active:
-            if any(id(ctx) not in stopped and starts[id(ctx)] > epoch for ctx in contexts):
-                continue  # resumed: the others' checkpoints are of later epochs (one stopped early)
-            break
-        for (k, ctx), result in zip(active, train_epoch_shared(active, train_set, epoch)):
-            finish_epoch(ctx, epoch, *result)
-        if active[0][1].out_of_time:
-            if not cfg.quiet:
-                log.info("%s", out_of_time_message(active[0][1], epoch))
-            break
+    with closing_logs(contexts):
+        starts = {id(ctx): resume(ctx)[0] for ctx in contexts}
+        for ctx in contexts:
+            if starts[id(ctx)] == 1 and cfg.model:
+                validate_start(ctx)
+        stopped = set()
+        for epoch in range(min(starts.values()), cfg.epochs + 1):
+            active = []
+            for k, ctx in enumerate(contexts):
+                if id(ctx) in stopped or starts[id(ctx)] > epoch:
+                    continue
+                if should_stop(ctx, epoch):
+                    stopped.add(id(ctx))
+                    continue
+                active.append((k, ctx))
+            if not active:
+                if any(id(ctx) not in stopped and starts[id(ctx)] > epoch for ctx in contexts):
+                    continue  # resumed: the others' checkpoints are of later epochs (one stopped early)
+                break
+            for (k, ctx), result in zip(active, train_epoch_shared(active, train_set, epoch)):
+                finish_epoch(ctx, epoch, *result)
+            if active[0][1].out_of_time:
+                if not cfg.quiet:
+                    log.info("%s", out_of_time_message(active[0][1], epoch))
+                break
     return {ctx.cfg.target: ctx.history for ctx in contexts}
 
 
@@ -169,8 +172,6 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     With ``--max-minutes`` the epoch ends at the batch that spends the budget (the first target's
     training time so far plus this epoch's), and every active target is marked out of time.
     """
-    from tqdm import tqdm
-
     lead = active[0][1]
     for _, ctx in active:
         ctx.model.train()
@@ -187,7 +188,7 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     data_time, start = 0.0, time.perf_counter()
     last = start
     quiet = lead.cfg.quiet
-    with tqdm(iterator, total=len(batches), desc=f"epoch {epoch}", disable=quiet, leave=False) as bar:
+    with progress_bar(not quiet, iterator, total=len(batches), desc=f"epoch {epoch}", leave=False) as bar:
         for batch, (x, targets) in enumerate(bar, start=1):
             data_time += time.perf_counter() - last
             x, targets = x.to(lead.device, non_blocking=True), targets.to(lead.device, non_blocking=True)
