@@ -71,7 +71,7 @@ def uses_dynamo_exporter() -> bool:
     """Whether ONNX files are written with torch's torch.export-based exporter (``dynamo=True``).
 
     Only where torch no longer has the TorchScript-based one: with torch 2.13 the older exporter is
-    9 times faster on Open-Unmix's LSTM (6 s against 55 s for an umxhq-sized target) and needs no
+    11 times faster on Open-Unmix's LSTM (2.4 s against 27.7 s for an umxhq-sized target) and needs no
     onnxscript. The newer one is ready for the torch that drops it (tests/test_export_dynamo.py).
     """
     takes = inspect.signature(torch.onnx.export).parameters
