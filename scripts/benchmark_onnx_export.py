@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """ONNX export time, file size and error of one umxhq-sized target (hidden 512) with each of torch's two ONNX
 exporters: `python scripts/benchmark_onnx_export.py` (docs/architectures.md quotes it)."""
-import tempfile, time
+import tempfile
+import time
 from pathlib import Path
 import torch
 from openunmix_like import export as E
