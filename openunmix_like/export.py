@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
 from .errors import OpenUnmixLikeError
-from .fileio import new_partial, temporary_folder
+from .fileio import new_partial, replace_together, temporary_folder
 from .modeldir import AudioSettings
 from .processes import interrupts_held
 
@@ -151,8 +151,7 @@ def _staged(outdir: Path) -> Iterator[Dict[Path, Path]]:
     try:
         yield staged
         with interrupts_held():  # all renamed or none: never a new model beside an old export.json
-            for path, tmp in staged.items():
-                os.replace(tmp, path)
+            replace_together(staged)
     except BaseException:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)

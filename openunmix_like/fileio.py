@@ -18,7 +18,9 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Union
+
+from .errors import OpenUnmixLikeError, shown
 
 try:
     import fcntl
@@ -112,8 +114,6 @@ def temporary_folder() -> str:
     Raises:
         OpenUnmixLikeError: no candidate can be written (a read-only container with no ``TMPDIR`` set).
     """
-    from .errors import OpenUnmixLikeError
-
     try:
         return tempfile.gettempdir()
     except OSError as exc:  # FileNotFoundError: "No usable temporary directory found in [...]"
@@ -159,17 +159,90 @@ def new_temporary(suffix: str = "") -> Path:
     return Path(tmp)
 
 
+class FileInUse(OpenUnmixLikeError, PermissionError):
+    """``path`` cannot be replaced or moved: on Windows, another program has it open (a stem in a player, a CSV
+    in a spreadsheet: WinError 32 or 5). A ``PermissionError`` still, for callers that go on without the file."""
+
+    def __init__(self, path: Union[str, Path], exc: OSError):
+        super().__init__(exc.errno, exc.strerror, os.fspath(path))
+        self.path = Path(path)
+        self.message = (f"{shown(os.fspath(path))}: cannot be replaced ({exc.strerror or exc}); is it open in another "
+                        "program? Close it and run the same command again")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ERROR_SHARING_VIOLATION (another program has the file open) and ERROR_ACCESS_DENIED (open, or being deleted).
+IN_USE_WINERRORS = (32, 5)
+
+
+def replace_file(src: Union[str, Path], dst: Union[str, Path], name: Union[str, Path, None] = None) -> None:
+    """``os.replace(src, dst)``, where a file in use by another program (Windows' error 32 or 5) is
+    :class:`FileInUse` naming ``name`` (the file the user knows: ``dst`` unless given; ``src`` when an earlier
+    output is moved aside)."""
+    try:
+        os.replace(src, dst)
+    except PermissionError as exc:
+        name = dst if name is None else name
+        # Only Windows refuses for a file open elsewhere; a POSIX EACCES means the folder's permissions.
+        in_use = getattr(exc, "winerror", None) in IN_USE_WINERRORS and os.path.lexists(name)
+        if isinstance(exc, FileInUse) or not in_use:
+            raise
+        raise FileInUse(name, exc) from exc
+
+
+def replace_together(staged: Mapping[Path, Path]) -> None:
+    """Rename each partial file of ``staged`` (final path -> partial file) over its final path: all or none.
+
+    The files there are first moved aside, so that one that cannot be moved (open in another program, on
+    Windows) stops the lot before anything changed, and a later failure puts every one back.
+
+    Raises:
+        FileInUse: a file there cannot be moved or replaced; every final path holds what it held before.
+    """
+    asides: Dict[Path, Path] = {}  # final path -> where its earlier file was moved
+    placed: List[Path] = []
+    try:
+        for path in staged:
+            if os.path.lexists(path):
+                aside = new_partial(path, ".kept")
+                try:
+                    replace_file(path, aside, name=path)
+                except BaseException:
+                    aside.unlink()
+                    raise
+                asides[path] = aside
+        for path, tmp in staged.items():
+            replace_file(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for path, aside in asides.items():
+            with contextlib.suppress(OSError):
+                os.replace(aside, path)
+        raise
+    for aside in asides.values():
+        with contextlib.suppress(OSError):
+            aside.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is untouched.
     ``suffix`` lets writers that infer the format from the extension see it.
+
+    Raises:
+        FileInUse: ``path`` exists and cannot be replaced (open in another program, on Windows).
     """
     tmp_path = new_partial(path, suffix)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        replace_file(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -195,8 +268,6 @@ def writable_folder(option: str, folder: Union[str, Path]) -> Path:
         OpenUnmixLikeError: ``<option> <folder>: ...`` in one line: a file is there, or the folder
             cannot be created or written (tried by making and removing a probe file).
     """
-    from .errors import OpenUnmixLikeError
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OpenUnmixLikeError(f"{option} {folder}: is a file, not a folder; give a folder (created if missing)")

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, set_channel_map, sf_path, subtype_for
 from .errors import AudioError
-from .fileio import held_lock, made_folders_removed_if_empty, new_partial
+from .fileio import FileInUse, held_lock, made_folders_removed_if_empty, new_partial, replace_file
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
@@ -227,7 +227,7 @@ class StemWriter:
                             raise OutputExists(path)
                         earlier = _identity(path)
                         kept[path] = (new_partial(path, ".kept"), earlier)
-                        os.replace(path, kept[path][0])
+                        replace_file(path, kept[path][0], name=path)  # FileInUse: open in a player, on Windows
                     self._place(self._encoded[name], path)
                     del self._encoded[name]
             except BaseException as exc:
@@ -249,7 +249,7 @@ class StemWriter:
     def _place(self, encoded: Path, path: Path) -> None:
         """Rename a stem's encoded file to its output path; without ``overwrite``, never over a file there."""
         if self.overwrite:
-            os.replace(encoded, path)
+            replace_file(encoded, path)
             return
         try:
             os.link(encoded, path)  # fails if anything is at path, atomically
@@ -358,7 +358,7 @@ class StemWriter:
 def _as_audio_error(exc: Exception, path: Path) -> AudioError:
     if isinstance(exc, EncoderStopped):
         return EncoderStopped(str(exc), exc.signum)
-    if isinstance(exc, AudioError):
+    if isinstance(exc, (AudioError, FileInUse)):
         return DiskFull(str(exc)) if isinstance(exc, DiskFull) else AudioError(str(exc))
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or _full(exc, path):
         return DiskFull(f"{path}: disk full while writing; free space and run again")

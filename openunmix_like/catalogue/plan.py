@@ -43,7 +43,7 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
     A manifest's entries are taken as files without a check here: one missing
     file is one failure when it is read, not a stop of the listing.
     """
-    from ..cli.separate import AUDIO_EXTENSIONS, collect_inputs, pattern_root
+    from ..cli.separate import AUDIO_EXTENSIONS, collect_inputs, home_expanded, pattern_root
 
     sources: Dict[str, str] = {}
     failures: List[Failure] = []
@@ -67,6 +67,8 @@ def gather_sources(specs: Sequence[str], manifest: Optional[str],
         failures.extend((spec, "input", message) for message in errors)
     if manifest is not None:
         for entry in storage.read_manifest(manifest, storage_options):
+            if not storage.is_url(entry):
+                entry = home_expanded(entry)  # "~/song.flac" as --engine local reads it
             sources.setdefault(entry if storage.is_url(entry) else os.path.abspath(entry), folder_name(entry))
     return sources, failures
 

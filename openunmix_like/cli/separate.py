@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="audio files, folders (searched recursively) or globs; with --engine ray also URLs "
-                        "(s3://bucket/key, file://...)")
+                        "(s3://bucket/key, file://...); a leading ~ is the home folder, even where no shell "
+                        "expanded it (so in --outdir and manifest lines)")
     add_separator_args(p)
     g = p.add_argument_group("input and output")
     g.add_argument("--aggregate", default=None, metavar="JSON",
@@ -375,6 +376,13 @@ def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]
     return aggregate
 
 
+def home_expanded(spec: str) -> str:
+    """``spec`` with a leading ``~`` or ``~user`` made the home folder, as models and the cache are: a path no
+    shell expanded (quoted, typed in Windows' cmd, a manifest line) means what it means in a shell. A folder
+    named ``~`` is given as ``./~``."""
+    return os.path.expanduser(spec) if spec.startswith("~") else spec
+
+
 def local_manifest(manifest: Optional[str]) -> List[str]:
     """The manifest's entries for ``--engine local``, which reads local files only."""
     if manifest is None:
@@ -387,7 +395,7 @@ def local_manifest(manifest: Optional[str]) -> List[str]:
     remote = next((e for e in entries if is_url(e)), None)
     if remote is not None:
         raise OpenUnmixLikeError(f"--manifest {manifest}: lists URLs ({remote}); use --engine ray for those")
-    return entries
+    return [home_expanded(entry) for entry in entries]
 
 
 def _report(message: str) -> None:
@@ -482,6 +490,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.inputs and not args.manifest:
         parser.error("give at least one INPUT or a --manifest")
+    args.inputs, args.outdir = [home_expanded(spec) for spec in args.inputs], home_expanded(args.outdir)
+    args.manifest = home_expanded(args.manifest) if args.manifest else args.manifest
     try:
         check_options(args)
     except OpenUnmixLikeError as exc:

@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
-from ..fileio import write_json_atomic
+from ..fileio import FileInUse, replace_file, write_json_atomic
 from ..processes import children_ignore_ctrl_c
 from .compose import SongPlan, compose, voice_dict
 from .effects import compressor_gain, pan, random_chain
@@ -296,12 +296,31 @@ def _write_track(final: Path, ints: Dict[str, np.ndarray], mixture: np.ndarray, 
         for stem in STEMS:
             sf.write(tmp / f"{stem}.wav", ints[stem].T, sample_rate, subtype="PCM_16")
         write_json_atomic(tmp / "plan.json", meta)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_folder(tmp, final)
     except BaseException:  # Ctrl+C, a stopped worker or a failed write: no half-written track stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the folder ``tmp`` to ``final``; an incomplete track there is moved aside whole first, so that one
+    whose files cannot be removed (open in another program, on Windows) stays as it was, never half-deleted."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    aside = final.parent / f".{final.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)  # left by a run killed outright
+    try:
+        replace_file(final, aside, name=final)
+    except FileInUse as exc:
+        raise SynthError(f"cannot be replaced ({exc.strerror}); is a file in it open in another program? Close it "
+                         "and run the same command again") from None
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_request(counts: Dict[str, int], seed: int, duration: float) -> None:

@@ -44,8 +44,8 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
     """Before anything is trained or written: ``--output`` can be written, its other models share
     ``settings``, and a run that starts afresh does not silently replace this target's model.
 
-    With ``--force`` a fresh run removes this target's checkpoints (so that ``--resume auto``
-    can never continue the replaced run); its model files are replaced by the first epoch.
+    With ``--force`` a fresh run goes on; :func:`start_afresh` removes the earlier checkpoints once the run's
+    data and model are ready.
 
     Raises:
         OpenUnmixLikeError: one line naming the folder and what to do.
@@ -53,11 +53,16 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
     out = writable_folder("--output", cfg.output)
     held = read_target_json(out / "separator.json")
     others = [t for t in held.get("targets", []) if t != cfg.target]
-    theirs = AudioSettings.from_json(held, out / "separator.json") if others else settings
-    if theirs != settings:
+    # As the first save will check (modeldir.update_separator_json): found now, not after an epoch's training.
+    theirs = AudioSettings.from_json(held, out / "separator.json") if held else settings
+    if theirs != settings and others:
         raise OpenUnmixLikeError(f"--output {out}: holds {', '.join(others)} with {theirs}, and a separator's "
                                  f"targets share their settings; this {cfg.target!r} model has {settings}: "
                                  "use another --output")
+    if theirs != settings:
+        raise OpenUnmixLikeError(f"--output {out}: its separator.json has {theirs}, and this {cfg.target!r} model "
+                                 f"has {settings}; a model replaced in a folder keeps the folder's settings: use "
+                                 "another --output")
     report_niter(cfg, out, others)
     if cfg.resume or cfg.checkpoint:
         return
@@ -68,10 +73,20 @@ def check_output(cfg: TrainConfig, settings: AudioSettings) -> None:
         raise OpenUnmixLikeError(f"--output {out}: already holds a {cfg.target!r} model ({earlier[0].name}); "
                                  "continue it with --resume auto, start over with --force (which replaces it), "
                                  "or give another --output")
-    if is_main():
-        for path in (checkpoint_path(cfg), *step_checkpoints(cfg)):
-            path.unlink(missing_ok=True)
-        log.info("--force: starting %s in %s afresh (its checkpoints removed)", cfg.target, out)
+
+
+def start_afresh(cfg: TrainConfig) -> None:
+    """With ``--force``, remove this target's checkpoints before a fresh run's first step (so that ``--resume
+    auto`` can never continue the replaced run); its model files are replaced by the first epoch.
+
+    Called once the data and the model are ready, not by :func:`check_output`: a run that stops before
+    (a mistyped ``--root``, a bad ``--model``) leaves the earlier run resumable.
+    """
+    if cfg.resume or cfg.checkpoint or not cfg.force or not is_main() or not earlier_files(cfg):
+        return
+    for path in (checkpoint_path(cfg), *step_checkpoints(cfg)):
+        path.unlink(missing_ok=True)
+    log.info("--force: starting %s in %s afresh (its checkpoints removed)", cfg.target, cfg.output)
 
 
 def own_niter(cfg: TrainConfig) -> Optional[int]:

@@ -379,7 +379,7 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.
 def prepare(cfg: TrainConfig) -> Context:
     """Everything a run needs, from its options: checked and resolved options, device (and
     process group under torchrun), data sets, model and optimiser."""
-    from .checkpoint import check_output
+    from .checkpoint import check_output, start_afresh
 
     cfg = check_options(cfg)
     # The settings are the options' (a --model's own, resolved by check_options): check the folder before
@@ -392,7 +392,9 @@ def prepare(cfg: TrainConfig) -> Context:
     train_set, valid_set = build_datasets(cfg)
     cfg = preload_datasets(cfg, device, train_set, valid_set)
     model, settings, cfg = build_model(cfg, train_set, device)
-    return make_context(cfg, model, settings, device, train_set, valid_set)
+    context = make_context(cfg, model, settings, device, train_set, valid_set)
+    start_afresh(context.cfg)  # only now: a run refused above keeps the checkpoints --force would replace
+    return context
 
 
 def settings_of(cfg: TrainConfig) -> AudioSettings:

@@ -28,7 +28,7 @@ from ..progress import bar as progress_bar
 from .config import STEM_LAYOUTS, TrainConfig, check_options
 from .context import Context, EpochProgress
 from .distributed import pick_device
-from .checkpoint import check_output, earlier_files
+from .checkpoint import check_output, earlier_files, start_afresh
 from .factory import (DATA_CHANNELS, build_model, make_context, preload_datasets, resolve_precision, settings_of,
                       stem_datasets)
 from .history import History
@@ -107,7 +107,7 @@ def check_outputs(cfg: TrainConfig) -> None:
         raise OpenUnmixLikeError(f"--output {cfg.output}: already holds {', '.join(held)} of --targets ({first}); "
                                  f"continue them with --resume auto{also}, start over with --force (which replaces "
                                  "them), or give another --output")
-    for target_cfg in own:  # with --force, removes the checkpoints of the targets started over
+    for target_cfg in own:  # resume and --force as given now: refuses what --force does not allow
         check_output(target_cfg, settings)
 
 
@@ -129,6 +129,8 @@ def prepare_targets(cfg: TrainConfig) -> Tuple[List[Context], data._Base]:
         view = data.TargetView(train_set, k)
         model, settings, own = build_model(own, view, device)
         contexts.append(make_context(own, model, settings, device, view, data.TargetView(valid_set, k)))
+    for ctx in contexts:  # only now: a run refused above keeps the checkpoints --force would replace
+        start_afresh(ctx.cfg)
     return contexts, train_set
 
 
