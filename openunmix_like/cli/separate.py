@@ -380,7 +380,7 @@ def home_expanded(spec: str) -> str:
     """``spec`` with a leading ``~`` or ``~user`` made the home folder, as models and the cache are: a path no
     shell expanded (quoted, typed in Windows' cmd, a manifest line) means what it means in a shell. A folder
     named ``~`` is given as ``./~``."""
-    return os.path.expanduser(spec) if spec.startswith("~") else spec
+    return os.path.expanduser(spec)  # only a leading ~ or ~user is expanded
 
 
 def local_manifest(manifest: Optional[str]) -> List[str]:
