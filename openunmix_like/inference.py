@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import level
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
 from .progress import bar as progress_bar
 from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
@@ -120,12 +121,27 @@ class TensorSource:
         return self.audio[..., start:stop]
 
 
+def matching_gain(separator: Separator, source, sample_rate: float) -> float:
+    """The gain that brings a track to ``separator.input_level`` (1 without level matching, or for silence).
+
+    ``source`` is a ``(nb_channels, n)`` tensor, or a source read in one extra pass over the track.
+    """
+    target = getattr(separator, "input_level", None)
+    if target is None:
+        return 1.0
+    measured = level.track_level(source, sample_rate) if isinstance(source, Tensor) else \
+        level.source_level(source, sample_rate)
+    return level.matching_gain(measured, target)
+
+
 def _separate_segments(separator: Separator, pieces: List[Tensor], segments: Sequence[Segment], rate: float,
-                       out_rate: float) -> List[Tensor]:
+                       out_rate: float, gains: Optional[Sequence[float]] = None) -> List[Tensor]:
     """Separate several segments, batching those of equal length into one call of the separator.
 
     Args:
         pieces: each segment's input ``(nb_channels, n)`` at ``rate``.
+        gains: each segment's level-matching gain (:func:`matching_gain`): the separator sees the
+            segment turned by it, and its estimate is turned back.
 
     Returns:
         each segment's ``(nb_targets, nb_channels, end - start)`` at ``out_rate``.
@@ -141,7 +157,13 @@ def _separate_segments(separator: Separator, pieces: List[Tensor], segments: Seq
     results: List[Optional[Tensor]] = [None] * len(inputs)
     for members in by_shape.values():
         batch = torch.stack([inputs[i] for i in members]).to(device)
+        scale = None if gains is None or all(gains[i] == 1.0 for i in members) else \
+            torch.tensor([gains[i] for i in members], dtype=batch.dtype).view(-1, 1, 1)
+        if scale is not None:  # in place, on the stacked copy: no second copy of the input or output
+            batch.mul_(scale.to(batch.device))
         est = separator(batch, frame_offset=[segments[i].frame_offset for i in members]).cpu()
+        if scale is not None:
+            est.div_(scale.to(est.dtype).unsqueeze(-1))
         for j, i in enumerate(members):
             results[i] = _fit(resample(est[j], model_rate, out_rate), segments[i].end - segments[i].start)
     return results
@@ -217,6 +239,7 @@ def iter_separate(
         last axis is the separated track.
     """
     source = TensorSource(audio) if isinstance(audio, Tensor) else audio
+    gain = matching_gain(separator, audio, sample_rate)
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
@@ -228,7 +251,7 @@ def iter_separate(
         return round(frames / out_rate)
 
     with torch.inference_mode(), progress_bar(progress, total=seconds(total), unit="s", desc=desc, leave=False) as bar:
-        for chunk in _stitch(plan, _separated(separator, source, plan, sample_rate, out_rate, batch)):
+        for chunk in _stitch(plan, _separated(separator, source, plan, sample_rate, out_rate, batch, gain)):
             done += chunk.shape[-1]
             bar.update(seconds(done) - bar.n)
             if done >= total:
@@ -256,7 +279,7 @@ def _stitch(plan: List[Segment], estimates: Iterable[Tensor]) -> Iterator[Tensor
 
 
 def _separated(separator: Separator, source, plan: List[Segment], rate: float, out_rate: float,
-               batch: int) -> Iterator[Tensor]:
+               batch: int, gain: float = 1.0) -> Iterator[Tensor]:
     """The estimate of each segment of ``plan`` in order, separated ``batch`` at a time.
 
     A reader thread decodes the next batch's input while this one is separated (decoding
@@ -275,7 +298,7 @@ def _separated(separator: Separator, source, plan: List[Segment], rate: float, o
             pieces = upcoming.result()
             if g + 1 < len(groups):
                 upcoming = reader.submit(read, groups[g + 1])
-            yield from _separate_segments(separator, pieces, group, rate, out_rate)
+            yield from _separate_segments(separator, pieces, group, rate, out_rate, [gain] * len(group))
 
 
 def separate_tensor(
@@ -325,6 +348,7 @@ def separate_tracks(
         raise ValueError("separate_tracks: give one sample rate (and output rate) per track")
     out_rates = list(sample_rates) if out_rates is None else list(out_rates)
     batch = _batch_size(separator, batch_segments, segment)
+    gains = [matching_gain(separator, track, rate) for track, rate in zip(tracks, sample_rates)]
     plans = [plan_segments(track.shape[-1], rate, separator.sample_rate, separator.n_hop, separator.wiener_win_len,
                            segment, overlap, out_rate)
              for track, rate, out_rate in zip(tracks, sample_rates, out_rates)]
@@ -341,7 +365,8 @@ def separate_tracks(
                 members = jobs[first : first + batch]
                 segments = [plans[t][k] for t, k in members]
                 pieces = [tracks[t][..., seg.in_start : seg.in_end] for (t, _), seg in zip(members, segments)]
-                for (t, k), est in zip(members, _separate_segments(separator, pieces, segments, rate, out_rate)):
+                found = _separate_segments(separator, pieces, segments, rate, out_rate, [gains[t] for t, _ in members])
+                for (t, k), est in zip(members, found):
                     estimates[t][k] = est
         return [torch.cat(list(_stitch(plan, found)), dim=-1) for plan, found in zip(plans, estimates)]
 
@@ -359,6 +384,7 @@ def separate(
     progress: bool = False,
     batch_segments: Optional[int] = None,
     precision: Optional[str] = None,
+    input_level: Union[str, float, None] = "auto",
     **wiener_options,
 ) -> Dict[str, Tensor]:
     """Separate audio in one call.
@@ -381,6 +407,9 @@ def separate(
             the estimates come back on the CPU.
         precision: the target models' arithmetic for a model loaded here (default ``auto``, see
             :meth:`Separator.from_pretrained`); with a :class:`Separator`, only its own.
+        input_level: level matching for a model loaded here (``auto``: the model's own, see
+            :meth:`Separator.from_pretrained`; a level in dBFS; ``None``: off); each track (each
+            sample of a batch) is matched on its own. With a :class:`Separator`, its :attr:`~Separator.input_level`.
 
     Returns:
         target name -> tensor shaped like ``audio``.
@@ -393,7 +422,7 @@ def separate(
     sample_rate = check_rate(sample_rate)
     audio = check_audio(audio)
     check_aggregate(aggregate)  # before separating, not after
-    model = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
+    model = separator_for(model, targets, wiener, device, precision, progress, wiener_options, input_level)
     shape = audio.shape
     batch = audio.reshape((-1,) + shape[-2:]) if audio.dim() == 3 else audio.reshape(1, -1, shape[-1])
     results = [separate_tensor(model, x, sample_rate, segment, overlap, progress, batch_segments)
@@ -408,15 +437,19 @@ def separate(
 
 def separator_for(model: Union[str, Path, Separator, None], targets: Optional[Sequence[str]],
                   wiener: Optional[WienerSettings], device: Union[str, torch.device, None], precision: Optional[str],
-                  progress: bool, wiener_options: Mapping) -> Separator:
+                  progress: bool, wiener_options: Mapping,
+                  input_level: Union[str, float, None] = "auto") -> Separator:
     """The separator ``model`` names, loaded with these settings; or ``model`` itself when it is a
     :class:`Separator` and none of them is given (a ``ValueError`` otherwise: they would be ignored)."""
     check_wiener_keywords(wiener_options)
     if not isinstance(model, Separator):
         return Separator.from_pretrained(model, targets=targets, device="cpu" if device is None else device,
                                          wiener=wiener, progress=progress,
-                                         precision="auto" if precision is None else precision, **wiener_options)
+                                         precision="auto" if precision is None else precision,
+                                         input_level=input_level, **wiener_options)
     given = [name for name, value in (("targets", targets), ("wiener", wiener)) if value is not None]
+    if not (isinstance(input_level, str) and input_level == "auto"):
+        given.append(f"input_level={input_level!r} (set separator.input_level)")
     if device is not None and _same_index(check_device(device)) != _device_of(model):
         given.append(f"device={str(device)!r} (it is on {_device_of(model)}; move it with .to())")
     if precision is not None and resolve_precision(precision, _device_of(model)) != model.precision:

@@ -326,6 +326,27 @@ def model_niter(folder: Path) -> Optional[int]:
     return int(value)
 
 
+def model_input_level(folder: Path) -> Optional[float]:
+    """The level a model folder's models were trained at (dBFS RMS, :mod:`openunmix_like.level`):
+    ``input_level`` in its ``separator.json``, or ``None`` where it says none (no level matching).
+
+    Raises:
+        ModelError: ``input_level`` is not a level from -60 to 0 dBFS; one line naming the file.
+    """
+    from .level import check_input_level
+
+    path = Path(folder) / "separator.json"
+    held = read_target_json(path)
+    if held.get("input_level") is None:
+        return None
+    try:
+        return check_input_level(held["input_level"])
+    except ValueError:
+        raise ModelError(f"{path}: input_level must be the training mixtures' level in dBFS RMS, from -60 to 0, "
+                         f"not {_shown(held['input_level'])}; fix it, or delete the key to separate tracks at "
+                         "their own level") from None
+
+
 # The published four-target models' order: separator(audio)[:, j] means the same for every folder.
 TARGET_ORDER = ("vocals", "drums", "bass", "other")
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import DownloadError, ModelError
 from .fileio import atomic_path
-from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir, model_niter
+from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir, model_input_level, model_niter
 from .progress import bar as progress_bar
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
@@ -381,6 +381,18 @@ def own_niter(name_or_path: Union[str, Path, None] = None) -> Optional[int]:
         return model_niter(bundled_model_dir())
     folder = Path(name_or_path).expanduser()
     return model_niter(folder) if folder.is_dir() else None
+
+
+def own_input_level(name_or_path: Union[str, Path, None] = None) -> Optional[float]:
+    """The level a model was trained at, for level matching: a model folder's ``input_level`` in
+    ``separator.json`` (:func:`~openunmix_like.modeldir.model_input_level`; the bundled model records
+    one), else ``None``. Published models record none: their scores with level matching are unmeasured
+    here. Call it after :func:`load_models`, which reports a model that cannot be found.
+    """
+    if name_or_path is None or is_bundled_name(name_or_path):
+        return model_input_level(bundled_model_dir())
+    folder = Path(name_or_path).expanduser()
+    return model_input_level(folder) if folder.is_dir() else None
 
 
 def check_not_shadowed(path: Path, name: str, table: Mapping[str, dict]) -> None:

@@ -19,6 +19,7 @@ from . import filtering
 from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .architectures.umx import OpenUnmix
 from .lanes import run_in_lanes
+from .level import check_input_level
 from .transforms import ISTFT, STFT, ComplexNorm
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,10 @@ class Separator(nn.Module):
             filter and the output stay float32. ``auto``: see
             :func:`resolve_precision`, for the device the models are on. Fixed at
             construction.
+        input_level: the models' training level in dBFS RMS (:mod:`openunmix_like.level`): whole
+            tracks further than 3 dB from it are turned to within 3 dB of it before separating, the
+            stems turned back by the same gain (level matching); ``None`` (the default here)
+            separates tracks at their own level, as the reference package does.
         **wiener_options: ``niter``, ``softmask``, ``residual`` or
             ``wiener_win_len``, overriding those of ``wiener`` (the reference
             package's keyword names).
@@ -212,6 +217,7 @@ class Separator(nn.Module):
         n_hop: int = 1024,
         nb_channels: int = 2,
         precision: str = "fp32",
+        input_level: Optional[float] = None,
         **wiener_options,
     ):
         super().__init__()
@@ -242,6 +248,7 @@ class Separator(nn.Module):
         self.n_hop = n_hop
         self.nb_channels = nb_channels
         self._precision = precision
+        self.input_level = input_level
         if precision == "bf16":
             for name, model in list(self.target_models.items()):
                 if hasattr(model, "cast_products") and model.product_dtype != torch.bfloat16:
@@ -261,6 +268,21 @@ class Separator(nn.Module):
     def precision(self) -> str:
         """``fp32`` or ``bf16``: the target models' arithmetic, chosen at construction."""
         return self._precision
+
+    @property
+    def input_level(self) -> Optional[float]:
+        """The level (dBFS RMS, :mod:`openunmix_like.level`) a track further than 3 dB from is turned to
+        within 3 dB of before separating, the stems turned back by the same gain; ``None``: tracks are
+        separated at their own level.
+
+        Whole tracks are matched by :func:`~openunmix_like.inference.separate` and the functions that
+        separate tracks; :meth:`forward` separates what it is given, as the reference package does.
+        """
+        return self._input_level
+
+    @input_level.setter
+    def input_level(self, value: Optional[float]) -> None:
+        self._input_level = check_input_level(value)
 
     @property
     def niter(self) -> int:
@@ -545,6 +567,7 @@ class Separator(nn.Module):
         wiener: Optional[WienerSettings] = None,
         progress: bool = True,
         precision: str = "auto",
+        input_level: Union[str, float, None] = "auto",
         **wiener_options,
     ) -> "Separator":
         """Load a separator by name, from a model folder, or the bundled default.
@@ -564,12 +587,16 @@ class Separator(nn.Module):
                 ``auto`` (the default) resolves for ``device`` (:func:`resolve_precision`):
                 bfloat16 on CPUs with bfloat16 units, float32 elsewhere. Use ``fp32`` for
                 results equal to the reference package's to float rounding.
+            input_level: ``auto`` (the default): the level the model was trained at, where its folder
+                records one (``input_level`` in ``separator.json``; the bundled model's is -16.5 dBFS), else
+                none; a level in dBFS RMS; or ``None`` to separate tracks at their own level (with ``fp32``,
+                results equal to the reference package's). See :attr:`input_level`.
 
         Example:
             >>> separator = Separator.from_pretrained()                      # bundled, offline
             >>> separator = Separator.from_pretrained("umxhq", niter=0)      # downloads once
         """
-        from .pretrained import load_models, own_niter
+        from .pretrained import load_models, own_input_level, own_niter
 
         if "niter" in wiener_options and wiener_options["niter"] is None:  # the model's own, as if left out
             del wiener_options["niter"]
@@ -577,6 +604,8 @@ class Separator(nn.Module):
         wiener = wiener_settings(wiener, wiener_options)
         device = check_device(device)  # these before loading, which may download
         precision = resolve_precision(precision, device)
+        if not (isinstance(input_level, str) and input_level == "auto"):
+            input_level = check_input_level(input_level)
         models, settings = load_models(name_or_path, targets=targets, progress=progress)
         own = own_niter(name_or_path) if asks_own_niter else None
         if own is not None:
@@ -584,8 +613,11 @@ class Separator(nn.Module):
         if precision == "bf16":  # these models are ours: convert them rather than copies
             models = {name: m.cast_products(torch.bfloat16) if hasattr(m, "cast_products") else m
                       for name, m in models.items()}
+        if isinstance(input_level, str):
+            input_level = own_input_level(name_or_path)
         separator = cls(models, wiener, sample_rate=settings.sample_rate, n_fft=settings.n_fft,
-                        n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision)
+                        n_hop=settings.n_hop, nb_channels=settings.nb_channels, precision=precision,
+                        input_level=input_level)
         return separator.freeze().to(device)
 
 

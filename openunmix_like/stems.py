@@ -262,6 +262,7 @@ def separate_file(
     device: Union[str, torch.device, None] = None,
     precision: Optional[str] = None,
     wiener: Optional[WienerSettings] = None,
+    input_level: Union[str, float, None] = "auto",
     **wiener_options,
 ) -> Dict[str, Path]:
     """Separate one audio file into stem files, as ``umx-separate`` does (the same files, to the bit).
@@ -286,6 +287,8 @@ def separate_file(
         segment, overlap, batch_segments: segmented processing, see :func:`openunmix_like.inference.iter_separate`.
         overwrite: replace stems that exist (refused by default); they stay as they were until every
             new stem is encoded. Without it, a file made at an output path meanwhile is kept as well.
+        input_level: level matching for a model loaded here (``auto``: the model's own; a level in dBFS;
+            ``None``: off), see :meth:`Separator.from_pretrained`; a :class:`Separator` has its own.
         progress: a progress bar on stderr.
         on_progress: called with the fraction done after each chunk.
         cancel: when set (from another thread), the file stops after the chunk in hand, raising
@@ -317,7 +320,7 @@ def separate_file(
         raise ValueError(f"filename {filename!r}: {{model}} needs the model's name; pass the name or folder as "
                          "model, or write the name into the template")
     _check_early(path, outdir, on_progress, cancel, wiener_options)
-    separator = separator_for(model, targets, wiener, device, precision, progress, wiener_options)
+    separator = separator_for(model, targets, wiener, device, precision, progress, wiener_options, input_level)
     aggregate_estimates({name: torch.zeros(1) for name in separator.target_names}, aggregate)  # checks the names
     stems = list(aggregate) if aggregate is not None else separator.target_names
     try:

@@ -17,7 +17,10 @@ that target is passed over); the runs must have validated on the same tracks
 (their ``valid/`` folders list the same names). With ``--half`` the weights are
 stored as float16 (half the size; they are loaded back into float32 models, and
 the script checks that the bundle then separates a test signal as the float32
-weights do, within -60 dB).
+weights do, within -60 dB). ``--input-level DB`` records the level the models
+were trained at (level matching, docs/inference.md); by default DEST's own is
+kept (the bundled model's: -16.5 dBFS, the training mixtures' median), and
+``--input-level off`` records none.
 """
 import argparse
 import copy
@@ -28,9 +31,10 @@ import torch
 from safetensors.torch import save
 
 from openunmix_like import Separator
-from openunmix_like.fileio import write_bytes_atomic
+from openunmix_like.fileio import write_bytes_atomic, write_json_atomic
+from openunmix_like.level import check_input_level
 from openunmix_like.errors import ModelError
-from openunmix_like.modeldir import (FORMAT, AudioSettings, read_state_dict, read_target_json,
+from openunmix_like.modeldir import (FORMAT, AudioSettings, model_input_level, read_state_dict, read_target_json,
                                      update_separator_json)
 from openunmix_like.training import read_checkpoint
 
@@ -48,6 +52,8 @@ def main() -> None:
                    help="another umx-train --output folder validated on the same tracks; per target the run "
                         "with the lowest validation loss is taken")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    p.add_argument("--input-level", default="keep", metavar="keep|off|DB",
+                   help="the training level recorded for level matching (default: DEST's own)")
     # Intermixed: DEST may follow the options (`RUN --best-of OTHER DEST`), as the recipe writes it.
     args = p.parse_intermixed_args()
     if args.average and not args.last:
@@ -55,6 +61,10 @@ def main() -> None:
     if args.best_of and args.last:
         p.error("--best-of compares the best weights of runs: drop --last")
     src, dest = Path(args.train_output), Path(args.dest)
+    try:
+        level = recorded_level(args.input_level, dest)
+    except ValueError as exc:
+        p.error(f"--input-level: {exc}")
     chosen = choose_runs([src, *map(Path, args.best_of)])
     # Assembled and checked beside DEST, then swapped in: a failure leaves DEST as it was.
     work = dest.parent / f".{dest.name}.bundling"
@@ -82,6 +92,9 @@ def main() -> None:
                 write_bytes_atomic(work / f"{target}.safetensors", save(state, metadata={"format": FORMAT}))
             # Refuses a target whose run used other audio settings than the targets before it.
             update_separator_json(work, target, AudioSettings.from_json(read_target_json(run / "separator.json")))
+        if level is not None:
+            held = read_target_json(work / "separator.json")
+            write_json_atomic(work / "separator.json", {**held, "input_level": level})
         size = sum(p.stat().st_size for p in work.glob("*.safetensors"))
         if size > LIMIT:
             raise SystemExit(f"{src}: {size / 2 ** 20:.1f} MB of weights, over the 40 MB limit; {dest} left as it was")
@@ -102,6 +115,13 @@ def main() -> None:
     shutil.rmtree(old, ignore_errors=True)
     sources = ", ".join(f"{t} ({chosen[t]})" for t in TARGETS) if args.best_of else ", ".join(TARGETS)
     print(f"bundled {sources} into {dest} ({size / 2 ** 20:.1f} MB)")
+
+
+def recorded_level(value: str, dest: Path):
+    """The level to record: DEST's own for ``keep`` (none if it has none), none for ``off``, else the number."""
+    if value == "keep":
+        return model_input_level(dest) if (dest / "separator.json").exists() else None
+    return None if value == "off" else check_input_level(value)
 
 
 def check_half(half: Separator, states: dict, work: Path) -> None:

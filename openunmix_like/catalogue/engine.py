@@ -515,6 +515,7 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
         separator = load_separator(_on_cpu(args))
         # What made the stems, so that a rerun without --niter skips them: the model's own where it was not given.
         args.niter = separator.niter
+        args.input_level = separator.input_level  # likewise the level matched, the model's own under auto
         aggregate = parse_aggregate(args.aggregate, separator.target_names)
         names = list(aggregate) if aggregate else separator.target_names
         model_sha256 = records.model_fingerprint(separator)

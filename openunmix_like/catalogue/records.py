@@ -34,6 +34,10 @@ def settings_of(args: argparse.Namespace) -> Dict[str, object]:
     settings = {name: getattr(args, name) for name in OUTPUT_SETTINGS}
     if args.ext == "mp3":  # only then: records of wav and flac runs stay as they were
         settings["mp3_bitrate"] = args.mp3_bitrate
+    # Level matching (the level the model's tracks were brought to), only where on: records of models
+    # that match no level stay as they were, those of the bundled model before matching are redone.
+    if isinstance(getattr(args, "input_level", None), float):
+        settings["input_level"] = args.input_level
     return settings
 
 

@@ -129,6 +129,8 @@ def build_methods(args: argparse.Namespace) -> Dict[str, Method]:
         targets = [t for t in separator.target_names if t != args.residual]
         settings = {name: getattr(args, name) for name in MODEL_SETTINGS}
         settings["niter"] = separator.niter  # the model's own where --niter was not given: what made the scores
+        if separator.input_level is not None:  # only then: records of models without level matching stay valid
+            settings["input_level"] = separator.input_level
         settings.update(precision=precision_of(args), mixture_from_sources=_mixture_from_sources(args),
                         **data_settings(args))
         identity = {"model": args.model, "model_sha256": model_fingerprint(separator), "settings": settings}

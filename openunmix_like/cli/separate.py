@@ -117,6 +117,13 @@ def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto")
                    help="the target models' matrix products: bf16 is faster on CPUs and GPUs with bfloat16 units, "
                         "its SDR cost is in docs/benchmarks.md; fp32 equals the reference package to float "
                         f"rounding; auto: bf16 on CPUs with bfloat16 units, fp32 elsewhere (default {precision})")
+    g.add_argument("--input-level", default="auto", type=input_level_arg, metavar="auto|off|DB",
+                   help="turn a track more than 3 dB from this level (dBFS RMS of its median second) to within 3 dB of "
+                        "it before separating, and its stems back: quiet masters separate as well as loud ones; "
+                        "auto: the level the "
+                        "model was trained at where its folder records one (the bundled model: -16.5), else off; "
+                        "off: tracks as they are (with --precision fp32, equal to the reference package). "
+                        "Default auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +315,8 @@ def load_separator(args: argparse.Namespace) -> Separator:
     precision = precision_of(args)
     try:
         return Separator.from_pretrained(args.model, targets=args.targets, device=args.device,
-                                         progress=not args.quiet, precision=precision, **options)
+                                         progress=not args.quiet, precision=precision,
+                                         input_level=getattr(args, "input_level", "auto"), **options)
     except ValueError as exc:  # e.g. a --residual named like one of the model's targets
         raise OpenUnmixLikeError(f"--targets or --residual: {exc}") from None
 
@@ -350,6 +358,18 @@ def check_options(args: argparse.Namespace) -> None:
         subtype_for(args.ext, args.bits)
     except AudioError as exc:
         raise OpenUnmixLikeError(f"--ext {args.ext} --bits {args.bits}: {exc}") from None
+
+
+def input_level_arg(text: str):
+    """``--input-level``: ``auto``, ``off`` (``None``) or a level in dBFS."""
+    from ..level import check_input_level
+
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return check_input_level(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give auto, off or a level in dBFS RMS from -60 to 0 (e.g. -16.5)") from None
 
 
 def precision_of(args: argparse.Namespace) -> str:
