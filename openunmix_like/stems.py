@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -119,8 +120,11 @@ def stem_names(template: str, track: str, names: Sequence[str], ext: str, model:
     return out
 
 
-PYTHON_NAMES = {"overwrite": "overwrite=True", "outdir": "outdir", "filename": "filename", "style": "python"}
-CLI_NAMES = {"overwrite": "--force", "outdir": "--outdir", "filename": "--filename", "style": "cli"}
+log = logging.getLogger(__name__)
+PYTHON_NAMES = {"overwrite": "overwrite=True", "outdir": "outdir", "filename": "filename", "style": "python",
+                "clamp": 'clip="clamp"'}
+CLI_NAMES = {"overwrite": "--force", "outdir": "--outdir", "filename": "--filename", "style": "cli",
+             "clamp": "--clip clamp"}
 
 
 def check_outputs(path: Path, outputs: Mapping[str, Path], overwrite: bool,
@@ -156,6 +160,15 @@ def _limits(folder: Path) -> Tuple[int, int]:
         return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
     except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer: the common limits
         return 255, 4096
+
+
+def report_rescale(path: Path, db: float, names: Mapping[str, str] = PYTHON_NAMES) -> None:
+    """Say that ``clip="rescale"`` turned a track's stems down ``db`` dB (a clipped or loud master's stems add
+    up to more than full scale), once per track, as a warning: the stems are quieter than the input."""
+    if db > 0:
+        log.warning("%s: the stems peaked %.1f dB over full scale, so all of them were turned down %.1f dB "
+                    "together (they add up to the input turned down as much); %s keeps their level and cuts the peaks",
+                    shown(str(path)), db, db, names.get("clamp", 'clip="clamp"'))
 
 
 def check_name_length(path: Union[str, Path], out: Path, names: Mapping[str, str] = PYTHON_NAMES) -> None:
@@ -383,6 +396,7 @@ def write_stems(path: Path, separator: Separator, outputs: Mapping[str, Path], *
                     writing.result()
             try:
                 writer.finish()
+                report_rescale(path, writer.rescaled_db, names)
             except OutputExists as exc:  # made since check_outputs (another run, or another program)
                 raise AudioError(f"{exc.path}: exists (written while this file was being separated), and was "
                                  f"kept; pass {names['overwrite']} to overwrite it or choose another "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import shutil
@@ -181,6 +182,14 @@ class StemWriter:
             except Exception as exc:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
+    @property
+    def rescaled_db(self) -> float:
+        """How far ``clip="rescale"`` turns every stem down, in dB (0 when nothing peaks above full scale).
+        Known once every chunk is written."""
+        if self.clip != "rescale" or self.peak <= 1.0:
+            return 0.0
+        return 20 * math.log10(self.peak)
+
     def lock_path(self) -> Path:
         """The lock file that runs writing these outputs take turns on: in the folder the stems share."""
         folders = {os.path.abspath(path.parent) for path in self.paths.values()}
@@ -280,7 +289,7 @@ class StemWriter:
         """Apply the clipping policy to one stem's float32 chunks and encode them into its partial file."""
         import soundfile as sf
 
-        gain = 1.0 / self.peak if self.clip == "rescale" and self.peak > 1.0 else 1.0
+        gain = 10 ** (-self.rescaled_db / 20)
         with sf.SoundFile(sf_path(self._tmp[name])) as src, self._open_encoded(self._encoded[name], path) as write:
             for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
                 block = block * gain if gain != 1.0 else block
