@@ -48,7 +48,7 @@ def block_powers(audio: Tensor, rate: float, whole_track: bool = True) -> Tensor
 def level_of(powers: Tensor) -> Optional[float]:
     """The level (dBFS RMS) of blocks with mean squares ``powers``: the median of those above the gate,
     ``None`` when all are below it (a silent track has no level to match)."""
-    db = 10 * torch.log10(powers.clamp_min(1e-30))
+    db = 10 * torch.log10(powers.detach().cpu().clamp_min(1e-30))
     kept = db[db > GATE_DB]
     return float(np.median(kept.numpy())) if kept.numel() else None
 

@@ -451,6 +451,7 @@ def save_target(
     extra: Optional[Mapping] = None,
     write_pth: bool = True,
     niter: Optional[int] = None,
+    input_level: Optional[float] = None,
 ) -> None:
     """Write one target in our layout (and the reference's), atomically.
 
@@ -458,7 +459,7 @@ def save_target(
     arguments, settings, plus ``extra`` such as a training history),
     optionally ``<target>.pth`` (Open-Unmix models only: the reference package
     cannot build the other architectures), and updates ``separator.json``
-    (``niter``: see :func:`update_separator_json`).
+    (``niter``, ``input_level``: see :func:`update_separator_json`).
     """
     from safetensors.torch import save
 
@@ -470,14 +471,15 @@ def save_target(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes_atomic(folder / f"{target}.pth", buffer.getvalue())
-    save_metadata(folder, target, model, settings, extra, niter)
+    save_metadata(folder, target, model, settings, extra, niter, input_level)
 
 
 def save_metadata(folder: Path, target: str, model: nn.Module, settings: AudioSettings,
-                  extra: Optional[Mapping] = None, niter: Optional[int] = None) -> None:
+                  extra: Optional[Mapping] = None, niter: Optional[int] = None,
+                  input_level: Optional[float] = None) -> None:
     """Write ``<target>.json`` and update ``separator.json`` (the weights untouched), atomically."""
     write_json_atomic(Path(folder) / f"{target}.json", target_metadata(model, settings, extra))
-    update_separator_json(Path(folder), target, settings, niter)
+    update_separator_json(Path(folder), target, settings, niter, input_level)
 
 
 def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
@@ -500,11 +502,15 @@ def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[M
 # The keys of separator.json this code writes; any other key a file holds (a note written by hand, a key of a
 # newer version) is kept as it was. Both spellings of the settings count: they are one value.
 OWN_SEPARATOR_KEYS = ("format", "sample_rate", "rate", "nfft", "n_fft", "nhop", "n_hop", "nb_channels", "targets",
-                      "niter")
+                      "niter", "input_level")
 
 
-def update_separator_json(folder: Path, target: str, settings: AudioSettings, niter: Optional[int] = None) -> None:
+def update_separator_json(folder: Path, target: str, settings: AudioSettings, niter: Optional[int] = None,
+                          input_level: Optional[float] = None) -> None:
     """Add ``target`` to ``separator.json``; the settings of all targets must agree.
+
+    ``input_level`` (the training mixtures' level, for level matching: :mod:`openunmix_like.level`) is
+    one value for the folder too: a number is written, ``None`` keeps what the file says.
 
     ``niter`` is one value for the whole folder (the Wiener filter treats its targets together): a
     whole number is written, ``None`` keeps what the file says (nothing: the default, 1). The keys this
@@ -518,10 +524,11 @@ def update_separator_json(folder: Path, target: str, settings: AudioSettings, ni
     path = folder / "separator.json"
     # Runs training other targets into the folder update it too: one at a time, each reading the other's.
     with held_lock(folder / ".separator.json.lock"):
-        _update_separator_json(path, target, settings, niter)
+        _update_separator_json(path, target, settings, niter, input_level)
 
 
-def _update_separator_json(path: Path, target: str, settings: AudioSettings, niter: Optional[int]) -> None:
+def _update_separator_json(path: Path, target: str, settings: AudioSettings, niter: Optional[int],
+                           input_level: Optional[float] = None) -> None:
     folder = path.parent
     current = read_target_json(path)
     held = AudioSettings.from_json(current, path) if current else None
@@ -535,5 +542,8 @@ def _update_separator_json(path: Path, target: str, settings: AudioSettings, nit
         targets.append(target)
     niter = model_niter(folder) if niter is None else niter
     wiener = {} if niter is None else {"niter": niter}
+    level = current.get("input_level") if input_level is None else input_level
+    level = {} if level is None else {"input_level": level}
     others = {key: value for key, value in current.items() if key not in OWN_SEPARATOR_KEYS}
-    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets, **wiener, **others})
+    write_json_atomic(path, {"format": FORMAT, **settings.to_json(), "targets": targets, **wiener, **level,
+                             **others})

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .. import architectures
@@ -97,6 +98,19 @@ def own_niter(cfg: TrainConfig) -> Optional[int]:
     return 0 if cfg.dataset == "aligned" else None
 
 
+def own_input_level(ctx: Context) -> Optional[float]:
+    """The level this run writes into ``separator.json`` for level matching: the median level of the training
+    mixtures it measured (``Context.levels``, rounded to 0.1 dB), or ``None`` (the folder keeps what it says):
+    none measured yet (a resumed run before its first batch), aligned pairs, or a level beyond what a
+    model may ask for (a data set of near silence)."""
+    from ..level import LEVEL_RANGE
+
+    if not ctx.levels:
+        return None
+    level = round(float(np.median(ctx.levels)), 1)
+    return level if LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1] else None
+
+
 def report_niter(cfg: TrainConfig, out: Path, others: List[str]) -> None:
     """Say, before training, what ``niter`` the folder's ``separator.json`` will give where that is not the
     default: one value for all its targets, the last aligned run's or a hand-written one.
@@ -132,7 +146,8 @@ def save_start(ctx: Context) -> None:
     """A fine-tune's starting weights as the output's model, before its first epoch (rank 0)."""
     cfg = ctx.cfg
     extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
-    save_target(Path(cfg.output), cfg.target, evaluated_model(ctx), ctx.settings, extra=extra, niter=own_niter(cfg))
+    save_target(Path(cfg.output), cfg.target, evaluated_model(ctx), ctx.settings, extra=extra, niter=own_niter(cfg),
+                input_level=own_input_level(ctx))
 
 
 def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
@@ -144,9 +159,10 @@ def save_epoch(ctx: Context, epoch: int, improved: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     extra = {**ctx.history.record(), "args": dataclasses.asdict(cfg)}
     if improved:
-        save_target(out, cfg.target, model, ctx.settings, extra=extra, niter=own_niter(cfg))
+        save_target(out, cfg.target, model, ctx.settings, extra=extra, niter=own_niter(cfg),
+                    input_level=own_input_level(ctx))
     else:
-        save_metadata(out, cfg.target, model, ctx.settings, extra, own_niter(cfg))
+        save_metadata(out, cfg.target, model, ctx.settings, extra, own_niter(cfg), own_input_level(ctx))
     write_checkpoint(checkpoint_path(cfg), checkpoint_state(ctx, epoch))
     csv_path = out / f"{cfg.target}.csv"
     try:

@@ -66,6 +66,9 @@ class Context:
     out_of_time: bool = False  # set when --max-minutes is spent
     autocast: Optional[torch.dtype] = None  # the training step's autocast dtype (--precision), None: fp32
     average: Optional[WeightAverage] = None  # with --ema
+    # The levels (dBFS) of the first training mixtures this process drew, after augmentation: their median is
+    # written into separator.json for level matching (openunmix_like.level).
+    levels: List[float] = dataclasses.field(default_factory=list)
 
 
 def evaluated_model(ctx: Context) -> nn.Module:

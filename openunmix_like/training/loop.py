@@ -309,6 +309,7 @@ def train_batch(ctx: Context, x: Tensor, y: Tensor, epoch: int, batch: int, prog
     items of the batch that count (all by default), ``weight``: the loss weight (see :class:`StepBatches`)."""
     if ctx.batch_augment:
         x, y = ctx.batch_augment(x, y, ctx.generator)
+    note_levels(ctx, x)
     count = x.shape[0] if count is None else count
     loss = step(ctx, x, y, mix_stft=mix_stft, **({} if weight == 1.0 else {"weight": weight}))
     ctx.history.global_step += 1
@@ -320,6 +321,25 @@ def train_batch(ctx: Context, x: Tensor, y: Tensor, epoch: int, batch: int, prog
     progress.total += loss * count
     progress.count += count
     return True
+
+
+LEVEL_SAMPLES = 256  # training mixtures whose level is measured (the first ones each process draws)
+
+
+def note_levels(ctx: Context, x: Tensor) -> None:
+    """Measure the levels of the batch's mixtures, as the model sees them, until :data:`LEVEL_SAMPLES` are
+    known (a median over that many excerpts moves by tenths of a dB). Not for aligned pairs: a model that
+    processes its input (a compressor) depends on its level by design, and level matching would change what
+    it does."""
+    if len(ctx.levels) >= LEVEL_SAMPLES or ctx.cfg.dataset == "aligned":
+        return
+    from ..level import track_level
+
+    with torch.no_grad():
+        for mixture in x[: LEVEL_SAMPLES - len(ctx.levels)]:
+            measured = track_level(mixture.float(), ctx.settings.sample_rate)
+            if measured is not None:
+                ctx.levels.append(measured)
 
 
 def budget_spent(ctx: Context, epoch_seconds: float) -> bool:
