@@ -73,6 +73,17 @@ MIN_RATE, MAX_RATE = 1000, 768000
 MAX_PEAK = 1e8
 
 
+class TensorSource:
+    """Audio held in memory, with the reading interface of :class:`AudioSource`."""
+
+    def __init__(self, audio: Tensor):
+        self.audio = audio
+        self.nb_frames = audio.shape[-1]
+
+    def read(self, start: int, stop: int) -> Tensor:
+        return self.audio[..., start:stop]
+
+
 class AudioSource:
     """Random access to (an excerpt of) an audio file, decoded block by block.
 

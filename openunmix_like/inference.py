@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import level
 from .audio import MAX_PEAK, MAX_RATE, MIN_RATE  # the limits audio files are checked against too
+from .audio import TensorSource  # noqa: F401 - part of this module's interface
 from .progress import bar as progress_bar
 from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
                         check_wiener_keywords, resolve_precision)
@@ -110,28 +111,13 @@ def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:
     return torch.sin(0.5 * math.pi * t).square().to(dtype)
 
 
-class TensorSource:
-    """Audio held in memory, with the reading interface of :class:`~openunmix_like.audio.AudioSource`."""
-
-    def __init__(self, audio: Tensor):
-        self.audio = audio
-        self.nb_frames = audio.shape[-1]
-
-    def read(self, start: int, stop: int) -> Tensor:
-        return self.audio[..., start:stop]
-
-
 def matching_gain(separator: Separator, source, sample_rate: float) -> float:
-    """The gain that brings a track to ``separator.input_level`` (1 without level matching, or for silence).
-
-    ``source`` is a ``(nb_channels, n)`` tensor, or a source read in one extra pass over the track.
-    """
+    """The gain that brings a track to ``separator.input_level`` (1 without level matching, or for silence),
+    measured in one extra pass over ``source`` (a :class:`TensorSource` or an ``AudioSource``)."""
     target = getattr(separator, "input_level", None)
     if target is None:
         return 1.0
-    measured = level.track_level(source, sample_rate) if isinstance(source, Tensor) else \
-        level.source_level(source, sample_rate)
-    return level.matching_gain(measured, target)
+    return level.matching_gain(level.source_level(source, sample_rate), target)
 
 
 def _separate_segments(separator: Separator, pieces: List[Tensor], segments: Sequence[Segment], rate: float,
@@ -239,7 +225,7 @@ def iter_separate(
         last axis is the separated track.
     """
     source = TensorSource(audio) if isinstance(audio, Tensor) else audio
-    gain = matching_gain(separator, audio, sample_rate)
+    gain = matching_gain(separator, source, sample_rate)
     out_rate = sample_rate if out_rate is None else out_rate
     plan = plan_segments(source.nb_frames, sample_rate, separator.sample_rate, separator.n_hop,
                          separator.wiener_win_len, segment, overlap, out_rate)
@@ -348,7 +334,7 @@ def separate_tracks(
         raise ValueError("separate_tracks: give one sample rate (and output rate) per track")
     out_rates = list(sample_rates) if out_rates is None else list(out_rates)
     batch = _batch_size(separator, batch_segments, segment)
-    gains = [matching_gain(separator, track, rate) for track, rate in zip(tracks, sample_rates)]
+    gains = [matching_gain(separator, TensorSource(track), rate) for track, rate in zip(tracks, sample_rates)]
     plans = [plan_segments(track.shape[-1], rate, separator.sample_rate, separator.n_hop, separator.wiener_win_len,
                            segment, overlap, out_rate)
              for track, rate, out_rate in zip(tracks, sample_rates, out_rates)]

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .audio import TensorSource
+
 GATE_DB = -70.0  # blocks quieter than this are silence, not the song's level
 BLOCK_SECONDS = 1.0
 READ_BLOCKS = 10  # blocks read at once while measuring (float64 squares of 10 s: 7 MB a channel)
@@ -53,19 +55,10 @@ def level_of(powers: Tensor) -> Optional[float]:
     return float(np.median(kept.numpy())) if kept.numel() else None
 
 
-class _Slices:
-    """A track in memory read as a source, so that it is measured a few seconds at a time too."""
-
-    def __init__(self, audio: Tensor):
-        self.audio, self.nb_frames = audio, audio.shape[-1]
-
-    def read(self, start: int, stop: int) -> Tensor:
-        return self.audio[..., start:stop]
-
-
 def track_level(audio: Tensor, rate: float) -> Optional[float]:
-    """The level of a ``(nb_channels, n)`` track held in memory (dBFS RMS; ``None`` for silence)."""
-    return source_level(_Slices(audio), rate)
+    """The level of a ``(nb_channels, n)`` track held in memory (dBFS RMS; ``None`` for silence), measured
+    a few seconds at a time too."""
+    return source_level(TensorSource(audio), rate)
 
 
 def source_level(source, rate: float) -> Optional[float]:

@@ -377,10 +377,8 @@ def own_niter(name_or_path: Union[str, Path, None] = None) -> Optional[int]:
     models say nothing, nor does the bundled one. Call it after :func:`load_models`, which reports a model that
     cannot be found.
     """
-    if name_or_path is None or is_bundled_name(name_or_path):
-        return model_niter(bundled_model_dir())
-    folder = Path(name_or_path).expanduser()
-    return model_niter(folder) if folder.is_dir() else None
+    folder = own_folder(name_or_path)
+    return None if folder is None else model_niter(folder)
 
 
 def own_input_level(name_or_path: Union[str, Path, None] = None) -> Optional[float]:
@@ -389,10 +387,17 @@ def own_input_level(name_or_path: Union[str, Path, None] = None) -> Optional[flo
     one), else ``None``. Published models record none: their scores with level matching are unmeasured
     here. Call it after :func:`load_models`, which reports a model that cannot be found.
     """
+    folder = own_folder(name_or_path)
+    return None if folder is None else model_input_level(folder)
+
+
+def own_folder(name_or_path: Union[str, Path, None]) -> Optional[Path]:
+    """The folder whose ``separator.json`` holds a model's own settings: the bundled model's, a model folder,
+    or ``None`` for a published model (its settings are the reference's)."""
     if name_or_path is None or is_bundled_name(name_or_path):
-        return model_input_level(bundled_model_dir())
+        return bundled_model_dir()
     folder = Path(name_or_path).expanduser()
-    return model_input_level(folder) if folder.is_dir() else None
+    return folder if folder.is_dir() else None
 
 
 def check_not_shadowed(path: Path, name: str, table: Mapping[str, dict]) -> None:

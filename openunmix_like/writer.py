@@ -183,12 +183,15 @@ class StemWriter:
                 raise _as_audio_error(exc, self.paths[name]) from exc
 
     @property
-    def rescaled_db(self) -> float:
-        """How far ``clip="rescale"`` turns every stem down, in dB (0 when nothing peaks above full scale).
+    def rescale_gain(self) -> float:
+        """The gain ``clip="rescale"`` applies to every stem (1 when nothing peaks above full scale).
         Known once every chunk is written."""
-        if self.clip != "rescale" or self.peak <= 1.0:
-            return 0.0
-        return 20 * math.log10(self.peak)
+        return 1.0 / self.peak if self.clip == "rescale" and self.peak > 1.0 else 1.0
+
+    @property
+    def rescaled_db(self) -> float:
+        """How far :attr:`rescale_gain` turns every stem down, in dB (0 for none)."""
+        return -20 * math.log10(self.rescale_gain)
 
     def lock_path(self) -> Path:
         """The lock file that runs writing these outputs take turns on: in the folder the stems share."""
@@ -289,7 +292,7 @@ class StemWriter:
         """Apply the clipping policy to one stem's float32 chunks and encode them into its partial file."""
         import soundfile as sf
 
-        gain = 10 ** (-self.rescaled_db / 20)
+        gain = self.rescale_gain
         with sf.SoundFile(sf_path(self._tmp[name])) as src, self._open_encoded(self._encoded[name], path) as write:
             for block in src.blocks(BLOCK, dtype="float32", always_2d=True):
                 block = block * gain if gain != 1.0 else block

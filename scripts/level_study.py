@@ -6,7 +6,7 @@ excerpts down and up, separates each with the bundled model (or a model folder),
 the estimates against the references at the same gain (BSSEval v4, museval's windows): the
 scores of a separator that did not depend on the level would be equal at every gain.
 
-    python scripts/level_study.py --root ../shared/data/musdb18-7s --out /tmp/level
+    python scripts/level_study.py --root ~/data/musdb18-7s --out level
 
 Writes ``levels.json`` (every track's median SDR per target, gain and mode) and prints a
 table of the median over tracks of the median over windows (museval's aggregate), per target, gain and mode.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def training_levels(root: str) -> list:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="../shared/data/musdb18-7s")
+    parser.add_argument("--root", default="~/data/musdb18-7s", help="the MUSDB18 7-second preview")
     parser.add_argument("--model", default=None, help="a model folder or name (default: the bundled model)")
     parser.add_argument("--gains", type=float, nargs="+", default=[-30, -20, -12, -6, 0, 6])
     parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
@@ -45,8 +46,9 @@ def main(argv=None) -> None:
                              "split's mixtures' levels")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="dB around the level within which tracks are left as they are (default: the package's)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/level"))
+    parser.add_argument("--out", type=Path, default=Path("level"), help="where levels.json is written")
     args = parser.parse_args(argv)
+    args.root = os.path.expanduser(args.root)
     torch.set_num_threads(2)
     if args.tolerance is not None:
         level_module.TOLERANCE_DB = args.tolerance

@@ -70,6 +70,15 @@ def write(path: Path, seconds: float, seed: int, channels: int = 2, rate: int = 
     sf.write(path, music_like(seconds, rate, channels, seed).T * 0.5, rate, subtype="FLOAT")
 
 
+def aligned_pairs(root: Path, tracks=2, seconds=1.0) -> Path:
+    """``--dataset aligned`` data: ``raw/<t>.wav`` and the ``mixed/<t>.wav`` it should become, per split."""
+    for split in ("train", "valid"):
+        for t in range(tracks):
+            write(root / split / "raw" / f"{t}.wav", seconds, t)
+            write(root / split / "mixed" / f"{t}.wav", seconds, t + 5)
+    return root
+
+
 def track_folders(root: Path, tracks=3, seconds=2.0, names=NAMES):
     for split in ("train", "valid"):
         for t in range(tracks):

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import MUSDB_7S, require, track_folders, write
+from helpers import MUSDB_7S, aligned_pairs, require, track_folders, write
 from openunmix_like import Separator
 from openunmix_like.cli.separate import main as separate_main
 from openunmix_like.cli.train import main as train_main
@@ -59,10 +59,9 @@ def test_trackfolder_fix_trains_several_targets_into_one_folder(tmp_path):
 
 @pytest.mark.slow
 def test_aligned_trackfolder_var_sourcefolder_runs_and_separate(tmp_path):
+    aligned_pairs(tmp_path / "al")
     for split in ("train", "valid"):
         for t in range(2):
-            write(tmp_path / "al" / split / "raw" / f"{t}.wav", 1.0, t)
-            write(tmp_path / "al" / split / "mixed" / f"{t}.wav", 1.0, t + 5)
             write(tmp_path / "var" / split / f"{t}" / "vocals.wav", 1.0, t)
             write(tmp_path / "var" / split / f"{t}" / f"instrument{t}.wav", 1.0, t + 9)
             write(tmp_path / "sf" / split / "speech" / f"{t}.wav", 1.0, t)

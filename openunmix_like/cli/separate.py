@@ -120,10 +120,9 @@ def add_separator_args(parser: argparse.ArgumentParser, precision: str = "auto")
     g.add_argument("--input-level", default="auto", type=input_level_arg, metavar="auto|off|DB",
                    help="turn a track more than 3 dB from this level (dBFS RMS of its median second) to within 3 dB of "
                         "it before separating, and its stems back: quiet masters separate as well as loud ones; "
-                        "auto: the level the "
-                        "model was trained at where its folder records one (the bundled model: -16.5), else off; "
-                        "off: tracks as they are (with --precision fp32, equal to the reference package). "
-                        "Default auto")
+                        "auto: the level the model was trained at where its folder records one (the bundled model: "
+                        "-16.5), else off; off: tracks as they are (with --precision fp32, equal to the reference "
+                        "package). Default auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,8 +363,10 @@ def input_level_arg(text: str):
     """``--input-level``: ``auto``, ``off`` (``None``) or a level in dBFS."""
     from ..level import check_input_level
 
-    if text in ("auto", "off"):
-        return None if text == "off" else text
+    if text == "auto":
+        return text
+    if text == "off":
+        return None
     try:
         return check_input_level(float(text))
     except ValueError:
