@@ -6,6 +6,7 @@ Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 import logging
 import re
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -58,6 +59,17 @@ def session_cache(tmp_path_factory):
         # to the reference or across runs do not depend on the machine (tests of bf16 say so).
         mp.setenv(AUTO_PRECISION_ENV, "fp32")
         yield path
+
+
+def pytest_configure(config):
+    """Ctrl+C back to Python's default when the run was started with it ignored.
+
+    A shell without job control starts background commands (``nohup ... &``, some CI runners) with
+    SIGINT ignored, and every command a test starts inherits that: the tests that press Ctrl+C in
+    one would wait for an interruption that never comes. The commands themselves rightly keep an
+    ignored SIGINT (a background job is not stopped by the terminal's Ctrl+C)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # require() skips with "<path> not available" when shared data is missing.
