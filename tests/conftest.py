@@ -97,7 +97,7 @@ def ray_cluster():
 
     # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
     folder = tempfile.mkdtemp(prefix="umx-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              _temp_dir=folder)
     try:
         yield ray.get_runtime_context().gcs_address
