@@ -51,7 +51,8 @@ FOREIGN_OPTIONS = {
     "--float32": "use --bits 32 (32-bit float wav)",
     "--clip-mode": "use --clip rescale|clamp|none",
     "-j": "use --jobs N (files separated in parallel)",
-    "--shifts": "umx-separate has no averaging over shifted copies; leave it out",
+    "--shifts": ("umx-separate has no averaging over shifted copies (it gained nothing measurable for "
+                 "these models); leave it out"),
     "--no-split": "use --segment 0 (the whole track in one pass)",
     "--other-method": "use --residual NAME for the mixture minus the targets, or --aggregate to sum targets",
     "--mp3-preset": "umx-separate encodes mp3 at a constant --mp3-bitrate; leave it out",
