@@ -174,6 +174,19 @@ def test_every_control_says_which_song_or_stem_it_acts_on(server, page):
     assert page.get_attribute(".job:first-child progress", "aria-label") == "Progress of keys.wav"
 
 
+def test_a_song_opened_twice_at_once_shows_its_stems_once(server, page):
+    """Was: each opening's load added its tracks, so a double click on Open (or a click as the page opened a job
+    that had just finished by itself) showed every stem twice."""
+    open_page(page, server)
+    row = separate(page, "twice.wav", wav(1.0, seed=9))
+    # Both openings' loads finished, as two clicks on Open start them (the page's functions are its globals).
+    page.evaluate("async (r) => { const id = r.id.slice('job-'.length); "
+                  "await Promise.all([openJob(id), openJob(id)]); }", row.element_handle())
+    assert page.get_attribute("#player", "data-ready") == "true"
+    names = page.eval_on_selector_all(".track .name", "ns => ns.map((n) => n.textContent)")
+    assert names == ["vocals", "drums", "bass", "other", "mixture"]
+
+
 def test_a_song_dropped_beside_the_drop_zone_is_taken_not_opened_in_place_of_the_page(server, page):
     open_page(page, server)
     assert drop(page, {"missed.wav": wav(0.5, seed=8)}, where="#queue")
