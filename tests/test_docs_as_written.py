@@ -8,6 +8,8 @@ would paste them one after the other.
 """
 import re
 import shutil
+import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,20 @@ def test_inference_md_snippets_run_as_written(song_folder, model_dir):
     assert sorted(p.name for p in (song_folder / "out").iterdir()) == ["song-accompaniment.flac", "song-vocals.flac"]
     info = sf.info(song_folder / "out" / "song-vocals.flac")
     assert (info.frames, info.subtype) == (60 * 44100, "PCM_24")
+
+
+def test_the_level_matching_timings_file_is_the_one_measured():
+    """docs/inference.md gives a script for its 10-minute file: at 3 s, it makes what the measurement used
+    (the tests' ``music_like`` with seed 5), written as the page says."""
+    text = (ROOT / "docs" / "inference.md").read_text()
+    script = textwrap.dedent(text.split("The 10-minute file of the time and memory figures")[1].split("\n\n", 1)[1]
+                             .split("\n\n###")[0])
+    assert "rate, seconds = 44100, 600.0" in script and 'sf.write("long.wav"' in script
+    written = {}
+    namespace = {"sf": types.SimpleNamespace(write=lambda path, data, rate, subtype: written.update(
+        path=path, data=data, rate=rate, subtype=subtype))}
+    code = script.replace("rate, seconds = 44100, 600.0", "rate, seconds = 44100, 3.0").replace(
+        "import soundfile as sf\n", "")
+    exec(compile(code, "<doc script>", "exec"), namespace)  # noqa: S102 - our own docs
+    assert (written["path"], written["rate"], written["subtype"]) == ("long.wav", 44100, "PCM_16")
+    assert np.array_equal(written["data"], music_like(3.0, 44100, 2, 5).T)
