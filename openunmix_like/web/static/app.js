@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
-// opened: counts the player's openings; a stems' load that a later opening overtook drops its result.
+// opened: counts the player's openings and closings; a stems' load that a later one overtook drops its result.
 const state = { models: [], jobs: new Map(), selected: null, opened: 0 };
 const FINISHED = ["done", "failed", "cancelled"];
 // What the page shows of a running job's `phase` (GET /api/jobs/{id}).
@@ -687,7 +687,7 @@ async function openJob(id) {
   if (!job || job.status !== "done") return;
   player.reset();
   state.selected = id;
-  const opening = ++state.opened;  // opened again meanwhile (a double click, the page's own opening): that one wins
+  const opening = ++state.opened;  // opened again or closed meanwhile (two clicks, the page's own opening): that wins
   document.querySelectorAll(".job.selected").forEach((r) => r.classList.remove("selected"));
   const row = document.getElementById(`job-${id}`);
   if (row) row.classList.add("selected");
@@ -703,12 +703,12 @@ async function openJob(id) {
   try {
     info = await (await api(`/api/jobs/${id}/preview`)).json();
   } catch (e) {
-    if (state.opened === opening && state.selected === id) {
+    if (state.opened === opening) {
       $("#player-status").textContent = `Cannot load the stems: ${e.message}`;
     }
     return;
   }
-  if (state.opened !== opening || state.selected !== id) return;
+  if (state.opened !== opening) return;
   // One context at the tracks' rate: chunks then follow one another sample for sample.
   if (!player.context || player.context.sampleRate !== info.rate) {
     if (player.context) player.context.close();
@@ -740,6 +740,7 @@ async function openJob(id) {
 function closePlayer() {
   player.reset();
   state.selected = null;
+  state.opened++;  // a load still under way is not shown
   $("#player").hidden = true;
   delete $("#player").dataset.ready;
 }
