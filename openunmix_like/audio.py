@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -298,6 +298,35 @@ def _decode_with_ffmpeg(path: Path, start: float, duration: Optional[float]) -> 
         tmp.unlink(missing_ok=True)
         raise
     return tmp, preroll
+
+
+def decode_streams(path: Path, outputs: Dict[int, Path]) -> None:
+    """Decode audio streams of one file (``outputs``: the stream's number among the file's audio streams,
+    and the 16-bit wav to write it to) in one ffmpeg run; a ``.stem.mp4``'s five streams are decoded
+    together rather than one ffmpeg run each, reading the file once.
+
+    Each wav is written beside its path and renamed there when every stream is decoded, so a failure or
+    an interrupt leaves no partial file and what was there before untouched.
+    """
+    from .fileio import new_partial, replace_file
+
+    cmd = [_ffmpeg_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-y", "-i", str(path)]
+    partial: Dict[int, Path] = {}
+    try:
+        for stream, out in outputs.items():
+            partial[stream] = new_partial(out, ".wav")
+            cmd += ["-map", f"0:a:{stream}", "-c:a", "pcm_s16le", "-map_metadata", "-1", "-bitexact",
+                    "-f", "wav", str(partial[stream])]
+        result = subprocess.run(cmd, capture_output=True, start_new_session=True)
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip().splitlines()
+            raise AudioError(f"{path}: cannot decode it ({message[-1] if message else 'ffmpeg failed'}); "
+                             "re-download it")
+        for stream, tmp in partial.items():
+            replace_file(tmp, outputs[stream])
+    finally:
+        for tmp in partial.values():
+            tmp.unlink(missing_ok=True)
 
 
 def _decoded_copy(path: Path, nb_bytes: int) -> Path:

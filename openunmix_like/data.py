@@ -1278,12 +1278,6 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
                  samples_per_track: int = 64, random_track_mix: bool = False, subsets: str = "train",
                  cache_dir: Optional[Path] = None, **kw):
         super().__init__(**kw)
-        try:
-            import musdb
-        except ImportError as exc:
-            raise DatasetError(
-                "the musdb dataset needs the musdb package: pip install 'openunmix-like[musdb]'"
-            ) from exc
         # Several targets: the items' targets are stacked, (nb_targets, nb_channels, nb_timesteps).
         self.targets = None if isinstance(target, str) else list(target)
         for name in self.targets or [target]:
@@ -1291,11 +1285,8 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
                 raise DatasetError(f"target {name!r} is not a MUSDB source; choose from "
                                    f"{', '.join(MUSDB_SOURCES + tuple(MUSDB_GROUPS))}")
         self.target_sources = MUSDB_GROUPS.get(target, (target,)) if self.targets is None else None
-        try:
-            db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split)
-        except Exception as exc:  # noqa: BLE001 - musdb probes every file with ffprobe while listing them
-            raise unreadable_musdb(Path(root), subsets, exc) from None
-        if not len(db.tracks):
+        listed = musdb_layout(Path(root), subsets, split, is_wav)
+        if not listed:
             hq = not is_wav and any(Path(root).glob(f"{subsets}/*/mixture.wav"))
             raise DatasetError(f"{root}: no MUSDB tracks for subset {subsets!r}, split {split!r}"
                                f"{' (is this MUSDB18-HQ? drop --is-wav)' if is_wav else ''}"
@@ -1303,65 +1294,76 @@ class MUSDBDataset(_DrawsPerTrack, _Base):
         self.cache_dir = Path(cache_dir) if cache_dir else default_musdb_cache(Path(root))
         self.split = split
         problems: List[str] = []
+        unreadable: List[Path] = []
         self.tracks: List[Dict[str, AudioFile]] = []
-        for track in db.tracks:
-            files = self._source_files(track, is_wav, problems)
+        for track in listed:
+            files = self._source_files(track, problems, unreadable)
             if files is None:
                 continue
             if self.too_short(files["vocals"]):
                 problems.append(f"{track.path}: shorter than --seq-dur {self.seq_duration} s")
                 continue
             self.tracks.append(files)
+        if unreadable:  # as the musdb package lists a data set: a file ffprobe cannot read stops it
+            more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+            raise DatasetError(f"{unreadable[0]}{more}: not a readable .stem.mp4; re-download it, "
+                               f"or move it out of {root}")
         report(problems, f"musdb {split} split of {root}")
         if not self.tracks:
             raise none_usable(Path(root), f"MUSDB tracks in the {split} split", problems)
         self.samples_per_track = samples_per_track if split == "train" else 1
         self.random_track_mix = random_track_mix
 
-    def _source_files(self, track, is_wav: bool, problems: List[str]) -> Optional[Dict[str, AudioFile]]:
+    def _source_files(self, track: "MusdbTrack", problems: List[str],
+                      unreadable: List[Path]) -> Optional[Dict[str, AudioFile]]:
         """The track's source files by name, and outside the training split its ``mixture``."""
-        if is_wav:
-            paths = {name: Path(track.sources[name].path) for name in MUSDB_SOURCES if name in track.sources}
-            missing = [f"{name}.wav" for name in MUSDB_SOURCES if name not in paths or not paths[name].is_file()]
+        if track.is_wav:
+            paths = {name: track.sources[name] for name in MUSDB_SOURCES if track.sources[name].is_file()}
+            missing = [f"{name}.wav" for name in MUSDB_SOURCES if name not in paths]
             if missing:
-                problems.append(f"{Path(track.path).parent}: missing {', '.join(missing)}")  # path: its mixture
+                problems.append(f"{track.path.parent}: missing {', '.join(missing)}")  # path: its mixture
                 return None
-            if self.split != "train" and Path(track.path).is_file():
-                paths["mixture"] = Path(track.path)
+            if self.split != "train" and track.path.is_file():
+                paths["mixture"] = track.path
         else:
-            paths = self._decoded(track, problems)
+            paths = self._decoded(track, problems, unreadable)
             if paths is None:
                 return None
         files = {name: scan(p, problems) for name, p in paths.items()}
         return None if any(f is None for f in files.values()) else files
 
-    def _decoded(self, track, problems: List[str]) -> Optional[Dict[str, Path]]:
-        """Decode a ``.stem.mp4`` once into wav files in the cache."""
-        import soundfile as sf
-
-        from .fileio import atomic_path, write_json_atomic
+    def _decoded(self, track: "MusdbTrack", problems: List[str],
+                 unreadable: List[Path]) -> Optional[Dict[str, Path]]:
+        """Decode a ``.stem.mp4`` once into 16-bit wav files in the cache (the samples the ``musdb``
+        package reads, as it reads them: 16-bit)."""
+        from .audio import AudioError, _ffmpeg_binary, _ffprobe, decode_streams
+        from .fileio import write_json_atomic
 
         folder = self.cache_dir / track.name
         paths = {name: folder / f"{name}.wav" for name in MUSDB_SOURCES}
         if self.split != "train":  # dot-named: the folder layouts that read linked cache folders skip it
             paths["mixture"] = folder / ".mixture.wav"
         # What the cache was decoded from: a .stem.mp4 replaced under the same name is decoded again.
-        stat = Path(track.path).stat()
-        source = {"path": str(Path(track.path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        stat = track.path.stat()
+        source = {"path": str(track.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         stamp = folder / "source.json"
         if all(p.exists() for p in paths.values()) and _read_json(stamp) == source:
             return paths
-        try:
-            stems = track.stems  # (5, nb_timesteps, 2): mixture, drums, bass, other, vocals
-        except Exception as exc:  # noqa: BLE001 - ffmpeg/stempeg failures of one file
-            problems.append(f"{track.path}: cannot decode ({exc})")
-            return None
+        _ffmpeg_binary("ffmpeg", "decode MUSDB18's .stem.mp4 files")  # not a fault of the file
+        _ffmpeg_binary("ffprobe", "decode MUSDB18's .stem.mp4 files")
         folder.mkdir(parents=True, exist_ok=True)
         stamp.unlink(missing_ok=True)
-        for name, path in paths.items():
-            stem = track.stem_id if name == "mixture" else track.sources[name].stem_id
-            with atomic_path(path, suffix=".wav") as tmp:
-                sf.write(str(tmp), stems[stem], int(track.rate), subtype="PCM_16")
+        streams = {track.stem_ids[name]: path for name, path in paths.items()}
+        try:
+            decode_streams(track.path, streams)
+        except AudioError as exc:
+            try:
+                _ffprobe(track.path)
+            except AudioError:
+                unreadable.append(track.path)
+                return None
+            problems.append(f"{track.path}: cannot decode ({exc})")
+            return None
         write_json_atomic(stamp, source)
         return paths
 
@@ -1394,22 +1396,58 @@ def _read_json(path: Path):
         return None
 
 
-def unreadable_musdb(root: Path, subsets: str, exc: Exception) -> DatasetError:
-    """The error for a MUSDB root that ``musdb`` cannot list: the files ffprobe cannot read, by name."""
-    from .audio import _ffprobe
-    from .errors import AudioError
+class MusdbTrack(NamedTuple):
+    """One track of a MUSDB18 folder as listed, before any audio is read."""
 
-    bad = []
-    for path in sorted(root.glob(f"{subsets}/*.stem.mp4")):
-        try:
-            _ffprobe(path)
-        except AudioError:
-            bad.append(path)
-    if not bad:
-        return DatasetError(f"{root}: the musdb package cannot read this data set ({str(exc).strip() or exc!r}); "
-                            "check that it is MUSDB18 (.stem.mp4) or MUSDB18-HQ (wav, with --is-wav)")
-    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-    return DatasetError(f"{bad[0]}{more}: not a readable .stem.mp4; re-download it, or move it out of {root}")
+    name: str
+    path: Path  # the .stem.mp4, or (MUSDB18-HQ) the folder's mixture.wav
+    is_wav: bool
+    sources: Dict[str, Path]  # MUSDB18-HQ: each source's wav, present or not
+    stem_ids: Dict[str, int]  # .stem.mp4: the audio stream of each source and of the mixture
+
+
+def musdb_layout(root: Path, subsets: str = "train", split: Optional[str] = "train",
+                 is_wav: bool = False) -> List[MusdbTrack]:
+    """The tracks of a MUSDB18 (or, ``is_wav``, MUSDB18-HQ) folder, in the ``musdb`` package's order and
+    with its train/valid split and stream numbers (its ``mus.yaml``), without opening any file.
+
+    The ``musdb`` package probes every file with ffprobe as it lists them (94 probes, 12 s, for the
+    7-second preview's train folder; six a track for MUSDB18-HQ), which each training run would pay
+    before its first step; what the files hold is checked where they are read.
+    """
+    try:
+        import musdb
+        import yaml
+    except ImportError as exc:
+        raise DatasetError("the musdb dataset needs the musdb package: pip install 'openunmix-like[musdb]'") from exc
+    with open(Path(musdb.__path__[0]) / "configs" / "mus.yaml") as f:
+        setup = yaml.safe_load(f)
+    if split is not None and subsets != "train":
+        raise DatasetError(f"{root}: MUSDB's {split} split is part of the train subset, not {subsets!r}")
+    valid = set(setup["validation_tracks"])
+    folder = Path(root) / subsets
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list it ({exc.strerror or exc})") from None
+    tracks = []
+    for entry in entries:
+        if is_wav:
+            if not entry.is_dir():
+                continue
+            name = entry.name
+        elif entry.name.endswith(".stem.mp4"):
+            name = entry.name[: -len(".stem.mp4")]
+        else:
+            continue
+        if split is not None and (split == "valid") != (name in valid):
+            continue
+        if is_wav:
+            tracks.append(MusdbTrack(name, entry / setup["mixture"], True,
+                                     {src: entry / file for src, file in setup["sources"].items()}, {}))
+        else:
+            tracks.append(MusdbTrack(name, entry, False, {}, dict(setup["stem_ids"])))
+    return tracks
 
 
 class TargetView(torch.utils.data.Dataset):

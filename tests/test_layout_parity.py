@@ -1,5 +1,7 @@
 """The data sets ``umx-train`` builds draw what the reference Open-Unmix 1.3.0 recipe draws for the same options
 (measured side by side by ``scripts/reference_layout_parity.py``)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -76,6 +78,42 @@ def test_musdb_stem_validation_is_the_mixture_stream_of_the_stem_file(tmp_path):
                  if t.name == valid.tracks[0]["vocals"].path.parent.name)
     released = torch.from_numpy(track.audio.T.astype(np.float32))
     assert torch.allclose(x, released[:, : x.shape[-1]], atol=1 / 2 ** 14)  # 16-bit wav in the cache
+    # The cache holds the samples musdb decodes (16-bit, over 32768), every stream, whatever decodes them.
+    stems = track.stems
+    streams = {"mixture": track.stem_id, **{name: source.stem_id for name, source in track.sources.items()}}
+    assert sorted(streams) == sorted(valid.tracks[0])
+    for name, stream in streams.items():
+        cached, rate = sf.read(valid.tracks[0][name].path, dtype="int16")
+        assert rate == track.rate and np.array_equal(cached, (stems[stream] * 32768).astype(np.int16)), name
     summed = torch.stack([data.read_excerpt(valid.tracks[0][s], 0, None, 44100, 2) for s in data.MUSDB_SOURCES]).sum(0)
     coding = (x - summed[:, : x.shape[-1]]).pow(2).mean() / x.pow(2).mean()
     assert 1e-4 < coding < 1e-1  # the AAC mixture is its own encode: about 25 dB from the sum
+
+
+@pytest.mark.musdb
+@pytest.mark.parametrize("is_wav", [False, True])
+def test_the_musdb_listing_is_the_musdb_packages(tmp_path, is_wav):
+    """Tracks, order, split and streams as ``musdb.DB`` lists them, without its probe of every file."""
+    musdb = pytest.importorskip("musdb")
+    names = ["ANiMAL - Rockshow", "ANiMAL - Clinic A", "A Classic Education - NightOwl"]  # the first is valid
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in names:
+        if is_wav:
+            hq_track(tmp_path, name, 1.0)
+        else:
+            (train / f"{name}.stem.mp4").symlink_to(require(MUSDB_7S) / f"{name}.stem.mp4")
+    (train / "notes.txt").write_text("not a track")
+    for split in ("train", "valid", None):
+        ours = data.musdb_layout(tmp_path, "train", split, is_wav)
+        theirs = musdb.DB(root=str(tmp_path), subsets="train", split=split, is_wav=is_wav).tracks
+        assert [t.name for t in ours] == [t.name for t in theirs] and ours, split
+        for mine, track in zip(ours, theirs):
+            assert mine.path == Path(track.path)
+            if is_wav:
+                assert mine.sources == {name: Path(s.path) for name, s in track.sources.items()}
+            else:
+                assert mine.stem_ids == {"mixture": track.stem_id,
+                                         **{name: s.stem_id for name, s in track.sources.items()}}
+    with pytest.raises(data.DatasetError, match="valid split is part of the train subset"):
+        data.musdb_layout(tmp_path, "test", "valid")

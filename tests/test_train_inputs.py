@@ -8,6 +8,7 @@ that changed every epoch.
 import hashlib
 import logging
 import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -236,6 +237,21 @@ def test_a_corrupt_stem_file_is_one_line_naming_it(tmp_path, capsys):
                  "--samples-per-track", "1") == 1
     line = error_line(capsys)
     assert "Broken - Song.stem.mp4: not a readable .stem.mp4; re-download it" in line
+
+
+def test_a_stem_file_short_of_streams_is_left_out_by_name_and_leaves_no_partial_file(tmp_path, caplog):
+    root = musdb_root(tmp_path, TRACKS[:2])
+    bad = root / "train" / "Short - Streams.stem.mp4"  # ffprobe reads it; it has two streams, not five
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=2", "-f", "lavfi",
+                    "-i", "sine=f=220:d=2", "-map", "0", "-map", "1", "-c:a", "aac", "-f", "mp4", str(bad)],
+                   check=True)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING):
+        dataset = data.MUSDBDataset(root, "vocals", "train", cache_dir=cache, seq_duration=1.0, sample_rate=44100,
+                                    nb_channels=2, samples_per_track=1)
+    assert sorted(path.name for path in cache.iterdir()) == sorted([*TRACKS[:2], "Short - Streams"])
+    assert len(dataset.tracks) == 2 and list((cache / "Short - Streams").iterdir()) == []
+    assert f"{bad}: cannot decode" in caplog.text and "1 file(s) or track(s) left out" in caplog.text
 
 
 def test_musdb_with_every_track_too_short_says_so(tmp_path, capsys):
