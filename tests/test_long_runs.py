@@ -14,10 +14,11 @@ from openunmix_like import KERNEL_CACHE_ENVS
 from openunmix_like.separator import Separator
 from openunmix_like.stems import separate_file
 
-# Resident memory a fresh process gains from its 150th to its 300th input, each of its own length (3 to 6 s),
-# read after malloc_trim (without it, glibc's freed-but-kept heap moved the readings by -39 to +34 MB between
-# runs). With oneDNN's caches bounded (64 kernels) it has levelled off by then (measured 0.3 MB, twice);
-# unbounded, each length adds its kernels (measured 62 MB, twice).
+# Resident memory a fresh process gains from its 150th to its 300th input, each of its own length (0.5 to
+# 1.4 s), read after malloc_trim (without it, glibc's freed-but-kept heap moved the readings by -39 to +34 MB
+# between runs). With oneDNN's caches bounded (64 kernels) it has levelled off by then (measured 0.03 to 0.12
+# MB, three runs); with them at 1,024 kernels, each length adds its kernels (measured 59.6 to 59.7 MB, three
+# runs). Inputs of 3 to 6 s measured the same (0.4 and 60.0 MB) in three times as long.
 GROWTH_LIMIT_MB = 20
 
 DISTINCT_LENGTHS = textwrap.dedent("""
@@ -37,9 +38,9 @@ DISTINCT_LENGTHS = textwrap.dedent("""
 
     torch.set_num_threads(1)  # no lanes, no threads spinning against other processes on the cores
     separator = Separator.from_pretrained(sys.argv[1], precision="fp32", niter=0)
-    audio = torch.rand(2, 44100 * 6, generator=torch.Generator().manual_seed(0)) - 0.5
+    audio = torch.rand(2, 44100 * 2, generator=torch.Generator().manual_seed(0)) - 0.5
     for k in range(300):
-        separate(audio[:, : 132300 + 128 * k], 44100, model=separator)
+        separate(audio[:, : 22050 + 128 * k], 44100, model=separator)
         if k == 149:
             start = rss_mb()
     print(rss_mb() - start)
