@@ -239,6 +239,18 @@ def test_a_corrupt_stem_file_is_one_line_naming_it(tmp_path, capsys):
     assert "Broken - Song.stem.mp4: not a readable .stem.mp4; re-download it" in line
 
 
+def test_musdb_without_ffmpeg_says_to_install_it_not_that_the_files_are_bad(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    root = musdb_root(tmp_path, TRACKS[:2])
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    assert train("--dataset", "musdb", "--root", root, "--target", "vocals", "--output", tmp_path / "m",
+                 "--samples-per-track", "1") == 1
+    assert error_line(capsys) == ("umx-train: error: ffmpeg is needed to decode MUSDB18's .stem.mp4 files; "
+                                  "install it (e.g. apt-get install ffmpeg)")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_stem_file_short_of_streams_is_left_out_by_name_and_leaves_no_partial_file(tmp_path, caplog):
     root = musdb_root(tmp_path, TRACKS[:2])
     bad = root / "train" / "Short - Streams.stem.mp4"  # ffprobe reads it; it has two streams, not five
