@@ -162,13 +162,22 @@ def _limits(folder: Path) -> Tuple[int, int]:
         return 255, 4096
 
 
+def rescale_message(path: Union[str, Path], db: float, names: Mapping[str, str] = PYTHON_NAMES) -> Optional[str]:
+    """What :func:`report_rescale` says of a track turned down ``db`` dB; ``None`` for none."""
+    if db <= 0:
+        return None
+    clamp = names.get("clamp", 'clip="clamp"')
+    return (f"{shown(str(path))}: the stems peaked {db:.1f} dB over full scale, so all of them were turned down "
+            f"{db:.1f} dB together (they add up to the input turned down as much); {clamp} keeps their level "
+            "and cuts the peaks")
+
+
 def report_rescale(path: Path, db: float, names: Mapping[str, str] = PYTHON_NAMES) -> None:
     """Say that ``clip="rescale"`` turned a track's stems down ``db`` dB (a clipped or loud master's stems add
     up to more than full scale), once per track, as a warning: the stems are quieter than the input."""
-    if db > 0:
-        log.warning("%s: the stems peaked %.1f dB over full scale, so all of them were turned down %.1f dB "
-                    "together (they add up to the input turned down as much); %s keeps their level and cuts the peaks",
-                    shown(str(path)), db, db, names.get("clamp", 'clip="clamp"'))
+    message = rescale_message(path, db, names)
+    if message is not None:
+        log.warning("%s", message)
 
 
 def check_name_length(path: Union[str, Path], out: Path, names: Mapping[str, str] = PYTHON_NAMES) -> None:

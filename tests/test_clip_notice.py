@@ -3,6 +3,7 @@
 A clipped or loud master gives stems that add up to more than full scale; rescaling keeps them
 summing to the input but makes every stem quieter than the input, which went unsaid.
 """
+import json
 import logging
 import subprocess
 import sys
@@ -68,3 +69,28 @@ def test_a_track_within_full_scale_says_nothing_and_python_callers_get_a_warning
         separate_file(song, tmp_path / "py", targets=["vocals", "drums", "bass", "other"])
     said = [r.getMessage() for r in caplog.records if "over full scale" in r.getMessage()]
     assert len(said) == 1 and 'clip="clamp" keeps their level' in said[0]
+
+
+def test_the_ray_engine_says_it_as_the_local_engine_does_and_records_the_gain(tmp_path, model_dir, ray_cluster,
+                                                                               capsys, caplog):
+    from openunmix_like.catalogue import records
+    from openunmix_like.cli.separate import main
+
+    songs = tmp_path / "in"
+    songs.mkdir()
+    loud = clipped_master(songs / "loud.wav", seconds=2.0)
+    sf.write(songs / "quiet.wav", (music_like(2.0, RATE, 2, 2) * 0.1).T, RATE)
+    common = [str(songs), "--model", str(model_dir()), "--niter", "0", "--quiet"]
+    with caplog.at_level(logging.WARNING, logger="openunmix_like"):  # in this process: the CLI's log lines
+        assert main(common + ["--outdir", str(tmp_path / "local")]) == 0
+    local = [r.getMessage() for r in caplog.records if "over full scale" in r.getMessage()]
+    assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "over full scale" in line]
+    assert len(local) == 1 and said == local, (local, said)
+    assert said[0].startswith(f"{loud}: the stems peaked") and "--clip clamp keeps their level" in said[0]
+    db = float(said[0].split("turned down ")[1].split(" dB")[0])
+    for name, expected in (("loud", db), ("quiet", 0.0)):
+        record = json.loads((tmp_path / "ray" / name / records.DONE_NAME).read_text())
+        assert round(record["rescaled_db"], 1) == expected, name
+    assert main(common + ["--engine", "ray", "--outdir", str(tmp_path / "ray")]) == 0  # a rerun skips both
+    assert "over full scale" not in capsys.readouterr().err

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from .. import storage
 from ..errors import OpenUnmixLikeError
 from ..fileio import HOST_TAG, held_lock, made_folders_removed_if_empty, process_alive, writable_folder
+from ..stems import CLI_NAMES, rescale_message
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import NotShared, Options, SeparationWorker, StageError, Track, decode_or_error, write
@@ -178,6 +179,10 @@ class Progress:
         self.bar.write(f"umx-separate: error: {message}", file=sys.stderr)
         self.bar.update(1)
 
+    def note(self, message: str) -> None:
+        """A line about a finished track (the local engine's warnings), above the bar."""
+        self.bar.write(message, file=sys.stderr)
+
     def close(self) -> float:
         self.bar.close()
         return time.monotonic() - self.start
@@ -313,6 +318,9 @@ def collect(ready: list, pending: Dict[object, Tuple[Track, int]], load: List[in
                                      "would land on that node's own disk; use a folder every node mounts, or an "
                                      "s3:// URL")
         finished += 1
+        rescaled = rescale_message(track.source, record.get("rescaled_db", 0.0), CLI_NAMES)
+        if rescaled is not None:  # as the local engine says it
+            progress.note(rescaled)
         progress.done(record["duration"])
     return finished
 

@@ -52,12 +52,13 @@ def model_fingerprint(separator: torch.nn.Module) -> str:
 
 
 def make_record(source: str, input_size: int, model: str, model_sha256: str, settings: dict,
-                stems: Dict[str, dict], duration: float, sample_rate: int) -> dict:
+                stems: Dict[str, dict], duration: float, sample_rate: int, rescaled_db: float = 0.0) -> dict:
+    """``rescaled_db``: how far ``--clip rescale`` turned every stem down (0 for not at all)."""
     from .. import __version__
 
     return {"format": RECORD_FORMAT, "input": source, "input_size": input_size, "model": model,
             "model_sha256": model_sha256, "settings": settings, "stems": stems, "duration": duration,
-            "sample_rate": sample_rate, "version": __version__,
+            "sample_rate": sample_rate, "rescaled_db": round(rescaled_db, 3), "version": __version__,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

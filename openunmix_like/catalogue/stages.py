@@ -343,7 +343,8 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
             for name, path in local.items():
                 storage.put_file(path, track.stems[name], options.storage_options)
         record.update(records.make_record(track.source, track.input_size, options.model, options.model_sha256,
-                                          options.settings, described, frames / rate, int(rate)))
+                                          options.settings, described, frames / rate, int(rate),
+                                          writer.rescaled_db))
         storage.write_bytes(track.done, (json.dumps(record, indent=2) + "\n").encode(), options.storage_options)
 
     try:
