@@ -335,3 +335,46 @@ def test_an_interrupted_run_keeps_finished_songs_only_and_a_rerun_makes_the_rest
     assert sorted(p.name for p in (root / "train").iterdir()) == [f"synth-train-000{k}" for k in range(3)]
     assert all((root / "train" / f"synth-train-000{k}" / "plan.json").is_file() for k in range(3))
     assert (first / "plan.json").stat().st_mtime_ns == stamp
+
+
+SECOND_SIGTERM = """
+import os, shutil, signal, sys
+from pathlib import Path
+
+import numpy as np
+
+from openunmix_like.synth import corpus
+
+corpus._init_worker()
+final = Path(sys.argv[1]) / "synth-train-0001"
+remove, write = shutil.rmtree, corpus.sf.write
+
+
+def rmtree(path, *args, **kwargs):
+    if str(path).endswith(".partial") and Path(path).exists():  # the cleanup, not the first tidy-up
+        os.kill(os.getpid(), signal.SIGTERM)  # the pool's SIGTERM to every worker, as one of them exits
+    return remove(path, *args, **kwargs)
+
+
+def stopped_write(*args, **kwargs):
+    write(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # the run stopping this worker mid-song
+
+
+corpus.shutil.rmtree, corpus.sf.write = rmtree, stopped_write
+stems = {name: np.zeros((2, 800), np.int16) for name in corpus.STEMS}
+try:
+    corpus._write_track(final, stems, np.zeros((2, 800), np.int16), {}, 8000)
+except SystemExit as exc:
+    print("stopped", exc.code)
+print(*sorted(p.name for p in final.parent.iterdir()))
+"""
+
+
+def test_a_second_sigterm_during_a_stopped_workers_cleanup_leaves_no_partial_folder(tmp_path):
+    # The CI flake of the interrupted-run test with two jobs: the pool sends SIGTERM to every worker as soon
+    # as it sees one gone, which could cut short the cleanup of a worker stopped by the first SIGTERM.
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGTERM, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["stopped", str(128 + signal.SIGTERM)], done.stdout

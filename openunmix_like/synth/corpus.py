@@ -376,6 +376,9 @@ def _init_worker() -> None:
 
 
 def _stop_worker(signum, frame) -> None:
+    # A second SIGTERM must not cut the cleanup short: the pool sends one to every worker as soon as it sees
+    # one of them gone, which can be while this one removes its partial folder (which then stayed).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)  # unwinds the song in hand, which removes its partial folder
 
 
