@@ -1411,9 +1411,9 @@ def musdb_layout(root: Path, subsets: str = "train", split: Optional[str] = "tra
     """The tracks of a MUSDB18 (or, ``is_wav``, MUSDB18-HQ) folder, in the ``musdb`` package's order and
     with its train/valid split and stream numbers (its ``mus.yaml``), without opening any file.
 
-    The ``musdb`` package probes every file with ffprobe as it lists them (94 probes, 12 s, for the
-    7-second preview's train folder; six a track for MUSDB18-HQ), which each training run would pay
-    before its first step; what the files hold is checked where they are read.
+    The ``musdb`` package probes each track's file with ffprobe as it lists them (the ``.stem.mp4``, or
+    MUSDB18-HQ's ``mixture.wav``: 94 probes, 12 s, for the 7-second preview's train folder), which each
+    training run would pay before its first step; what the files hold is checked where they are read.
     """
     try:
         import musdb

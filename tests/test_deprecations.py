@@ -53,7 +53,7 @@ FORKSERVER_TRAIN = ("import multiprocessing, sys; multiprocessing.set_start_meth
 
 @pytest.mark.parametrize("method, preloaded", [("forkserver", True), ("fork", False), ("spawn", False)])
 def test_a_forkserver_imports_the_data_modules_once_for_every_epochs_workers(method, preloaded):
-    # Each epoch starts new loader workers; from a forkserver each imported torch again (measured: 4.5 s an
+    # Each epoch starts new loader workers; from a forkserver each imported torch again (measured: 4.3 s an
     # epoch more than forked workers). Its server now imports the data set's modules, torch with them, once.
     code = (f"import multiprocessing; multiprocessing.set_start_method({method!r}); "
             "from multiprocessing import forkserver; "

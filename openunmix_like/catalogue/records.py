@@ -58,7 +58,7 @@ def make_record(source: str, input_size: int, model: str, model_sha256: str, set
 
     return {"format": RECORD_FORMAT, "input": source, "input_size": input_size, "model": model,
             "model_sha256": model_sha256, "settings": settings, "stems": stems, "duration": duration,
-            "sample_rate": sample_rate, "rescaled_db": round(rescaled_db, 3), "version": __version__,
+            "sample_rate": sample_rate, "rescaled_db": rescaled_db, "version": __version__,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

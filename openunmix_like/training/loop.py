@@ -200,14 +200,14 @@ def score_epoch(ctx: Context, epoch: int) -> Optional[float]:
 
 
 # What a loader worker unpickles its data set with; imported once by the forkserver's server.
-WORKER_MODULES = ["openunmix_like.data", "openunmix_like.augment"]
+WORKER_MODULES = ["openunmix_like.data"]
 
 
 @functools.lru_cache(maxsize=None)
 def preload_forkserver() -> None:
     """Where loader workers start from a forkserver (Python 3.14's default on Linux), have its server import
     the data set's modules, torch with them, once: each epoch's new workers then start without importing
-    torch again (measured: an epoch of 2 workers on a tiny data set cost 4.5 s more than with fork, mostly
+    torch again (measured: an epoch of 2 workers on a tiny data set cost 4.3 s more than with fork, mostly
     those imports). Without effect once a forkserver runs, and where workers are forked or spawned."""
     import multiprocessing
 
