@@ -17,14 +17,15 @@ import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .errors import AudioError, OpenUnmixLikeError
 from .fileio import new_temporary, no_room_in_temporary_folder, temporary_folder
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: decoding alone (the Ray engine's tasks) needs none
+    from torch import Tensor
 
 PathLike = Union[str, Path]
 SUBTYPES = {("wav", 16): "PCM_16", ("wav", 24): "PCM_24", ("wav", 32): "FLOAT",
@@ -155,6 +156,12 @@ class AudioSource:
 
     def read(self, start: int, stop: int) -> Tensor:
         """Samples ``[start, stop)`` of the excerpt as a float32 ``(nb_channels, n)`` tensor."""
+        import torch
+
+        return torch.from_numpy(self.read_array(start, stop))
+
+    def read_array(self, start: int, stop: int) -> np.ndarray:
+        """:meth:`read` as a NumPy array."""
         import soundfile as sf
 
         stop = min(stop, self.nb_frames)
@@ -176,7 +183,7 @@ class AudioSource:
         if peak > MAX_PEAK:
             raise AudioError(f"{self.path}: samples reach {peak:.3g}, audio is expected roughly in [-1, 1]; "
                              "normalise or re-export the file")
-        return torch.from_numpy(np.ascontiguousarray(data.T))
+        return np.ascontiguousarray(data.T)
 
     def close(self) -> None:
         self._file.close()
@@ -491,6 +498,8 @@ def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:
     out = out[..., :length]
     if out.shape[-1] < length:
         out = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(out)).to(audio.dtype)
 
 

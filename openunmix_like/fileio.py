@@ -28,6 +28,15 @@ except ImportError:  # Windows: no advisory locks; runs sharing a folder are not
     fcntl = None
 
 
+def sha256_of(path: Union[str, Path]) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _file_mode() -> int:
     """Permissions a plain ``open(path, "w")`` would give (mkstemp uses 0600)."""
     mask = os.umask(0)

@@ -23,9 +23,7 @@ from .audio import TensorSource  # noqa: F401 - part of this module's interface
 from .progress import bar as progress_bar
 from .separator import (Separator, WienerSettings, aggregate_estimates, check_aggregate, check_device,
                         check_wiener_keywords, resolve_precision)
-
-DEFAULT_SEGMENT = 30.0
-DEFAULT_OVERLAP = 2.0
+from .settings import DEFAULT_OVERLAP, DEFAULT_SEGMENT, check_segmenting  # noqa: F401 - part of this module's interface
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,16 +91,6 @@ def plan_segments(
         plan[-2:] = [Segment(prev.in_start, last.in_end, prev.start, last.end,
                              prev.core_start, last.core_end, prev.frame_offset)]
     return plan
-
-
-def check_segmenting(segment: Optional[float], overlap: float) -> None:
-    """Raise a one-line ``ValueError`` for a ``segment`` or ``overlap`` no track can be cut with
-    (an infinite ``segment`` is the whole track, like ``None`` and 0)."""
-    for name, value in (("segment", 0.0 if segment is None else segment), ("overlap", overlap)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0 \
-                or (name == "overlap" and math.isinf(value)):
-            whole = " (None or 0: the whole track at once)" if name == "segment" else ""
-            raise ValueError(f"{name} must be a number of seconds, 0 or more{whole}; got {value!r}")
 
 
 def crossfade_ramp(length: int, dtype=torch.float32) -> Tensor:

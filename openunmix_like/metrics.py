@@ -6,11 +6,12 @@ numbers comparable with published results.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # track_metrics needs no torch: umx-evaluate's scoring processes run it
+    from torch import Tensor
 
 
 def sdr_mdx(reference: Tensor, estimate: Tensor, eps: float = 1e-7) -> float:
@@ -19,6 +20,8 @@ def sdr_mdx(reference: Tensor, estimate: Tensor, eps: float = 1e-7) -> float:
     ``10 log10((sum s^2 + eps) / (sum (s - s_hat)^2 + eps))`` over all channels
     and samples of one track and target.
     """
+    import torch
+
     reference, estimate = reference.double(), estimate.double()
     num = reference.square().sum() + eps
     den = (reference - estimate).square().sum() + eps
@@ -31,6 +34,8 @@ def si_sdr(reference: Tensor, estimate: Tensor, eps: float = 1e-8) -> float:
     The reference is scaled by the projection of the estimate onto it,
     ``alpha = <s_hat, s> / <s, s>``; then ``10 log10(|alpha s|^2 / |alpha s - s_hat|^2)``.
     """
+    import torch
+
     s, s_hat = reference.double().flatten(), estimate.double().flatten()
     alpha = (s_hat @ s) / (s @ s + eps)
     target = alpha * s

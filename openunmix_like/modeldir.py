@@ -27,14 +27,16 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
-from torch import Tensor, nn
-
-from . import architectures
 from .errors import ModelError
 from .fileio import held_lock, write_bytes_atomic, write_json_atomic
+
+# torch and the architectures are imported where weights are read, built or written: what only lists a folder's
+# targets and settings (umx-web's model list) runs without them.
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 HASHED_NAME = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8,64})$")
 FORMAT = "openunmix-like/1"
@@ -124,6 +126,8 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
         ModelError: the file is truncated, damaged, not a state dict, or holds
             pickled code; one line naming the file.
     """
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -141,7 +145,7 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
         raise ModelError(f"{path}: not a loadable state dict ({finding}); {advice}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a reference training checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: does not hold a state dict of tensors")
     return state
 
@@ -217,6 +221,10 @@ def _versions(*paths: Path) -> tuple:
 
 
 def _load_target(path: Path, json_path: Path, target: str) -> nn.Module:
+    import torch
+
+    from . import architectures
+
     meta = read_target_json(json_path)
     name = meta.get("architecture", architectures.DEFAULT_ARCHITECTURE)
     try:
@@ -461,7 +469,10 @@ def save_target(
     cannot build the other architectures), and updates ``separator.json``
     (``niter``, ``input_level``: see :func:`update_separator_json`).
     """
+    import torch
     from safetensors.torch import save
+
+    from . import architectures
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -484,6 +495,8 @@ def save_metadata(folder: Path, target: str, model: nn.Module, settings: AudioSe
 
 def target_metadata(model: nn.Module, settings: AudioSettings, extra: Optional[Mapping] = None) -> dict:
     """The ``<target>.json`` record: architecture, exact model arguments, settings, plus ``extra``."""
+    from . import architectures
+
     arch = architectures.architecture_of(model)
     cfg = model.config
     args = {"nfft": settings.n_fft, "nhop": settings.n_hop, "nb_channels": model.nb_channels}

@@ -24,14 +24,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
-
-from torch import nn
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import DownloadError, ModelError
-from .fileio import atomic_path
+from .fileio import atomic_path, sha256_of
 from .modeldir import HASHED_NAME, AudioSettings, find_weight_files, load_model_dir, model_input_level, model_niter
 from .progress import bar as progress_bar
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CACHE_ENV = "OPENUNMIX_LIKE_CACHE"
 BASE_URL_ENV = "OPENUNMIX_LIKE_BASE_URL"
@@ -83,14 +84,6 @@ def file_url(name: str, file: str) -> str:
     if "{file}" in mirror:
         return mirror.format(name=name, file=file)
     return mirror.format(name=name).rstrip("/") + "/" + file
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expected_hash(file: str) -> str:

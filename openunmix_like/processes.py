@@ -40,6 +40,11 @@ def children_ignore_ctrl_c() -> ContextManager[None]:
     return signal_handlers({signal.SIGINT: signal.SIG_IGN})
 
 
+def ignore_ctrl_c() -> None:
+    """Ignore Ctrl+C in this process from now on (a worker pool's initializer: its parent stops it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 

@@ -20,11 +20,12 @@ from .architectures import COMPLEX, MAGNITUDE, domain_of
 from .architectures.umx import OpenUnmix
 from .lanes import run_in_lanes
 from .level import check_input_level
+from .naming import aggregate_estimates, check_aggregate  # noqa: F401 - part of this module's interface
+from .settings import PRECISIONS, WienerSettings  # noqa: F401 - part of this module's interface
 from .transforms import ISTFT, STFT, ComplexNorm
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # With one target, EM shares the input between the target and a hidden residual, so no output is louder
 # than the input: above this share of the input's energy, the part of the estimate it drops is reported.
 LOUDER_THAN_INPUT = 0.1
@@ -79,49 +80,6 @@ def check_device(device: Union[str, torch.device]) -> torch.device:
     if chosen.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r}: MPS is not available on this machine; use 'cpu'")
     return chosen
-
-
-@dataclasses.dataclass(frozen=True)
-class WienerSettings:
-    """How the multichannel Wiener filter combines the targets' estimates.
-
-    Args:
-        niter: EM iterations; 0 keeps the initial estimates (no EM).
-        softmask: start the filter from ratio masks instead of the estimated
-            magnitudes with the mixture phase.
-        residual: name of an extra target, the mixture minus the other targets
-            (e.g. ``"accompaniment"``); ``None`` for none. The reference package's
-            spelling is taken too: ``True`` names it ``"residual"``, ``False`` is ``None``.
-        wiener_win_len: frames filtered together (a time-varying spatial model,
-            bounded memory); ``None`` filters the whole input (each segment) at
-            once. ``0`` means the same and is stored as ``None``.
-
-    Example:
-        >>> WienerSettings(niter=0, residual="accompaniment").wiener_win_len
-        300
-    """
-
-    niter: int = 1
-    softmask: bool = False
-    residual: Optional[str] = None
-    wiener_win_len: Optional[int] = 300
-
-    def __post_init__(self):
-        if isinstance(self.niter, bool) or not isinstance(self.niter, int) or self.niter < 0:
-            raise ValueError(f"niter must be a whole number of EM iterations (0: none), got {self.niter!r}")
-        win = self.wiener_win_len
-        if win is not None and (isinstance(win, bool) or not isinstance(win, int) or win < 0):
-            raise ValueError(f"wiener_win_len must be a number of frames (None or 0: all at once), got {win!r}")
-        if win == 0:
-            object.__setattr__(self, "wiener_win_len", None)
-        if isinstance(self.residual, bool):  # the reference's residual=True adds a target named "residual"
-            object.__setattr__(self, "residual", "residual" if self.residual else None)
-        if self.residual is not None and (not isinstance(self.residual, str) or not self.residual):
-            raise ValueError(f"residual must be a target name or None, got {self.residual!r}")
-
-    def replace(self, **changes) -> "WienerSettings":
-        """A copy with some settings changed (unknown names raise ``TypeError``)."""
-        return dataclasses.replace(self, **changes) if changes else self
 
 
 def wiener_settings(wiener: Optional[WienerSettings], options: Mapping) -> WienerSettings:
@@ -701,42 +659,3 @@ class _DecodedOnDemand:
             return _DecodedOnDemand(self.model, self.features, self.mix, sample)
         i = self.sample
         return self.model.decode(self.features[index, i : i + 1], self.mix[index, i : i + 1])[:, 0]
-
-
-def check_aggregate(aggregate) -> None:
-    """A one-line error for an ``aggregate`` that is not new stem names mapped to target names (or one name);
-    whether the targets exist is checked against the estimates (:func:`aggregate_estimates`)."""
-    if aggregate is None:
-        return
-    example = "e.g. {'accompaniment': ['drums', 'bass', 'other']}"
-    if not isinstance(aggregate, Mapping):
-        raise TypeError(f"aggregate must map new names to lists of targets, {example}; got {type(aggregate).__name__}")
-    if not aggregate:
-        raise ValueError(f"aggregate={{}}: name at least one stem, {example}")
-    for name, members in aggregate.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"aggregate: stem name {name!r} is not a non-empty string; {example}")
-        if isinstance(members, str):
-            continue
-        if not isinstance(members, (list, tuple, set, frozenset)) or not all(isinstance(m, str) for m in members):
-            raise TypeError(f"aggregate[{name!r}] must be a target name or a list of them, {example}; "
-                            f"got {members!r}")
-        if not members:
-            raise ValueError(f"aggregate[{name!r}] is empty: list the targets it sums, {example}")
-
-
-def aggregate_estimates(
-    named: Mapping[str, Tensor], aggregate: Optional[Mapping[str, Sequence[str]]] = None
-) -> Dict[str, Tensor]:
-    """Sum named estimates into groups (see :meth:`Separator.to_dict`)."""
-    if aggregate is None:
-        return dict(named)
-    check_aggregate(aggregate)
-    out = {}
-    for name, members in aggregate.items():
-        members = [members] if isinstance(members, str) else list(members)
-        unknown = [m for m in members if m not in named]
-        if unknown:
-            raise ValueError(f"aggregate {name!r} names unknown targets {unknown}; available: {', '.join(named)}")
-        out[name] = torch.stack([named[m] for m in members]).sum(dim=0)
-    return out

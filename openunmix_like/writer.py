@@ -27,14 +27,16 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from torch import Tensor
 
 from .audio import MP3_DEFAULT_BITRATE, MP3_RATES, _ffmpeg_binary, set_channel_map, sf_path, subtype_for
 from .errors import AudioError
 from .fileio import FileInUse, held_lock, made_folders_removed_if_empty, new_partial, replace_file
+
+if TYPE_CHECKING:  # writing takes NumPy arrays too, without torch (the Ray engine's write tasks)
+    from torch import Tensor
 
 CLIP_MODES = ("rescale", "clamp", "none")
 BLOCK = 1 << 18
@@ -168,10 +170,10 @@ class StemWriter:
             raise _as_audio_error(exc, next(iter(self.paths.values()))) from exc
         return self
 
-    def write(self, chunks: Mapping[str, Tensor]) -> None:
-        """Append ``(nb_channels, n)`` chunks, one per stem."""
+    def write(self, chunks: Mapping[str, Union[Tensor, np.ndarray]]) -> None:
+        """Append ``(nb_channels, n)`` chunks (tensors or arrays), one per stem."""
         for name, chunk in chunks.items():
-            data = chunk.detach().cpu().numpy().T
+            data = (chunk if isinstance(chunk, np.ndarray) else chunk.detach().cpu().numpy()).T
             peak = float(np.abs(data).max(initial=0.0))
             if not np.isfinite(peak):
                 raise AudioError(f"{self.paths[name]}: the separation gave NaN or infinite samples (is the input "

@@ -283,6 +283,57 @@ def test_read_only_arrays_as_ray_hands_them_over_make_no_warning(tmp_path, model
     assert result.returncode == 0, result.stderr[-1500:]
 
 
+IO_TASKS = """
+import sys
+import numpy as np
+from openunmix_like.catalogue import engine, stages
+
+source, out = sys.argv[1:]
+names = ("vocals", "drums", "bass", "other")
+aggregate = {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
+for ext, bits in (("flac", 24), ("mp3", 16)):
+    options = stages.Options(0.0, None, 2.0, 1.0, 4, False, aggregate, ext, bits, "rescale", "m", "abc", {},
+                             mp3_bitrate=128 if ext == "mp3" else None)
+    track = stages.Track(source, "t0", 1, {name: f"{out}/{ext}/{name}.{ext}" for name in aggregate},
+                         f"{out}/{ext}/_done.json")
+    decoded = stages.decode_or_error(track, options)
+    stems = np.stack([(k + 1) * 0.1 * decoded.audio for k in range(4)])
+    stems.setflags(write=False)  # as Ray hands them over
+    record = engine.write_or_not_shared(track, stages.Separated(stems, decoded.sample_rate), names, options)
+    assert sorted(record["stems"]) == ["accompaniment", "vocals"], record
+print("torch" in sys.modules)
+"""
+
+
+def test_decode_and_write_tasks_run_without_torch(tmp_path):
+    # Ray runs them in processes of their own: torch there would take seconds to import, and 200 MB each.
+    inputs = make_inputs(tmp_path / "in", 1, seconds=1.0)
+    result = subprocess.run([sys.executable, "-c", IO_TASKS, str(inputs / "t0.wav"), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout == "False\n"
+    audio, _ = sf.read(inputs / "t0.wav", dtype="float32")
+    accompaniment, _ = sf.read(tmp_path / "out" / "flac" / "accompaniment.flac", dtype="float32")
+    assert np.abs(accompaniment - 0.9 * audio).max() < 1e-5  # 0.2 + 0.3 + 0.4 times the input, at 24 bits
+    assert (tmp_path / "out" / "mp3" / "vocals.mp3").stat().st_size > 0
+
+
+def test_aggregating_arrays_equals_aggregating_tensors():
+    import torch
+
+    from openunmix_like.naming import aggregate_estimates
+
+    rng = np.random.default_rng(0)
+    arrays = {name: rng.standard_normal((2, 1000)).astype(np.float32) for name in NAMES}
+    groups = {"accompaniment": ["drums", "bass", "other"], "vocals": "vocals"}
+    from_arrays = aggregate_estimates(arrays, groups)
+    from_tensors = aggregate_estimates({k: torch.from_numpy(v) for k, v in arrays.items()}, groups)
+    assert list(from_arrays) == list(from_tensors) == ["accompaniment", "vocals"]
+    for name in groups:
+        assert isinstance(from_arrays[name], np.ndarray)
+        assert np.array_equal(from_arrays[name], from_tensors[name].numpy())
+
+
 # ---------------------------------------------------------------- on a local Ray
 
 

@@ -173,3 +173,22 @@ def test_a_scoring_process_killed_mid_run_costs_its_own_track_only(tmp_path):
     assert (evaldir / "results.md").exists()
     errors = [line for line in result.stderr.splitlines() if line.startswith("umx-evaluate: error: ")]
     assert errors == [f"umx-evaluate: error: {root / 'song2'} (IRM2): " + DIED], result.stderr
+
+
+def test_scoring_processes_run_without_torch():
+    # Each --cores process scores NumPy arrays: torch there would cost seconds to import and 200 MB of the
+    # memory the track's arrays need.
+    import numpy as np
+
+    from openunmix_like.evaluate import score_track
+
+    rng = np.random.default_rng(0)
+    refs = {name: rng.standard_normal((3 * 8000, 2)).astype(np.float32) for name in ("vocals", "drums")}
+    ests = {name: ref + 0.1 * rng.standard_normal(ref.shape).astype(np.float32) for name, ref in refs.items()}
+    pool = cli.Workers(1)
+    try:
+        record = pool.submit(score_track, "t", refs, ests, 8000).result(timeout=120)
+        assert pool.submit(eval, "'torch' in __import__('sys').modules").result(timeout=60) is False
+    finally:
+        pool.executor.shutdown()
+    assert record == score_track("t", refs, ests, 8000)  # what the scoring in this process gives

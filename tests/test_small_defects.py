@@ -127,10 +127,12 @@ def test_every_command_is_installed_through_its_entry_point():
                                    "umx-synth", "umx-compare"}
 
 
-# umx-synth never imports torch to start: it is interrupted while its own module loads.
+# umx-separate, umx-web, umx-compare and umx-synth import no torch to show their help: they are interrupted
+# while their own module loads.
 @pytest.mark.parametrize("command, module", [
-    ("umx-separate", "torch"), ("umx-train", "torch"), ("umx-evaluate", "torch"), ("umx-web", "torch"),
-    ("umx-export", "torch"), ("umx-compare", "torch"), ("umx-synth", "openunmix_like.cli.synth"),
+    ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "torch"), ("umx-evaluate", "torch"),
+    ("umx-web", "openunmix_like.cli.web"), ("umx-export", "torch"), ("umx-compare", "openunmix_like.cli.compare"),
+    ("umx-synth", "openunmix_like.cli.synth"),
 ])
 def test_ctrl_c_while_a_command_imports_is_one_line_and_status_130(command, module):
     """Was: a KeyboardInterrupt traceback from ``import torch``, before main() could take it."""
@@ -138,6 +140,29 @@ def test_ctrl_c_while_a_command_imports_is_one_line_and_status_130(command, modu
     assert result.returncode == 130, result.stderr
     assert result.stderr.splitlines() == [f"{command}: error: interrupted while starting; nothing was done"]
     assert result.stdout == ""
+
+
+def test_ctrl_c_while_umx_separate_imports_torch_is_one_line_and_writes_nothing(tmp_path, wav_file):
+    # umx-separate imports torch once its options are checked, as the model loads.
+    song = wav_file(seconds=1.0)
+    result = run_command("umx-separate", interrupt_at_import("torch"), str(song), "--outdir", str(tmp_path / "out"))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == ["umx-separate: error: interrupted before any track was separated; "
+                                          "nothing was written"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("umx-separate", ["--help"]), ("umx-separate", ["--version"]), ("umx-separate", ["--segment", "-1", "a.wav"]),
+    ("umx-separate", ["no-such-song.wav"]), ("umx-web", ["--help"]), ("umx-web", ["--port", "70000"]),
+    ("umx-compare", ["--help"]), ("umx-compare", ["no-such-folder", "no-such-folder"]),
+])
+def test_help_and_refusals_answer_without_importing_torch(command, argv):
+    # torch takes seconds to import: --help, a bad option or a missing input answer at once.
+    code = "import atexit, sys\natexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, file=sys.stderr))"
+    result = run_command(command, code, *argv)
+    assert result.stderr.splitlines()[-1] == "torch loaded: False", result.stderr
+    assert result.returncode == (0 if argv[0] in ("--help", "--version") else 1)
 
 
 def test_ctrl_c_that_main_does_not_catch_is_one_line_and_status_130(tmp_path):

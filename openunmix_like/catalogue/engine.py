@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from .. import storage
 from ..errors import OpenUnmixLikeError
 from ..fileio import HOST_TAG, held_lock, made_folders_removed_if_empty, process_alive, writable_folder
-from ..stems import CLI_NAMES, rescale_message
+from ..naming import CLI_NAMES, rescale_message
 from . import parse_storage_options, records
 from .plan import Failure, Plan, gather_sources, make_plan
 from .stages import NotShared, Options, SeparationWorker, StageError, Track, decode_or_error, write

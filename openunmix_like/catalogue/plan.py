@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import storage
 from ..errors import OpenUnmixLikeError
-from ..stems import CLI_NAMES, check_name_length, folder_name
+from ..naming import CLI_NAMES, check_name_length, folder_name
 from . import records
 from .stages import Track
 
@@ -92,7 +92,7 @@ def _inside(url: str, outdir: str, searched: str) -> bool:
 
 
 def track_name(source: str) -> str:
-    from ..stems import track_name as name_of
+    from ..naming import track_name as name_of
 
     inner = source.split("://", 1)[1] if storage.is_url(source) else source
     return name_of(Path(PurePosixPath(inner).name))

@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import time
-from typing import Dict, List, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from .. import storage
-from ..pretrained import sha256_of as file_sha256  # noqa: F401 - the stems' checksums
+from ..fileio import sha256_of as file_sha256  # noqa: F401 - the stems' checksums
+
+if TYPE_CHECKING:
+    import torch
 
 DONE_NAME = "_done.json"
 FAILURES_NAME = "_failures.csv"
@@ -43,6 +44,8 @@ def settings_of(args: argparse.Namespace) -> Dict[str, object]:
 
 def model_fingerprint(separator: torch.nn.Module) -> str:
     """sha256 of the separator's weights and buffers (names, shapes, dtypes and values)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(separator.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()

@@ -15,15 +15,19 @@ import socket
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 from .. import storage
 from ..errors import OpenUnmixLikeError, shown
 from ..fileio import no_room_in_temporary_folder, temporary_folder
 from . import records
+
+# Decode and write tasks run in processes of their own, which import this module and no torch (it takes
+# seconds, and 200 MB in each): only the separation actor needs it.
+if TYPE_CHECKING:
+    import torch
 
 
 class StageError(OpenUnmixLikeError):
@@ -132,7 +136,7 @@ def decode(track: Track, options: Options) -> Decoded:
             with AudioSource(local, start=options.start, duration=options.duration) as source:
                 if options.stream_over is not None and source.nb_frames > options.stream_over * source.sample_rate:
                     return Decoded(None, source.sample_rate, source.channel_map)
-                audio = source.read(0, source.nb_frames).numpy()
+                audio = source.read_array(0, source.nb_frames)
                 return Decoded(audio, source.sample_rate, source.channel_map)
     except Exception as exc:
         raise StageError("decode", track.source, _reason(exc)) from None
@@ -162,12 +166,16 @@ class SeparationWorker:
     """
 
     def __init__(self, device: str = "cpu", threads: int = 1):
+        import torch
+
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = device
         self.separator = None
 
     def _load(self, model) -> None:
+        import torch
+
         separator = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
         self.separator = separator.to(self.device).eval()
 
@@ -178,6 +186,8 @@ class SeparationWorker:
         arguments returning it (the engine's fetches the driver's model from Ray's object
         store, so worker nodes need no model files); used by the first call only.
         """
+        import torch
+
         from ..inference import iter_separate
 
         try:
@@ -243,7 +253,7 @@ class SeparationWorker:
             self._load(model)
         rates = [item.sample_rate for item in decoded]
         out_rates = [self._out_rate(rate, options) for rate in rates]
-        stems = separate_tracks(self.separator, [torch.from_numpy(item.audio) for item in decoded], rates,
+        stems = separate_tracks(self.separator, [shared_tensor(item.audio) for item in decoded], rates,
                                 options.segment or None, options.overlap, out_rates, options.batch_segments)
         return [Separated(s.cpu().numpy(), int(rate), channel_map=item.channel_map)
                 for s, rate, item in zip(stems, out_rates, decoded)]
@@ -269,6 +279,8 @@ class SeparationWorker:
 def shared_tensor(array) -> torch.Tensor:
     """A tensor on ``array``'s memory. Ray hands arrays out of its object store read-only, which torch warns
     of (under --verbose the user saw it once per track); nothing here writes to them."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
         return torch.as_tensor(array)
@@ -278,10 +290,9 @@ def shared_tensor(array) -> torch.Tensor:
 BLOCK_FRAMES = 1 << 18
 
 
-def blocks_of(stems) -> Iterator[torch.Tensor]:
+def blocks_of(stems: np.ndarray) -> Iterator[np.ndarray]:
     """``(nb_targets, nb_channels, n)`` stems as consecutive views of at most :data:`BLOCK_FRAMES` frames, so that
     the writer's per-chunk work (peak, aggregation, the contiguous copy libsndfile needs) stays that size."""
-    stems = shared_tensor(stems)
     for start in range(0, max(stems.shape[-1], 1), BLOCK_FRAMES):
         yield stems[..., start:start + BLOCK_FRAMES]
 
@@ -322,7 +333,7 @@ def store(track: Track, chunks, rate: int, nb_channels: int, target_names, optio
     runs writing the same track wait (:meth:`~openunmix_like.writer.StemWriter.finish`), so that the
     record always describes the stems beside it, whichever run wrote them last.
     """
-    from ..separator import aggregate_estimates
+    from ..naming import aggregate_estimates
     from ..writer import DiskFull, StemWriter
 
     check_shared(track, options)

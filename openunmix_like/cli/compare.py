@@ -9,8 +9,7 @@ from typing import Dict, Optional, Sequence
 
 from .. import __version__
 from ..errors import OpenUnmixLikeError
-from ..evaluate import MAX_RESAMPLES, METRICS, check_bootstrap, paired_difference, paired_markdown
-from .evaluate import load_records
+from ..results import MAX_RESAMPLES, METRICS, check_bootstrap, load_records, paired_difference, paired_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,6 @@ import errno
 import importlib.util
 import math
 import multiprocessing
-import signal
 import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
@@ -24,9 +23,10 @@ from ..data import STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
 from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
                         dsd100_tracks, folder_tracks, full_markdown, markdown_table, medleydb_tracks, moisesdb_tracks,
-                        musdb_tracks, oracle, read_record, score_track, slakh_tracks, write_csv)
+                        musdb_tracks, oracle, score_track, slakh_tracks, write_csv)
 from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
-from ..processes import children_ignore_ctrl_c
+from ..processes import children_ignore_ctrl_c, ignore_ctrl_c
+from ..results import load_records
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
 
@@ -187,24 +187,6 @@ def oracle_targets(args: argparse.Namespace, track: Track, targets: Sequence[str
         return [t for t in args.targets if t in track.references]
     musdb = [t for t in MUSDB_TARGETS if t in track.references]
     return musdb or sorted(t for t in track.references if t != "accompaniment")
-
-
-def load_records(folder: Path, on_error: Optional[Callable[[Path, OpenUnmixLikeError], None]] = None
-                 ) -> Dict[str, dict]:
-    """Track name -> record of the per-track results in ``folder`` (none when it does not exist).
-
-    A file that is not such a record raises :class:`OpenUnmixLikeError` naming it, or with
-    ``on_error`` is passed to ``on_error(path, error)`` and left out.
-    """
-    records = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            records[path.stem] = read_record(path)
-        except OpenUnmixLikeError as exc:
-            if on_error is None:
-                raise
-            on_error(path, exc)
-    return records
 
 
 def load_done(evaldir: Path, methods: Dict[str, Method]) -> Dict[str, Dict[str, dict]]:
@@ -495,7 +477,7 @@ class Workers:
         # spawn, not fork: a forked child of a process that has run torch's OpenMP threads can hang. The workers
         # ignore Ctrl+C (which reaches the whole process group): this process stops them and reports once.
         return ProcessPoolExecutor(self.cores, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_interrupts)
+                                   initializer=ignore_ctrl_c)
 
     def submit(self, fn: Callable, *args) -> Future:
         return self.executor.submit(fn, *args)
@@ -619,10 +601,6 @@ def _interrupted(exc: Optional[BaseException]) -> bool:
         seen.add(id(exc))
         exc = exc.__context__
     return False
-
-
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _stop_workers(pool: Optional[ProcessPoolExecutor]) -> None:

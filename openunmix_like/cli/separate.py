@@ -14,19 +14,23 @@ import traceback
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
+import numpy as np
 
-from .. import __version__, catalogue, stems
+from .. import __version__, catalogue
 from . import sigterm_as_interrupt
 from ..audio import MP3_BITRATES, MP3_DEFAULT_BITRATE
 from ..errors import AudioError, OpenUnmixLikeError, shown
-from ..inference import DEFAULT_OVERLAP, DEFAULT_SEGMENT
-from ..separator import PRECISIONS, Separator, WienerSettings, aggregate_estimates, check_device, resolve_precision
+from ..naming import DEFAULT_TEMPLATE, aggregate_estimates, folder_name, stem_names, track_name
 from ..processes import interrupts_ignored
-from ..stems import DEFAULT_TEMPLATE, Cancelled, folder_name, stem_names, track_name
+from ..settings import DEFAULT_OVERLAP, DEFAULT_SEGMENT, PRECISIONS, WienerSettings
 from ..writer import EncoderStopped
+
+# torch (seconds to import) and the models load once the options are checked: --help, --version and a bad option
+# answer at once.
+if TYPE_CHECKING:
+    from ..separator import Separator
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac",
                     ".aif", ".aiff", ".wma", ".webm", ".mka", ".caf", ".w64", ".au"}
@@ -291,8 +295,10 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
     """Separate one file into its output paths (all written, or none), with the options in ``args``.
 
     ``on_progress`` is called with the fraction done after each chunk. When ``cancel`` is set,
-    the track stops after the chunk in hand, raising :class:`Cancelled`.
+    the track stops after the chunk in hand, raising :class:`~openunmix_like.stems.Cancelled`.
     """
+    from .. import stems
+
     stems.write_stems(path, separator, outputs, ext=args.ext, bits=args.bits, mp3_bitrate=args.mp3_bitrate,
                       clip=args.clip, keep_model_rate=args.keep_model_rate, start=args.start,
                       duration=args.duration, aggregate=aggregate, segment=args.segment, overlap=args.overlap,
@@ -301,6 +307,8 @@ def separate_file(path: Path, separator: Separator, args: argparse.Namespace,
 
 
 def load_separator(args: argparse.Namespace) -> Separator:
+    from ..separator import Separator, check_device
+
     try:
         check_device(args.device)
     except ValueError as exc:
@@ -362,12 +370,12 @@ def check_options(args: argparse.Namespace) -> None:
 
 def input_level_arg(text: str):
     """``--input-level``: ``auto``, ``off`` (``None``) or a level in dBFS."""
-    from ..level import check_input_level
-
     if text == "auto":
         return text
     if text == "off":
         return None
+    from ..level import check_input_level
+
     try:
         return check_input_level(float(text))
     except ValueError:
@@ -376,6 +384,8 @@ def input_level_arg(text: str):
 
 def precision_of(args: argparse.Namespace) -> str:
     """``--precision`` resolved for ``--device`` (``auto`` may read ``UMX_AUTO_PRECISION``)."""
+    from ..separator import resolve_precision
+
     try:
         return resolve_precision(args.precision, args.device)
     except ValueError as exc:
@@ -392,7 +402,7 @@ def parse_aggregate(text: Optional[str], names: Sequence[str]) -> Optional[dict]
     if not isinstance(aggregate, dict) or not aggregate:
         raise OpenUnmixLikeError('--aggregate: expected an object like {"accompaniment": ["drums", "bass"]}')
     try:  # the same check the separation applies, before any file is processed
-        aggregate_estimates({name: torch.zeros(0) for name in names}, aggregate)
+        aggregate_estimates({name: np.zeros(0) for name in names}, aggregate)
     except (ValueError, TypeError) as exc:
         raise OpenUnmixLikeError(f"--aggregate: {exc}") from None
     return aggregate
@@ -542,6 +552,8 @@ def separate_local(args: argparse.Namespace) -> int:
     files, errors = collect_inputs(args.inputs, exclude=Path(args.outdir))
     for message in errors:
         _report(message)
+    if errors and not files:  # nothing to separate: no model is loaded (or downloaded) for it
+        return 1
     try:
         separator = load_separator(args)
         aggregate = parse_aggregate(args.aggregate, separator.target_names)
@@ -558,6 +570,8 @@ def separate_local(args: argparse.Namespace) -> int:
         if skipped and not args.quiet:
             print(f"{skipped} of {skipped + len(runnable)} tracks skipped: their stems exist (--skip-existing)")
     if args.jobs > 1:
+        import torch
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     return run_tracks(runnable, separator, args, aggregate, failed)
 
@@ -565,6 +579,8 @@ def separate_local(args: argparse.Namespace) -> int:
 def run_tracks(runnable: Sequence[Tuple[Path, Dict[str, Path]]], separator: Separator, args: argparse.Namespace,
                aggregate: Optional[dict], failed: int) -> int:
     """Separate the planned tracks, ``--jobs`` at a time; the exit status (``failed`` tracks refused before)."""
+    from ..stems import Cancelled
+
     lock = threading.Lock()
     cancel = threading.Event()
 

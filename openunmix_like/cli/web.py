@@ -13,7 +13,6 @@ from .. import __version__
 from . import sigterm_as_interrupt
 from ..errors import OpenUnmixLikeError
 from ..fileio import writable_folder
-from ..pretrained import cache_dir
 
 INSTALL_HINT = "umx-web needs the web extra: pip install 'openunmix-like[web]'"
 GRACE_S = 5.0  # after Ctrl+C, responses still open (a download) are cut off after this long
@@ -57,6 +56,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _jobs_dir(args: argparse.Namespace) -> Path:
     """The jobs folder, created; raises OpenUnmixLikeError when it cannot be used."""
+    from ..pretrained import cache_dir  # torch with it, once the options are checked
+
     path = Path(args.jobs_dir).expanduser() if args.jobs_dir else cache_dir() / "web-jobs"
     return writable_folder("--jobs-dir", path)
 
