@@ -159,7 +159,8 @@ def test_ctrl_c_while_umx_separate_imports_torch_is_one_line_and_writes_nothing(
 ])
 def test_help_and_refusals_answer_without_importing_torch(command, argv):
     # torch takes seconds to import: --help, a bad option or a missing input answer at once.
-    code = "import atexit, sys\natexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, file=sys.stderr))"
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, file=sys.stderr))")
     result = run_command(command, code, *argv)
     assert result.stderr.splitlines()[-1] == "torch loaded: False", result.stderr
     assert result.returncode == (0 if argv[0] in ("--help", "--version") else 1)

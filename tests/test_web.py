@@ -669,3 +669,35 @@ def test_model_folders_named_like_other_models_get_names_of_their_own(tmp_path, 
         "umxhq": ("published, downloaded", "umxhq"),
     }
     assert list(models)[0] == "default+"  # the first folder given stays the default choice
+
+
+
+SERVER_WITHOUT_TORCH = """
+import io, sys, time
+import numpy as np, soundfile as sf
+from fastapi.testclient import TestClient
+from openunmix_like.web.app import create_app
+from openunmix_like.web.jobs import JobManager
+from openunmix_like.web.models import discover_models
+
+models = discover_models([sys.argv[2]])
+with TestClient(create_app(JobManager(sys.argv[1], models), models)) as client:
+    song = io.BytesIO()
+    sf.write(song, 0.1 * np.random.default_rng(0).standard_normal((44100, 2)), 44100, format="WAV")
+    job = client.post("/api/jobs", files={"file": ("song.wav", song.getvalue(), "audio/wav")}).json()["id"]
+    while client.get(f"/api/jobs/{job}").json()["status"] not in ("done", "failed", "cancelled"):
+        time.sleep(0.1)
+    assert client.get(f"/api/jobs/{job}").json()["status"] == "done"
+    for path in ("preview", "zip", "stems/vocals"):
+        assert client.get(f"/api/jobs/{job}/{path}").status_code == 200, path
+print("torch" in sys.modules)
+"""
+
+
+def test_the_server_takes_a_job_to_its_stems_without_importing_torch(tmp_path, setup):
+    # Its worker processes separate; the server itself receives, lists and sends files: without torch it
+    # starts in about a second and holds about 60 MB (docs/performance.md).
+    result = subprocess.run([sys.executable, "-c", SERVER_WITHOUT_TORCH, str(tmp_path / "jobs"), str(setup[1])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "False", result.stdout
