@@ -32,7 +32,7 @@ _LAZY = {
     "OpenUnmixConfig": "model",
     "Separator": "separator",
     "StreamingSeparator": "streaming",
-    "WienerSettings": "separator",
+    "WienerSettings": "settings",
     "separate": "inference",
     "separate_file": "stems",
 }
@@ -40,7 +40,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .inference import separate
     from .model import OpenUnmix, OpenUnmixConfig
-    from .separator import Separator, WienerSettings
+    from .separator import Separator
+    from .settings import WienerSettings
     from .stems import separate_file
     from .streaming import StreamingSeparator
 else:
