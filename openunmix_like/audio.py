@@ -490,6 +490,7 @@ def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:
     """
     if orig_rate == new_rate:
         return audio
+    import torch
     from scipy.signal import resample_poly
 
     ratio = Fraction(float(new_rate) / float(orig_rate)).limit_denominator(1000)
@@ -498,8 +499,6 @@ def resample(audio: Tensor, orig_rate: float, new_rate: float) -> Tensor:
     out = out[..., :length]
     if out.shape[-1] < length:
         out = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(out)).to(audio.dtype)
 
 

@@ -2,7 +2,7 @@
 files, checked before any audio is read, and the sums of targets ``aggregate`` asks for.
 
 Nothing here imports torch: ``umx-separate``'s option checks and the Ray engine's decode and write tasks use
-it, and a process that separates nothing does not pay torch's import (seconds, and 200 MB in each worker).
+it, and a process that separates nothing does not pay torch's import (seconds, and about 180 MB in each worker).
 """
 from __future__ import annotations
 

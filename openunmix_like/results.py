@@ -2,7 +2,7 @@
 comparing two methods.
 
 Nothing here imports torch: ``umx-evaluate``'s scoring processes and ``umx-compare`` start without it
-(seconds, and 200 MB in each process).
+(seconds, and about 180 MB in each process).
 """
 from __future__ import annotations
 

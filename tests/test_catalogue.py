@@ -306,7 +306,7 @@ print("torch" in sys.modules)
 
 
 def test_decode_and_write_tasks_run_without_torch(tmp_path):
-    # Ray runs them in processes of their own: torch there would take seconds to import, and 200 MB each.
+    # Ray runs them in processes of their own: torch there would take seconds to import, and about 180 MB each.
     inputs = make_inputs(tmp_path / "in", 1, seconds=1.0)
     result = subprocess.run([sys.executable, "-c", IO_TASKS, str(inputs / "t0.wav"), str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=120)

@@ -176,7 +176,7 @@ def test_a_scoring_process_killed_mid_run_costs_its_own_track_only(tmp_path):
 
 
 def test_scoring_processes_run_without_torch():
-    # Each --cores process scores NumPy arrays: torch there would cost seconds to import and 200 MB of the
+    # Each --cores process scores NumPy arrays: torch there would cost seconds to import and about 180 MB of the
     # memory the track's arrays need.
     import numpy as np
 

@@ -25,7 +25,7 @@ from ..fileio import no_room_in_temporary_folder, temporary_folder
 from . import records
 
 # Decode and write tasks run in processes of their own, which import this module and no torch (it takes
-# seconds, and 200 MB in each): only the separation actor needs it.
+# seconds, and about 180 MB in each): only the separation actor needs it.
 if TYPE_CHECKING:
     import torch
 
