@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .audio import conform_channels, sf_path
 from .augment import Compose
+from .choices import STEM_GROUPINGS
 from .errors import OpenUnmixLikeError
 
 log = logging.getLogger("openunmix_like.data")
@@ -811,7 +812,6 @@ class SlakhDataset(_StemsDataset):
 MOISESDB_STEMS = ("vocals", "bass", "drums", "other", "guitar", "other_plucked", "percussion", "piano",
                   "other_keys", "bowed_strings", "wind")  # the top-level stems of the moisesdb package's taxonomy
 MOISESDB_FOUR = ("vocals", "bass", "drums", "other")  # its mix_4_stems: other is every stem but the first three
-STEM_GROUPINGS = ("four", "all")
 
 
 def moisesdb_track_dirs(root) -> List[Path]:

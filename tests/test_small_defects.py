@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 import openunmix_like.pretrained as pretrained
-from helpers import http_server, music_like, publish, tiny, tiny_folder
+from helpers import http_server, music_like, publish, tiny, tiny_folder, track_folders
 from openunmix_like import DownloadError, ModelError, Separator
 from openunmix_like.cli.export import main as export_main
 from openunmix_like.cli.separate import main as separate_main
@@ -127,10 +127,11 @@ def test_every_command_is_installed_through_its_entry_point():
                                    "umx-synth", "umx-compare"}
 
 
-# umx-separate, umx-web, umx-compare and umx-synth import no torch to show their help: they are interrupted
-# while their own module loads.
+# umx-separate, umx-train, umx-web, umx-compare and umx-synth import no torch to show their help: they are
+# interrupted while their own module loads.
 @pytest.mark.parametrize("command, module", [
-    ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "torch"), ("umx-evaluate", "torch"),
+    ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "openunmix_like.cli.train"),
+    ("umx-evaluate", "torch"),
     ("umx-web", "openunmix_like.cli.web"), ("umx-export", "torch"), ("umx-compare", "openunmix_like.cli.compare"),
     ("umx-synth", "openunmix_like.cli.synth"),
 ])
@@ -152,18 +153,42 @@ def test_ctrl_c_while_umx_separate_imports_torch_is_one_line_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command, argv", [
-    ("umx-separate", ["--help"]), ("umx-separate", ["--version"]), ("umx-separate", ["--segment", "-1", "a.wav"]),
-    ("umx-separate", ["no-such-song.wav"]), ("umx-web", ["--help"]), ("umx-web", ["--port", "70000"]),
-    ("umx-compare", ["--help"]), ("umx-compare", ["no-such-folder", "no-such-folder"]),
+@pytest.mark.parametrize("command, argv, status", [
+    ("umx-separate", ["--help"], 0), ("umx-separate", ["--version"], 0),
+    ("umx-separate", ["--segment", "-1", "a.wav"], 1), ("umx-separate", ["no-such-song.wav"], 1),
+    ("umx-web", ["--help"], 0), ("umx-web", ["--port", "70000"], 1),
+    ("umx-compare", ["--help"], 0), ("umx-compare", ["no-such-folder", "no-such-folder"], 1),
+    ("umx-train", ["--help"], 0), ("umx-train", ["--version"], 0), ("umx-train", ["--arch", "unet3d"], 2),
+    ("umx-train", ["--preset", "unet2d-8k", "--dataset", "musdbb"], 2),
 ])
-def test_help_and_refusals_answer_without_importing_torch(command, argv):
+def test_help_and_refusals_answer_without_importing_torch(command, argv, status):
     # torch takes seconds to import: --help, a bad option or a missing input answer at once.
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, file=sys.stderr))")
     result = run_command(command, code, *argv)
     assert result.stderr.splitlines()[-1] == "torch loaded: False", result.stderr
-    assert result.returncode == (0 if argv[0] in ("--help", "--version") else 1)
+    assert result.returncode == status, result.stderr
+
+
+def test_ctrl_c_while_umx_train_imports_torch_is_one_line_and_writes_nothing(tmp_path):
+    # umx-train imports torch once its options are read, before it makes --output or reads any data.
+    data = track_folders(tmp_path / "data", tracks=1, seconds=1.0)
+    result = run_command("umx-train", interrupt_at_import("torch"), "--dataset", "trackfolder_fix", "--root",
+                         str(data), "--target", "vocals", "--output", str(tmp_path / "model"))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == ["umx-train: error: interrupted before training started; nothing was written"]
+    assert not (tmp_path / "model").exists()
+
+
+def test_the_choices_umx_train_offers_are_the_registries_names():
+    from openunmix_like import architectures, augment, choices, data, losses
+
+    assert choices.ARCHITECTURE_NAMES == tuple(architectures.ARCHITECTURES)
+    assert choices.AUGMENTATION_NAMES == tuple(augment.AUGMENTATIONS)
+    assert choices.BATCH_AUGMENTATION_NAMES == tuple(augment.BATCH_AUGMENTATIONS)
+    assert choices.LOSS_NAMES == tuple(losses.LOSSES)
+    assert architectures.PRESETS is choices.PRESETS and data.STEM_GROUPINGS is choices.STEM_GROUPINGS
+    assert all(preset["arch"] in choices.ARCHITECTURE_NAMES for preset in choices.PRESETS.values())
 
 
 def test_ctrl_c_that_main_does_not_catch_is_one_line_and_status_130(tmp_path):

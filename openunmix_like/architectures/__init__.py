@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from torch import Tensor, nn
 
+from ..choices import DEFAULT_ARCHITECTURE, PRESETS
 from .config import ArchConfig, parse_assignments
 from .tfattn import TFAttnConfig, TFAttnUNet
 from .umx import OpenUnmix, OpenUnmixConfig, bandwidth_to_max_bin, config_from_state_dict, strip_legacy_keys, widen
@@ -30,7 +31,6 @@ from .unet2d import UNet2d, UNet2dConfig
 
 MAGNITUDE, COMPLEX, WAVEFORM = "magnitude", "complex", "waveform"
 # What a <target>.json without an "architecture" key holds: the reference package's files.
-DEFAULT_ARCHITECTURE = "umx"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,20 +141,6 @@ ARCHITECTURES: Dict[str, Architecture] = {
     "tfattn": Architecture("tfattn", "time-frequency attention U-Net", TFAttnUNet, TFAttnConfig, "l1+0.5*mrstft",
                            "time-frequency shifted-window attention U-Net: TFSWA blocks, complex mask"),
 }
-
-# Training settings that belong together (umx-train --preset); explicit flags win over them.
-PRESETS: Dict[str, dict] = {
-    # Jansson et al. 2017: mono 8192 Hz, STFT 1024 / hop 768, excerpts of 128 frames ((128 - 1) * 768 samples).
-    "unet2d-8k": {"arch": "unet2d", "sample_rate": 8192, "nb_channels": 1, "nfft": 1024, "nhop": 768,
-                  "seq_dur": 127 * 768 / 8192, "loss": "l1"},
-    # Stoller et al. 2018: 44.1 kHz mono waveform U-Net, L1 on the waveform.
-    "unet1d-mono": {"arch": "unet1d", "sample_rate": 44100, "nb_channels": 1, "loss": "wavl1"},
-    # The attention U-Net's setup: STFT 2048 / 512, L1 magnitude plus half the multi-resolution STFT loss,
-    # gradients clipped at 1.
-    "tfattn-2048": {"arch": "tfattn", "nfft": 2048, "nhop": 512, "loss": "l1+0.5*mrstft", "clip_grad": 1.0,
-                    "lr_scheduler": "cosine"},
-}
-
 
 def get(name: str) -> Architecture:
     """The architecture called ``name``.

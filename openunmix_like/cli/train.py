@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import __version__
-from ..architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, PRESETS
-from ..augment import AUGMENTATIONS, BATCH_AUGMENTATIONS
-from ..data import STEM_GROUPINGS
+from ..choices import (ARCHITECTURE_NAMES, AUGMENTATION_NAMES, BATCH_AUGMENTATION_NAMES, DEFAULT_ARCHITECTURE,
+                       LOSS_NAMES, PRESETS, STEM_GROUPINGS)
 from ..errors import OpenUnmixLikeError
 from ..fileio import LockHeld, held_lock, made_folders_removed_if_empty
-from ..losses import LOSSES
-from ..training import (DATASETS, PRECISIONS, PRELOAD, SCHEDULERS, SELECT_BY, TrainConfig, distributed_session,
-                        run, run_targets)
-from ..training.config import MODEL_FIXED, SAMPLES_PER_TRACK, resolve_target
-from ..training.distributed import is_main
+# The options come from modules that import no torch, so that --help and a bad option answer at once; what
+# trains (torch with it) is imported once the options are read.
+from ..training.config import (DATASETS, MODEL_FIXED, PRECISIONS, PRELOAD, SAMPLES_PER_TRACK, SCHEDULERS, SELECT_BY,
+                               TrainConfig, resolve_target)
 from . import sigterm_as_interrupt
 
 DEFAULTS = TrainConfig()
@@ -102,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="medleydb: also train on the tracks whose metadata says has_bleed: yes (other instruments "
                         "leak into their stems)")
     g.add_argument("--source-augmentations", nargs="*", default=None, metavar="NAME",
-                   help=f"per source: {', '.join(AUGMENTATIONS)}; per batch: {', '.join(BATCH_AUGMENTATIONS)} "
-                        "(default gain channelswap for musdb, slakh, moisesdb, medleydb and dsd100; none for "
-                        "the folder layouts and aligned)")
+                   help=f"per source: {', '.join(AUGMENTATION_NAMES)}; "
+                        f"per batch: {', '.join(BATCH_AUGMENTATION_NAMES)} (default gain channelswap for musdb, "
+                        "slakh, moisesdb, medleydb and dsd100; none for the folder layouts and aligned)")
     g.add_argument("--sample-rate", type=int, default=DEFAULTS.sample_rate, metavar="HZ",
                    help="rate the model works at; other rates are resampled (default 44100)")
 
@@ -123,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plateau: decay when the validation loss stalls; cosine: anneal to 0 at --epochs "
                         "(default plateau)")
     g.add_argument("--loss", default=None, metavar="SUM",
-                   help=f"loss or weighted sum, e.g. l1+0.5*mrstft, of: {', '.join(LOSSES)} "
+                   help=f"loss or weighted sum, e.g. l1+0.5*mrstft, of: {', '.join(LOSS_NAMES)} "
                         "(default: the architecture's, mse for umx)")
     g.add_argument("--clip-grad", type=float, default=DEFAULTS.clip_grad, metavar="NORM",
                    help="clip the gradient norm (default 0: off)")
@@ -136,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a batch with a NaN or infinite loss: skip it or stop (default skip)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=list(ARCHITECTURES), default=DEFAULTS.arch,
+    g.add_argument("--arch", choices=list(ARCHITECTURE_NAMES), default=DEFAULTS.arch,
                    help="per-target architecture (default umx; docs/architectures.md)")
     g.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="settings that belong together for an architecture; explicit flags win")
@@ -223,6 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="umx-train: %(message)s")
     cfg = config_from_args(args)
+    try:
+        from ..training import run  # noqa: F401  (torch with it: seconds)
+    except KeyboardInterrupt:
+        print("umx-train: error: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     with made_folders_removed_if_empty(cfg.output):  # a run that stops before writing leaves none behind
         return _main(cfg, args)
 
@@ -236,6 +239,8 @@ def training_lock(cfg: TrainConfig):
     Raises:
         OpenUnmixLikeError: another umx-train holds one of the locks.
     """
+    from ..training.distributed import is_main
+
     with contextlib.ExitStack() as stack:
         if is_main():
             out = Path(cfg.output)
@@ -252,7 +257,10 @@ def training_lock(cfg: TrainConfig):
 
 
 def _main(cfg, args: argparse.Namespace) -> int:
+    from ..training import distributed_session, run, run_targets  # imported by main already
+
     try:
+
         with sigterm_as_interrupt(), training_lock(cfg), distributed_session():
             if cfg.targets:
                 run_targets(cfg)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import PurePath
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from .. import architectures
-from ..augment import BATCH_AUGMENTATIONS, BatchCompose, Compose, split_names
+from ..choices import BATCH_AUGMENTATION_NAMES, DEFAULT_ARCHITECTURE
 from ..errors import OpenUnmixLikeError
-from ..architectures.umx import bandwidth_to_max_bin, bin_frequencies
-from ..losses import parse_loss
+
+if TYPE_CHECKING:
+    from ..architectures import Architecture
+    from ..augment import BatchCompose, Compose
+
+# This module builds umx-train's options and imports no torch: what checks or builds models (architectures,
+# augmentations, losses) is imported where it is used.
 
 DATASETS = ("musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var", "slakh", "moisesdb", "medleydb",
             "dsd100")
@@ -118,9 +122,11 @@ class TrainConfig:
     no_cuda: bool = False
     device: Optional[str] = None
 
-    def architecture(self) -> architectures.Architecture:
+    def architecture(self) -> Architecture:
         """The architecture of a new model (``--arch``, default umx)."""
-        return architectures.get(self.arch or architectures.DEFAULT_ARCHITECTURE)
+        from .. import architectures
+
+        return architectures.get(self.arch or DEFAULT_ARCHITECTURE)
 
     def augmentation_names(self) -> List[str]:
         """``--source-augmentations``, or the layout's default: none for ``aligned`` and, as the training guide
@@ -133,10 +139,14 @@ class TrainConfig:
 
     def augmentations(self) -> Compose:
         """The source augmentations, applied by the data set to every source."""
+        from ..augment import Compose, split_names
+
         return Compose.from_names(split_names(self.augmentation_names())[0])
 
     def batch_augmentations(self) -> BatchCompose:
         """The batch augmentations (masking, mixup), applied by the training step."""
+        from ..augment import BatchCompose, split_names
+
         return BatchCompose.from_names(split_names(self.augmentation_names())[1], self.nfft, self.nhop)
 
 
@@ -156,6 +166,9 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
         names used (the layout's default when none were given), so the saved ``args`` say them,
         and the options of the ``slakh`` and ``moisesdb`` layouts resolved (:func:`resolve_stem_options`).
     """
+    from ..augment import split_names
+    from ..losses import parse_loss
+
     cfg = resolve_model_options(resolve_stem_options(resolve_target(cfg)))
     check_numbers(cfg)
     if cfg.silence_missing_targets and cfg.dataset not in SILENCEABLE_LAYOUTS:
@@ -193,7 +206,7 @@ def check_options(cfg: TrainConfig) -> TrainConfig:
     if cfg.dataset == "aligned" and source_level:  # a pair has no sources: augmenting one file breaks the pair
         raise OpenUnmixLikeError(f"--source-augmentations {' '.join(source_level)}: --dataset aligned has no "
                                  "sources to augment; give only batch augmentations "
-                                 f"({', '.join(BATCH_AUGMENTATIONS)}) or none")
+                                 f"({', '.join(BATCH_AUGMENTATION_NAMES)}) or none")
     return dataclasses.replace(cfg, eval_every=eval_every, samples_per_track=resolve_samples_per_track(cfg),
                                source_augmentations=cfg.augmentation_names())
 
@@ -240,6 +253,8 @@ def resolve_model_options(cfg: TrainConfig) -> TrainConfig:
     defaults = {name: value for name, value in MODEL_FIXED.items() if getattr(cfg, name) is None}
     if not cfg.model:
         return dataclasses.replace(cfg, **defaults)
+    from .. import architectures
+    from ..architectures.umx import bandwidth_to_max_bin
     from ..pretrained import load_models
 
     models, settings = load_models(cfg.model, targets=cfg.targets or [cfg.target], progress=not cfg.quiet)
@@ -279,7 +294,7 @@ def resolve_model_options(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **defaults)
 
 
-def check_lstm_options(cfg: TrainConfig, arch: architectures.Architecture, what: str) -> None:
+def check_lstm_options(cfg: TrainConfig, arch: Architecture, what: str) -> None:
     """Refuse ``--unidirectional`` and a ``--bandwidth`` other than the default for an architecture without
     Open-Unmix's LSTM, which they shape: taken silently, they would leave a model that is not what was asked
     (a ``tfattn`` that looks ahead, a ``unet2d`` fed every bin).
@@ -305,6 +320,8 @@ def check_lstm_options(cfg: TrainConfig, arch: architectures.Architecture, what:
 def model_bandwidth(sample_rate: float, n_fft: int, max_bin: int) -> float:
     """The ``--bandwidth`` (Hz) that gives ``max_bin`` bins: 16000 where it does (the published models),
     else the centre frequency of the highest bin the model sees."""
+    from ..architectures.umx import bandwidth_to_max_bin, bin_frequencies
+
     if bandwidth_to_max_bin(sample_rate, n_fft, MODEL_FIXED["bandwidth"]) == max_bin:
         return MODEL_FIXED["bandwidth"]
     return float(bin_frequencies(sample_rate, n_fft)[max_bin - 1])
