@@ -2,9 +2,9 @@
 
 The registries they name (:data:`openunmix_like.architectures.ARCHITECTURES`,
 :data:`openunmix_like.augment.AUGMENTATIONS`, :data:`openunmix_like.augment.BATCH_AUGMENTATIONS`,
-:data:`openunmix_like.losses.LOSSES`) hold torch code; the commands build their options from these names so
-that ``--help`` or a misspelt choice answers before torch is imported (seconds). A test keeps the names
-equal to the registries' keys.
+:data:`openunmix_like.losses.LOSSES`, :data:`openunmix_like.evaluate.ORACLES`) hold torch code; the commands
+build their options from these names so that ``--help`` or a misspelt choice answers before torch is imported
+(seconds). A test keeps the names equal to the registries' keys.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ DEFAULT_ARCHITECTURE = "umx"
 AUGMENTATION_NAMES = ("gain", "channelswap", "force_stereo", "volume", "timestretch", "pitchshift")
 BATCH_AUGMENTATION_NAMES = ("freqmask", "timemask", "mixup")
 LOSS_NAMES = ("mse", "l1", "mrstft", "sisdr", "sdr", "wavl1")
+ORACLE_NAMES = ("irm1", "irm2", "ibm1", "ibm2", "mwf", "mix")  # umx-evaluate --oracle
 # moisesdb, medleydb: the four MUSDB18 targets (other is every other stem), or one target per stem.
 STEM_GROUPINGS = ("four", "all")
 

@@ -364,8 +364,8 @@ def test_a_damaged_result_file_is_scored_again_and_an_unexpected_error_stops_one
 def test_bad_options_are_one_line_before_any_track_is_read(tmp_path, capsys, monkeypatch, options, says):
     afile = tmp_path / "afile"
     afile.write_text("")
-    for reader in ("folder_tracks", "musdb_tracks"):
-        monkeypatch.setattr(cli, reader, lambda *a, **k: pytest.fail("a track was read"))
+    for reader in ("folder_tracks", "musdb_tracks"):  # umx-evaluate imports them from evaluate as it reads
+        monkeypatch.setattr(ev, reader, lambda *a, **k: pytest.fail("a track was read"))
     options = [o.replace("{file}", str(afile)) for o in options]
     code = cli.main(["--root", str(tmp_path), "--layout", "folder", "--oracle", "irm2",
                      "--evaldir", str(tmp_path / "eval"), *options])

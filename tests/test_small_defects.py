@@ -127,11 +127,10 @@ def test_every_command_is_installed_through_its_entry_point():
                                    "umx-synth", "umx-compare"}
 
 
-# umx-separate, umx-train, umx-web, umx-compare and umx-synth import no torch to show their help: they are
-# interrupted while their own module loads.
+# All but umx-export import no torch to show their help: they are interrupted while their own module loads.
 @pytest.mark.parametrize("command, module", [
     ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "openunmix_like.cli.train"),
-    ("umx-evaluate", "torch"),
+    ("umx-evaluate", "openunmix_like.cli.evaluate"),
     ("umx-web", "openunmix_like.cli.web"), ("umx-export", "torch"), ("umx-compare", "openunmix_like.cli.compare"),
     ("umx-synth", "openunmix_like.cli.synth"),
 ])
@@ -160,6 +159,8 @@ def test_ctrl_c_while_umx_separate_imports_torch_is_one_line_and_writes_nothing(
     ("umx-compare", ["--help"], 0), ("umx-compare", ["no-such-folder", "no-such-folder"], 1),
     ("umx-train", ["--help"], 0), ("umx-train", ["--version"], 0), ("umx-train", ["--arch", "unet3d"], 2),
     ("umx-train", ["--preset", "unet2d-8k", "--dataset", "musdbb"], 2),
+    ("umx-evaluate", ["--help"], 0), ("umx-evaluate", ["--root", ".", "--oracle", "irm3"], 2),
+    ("umx-evaluate", ["--root", ".", "--layout", "folder", "--oracle", "irm2", "--cores", "0"], 1),
 ])
 def test_help_and_refusals_answer_without_importing_torch(command, argv, status):
     # torch takes seconds to import: --help, a bad option or a missing input answer at once.
@@ -180,13 +181,25 @@ def test_ctrl_c_while_umx_train_imports_torch_is_one_line_and_writes_nothing(tmp
     assert not (tmp_path / "model").exists()
 
 
-def test_the_choices_umx_train_offers_are_the_registries_names():
-    from openunmix_like import architectures, augment, choices, data, losses
+def test_ctrl_c_while_umx_evaluate_imports_torch_is_one_line_and_leaves_no_folder(tmp_path):
+    # umx-evaluate imports torch once its options are checked, as it reads the first track.
+    data = track_folders(tmp_path / "data", tracks=1, seconds=1.0)
+    result = run_command("umx-evaluate", interrupt_at_import("torch"), "--root", str(data / "valid"), "--layout",
+                         "folder", "--oracle", "irm2", "--evaldir", str(tmp_path / "eval"))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [f"umx-evaluate: error: interrupted; the track results written to "
+                                          f"{tmp_path / 'eval'} are kept"]
+    assert not (tmp_path / "eval").exists()
+
+
+def test_the_choices_umx_train_and_umx_evaluate_offer_are_the_registries_names():
+    from openunmix_like import architectures, augment, choices, data, evaluate, losses
 
     assert choices.ARCHITECTURE_NAMES == tuple(architectures.ARCHITECTURES)
     assert choices.AUGMENTATION_NAMES == tuple(augment.AUGMENTATIONS)
     assert choices.BATCH_AUGMENTATION_NAMES == tuple(augment.BATCH_AUGMENTATIONS)
     assert choices.LOSS_NAMES == tuple(losses.LOSSES)
+    assert choices.ORACLE_NAMES == evaluate.ORACLES
     assert architectures.PRESETS is choices.PRESETS and data.STEM_GROUPINGS is choices.STEM_GROUPINGS
     assert all(preset["arch"] in choices.ARCHITECTURE_NAMES for preset in choices.PRESETS.values())
 

@@ -14,21 +14,24 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import __version__
-from ..data import STEM_GROUPINGS
+from ..choices import ORACLE_NAMES, STEM_GROUPINGS
 from ..errors import OpenUnmixLikeError
-from ..evaluate import (MUSDB_TARGETS, ORACLES, Track, aggregate, boxplot, closed_fraction, estimates_fn_for,
-                        dsd100_tracks, folder_tracks, full_markdown, markdown_table, medleydb_tracks, moisesdb_tracks,
-                        musdb_tracks, oracle, score_track, slakh_tracks, write_csv)
 from ..fileio import held_lock, made_folders_removed_if_empty, writable_folder, write_bytes_atomic, write_json_atomic
 from ..processes import children_ignore_ctrl_c, ignore_ctrl_c
-from ..results import load_records
+# The options and the scoring import no torch, so that --help and a bad option answer at once and the scoring
+# processes stay small; the data sets, the oracles and the model (torch with them) are imported where they run.
+from ..results import (MUSDB_TARGETS, aggregate, boxplot, closed_fraction, full_markdown, load_records, markdown_table,
+                       score_track, write_csv)
 from . import sigterm_as_interrupt
 from .separate import add_separator_args, load_separator, precision_of
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..evaluate import Track
 
 # Options a model's scores depend on (the others, such as --device, only change the speed), and an oracle's.
 MODEL_SETTINGS = ("targets", "residual", "niter", "softmask", "wiener_win_len", "segment", "overlap")
@@ -81,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracks", nargs="+", default=None, help="only these track names")
     add_separator_args(p, precision="fp32")  # scores that do not depend on the machine that computed them
     g = p.add_argument_group("oracles")
-    g.add_argument("--oracle", choices=ORACLES, default=None, help="score an oracle instead of a model")
-    g.add_argument("--with-oracles", nargs="*", choices=ORACLES, default=[],
+    g.add_argument("--oracle", choices=ORACLE_NAMES, default=None, help="score an oracle instead of a model")
+    g.add_argument("--with-oracles", nargs="*", choices=ORACLE_NAMES, default=[],
                    help="also score these oracles on the same tracks and print them beside the model "
                         "(with irm2 and mix: the share of the mixture-to-IRM2 distance the model closes)")
     g.add_argument("--nfft", type=int, default=4096, help="oracle STFT length (default 4096)")
@@ -124,6 +127,7 @@ def build_methods(args: argparse.Namespace) -> Dict[str, Method]:
         methods[method_name(args)] = oracle_method(args, args.oracle, targets)
     else:
         from ..catalogue.records import model_fingerprint
+        from ..evaluate import estimates_fn_for
 
         separator = load_separator(args)
         targets = [t for t in separator.target_names if t != args.residual]
@@ -152,6 +156,8 @@ def oracle_method(args: argparse.Namespace, name: str, targets: Sequence[str] = 
                 "mixture_from_sources": _mixture_from_sources(args), **data_settings(args)}
     if args.layout in STEM_LAYOUTS:  # what it estimates and shares the mixture among follow the references
         settings["references"] = [*targets, *([args.residual] if args.residual and targets else [])]
+    from ..evaluate import oracle
+
     return Method(lambda track: oracle(name, track, oracle_targets(args, track, targets), args.nfft, args.nhop),
                   {"model_sha256": None, "settings": settings}, list(targets))
 
@@ -336,6 +342,9 @@ def dsd100_split(args: argparse.Namespace) -> str:
 def layout_tracks(args: argparse.Namespace, targets: Sequence[str], skip: Callable[[str], bool],
                   on_error: Callable[[str, OpenUnmixLikeError], None]):
     """The tracks of ``--root`` to score, with references for ``targets`` (the model's, or ``--targets``)."""
+    from ..evaluate import (dsd100_tracks, folder_tracks, medleydb_tracks, moisesdb_tracks, musdb_tracks,
+                            slakh_tracks)
+
     if args.layout == "musdb":
         return musdb_tracks(args.root, args.subset or "test", args.is_wav, args.split, args.tracks,
                             mixture_from_sources=args.mixture_from_sources, skip=skip, on_error=on_error)
