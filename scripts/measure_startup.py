@@ -2,7 +2,7 @@
 input, ``umx-web``'s page) and the memory of the processes that separate nothing (the Ray engine's decode and
 write tasks, ``umx-evaluate --cores``' scoring processes, ``umx-web``'s server).
 
-    python scripts/measure_startup.py [--repeat 5]
+    python scripts/measure_startup.py [--repeat 5] [--commands-only]
 
 Run it with another checkout first on ``PYTHONPATH`` (from a folder outside both) to compare two versions.
 Prints a markdown table; each time is the median of ``--repeat`` runs, each memory figure the largest
@@ -158,6 +158,8 @@ def web_server(folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--commands-only", action="store_true",
+                        help="only the commands' start, not the Ray, umx-web and scoring processes")
     args = parser.parse_args()
     import openunmix_like
 
@@ -167,6 +169,8 @@ def main() -> None:
         print(f"| `umx-{name} --help` | {command_seconds(name, ['--help'], args.repeat):.2f} s |")
     missing = command_seconds("separate", ["no-such-song.wav"], args.repeat)
     print(f"| `umx-separate no-such-song.wav` (one-line error) | {missing:.2f} s |")
+    if args.commands_only:
+        return
     with tempfile.TemporaryDirectory() as folder:
         for kind, entry in sorted(ray_workers(Path(folder)).items()):
             print(f"| Ray `{kind}` worker ({len(entry['pids'])} seen), largest resident size | {entry['mb']:.0f} MB"
