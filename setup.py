@@ -33,9 +33,12 @@ setup(
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "onnxscript>=0.6",
                   "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "moto[server]>=5",
-                  "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.40",
+                  "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
+                  "httpx2>=2; python_version>='3.11'", "playwright>=1.40",
                   "pyyaml>=5", "scikit-learn>=1.0", "mypy>=2.4",
                   "psutil>=5"],
+        # httpx2: what Starlette's TestClient runs on from Starlette 1.x (with httpx it warns that this is
+        # deprecated); the tests' own clients of a live umx-web still use httpx. httpx2 needs Python 3.11.
         # onnxscript: torch 2.13's torch.export-based ONNX exporter; 0.6 is the first with the API it imports.
         "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.6"],
         # umx-evaluate: museval's windows and record format (it brings musdb too); matplotlib: sdr-boxplot.png.
