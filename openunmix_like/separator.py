@@ -379,7 +379,7 @@ class Separator(nn.Module):
                 return run_in_lanes(lambda model: self._frame_major(model, mag, mix_stft, audio), models)
             return [self._frame_major(model, mag, mix_stft, audio) for model in models]
         main = torch.cuda.current_stream(mag.device)
-        streams = [torch.cuda.Stream(mag.device) for _ in models]
+        streams = side_streams(mag.device, len(models))
         outputs = []
         for model, stream in zip(models, streams):
             stream.wait_stream(main)  # the inputs are ready
@@ -630,6 +630,18 @@ def _frame_offsets(frame_offset, nb_samples: int) -> List[int]:
     if len(offsets) != nb_samples:
         raise ValueError(f"{len(offsets)} frame offsets for {nb_samples} samples; give one, or one per sample")
     return offsets
+
+
+@functools.lru_cache(maxsize=None)
+def side_streams(device: torch.device, count: int) -> tuple:
+    """``count`` CUDA streams on ``device`` for the target models, made once and reused by every call (and
+    every separator and thread: each call orders its work on them with events, so sharing is safe).
+
+    PyTorch's caching allocator gives a freed block back only to allocations on the stream that made it,
+    and ``torch.cuda.Stream()`` takes the next of a pool of 32 streams in turn: new streams on every call
+    would leave each call's model memory (gigabytes for a batch of long segments) unusable until the pool
+    came round again, and the cache would grow until an allocation failed and emptied it."""
+    return tuple(torch.cuda.Stream(device) for _ in range(count))
 
 
 class _DecodedOnDemand:

@@ -122,3 +122,59 @@ def test_automatic_segment_batches_count_the_allocators_unused_memory_as_free(mo
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 21 * gb)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gb)
     assert fresh == auto_batch_segments(OnCuda(), 30.0) == int(0.25 * 40 * gb // 0.76e9)
+
+
+def test_the_target_models_cuda_streams_are_made_once_and_reused(monkeypatch):
+    """PyTorch's allocator reuses a freed block only on the stream that made it, and each new
+    ``torch.cuda.Stream()`` is the next of a pool of 32: streams made on every call stranded each
+    call's model memory (the three actors sharing a GPU in the catalogue benchmark ran out of it)."""
+    import contextlib
+
+    from helpers import make_models
+    from openunmix_like import separator as separator_module
+
+    made = []
+
+    class Stream:  # what the separator uses of torch.cuda.Stream
+        def __init__(self, device=None):
+            made.append(self)
+
+        def wait_stream(self, other):
+            pass
+
+    class OnGpu(torch.Tensor):  # takes the separator's CUDA branch, computes on the CPU
+        @property
+        def is_cuda(self):
+            return True
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    main = types.SimpleNamespace(wait_stream=lambda stream: None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    separator_module.side_streams.cache_clear()
+    try:
+        sep = separator_module.Separator(make_models(("vocals", "drums", "bass")), n_fft=512, n_hop=128).freeze()
+        mag = torch.rand(1, 2, 257, 20).as_subclass(OnGpu)
+        for _ in range(3):
+            with torch.no_grad():
+                outputs = sep._model_outputs(mag, None, None)
+            assert [tuple(o.shape) for o in outputs] == [(20, 1, 2, 257)] * 3
+        assert len(made) == 3  # one per target, for every call
+    finally:
+        separator_module.side_streams.cache_clear()
+
+
+def test_the_weight_average_packs_its_lstm_weights_for_cudnn(monkeypatch):
+    """``copy.deepcopy`` gives every LSTM weight its own memory; cuDNN wants them in one block and
+    otherwise repacks them on every call of the average model (each validation with --ema)."""
+    from helpers import make_models
+    from openunmix_like.training.context import WeightAverage
+
+    flattened = []
+    real = torch.nn.LSTM.flatten_parameters
+    monkeypatch.setattr(torch.nn.LSTM, "flatten_parameters", lambda self: flattened.append(self) or real(self))
+    model = make_models(("vocals",))["vocals"]
+    flattened.clear()  # moving a model packs its weights too
+    average = WeightAverage(model, 0.99)
+    assert average.model.lstm in flattened and model.lstm not in flattened

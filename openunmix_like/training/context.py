@@ -30,6 +30,11 @@ class WeightAverage:
         self.model = copy.deepcopy(unwrap(model)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        for module in self.model.modules():
+            # A deep copy gives each LSTM weight memory of its own; cuDNN wants them in one block and would
+            # otherwise repack them on every call (with a warning). Elsewhere than on a GPU it does nothing.
+            if isinstance(module, nn.RNNBase):
+                module.flatten_parameters()
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -185,7 +185,9 @@ def train_epoch_shared(active: List[Tuple[int, Context]], train_set, epoch: int)
     torch.manual_seed(dropout_seed(lead.cfg, epoch))
     iterator = iter(batches)  # which draws the loader's seed, as in a run of one target
     # Each target draws its dropout masks from its own stream, the one a run of its own would draw from,
-    # whichever targets step beside it (one stopped early, or resumed from an earlier epoch).
+    # whichever targets step beside it (one stopped early, or resumed from an earlier epoch). On CUDA,
+    # setting the generator makes cuDNN's LSTM dropout state anew from it at the next step: those masks
+    # stay the target's own but are not a lone run's (docs/training.md).
     streams = dict.fromkeys((id(ctx) for _, ctx in active), rng_states(lead.device))
     data_time, start = 0.0, time.perf_counter()
     last = start
