@@ -27,8 +27,8 @@ setup        25 s  .gpu/whl/*.whl and the slim Ray (.gpu/ray-*-slim.tar.xz) into
                    versions, nvidia-smi, /dev/shm; Ray started once, a task, a task on the
                    GPU (if Ray finds none, the catalogue tells it of one: NVML may be hidden)
 separation   90 s  gpu_benchmark.py: forward at 60 s and 600 s, ours batched (fp32 and bf16
-                   products), whole and one segment at a time, the reference; peak memory
-                   at 10 and 60 min (goal 1)
+                   products), whole and one segment at a time, the reference; the stages of
+                   one batch of 20 segments; peak memory at 10 and 60 min (goal 1)
 cli          50 s  gpu_benchmark.py: umx-separate --device cuda on a 10-minute wav, GPU busy
                    share; the same on 1 s for the fixed start cost (goal 1)
 training    175 s  gpu_benchmark.py: samples per second of ours (batch 16 fp32, 64, 256

@@ -215,6 +215,13 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
         RESULTS[f"separate_{int(seconds)}s"] = row
         log(f"separate {seconds} s", json.dumps(row))
         checkpoint()
+    try:
+        RESULTS["stages"] = stages(ours, clock, device, segments=max(1, int(max(lengths) // 30)),
+                                   seconds=min(30.0, float(min(lengths))))
+    except Exception as exc:
+        RESULTS["stages"] = {"error": repr(exc)[:200]}
+    log("stages", RESULTS["stages"])
+    checkpoint()
     torch.manual_seed(0)
     audio = 0.1 * torch.randn(2, int(long_seconds * RATE))
     clock.reset_peak()
@@ -225,6 +232,31 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
     except Exception as exc:
         RESULTS[f"separate_{int(long_seconds)}s_batched"] = {"error": repr(exc)[:200]}
     log("long input", RESULTS[f"separate_{int(long_seconds)}s_batched"])
+
+
+def stages(separator, clock: Clock, device: torch.device, segments: int, seconds: float) -> dict:
+    """Where one batch of ``segments`` segments of ``seconds`` goes (the batch the longest input's segments
+    make): STFT and magnitude, the target models, then the Wiener filter and inverse STFT, which run one
+    segment after another; best of 3 after a warm-up, each stage synchronised. If goal 1 is not met, this
+    says which stage holds it back."""
+    torch.manual_seed(0)
+    audio = (0.1 * torch.randn(segments, 2, int(seconds * RATE))).to(device)
+    row = {"segments": segments, "segment_s": seconds}
+    with torch.inference_mode():
+        def front():
+            spec = separator.stft(audio)
+            return spec, separator.complexnorm(spec)
+
+        row["stft_s"], (spec, mag) = clock.best(front, n=3)
+        row["models_s"], outs = clock.best(lambda: separator._model_outputs(mag, spec, audio), n=3)
+
+        def filters():
+            return [separator._filter_and_invert([out[:, i] for out in outs], spec[i], 0, audio.shape[-1])
+                    for i in range(segments)]
+
+        row["wiener_istft_s"], _ = clock.best(filters, n=3)
+        row["whole_s"], _ = clock.best(lambda: separator(audio), n=3)
+    return row
 
 
 def command_line(folder: Path, device: torch.device, work: Path, seconds: float) -> None:
@@ -423,6 +455,12 @@ def separation_lines(results: dict) -> list:
     if peaks:
         listed = ", ".join(f"{length} s: {gb} GB" for length, gb in sorted(peaks, key=lambda p: int(p[0])))
         lines += ["", f"Peak GPU memory of the batched segments (torch's allocator), by input length: {listed}."]
+    row = results.get("stages", {})
+    if "whole_s" in row:
+        lines += ["", f"Where one batch of {row['segments']} segments of {row['segment_s']:g} s goes (ours, fp32, "
+                  f"synchronised stage by stage): STFT and magnitude {row['stft_s']} s, the four target models "
+                  f"{row['models_s']} s, Wiener filter and inverse STFT segment by segment {row['wiener_istft_s']} s; "
+                  f"the whole forward {row['whole_s']} s."]
     start = results.get("cli_start", {})
     for key, row in results.items():
         if key.startswith("cli_") and key != "cli_start" and "s" in row:

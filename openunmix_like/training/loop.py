@@ -379,24 +379,26 @@ def step(ctx: Context, x: Tensor, y: Tensor, mix_stft: Optional[Tensor] = None,
     amp = ctx.scaler is not None  # loss scaling: fp16, or bf16 on CUDA (see factory.loss_scaler)
     with torch.autocast(device_type=x.device.type, dtype=ctx.autocast or torch.float32, enabled=bool(ctx.autocast)):
         loss = ctx.objective(ctx.model, x, y, mix_stft=mix_stft)
-    # All ranks skip together: one that left before backward() would keep the others
-    # waiting in the gradient all-reduce. (Gradients are all-reduced, so they agree already.)
-    if all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0])[0] > 0:
+    # Backward first, then one look at the loss (and, without loss scaling, at every gradient): on a GPU each
+    # look waits for the work queued before it, and a look before backward() kept the backward from being
+    # queued while the forward ran. Every rank runs backward (its gradient all-reduce), and all skip together.
+    (ctx.scaler.scale(loss * weight) if amp else loss * weight).backward()
+    bad = ~torch.isfinite(loss.detach())
+    if not amp:  # the scaler skips steps with non-finite gradients (fp16 overflow) by design
+        grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
+        if grads:
+            bad = bad | ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    if all_reduce_sum([float(bad)])[0] > 0:
+        ctx.optimizer.zero_grad(set_to_none=True)
         return None
     clip = ctx.cfg.clip_grad
     if amp:
-        # The scaler skips steps with non-finite gradients (fp16 overflow) by design.
-        ctx.scaler.scale(loss * weight).backward()
         if clip > 0:
             ctx.scaler.unscale_(ctx.optimizer)
             nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         return float(loss.detach())
-    (loss * weight).backward()
-    if not all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None):
-        ctx.optimizer.zero_grad(set_to_none=True)
-        return None
     if clip > 0:
         nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
     ctx.optimizer.step()
