@@ -1,4 +1,4 @@
-"""The names ``umx-train`` and ``umx-evaluate`` offer as choices, importable without torch.
+"""The names ``umx-train``, ``umx-evaluate`` and ``umx-export`` offer as choices, importable without torch.
 
 The registries they name (:data:`openunmix_like.architectures.ARCHITECTURES`,
 :data:`openunmix_like.augment.AUGMENTATIONS`, :data:`openunmix_like.augment.BATCH_AUGMENTATIONS`,
@@ -18,6 +18,7 @@ LOSS_NAMES = ("mse", "l1", "mrstft", "sisdr", "sdr", "wavl1")
 ORACLE_NAMES = ("irm1", "irm2", "ibm1", "ibm2", "mwf", "mix")  # umx-evaluate --oracle
 # moisesdb, medleydb: the four MUSDB18 targets (other is every other stem), or one target per stem.
 STEM_GROUPINGS = ("four", "all")
+EXPORT_FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}  # umx-export --format: the file each target becomes
 
 # Training settings that belong together (umx-train --preset); explicit flags win over them.
 PRESETS: Dict[str, dict] = {

@@ -127,11 +127,11 @@ def test_every_command_is_installed_through_its_entry_point():
                                    "umx-synth", "umx-compare"}
 
 
-# All but umx-export import no torch to show their help: they are interrupted while their own module loads.
+# None imports torch to show its help: each is interrupted while its own module loads.
 @pytest.mark.parametrize("command, module", [
     ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "openunmix_like.cli.train"),
     ("umx-evaluate", "openunmix_like.cli.evaluate"),
-    ("umx-web", "openunmix_like.cli.web"), ("umx-export", "torch"), ("umx-compare", "openunmix_like.cli.compare"),
+    ("umx-web", "openunmix_like.cli.web"), ("umx-export", "openunmix_like.cli.export"), ("umx-compare", "openunmix_like.cli.compare"),
     ("umx-synth", "openunmix_like.cli.synth"),
 ])
 def test_ctrl_c_while_a_command_imports_is_one_line_and_status_130(command, module):
@@ -161,6 +161,7 @@ def test_ctrl_c_while_umx_separate_imports_torch_is_one_line_and_writes_nothing(
     ("umx-train", ["--preset", "unet2d-8k", "--dataset", "musdbb"], 2),
     ("umx-evaluate", ["--help"], 0), ("umx-evaluate", ["--root", ".", "--oracle", "irm3"], 2),
     ("umx-evaluate", ["--root", ".", "--layout", "folder", "--oracle", "irm2", "--cores", "0"], 1),
+    ("umx-export", ["--help"], 0), ("umx-export", ["--version"], 0), ("umx-export", ["--format", "pt2"], 2),
 ])
 def test_help_and_refusals_answer_without_importing_torch(command, argv, status):
     # torch takes seconds to import: --help, a bad option or a missing input answer at once.
@@ -190,6 +191,17 @@ def test_ctrl_c_while_umx_evaluate_imports_torch_is_one_line_and_leaves_no_folde
     assert result.stderr.splitlines() == [f"umx-evaluate: error: interrupted; the track results written to "
                                           f"{tmp_path / 'eval'} are kept"]
     assert not (tmp_path / "eval").exists()
+
+
+def test_ctrl_c_while_umx_export_imports_torch_is_one_line_and_writes_nothing(tmp_path):
+    # umx-export imports torch once its options are read, before it loads a model or makes --outdir.
+    result = run_command("umx-export", interrupt_at_import("torch"), "--format", "torchscript", "--outdir",
+                         str(tmp_path / "out"))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [f"umx-export: error: interrupted; {tmp_path / 'out'} holds what it held "
+                                          "before or the whole export, nothing half-written: run the same command "
+                                          "again"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_choices_umx_train_and_umx_evaluate_offer_are_the_registries_names():

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from .. import __version__
 from . import sigterm_as_interrupt
 from ..errors import OpenUnmixLikeError
-from ..export import FORMATS, default_opset, onnx_opsets
+from ..choices import EXPORT_FORMATS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,12 +19,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "export.json describes each file's input and output and the STFT to use around them.")
     p.add_argument("model", nargs="?", default=None,
                    help="model folder or published model name (default: the bundled model)")
-    p.add_argument("--format", choices=list(FORMATS), required=True, help="torchscript (.pt) or onnx (.onnx)")
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), required=True, help="torchscript (.pt) or onnx (.onnx)")
     p.add_argument("--outdir", default="exported", help="output folder (default ./exported)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets")
+    # Stated without importing torch (seconds), so that --help answers at once; the range the installed torch
+    # writes is checked before any work, and a refusal names it.
     p.add_argument("--opset", type=int, default=None,
-                   help="ONNX opset, %d to %d with the installed torch (default %d)"
-                   % (*onnx_opsets(), default_opset()))
+                   help="ONNX opset (default 17 while torch has its TorchScript-based ONNX exporter, as torch 2.13 "
+                        "does; else 18, the lowest its torch.export-based exporter writes); one the installed torch "
+                        "does not write is refused before any work, naming those it does")
     p.add_argument("--no-check", action="store_true",
                    help="do not run the exported files against the models (ONNX checks need onnxruntime)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -33,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..export import export
-
     try:
         with sigterm_as_interrupt():
+            from ..export import export  # torch: once the options are read
+
             results = export(args.model, args.outdir, args.format, args.targets, args.opset,
                              check=not args.no_check)
     except OpenUnmixLikeError as exc:
