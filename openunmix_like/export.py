@@ -34,13 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from .architectures import COMPLEX, WAVEFORM, architecture_of, domain_of
-from .choices import EXPORT_FORMATS
+from .choices import EXPORT_FORMATS as FORMATS
 from .errors import OpenUnmixLikeError
 from .fileio import new_partial, replace_together, temporary_folder
 from .modeldir import AudioSettings
 from .processes import interrupts_held
 
-FORMATS = EXPORT_FORMATS
 EXAMPLE_FRAMES = 64
 CHECK_FRAMES = 37  # a second size: the exported file must not have frozen the first
 CHECK_BATCH = 3  # and another batch size: the examples' batch is 1 (2 for the torch.export-based exporter)

@@ -235,10 +235,10 @@ def separation(folder: Path, device: torch.device, clock: Clock, lengths, long_s
 
 
 def stages(separator, clock: Clock, device: torch.device, segments: int, seconds: float) -> dict:
-    """Where one batch of ``segments`` segments of ``seconds`` goes (the batch the longest input's segments
-    make): STFT and magnitude, the target models, then the Wiener filter and inverse STFT, which run one
-    segment after another; best of 3 after a warm-up, each stage synchronised. If goal 1 is not met, this
-    says which stage holds it back."""
+    """Where one batch of ``segments`` segments of ``seconds`` goes (20 of 30 s: about the batch a 600 s
+    input's overlapping segments make): STFT and magnitude, the target models, then the Wiener filter and
+    inverse STFT, which run one segment after another; best of 3 after a warm-up, each stage synchronised.
+    If goal 1 is not met, this says which stage holds it back."""
     torch.manual_seed(0)
     audio = (0.1 * torch.randn(segments, 2, int(seconds * RATE))).to(device)
     row = {"segments": segments, "segment_s": seconds}

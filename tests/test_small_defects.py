@@ -131,7 +131,8 @@ def test_every_command_is_installed_through_its_entry_point():
 @pytest.mark.parametrize("command, module", [
     ("umx-separate", "openunmix_like.cli.separate"), ("umx-train", "openunmix_like.cli.train"),
     ("umx-evaluate", "openunmix_like.cli.evaluate"),
-    ("umx-web", "openunmix_like.cli.web"), ("umx-export", "openunmix_like.cli.export"), ("umx-compare", "openunmix_like.cli.compare"),
+    ("umx-web", "openunmix_like.cli.web"), ("umx-export", "openunmix_like.cli.export"),
+    ("umx-compare", "openunmix_like.cli.compare"),
     ("umx-synth", "openunmix_like.cli.synth"),
 ])
 def test_ctrl_c_while_a_command_imports_is_one_line_and_status_130(command, module):
