@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import wait_for_port, wait_until_ray_tasks_ended, write
-from openunmix_like.catalogue import records, stages
+from helpers import http_server, wait_for_port, wait_until_ray_tasks_ended, write
+from openunmix_like.catalogue import engine, records, stages
 from openunmix_like.cli.separate import main
 from openunmix_like.errors import OpenUnmixLikeError
 from openunmix_like import storage
@@ -582,9 +582,12 @@ def test_without_address_the_run_starts_and_stops_a_ray_of_its_own_and_shows_non
 
 
 @pytest.mark.slow
-def test_joins_a_head_node_that_requires_the_stored_token(tmp_path, model_dir):
+@pytest.mark.parametrize("head_has_token", [True, False], ids=["head-requires-the-token", "head-without-auth"])
+def test_joins_a_head_node_whether_or_not_it_requires_the_stored_token(tmp_path, model_dir, head_has_token):
     """``ray start --head`` (Ray 2.59 and later) requires the token stored in ~/.ray, which a driver given
-    an address only sends when told to: ``--address`` must still join it."""
+    an address only sends when told to: ``--address`` must still join it. A head started where no token is
+    stored (another machine) requires none: a driver that sent this machine's token anyway had every actor
+    it made destroyed, and each track failed as "the separation actor died 3 times"."""
     pytest.importorskip("ray")
     import os
     import secrets
@@ -594,26 +597,51 @@ def test_joins_a_head_node_that_requires_the_stored_token(tmp_path, model_dir):
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    (tmp_path / "head-home").mkdir()
+    head_env = env if head_has_token else env | {"HOME": str(tmp_path / "head-home")}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     folder = tempfile.mkdtemp(prefix="umx-ray-")  # Ray's socket paths must stay short
     head = subprocess.Popen(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             f"--temp-dir={folder}", "--disable-usage-stats", "--block"], env=env,
+                             f"--temp-dir={folder}", "--disable-usage-stats", "--block"], env=head_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_port(port, head)
-        make_inputs(tmp_path / "in", 1, seconds=0.5)
+        make_inputs(tmp_path / "in", 2, seconds=0.5)
         driver = subprocess.run([sys.executable, "-m", "openunmix_like.cli.separate", str(tmp_path / "in"),
                                  "--engine", "ray", "--address", f"127.0.0.1:{port}", "--model", str(model_dir()),
                                  "--niter", "0", "--quiet", "--outdir", str(tmp_path / "out")],
                                 env=env, capture_output=True, text=True, timeout=240)
         assert driver.returncode == 0, driver.stderr[-2000:]
-        assert (tmp_path / "out" / "t0" / records.DONE_NAME).is_file()
+        assert done_tracks(tmp_path / "out") == {"t0", "t1"}
+        assert engine.head_requires_token(f"127.0.0.1:{port}") is head_has_token
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head's processes share its session
         head.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_whether_a_head_requires_a_token_is_unknown_where_nobody_answers_as_ray_does(tmp_path):
+    # Unknown (None) keeps the stored token's sending: a head that requires it is still joined.
+    import http.server
+    import socket
+
+    pytest.importorskip("grpc")
+    head_requires_token = engine.head_requires_token
+
+    class NotRay(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_error(404)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    assert head_requires_token(f"127.0.0.1:{port}", timeout=5) is None
+    assert head_requires_token("ray://127.0.0.1:10001") is None
+    assert head_requires_token("not an address", timeout=2) is None
+    with http_server(NotRay) as (httpd, _):  # HTTP/1, not a Ray head
+        assert head_requires_token(f"127.0.0.1:{httpd.server_address[1]}", timeout=5) is None
 
 
 @pytest.mark.slow

@@ -93,18 +93,46 @@ def connect(address: Optional[str], verbose: bool) -> bool:
 
 
 def send_token_if_any(address: str) -> None:
-    """Have Ray send this machine's authentication token, when it has one, to the cluster at ``address``.
+    """Have Ray send this machine's authentication token, when it has one, to a cluster at ``address`` that
+    requires one.
 
     Since Ray 2.59, ``ray start --head`` requires a token when one is stored (``~/.ray/auth_token``, made
     by any local ``ray.init()``, such as an earlier ``--engine ray`` run without ``--address``), but a
     driver given an address sends one only under ``RAY_AUTH_MODE=token``, and fails after its retries.
-    A head without authentication ignores the token, so sending it costs nothing.
+    A driver in that mode joins a head without authentication too, but then requires the token of the
+    cluster's own calls back to it, so the cluster takes it for dead and destroys every actor it makes:
+    each track failed as "the separation actor died". So the head is asked first (:func:`head_requires_token`).
     """
     if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
         return
     stored = Path.home() / ".ray" / "auth_token"
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or stored.is_file():
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or stored.is_file()):
+        return
+    if head_requires_token(address) is not False:  # unknown (no grpcio, no answer): send it, as before
         os.environ["RAY_AUTH_MODE"] = "token"  # the driver's only: the cluster's workers are started by its nodes
+
+
+def head_requires_token(address: str, timeout: float = 5.0) -> Optional[bool]:
+    """Whether the Ray head at ``HOST:PORT`` refuses a call without a token; ``None`` where it cannot tell.
+
+    One gRPC call to the head's GCS without credentials, as Ray's own first call (its cluster ID), made
+    with grpcio rather than Ray: Ray reads its authentication mode once a process, at its first call.
+    """
+    if "://" in address:
+        return None
+    try:
+        import grpc
+    except ImportError:
+        return None
+    try:
+        with grpc.insecure_channel(address) as channel:
+            channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return True if code == grpc.StatusCode.UNAUTHENTICATED else None
+    except ValueError:  # not an address grpc can parse; check_reachable names it
+        return None
+    return False
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
