@@ -4,6 +4,7 @@ Ray and an S3 server for the catalogue tests.
 Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 """
 import logging
+import os
 import re
 import shutil
 import signal
@@ -12,7 +13,7 @@ import tempfile
 import pytest
 import soundfile as sf
 
-from helpers import SHARED, SHARED_ENV, make_models, music_like
+from helpers import SHARED, SHARED_ENV, make_models, music_like, wait_until_ray_tasks_ended
 from openunmix_like.modeldir import AudioSettings, save_target
 from openunmix_like.pretrained import CACHE_ENV
 from openunmix_like.separator import AUTO_PRECISION_ENV
@@ -90,20 +91,45 @@ def pytest_terminal_summary(terminalreporter):
                                     yellow=True)
 
 
-@pytest.fixture
-def ray_cluster():
-    """A local Ray with 2 CPUs for one test; yields its address (for drivers in other processes)."""
-    ray = pytest.importorskip("ray")
+@pytest.fixture(scope="module")
+def _local_ray_nodes():
+    """A local Ray head with 2 CPUs, started once for the test file that asks for it; yields its address.
+
+    Only its processes live that long: each test connects a driver of its own (:func:`ray_cluster`), so
+    the file's other tests find no Ray connected. Starting Ray took about 5 s a test; a driver takes 0.5 s.
+    """
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
 
     # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
     folder = tempfile.mkdtemp(prefix="umx-ray-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             _temp_dir=folder)
+    with pytest.MonkeyPatch.context() as patch:
+        # Cluster records the head's address in <RAY_TMPDIR or /tmp>/ray whatever temp_dir says: keep it here.
+        patch.setenv("RAY_TMPDIR", folder)
+        os.mkdir(os.path.join(folder, "ray"))
+        head = Cluster(initialize_head=True,
+                       head_node_args={"num_cpus": 2, "temp_dir": folder, "include_dashboard": False})
+        try:
+            yield head.address
+        finally:
+            head.shutdown()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster(_local_ray_nodes):
+    """This process connected as a driver to a local Ray with 2 CPUs, for one test; yields its address (for
+    drivers in other processes). No task or actor of an earlier test is left when it starts, nor of this
+    one when it ends (drivers this test killed included)."""
+    import ray
+
+    wait_until_ray_tasks_ended()
+    ray.init(address=_local_ray_nodes, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield _local_ray_nodes
     finally:
         ray.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
+        wait_until_ray_tasks_ended()
 
 
 @pytest.fixture
