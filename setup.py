@@ -32,7 +32,7 @@ setup(
                   "tensorboard>=2.10", "museval>=0.4", "matplotlib>=3.5",
                   "pyworld>=0.3.4", "setuptools>=70.1,<81", "onnx>=1.15", "onnxruntime>=1.17",
                   "onnxscript>=0.6",
-                  "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "grpcio>=1.42", "moto[server]>=5",
+                  "ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "grpcio>=1.49.1", "moto[server]>=5",
                   "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
                   "httpx2>=2; python_version>='3.11'", "playwright>=1.40",
                   "pyyaml>=5", "scikit-learn>=1.0", "mypy>=2.4",
@@ -53,7 +53,7 @@ setup(
         # umx-separate --engine ray: Ray core (tasks and actors; Ray Data is not used), fsspec/s3fs for
         # s3:// and other URLs (s3fs 2023.3 is the first to take endpoint_url), pyarrow for Parquet manifests,
         # grpcio to ask a head node whether it requires a token before Ray connects.
-        "ray": ["ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "grpcio>=1.42"],
+        "ray": ["ray>=2.9", "fsspec>=2023.3", "s3fs>=2023.3", "pyarrow>=12", "grpcio>=1.49.1"],
         # pyworld re-pitches speech into song; its __init__ still imports pkg_resources.
         "synth": ["pyworld>=0.3.4", "setuptools<81"],
     },

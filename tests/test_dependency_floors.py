@@ -166,7 +166,7 @@ def test_the_checks_above_catch_what_they_look_for():
 
 # Modules whose distribution has another name (starlette is FastAPI's base: installed with it, its API).
 DISTRIBUTIONS = {"yaml": "pyyaml", "multipart": "python-multipart", "python_multipart": "python-multipart",
-                 "starlette": "fastapi", "sklearn": "scikit-learn"}
+                 "starlette": "fastapi", "sklearn": "scikit-learn", "grpc": "grpcio"}
 
 
 def third_party_imports():
@@ -312,7 +312,8 @@ LOWEST_TESTED = {"torch": (2, 3), "numpy": (1, 23, 2), "scipy": (1, 9, 2), "soun
 EXTRAS_LOWEST_TESTED = {"web": {"fastapi": (0, 110), "uvicorn": (0, 29), "python-multipart": (0, 0, 9)},
                         "export": {"onnx": (1, 15), "onnxruntime": (1, 17), "onnxscript": (0, 6)},
                         "evaluate": {"museval": (0, 4), "matplotlib": (3, 6)},
-                        "ray": {"ray": (2, 9), "fsspec": (2023, 3), "s3fs": (2023, 3), "pyarrow": (12,)},
+                        "ray": {"ray": (2, 9), "fsspec": (2023, 3), "s3fs": (2023, 3), "pyarrow": (12,),
+                                "grpcio": (1, 49, 1)},  # grpcio: the first with Python 3.11 wheels
                         "musdb": {"musdb": (0, 4, 0), "stempeg": (0, 2, 3)},
                         "slakh": {"pyyaml": (5,)}, "medleydb": {"pyyaml": (5,)}}  # pyyaml: 5.1, the first 5
 # Not run at their floors here: synth needs pyworld and system synthesisers; tests is for developers.
