@@ -140,6 +140,42 @@ def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_ray_address_in_the_environment_is_joined_and_named_when_nothing_answers(tmp_path, monkeypatch, capsys):
+    # Ray's own ray.init() joins $RAY_ADDRESS, which 'ray job submit' sets for the job it runs and clusters
+    # set in their shells; --engine ray started a local Ray beside the cluster instead, on one machine.
+    pytest.importorskip("ray")
+    import socket
+
+    make_inputs(tmp_path / "in", 1, seconds=0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        assert main([str(tmp_path / "in"), "--engine", "ray", "--outdir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"umx-separate: error: RAY_ADDRESS 127.0.0.1:{port}: no Ray head node")
+    assert err[0].endswith("start one with 'ray start --head', or unset RAY_ADDRESS to start a local Ray")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_driver_joins_the_cluster_in_ray_address_without_starting_a_ray_of_its_own(tmp_path, model_dir,
+                                                                                      ray_cluster):
+    make_inputs(tmp_path / "in", 2, seconds=0.5)
+    folder = tempfile.mkdtemp(prefix="umx-ray-")  # where a local Ray of the driver's would make its session
+    try:
+        env = dict(os.environ, RAY_ADDRESS=ray_cluster, RAY_TMPDIR=folder)
+        driver = subprocess.run([sys.executable, "-m", "openunmix_like.cli.separate", str(tmp_path / "in"),
+                                 "--engine", "ray", "--model", str(model_dir()), "--niter", "0", "--quiet",
+                                 "--outdir", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                                timeout=240)
+        assert driver.returncode == 0, driver.stderr[-2000:]
+        assert done_tracks(tmp_path / "out") == {"t0", "t1"}
+        assert os.listdir(folder) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_a_ray_error_without_text_is_named_by_its_kind(monkeypatch):
     # Ray 2.9 joining a newer head raised a ConnectionError with no text: the line ended "cannot start or join
     # Ray ()".

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also separate the paths or URLs listed in FILE: one a line, or a CSV/Parquet table "
                         "with a 'path' column (URLs need --engine ray)")
     g.add_argument("--address", default=None,
-                   help="Ray cluster to join (HOST:PORT of 'ray start --head', or 'auto'); default: start a "
-                        "local Ray on this machine's CPUs and GPUs")
+                   help="Ray cluster to join (HOST:PORT of 'ray start --head', or 'auto'); default: "
+                        "$RAY_ADDRESS where set (as Ray's own), else start a local Ray on this machine's CPUs "
+                        "and GPUs")
     g.add_argument("--actors", type=int, default=None, metavar="N",
                    help="separation actors, each holding the model once (default: one per GPU with "
                         "--device cuda; on CPUs 7/8 of the cluster's CPUs / --actor-cpus, at least 1)")

@@ -61,15 +61,16 @@ def import_ray():
     return ray
 
 
-def connect(address: Optional[str], verbose: bool) -> bool:
-    """Join the cluster at ``address`` or start a local Ray; return whether this call started the connection."""
+def connect(address: Optional[str], verbose: bool, origin: str = "--address") -> bool:
+    """Join the cluster at ``address`` or start a local Ray; return whether this call started the connection.
+    ``origin`` names where the address came from in errors (``--address`` or ``RAY_ADDRESS``)."""
     ray = import_ray()
     if ray.is_initialized():  # a caller (a notebook, a test) already connected: use its cluster
         return False
     common = dict(namespace=NAMESPACE, log_to_driver=verbose,
                   logging_level=logging.INFO if verbose else logging.WARNING)
     if address:
-        check_reachable(address)
+        check_reachable(address, origin=origin)
     try:
         if address:
             ray.init(address=address, **common)
@@ -83,7 +84,7 @@ def connect(address: Optional[str], verbose: bool) -> bool:
             os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
             ray.init(address="local", include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"--address {address}" if address else "a local Ray"
+        where = f"{origin} {address}" if address else "a local Ray"
         hint = ("; a head node that requires a token (Ray 2.59 and later, when it finds one) needs it here too: "
                 "RAY_AUTH_TOKEN from 'ray get-auth-token' on the head node" if address else "")
         reason = records.one_line(exc) or type(exc).__name__  # some of Ray's errors carry no text
@@ -135,7 +136,14 @@ def head_requires_token(address: str, timeout: float = 5.0) -> Optional[bool]:
     return False
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
+def address_from_environment() -> Optional[str]:
+    """``RAY_ADDRESS``, which Ray's own ``ray.init()`` joins when it is set (clusters set it for their jobs
+    and shells), unless empty or ``local``: the cluster ``--engine ray`` joins without ``--address``."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
+
+
+def check_reachable(address: str, timeout: float = 5.0, origin: str = "--address") -> None:
     """Fail at once, with one line, when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
     import socket
 
@@ -146,8 +154,9 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
-        raise OpenUnmixLikeError(f"--address {address}: no Ray head node answers there ({exc}); start one with "
-                                 "'ray start --head' and pass the address it prints") from None
+        fix = ("start one with 'ray start --head' and pass the address it prints" if origin == "--address" else
+               f"start one with 'ray start --head', or unset {origin} to start a local Ray")
+        raise OpenUnmixLikeError(f"{origin} {address}: no Ray head node answers there ({exc}); {fix}") from None
 
 
 def actor_layout(args: argparse.Namespace, resources: Dict[str, float]) -> Tuple[int, dict]:
@@ -538,6 +547,9 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
     args = copy.copy(args)  # the output folder is made absolute below
     try:
         check_options(args)
+        origin = "--address"
+        if not args.address and address_from_environment():
+            args.address, origin = address_from_environment(), "RAY_ADDRESS"
         if args.address and "ray" not in sys.modules:  # Ray reads its authentication mode when imported
             send_token_if_any(args.address)
         import_ray()
@@ -576,7 +588,7 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
                           args.keep_model_rate, aggregate, args.ext, args.bits, args.clip,
                           args.model or "default", model_sha256, settings, storage_options, args.stream_over,
                           args.mp3_bitrate)
-        started = connect(args.address, args.verbose) if plan.todo else False
+        started = connect(args.address, args.verbose, origin) if plan.todo else False
     except OpenUnmixLikeError as exc:
         _report(str(exc))
         return 1
