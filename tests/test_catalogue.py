@@ -187,7 +187,7 @@ def test_a_ray_error_without_text_is_named_by_its_kind(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(engine, "check_reachable", lambda address: None)
+    monkeypatch.setattr(engine, "check_reachable", lambda address, **_: None)
     with pytest.raises(OpenUnmixLikeError, match=r"^--address 127\.0\.0\.1:1: cannot start or join Ray "
                                                  r"\(ConnectionError\); check 'ray status'"):
         engine.connect("127.0.0.1:1", False)
