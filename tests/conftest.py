@@ -4,16 +4,13 @@ Ray and an S3 server for the catalogue tests.
 Plain helpers (paths, audio, tiny models) are in ``helpers.py``.
 """
 import logging
-import os
 import re
-import shutil
 import signal
-import tempfile
 
 import pytest
 import soundfile as sf
 
-from helpers import SHARED, SHARED_ENV, make_models, music_like, wait_until_ray_tasks_ended
+from helpers import SHARED, SHARED_ENV, make_models, music_like, ray_head, wait_until_ray_tasks_ended
 from openunmix_like.modeldir import AudioSettings, save_target
 from openunmix_like.pretrained import CACHE_ENV
 from openunmix_like.separator import AUTO_PRECISION_ENV
@@ -99,21 +96,8 @@ def _local_ray_nodes():
     the file's other tests find no Ray connected. Starting Ray took about 5 s a test; a driver takes 0.5 s.
     """
     pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    # Ray's sockets live in its temporary folder, whose path must stay short: not under tmp_path.
-    folder = tempfile.mkdtemp(prefix="umx-ray-")
-    with pytest.MonkeyPatch.context() as patch:
-        # Cluster records the head's address in <RAY_TMPDIR or /tmp>/ray whatever temp_dir says: keep it here.
-        patch.setenv("RAY_TMPDIR", folder)
-        os.mkdir(os.path.join(folder, "ray"))
-        head = Cluster(initialize_head=True,
-                       head_node_args={"num_cpus": 2, "temp_dir": folder, "include_dashboard": False})
-        try:
-            yield head.address
-        finally:
-            head.shutdown()
-            shutil.rmtree(folder, ignore_errors=True)
+    with ray_head(num_cpus=2) as head:
+        yield head.address
 
 
 @pytest.fixture

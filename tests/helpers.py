@@ -9,8 +9,10 @@ import http.server
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -207,6 +209,30 @@ def _ray_processes_started_here():
         if ancestor == me:
             ours.append(item)
     return ours
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: float):
+    """A Ray head node started from this process (``ray.cluster_utils.Cluster``) in a temporary folder of its
+    own, which holds all its files; yields the ``Cluster`` and stops it after.
+
+    ``Cluster`` records the head's address in ``<RAY_TMPDIR or /tmp>/ray`` whatever its ``temp_dir`` says: on
+    a machine where no Ray ever made ``/tmp/ray`` that failed, and elsewhere it replaced the machine's own
+    record. ``RAY_TMPDIR`` points at the folder while the head runs.
+    """
+    from ray.cluster_utils import Cluster
+
+    folder = tempfile.mkdtemp(prefix="umx-ray-")  # Ray's socket paths must stay short: not under tmp_path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", folder)
+        os.mkdir(os.path.join(folder, "ray"))
+        head = Cluster(initialize_head=True,
+                       head_node_args={"num_cpus": num_cpus, "temp_dir": folder, "include_dashboard": False})
+        try:
+            yield head
+        finally:
+            head.shutdown()
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_until_ray_tasks_ended(timeout: float = 180.0) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import wait_for_port, write
+from helpers import ray_head, wait_for_port, write
 from openunmix_like.catalogue import engine, records
 from openunmix_like.cli.separate import main
 
@@ -28,25 +28,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def cluster(monkeypatch):
+def cluster():
     """A head node with no CPUs, this process connected to it as the driver; yields the ``Cluster``."""
     ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
 
-    folder = tempfile.mkdtemp(prefix="umx-ray-")  # Ray's socket paths must stay short: not under tmp_path
-    # Cluster writes the head's address to <RAY_TMPDIR or /tmp>/ray/ray_current_cluster whatever temp_dir says:
-    # on a machine where no Ray ever made /tmp/ray that failed, and elsewhere it replaced the machine's own record.
-    monkeypatch.setenv("RAY_TMPDIR", folder)
-    os.mkdir(os.path.join(folder, "ray"))
-    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": folder,
-                                                         "include_dashboard": False})
-    try:
-        ray.init(address=head.address, log_to_driver=False, logging_level=logging.WARNING)
-        yield head
-    finally:
-        ray.shutdown()
-        head.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
+    with ray_head(num_cpus=0) as head:
+        try:
+            ray.init(address=head.address, log_to_driver=False, logging_level=logging.WARNING)
+            yield head
+        finally:
+            ray.shutdown()
 
 
 def make_inputs(folder: Path, n: int, seconds: float, corrupt: bool = False) -> Path:

@@ -548,8 +548,8 @@ def _run(args: argparse.Namespace, sources_from_cli: Optional[List[str]] = None)
     try:
         check_options(args)
         origin = "--address"
-        if not args.address and address_from_environment():
-            args.address, origin = address_from_environment(), "RAY_ADDRESS"
+        if not args.address and (from_environment := address_from_environment()):
+            args.address, origin = from_environment, "RAY_ADDRESS"
         if args.address and "ray" not in sys.modules:  # Ray reads its authentication mode when imported
             send_token_if_any(args.address)
         import_ray()
